@@ -1,0 +1,94 @@
+"""The ``mtlsprobe`` command. Each subcommand's module is imported only when chosen,
+so ``mtlsprobe check`` in a probe pod never loads the Kubernetes client."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from probe.results import EXIT_USAGE
+
+# name -> (module with configure(parser) and main(args) -> int, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("probe.cli", "run checks against explicit targets (no Kubernetes needed)"),
+    "serve": ("probe.echo", "the echo responder: reflects request headers as JSON"),
+    "plan": ("jobs.plan_cli", "discover the mesh and print what every edge must do (no probing)"),
+    "lab": ("jobs.lab.cli", "bring up a local mesh of real Envoy sidecars and verify it"),
+    "run": ("jobs.run", "launch probe Jobs in the cluster and aggregate one verdict"),
+    "agent": ("jobs.agent", "continuous probing on an interval, with metrics and health"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 64 (product.md), with one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mtlsprobe",
+        description="Active verification of service-mesh mutual TLS: real calls, real "
+        "certificates, a verdict per edge that fails closed.",
+    )
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("mtlsprobe")
+    except PackageNotFoundError:
+        ver = "unknown"
+    parser.add_argument("--version", action="version", version=f"mtlsprobe {ver}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    chosen = _chosen(argv)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    module = importlib.import_module(COMMANDS[args.command][0])
+    from probe.cli import UsageError
+
+    try:
+        code: int = module.main(args)
+    except UsageError as exc:
+        sys.stderr.write(f"mtlsprobe {args.command}: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("mtlsprobe: interrupted\n")
+        return 130
+    except Exception as exc:
+        if os.environ.get("MTLSPROBE_DEBUG"):
+            traceback.print_exc()
+        sys.stderr.write(
+            f"mtlsprobe {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set MTLSPROBE_DEBUG=1 for a traceback)\n"
+        )
+        return 70
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

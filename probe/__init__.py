@@ -1,0 +1,1 @@
+"""mtlsprobe's data plane: what runs inside a probe pod. Never imports the Kubernetes client."""

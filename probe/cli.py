@@ -1,0 +1,185 @@
+"""``mtlsprobe check``: the standalone contract. No Kubernetes here, ever."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+
+from probe.checks import REGISTRY, load_check, parse_check_list
+from probe.results import EXIT_USAGE, Result, exit_code
+
+DEFAULT_CONCURRENCY = 32
+
+
+class UsageError(Exception):
+    """Bad flags or configuration: one line, exit 64."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90d``, ``6h``, ``30m``, ``45s`` or plain seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 6h, 90d, 30m, 45s)")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
+    return int(text)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Run mTLS checks against the targets in a targets file and judge each observation "
+        "against the expected mode. No Kubernetes access needed."
+    )
+    p.add_argument(
+        "-f",
+        "--file",
+        required=True,
+        type=Path,
+        metavar="TARGETS.yaml",
+        help="targets file (the stable contract; see README)",
+    )
+    p.add_argument(
+        "--checks",
+        default=",".join(REGISTRY),
+        metavar="LIST",
+        help=f"comma-separated checks to run (default: all: {','.join(REGISTRY)})",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="table",
+        choices=("table", "json", "jsonl", "junit"),
+        help="report format on stdout (default: table)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="also write the report to FILE (format from -o, or by suffix .json/.jsonl/.xml)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="per-operation network timeout (default: 5)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"checks in flight at once (default: {DEFAULT_CONCURRENCY})",
+    )
+    p.add_argument(
+        "--min-remaining",
+        type=parse_duration,
+        default=timedelta(hours=6),
+        metavar="DURATION",
+        help="fail certificates expiring sooner (default: 6h)",
+    )
+    p.add_argument(
+        "--max-lifetime",
+        type=parse_duration,
+        default=timedelta(days=90),
+        metavar="DURATION",
+        help="fail certificates valid for longer (default: 90d)",
+    )
+
+
+def _format_for_file(path: Path, default: str) -> str:
+    return {".json": "json", ".jsonl": "jsonl", ".xml": "junit"}.get(path.suffix.lower(), default)
+
+
+def main(args: argparse.Namespace) -> int:
+    from probe.checks.base import RunContext, Settings
+    from probe.engine import run_checks
+    from probe.model import TargetsFileError, load_targets
+
+    try:
+        names = parse_check_list(args.checks)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        targets = load_targets(args.file)
+    except TargetsFileError as exc:
+        raise UsageError(str(exc)) from None
+
+    settings = Settings(
+        timeout=args.timeout,
+        concurrency=args.concurrency,
+        min_remaining=args.min_remaining,
+        max_lifetime=args.max_lifetime,
+    )
+    ctx = RunContext(targets, settings)
+    stop = threading.Event()
+    previous = _install_stop_handler(stop)
+    try:
+        checks = [load_check(n) for n in names]
+        results = run_checks(checks, ctx, stop=stop)
+    finally:
+        ctx.close()
+        signal.signal(signal.SIGTERM, previous)
+
+    emit_report(results, args.output, args.out)
+    _export_telemetry(results, targets.source.identity)
+    return exit_code(results)
+
+
+def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
+    from probe.report import render
+
+    colour = fmt == "table" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    sys.stdout.write(render(results, fmt, colour=colour))
+    sys.stdout.flush()
+    if out is not None:
+        try:
+            out.write_text(render(results, _format_for_file(out, fmt)), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+
+
+def _export_telemetry(results: list[Result], source_identity: str | None) -> None:
+    from probe import telemetry
+
+    if telemetry.enabled():
+        telemetry.export_run(results, source_identity=source_identity)
+
+
+def _install_stop_handler(stop: threading.Event) -> signal._HANDLER:
+    """SIGTERM (Job deadline, pod deletion) stops the run; what is done is still reported."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        return signal.signal(signal.SIGTERM, handler)
+    return signal.getsignal(signal.SIGTERM)
+
+
+__all__ = ["EXIT_USAGE", "UsageError", "configure", "main", "parse_duration"]

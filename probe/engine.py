@@ -1,0 +1,174 @@
+"""Runs checks over targets with bounded concurrency and a deadline per check.
+
+Fail closed: an observation error, an unexpected exception, a check that overruns
+its deadline, or an interrupted run all become ``error`` results with a reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+
+from probe.checks.base import Check, RunContext, Scope, make_result
+from probe.errors import ObservationError, ProbeError
+from probe.model import Endpoint, Target
+from probe.results import Result, Verdict
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    check: Check
+    target: Target | None
+    endpoint: Endpoint | None
+
+
+def plan_work(checks: Sequence[Check], ctx: RunContext) -> tuple[list[WorkItem], list[Result]]:
+    """Expand checks over targets; returns work to do and skips decided up front."""
+    work: list[WorkItem] = []
+    skips: list[Result] = []
+    for check in checks:
+        if check.scope is Scope.RUN:
+            reason = check.skip_reason(ctx, None)
+            if reason:
+                skips.append(make_result(check.name, None, None, Verdict.SKIP, reason))
+            else:
+                work.append(WorkItem(check, None, None))
+            continue
+        for target in ctx.targets.targets:
+            reason = check.skip_reason(ctx, target)
+            if reason is None and check.scope is Scope.ENDPOINT and not target.endpoints:
+                reason = "no endpoints listed for this target"
+            if reason:
+                skips.append(make_result(check.name, target, None, Verdict.SKIP, reason))
+            elif check.scope is Scope.TARGET:
+                work.append(WorkItem(check, target, None))
+            else:
+                work.extend(WorkItem(check, target, ep) for ep in target.endpoints)
+    return work, skips
+
+
+def _execute(item: WorkItem, ctx: RunContext) -> Result:
+    start = time.time_ns()
+    try:
+        result = item.check.run(ctx, item.target, item.endpoint)
+    except ObservationError as exc:
+        result = make_result(
+            item.check.name,
+            item.target,
+            item.endpoint,
+            Verdict.ERROR,
+            exc.reason,
+            observed=exc.kind,
+            evidence={"error": exc.kind},
+        )
+    except ProbeError as exc:
+        # A rejection the check did not interpret is still not proof of anything.
+        result = make_result(
+            item.check.name,
+            item.target,
+            item.endpoint,
+            Verdict.ERROR,
+            f"unexpected {exc.kind}: {exc.reason}",
+            observed=exc.kind,
+            evidence={"error": exc.kind},
+        )
+    except Exception as exc:
+        result = make_result(
+            item.check.name,
+            item.target,
+            item.endpoint,
+            Verdict.ERROR,
+            f"probe crashed: {type(exc).__name__}: {exc}",
+            observed="probe-crash",
+            evidence={"error": "probe-crash"},
+        )
+    return replace(result, start_ns=start, end_ns=time.time_ns())
+
+
+def run_checks(
+    checks: Sequence[Check],
+    ctx: RunContext,
+    *,
+    on_result: Callable[[Result], None] | None = None,
+    stop: threading.Event | None = None,
+) -> list[Result]:
+    """Run every applicable (check, target, endpoint); results come back in plan order."""
+    work, skips = plan_work(checks, ctx)
+    results: dict[int, Result] = {}
+    # Hard bound per item: socket timeouts should end it far earlier; this catches hangs.
+    deadline_s = ctx.settings.timeout * 3 + 1.0
+    stop = stop or threading.Event()
+    started: dict[int, float] = {}
+
+    def job(i: int) -> Result:
+        if stop.is_set():
+            return _interrupted(work[i])
+        started[i] = time.monotonic()
+        return _execute(work[i], ctx)
+
+    def emit(i: int, r: Result) -> None:
+        results[i] = r
+        if on_result is not None:
+            on_result(r)
+
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, ctx.settings.concurrency), thread_name_prefix="mtlsprobe-check"
+    )
+    try:
+        futures: dict[Future[Result], int] = {pool.submit(job, i): i for i in range(len(work))}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            for fut in done:
+                emit(futures[fut], fut.result())
+            now = time.monotonic()
+            for fut in list(pending):
+                i = futures[fut]
+                t0 = started.get(i)
+                if stop.is_set() and t0 is None:
+                    fut.cancel()
+                if fut.cancelled() or (stop.is_set() and t0 is None):
+                    pending.discard(fut)
+                    emit(i, _interrupted(work[i]))
+                elif t0 is not None and now - t0 > deadline_s:
+                    pending.discard(fut)
+                    emit(
+                        i,
+                        make_result(
+                            work[i].check.name,
+                            work[i].target,
+                            work[i].endpoint,
+                            Verdict.ERROR,
+                            f"check overran its {deadline_s:.0f}s deadline",
+                            observed="timeout",
+                            evidence={"error": "deadline"},
+                        ),
+                    )
+            if stop.is_set():
+                # Give running checks a moment to finish; then abandon them as errors.
+                grace_end = time.monotonic() + min(ctx.settings.timeout, 2.0)
+                while pending and time.monotonic() < grace_end:
+                    done, pending = wait(pending, timeout=0.05)
+                    for fut in done:
+                        emit(futures[fut], fut.result())
+                for fut in pending:
+                    emit(futures[fut], _interrupted(work[futures[fut]]))
+                pending = set()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return skips + [results[i] for i in range(len(work)) if i in results]
+
+
+def _interrupted(item: WorkItem) -> Result:
+    return make_result(
+        item.check.name,
+        item.target,
+        item.endpoint,
+        Verdict.ERROR,
+        "run interrupted before this check completed",
+        observed="interrupted",
+        evidence={"error": "interrupted"},
+    )

@@ -1,0 +1,110 @@
+"""Report formats: table (people), json (the contract), jsonl (pod logs), junit (CI UIs)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from probe.results import Result, Verdict, summarize
+
+FORMATS = ("table", "json", "jsonl", "junit")
+
+_COLOURS = {
+    Verdict.PASS: "\033[32m",
+    Verdict.FAIL: "\033[31;1m",
+    Verdict.ERROR: "\033[33;1m",
+    Verdict.SKIP: "\033[2m",
+}
+_RESET = "\033[0m"
+
+
+def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
+    if fmt == "json":
+        return render_json(results)
+    if fmt == "jsonl":
+        return render_jsonl(results)
+    if fmt == "junit":
+        return render_junit(results)
+    if fmt == "table":
+        return render_table(results, colour=colour)
+    raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def render_json(results: Sequence[Result]) -> str:
+    doc = {"results": [r.to_dict() for r in results], "summary": summarize(results)}
+    return json.dumps(doc, indent=2, default=str) + "\n"
+
+
+def render_jsonl(results: Sequence[Result]) -> str:
+    return "".join(
+        json.dumps(r.to_dict(), default=str, separators=(",", ":")) + "\n" for r in results
+    )
+
+
+def _truncate(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render_table(
+    results: Sequence[Result], *, colour: bool = False, reason_width: int = 100
+) -> str:
+    headers = ("VERDICT", "CHECK", "TARGET", "ENDPOINT", "REASON")
+    rows = [
+        (
+            r.verdict.value.upper(),
+            r.check,
+            r.target,
+            r.endpoint or "-",
+            _truncate(r.reason.replace("\n", " "), reason_width),
+        )
+        for r in results
+    ]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers[:-1])]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths, strict=True)) + "  REASON"]
+    for r, row in zip(results, rows, strict=True):
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
+        if colour:
+            cells[0] = f"{_COLOURS[r.verdict]}{cells[0]}{_RESET}"
+        lines.append("  ".join(cells) + "  " + row[-1])
+    counts = summarize(results)
+    lines.append("")
+    lines.append(
+        f"{len(results)} results: {counts['pass']} pass, {counts['fail']} fail, "
+        f"{counts['error']} error, {counts['skip']} skip"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def render_junit(results: Sequence[Result]) -> str:
+    """One testsuite per check, one testcase per result."""
+    from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
+
+    xml = JUnitXml(name="mtlsprobe")
+    suites: dict[str, TestSuite] = {}
+    for r in results:
+        suite = suites.get(r.check)
+        if suite is None:
+            suite = suites[r.check] = TestSuite(f"mtlsprobe.{r.check}")
+        name = r.target if r.endpoint is None else f"{r.target} {r.endpoint}"
+        case = TestCase(name, classname=f"mtlsprobe.{r.check}")
+        case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
+        detail = json.dumps(r.to_dict(), indent=2, default=str)
+        if r.verdict is Verdict.FAIL:
+            fail = Failure(r.reason, type_="fail")
+            fail.text = detail
+            case.result = [fail]
+        elif r.verdict is Verdict.ERROR:
+            err = Error(r.reason, type_=str(r.evidence.get("error", "error")))
+            err.text = detail
+            case.result = [err]
+        elif r.verdict is Verdict.SKIP:
+            case.result = [Skipped(r.reason)]
+        else:
+            case.system_out = detail
+        suite.add_testcase(case)
+    for suite in suites.values():
+        suite.update_statistics()  # type: ignore[no-untyped-call]
+        xml.add_testsuite(suite)
+    xml.update_statistics()  # type: ignore[no-untyped-call]
+    body: bytes = xml.tostring()  # type: ignore[no-untyped-call]
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + body.decode("utf-8") + "\n"
