@@ -48,7 +48,10 @@ def test_good_file_loads(tmp_path: Path) -> None:
     [
         (("expect: STRICT", "expect: MAYBE"), "targets[0] (ns-a/echo).expect"),
         (('"127.0.10.2:8080"', '"127.0.10.2"'), "targets[0] (ns-a/echo).endpoints[0]"),
-        (("identity: spiffe://cluster.local/ns/ns-a/sa/echo", "identity: https://x/y"), ".identity"),
+        (
+            ("identity: spiffe://cluster.local/ns/ns-a/sa/echo", "identity: https://x/y"),
+            ".identity",
+        ),
         (("    host: echo.ns-a.svc.cluster.local\n", ""), "targets[0] (ns-a/echo).host"),
         (("port: 8080", "port: 99999"), ".port"),
         (("protocol: http", "protocol: udp"), ".protocol"),
