@@ -1,0 +1,89 @@
+"""What the lab runs, independent of where it came from.
+
+The scenario YAML goes through the same policy engine as the cluster path
+(jobs.planner); its answer is folded into these small records, and the Envoy
+configuration and the app processes are generated from them alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ServerMode(StrEnum):
+    """Effective PeerAuthentication mode at one inbound (pod, target port)."""
+
+    STRICT = "STRICT"
+    PERMISSIVE = "PERMISSIVE"
+    DISABLE = "DISABLE"
+
+
+class CertKind(StrEnum):
+    """Which certificate a sidecar presents (lab annotation ``lab.mtlsprobe.dev/cert``)."""
+
+    VALID = "valid"
+    EXPIRED = "expired"
+
+
+class XfccMode(StrEnum):
+    """How the inbound treats X-Forwarded-Client-Cert (lab annotation ``lab.mtlsprobe.dev/xfcc``).
+
+    ``append`` is Istio's sidecar inbound (APPEND_FORWARD). ``forward-untrusted``
+    forwards whatever the client sent and appends nothing, so a forged element
+    arrives at the app as the last (trusted) one.
+    """
+
+    APPEND = "append"
+    FORWARD_UNTRUSTED = "forward-untrusted"
+
+
+@dataclass(frozen=True)
+class InboundPort:
+    port: int  # the target (container) port
+    http: bool  # False: tcp_proxy
+    mode: ServerMode
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    namespace: str
+    name: str
+    ip: str  # the pod IP: the sidecar's inbound listeners, or the app itself without a sidecar
+    app_ip: str  # where the app listens behind its sidecar (no network namespaces here)
+    sidecar: bool
+    identity: str  # the SPIFFE ID the sidecar's certificate carries
+    ports: tuple[InboundPort, ...]
+    cert: CertKind = CertKind.VALID
+    xfcc: XfccMode = XfccMode.APPEND
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class UpstreamEndpoint:
+    ip: str
+    port: int  # target port
+    mtls: bool  # what the client sidecar does towards this endpoint (auto-mTLS / DestinationRule)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One service port, as the probe's own sidecar sees it (Istio: one outbound cluster)."""
+
+    host: str  # svc.ns.svc.cluster.local
+    port: int  # the service port
+    http: bool
+    sans: tuple[str, ...]  # server identities verified exactly (the service's service accounts)
+    endpoints: tuple[UpstreamEndpoint, ...]
+    forward_client_xfcc: bool = False  # lab only: let a client-supplied XFCC through
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    trust_domain: str
+    probe_identity: str
+    pods: tuple[PodSpec, ...]
+    upstreams: tuple[Upstream, ...]
