@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.lab.meshca import CertFiles, MeshCerts
-from jobs.lab.spec import InboundPort, PodSpec, ServerMode, Upstream, XfccMode
+from jobs.lab.spec import InboundPort, PodSpec, ServerMode, Upstream
 
 Json = dict[str, Any]
 _T = "type.googleapis.com/envoy."
@@ -118,7 +118,6 @@ def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
                 },
             }
         ]
-    xfcc = "APPEND_FORWARD" if pod.xfcc is XfccMode.APPEND else "ALWAYS_FORWARD_ONLY"
     return [
         {
             "name": "envoy.filters.network.http_connection_manager",
@@ -128,7 +127,7 @@ def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
                 "stat_prefix": stat,
                 "codec_type": "AUTO",
                 "server_name": "istio-envoy",
-                "forward_client_cert_details": xfcc,
+                "forward_client_cert_details": "APPEND_FORWARD",
                 "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True},
                 "route_config": {
                     "name": cluster,

@@ -6,7 +6,9 @@ few Envoys standing in for all workload sidecars, and the probe's own sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import resource
 import socket
 import sys
 import time
@@ -147,6 +149,7 @@ class Lab:
 
     def start(self) -> None:
         t0 = time.monotonic()
+        _raise_nofile_limit()
         self.workdir.mkdir(parents=True, exist_ok=True)
         envoy = envoy_path()
         self.certs = issue_mesh_certs(self.mesh, self.workdir / "certs")
@@ -232,6 +235,15 @@ class Lab:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.supervisor.procs]
+
+
+def _raise_nofile_limit() -> None:
+    """Hundreds of listeners and connections per process: lift the soft fd limit to
+    the hard one (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def rss_mib(pid: int) -> float:

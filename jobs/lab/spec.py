@@ -27,11 +27,13 @@ class CertKind(StrEnum):
 
 
 class XfccMode(StrEnum):
-    """How the inbound treats X-Forwarded-Client-Cert (lab annotation ``lab.mtlsprobe.dev/xfcc``).
+    """What happens to a client-supplied X-Forwarded-Client-Cert on the way to this
+    pod (lab annotation ``lab.mtlsprobe.dev/xfcc``).
 
-    ``append`` is Istio's sidecar inbound (APPEND_FORWARD). ``forward-untrusted``
-    forwards whatever the client sent and appends nothing, so a forged element
-    arrives at the app as the last (trusted) one.
+    ``append``: Istio's path — the client sidecar's outbound drops it (SANITIZE), the
+    inbound appends its own element (APPEND_FORWARD). ``forward-untrusted``: the
+    client side forwards it (ALWAYS_FORWARD_ONLY) and the inbound's APPEND_FORWARD
+    keeps it, so the forged element reaches the app in front of the genuine one.
     """
 
     APPEND = "append"
