@@ -28,10 +28,11 @@ from jobs.lab.meshca import MeshCerts, issue_mesh_certs
 from jobs.lab.spec import MeshSpec, PodSpec
 from jobs.lab.supervisor import LabError, Managed, Supervisor
 
-# One Envoy per this many sidecar pods (each pod: a listener per port + a certificate);
-# more than one process lets the kernel spread handshakes over the cores.
-PODS_PER_ENVOY = 150
-MAX_WORKLOAD_ENVOYS = 4
+# One Envoy per this many sidecar pods (each pod: a listener per port + a certificate).
+# A second process lets start-up (config parsing) and handshakes use both cores of a
+# small machine; more only cost memory (~65 MiB each before any pod).
+PODS_PER_ENVOY = 250
+MAX_WORKLOAD_ENVOYS = 2
 APPS_PER_PROCESS = 400
 
 
@@ -191,7 +192,7 @@ class Lab:
 
     def _start_envoy(self, envoy: str, name: str, boot: dict[str, object], j: int) -> Managed:
         path = self.workdir / f"{name}.json"
-        path.write_text(json.dumps(boot, indent=1), encoding="utf-8")
+        path.write_text(json.dumps(boot, separators=(",", ":")), encoding="utf-8")
         proc = self.supervisor.start(
             name,
             [
