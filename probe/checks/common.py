@@ -1,0 +1,49 @@
+"""Objects several checks share, built once per run through RunContext.shared."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from probe.errors import ObservationError
+from probe.model import Protocol
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from OpenSSL import SSL
+
+    from probe.checks.base import RunContext
+    from probe.model import Target
+    from probe.pki import Issued
+
+
+def mesh_roots(ctx: RunContext) -> list[x509.Certificate] | None:
+    """The trust bundle from rootCertFile, or None when the file names none."""
+    path = ctx.targets.root_cert_file
+    if path is None:
+        return None
+
+    def build() -> list[x509.Certificate]:
+        from probe.svid import load_roots
+
+        try:
+            roots = load_roots(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ObservationError(f"rootCertFile {path} unreadable: {exc}") from None
+        if not roots:
+            raise ObservationError(f"rootCertFile {path} holds no PEM certificate")
+        return roots
+
+    return ctx.shared("mesh-roots", build)
+
+
+def tls_context(ctx: RunContext, target: Target, client: Issued | None, tag: str) -> SSL.Context:
+    from probe.tls import HTTP_ALPNS, TCP_ALPNS, client_context
+
+    alpns = HTTP_ALPNS if target.protocol is Protocol.HTTP else TCP_ALPNS
+    key = f"tls-context:{target.protocol.value}:{tag}"
+    return ctx.shared(key, lambda: client_context(alpns, client))
+
+
+def istio_sni(target: Target) -> str:
+    """The SNI an Istio client sidecar sends: outbound_.<port>_._.<host>."""
+    return f"outbound_.{target.port}_._.{target.host}"

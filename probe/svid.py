@@ -1,0 +1,250 @@
+"""X.509-SVID rules (spiffe/spiffe standards/X509-SVID.md) as a pure judgement.
+
+``judge_svid`` never raises on a hostile certificate: anything cryptography cannot
+read (malformed or duplicate extensions) becomes a violation naming it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from probe.spiffe import SpiffeIdError, parse_spiffe_id
+
+MAX_CHAIN = 8
+
+
+@dataclass
+class SvidJudgement:
+    violations: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def _key_description(cert: x509.Certificate) -> tuple[str, int | None]:
+    try:
+        key = cert.public_key()
+    except Exception:
+        return "unreadable", None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA", key.key_size
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}", key.key_size
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519", 256
+    if isinstance(key, ed448.Ed448PublicKey):
+        return "Ed448", 456
+    if isinstance(key, dsa.DSAPublicKey):
+        return "DSA", key.key_size
+    return type(key).__name__, None
+
+
+def _ext(cert: x509.Certificate, cls: type[Any], problems: list[str]) -> Any:
+    try:
+        return cert.extensions.get_extension_for_class(cls)
+    except x509.ExtensionNotFound:
+        return None
+    except Exception as exc:  # malformed/duplicate extensions from a hostile server
+        problems.append(f"certificate extensions unreadable: {exc}")
+        return None
+
+
+def describe(cert: x509.Certificate) -> dict[str, Any]:
+    """Evidence about a certificate: what a person needs to find it. No key material."""
+    key_type, key_size = _key_description(cert)
+    out: dict[str, Any] = {
+        "subject": _safe(cert.subject.rfc4514_string),
+        "issuer": _safe(cert.issuer.rfc4514_string),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(),
+        "key_type": key_type,
+        "key_size": key_size,
+    }
+    return out
+
+
+def _safe(fn: Any) -> str:
+    try:
+        return str(fn())
+    except Exception:
+        return "<unreadable>"
+
+
+def verify_chain(
+    leaf: x509.Certificate,
+    presented: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    now: dt.datetime,
+) -> str | None:
+    """Path validation from ``leaf`` through presented intermediates to a root.
+    Returns None when a valid path exists, else why not."""
+    current = leaf
+    pool = [c for c in presented if c != leaf]
+    for _ in range(MAX_CHAIN):
+        for root in roots:
+            try:
+                current.verify_directly_issued_by(root)
+            except Exception:  # noqa: S112 - try the next root
+                continue
+            if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
+                return f"the root {root.subject.rfc4514_string()} is outside its validity period"
+            return None
+        parent = None
+        for cand in pool:
+            try:
+                current.verify_directly_issued_by(cand)
+            except Exception:  # noqa: S112
+                continue
+            parent = cand
+            break
+        if parent is None:
+            return (
+                f"no path to the mesh root: issuer {_safe(current.issuer.rfc4514_string)} "
+                "is neither a trusted root nor a presented intermediate signed by one"
+            )
+        bc = None
+        try:
+            bc = parent.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except Exception:
+            bc = None
+        if bc is None or not bc.ca:
+            return f"intermediate {parent.subject.rfc4514_string()} is not a CA"
+        if not parent.not_valid_before_utc <= now <= parent.not_valid_after_utc:
+            return f"intermediate {parent.subject.rfc4514_string()} is outside its validity period"
+        pool.remove(parent)
+        current = parent
+    return "certificate chain too long"
+
+
+def judge_svid(
+    chain: Sequence[x509.Certificate],
+    *,
+    expected_identity: str | None,
+    trust_domain: str,
+    roots: Sequence[x509.Certificate] | None,
+    now: dt.datetime,
+    min_remaining: dt.timedelta,
+    max_lifetime: dt.timedelta,
+) -> SvidJudgement:
+    j = SvidJudgement()
+    v = j.violations
+    if not chain:
+        v.append("the server presented no certificate")
+        return j
+    leaf = chain[0]
+    j.evidence.update(describe(leaf))
+    j.evidence["chain_length"] = len(chain)
+
+    problems: list[str] = []
+    san_ext = _ext(leaf, x509.SubjectAlternativeName, problems)
+    uris: list[str] = []
+    if san_ext is not None:
+        try:
+            uris = list(san_ext.value.get_values_for_type(x509.UniformResourceIdentifier))
+            j.evidence["san_dns"] = list(san_ext.value.get_values_for_type(x509.DNSName))
+        except Exception as exc:
+            problems.append(f"SAN unreadable: {exc}")
+    j.evidence["san_uris"] = uris
+    if len(uris) != 1:
+        v.append(f"an X.509-SVID has exactly one URI SAN; this certificate has {len(uris)}")
+    spiffe_id = None
+    if len(uris) == 1:
+        try:
+            spiffe_id = parse_spiffe_id(uris[0])
+            j.evidence["spiffe_id"] = uris[0]
+        except SpiffeIdError as exc:
+            v.append(f"URI SAN {uris[0]!r} is not a SPIFFE ID: {exc}")
+    try:
+        subject_empty = len(leaf.subject) == 0
+    except Exception:
+        subject_empty = False
+    if san_ext is not None and subject_empty and not san_ext.critical:
+        v.append("the subject is empty, so the SAN extension must be critical; it is not")
+
+    bc = _ext(leaf, x509.BasicConstraints, problems)
+    if bc is not None and bc.value.ca:
+        v.append("the leaf is a CA certificate (basicConstraints CA=true)")
+
+    ku = _ext(leaf, x509.KeyUsage, problems)
+    if ku is None:
+        v.append("key usage extension missing (an SVID must have digitalSignature)")
+    else:
+        if not ku.critical:
+            v.append("key usage extension is not critical")
+        if not ku.value.digital_signature:
+            v.append("key usage lacks digitalSignature")
+        if ku.value.key_cert_sign or ku.value.crl_sign:
+            v.append("key usage of a leaf SVID includes keyCertSign or cRLSign")
+
+    eku = _ext(leaf, x509.ExtendedKeyUsage, problems)
+    if eku is not None:
+        missing = [
+            name
+            for oid, name in (
+                (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
+                (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
+            )
+            if oid not in eku.value
+        ]
+        if missing:
+            v.append(f"extended key usage lacks {' and '.join(missing)}")
+    v.extend(dict.fromkeys(problems))
+
+    if spiffe_id is not None:
+        if spiffe_id.trust_domain != trust_domain:
+            v.append(f"trust domain {spiffe_id.trust_domain!r} is not the mesh's {trust_domain!r}")
+        if expected_identity is not None and uris[0] != expected_identity:
+            v.append(f"identity is {uris[0]}, expected {expected_identity}")
+
+    nb, na = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    remaining = na - now
+    j.evidence["remaining_seconds"] = int(remaining.total_seconds())
+    j.evidence["lifetime_seconds"] = int((na - nb).total_seconds())
+    if now < nb:
+        v.append(f"not yet valid (notBefore {nb.isoformat()})")
+    elif now > na:
+        v.append(f"expired at {na.isoformat()}")
+    elif remaining < min_remaining:
+        v.append(
+            f"expires in {_human(remaining)}, below the minimum remaining {_human(min_remaining)}"
+            " (rotation may have stopped)"
+        )
+    if na - nb > max_lifetime:
+        v.append(f"lifetime {_human(na - nb)} exceeds the maximum {_human(max_lifetime)}")
+
+    if roots is None:
+        j.evidence["chain_verified"] = None
+        j.evidence["chain_note"] = "no rootCertFile: chain not checked"
+    else:
+        why = verify_chain(leaf, chain[1:], roots, now)
+        j.evidence["chain_verified"] = why is None
+        if why is not None:
+            v.append(why)
+    return j
+
+
+def _human(delta: dt.timedelta) -> str:
+    secs = int(delta.total_seconds())
+    if secs >= 86400 * 2:
+        return f"{secs / 86400:.1f}d"
+    if secs >= 3600:
+        return f"{secs / 3600:.1f}h"
+    if secs >= 60:
+        return f"{secs / 60:.0f}m"
+    return f"{secs}s"
+
+
+def load_roots(pem: bytes) -> list[x509.Certificate]:
+    return list(x509.load_pem_x509_certificates(pem))

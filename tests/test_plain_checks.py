@@ -1,0 +1,264 @@
+"""plaintext, peer-cert and foreign-client against real servers made here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from probe.checks.base import RunContext, Settings
+from probe.checks.foreign_client import ForeignClientCheck
+from probe.checks.peer_cert import PeerCertCheck
+from probe.checks.plaintext import PlaintextCheck
+from probe.engine import run_checks
+from probe.model import Endpoint, Expect, Protocol, Source, Target, TargetsFile
+from probe.pki import ISTIO_KEY_USAGE, CertificateAuthority
+from probe.results import Result, Verdict
+from tests.tlsservers import (
+    MeshPKI,
+    black_hole,
+    nothing_listening,
+    plaintext_http,
+    reset_after_read,
+    serving,
+    tcp_echo,
+    tls_handler,
+)
+
+TD = "cluster.local"
+ECHO_ID = f"spiffe://{TD}/ns/ns-a/sa/echo"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
+    return MeshPKI(tmp_path_factory.mktemp("pki"))
+
+
+def run_one(
+    check: object,
+    endpoint: Endpoint,
+    expect: Expect,
+    pki: MeshPKI | None = None,
+    *,
+    identity: str | None = ECHO_ID,
+    protocol: Protocol = Protocol.HTTP,
+    timeout: float = 2.0,
+) -> Result:
+    target = Target(
+        name="ns-a/echo",
+        host="echo.ns-a.svc.cluster.local",
+        port=8080,
+        expect=expect,
+        endpoints=(endpoint,),
+        identity=identity,
+        protocol=protocol,
+        echo=True,
+    )
+    tf = TargetsFile(
+        trust_domain=TD,
+        targets=(target,),
+        source=Source(identity=f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"),
+        root_cert_file=pki.root_file if pki else None,
+    )
+    ctx = RunContext(tf, Settings(timeout=timeout))
+    try:
+        (result,) = run_checks([check], ctx)  # type: ignore[list-item]
+    finally:
+        ctx.close()
+    return result
+
+
+# --- plaintext ---------------------------------------------------------------
+
+
+def test_strict_refusal_passes() -> None:
+    with serving(reset_after_read) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT)
+    assert r.verdict is Verdict.PASS, r
+    assert r.observed == "refused" and r.expected == "refused"
+
+
+def test_strict_accepting_plaintext_fails() -> None:
+    with serving(plaintext_http) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT)
+    assert r.verdict is Verdict.FAIL and "not enforcing mTLS" in r.reason
+
+
+@pytest.mark.parametrize("expect", [Expect.PERMISSIVE, Expect.DISABLE, Expect.NONE])
+def test_accepting_modes_pass(expect: Expect) -> None:
+    with serving(plaintext_http) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, expect)
+    assert r.verdict is Verdict.PASS and r.observed == "accepted"
+
+
+def test_permissive_refusing_fails() -> None:
+    with serving(reset_after_read) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.PERMISSIVE)
+    assert r.verdict is Verdict.FAIL
+
+
+def test_nothing_listening_is_error_not_refusal() -> None:
+    r = run_one(PlaintextCheck(), nothing_listening(), Expect.STRICT)
+    assert r.verdict is Verdict.ERROR and "nothing listens" in r.reason
+
+
+def test_black_hole_is_error() -> None:
+    with serving(black_hole) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT, timeout=0.5)
+    assert r.verdict is Verdict.ERROR and "silence is not proof" in r.reason
+
+
+def test_tcp_echo_accepted_and_tcp_strict_refused() -> None:
+    with serving(tcp_echo) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.PERMISSIVE, protocol=Protocol.TCP)
+    assert r.verdict is Verdict.PASS and r.observed == "accepted"
+    with serving(reset_after_read) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT, protocol=Protocol.TCP)
+    assert r.verdict is Verdict.PASS and r.observed == "refused"
+
+
+def test_strict_sidecar_like_tls_server_refuses_plaintext(pki: MeshPKI) -> None:
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued)) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.PASS, r
+
+
+# --- peer-cert ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_valid_svid_passes_on_tls12_and_13(pki: MeshPKI, version: ssl.TLSVersion) -> None:
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued, version=version)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.PASS, r
+    assert r.evidence["spiffe_id"] == ECHO_ID and r.evidence["chain_verified"] is True
+    assert len(r.evidence["fingerprint_sha256"]) == 64
+
+
+def test_intermediate_chain_passes(pki: MeshPKI) -> None:
+    inter = pki.ca.issue_intermediate(key_type="ec")
+    issued = inter.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.PASS, r
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+BAD_CERTS: dict[str, tuple[dict[str, Any], str]] = {
+    "expired": (
+        dict(not_before=_now() - dt.timedelta(days=2), not_after=_now() - dt.timedelta(hours=1)),
+        "expired",
+    ),
+    "not-yet-valid": (dict(not_before=_now() + dt.timedelta(hours=1)), "not yet valid"),
+    "two-uris": (dict(uris=[ECHO_ID, f"spiffe://{TD}/ns/ns-a/sa/other"]), "exactly one URI SAN"),
+    "ca-leaf": (dict(is_ca=True), "CA certificate"),
+    "wrong-td": (dict(uris=["spiffe://other.td/ns/ns-a/sa/echo"]), "trust domain"),
+    "wrong-identity": (dict(uris=[f"spiffe://{TD}/ns/ns-a/sa/other"]), "expected spiffe://"),
+    "no-key-usage": (dict(key_usage=None), "key usage extension missing"),
+    "keycertsign": (
+        dict(key_usage=x509.KeyUsage(True, False, True, False, False, True, False, False, False)),
+        "keyCertSign",
+    ),
+    "eku-server-only": (dict(extended_key_usage=[ExtendedKeyUsageOID.SERVER_AUTH]), "clientAuth"),
+    "san-not-critical": (dict(san_critical=False), "must be critical"),
+    "too-long": (dict(lifetime=dt.timedelta(days=400)), "exceeds the maximum"),
+    "expiring-soon": (
+        dict(not_before=_now() - dt.timedelta(hours=23), not_after=_now() + dt.timedelta(hours=1)),
+        "minimum remaining",
+    ),
+    "not-spiffe": (dict(uris=["https://echo.example"]), "not a SPIFFE ID"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CERTS))
+def test_bad_certificates_fail(pki: MeshPKI, kind: str) -> None:
+    kwargs, needle = BAD_CERTS[kind]
+    kwargs = dict(kwargs)
+    uris = kwargs.pop("uris", [ECHO_ID])
+    issued = pki.ca.issue(uris, key_type="ec", **kwargs)
+    with serving(tls_handler(pki, issued)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.FAIL, r
+    assert needle in r.reason, r.reason
+
+
+def test_foreign_chain_fails(pki: MeshPKI, tmp_path: Path) -> None:
+    other = CertificateAuthority.create_root(TD, key_type="ec")
+    issued = other.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued, require_client=False)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.FAIL and "no path to the mesh root" in r.reason
+
+
+def test_subject_with_non_critical_san_is_fine(pki: MeshPKI) -> None:
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")])
+    issued = pki.ca.issue(
+        [ECHO_ID], key_type="ec", subject=subject, san_critical=False, key_usage=ISTIO_KEY_USAGE
+    )
+    with serving(tls_handler(pki, issued)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.PASS, r
+
+
+def test_peer_cert_plaintext_server_is_error() -> None:
+    with serving(plaintext_http) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT)
+    assert r.verdict is Verdict.ERROR, r
+
+
+def test_peer_cert_slow_tls_server_is_error() -> None:
+    with serving(black_hole) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, timeout=0.5)
+    assert r.verdict is Verdict.ERROR and "stalled" in r.reason
+
+
+def test_peer_cert_skips_without_sidecar() -> None:
+    r = run_one(PeerCertCheck(), nothing_listening(), Expect.NONE)
+    assert r.verdict is Verdict.SKIP
+
+
+def test_peer_cert_without_roots_says_chain_unchecked(pki: MeshPKI) -> None:
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, None)
+    assert r.verdict is Verdict.PASS and "chain not checked" in r.reason
+
+
+# --- foreign-client ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_foreign_client_rejected_passes(pki: MeshPKI, version: ssl.TLSVersion) -> None:
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued, version=version)) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.PASS, r
+    assert r.observed == "rejected"
+
+
+def test_server_not_demanding_client_certs_fails(pki: MeshPKI) -> None:
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued, require_client=False)) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.FAIL and "does not verify who calls it" in r.reason
+
+
+def test_foreign_client_nothing_listening_is_error() -> None:
+    r = run_one(ForeignClientCheck(), nothing_listening(), Expect.STRICT)
+    assert r.verdict is Verdict.ERROR
+
+
+def test_foreign_client_plaintext_server_is_error() -> None:
+    with serving(plaintext_http) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE)
+    assert r.verdict is Verdict.ERROR, r
