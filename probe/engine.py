@@ -6,10 +6,11 @@ its deadline, or an interrupted run all become ``error`` results with a reason.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 
 from probe.checks.base import Check, RunContext, Scope, make_result
@@ -114,11 +115,13 @@ def run_checks(
         if on_result is not None:
             on_result(r)
 
-    pool = ThreadPoolExecutor(
-        max_workers=max(1, ctx.settings.concurrency), thread_name_prefix="mtlsprobe-check"
-    )
+    pool = _DaemonPool(max(1, min(ctx.settings.concurrency, len(work))))
+    futures: dict[Future[Result], int] = {}
     try:
-        futures: dict[Future[Result], int] = {pool.submit(job, i): i for i in range(len(work))}
+        futures = {
+            pool.submit(lambda i=i: job(i)): i  # type: ignore[misc]
+            for i in range(len(work))
+        }
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
@@ -158,8 +161,48 @@ def run_checks(
                     emit(futures[fut], _interrupted(work[futures[fut]]))
                 pending = set()
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for fut in futures:
+            fut.cancel()
+        pool.shutdown()
     return skips + [results[i] for i in range(len(work)) if i in results]
+
+
+class _DaemonPool:
+    """A bounded pool of daemon threads. Unlike ThreadPoolExecutor's workers, a check
+    abandoned past its deadline (or on SIGTERM) cannot keep the process alive."""
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Result], Callable[[], Result]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._work, daemon=True, name=f"mtlsprobe-check-{i}")
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[[], Result]) -> Future[Result]:
+        fut: Future[Result] = Future()
+        self._queue.put((fut, fn))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # the job wrapper already catches; belt and braces
+                fut.set_exception(exc)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
 
 
 def _interrupted(item: WorkItem) -> Result:

@@ -1,0 +1,77 @@
+"""A real OTLP/HTTP receiver for tests: decodes the protobuf export requests."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+
+@dataclass
+class Received:
+    spans: list[Any] = field(default_factory=list)
+    metrics: list[Any] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def span_attrs(self, span: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kv in span.attributes:
+            v = kv.value
+            out[kv.key] = getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
+        return out
+
+    def metric_points(self, name: str) -> list[Any]:
+        pts: list[Any] = []
+        for m in self.metrics:
+            if m.name == name:
+                data = m.sum if m.HasField("sum") else m.gauge
+                pts.extend(data.data_points)
+        return pts
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[tuple[str, Received]]:
+    got = Received()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            if self.headers.get("content-encoding") == "gzip":
+                body = gzip.decompress(body)
+            if self.path == "/v1/traces":
+                req = ExportTraceServiceRequest.FromString(body)
+                with got.lock:
+                    for rs in req.resource_spans:
+                        for ss in rs.scope_spans:
+                            got.spans.extend(ss.spans)
+            elif self.path == "/v1/metrics":
+                mreq = ExportMetricsServiceRequest.FromString(body)
+                with got.lock:
+                    for rm in mreq.resource_metrics:
+                        for sm in rm.scope_metrics:
+                            got.metrics.extend(sm.metrics)
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", got
+    finally:
+        srv.shutdown()
+        srv.server_close()
