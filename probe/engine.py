@@ -164,7 +164,28 @@ def run_checks(
         for fut in futures:
             fut.cancel()
         pool.shutdown()
-    return skips + [results[i] for i in range(len(work)) if i in results]
+    done = skips + [results[i] for i in range(len(work)) if i in results]
+    return sorted(done, key=_order_key(checks, ctx))
+
+
+def _order_key(
+    checks: Sequence[Check], ctx: RunContext
+) -> Callable[[Result], tuple[int, int, int]]:
+    """Report order: by check (as requested), then target (as listed), then endpoint."""
+    check_pos = {c.name: i for i, c in enumerate(checks)}
+    target_pos = {t.name: i for i, t in enumerate(ctx.targets.targets)}
+    endpoint_pos = {
+        (t.name, str(e)): j for t in ctx.targets.targets for j, e in enumerate(t.endpoints)
+    }
+
+    def key(r: Result) -> tuple[int, int, int]:
+        return (
+            check_pos.get(r.check, len(check_pos)),
+            target_pos.get(r.target, -1),
+            endpoint_pos.get((r.target, r.endpoint or ""), -1),
+        )
+
+    return key
 
 
 class _DaemonPool:
