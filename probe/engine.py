@@ -164,8 +164,8 @@ def run_checks(
         for fut in futures:
             fut.cancel()
         pool.shutdown()
-    done = skips + [results[i] for i in range(len(work)) if i in results]
-    return sorted(done, key=_order_key(checks, ctx))
+    collected = skips + [results[i] for i in range(len(work)) if i in results]
+    return sorted(collected, key=_order_key(checks, ctx))
 
 
 def _order_key(
