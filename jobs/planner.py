@@ -1,0 +1,732 @@
+"""From a ``ClusterSnapshot`` to a plan: what every edge must do, and what the
+configuration itself says about the mesh. Pure: no I/O.
+
+API (the lab and the orchestrator build on it)::
+
+    plan = build_plan(snapshot, Requirements(strict=True, sidecar=False))
+    plan.targets_file   # probe.model.TargetsFile: ``mtlsprobe check`` input, one Target
+                        # per (Service, service port[, pod group]); name "<ns>/<svc>:<port>"
+    plan.findings       # list[probe.results.Result]: check "policy" (static findings),
+                        # "require-strict" / "require-sidecar" (compliance, only when asked)
+    plan.edges          # list[Edge]: one per (target, pod, target port) - both sides of a call
+    plan.inbound        # list[Inbound]: one per (pod, port) of every planned pod, for
+                        # configuring sidecar listeners (ports not behind a Service too)
+    plan.exit_code()    # 1 when a finding fails (an asked requirement, or a contradiction)
+
+``Edge`` (frozen): ``target`` (Target.name), ``service``, ``namespace``, ``host`` (FQDN),
+``service_port``, ``protocol`` (probe.model.Protocol), ``pod`` (PodInfo), ``target_port``,
+``server_mode`` (Expect STRICT|PERMISSIVE|DISABLE from PeerAuthentication), ``expect``
+(``server_mode``, or NONE when neither sidecar nor ztunnel is in front), ``mode_source``,
+``dr_mode`` (DISABLE|SIMPLE|MUTUAL|ISTIO_MUTUAL|None) and ``dr_source``, and ``client``
+(jobs.policy.ClientView: what a sidecar client sends - ``tls``, ``mtls`` - and whether it
+works - ``outcome`` ok|fail|unknown, ``reason``).
+
+``PodInfo`` (frozen): ``name``, ``namespace``, ``service_account``, ``identity`` (SPIFFE ID),
+``ip`` (None until known; the lab sets IPs with jobs.objects.set_pod_ip before planning),
+``ready``, ``labels``, ``annotations``, ``has_sidecar``, ``ambient``, ``tls_mode_label``,
+``echo`` (label ``app.kubernetes.io/name: mtlsprobe-echo``); ``key`` is "<ns>/<name>".
+
+Verdicts of findings: ``fail`` = an asked requirement is not met, or the configuration
+contradicts itself (a DestinationRule that will break calls against the server's mode);
+``error`` = an object could not be used (the plan may be incomplete: fail closed);
+``skip`` = a warning or fact that no requirement asked about; ``pass`` = a requirement met,
+and the coverage summary.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.objects import (
+    ClusterSnapshot,
+    KubeObject,
+    annotations_of,
+    labels_of,
+    name,
+    namespace,
+    pod_ip,
+    pod_ready,
+    port_key,
+    ref,
+    service_account,
+    spec,
+)
+from jobs.policy import (
+    TLS_MODE_LABEL,
+    ClientView,
+    DestinationRuleIndex,
+    Outcome,
+    PeerAuthIndex,
+    ambient_enrolled,
+    ambient_labeled,
+    client_view,
+    container_ports,
+    dr_host,
+    expect_for,
+    has_sidecar,
+    in_cluster_host,
+    port_protocol,
+    resolve_target_port,
+    selects,
+    service_ports,
+    service_selector,
+)
+from probe.model import Endpoint, Expect, Protocol, Source, Target, TargetsFile
+from probe.results import EXIT_FAIL, EXIT_OK, Result, Verdict
+
+CHECK_POLICY = "policy"
+CHECK_REQUIRE = {"strict": "require-strict", "sidecar": "require-sidecar"}
+REQUIREMENTS = tuple(CHECK_REQUIRE)
+ECHO_LABEL = ("app.kubernetes.io/name", "mtlsprobe-echo")
+DEFAULT_CLIENT_NAMESPACE = "mtlsprobe"
+SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """Compliance asked for (``--require``), and where the probe's sidecar client runs
+    (DestinationRules are looked up from the client's namespace first)."""
+
+    strict: bool = False
+    sidecar: bool = False
+    client_namespace: str | None = DEFAULT_CLIENT_NAMESPACE
+
+    @classmethod
+    def parse(cls, items: Iterable[str], client_namespace: str | None = None) -> Requirements:
+        """From ``strict,sidecar`` words; raises ValueError naming an unknown one."""
+        words = {w.strip().lower() for item in items for w in item.split(",") if w.strip()}
+        unknown = words - set(REQUIREMENTS)
+        if unknown:
+            raise ValueError(
+                f"unknown requirement {sorted(unknown)[0]!r} (known: {', '.join(REQUIREMENTS)})"
+            )
+        return cls(
+            strict="strict" in words,
+            sidecar="sidecar" in words,
+            client_namespace=client_namespace or DEFAULT_CLIENT_NAMESPACE,
+        )
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    namespace: str
+    service_account: str
+    identity: str
+    ip: str | None
+    ready: bool
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    has_sidecar: bool
+    ambient: bool
+    tls_mode_label: str | None
+    echo: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def has_proxy(self) -> bool:
+        """A sidecar or ztunnel sits in front of the app."""
+        return self.has_sidecar or self.ambient
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One inbound (pod, target port) and the mode its proxy must enforce."""
+
+    pod: PodInfo
+    port: int
+    mode: Expect
+    expect: Expect
+    source: str
+
+
+@dataclass(frozen=True)
+class Edge:
+    target: str
+    service: str
+    namespace: str
+    host: str
+    service_port: int
+    protocol: Protocol
+    pod: PodInfo
+    target_port: int
+    server_mode: Expect
+    expect: Expect
+    mode_source: str
+    dr_mode: str | None
+    dr_source: str | None
+    client: ClientView
+
+
+@dataclass
+class Plan:
+    targets_file: TargetsFile
+    findings: list[Result] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+    inbound: list[Inbound] = field(default_factory=list)
+    requirements: Requirements = field(default_factory=Requirements)
+
+    def exit_code(self) -> int:
+        if any(r.verdict == Verdict.FAIL for r in self.findings):
+            return EXIT_FAIL
+        return EXIT_OK
+
+
+# ---- building -------------------------------------------------------------------------------
+
+
+def _finding(target: str, verdict: Verdict, reason: str, **evidence: Any) -> Result:
+    return Result(
+        check=CHECK_POLICY,
+        target=target,
+        verdict=verdict,
+        reason=reason,
+        evidence={k: v for k, v in evidence.items() if v is not None},
+    )
+
+
+class _Builder:
+    def __init__(self, snap: ClusterSnapshot, req: Requirements) -> None:
+        self.snap = snap
+        self.req = req
+        self.pa = PeerAuthIndex(snap.peerauthentications, snap.root_namespace)
+        self.dr = DestinationRuleIndex(
+            snap.destinationrules, snap.root_namespace, snap.cluster_domain
+        )
+        self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
+        self.pods: dict[str, KubeObject] = {}
+        self.pods_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
+        for p in snap.pods:
+            if snap.is_target_namespace(namespace(p)):
+                self.pods[ref(p)] = p
+                self.pods_by_ns[namespace(p)].append(p)
+        self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
+        for s in snap.endpointslices:
+            svc = labels_of(s).get(SLICE_SERVICE_LABEL)
+            if svc:
+                self.slices[(namespace(s), svc)].append(s)
+        self._info: dict[str, PodInfo] = {}
+        self.findings: list[Result] = []
+        self.edges: list[Edge] = []
+
+    def info(self, pod: KubeObject) -> PodInfo:
+        key = ref(pod)
+        got = self._info.get(key)
+        if got is None:
+            ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
+            ns_lbl = self.ns_labels.get(ns, {})
+            got = PodInfo(
+                name=name(pod),
+                namespace=ns,
+                service_account=sa,
+                identity=f"spiffe://{self.snap.trust_domain}/ns/{ns}/sa/{sa}",
+                ip=pod_ip(pod),
+                ready=pod_ready(pod),
+                labels=lbl,
+                annotations=annotations_of(pod),
+                has_sidecar=has_sidecar(pod),
+                ambient=ambient_enrolled(pod, ns_lbl),
+                tls_mode_label=lbl.get(TLS_MODE_LABEL),
+                echo=lbl.get(ECHO_LABEL[0]) == ECHO_LABEL[1],
+            )
+            self._info[key] = got
+        return got
+
+    # -- endpoints of one service port: (pod, ip, target port) --------------------------------
+
+    def endpoints(
+        self, svc: KubeObject, sp: Mapping[str, Any]
+    ) -> list[tuple[KubeObject, str | None, int]]:
+        ns, svc_name = namespace(svc), name(svc)
+        slices = self.slices.get((ns, svc_name))
+        out: list[tuple[KubeObject, str | None, int]] = []
+        if slices:
+            want = sp.get("name") or ""
+            for sl in slices:
+                port = next(
+                    (
+                        p.get("port")
+                        for p in sl.get("ports") or []
+                        if (p.get("name") or "") == want and isinstance(p.get("port"), int)
+                    ),
+                    None,
+                )
+                for ep in sl.get("endpoints") or []:
+                    cond = ep.get("conditions") if isinstance(ep.get("conditions"), dict) else {}
+                    if cond.get("ready") is False:
+                        continue
+                    tref = ep.get("targetRef") if isinstance(ep.get("targetRef"), dict) else {}
+                    pod = self.pods.get(f"{tref.get('namespace') or ns}/{tref.get('name')}")
+                    if tref.get("kind") != "Pod" or pod is None:
+                        self.findings.append(
+                            _finding(
+                                f"{ns}/{svc_name}",
+                                Verdict.SKIP,
+                                f"EndpointSlice {ref(sl)} lists {ep['addresses'][:1]} without "
+                                "a known Pod behind it: not planned",
+                            )
+                        )
+                        continue
+                    tport = port if port is not None else resolve_target_port(sp, pod)
+                    if tport is None:
+                        continue
+                    out.extend((pod, str(a), tport) for a in ep["addresses"][:1])
+            return out
+        sel = service_selector(svc)
+        if sel is None:
+            return out
+        for pod in self.pods_by_ns.get(ns, ()):
+            if not selects(sel, labels_of(pod)) or not pod_ready(pod):
+                continue
+            tport = resolve_target_port(sp, pod)
+            if tport is None:
+                self.findings.append(
+                    _finding(
+                        f"{ns}/{svc_name}:{sp.get('port')}",
+                        Verdict.SKIP,
+                        f"targetPort {sp.get('targetPort')!r} names no container port of pod "
+                        f"{ref(pod)}: not planned",
+                    )
+                )
+                continue
+            out.append((pod, pod_ip(pod), tport))
+        return out
+
+    # -- targets and edges ----------------------------------------------------------------------
+
+    def plan_service(self, svc: KubeObject) -> list[Target]:
+        ns, svc_name = namespace(svc), name(svc)
+        if spec(svc).get("type") == "ExternalName":
+            return []
+        host = f"{svc_name}.{ns}.svc.{self.snap.cluster_domain}"
+        targets: list[Target] = []
+        for sp in service_ports(svc):
+            if (sp.get("protocol") or "TCP") != "TCP":
+                continue
+            port: int = sp["port"]
+            base = f"{ns}/{svc_name}:{port}"
+            protocol = port_protocol(sp)
+            dr = self.dr.tls_for(host, ns, port, self.req.client_namespace)
+            groups: dict[tuple[str, Expect, bool], list[Endpoint]] = {}
+            group_edges: dict[tuple[str, Expect, bool], list[Edge]] = defaultdict(list)
+            for pod, ip, tport in self.endpoints(svc, sp):
+                pi = self.info(pod)
+                decision = self.pa.effective(ns, pi.labels, tport)
+                expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
+                view = client_view(
+                    dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
+                )
+                key = (pi.service_account, expect, pi.echo)
+                eps = groups.setdefault(key, [])
+                if ip is not None:
+                    eps.append(Endpoint.parse(f"[{ip}]:{tport}" if ":" in ip else f"{ip}:{tport}"))
+                edge = Edge(
+                    target=base,
+                    service=svc_name,
+                    namespace=ns,
+                    host=host,
+                    service_port=port,
+                    protocol=protocol,
+                    pod=pi,
+                    target_port=tport,
+                    server_mode=decision.mode,
+                    expect=expect,
+                    mode_source=decision.source,
+                    dr_mode=dr.mode,
+                    dr_source=dr.source,
+                    client=view,
+                )
+                group_edges[key].append(edge)
+            if not groups:
+                tp = sp.get("targetPort", port)
+                decision = self.pa.effective(ns, {}, tp if isinstance(tp, int) else None)
+                self.findings.append(
+                    _finding(
+                        base,
+                        Verdict.SKIP,
+                        "no ready endpoints: nothing to probe directly; expectation from "
+                        f"{decision.source}",
+                    )
+                )
+                targets.append(
+                    Target(name=base, host=host, port=port, expect=decision.mode, protocol=protocol)
+                )
+                continue
+            split = len(groups) > 1
+            if split:
+                sas = sorted({k[0] for k in groups})
+                self.findings.append(
+                    _finding(
+                        base,
+                        Verdict.SKIP,
+                        f"pods behind this port differ (service accounts {', '.join(sas)}, or "
+                        "sidecar/policy): split into one target per group",
+                        groups=len(groups),
+                    )
+                )
+            for key, eps in groups.items():
+                sa, expect, echo = key
+                tname = f"{base}@{sa}/{expect.value}" if split else base
+                edges = group_edges[key]
+                if split:
+                    edges = [_retarget(e, tname) for e in edges]
+                self.edges.extend(edges)
+                targets.append(
+                    Target(
+                        name=tname,
+                        host=host,
+                        port=port,
+                        expect=expect,
+                        endpoints=tuple(sorted(set(eps), key=str)),
+                        identity=f"spiffe://{self.snap.trust_domain}/ns/{ns}/sa/{sa}",
+                        protocol=protocol,
+                        echo=echo,
+                    )
+                )
+        return targets
+
+
+def _retarget(e: Edge, target: str) -> Edge:
+    from dataclasses import replace
+
+    return replace(e, target=target)
+
+
+def _coerce(req: Requirements | Iterable[str] | None) -> Requirements:
+    if req is None:
+        return Requirements()
+    if isinstance(req, Requirements):
+        return req
+    return Requirements.parse(req)
+
+
+def build_plan(
+    snapshot: ClusterSnapshot, requirements: Requirements | Iterable[str] | None = None
+) -> Plan:
+    req = _coerce(requirements)
+    b = _Builder(snapshot, req)
+    targets: list[Target] = []
+    for svc in sorted(snapshot.services, key=lambda s: (namespace(s), name(s))):
+        if snapshot.is_target_namespace(namespace(svc)):
+            targets.extend(b.plan_service(svc))
+    inbound = _inbound(b)
+    findings = [
+        *_problem_findings(snapshot),
+        *b.findings,
+        *_peer_auth_findings(b),
+        *_namespace_findings(b),
+        *_sidecar_findings(b),
+        *_dr_findings(b),
+        *_contradictions(b.edges),
+        *_compliance(req, targets, b.edges),
+        _coverage(b, inbound),
+    ]
+    tf = TargetsFile(
+        trust_domain=snapshot.trust_domain,
+        targets=tuple(targets),
+        source=Source(),
+    )
+    return Plan(tf, findings, b.edges, inbound, req)
+
+
+# ---- inbound per (pod, port) -----------------------------------------------------------------
+
+
+def _inbound(b: _Builder) -> list[Inbound]:
+    ports: dict[str, set[int]] = defaultdict(set)
+    for e in b.edges:
+        ports[e.pod.key].add(e.target_port)
+    out: list[Inbound] = []
+    for key, pod in sorted(b.pods.items()):
+        pi = b.info(pod)
+        declared = {
+            p["containerPort"]
+            for p in container_ports(pod)
+            if (p.get("protocol") or "TCP") == "TCP"
+        }
+        for port in sorted(declared | ports.get(key, set())):
+            d = b.pa.effective(pi.namespace, pi.labels, port)
+            out.append(
+                Inbound(pi, port, d.mode, expect_for(d.mode, pi.has_sidecar, pi.ambient), d.source)
+            )
+    return out
+
+
+# ---- findings --------------------------------------------------------------------------------
+
+
+def _problem_findings(snap: ClusterSnapshot) -> list[Result]:
+    out = [
+        _finding(p.ref, Verdict.ERROR, f"{p.message}: skipped; the plan may be incomplete")
+        for p in snap.problems
+    ]
+    out.extend(_finding("cluster", Verdict.SKIP, note) for note in snap.notes)
+    return out
+
+
+def _in_scope(b: _Builder, ns: str) -> bool:
+    return ns == b.snap.root_namespace or b.snap.is_target_namespace(ns)
+
+
+def _peer_auth_findings(b: _Builder) -> list[Result]:
+    out: list[Result] = []
+    for pa in sorted(b.snap.peerauthentications, key=ref):
+        if not _in_scope(b, namespace(pa)):
+            continue
+        target = f"PeerAuthentication {ref(pa)}"
+        mtls = spec(pa).get("mtls")
+        mode = mtls.get("mode") if isinstance(mtls, dict) else None
+        if mode in ("PERMISSIVE", "DISABLE"):
+            what = "accepts plaintext" if mode == "PERMISSIVE" else "turns mTLS off"
+            out.append(_finding(target, Verdict.SKIP, f"mode {mode}: {what}", mode=mode))
+        plm = spec(pa).get("portLevelMtls")
+        if isinstance(plm, dict):
+            for k, v in plm.items():
+                pm = v.get("mode") if isinstance(v, dict) else None
+                if pm in ("PERMISSIVE", "DISABLE"):
+                    out.append(
+                        _finding(
+                            target,
+                            Verdict.SKIP,
+                            f"port {port_key(k)} (target port) is {pm}",
+                            port=port_key(k),
+                            mode=pm,
+                        )
+                    )
+    for pa, why in b.pa.ignored:
+        if _in_scope(b, namespace(pa)):
+            out.append(_finding(f"PeerAuthentication {ref(pa)}", Verdict.SKIP, why))
+    for loser, winner in b.pa.shadowed:
+        if _in_scope(b, namespace(loser)):
+            out.append(
+                _finding(
+                    f"PeerAuthentication {ref(loser)}",
+                    Verdict.SKIP,
+                    f"ignored: the older {ref(winner)} at the same level wins",
+                )
+            )
+    return out
+
+
+def _namespace_findings(b: _Builder) -> list[Result]:
+    out: list[Result] = []
+    mesh = b.pa.mesh
+    inherited = (
+        f"the mesh policy {ref(mesh)} applies"
+        if mesh is not None
+        else "no mesh policy either: Istio's default PERMISSIVE applies"
+    )
+    for ns in sorted(b.pods_by_ns):
+        if ns != b.snap.root_namespace and not b.pa.has_policy_in(ns):
+            out.append(
+                _finding(f"namespace {ns}", Verdict.SKIP, f"no PeerAuthentication; {inherited}")
+            )
+        ns_lbl = b.ns_labels.get(ns, {})
+        for pod in b.pods_by_ns[ns]:
+            if ambient_labeled(pod, ns_lbl) and not has_sidecar(pod) and not b.info(pod).ambient:
+                out.append(
+                    _finding(
+                        f"pod {ref(pod)}",
+                        Verdict.SKIP,
+                        "labelled for ambient but not redirected (no annotation "
+                        "ambient.istio.io/redirection=enabled): ztunnel does not capture it",
+                    )
+                )
+    return out
+
+
+def _sidecar_findings(b: _Builder) -> list[Result]:
+    out: list[Result] = []
+    for ns in sorted(b.pods_by_ns):
+        pods = b.pods_by_ns[ns]
+        bare = sorted(name(p) for p in pods if not b.info(p).has_proxy)
+        if bare:
+            shown = ", ".join(bare[:5]) + (f" and {len(bare) - 5} more" if len(bare) > 5 else "")
+            out.append(
+                _finding(
+                    f"namespace {ns}",
+                    Verdict.SKIP,
+                    f"{len(bare)} of {len(pods)} pods without a sidecar accept plaintext "
+                    f"whatever the policy: {shown}",
+                    pods=bare,
+                )
+            )
+    return out
+
+
+def _dr_findings(b: _Builder) -> list[Result]:
+    out: list[Result] = []
+    for dr in sorted(b.snap.destinationrules, key=ref):
+        host = dr_host(dr, b.snap.cluster_domain)
+        if not in_cluster_host(host, b.snap.cluster_domain):
+            continue
+        tp = spec(dr).get("trafficPolicy")
+        if not isinstance(tp, dict):
+            continue
+        modes: list[tuple[str, str]] = []
+        tls = tp.get("tls")
+        if isinstance(tls, dict) and tls.get("mode") in ("DISABLE", "SIMPLE", "MUTUAL"):
+            modes.append(("", str(tls["mode"])))
+        for pls in tp.get("portLevelSettings") or []:
+            t = pls.get("tls")
+            if isinstance(t, dict) and t.get("mode") in ("DISABLE", "SIMPLE", "MUTUAL"):
+                modes.append((f" port {pls['port']['number']}", str(t["mode"])))
+        for where, mode in modes:
+            what = (
+                "sidecar clients send plaintext"
+                if mode == "DISABLE"
+                else "sidecar clients originate TLS with non-mesh certificates, not Istio mTLS"
+            )
+            out.append(
+                _finding(
+                    f"DestinationRule {ref(dr)}",
+                    Verdict.SKIP,
+                    f"tls.mode {mode} for in-cluster host {host}{where}: {what}",
+                    host=host,
+                    mode=mode,
+                )
+            )
+    return out
+
+
+def _contradictions(edges: Sequence[Edge]) -> list[Result]:
+    by_target: dict[str, list[Edge]] = defaultdict(list)
+    for e in edges:
+        if e.client.outcome != Outcome.OK:
+            by_target[e.target].append(e)
+    out: list[Result] = []
+    for target, bad in by_target.items():
+        fails = [e for e in bad if e.client.outcome == Outcome.FAIL]
+        e = (fails or bad)[0]
+        pods = sorted({x.pod.key for x in (fails or bad)})
+        out.append(
+            Result(
+                check=CHECK_POLICY,
+                target=target,
+                verdict=Verdict.FAIL if fails else Verdict.SKIP,
+                reason=(
+                    f"sidecar clients will fail: {e.client.reason}"
+                    if fails
+                    else f"sidecar clients may fail: {e.client.reason}"
+                ),
+                expected="calls from sidecar clients succeed",
+                observed=f"server {e.server_mode.value} at target port {e.target_port}, "
+                f"client {e.client.tls}",
+                evidence={
+                    "pods": pods,
+                    "destinationRule": e.dr_source,
+                    "modeSource": e.mode_source,
+                },
+            )
+        )
+    return out
+
+
+def _compliance(
+    req: Requirements, targets: Sequence[Target], edges: Sequence[Edge]
+) -> list[Result]:
+    by_target: dict[str, list[Edge]] = defaultdict(list)
+    for e in edges:
+        by_target[e.target].append(e)
+    out: list[Result] = []
+    for t in targets:
+        tedges = by_target.get(t.name, [])
+        if req.strict:
+            out.append(_require_strict(t, tedges))
+        if req.sidecar:
+            out.append(_require_sidecar(t, tedges))
+    return out
+
+
+def _require_strict(t: Target, edges: Sequence[Edge]) -> Result:
+    check = CHECK_REQUIRE["strict"]
+    if not edges:
+        ok = t.expect == Expect.STRICT
+        return Result(
+            check=check,
+            target=t.name,
+            verdict=Verdict.PASS if ok else Verdict.FAIL,
+            reason=f"no endpoints; the policy for this port is {t.expect.value}",
+            expected="STRICT",
+            observed=t.expect.value,
+        )
+    bad = [e for e in edges if e.expect != Expect.STRICT]
+    if not bad:
+        return Result(
+            check=check,
+            target=t.name,
+            verdict=Verdict.PASS,
+            reason=f"STRICT ({edges[0].mode_source})",
+            expected="STRICT",
+            observed="STRICT",
+        )
+    e = bad[0]
+    why = (
+        f"pod {e.pod.key} has no sidecar: plaintext accepted whatever the policy"
+        if e.expect == Expect.NONE
+        else f"target port {e.target_port} is {e.server_mode.value} by {e.mode_source}"
+    )
+    return Result(
+        check=check,
+        target=t.name,
+        verdict=Verdict.FAIL,
+        reason=why,
+        expected="STRICT",
+        observed=e.expect.value,
+        evidence={"pods": sorted({x.pod.key for x in bad})},
+    )
+
+
+def _require_sidecar(t: Target, edges: Sequence[Edge]) -> Result:
+    check = CHECK_REQUIRE["sidecar"]
+    bare = sorted({e.pod.key for e in edges if not e.pod.has_proxy})
+    if not edges:
+        return Result(check=check, target=t.name, verdict=Verdict.SKIP, reason="no endpoints")
+    if bare:
+        return Result(
+            check=check,
+            target=t.name,
+            verdict=Verdict.FAIL,
+            reason=f"{len(bare)} pod(s) without a sidecar: {', '.join(bare[:5])}",
+            expected="sidecar",
+            observed="none",
+            evidence={"pods": bare},
+        )
+    return Result(
+        check=check,
+        target=t.name,
+        verdict=Verdict.PASS,
+        reason="every pod behind this port has a sidecar or ztunnel",
+        expected="sidecar",
+        observed="sidecar",
+    )
+
+
+def _pct(n: int, d: int) -> str:
+    return f"{n}/{d} ({100 * n / d:.0f}%)" if d else "0/0"
+
+
+def _coverage(b: _Builder, inbound: Sequence[Inbound]) -> Result:
+    pods = [b.info(p) for p in b.pods.values()]
+    meshed = sum(1 for p in pods if p.has_proxy)
+    proxied = [i for i in inbound if i.pod.has_proxy]
+    strict = sum(1 for i in proxied if i.mode == Expect.STRICT)
+    all_strict = sum(1 for i in inbound if i.expect == Expect.STRICT)
+    return _finding(
+        "mesh",
+        Verdict.PASS,
+        f"sidecar coverage {_pct(meshed, len(pods))} pods; STRICT coverage "
+        f"{_pct(strict, len(proxied))} meshed ports, {_pct(all_strict, len(inbound))} of all ports",
+        pods=len(pods),
+        podsWithProxy=meshed,
+        meshedPorts=len(proxied),
+        strictMeshedPorts=strict,
+        ports=len(inbound),
+        strictPorts=all_strict,
+    )
