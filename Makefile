@@ -18,7 +18,7 @@ lab: $(STAMP)
 	$(BIN)/mtlsprobe lab
 
 lint: $(STAMP)
-	$(BIN)/ruff check probe jobs tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
