@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.checks.meshcall import call
-from probe.model import Expect
+from probe.model import Expect, Protocol
 from probe.results import Result, Verdict
 from probe.xfcc import XfccError, trusted_element
 
@@ -19,6 +19,15 @@ class MeshCheck(Check):
     name = "mesh"
     scope: ClassVar[Scope] = Scope.TARGET
     summary = "calls through the sidecar arrive over mTLS with the expected identities"
+
+    def skip_reason(self, ctx: RunContext, target: Target | None) -> str | None:
+        assert target is not None
+        if target.protocol is Protocol.TCP:
+            return (
+                "tcp port: the mesh call is HTTP; plaintext, peer-cert and foreign-client "
+                "cover this port"
+            )
+        return None
 
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
         assert target is not None

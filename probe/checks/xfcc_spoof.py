@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.checks.meshcall import call
 from probe.errors import ObservationError
-from probe.model import Expect
+from probe.model import Expect, Protocol
 from probe.results import Result, Verdict
 from probe.xfcc import XfccError, parse_xfcc
 
@@ -24,6 +24,8 @@ class XfccSpoofCheck(Check):
 
     def skip_reason(self, ctx: RunContext, target: Target | None) -> str | None:
         assert target is not None
+        if target.protocol is Protocol.TCP:
+            return "tcp port: no HTTP headers to forge"
         if not target.echo:
             return "target does not reflect headers (echo: false): cannot see what arrives"
         if target.expect not in (Expect.STRICT, Expect.PERMISSIVE):
