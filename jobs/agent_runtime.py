@@ -1,0 +1,127 @@
+"""The agent's life: rounds on an APScheduler interval, one at a time, and a bounded stop.
+
+APScheduler guarantees the schedule properties the issue asks for: ``max_instances=1``
+(a slow round never overlaps the next; the late tick is skipped), ``coalesce`` (ticks
+missed while busy or suspended collapse into one run), ``misfire_grace_time`` of one
+interval (a tick late by less than an interval still runs), jitter on the trigger (so
+a DaemonSet's agents do not all probe the same second).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from jobs.agent_metrics import AgentMetrics
+from jobs.agent_round import RoundRunner
+from jobs.agent_state import AgentState, RoundReport
+from probe.report import render_json
+from probe.results import summarize
+
+log = logging.getLogger("mtlsprobe.agent")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    interval_s: float
+    jitter_s: float = 0.0
+    max_rounds: int | None = None  # stop after this many rounds (lab, benchmarks)
+
+
+class Agent:
+    def __init__(
+        self,
+        runner: RoundRunner,
+        state: AgentState,
+        metrics: AgentMetrics,
+        schedule: Schedule,
+    ) -> None:
+        self.runner = runner
+        self.state = state
+        self.metrics = metrics
+        self.schedule = schedule
+        self._round_stop = threading.Event()  # the engine's stop: abandon a round
+        self._idle = threading.Event()
+        self._idle.set()
+        self._idle_lock = threading.Lock()
+        self._results_json: bytes | None = None
+        self.done = threading.Event()  # set when max_rounds were run
+        self._scheduler: Any = None
+
+    def start(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        sched = BackgroundScheduler(timezone=UTC)
+        interval = self.schedule.interval_s
+        sched.add_job(
+            self._round,
+            IntervalTrigger(seconds=interval, jitter=self.schedule.jitter_s or None, timezone=UTC),
+            id="mtlsprobe-round",
+            name="mtlsprobe round",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, round(interval)),
+            next_run_time=datetime.now(UTC),  # first round at start, not one interval later
+        )
+        sched.start()
+        self._scheduler = sched
+
+    def results_json(self) -> bytes | None:
+        return self._results_json
+
+    def _round(self) -> None:
+        with self._idle_lock:
+            if self._round_stop.is_set() or self.done.is_set():
+                return
+            self._idle.clear()
+        self.state.round_started()
+        report: RoundReport | None = None
+        try:
+            report = self.runner.run(self._round_stop)
+            self._results_json = render_json(report.results).encode("utf-8")
+            try:
+                self.metrics.record_round(report)
+            except Exception as exc:  # an exporter problem must not stop probing
+                log.warning("telemetry for round %d failed: %s", report.number, exc)
+            _log_round(report)
+        finally:
+            if report is None:
+                report = RoundReport(0, 0.0, 0.0, (), True, "round did not complete")
+            self.state.round_finished(report)
+            self._idle.set()
+        if self.schedule.max_rounds is not None and report.number >= self.schedule.max_rounds:
+            self.done.set()
+
+    def stop(self, grace_s: float) -> bool:
+        """Stop the schedule, ask a running round to wind down, wait up to ``grace_s``;
+        then flush telemetry. True when no round was left running."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        with self._idle_lock:
+            self._round_stop.set()
+        finished = self._idle.wait(grace_s)
+        if not finished:
+            log.warning("a round was still running after %.0fs; abandoning it", grace_s)
+        self.metrics.shutdown()
+        return finished
+
+
+def _log_round(report: RoundReport) -> None:
+    counts = summarize(report.results)
+    share = f"{report.assigned}/{report.total} work items over {len(report.agents)} agent(s)"
+    log.info(
+        "round %d %s in %.2fs: %d pass, %d fail, %d error, %d skip; %s%s",
+        report.number,
+        "FAILED" if report.failed else "done",
+        report.duration_s,
+        counts["pass"],
+        counts["fail"],
+        counts["error"],
+        counts["skip"],
+        share,
+        f" ({report.failure_reason})" if report.failure_reason else "",
+    )

@@ -1,0 +1,144 @@
+"""The agent's HTTP port: /healthz, /readyz, /metrics, /results.
+
+Read-only (GET/HEAD), small (a fixed set of paths, bodies rendered once per round),
+bounded (a cap on connections being served, a socket timeout per request). Nothing
+secret is reachable: results carry certificate facts, never key material.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from jobs.agent_state import AgentState
+
+MAX_CONNECTIONS = 16
+REQUEST_TIMEOUT_S = 5.0
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Endpoints:
+    """What the server reads; ``results_json`` is the last round rendered once."""
+
+    state: AgentState
+    metrics_text: Callable[[], bytes]
+    results_json: Callable[[], bytes | None]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], endpoints: Endpoints) -> None:
+        self.endpoints = endpoints
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(addr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Over the cap, drop the connection instead of queueing threads without bound.
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT_S
+    protocol_version = "HTTP/1.1"
+    server_version = "mtlsprobe-agent"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes and scrapes every few seconds would drown the agent's own log."""
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def _serve(self, *, head: bool) -> None:
+        ep = self.server.endpoints
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(200, b"ok\n", "text/plain; charset=utf-8", head)
+        elif path == "/readyz":
+            r = ep.state.readiness()
+            self._send(200 if r.ready else 503, (r.reason + "\n").encode(), "text/plain", head)
+        elif path == "/metrics":
+            self._send(200, ep.metrics_text(), PROMETHEUS_CONTENT_TYPE, head)
+        elif path == "/results":
+            body = ep.results_json()
+            if body is None:
+                msg = {"error": "no round completed yet"}
+                self._send(503, json.dumps(msg).encode(), "application/json", head)
+            else:
+                self._send(200, body, "application/json", head)
+        else:
+            self._send(404, b"not found: /healthz /readyz /metrics /results\n", "text/plain", head)
+
+    def _send(self, status: int, body: bytes, ctype: str, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.send_header("cache-control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _refuse(self) -> None:
+        self.send_error(405, "read-only: GET or HEAD")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+
+class AgentServer:
+    """Serves in a daemon thread; ``close`` stops it and frees the port."""
+
+    def __init__(self, listen: tuple[str, int], endpoints: Endpoints) -> None:
+        self._srv = _Server(listen, endpoints)
+        self._thread = threading.Thread(
+            target=self._srv.serve_forever, name="mtlsprobe-agent-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._srv.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._srv.shutdown()
+        self._srv.server_close()
+        self._thread.join(timeout=2)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``0.0.0.0:9090``, ``:9090``, ``[::]:9090``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--listen {text!r}: want HOST:PORT, e.g. 0.0.0.0:9090")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)

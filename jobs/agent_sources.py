@@ -1,0 +1,171 @@
+"""Where each round's targets and the set of peer agents come from.
+
+Everything here is I/O at the edge; a failure raises ``SourceError`` with one line
+that becomes the round's ``error`` result, never an exception out of the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from probe.model import TargetsFile, TargetsFileError, load_targets
+
+# Connect and read timeouts for every Kubernetes API call (seconds): a dead API
+# server costs a round a few seconds, not the interval.
+API_TIMEOUT = (3.0, 10.0)
+PAGE_SIZE = 500
+
+
+class SourceError(Exception):
+    """The targets or the peers could not be read this round (the message is the reason)."""
+
+
+class TargetSource(Protocol):
+    """Produces the full (unsharded) targets of one round."""
+
+    def describe(self) -> str: ...
+
+    def load(self) -> TargetsFile: ...
+
+
+class PeerSource(Protocol):
+    """Names the agents of this agent's kind that share the work."""
+
+    def describe(self) -> str: ...
+
+    def agents(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A targets file, re-read every round so an edit (the lab) shows up next round."""
+
+    path: Path
+
+    def describe(self) -> str:
+        return f"targets file {self.path}"
+
+    def load(self) -> TargetsFile:
+        try:
+            return load_targets(self.path)
+        except TargetsFileError as exc:
+            raise SourceError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class CallableSource:
+    """Targets from a function (discovery + plan); any exception is a failed round."""
+
+    name: str
+    build: Callable[[], TargetsFile]
+
+    def describe(self) -> str:
+        return self.name
+
+    def load(self) -> TargetsFile:
+        try:
+            return self.build()
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{self.name}: {_one_line(exc)}") from None
+
+
+@dataclass(frozen=True)
+class StaticPeers:
+    names: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"static peers {','.join(self.names)}"
+
+    def agents(self) -> list[str]:
+        return list(self.names)
+
+
+class KubePeers:
+    """Ready pods of the agent DaemonSet (a label selector in the agent's namespace).
+
+    Lists pods with raw JSON paging rather than the client's models: a DaemonSet on a
+    large cluster has thousands of pods and this runs every round.
+    """
+
+    def __init__(self, api_client: Any, namespace: str, selector: str) -> None:
+        self._api = api_client
+        self.namespace = namespace
+        self.selector = selector
+
+    def describe(self) -> str:
+        return f"pods {self.selector!r} in namespace {self.namespace}"
+
+    def agents(self) -> list[str]:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self._api)
+        names: list[str] = []
+        cont: str | None = None
+        try:
+            while True:
+                kwargs: dict[str, Any] = {
+                    "label_selector": self.selector,
+                    "limit": PAGE_SIZE,
+                    "_preload_content": False,
+                    "_request_timeout": API_TIMEOUT,
+                }
+                if cont:
+                    kwargs["_continue"] = cont
+                resp: Any = core.list_namespaced_pod(self.namespace, **kwargs)
+                doc = json.loads(resp.data)
+                names.extend(p["metadata"]["name"] for p in doc.get("items") or [] if _pod_ready(p))
+                cont = (doc.get("metadata") or {}).get("continue")
+                if not cont:
+                    return names
+        except Exception as exc:
+            raise SourceError(f"listing agent pods ({self.describe()}): {_one_line(exc)}") from None
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def kube_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """In-cluster service account when running in a pod, else a kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return client.ApiClient()
+        cfg = client.Configuration()
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=cfg
+        )
+        return client.ApiClient(configuration=cfg)
+    except Exception as exc:
+        raise SourceError(f"no Kubernetes configuration: {_one_line(exc)}") from None
+
+
+def own_identity(explicit: str | None) -> str:
+    """This agent's name among its peers: the pod name (downward API) in a cluster."""
+    return explicit or os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def _one_line(exc: BaseException) -> str:
+    """API errors carry whole HTTP responses; keep the status and the first line."""
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    if status is not None and reason is not None:
+        return f"HTTP {status} {reason}"
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:300]
