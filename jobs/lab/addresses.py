@@ -72,6 +72,8 @@ def _lock_dir() -> Path:
 
 def _listening(ip: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As Envoy does: a port in TIME_WAIT after a previous lab is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError:

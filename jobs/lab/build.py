@@ -1,0 +1,196 @@
+"""From a scenario's YAML to what the lab runs, through the cluster path's own code:
+``jobs.manifests`` (YAML → snapshot, Deployments expanded, injection applied) and
+``jobs.planner`` (the policy engine). The lab adds only what a real cluster would
+supply itself — pod IPs — and the lab-only annotations (see ``LAB_ANNOTATIONS``)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from jobs.lab.addresses import Slot
+from jobs.lab.scenarios import Scenario, ScenarioError
+from jobs.lab.spec import (
+    CertKind,
+    InboundPort,
+    MeshSpec,
+    PodSpec,
+    ServerMode,
+    Upstream,
+    UpstreamEndpoint,
+    XfccMode,
+)
+from jobs.manifests import snapshot_from_documents
+from jobs.objects import annotations_of, name, namespace, set_pod_ip
+from jobs.planner import Edge, Plan, PodInfo, Requirements, build_plan
+from probe.model import Expect, Protocol, Target, TargetsFile
+from probe.results import Result
+
+PREFIX = "lab.mtlsprobe.dev/"
+CLAIM_MODE = PREFIX + "claim-mode"
+CERT = PREFIX + "cert"
+IDENTITY_SA = PREFIX + "identity-sa"
+XFCC = PREFIX + "xfcc"
+LAB_ANNOTATIONS = {
+    CLAIM_MODE: "the targets file claims this mode (STRICT|PERMISSIVE|DISABLE|NONE): a stale "
+    "expectation (Service or pod)",
+    CERT: "'expired': the sidecar presents an expired certificate (pod)",
+    IDENTITY_SA: "the sidecar's certificate names this service account instead (pod)",
+    XFCC: "'forward-untrusted': the path to this pod forwards a client-supplied XFCC (pod)",
+}
+PROBE_NAMESPACE = "mtlsprobe"
+PROBE_SERVICE_ACCOUNT = "mtlsprobe"
+
+
+@dataclass(frozen=True)
+class LabBuild:
+    mesh: MeshSpec
+    targets: TargetsFile
+    findings: tuple[Result, ...]
+    plan: Plan
+
+
+def _lab_annotations(owner: str, annotations: dict[str, str]) -> dict[str, str]:
+    out = {k: v for k, v in annotations.items() if k.startswith(PREFIX)}
+    for key, value in out.items():
+        if key not in LAB_ANNOTATIONS:
+            raise ScenarioError(f"{owner}: unknown lab annotation {key!r}")
+        if key == CLAIM_MODE and value.upper() not in Expect.__members__:
+            raise ScenarioError(f"{owner}: {key}: {value!r} is not STRICT|PERMISSIVE|DISABLE|NONE")
+        if key == CERT and value not in {k.value for k in CertKind}:
+            raise ScenarioError(f"{owner}: {key}: {value!r} (known: valid, expired)")
+        if key == XFCC and value not in {x.value for x in XfccMode}:
+            raise ScenarioError(f"{owner}: {key}: {value!r} (known: append, forward-untrusted)")
+        if key == IDENTITY_SA and not value:
+            raise ScenarioError(f"{owner}: {key} is empty")
+    return out
+
+
+def _server_mode(mode: Expect) -> ServerMode:
+    return ServerMode(mode.value) if mode is not Expect.NONE else ServerMode.PERMISSIVE
+
+
+def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuild:
+    snap = snapshot_from_documents([(scenario.origin, d) for d in scenario.documents])
+    app_ips: dict[str, str] = {}
+    for i, pod in enumerate(sorted(snap.pods, key=lambda p: (namespace(p), name(p)))):
+        set_pod_ip(pod, slot.pod_ip(i))
+        app_ips[f"{namespace(pod)}/{name(pod)}"] = slot.app_ip(i)
+    try:
+        reqs = Requirements.parse(require, client_namespace=PROBE_NAMESPACE)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    plan = build_plan(snap, reqs)
+    td = plan.targets_file.trust_domain
+
+    service_claims: dict[tuple[str, str], str] = {}
+    for svc in snap.services:
+        ann = _lab_annotations(f"Service {namespace(svc)}/{name(svc)}", annotations_of(svc))
+        if CLAIM_MODE in ann:
+            service_claims[(namespace(svc), name(svc))] = ann[CLAIM_MODE].upper()
+
+    tcp_ports: set[tuple[str, int]] = {
+        (e.pod.key, e.target_port) for e in plan.edges if e.protocol is Protocol.TCP
+    }
+    infos: dict[str, PodInfo] = {}
+    ports: dict[str, list[InboundPort]] = defaultdict(list)
+    for ib in plan.inbound:
+        infos[ib.pod.key] = ib.pod
+        if ib.pod.ambient:
+            raise ScenarioError(
+                f"pod {ib.pod.key} is enrolled in ambient mode: the lab runs sidecars only"
+            )
+        ports[ib.pod.key].append(
+            InboundPort(ib.port, (ib.pod.key, ib.port) not in tcp_ports, _server_mode(ib.mode))
+        )
+
+    pods: list[PodSpec] = []
+    pod_ann: dict[str, dict[str, str]] = {}
+    for key, info in sorted(infos.items()):
+        if info.ip is None:
+            continue
+        ann = _lab_annotations(f"pod {key}", dict(info.annotations))
+        pod_ann[key] = ann
+        sa = ann.get(IDENTITY_SA, info.service_account)
+        pods.append(
+            PodSpec(
+                namespace=info.namespace,
+                name=info.name,
+                ip=info.ip,
+                app_ip=app_ips[key],
+                sidecar=info.has_sidecar,
+                identity=f"spiffe://{td}/ns/{info.namespace}/sa/{sa}",
+                ports=tuple(ports[key]),
+                cert=CertKind(ann.get(CERT, CertKind.VALID.value)),
+                xfcc=XfccMode(ann.get(XFCC, XfccMode.APPEND.value)),
+            )
+        )
+
+    upstreams = _upstreams(plan.edges, pod_ann)
+    targets = _targets(plan, service_claims, pod_ann)
+    mesh = MeshSpec(
+        trust_domain=td,
+        probe_identity=f"spiffe://{td}/ns/{PROBE_NAMESPACE}/sa/{PROBE_SERVICE_ACCOUNT}",
+        pods=tuple(pods),
+        upstreams=upstreams,
+    )
+    return LabBuild(mesh, targets, tuple(plan.findings), plan)
+
+
+def _upstreams(edges: Sequence[Edge], pod_ann: dict[str, dict[str, str]]) -> tuple[Upstream, ...]:
+    """One outbound cluster per service port, as Istio builds them."""
+    groups: dict[tuple[str, int], list[Edge]] = defaultdict(list)
+    for e in edges:
+        if e.pod.ip is not None:
+            groups[(e.host, e.service_port)].append(e)
+    out: list[Upstream] = []
+    for (host, port), group in sorted(groups.items()):
+        seen: set[tuple[str, int]] = set()
+        endpoints: list[UpstreamEndpoint] = []
+        for e in group:
+            assert e.pod.ip is not None
+            if (e.pod.ip, e.target_port) in seen:
+                continue
+            seen.add((e.pod.ip, e.target_port))
+            endpoints.append(UpstreamEndpoint(e.pod.ip, e.target_port, e.client.mtls))
+        out.append(
+            Upstream(
+                host=host,
+                port=port,
+                http=all(e.protocol is Protocol.HTTP for e in group),
+                # Istio verifies the server against the service's service accounts.
+                sans=tuple(sorted({e.pod.identity for e in group})),
+                endpoints=tuple(endpoints),
+                forward_client_xfcc=any(
+                    pod_ann.get(e.pod.key, {}).get(XFCC) == XfccMode.FORWARD_UNTRUSTED.value
+                    for e in group
+                ),
+            )
+        )
+    return tuple(out)
+
+
+def _targets(
+    plan: Plan, service_claims: dict[tuple[str, str], str], pod_ann: dict[str, dict[str, str]]
+) -> TargetsFile:
+    """The planner's targets, with every app known to echo (the lab runs the echo
+    responder everywhere) and any claimed (stale) expectation written in."""
+    by_target: dict[str, list[Edge]] = defaultdict(list)
+    for e in plan.edges:
+        by_target[e.target].append(e)
+    targets: list[Target] = []
+    for t in plan.targets_file.targets:
+        edges = by_target.get(t.name, [])
+        claim: str | None = None
+        for e in edges:
+            claim = service_claims.get((e.namespace, e.service)) or pod_ann.get(e.pod.key, {}).get(
+                CLAIM_MODE
+            )
+            if claim:
+                break
+        t2 = replace(t, echo=True)
+        if claim:
+            t2 = replace(t2, expect=Expect(claim.upper()))
+        targets.append(t2)
+    return replace(plan.targets_file, targets=tuple(targets))

@@ -1,0 +1,376 @@
+"""``mtlsprobe lab``: bring up a local mesh of real Envoy sidecars, verify it with
+the whole suite, and explain what was found."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from jobs.lab.runner import LabRun
+    from jobs.lab.runtime import Lab
+    from jobs.lab.scenarios import Scenario
+
+DEFAULT_SCENARIOS = ("healthy", "broken")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Bring up a local Istio-like mesh of real Envoy sidecars from Kubernetes/Istio YAML "
+        "(built-in scenarios or your own), run every check against it and print the report. "
+        "With no arguments: the 'healthy' scenario, then what the checks find in 'broken'."
+    )
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="built-in scenario(s): healthy, migration, broken",
+    )
+    p.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE.yaml",
+        help="your own manifests (Namespaces, Deployments/Pods, Services, PeerAuthentications, "
+        "DestinationRules); repeatable, all files form one mesh",
+    )
+    p.add_argument(
+        "--workloads",
+        type=int,
+        metavar="N",
+        help="generate a STRICT mesh of N workloads (scale runs)",
+    )
+    p.add_argument(
+        "--require",
+        metavar="LIST",
+        help="compliance requirements: strict,sidecar (default: the scenario's own, else none)",
+    )
+    p.add_argument("--checks", metavar="LIST", help="checks to run (default: all)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="table",
+        choices=("table", "json", "jsonl", "junit"),
+        help="report format on stdout (default: table)",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the mesh running and print how to probe it by hand and how to stop it",
+    )
+    p.add_argument("--down", type=Path, metavar="WORKDIR", help="stop a mesh left up by --keep")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="where certificates, Envoy configs, logs and the targets file go "
+        "(default: a temporary directory, removed afterwards unless --keep or a failure)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="per-operation network timeout of the checks (default: 5)",
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=32, metavar="N", help="checks in flight (default: 32)"
+    )
+    p.add_argument(
+        "--envoys",
+        type=int,
+        metavar="N",
+        help="Envoy processes hosting the workload sidecars (default: one per 250 pods, max 2)",
+    )
+
+
+def _parse_list(text: str | None, known: tuple[str, ...], flag: str) -> list[str] | None:
+    from probe.cli import UsageError
+
+    if text is None:
+        return None
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for x in items:
+        if x not in known:
+            raise UsageError(f"{flag}: unknown {x!r} (known: {', '.join(known)})")
+    return items
+
+
+def _scenarios(args: argparse.Namespace) -> tuple[list[Scenario], bool]:
+    """The scenarios to run, and whether this is the guided demo (no arguments)."""
+    from jobs.lab import scenarios as sc
+    from probe.cli import UsageError
+
+    chosen: list[Scenario] = []
+    try:
+        chosen += [sc.builtin(name) for name in args.scenarios]
+        if args.file:
+            chosen.append(sc.from_files(args.file))
+    except sc.ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+    if args.workloads is not None:
+        if args.workloads < 1:
+            raise UsageError("--workloads must be >= 1")
+        chosen.append(sc.generated(args.workloads))
+    if chosen:
+        return chosen, False
+    return [sc.builtin(n) for n in DEFAULT_SCENARIOS], True
+
+
+@contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C does, so every ``finally`` tears the mesh down."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def main(args: argparse.Namespace) -> int:
+    from jobs.lab.scenarios import REQUIREMENTS
+    from jobs.lab.supervisor import LabError, stop_pids_file
+    from probe.checks import REGISTRY
+    from probe.cli import UsageError
+    from probe.results import EXIT_ERROR
+
+    if args.down is not None:
+        try:
+            pids = stop_pids_file(args.down)
+        except LabError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"stopped {len(pids)} lab process(es) from {args.down}")
+        return 0
+
+    require = _parse_list(args.require, REQUIREMENTS, "--require")
+    checks = _parse_list(args.checks, tuple(REGISTRY), "--checks") or list(REGISTRY)
+    scenarios, demo = _scenarios(args)
+    if args.keep and len(scenarios) > 1:
+        raise UsageError("--keep needs exactly one scenario (e.g. mtlsprobe lab healthy --keep)")
+    if args.timeout <= 0 or args.concurrency < 1:
+        raise UsageError("--timeout and --concurrency must be positive")
+
+    temp = args.workdir is None
+    root = Path(tempfile.mkdtemp(prefix="mtlsprobe-lab-")) if temp else args.workdir
+    human = args.output == "table"
+    out: TextIO = sys.stdout if human else sys.stderr
+    runs: list[LabRun] = []
+    failed_bringup = False
+    try:
+        with _signals_end_the_run():
+            if demo:
+                _print_intro(out)
+            for i, scenario in enumerate(scenarios):
+                workdir = root / scenario.name if len(scenarios) > 1 else root
+                try:
+                    run = _run_one(
+                        args,
+                        scenario,
+                        workdir,
+                        require=require,
+                        checks=checks,
+                        out=out,
+                        index=i,
+                        total=len(scenarios),
+                    )
+                except LabError as exc:
+                    failed_bringup = True
+                    sys.stderr.write(f"mtlsprobe lab: {scenario.name}: {exc}\n")
+                    continue
+                runs.append(run)
+                if human:
+                    _print_run(run, out, demo)
+    finally:
+        if temp and not args.keep and not failed_bringup:
+            shutil.rmtree(root, ignore_errors=True)
+    if not human:
+        _emit_machine(runs, args.output)
+    elif demo:
+        _print_closing(runs, out)
+    if failed_bringup:
+        sys.stderr.write(f"mtlsprobe lab: logs kept in {root}\n")
+        return EXIT_ERROR
+    return _exit_code(runs, demo)
+
+
+def _run_one(
+    args: argparse.Namespace,
+    scenario: Scenario,
+    workdir: Path,
+    *,
+    require: list[str] | None,
+    checks: list[str],
+    out: TextIO,
+    index: int,
+    total: int,
+) -> LabRun:
+    from jobs.lab.runner import run_scenario
+    from probe.checks.base import Settings
+
+    reqs = list(scenario.require) if require is None else require
+    label = f"Scenario {index + 1}/{total}: " if total > 1 else "Scenario: "
+    out.write(f"\n== {label}{scenario.name}" + (f" — {scenario.title}" if scenario.title else ""))
+    out.write("\n")
+    if scenario.demonstrates:
+        out.write(_wrap(scenario.demonstrates, "   ") + "\n")
+    if reqs:
+        out.write(f"   Compliance requirements: --require {','.join(reqs)}\n")
+    out.flush()
+
+    def ready(lab: Lab, run: LabRun) -> None:
+        mesh = lab.mesh
+        sidecars = sum(1 for p in mesh.pods if p.sidecar)
+        namespaces = len({p.namespace for p in mesh.pods})
+        out.write(
+            f"   Mesh up in {lab.ready_seconds:.1f}s: {len(mesh.pods)} pods ({sidecars} with "
+            f"sidecars) in {namespaces} namespaces, {len(mesh.upstreams)} service ports, "
+            f"{len(lab.envoy_procs)} Envoy processes (real Envoy, Istio-shaped config).\n"
+        )
+        out.flush()
+        if args.keep:
+            _print_keep(run, out)
+
+    return run_scenario(
+        scenario,
+        workdir,
+        require=reqs,
+        checks=checks,
+        settings=Settings(timeout=args.timeout, concurrency=args.concurrency),
+        keep=args.keep,
+        envoys=args.envoys,
+        on_ready=ready,
+    )
+
+
+def _wrap(text: str, indent: str) -> str:
+    import textwrap
+
+    return textwrap.fill(
+        " ".join(text.split()), width=96, initial_indent=indent, subsequent_indent=indent
+    )
+
+
+def _print_intro(out: TextIO) -> None:
+    out.write(
+        "mtlsprobe lab: a local Istio-like mesh of real Envoy sidecars, configured from\n"
+        "Kubernetes and Istio YAML the way Istio configures them, with a mesh CA issuing\n"
+        "SPIFFE certificates. The same checks that run in a cluster probe it from a probe\n"
+        "without a sidecar (plaintext, peer-cert, foreign-client) and from one with a sidecar\n"
+        "(mesh, xfcc-spoof, self), and judge what the wire did against what policy says.\n"
+        "First a healthy mesh, then one with a real failure of each kind.\n"
+    )
+
+
+def _print_run(run: LabRun, out: TextIO, demo: bool) -> None:
+    from probe.report import render_table
+
+    colour = out.isatty() and "NO_COLOR" not in os.environ
+    out.write("\n" + render_table(run.results, colour=colour))
+    rate = len(run.results) / run.check_seconds if run.check_seconds > 0 else 0.0
+    out.write(f"   checks took {run.check_seconds:.2f}s ({rate:.0f} results/s)\n")
+    if run.scenario.judged:
+        if run.mismatches:
+            out.write(
+                f"   !! {len(run.mismatches)} verdict(s) differ from what '{run.scenario.name}' "
+                "expects:\n"
+            )
+            for m in run.mismatches:
+                out.write(f"      {m}\n")
+        else:
+            out.write(f"   Every verdict is what '{run.scenario.name}' expects.\n")
+    out.flush()
+
+
+def _print_keep(run: LabRun, out: TextIO) -> None:
+    out.write(
+        f"\n   The mesh stays up (--keep). Targets file: {run.targets_path}\n"
+        f"   Probe it by hand:  mtlsprobe check -f {run.targets_path}\n"
+        f"   Stop it:           mtlsprobe lab --down {run.workdir}\n"
+        f"   (PIDs in {run.workdir / 'pids'}; logs in {run.workdir})\n\n"
+    )
+    out.flush()
+
+
+def _print_closing(runs: list[LabRun], out: TextIO) -> None:
+    from probe.results import Verdict
+
+    for run in runs:
+        bad = [r for r in run.results if r.verdict in (Verdict.FAIL, Verdict.ERROR)]
+        if not bad:
+            continue
+        out.write(f"\nWhat the checks found in '{run.scenario.name}':\n")
+        seen: set[tuple[str, str]] = set()
+        for r in bad:
+            key = (r.check, r.target)
+            if key in seen:
+                continue
+            seen.add(key)
+            why = next(
+                (e.why for e in run.scenario.expect if e.matches(r) and e.why),
+                "",
+            )
+            out.write(f"  {r.verdict.value.upper():5} {r.check:15} {r.target}\n")
+            if why:
+                out.write(_wrap(why, "        ") + "\n")
+            out.write(_wrap(f"observed: {r.reason}", "        ") + "\n")
+    matched = all(not r.mismatches for r in runs)
+    out.write(
+        "\n"
+        + (
+            "All verdicts are the ones each scenario expects: the fails above are the product\n"
+            "catching real problems, so this demo exits 0.\n"
+            if matched
+            else "Some verdicts differ from what the scenarios expect (see above): exit 1.\n"
+        )
+        + "Next: `mtlsprobe lab migration` (PERMISSIVE namespaces, --require strict),\n"
+        "`mtlsprobe lab -f your-policies.yaml` to rehearse your own YAML, `--keep` to poke\n"
+        "at the mesh with `mtlsprobe check`, and `mtlsprobe lab --workloads 500` for scale.\n"
+    )
+    out.flush()
+
+
+def _emit_machine(runs: list[LabRun], fmt: str) -> None:
+    from dataclasses import replace
+
+    from probe.report import render
+
+    results = []
+    for run in runs:
+        for r in run.results:
+            results.append(
+                replace(r, target=f"{run.scenario.name}/{r.target}") if len(runs) > 1 else r
+            )
+    sys.stdout.write(render(results, fmt))
+    sys.stdout.flush()
+
+
+def _exit_code(runs: list[LabRun], demo: bool) -> int:
+    from probe.results import EXIT_FAIL, EXIT_OK, exit_code
+
+    if demo:
+        return EXIT_FAIL if any(r.mismatches for r in runs) else EXIT_OK
+    return max((exit_code(r.results) for r in runs), default=EXIT_OK, key=_severity)
+
+
+def _severity(code: int) -> int:
+    return {0: 0, 2: 1, 1: 2}.get(code, 3)

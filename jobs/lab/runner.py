@@ -1,0 +1,99 @@
+"""One scenario, end to end: build the mesh from its YAML, bring it up, run the
+checks through the real engine, and judge the results against the scenario."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from jobs.lab.addresses import acquire_slot
+from jobs.lab.build import LabBuild, build_lab
+from jobs.lab.runtime import Lab, ServeArgv, default_serve_argv
+from jobs.lab.scenarios import Mismatch, Scenario, judge
+from probe.checks import load_check
+from probe.checks.base import RunContext, Settings
+from probe.engine import run_checks
+from probe.model import Source, TargetsFile
+from probe.results import Result
+
+
+@dataclass
+class LabRun:
+    scenario: Scenario
+    build: LabBuild
+    workdir: Path
+    targets_path: Path
+    results: list[Result] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
+    ready_seconds: float = 0.0
+    check_seconds: float = 0.0
+    pids: list[int] = field(default_factory=list)
+    envoys: int = 0
+
+
+def write_targets(targets: TargetsFile, path: Path) -> None:
+    path.write_text(yaml.safe_dump(targets.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def run_scenario(
+    scenario: Scenario,
+    workdir: Path,
+    *,
+    require: Sequence[str],
+    checks: Sequence[str],
+    settings: Settings,
+    keep: bool = False,
+    envoys: int | None = None,
+    ready_timeout: float = 60.0,
+    stop: threading.Event | None = None,
+    serve_argv: ServeArgv = default_serve_argv,
+    on_ready: Callable[[Lab, LabRun], None] | None = None,
+) -> LabRun:
+    slot = acquire_slot()
+    try:
+        built = build_lab(scenario, slot, require)
+    except BaseException:
+        slot.release()
+        raise
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = LabRun(scenario, built, workdir, workdir / "targets.yaml")
+    with Lab(
+        built.mesh,
+        slot,
+        workdir,
+        keep=keep,
+        envoys=envoys,
+        ready_timeout=ready_timeout,
+        serve_argv=serve_argv,
+    ) as lab:
+        run.ready_seconds = lab.ready_seconds
+        run.envoys = len(lab.envoy_procs)
+        run.pids = lab.pids()
+        targets = replace(
+            built.targets,
+            root_cert_file=lab.root_cert,
+            source=Source(
+                identity=built.mesh.probe_identity,
+                sidecar_proxy=lab.proxy_url,
+                sidecar_admin=lab.admin_url,
+            ),
+        )
+        write_targets(targets, run.targets_path)
+        if on_ready is not None:
+            on_ready(lab, run)
+        ctx = RunContext(targets, settings)
+        t0 = time.monotonic()
+        try:
+            results = run_checks([load_check(n) for n in checks], ctx, stop=stop)
+        finally:
+            ctx.close()
+        run.check_seconds = time.monotonic() - t0
+    run.results = [*built.findings, *results]
+    if scenario.judged:
+        run.mismatches = judge(scenario, run.results)
+    return run
