@@ -1,0 +1,399 @@
+"""Read a ``ClusterSnapshot`` from a live cluster with the official ``kubernetes`` client.
+
+All Kubernetes HTTP of ``mtlsprobe plan`` goes through ``Reader`` here: paginated
+lists (``limit``/``continue``), a client-side ``_request_timeout`` on every call, and
+one-line errors. Lists are read as raw JSON (``_preload_content=False``): the
+snapshot wants the API server's dicts anyway, and the generated models cost several
+times more to build (benchmarks/bench_plan.py measures both).
+
+Errors: a 403 names the verb, resource, API group and the user from the API
+server's Status; an unreachable or silent server names the server; both raise
+``DiscoveryError`` (the CLI turns it into exit 64). Istio APIs that are not served
+(404) are not errors: the snapshot records that and the plan falls back to Istio's
+default PERMISSIVE with a finding.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.objects import ClusterSnapshot, KubeObject, Problem, mesh_settings, name, namespace
+
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
+PEER_AUTH_VERSIONS = ("v1", "v1beta1")
+DEST_RULE_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
+MESH_CONFIGMAP = "istio"
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class DiscoveryError(Exception):
+    """Discovery cannot go on; the message is the one line users see."""
+
+
+class Forbidden(DiscoveryError):
+    """401/403: the message names the missing permission and who lacks it."""
+
+
+@dataclass(frozen=True)
+class Options:
+    namespaces: tuple[str, ...] = ()  # -n; empty: every namespace
+    namespace_selector: str | None = None  # --selector (label selector on namespaces)
+    include_system: bool = False  # plan kube-system, istio-system, ... as targets too
+    trust_domain: str | None = None  # overrides the mesh ConfigMap
+    root_namespace: str | None = None  # overrides the mesh ConfigMap
+    istio_namespace: str = "istio-system"  # where the mesh ConfigMap lives
+    timeout: float = 10.0  # seconds, per request
+    page_size: int = 500
+    raw: bool = True  # False: go through the generated models (for the benchmark)
+
+
+@dataclass
+class Reader:
+    """The only place that talks to the API server (kopf-style: one edge for HTTP)."""
+
+    api: Any  # kubernetes.client.ApiClient
+    options: Options = field(default_factory=Options)
+
+    @property
+    def server(self) -> str:
+        return str(self.api.configuration.host)
+
+    def _timeout(self) -> tuple[float, float]:
+        return (min(self.options.timeout, 5.0), self.options.timeout)
+
+    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Run one client call; API and transport failures become DiscoveryError or
+        propagate as ``_NotServed``/``_NotFound`` for the caller to decide."""
+        from kubernetes.client import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(_request_timeout=self._timeout(), **kwargs)
+        except ApiException as exc:
+            status = _status(exc.body)
+            if exc.status == 404:
+                if status.get("details", {}).get("name"):
+                    raise _NotFound() from None
+                raise _NotServed() from None
+            if exc.status in (401, 403):
+                raise Forbidden(_forbidden_line(what, exc.status, status)) from None
+            msg = status.get("message") or exc.reason or "no message"
+            raise DiscoveryError(
+                f"{what}: the API server at {self.server} answered HTTP {exc.status}: {msg}"
+            ) from None
+        except HTTPError as exc:
+            raise DiscoveryError(
+                f"cannot reach the Kubernetes API at {self.server} ({what}): {_transport(exc)}"
+            ) from None
+        except OSError as exc:
+            raise DiscoveryError(
+                f"cannot reach the Kubernetes API at {self.server} ({what}): {exc}"
+            ) from None
+
+    def pages(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[KubeObject]:
+        """Every item of a list, one page (``limit``) at a time."""
+        token: str | None = None
+        while True:
+            extra: dict[str, Any] = {"limit": self.options.page_size}
+            if token:
+                extra["_continue"] = token
+            if self.options.raw:
+                resp = self._call(what, fn, _preload_content=False, **kwargs, **extra)
+                try:
+                    doc = json.loads(resp.data)
+                except ValueError:
+                    raise DiscoveryError(
+                        f"{what}: the API server at {self.server} sent a body that is not JSON"
+                    ) from None
+            else:
+                doc = self.api.sanitize_for_serialization(self._call(what, fn, **kwargs, **extra))
+            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+                raise DiscoveryError(f"{what}: the API server sent a body that is not a List")
+            yield from doc.get("items") or []
+            meta: dict[str, Any] = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
+            token = meta.get("continue") or None
+            if not token:
+                return
+
+    def get(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> KubeObject | None:
+        try:
+            if self.options.raw:
+                resp = self._call(what, fn, _preload_content=False, **kwargs)
+                doc = json.loads(resp.data)
+            else:
+                doc = self.api.sanitize_for_serialization(self._call(what, fn, **kwargs))
+        except (_NotFound, _NotServed):
+            return None
+        except ValueError:
+            raise DiscoveryError(f"{what}: the API server sent a body that is not JSON") from None
+        return doc if isinstance(doc, dict) else None
+
+
+class _NotServed(Exception):
+    """404 without a name: the API (group/version/resource) is not served."""
+
+
+class _NotFound(Exception):
+    """404 for a named object."""
+
+
+def _status(body: object) -> dict[str, Any]:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str):
+        return {}
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) and doc.get("kind") == "Status" else {}
+
+
+def _token_subject() -> str | None:
+    """The service account from the pod's token (a JWT; read, not verified)."""
+    try:
+        with open(SA_TOKEN, encoding="ascii") as f:
+            payload = f.read().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (OSError, IndexError, ValueError):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return sub if isinstance(sub, str) else None
+
+
+def _forbidden_line(what: str, code: int, status: dict[str, Any]) -> str:
+    import re
+
+    msg = str(status.get("message") or "")
+    if code == 401:
+        return f"{what}: the API server rejected our credentials (401 Unauthorized): {msg}"
+    m = re.search(
+        r'User "([^"]*)" cannot (\S+) resource "([^"]*)" in API group "([^"]*)"(.*)$', msg
+    )
+    if m:
+        user, verb, res, group, scope = m.groups()
+        scope = scope.strip() or "at the cluster scope"
+    else:
+        details = status.get("details") or {}
+        user = _token_subject() or "this client"
+        verb, res, group = "list", str(details.get("kind", "?")), str(details.get("group", ""))
+        scope = ""
+    grant = f"{verb} on {res} (API group {group or 'core'!r})"
+    tail = f" {scope}" if scope else ""
+    return f"forbidden: {user} may not {verb} {res} in API group {group!r}{tail}; grant {grant}"
+
+
+def _transport(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    text = str(reason or exc)
+    if "timed out" in text.lower() or "timeout" in type(reason or exc).__name__.lower():
+        return "no answer within the request timeout"
+    if "refused" in text.lower():
+        return "connection refused"
+    return text.split(": ", 1)[-1][:200]
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+def api_client(kubeconfig: str | None, context: str | None, timeout: float = 10.0) -> Any:
+    """In-cluster configuration when running in a pod (and no kubeconfig was named),
+    else the kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``)."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=cfg
+            )
+    except config.ConfigException as exc:
+        raise DiscoveryError(f"no usable Kubernetes configuration: {exc}") from None
+    except OSError as exc:
+        raise DiscoveryError(f"cannot read kubeconfig: {exc}") from None
+    cfg.retries = False  # bounded: one attempt per request, the timeout is the budget
+    return client.ApiClient(cfg)
+
+
+# ---- discovery --------------------------------------------------------------------------------
+
+
+def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
+    from kubernetes import client
+
+    opts = options or Options()
+    r = Reader(api, opts)
+    core, disc = client.CoreV1Api(api), client.DiscoveryV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    snap = ClusterSnapshot()
+
+    _mesh_config(r, core, snap, opts)
+    targets = _namespaces(r, core, snap, opts)
+    snap.target_namespaces = targets
+
+    def namespaced(
+        kind: str, what: str, all_fn: Callable[..., Any], ns_fn: Callable[..., Any]
+    ) -> None:
+        try:
+            if opts.namespaces or opts.namespace_selector:
+                for ns in sorted(targets):
+                    for obj in r.pages(f"list {what} in {ns}", ns_fn, namespace=ns):
+                        snap.add(kind, _with_ns(obj, ns))
+            else:
+                for obj in r.pages(f"list {what}", all_fn):
+                    if namespace(obj) in targets:
+                        snap.add(kind, obj)
+        except _NotServed:
+            snap.notes.append(f"{what} not served by the API server: planned without them")
+
+    namespaced("Pod", "pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod)
+    namespaced(
+        "Service", "services", core.list_service_for_all_namespaces, core.list_namespaced_service
+    )
+    namespaced(
+        "EndpointSlice",
+        "endpointslices.discovery.k8s.io",
+        disc.list_endpoint_slice_for_all_namespaces,
+        disc.list_namespaced_endpoint_slice,
+    )
+    pa = _istio_list(
+        r, custom, snap, "security.istio.io", PEER_AUTH_VERSIONS, "peerauthentications"
+    )
+    dr = _istio_list(r, custom, snap, "networking.istio.io", DEST_RULE_VERSIONS, "destinationrules")
+    for obj in pa or []:
+        snap.add("PeerAuthentication", obj)
+    for obj in dr or []:
+        snap.add("DestinationRule", obj)
+    if pa is None:
+        snap.istio_apis = False
+        snap.notes.append(
+            "no Istio APIs found (security.istio.io PeerAuthentication v1/v1beta1 not served): "
+            "every port planned with Istio's default PERMISSIVE; namespaces, pods, services "
+            "and EndpointSlices were read anyway"
+        )
+    elif dr is None:
+        snap.notes.append(
+            "networking.istio.io DestinationRule (v1/v1beta1/v1alpha3) not served: "
+            "sidecar clients planned with auto-mTLS"
+        )
+    _root_cert(r, core, snap, targets)
+    return snap
+
+
+def _with_ns(obj: KubeObject, ns: str) -> KubeObject:
+    md = obj.get("metadata")
+    if isinstance(md, dict) and not md.get("namespace"):
+        md["namespace"] = ns
+    return obj
+
+
+def _optional_get(
+    r: Reader, snap: ClusterSnapshot, what: str, fn: Callable[..., Any], **kw: Any
+) -> KubeObject | None:
+    """A read the plan can do without: forbidden becomes a note, not the end."""
+    try:
+        return r.get(what, fn, **kw)
+    except Forbidden as exc:
+        snap.notes.append(f"{exc} (planned without it)")
+        return None
+
+
+def _mesh_config(r: Reader, core: Any, snap: ClusterSnapshot, opts: Options) -> None:
+    cm = _optional_get(
+        r,
+        snap,
+        f"get configmap {opts.istio_namespace}/{MESH_CONFIGMAP}",
+        core.read_namespaced_config_map,
+        name=MESH_CONFIGMAP,
+        namespace=opts.istio_namespace,
+    )
+    td = root = None
+    if cm is not None:
+        data: dict[str, Any] = cm["data"] if isinstance(cm.get("data"), dict) else {}
+        td, root, problem = mesh_settings(data.get("mesh"))
+        if problem:
+            snap.problems.append(
+                Problem("ConfigMap", opts.istio_namespace, MESH_CONFIGMAP, problem)
+            )
+    snap.trust_domain = opts.trust_domain or td or snap.trust_domain
+    snap.root_namespace = opts.root_namespace or root or snap.root_namespace
+
+
+def _namespaces(r: Reader, core: Any, snap: ClusterSnapshot, opts: Options) -> set[str]:
+    """The target namespaces; their Namespace objects (labels: injection, ambient) go
+    into the snapshot. Named namespaces are read one by one (``get``) so a user
+    allowed only there still gets a plan."""
+    if opts.namespaces:
+        for ns in opts.namespaces:
+            obj = r.get(f"get namespace {ns}", core.read_namespace, name=ns)
+            if obj is None:
+                raise DiscoveryError(f"namespace {ns!r} does not exist on {r.server}")
+            snap.add("Namespace", obj)
+        return set(opts.namespaces)
+    kwargs: dict[str, Any] = {}
+    if opts.namespace_selector:
+        kwargs["label_selector"] = opts.namespace_selector
+    targets: set[str] = set()
+    for obj in r.pages("list namespaces", core.list_namespace, **kwargs):
+        if not snap.add("Namespace", obj):
+            continue
+        ns = name(obj)
+        if opts.include_system or ns not in SYSTEM_NAMESPACES:
+            targets.add(ns)
+    return targets
+
+
+def _istio_list(
+    r: Reader,
+    custom: Any,
+    snap: ClusterSnapshot,
+    group: str,
+    versions: tuple[str, ...],
+    plural: str,
+) -> list[KubeObject] | None:
+    """Every object of an Istio CRD, from the first served version; None when none is."""
+    for version in versions:
+        try:
+            return list(
+                r.pages(
+                    f"list {plural}.{group}",
+                    custom.list_cluster_custom_object,
+                    group=group,
+                    version=version,
+                    plural=plural,
+                )
+            )
+        except _NotServed:
+            continue
+    return None
+
+
+def _root_cert(r: Reader, core: Any, snap: ClusterSnapshot, targets: set[str]) -> None:
+    for ns in [snap.root_namespace, *sorted(targets)]:
+        cm = _optional_get(
+            r,
+            snap,
+            f"get configmap {ns}/{ROOT_CERT_CONFIGMAP}",
+            core.read_namespaced_config_map,
+            name=ROOT_CERT_CONFIGMAP,
+            namespace=ns,
+        )
+        data: dict[str, Any] = (
+            cm["data"] if cm is not None and isinstance(cm.get("data"), dict) else {}
+        )
+        pem = data.get("root-cert.pem")
+        if isinstance(pem, str) and "BEGIN CERTIFICATE" in pem:
+            snap.root_cert_pem = pem
+            return
+    snap.notes.append(
+        f"ConfigMap {ROOT_CERT_CONFIGMAP} (key root-cert.pem) not found: no mesh root for "
+        "chain checks"
+    )

@@ -1,0 +1,284 @@
+"""``mtlsprobe plan``: discover (a cluster or YAML), compute what every edge must do,
+print it. No probing.
+
+``-o yaml`` is a targets file ``mtlsprobe check -f`` loads unchanged (findings ride
+along as YAML comments); ``-o json`` adds the findings and edges; ``-o table`` is for
+people. Exit 0, 1 when a finding fails (an asked ``--require``, or a contradiction
+such as a DestinationRule that breaks calls), 2 when objects could not be used (the
+plan is incomplete), 64 for usage errors and an unreachable or forbidding API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobs.objects import ClusterSnapshot
+    from jobs.planner import Plan
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return v
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Discover the mesh (live cluster, or YAML with --from-manifests) and print the "
+        "targets with the behaviour policy requires at each port, plus static findings. "
+        "No probing. -o yaml is a targets file for `mtlsprobe check -f`."
+    )
+    src = p.add_argument_group("source")
+    src.add_argument(
+        "--from-manifests",
+        nargs="+",
+        action="extend",
+        type=Path,
+        metavar="PATH",
+        help="YAML files or directories instead of a cluster (Deployments become pods)",
+    )
+    src.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="kubeconfig (default: in-cluster, then $KUBECONFIG / ~/.kube/config)",
+    )
+    src.add_argument("--context", metavar="NAME", help="kubeconfig context")
+    src.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="per API request (default: 10)",
+    )
+    sel = p.add_argument_group("what to plan")
+    sel.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS[,NS]",
+        help="only these namespaces (repeatable)",
+    )
+    sel.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="every namespace except system ones (the default)",
+    )
+    sel.add_argument(
+        "--selector",
+        metavar="LABELS",
+        help="namespaces matching this label selector (e.g. istio-injection=enabled)",
+    )
+    sel.add_argument(
+        "--include-system",
+        action="store_true",
+        help="plan kube-system, kube-public, kube-node-lease and istio-system too",
+    )
+    mesh = p.add_argument_group("mesh")
+    mesh.add_argument("--trust-domain", metavar="TD", help="override the mesh's trust domain")
+    mesh.add_argument(
+        "--root-namespace",
+        metavar="NS",
+        help="override the mesh root namespace (default: from the mesh config)",
+    )
+    mesh.add_argument(
+        "--client-namespace",
+        default=None,
+        metavar="NS",
+        help="namespace the probe's sidecar client runs in, for DestinationRule "
+        "lookup (default: mtlsprobe)",
+    )
+    p.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="strict,sidecar",
+        help="compliance to judge: strict (every port STRICT), sidecar (every "
+        "workload injected); failures exit 1",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "yaml", "json"),
+        default="table",
+        help="table (default), yaml (a targets file), json (targets, findings, edges)",
+    )
+    p.add_argument(
+        "--root-cert-file",
+        type=Path,
+        metavar="FILE",
+        help="write the discovered mesh root here and reference it as rootCertFile",
+    )
+
+
+def _namespaces(args: argparse.Namespace) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in args.namespace:
+        out.extend(n.strip() for n in item.split(",") if n.strip())
+    return tuple(dict.fromkeys(out))
+
+
+def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
+    """The snapshot the flags describe; every failure is a UsageError (exit 64)."""
+    from probe.cli import UsageError
+
+    namespaces = _namespaces(args)
+    if namespaces and (args.all_namespaces or args.selector):
+        raise UsageError("-n cannot be combined with --all-namespaces or --selector")
+    if args.from_manifests:
+        from jobs.manifests import ManifestError, load_manifests
+
+        if args.kubeconfig or args.context:
+            raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
+        try:
+            snap = load_manifests(args.from_manifests)
+        except ManifestError as exc:
+            raise UsageError(str(exc)) from None
+        if namespaces:
+            snap.target_namespaces = set(namespaces)
+        snap.trust_domain = args.trust_domain or snap.trust_domain
+        snap.root_namespace = args.root_namespace or snap.root_namespace
+        return snap
+    from jobs.discovery import DiscoveryError, Options, api_client, discover
+
+    opts = Options(
+        namespaces=namespaces,
+        namespace_selector=args.selector,
+        include_system=args.include_system,
+        trust_domain=args.trust_domain,
+        root_namespace=args.root_namespace,
+        timeout=args.timeout,
+    )
+    try:
+        api = api_client(args.kubeconfig, args.context, args.timeout)
+        try:
+            return discover(api, opts)
+        finally:
+            api.close()
+    except DiscoveryError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def main(args: argparse.Namespace) -> int:
+    from jobs.planner import Requirements, build_plan
+    from probe.cli import UsageError
+
+    try:
+        req = Requirements.parse(args.require, args.client_namespace)
+    except ValueError as exc:
+        raise UsageError(f"--require: {exc}") from None
+    if args.trust_domain is not None:
+        td = args.trust_domain
+        if not td or td != td.lower() or "/" in td or ":" in td:
+            raise UsageError(f"--trust-domain {td!r}: lowercase, no port or path")
+    snap = load_snapshot(args)
+    plan = build_plan(snap, req)
+    if args.root_cert_file is not None:
+        plan = _with_root_cert(plan, snap.root_cert_pem, args.root_cert_file)
+    out = {"yaml": render_yaml, "json": render_json, "table": render_table}[args.output](plan)
+    sys.stdout.write(out)
+    sys.stdout.flush()
+    from probe.results import EXIT_ERROR, Verdict
+
+    code = plan.exit_code()
+    if code == 0 and any(r.verdict == Verdict.ERROR for r in plan.findings):
+        return EXIT_ERROR
+    return code
+
+
+def _with_root_cert(plan: Plan, pem: str | None, path: Path) -> Plan:
+    from dataclasses import replace
+
+    from probe.cli import UsageError
+
+    if pem is None:
+        raise UsageError(f"--root-cert-file {path}: no mesh root found (istio-ca-root-cert)")
+    try:
+        path.write_text(pem, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--root-cert-file {path}: cannot write: {exc.strerror or exc}") from None
+    tf = replace(plan.targets_file, root_cert_file=path.resolve())
+    return replace(plan, targets_file=tf)
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+
+def render_yaml(plan: Plan) -> str:
+    import yaml
+
+    lines = ["# mtlsprobe plan: targets file for `mtlsprobe check -f`"]
+    for r in plan.findings:
+        if r.verdict.value in ("fail", "error"):
+            text = f"{r.verdict.value.upper()} {r.check} {r.target}: {r.reason}"
+            lines.append("# " + " ".join(text.split()))
+    body = yaml.safe_dump(plan.targets_file.to_dict(), sort_keys=False, default_flow_style=False)
+    return "\n".join(lines) + "\n" + body
+
+
+def edge_dict(e: Any) -> dict[str, Any]:
+    return {
+        "target": e.target,
+        "host": e.host,
+        "servicePort": e.service_port,
+        "protocol": e.protocol.value,
+        "pod": e.pod.key,
+        "serviceAccount": e.pod.service_account,
+        "ip": e.pod.ip,
+        "targetPort": e.target_port,
+        "sidecar": e.pod.has_sidecar,
+        "ambient": e.pod.ambient,
+        "serverMode": e.server_mode.value,
+        "expect": e.expect.value,
+        "modeSource": e.mode_source,
+        "destinationRule": {"mode": e.dr_mode, "source": e.dr_source} if e.dr_mode else None,
+        "client": {
+            "tls": e.client.tls,
+            "mtls": e.client.mtls,
+            "outcome": e.client.outcome,
+            "reason": e.client.reason,
+        },
+    }
+
+
+def render_json(plan: Plan) -> str:
+    from probe.results import summarize
+
+    doc = {
+        "targets": plan.targets_file.to_dict(),
+        "findings": [r.to_dict() for r in plan.findings],
+        "summary": summarize(plan.findings),
+        "edges": [edge_dict(e) for e in plan.edges],
+    }
+    return json.dumps(doc, indent=2, default=str) + "\n"
+
+
+def render_table(plan: Plan) -> str:
+    from probe.report import render_table as findings_table
+
+    headers = ("TARGET", "EXPECT", "PROTO", "ENDPOINTS", "IDENTITY")
+    rows = [
+        (
+            t.name,
+            t.expect.value,
+            t.protocol.value + (" echo" if t.echo else ""),
+            str(len(t.endpoints)),
+            t.identity or "-",
+        )
+        for t in plan.targets_file.targets
+    ]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.append(f"\n{len(rows)} targets (trust domain {plan.targets_file.trust_domain})\n")
+    return "\n".join(lines) + "\n" + findings_table(plan.findings)
