@@ -312,32 +312,31 @@ def _print_keep(run: LabRun, out: TextIO) -> None:
 
 
 def _print_closing(runs: list[LabRun], out: TextIO) -> None:
+    """Per target, what was found and why: the story of each failure in one place."""
     from probe.results import Verdict
 
     for run in runs:
-        bad = [r for r in run.results if r.verdict in (Verdict.FAIL, Verdict.ERROR)]
+        bad: dict[str, list[tuple[str, str, str]]] = {}
+        seen: set[tuple[str, str]] = set()
+        for r in run.results:
+            if r.verdict not in (Verdict.FAIL, Verdict.ERROR) or (r.check, r.target) in seen:
+                continue
+            seen.add((r.check, r.target))
+            why = next((e.why for e in run.scenario.expect if e.matches(r) and e.why), "")
+            bad.setdefault(r.target, []).append((r.verdict.value.upper(), r.check, why or r.reason))
         if not bad:
             continue
-        out.write(f"\nWhat the checks found in '{run.scenario.name}':\n")
-        seen: set[tuple[str, str]] = set()
-        for r in bad:
-            key = (r.check, r.target)
-            if key in seen:
-                continue
-            seen.add(key)
-            why = next(
-                (e.why for e in run.scenario.expect if e.matches(r) and e.why),
-                "",
-            )
-            out.write(f"  {r.verdict.value.upper():5} {r.check:15} {r.target}\n")
-            if why:
-                out.write(_wrap(why, "        ") + "\n")
-            out.write(_wrap(f"observed: {r.reason}", "        ") + "\n")
+        out.write(f"\nWhat the checks found in '{run.scenario.name}', target by target:\n")
+        for target, items in bad.items():
+            out.write(f"\n  {target}\n")
+            for verdict, check, text in items:
+                head = f"    {verdict:5} {check:15} "
+                out.write(_wrap(text, " " * len(head)).replace(" " * len(head), head, 1) + "\n")
     matched = all(not r.mismatches for r in runs)
     out.write(
         "\n"
         + (
-            "All verdicts are the ones each scenario expects: the fails above are the product\n"
+            "Every verdict is the one its scenario expects: the fails above are the product\n"
             "catching real problems, so this demo exits 0.\n"
             if matched
             else "Some verdicts differ from what the scenarios expect (see above): exit 1.\n"
