@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from jobs.agent_discovery import add_arguments as add_discovery_arguments
 from probe.cli import UsageError, _positive_float, _positive_int, parse_duration
 
 if TYPE_CHECKING:
@@ -63,9 +64,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a targets file re-read every round, instead of discovering the cluster",
     )
-    disc = p.add_argument_group("discovery (without --targets)")
-    disc.add_argument("--kubeconfig", metavar="FILE", help="default: in-cluster, else ~/.kube")
-    disc.add_argument("--context", metavar="NAME", help="kubeconfig context")
+    add_discovery_arguments(p.add_argument_group("discovery (without --targets)"))
     sched = p.add_argument_group("schedule")
     sched.add_argument(
         "--interval",
@@ -158,7 +157,7 @@ def _target_source(args: argparse.Namespace) -> TargetSource:
 
 
 def _peer_source(args: argparse.Namespace, me: str) -> PeerSource | None:
-    from jobs.agent_sources import KubePeers, SourceError, StaticPeers, kube_api_client
+    from jobs.agent_sources import KubePeers, StaticPeers
 
     if args.probe_all:
         return None
@@ -167,9 +166,11 @@ def _peer_source(args: argparse.Namespace, me: str) -> PeerSource | None:
         return StaticPeers(names)
     if not (args.peer_selector or os.environ.get("POD_NAME")):
         return None  # not in a DaemonSet pod: a single agent probes everything
+    from jobs.discovery import DiscoveryError, api_client
+
     try:
-        api = kube_api_client(args.kubeconfig, args.context)
-    except SourceError as exc:
+        api = api_client(args.kubeconfig, args.context)
+    except DiscoveryError as exc:
         raise UsageError(str(exc)) from None
     namespace = os.environ.get("POD_NAMESPACE", DEFAULT_NAMESPACE)
     return KubePeers(api, namespace, args.peer_selector or PEER_SELECTOR.format(kind=args.kind))

@@ -138,23 +138,6 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
     return False
 
 
-def kube_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """In-cluster service account when running in a pod, else a kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return client.ApiClient()
-        cfg = client.Configuration()
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=cfg
-        )
-        return client.ApiClient(configuration=cfg)
-    except Exception as exc:
-        raise SourceError(f"no Kubernetes configuration: {_one_line(exc)}") from None
-
-
 def own_identity(explicit: str | None) -> str:
     """This agent's name among its peers: the pod name (downward API) in a cluster."""
     return explicit or os.environ.get("POD_NAME") or socket.gethostname()
