@@ -190,7 +190,9 @@ class FakeKube:
         server.daemon_threads = True
         server.kube = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="fakekube", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="fakekube", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -396,6 +398,7 @@ def _fault_status(f: _Fault) -> Obj:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
 
     def _serve(self) -> None:
         kube: FakeKube = self.server.kube  # type: ignore[attr-defined]

@@ -1,0 +1,285 @@
+"""Discovery against a real HTTP server speaking the Kubernetes API (tests/fakekube.py),
+driven by the real ``kubernetes`` client."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.cli import main as cli_main
+from jobs.discovery import DiscoveryError, Options, Reader, discover
+from jobs.planner import build_plan
+from probe.model import Expect, load_targets
+from tests import kubebuild as kb
+from tests.fakekube import FakeKube, Resource
+
+ROOT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def _mesh(kube: FakeKube) -> None:
+    kube.add_all(
+        [
+            kb.namespace("istio-system"),
+            kb.namespace("kube-system"),
+            kb.namespace("shop", {"istio-injection": "enabled"}),
+            kb.namespace("legacy"),
+            kb.configmap("istio", "istio-system", {"mesh": "trustDomain: example.org\n"}),
+            kb.configmap("istio-ca-root-cert", "istio-system", {"root-cert.pem": ROOT_PEM}),
+            kb.peer_auth("default", "istio-system", "STRICT"),
+            kb.peer_auth("default", "legacy", "PERMISSIVE"),
+            kb.pod("coredns", "kube-system", {"k8s-app": "dns"}, ip="10.0.9.1", sidecar=False),
+            kb.service("dns", "kube-system", {"k8s-app": "dns"}, [kb.sport(53, 53, name="dns")]),
+        ]
+    )
+    for i in range(3):
+        kb_pod = kb.pod(f"cart-{i}", "shop", {"app": "cart"}, ip=f"10.0.1.{i + 1}", sa="cart")
+        kube.add(kb_pod)
+    kube.add(kb.service("cart", "shop", {"app": "cart"}, [kb.sport(80, 8080)]))
+    kube.add(kb.pod("rep", "legacy", {"app": "rep"}, ip="10.0.2.1", sa="rep", sidecar=False))
+    kube.add(kb.service("rep", "legacy", {"app": "rep"}, [kb.sport(8080, 8080)]))
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKube]:
+    k = FakeKube()
+    k.start()
+    try:
+        _mesh(k)
+        yield k
+    finally:
+        k.stop()
+
+
+def _kubeconfig(kube: FakeKube, tmp_path: Path) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(kube.kubeconfig()))
+    return str(path)
+
+
+def test_discovers_every_namespace_with_pagination(kube: FakeKube) -> None:
+    snap = discover(kube.api_client(), Options(page_size=2))
+    assert snap.trust_domain == "example.org"
+    assert snap.root_cert_pem == ROOT_PEM
+    assert snap.target_namespaces == {"shop", "legacy"}
+    assert sorted(p["metadata"]["name"] for p in snap.pods) == ["cart-0", "cart-1", "cart-2", "rep"]
+    assert len(snap.peerauthentications) == 2  # istio-system's is read though not a target
+    pod_calls = [c for c in kube.calls if c.path == "/api/v1/pods"]
+    assert [c.query.get("limit") for c in pod_calls] == ["2", "2", "2"]
+    assert "continue" not in pod_calls[0].query and "continue" in pod_calls[1].query
+    assert kube.paths().count("/apis/security.istio.io/v1/peerauthentications") == 1
+
+    plan = build_plan(snap)
+    t = {x.name: x for x in plan.targets_file.targets}
+    assert t["shop/cart:80"].expect == Expect.STRICT
+    assert t["shop/cart:80"].identity == "spiffe://example.org/ns/shop/sa/cart"
+    assert len(t["shop/cart:80"].endpoints) == 3
+    assert t["legacy/rep:8080"].expect == Expect.NONE
+    assert "kube-system/dns:53" not in t
+
+
+def test_named_namespaces_are_read_one_by_one(kube: FakeKube) -> None:
+    snap = discover(kube.api_client(), Options(namespaces=("shop",)))
+    assert snap.target_namespaces == {"shop"}
+    paths = kube.paths()
+    assert "/api/v1/namespaces/shop" in paths
+    assert "/api/v1/namespaces/shop/pods" in paths
+    assert "/api/v1/pods" not in paths and "/api/v1/namespaces" not in paths
+
+
+def test_namespace_label_selector_and_include_system(kube: FakeKube) -> None:
+    snap = discover(kube.api_client(), Options(namespace_selector="istio-injection=enabled"))
+    assert snap.target_namespaces == {"shop"}
+    assert {"labelSelector": "istio-injection=enabled", "limit": "500"} in [
+        c.query for c in kube.calls if c.path == "/api/v1/namespaces"
+    ]
+    every = discover(kube.api_client(), Options(include_system=True))
+    assert every.target_namespaces == {"shop", "legacy", "kube-system", "istio-system"}
+
+
+def test_flags_override_the_mesh_config(kube: FakeKube) -> None:
+    snap = discover(kube.api_client(), Options(trust_domain="td.test", root_namespace="legacy"))
+    assert (snap.trust_domain, snap.root_namespace) == ("td.test", "legacy")
+
+
+def test_older_istio_api_versions_are_used() -> None:
+    with FakeKube(istio=False) as kube:
+        kube.serve(
+            Resource("security.istio.io", ("v1beta1",), "peerauthentications", "PeerAuthentication")
+        )
+        kube.serve(
+            Resource("networking.istio.io", ("v1alpha3",), "destinationrules", "DestinationRule")
+        )
+        kube.add_all([kb.namespace("shop"), kb.peer_auth("p", "shop", "STRICT", version="v1beta1")])
+        kube.add(
+            {
+                **kb.dest_rule("d", "shop", "x", "DISABLE"),
+                "apiVersion": "networking.istio.io/v1alpha3",
+            }
+        )
+        snap = discover(kube.api_client())
+        assert (
+            snap.istio_apis
+            and len(snap.peerauthentications) == 1
+            and len(snap.destinationrules) == 1
+        )
+        paths = kube.paths()
+        assert paths.index("/apis/security.istio.io/v1/peerauthentications") < paths.index(
+            "/apis/security.istio.io/v1beta1/peerauthentications"
+        )
+        assert "/apis/networking.istio.io/v1beta1/destinationrules" in paths
+
+
+def test_no_istio_plans_permissive_with_a_finding() -> None:
+    with FakeKube(istio=False) as kube:
+        kube.add_all(
+            [
+                kb.namespace("shop"),
+                kb.pod("a", "shop", {"app": "a"}, ip="10.0.0.1"),
+                kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+            ]
+        )
+        snap = discover(kube.api_client())
+        assert not snap.istio_apis
+        plan = build_plan(snap)
+        (t,) = plan.targets_file.targets
+        assert t.expect == Expect.PERMISSIVE
+        assert any("no Istio APIs found" in r.reason for r in plan.findings)
+
+
+def test_malformed_object_is_reported_and_skipped(kube: FakeKube) -> None:
+    bad = kb.pod("broken", "shop", {"app": "cart"})
+    bad["spec"]["containers"] = "not-a-list"
+    kube.add(bad)
+    snap = discover(kube.api_client())
+    assert [str(p) for p in snap.problems] == ["Pod shop/broken: spec.containers is not a list"]
+    plan = build_plan(snap)
+    assert any(r.verdict == "error" and r.target == "Pod shop/broken" for r in plan.findings)
+
+
+@pytest.mark.parametrize(
+    ("plural", "group", "expect"),
+    [
+        (
+            "pods",
+            "",
+            "system:serviceaccount:mtlsprobe:mtlsprobe may not list pods in API group '' "
+            "at the cluster scope",
+        ),
+        (
+            "peerauthentications",
+            "security.istio.io",
+            "may not list peerauthentications in API group 'security.istio.io'",
+        ),
+    ],
+)
+def test_forbidden_is_one_line_naming_the_permission(
+    kube: FakeKube, plural: str, group: str, expect: str
+) -> None:
+    kube.forbid("list", plural, group)
+    with pytest.raises(DiscoveryError) as err:
+        discover(kube.api_client())
+    msg = str(err.value)
+    assert expect in msg and "\n" not in msg
+
+
+def test_forbidden_optional_configmap_is_a_note(kube: FakeKube) -> None:
+    kube.forbid("get", "configmaps")
+    snap = discover(kube.api_client())
+    assert snap.trust_domain == "cluster.local"
+    assert any("may not get configmaps" in n for n in snap.notes)
+
+
+def test_server_error_is_one_line(kube: FakeKube) -> None:
+    kube.fail("/api/v1/services", 500)
+    with pytest.raises(DiscoveryError, match=r"HTTP 500: Internal error occurred: etcdserver"):
+        discover(kube.api_client())
+
+
+def test_slow_server_is_bounded_by_the_timeout(kube: FakeKube) -> None:
+    kube.delay = 5.0
+    start = time.monotonic()
+    with pytest.raises(DiscoveryError, match="no answer within the request timeout"):
+        discover(kube.api_client(), Options(timeout=0.5))
+    assert time.monotonic() - start < 3
+
+
+def test_generated_models_give_the_same_snapshot(kube: FakeKube) -> None:
+    raw = build_plan(discover(kube.api_client(), Options(raw=True))).targets_file
+    models = build_plan(discover(kube.api_client(), Options(raw=False))).targets_file
+    assert raw == models
+
+
+def test_reader_follows_continue_tokens(kube: FakeKube) -> None:
+    from kubernetes import client
+
+    r = Reader(kube.api_client(), Options(page_size=1))
+    names = [
+        p["metadata"]["name"]
+        for p in r.pages("pods", client.CoreV1Api(r.api).list_pod_for_all_namespaces)
+    ]
+    assert len(names) == 5 and len(set(names)) == 5
+
+
+# ---- the CLI against the fake server -----------------------------------------------------
+
+
+def test_cli_plan_yaml_from_the_cluster(
+    kube: FakeKube, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _kubeconfig(kube, tmp_path)
+    root = tmp_path / "root.pem"
+    code = cli_main(["plan", "--kubeconfig", cfg, "-o", "yaml", "--root-cert-file", str(root)])
+    assert code == 0
+    f = tmp_path / "targets.yaml"
+    f.write_text(capsys.readouterr().out)
+    tf = load_targets(f)
+    assert tf.trust_domain == "example.org" and tf.root_cert_file == root.resolve()
+    assert root.read_text() == ROOT_PEM
+    assert {t.name for t in tf.targets} == {"shop/cart:80", "legacy/rep:8080"}
+
+
+def test_cli_require_sidecar_fails(
+    kube: FakeKube, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _kubeconfig(kube, tmp_path)
+    assert cli_main(["plan", "--kubeconfig", cfg, "--require", "sidecar"]) == 1
+    assert "require-sidecar" in capsys.readouterr().out
+
+
+def test_cli_unreachable_api_exits_64_naming_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    assert cli_main(["plan", "--kubeconfig", str(cfg), "--timeout", "2"]) == 64
+    err = capsys.readouterr().err.strip()
+    assert f"cannot reach the Kubernetes API at http://127.0.0.1:{port}" in err
+    assert "connection refused" in err and "\n" not in err
+
+
+def test_cli_forbidden_exits_64(
+    kube: FakeKube, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube.forbid("list", "services")
+    assert cli_main(["plan", "--kubeconfig", _kubeconfig(kube, tmp_path)]) == 64
+    err = capsys.readouterr().err
+    assert "may not list services in API group ''" in err and err.count("\n") == 1
