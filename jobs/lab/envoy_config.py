@@ -45,6 +45,15 @@ _RAW_BUFFER = {
     "name": "envoy.transport_sockets.raw_buffer",
     "typed_config": {"@type": _T + "extensions.transport_sockets.raw_buffer.v3.RawBuffer"},
 }
+# Idle keep-alive connections to the app are closed soon: hundreds of inbound clusters
+# share a few app processes, whose workers each serve one connection at a time.
+_APP_HTTP_OPTIONS = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": _T + "extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"idle_timeout": "2s"},
+        "explicit_http_config": {"http_protocol_options": {}},
+    }
+}
 _TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}
 
 
@@ -220,10 +229,14 @@ def workload_bootstrap(
         secrets.append(_secret_cert(pod_secret_name(pod), certs.pods[pod.key]))
         for port in pod.ports:
             listeners.append(_inbound_listener(pod, port, trust_domain))
+            extra: Json = (
+                {"typed_extension_protocol_options": _APP_HTTP_OPTIONS} if port.http else {}
+            )
             clusters.append(
                 _static_cluster(
                     _inbound_cluster_name(pod, port.port),
                     [{"endpoint": {"address": _addr(pod.app_ip, port.port)}}],
+                    **extra,
                 )
             )
     return {
