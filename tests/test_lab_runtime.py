@@ -10,14 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from jobs.lab.addresses import Slot, acquire_slot
-from jobs.lab.runtime import App, Lab
+from jobs.lab.runtime import Lab
 from jobs.lab.spec import (
     CertKind,
     InboundPort,
@@ -34,15 +34,7 @@ pytestmark = pytest.mark.envoy
 
 TD = "cluster.local"
 PROBE_ID = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
-STANDIN = Path(__file__).with_name("lab_standin_echo.py")
 FORGED = "By=spiffe://cluster.local/ns/shop/sa/api;URI=spiffe://cluster.local/ns/evil/sa/evil"
-
-
-def standin_argv(apps: Sequence[App]) -> list[str]:
-    argv = [sys.executable, str(STANDIN)]
-    for a in apps:
-        argv += ["--listen" if a.http else "--tcp-listen", f"{a.ip}:{a.port}={a.name}"]
-    return argv
 
 
 def build_mesh(pod_ip: Callable[[int], str], app_ip: Callable[[int], str]) -> MeshSpec:
@@ -99,7 +91,7 @@ def build_mesh(pod_ip: Callable[[int], str], app_ip: Callable[[int], str]) -> Me
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     slot = acquire_slot()
     mesh = build_mesh(slot.pod_ip, slot.app_ip)
-    with Lab(mesh, slot, tmp_path_factory.mktemp("lab"), serve_argv=standin_argv) as running:
+    with Lab(mesh, slot, tmp_path_factory.mktemp("lab")) as running:
         yield running
 
 
@@ -144,8 +136,8 @@ def test_tcp_port_strict_refuses_plaintext_permissive_echoes(lab: Lab) -> None:
 
 
 def _xfcc(resp: httpx.Response) -> str | None:
-    headers: dict[str, str] = resp.json()["headers"]
-    return headers.get("x-forwarded-client-cert")
+    values: list[str] = resp.json()["headers"].get("x-forwarded-client-cert", [])
+    return ",".join(values) if values else None
 
 
 def test_mesh_call_proves_mtls_in_xfcc(client: httpx.Client) -> None:
@@ -233,7 +225,7 @@ def test_teardown_when_the_body_raises(tmp_path: Path) -> None:
     pids: list[int] = []
     with (
         pytest.raises(RuntimeError),
-        Lab(_small_mesh(slot), slot, tmp_path, serve_argv=standin_argv) as lab,
+        Lab(_small_mesh(slot), slot, tmp_path) as lab,
     ):
         pids = lab.pids()
         assert len(pids) == 3 and all(pid_alive(p) for p in pids)
@@ -250,7 +242,7 @@ def test_bringup_failure_names_the_log_and_cleans_up(tmp_path: Path) -> None:
     blocker.bind((mesh.pods[0].ip, 8080))
     blocker.listen()
     try:
-        lab = Lab(mesh, slot, tmp_path, serve_argv=standin_argv, ready_timeout=15)
+        lab = Lab(mesh, slot, tmp_path, ready_timeout=15)
         with pytest.raises(LabError, match=r"sidecars-0.*exited|sidecars-0.*log"):
             lab.__enter__()
         assert not any(pid_alive(p) for p in lab.pids())
@@ -262,7 +254,7 @@ def test_bringup_failure_names_the_log_and_cleans_up(tmp_path: Path) -> None:
 
 def test_keep_survives_then_down_stops_everything(tmp_path: Path) -> None:
     slot = acquire_slot()
-    with Lab(_small_mesh(slot), slot, tmp_path, serve_argv=standin_argv, keep=True) as lab:
+    with Lab(_small_mesh(slot), slot, tmp_path, keep=True) as lab:
         pids = lab.pids()
     try:
         assert all(pid_alive(p) for p in pids)
@@ -280,9 +272,9 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from jobs.lab.addresses import Slot, acquire_slot
 from jobs.lab.runtime import Lab
-from test_lab_runtime import _small_mesh, standin_argv
+from test_lab_runtime import _small_mesh
 slot = acquire_slot()
-with Lab(_small_mesh(slot), slot, Path({wd!r}), serve_argv=standin_argv) as lab:
+with Lab(_small_mesh(slot), slot, Path({wd!r})) as lab:
     print("READY", *lab.pids(), flush=True)
     time.sleep(60)
 """
