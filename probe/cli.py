@@ -11,9 +11,13 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from probe.checks import REGISTRY, load_check, parse_check_list
 from probe.results import EXIT_USAGE, Result, exit_code
+
+if TYPE_CHECKING:
+    from probe.model import TargetsFile
 
 DEFAULT_CONCURRENCY = 32
 
@@ -140,14 +144,18 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = _install_stop_handler(stop)
     try:
-        checks = [load_check(n) for n in names]
-        results = run_checks(checks, ctx, stop=stop)
+        try:
+            checks = [load_check(n) for n in names]
+            results = run_checks(checks, ctx, stop=stop)
+        finally:
+            ctx.close()
+        # The handler stays until the end: a SIGTERM during the report or the (bounded)
+        # flush must not kill the process before the partial report and spans are out.
+        emit_report(results, args.output, args.out)
+        _export_telemetry(results, targets)
     finally:
-        ctx.close()
-        signal.signal(signal.SIGTERM, previous)
-
-    emit_report(results, args.output, args.out)
-    _export_telemetry(results, targets.source.identity)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     return exit_code(results)
 
 
@@ -164,11 +172,11 @@ def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
             raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
 
 
-def _export_telemetry(results: list[Result], source_identity: str | None) -> None:
+def _export_telemetry(results: list[Result], targets: TargetsFile) -> None:
     from probe import telemetry
 
     if telemetry.enabled():
-        telemetry.export_run(results, source_identity=source_identity)
+        telemetry.export_run(results, source_identity=targets.source.identity, targets=targets)
 
 
 def _install_stop_handler(stop: threading.Event) -> signal._HANDLER:

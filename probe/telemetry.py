@@ -1,145 +1,174 @@
-"""OpenTelemetry export: one trace per run (root span ``mtlsprobe.run``), one span
-per result named ``mtlsprobe.check <check>``, and metrics (checks by verdict,
-seconds until peer certificates expire).
+"""OpenTelemetry export: one trace per run (root span ``mtlsprobe.run``), one span per
+result named ``mtlsprobe.check <check>``, and metrics (checks by check/verdict/namespace,
+seconds until each target's certificate expires). Attribute mapping: ``telemetry_attrs``.
 
-Spans are created after the fact from each result's own start/end time, so the
-engine stays free of tracing. Configuration is the standard ``OTEL_*`` environment
-(endpoint, headers, service name, resource attributes), OTLP over HTTP. Exports
-are bounded in time: an unreachable collector never hangs a run or changes its
-exit code. The providers are private instances (not the global ones) so a
-long-running agent can own one ``Telemetry`` and tests can own theirs.
+Spans are created after the fact from each result's own start/end time, so the engine
+stays free of tracing. Configuration is the standard ``OTEL_*`` environment (endpoints,
+headers, service name, resource attributes, timeout, ``OTEL_SDK_DISABLED``,
+``OTEL_TRACES_EXPORTER``/``OTEL_METRICS_EXPORTER=none``), OTLP over HTTP (protobuf).
+
+Every flush and shutdown is bounded by a hard wall-clock budget (the export timeout,
+at most 5 s, plus a margin), whatever the SDK does inside: an unreachable or silent
+collector never hangs a run or changes its exit code. Providers are private instances
+(not the OTel globals), so a long-running agent owns one ``Telemetry`` across rounds and
+tests own theirs. Nothing here imports OpenTelemetry until a ``Telemetry`` is built.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from probe.results import Result, Verdict
-from probe.spiffe import SpiffeIdError, parse_spiffe_id
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace.export import SpanExporter
 
-EXPORT_TIMEOUT_S = 5.0  # default when OTEL_EXPORTER_OTLP_TIMEOUT is not set
+    from probe.model import TargetsFile
+
+SERVICE_NAME = "mtlsprobe"
+EXPORT_TIMEOUT_S = 5.0  # default, and the ceiling: a Job must never wait long on a collector
+_MARGIN_S = 0.5  # on top of the export timeout for the wall-clock join
+_MAX_QUEUED_SPANS = 20_000  # one run's spans must not be dropped by the default 2048
+
+log = logging.getLogger(__name__)
 
 
 def configured_export_timeout() -> float:
-    """The standard OTEL_EXPORTER_OTLP_TIMEOUT (seconds), capped so a run stays bounded."""
+    """``OTEL_EXPORTER_OTLP_TIMEOUT``, capped at 5 s. The spec says milliseconds, the
+    Python SDK reads seconds: values of 100 or more are taken as milliseconds."""
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "")
     try:
-        value = float(os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", EXPORT_TIMEOUT_S))
+        value = float(raw) if raw.strip() else EXPORT_TIMEOUT_S
     except ValueError:
         value = EXPORT_TIMEOUT_S
-    return min(max(value, 0.1), 30.0)
+    if value >= 100:
+        value /= 1000
+    return min(max(value, 0.1), EXPORT_TIMEOUT_S)
 
 
-SERVICE_NAME = "mtlsprobe"
-# Evidence keys copied onto spans as attributes (scalars only, never key material).
-_EVIDENCE_ATTRS = {
-    "spiffe_id": "mtlsprobe.peer.spiffe_id",
-    "serial": "mtlsprobe.peer.serial",
-    "key_type": "mtlsprobe.peer.key_type",
-    "remaining_seconds": "mtlsprobe.peer.remaining_seconds",
-    "chain_verified": "mtlsprobe.peer.chain_verified",
-    "status": "http.response.status_code",
-    "error": "error.type",
-    "alpn": "tls.next_protocol",
-}
+def signal_enabled(signal: str) -> bool:
+    """Whether ``traces`` or ``metrics`` should go to OTLP, the standard way: an OTLP
+    endpoint (general or per signal), not ``OTEL_SDK_DISABLED``, exporter not ``none``."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    )
 
 
 def enabled() -> bool:
     """Export only when the user configured an OTLP destination the standard way."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return False
-    return any(
-        os.environ.get(k)
-        for k in (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-        )
+    return signal_enabled("traces") or signal_enabled("metrics")
+
+
+def _resource() -> Any:
+    """``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` (which wins) as the SDK
+    reads them; ``service.name`` defaults to ``mtlsprobe`` instead of ``unknown_service``."""
+    from opentelemetry.sdk.resources import SERVICE_NAME as SN
+    from opentelemetry.sdk.resources import SERVICE_VERSION, Resource
+
+    from probe import __version__
+
+    detected = Resource.create({})
+    extra: dict[str, str] = {}
+    if str(detected.attributes.get(SN, "")).startswith("unknown_service"):
+        extra[SN] = SERVICE_NAME
+    if SERVICE_VERSION not in detected.attributes:
+        extra[SERVICE_VERSION] = __version__
+    return detected.merge(Resource(extra)) if extra else detected
+
+
+class _Outcome:
+    """Whether every export of one signal succeeded (for a one-line warning)."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.sent = 0
+
+    def note(self, ok: bool) -> None:
+        if ok:
+            self.sent += 1
+        else:
+            self.failed += 1
+
+
+def _otlp_span_exporter(timeout: float, outcome: _Outcome) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    class Exporter(OTLPSpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            result = super().export(spans)
+            outcome.note(result is SpanExportResult.SUCCESS)
+            return result
+
+    return Exporter(timeout=timeout)
+
+
+def _otlp_metric_reader(timeout: float, outcome: _Outcome) -> MetricReader:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import (
+        MetricExportResult,
+        MetricsData,
+        PeriodicExportingMetricReader,
+    )
+
+    class Exporter(OTLPMetricExporter):
+        def export(
+            self, metrics_data: MetricsData, timeout_millis: float | None = 10_000, **kwargs: Any
+        ) -> MetricExportResult:
+            result = super().export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            outcome.note(result is MetricExportResult.SUCCESS)
+            return result
+
+    # Interval from OTEL_METRIC_EXPORT_INTERVAL (default 60 s); shutdown exports the rest.
+    return PeriodicExportingMetricReader(
+        Exporter(timeout=timeout), export_timeout_millis=timeout * 1000
     )
 
 
-def _namespace(spiffe_id: str | None) -> str | None:
-    if not spiffe_id:
-        return None
-    try:
-        return parse_spiffe_id(spiffe_id).namespace
-    except SpiffeIdError:
-        return None
+def _within(budget_s: float, *fns: Callable[[], object]) -> bool:
+    """Run ``fns`` in parallel daemon threads; True if all finished within the budget.
+    A thread still blocked on a silent collector is abandoned (it cannot hold the
+    process: daemon) rather than waited for."""
 
+    def quiet(fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # an exporter problem must never reach the caller
+            log.debug("telemetry: %s", exc)
 
-def _target_namespace(result: Result) -> str:
-    ns, sep, _ = result.target.partition("/")
-    return ns if sep else "-"
-
-
-def span_attributes(result: Result, source_identity: str | None) -> dict[str, Any]:
-    """Attributes of one check span (OTel test, server and tls conventions where they fit)."""
-    from opentelemetry.semconv._incubating.attributes import test_attributes as test
-    from opentelemetry.semconv._incubating.attributes import tls_attributes as tls
-    from opentelemetry.semconv.attributes import server_attributes as server
-
-    attrs: dict[str, Any] = {
-        test.TEST_SUITE_NAME: f"mtlsprobe.{result.check}",
-        test.TEST_CASE_NAME: f"{result.check} {result.target}"
-        + (f" {result.endpoint}" if result.endpoint else ""),
-        "mtlsprobe.check": result.check,
-        "mtlsprobe.target": result.target,
-        "mtlsprobe.verdict": result.verdict.value,
-        "mtlsprobe.reason": result.reason[:1000],
-        "k8s.namespace.name": _target_namespace(result),
-    }
-    # The semconv's result status knows pass and fail; error and skip keep their own attribute.
-    if result.verdict in (Verdict.PASS, Verdict.FAIL):
-        attrs[test.TEST_CASE_RESULT_STATUS] = result.verdict.value
-    if result.expected is not None:
-        attrs["mtlsprobe.expected"] = result.expected
-    if result.observed is not None:
-        attrs["mtlsprobe.observed"] = result.observed
-    if source_identity:
-        attrs["mtlsprobe.source.spiffe_id"] = source_identity
-        src_ns = _namespace(source_identity)
-        if src_ns:
-            attrs["mtlsprobe.source.namespace"] = src_ns
-    if result.endpoint:
-        host, _, port = result.endpoint.rpartition(":")
-        attrs[server.SERVER_ADDRESS] = host.strip("[]")
-        if port.isdigit():
-            attrs[server.SERVER_PORT] = int(port)
-    ev: Mapping[str, Any] = result.evidence
-    for key, attr in _EVIDENCE_ATTRS.items():
-        val = ev.get(key)
-        if isinstance(val, str | int | float | bool) and not _looks_secret(key, val):
-            attrs[attr] = val
-    if isinstance(ev.get("fingerprint_sha256"), str):
-        attrs[tls.TLS_SERVER_HASH_SHA256] = ev["fingerprint_sha256"].upper()
-    if isinstance(ev.get("issuer"), str):
-        attrs[tls.TLS_SERVER_ISSUER] = ev["issuer"]
-    if isinstance(ev.get("subject"), str):
-        attrs[tls.TLS_SERVER_SUBJECT] = ev["subject"]
-    for key, attr in (
-        ("not_after", tls.TLS_SERVER_NOT_AFTER),
-        ("not_before", tls.TLS_SERVER_NOT_BEFORE),
-    ):
-        if isinstance(ev.get(key), str):
-            attrs[attr] = ev[key]
-    if isinstance(ev.get("tls_version"), str):
-        attrs["tls.protocol.version"] = ev["tls_version"]
-    return attrs
-
-
-def _looks_secret(key: str, value: object) -> bool:
-    return "PRIVATE KEY" in str(value) or "private" in key.lower()
+    threads = [
+        threading.Thread(target=quiet, args=(fn,), daemon=True, name="mtlsprobe-otel-flush")
+        for fn in fns
+    ]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + budget_s
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
 
 
 class Telemetry:
-    """Owns a tracer and a meter provider with OTLP/HTTP exporters (or the given
-    exporter/reader, for tests and the agent's Prometheus endpoint)."""
+    """A tracer and a meter provider with OTLP/HTTP exporters, reusable across runs.
+
+    ``span_exporter``/``metric_readers`` replace the OTLP ones (the agent adds a
+    Prometheus reader; tests may pass in-memory ones). With ``otlp=True`` a signal
+    with no replacement goes to OTLP when ``signal_enabled`` says so.
+    Thread-safe: ``record`` may be called from any thread, one run at a time or not.
+    """
 
     def __init__(
         self,
@@ -150,109 +179,172 @@ class Telemetry:
         otlp: bool = True,
     ) -> None:
         from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        if export_timeout is None:
-            export_timeout = configured_export_timeout()
-        self._timeout = export_timeout
-        resource = Resource.create(
-            {"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)}
+        self.export_timeout = min(
+            EXPORT_TIMEOUT_S,
+            configured_export_timeout() if export_timeout is None else export_timeout,
         )
-        self.tracer_provider = TracerProvider(resource=resource)
-        if span_exporter is None and otlp:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            span_exporter = OTLPSpanExporter(timeout=export_timeout)
+        self.trace_outcome = _Outcome()
+        self.metric_outcome = _Outcome()
+        self._shut = False
+        resource = _resource()
+        # shutdown_on_exit=False: our own bounded shutdown runs; an atexit one could block.
+        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        if span_exporter is None and otlp and signal_enabled("traces"):
+            span_exporter = _otlp_span_exporter(self.export_timeout, self.trace_outcome)
+        self.traces_enabled = span_exporter is not None
         if span_exporter is not None:
+            queue = None if os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE") else _MAX_QUEUED_SPANS
             self.tracer_provider.add_span_processor(
-                BatchSpanProcessor(span_exporter, export_timeout_millis=int(export_timeout * 1000))
-            )
-        readers = list(metric_readers or [])
-        if not readers and otlp:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-            readers.append(
-                PeriodicExportingMetricReader(
-                    OTLPMetricExporter(timeout=export_timeout),
-                    export_interval_millis=60_000,
-                    export_timeout_millis=int(export_timeout * 1000),
+                BatchSpanProcessor(
+                    span_exporter,
+                    max_queue_size=queue,
+                    export_timeout_millis=self.export_timeout * 1000,
                 )
             )
-        self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        readers = list(metric_readers or [])
+        if not readers and otlp and signal_enabled("metrics"):
+            readers.append(_otlp_metric_reader(self.export_timeout, self.metric_outcome))
+        self.meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, shutdown_on_exit=False
+        )
         self.tracer = self.tracer_provider.get_tracer("mtlsprobe")
         meter = self.meter_provider.get_meter("mtlsprobe")
         self.checks_counter = meter.create_counter(
             "mtlsprobe.checks",
             unit="{check}",
-            description="Checks run, by check, verdict and namespace",
+            description="Checks run, by check, verdict and destination namespace",
         )
         self.cert_expiry = meter.create_gauge(
             "mtlsprobe.peer_cert.expiry",
             unit="s",
-            description="Seconds until the peer certificate presented by a target expires",
+            description=(
+                "Seconds until the soonest-expiring certificate seen at a target expires "
+                "(check peer-cert; check self is the probe's own sidecar, target 'source')"
+            ),
         )
 
-    def record(self, results: Sequence[Result], *, source_identity: str | None = None) -> None:
+    def record(
+        self,
+        results: Sequence[Result],
+        *,
+        source_identity: str | None = None,
+        targets: TargetsFile | None = None,
+    ) -> str:
+        """Record one run: a trace (root + a span per result) and the metrics.
+        Returns the trace id (hex). Export happens in the background and on
+        ``flush``/``shutdown``. ``targets`` adds destination SPIFFE IDs/addresses."""
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 
+        from probe import telemetry_attrs as ta
+
+        by_name = ta.targets_by_name(targets)
         now = time.time_ns()
         starts = [r.start_ns for r in results if r.start_ns]
-        ends = [r.end_ns for r in results if r.end_ns]
+        ends = [max(r.start_ns, r.end_ns) for r in results if r.end_ns]
         root = self.tracer.start_span(
             "mtlsprobe.run",
             start_time=min(starts) if starts else now,
-            attributes={"mtlsprobe.results": len(results)},
+            attributes=ta.run_attributes(results, source_identity),
         )
         parent = trace.set_span_in_context(root)
-        worst = StatusCode.UNSET
+        bad = 0
         for r in results:
+            target = by_name.get(r.target)
+            start = r.start_ns or r.end_ns or now
             span = self.tracer.start_span(
-                f"mtlsprobe.check {r.check}",
+                ta.span_name(r),
                 context=parent,
-                start_time=r.start_ns or r.end_ns or now,
-                attributes=span_attributes(r, source_identity),
+                start_time=start,
+                attributes=ta.span_attributes(r, source_identity, target),
             )
             if r.verdict in (Verdict.FAIL, Verdict.ERROR):
-                span.set_status(Status(StatusCode.ERROR, r.reason[:200]))
-                worst = StatusCode.ERROR
-            span.end(end_time=max(r.end_ns, r.start_ns) or now)
-            self.checks_counter.add(
-                1,
+                span.set_status(Status(StatusCode.ERROR, f"{r.verdict.value}: {r.reason[:200]}"))
+                bad += 1
+            span.end(end_time=max(start, r.end_ns))
+            self.checks_counter.add(1, ta.check_labels(r, target))
+        for (check, target_name, ns), secs in sorted(
+            ta.certificate_expiry(results, by_name).items()
+        ):
+            self.cert_expiry.set(
+                secs,
                 {
-                    "mtlsprobe.check": r.check,
-                    "mtlsprobe.verdict": r.verdict.value,
-                    "k8s.namespace.name": _target_namespace(r),
+                    "mtlsprobe.check": check,
+                    "mtlsprobe.target": target_name,
+                    "k8s.namespace.name": ns,
                 },
             )
-            remaining = r.evidence.get("remaining_seconds")
-            if r.check == "peer-cert" and isinstance(remaining, int):
-                self.cert_expiry.set(remaining, {"mtlsprobe.target": r.target})
-        if worst is StatusCode.ERROR:
-            root.set_status(Status(StatusCode.ERROR, "some checks failed or could not observe"))
-        root.end(end_time=max(ends) if ends else time.time_ns())
+        if bad:
+            root.set_status(Status(StatusCode.ERROR, f"{bad} checks failed or could not observe"))
+        root.end(end_time=max([*ends, min(starts) if starts else now]))
+        return format(root.get_span_context().trace_id, "032x")
 
-    def flush(self) -> None:
-        ms = int(self._timeout * 1000)
-        self.tracer_provider.force_flush(ms)
-        self.meter_provider.force_flush(ms)
+    def flush(self, timeout: float | None = None) -> bool:
+        """Export everything recorded so far; True if done within the (bounded) budget."""
+        budget = self.export_timeout + _MARGIN_S if timeout is None else timeout
+        ms = int(budget * 1000)
+        return _within(
+            budget,
+            lambda: self.tracer_provider.force_flush(ms),
+            lambda: self.meter_provider.force_flush(ms),
+        )
 
-    def shutdown(self) -> None:
-        """Export what is pending and stop, bounded by the export timeout per signal
-        (shutting down the span processor and the metric reader exports once more)."""
-        try:
-            self.tracer_provider.shutdown()
-        finally:
-            self.meter_provider.shutdown(timeout_millis=self._timeout * 1000)
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Export what is pending and stop; both signals in parallel, bounded by the
+        export timeout plus a margin. True if everything finished in time."""
+        if self._shut:
+            return True
+        self._shut = True
+        budget = self.export_timeout + _MARGIN_S if timeout is None else timeout
+        return _within(
+            budget,
+            self.tracer_provider.shutdown,
+            lambda: self.meter_provider.shutdown(timeout_millis=budget * 1000),
+        )
+
+    def delivery_problem(self) -> str | None:
+        """One line when an OTLP export failed (results are unaffected), else None."""
+        failed = [
+            name
+            for name, o in (("traces", self.trace_outcome), ("metrics", self.metric_outcome))
+            if o.failed
+        ]
+        if not failed:
+            return None
+        return (
+            f"{' and '.join(failed)} not delivered to the OTLP collector within "
+            f"{self.export_timeout:g}s (check OTEL_EXPORTER_OTLP_ENDPOINT); results are unaffected"
+        )
 
 
-def export_run(results: Sequence[Result], *, source_identity: str | None) -> None:
-    """One-shot export for ``mtlsprobe check``: record, flush, shut down."""
-    telemetry = Telemetry()
+def export_run(
+    results: Sequence[Result],
+    *,
+    source_identity: str | None,
+    targets: TargetsFile | None = None,
+) -> bool:
+    """One-shot export for ``mtlsprobe check``: record, flush, shut down, all bounded.
+    The SDK's own retry chatter is kept off stderr; a failed delivery is one line."""
+    otel_log = logging.getLogger("opentelemetry")
+    previous = otel_log.level
+    otel_log.setLevel(logging.CRITICAL)
     try:
-        telemetry.record(results, source_identity=source_identity)
+        telemetry = Telemetry()
+        telemetry.record(results, source_identity=source_identity, targets=targets)
+        done = telemetry.shutdown()
+        problem = telemetry.delivery_problem()
+        if problem is None and not done:
+            problem = (
+                f"export still running after {telemetry.export_timeout + _MARGIN_S:g}s; "
+                "abandoned (results are unaffected)"
+            )
+    except Exception as exc:  # telemetry must never change a run's outcome
+        done, problem = False, f"export failed: {type(exc).__name__}: {exc}"
     finally:
-        telemetry.shutdown()
+        otel_log.setLevel(previous)
+    if problem:
+        sys.stderr.write(f"mtlsprobe: telemetry: {problem}\n")
+    return done and problem is None
