@@ -56,13 +56,13 @@ def main() -> int:
     envoy_rss = {k: v for k, v in rss.items() if "sidecar" in k}
     endpoints = sum(len(t.endpoints) for t in run.build.targets.targets)
     lines = [
-        f"workloads={args.workloads} endpoints={endpoints} envoys={run.envoys} "
+        f"workloads={args.workloads} endpoints={endpoints} envoy_processes={run.envoys} "
         f"concurrency={args.concurrency} cpus={os.cpu_count()}",
         f"time to ready: {run.ready_seconds:.2f}s (certificates, configs, processes, readiness)",
         f"full suite: {run.check_seconds:.2f}s for {checks} results ({rate:.0f} checks/s); "
         f"verdicts {counts}",
         f"total wall time (build, up, checks, teardown): {total:.2f}s",
-        "RSS at ready (MiB): "
+        "RSS at ready (MiB; sidecars-N host the workload sidecars): "
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(envoy_rss.items()))
         + f"; apps {sum(v for k, v in rss.items() if k.startswith('apps')):.0f}",
         f"probe process peak RSS: {probe_rss:.0f} MiB",
