@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,15 +216,56 @@ def _with_root_cert(plan: Plan, pem: str | None, path: Path) -> Plan:
 
 
 def render_yaml(plan: Plan) -> str:
-    import yaml
-
     lines = ["# mtlsprobe plan: targets file for `mtlsprobe check -f`"]
     for r in plan.findings:
         if r.verdict.value in ("fail", "error"):
             text = f"{r.verdict.value.upper()} {r.check} {r.target}: {r.reason}"
             lines.append("# " + " ".join(text.split()))
-    body = yaml.safe_dump(plan.targets_file.to_dict(), sort_keys=False, default_flow_style=False)
-    return "\n".join(lines) + "\n" + body
+    return "\n".join(lines) + "\n" + targets_yaml(plan.targets_file.to_dict())
+
+
+# Plain (unquoted) only for what can't read as another type: starts with a letter, no
+# ": " or " #", no trailing ":", not a YAML 1.1 boolean/null word.
+_PLAIN = re.compile(r"[A-Za-z](?:[A-Za-z0-9._/:@-]*[A-Za-z0-9._/@-])?")
+_YAML_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"})
+
+
+def _scalar(v: object) -> str:
+    """A YAML scalar: strings double-quoted with JSON escapes (valid YAML), so no value
+    can turn into another type or break the structure."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    text = str(v)
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    return json.dumps(text)
+
+
+def targets_yaml(doc: dict[str, Any]) -> str:
+    """The targets document as block YAML. Written directly: PyYAML's representer takes
+    seconds for 6,000 targets; this shape is fixed (scalars, one mapping, lists)."""
+    out: list[str] = []
+    for key, val in doc.items():
+        if key == "targets":
+            out.append("targets:" if val else "targets: []")
+            for t in val:
+                first = True
+                for k, v in t.items():
+                    lead = "- " if first else "  "
+                    first = False
+                    if isinstance(v, list):
+                        items = ", ".join(_scalar(x) for x in v)
+                        out.append(f"{lead}{k}: [{items}]")
+                    else:
+                        out.append(f"{lead}{k}: {_scalar(v)}")
+        elif isinstance(val, dict):
+            out.append(f"{key}:")
+            out.extend(f"  {k}: {_scalar(v)}" for k, v in val.items())
+        else:
+            out.append(f"{key}: {_scalar(val)}")
+    return "\n".join(out) + "\n"
 
 
 def edge_dict(e: Any) -> dict[str, Any]:

@@ -55,11 +55,13 @@ from jobs.objects import (
     spec,
 )
 from jobs.policy import (
+    DATAPLANE_MODE,
     TLS_MODE_LABEL,
     ClientView,
     DestinationRuleIndex,
     Outcome,
     PeerAuthIndex,
+    WorkloadPolicy,
     ambient_enrolled,
     ambient_labeled,
     client_view,
@@ -211,12 +213,20 @@ class _Builder:
             svc = labels_of(s).get(SLICE_SERVICE_LABEL)
             if svc:
                 self.slices[(namespace(s), svc)].append(s)
-        self._info: dict[str, PodInfo] = {}
+        self._info: dict[int, PodInfo] = {}  # by id(): pods are not hashable, refs cost
+        self._policy: dict[int, WorkloadPolicy] = {}
         self.findings: list[Result] = []
         self.edges: list[Edge] = []
 
+    def policy(self, pod: KubeObject) -> WorkloadPolicy:
+        got = self._policy.get(id(pod))
+        if got is None:
+            got = self.pa.for_workload(namespace(pod), self.info(pod).labels)
+            self._policy[id(pod)] = got
+        return got
+
     def info(self, pod: KubeObject) -> PodInfo:
-        key = ref(pod)
+        key = id(pod)
         got = self._info.get(key)
         if got is None:
             ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
@@ -317,7 +327,7 @@ class _Builder:
             group_edges: dict[tuple[str, Expect, bool], list[Edge]] = defaultdict(list)
             for pod, ip, tport in self.endpoints(svc, sp):
                 pi = self.info(pod)
-                decision = self.pa.effective(ns, pi.labels, tport)
+                decision = self.policy(pod).at(tport)
                 expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
                 view = client_view(
                     dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
@@ -451,7 +461,7 @@ def _inbound(b: _Builder) -> list[Inbound]:
             if (p.get("protocol") or "TCP") == "TCP"
         }
         for port in sorted(declared | ports.get(key, set())):
-            d = b.pa.effective(pi.namespace, pi.labels, port)
+            d = b.policy(pod).at(port)
             out.append(
                 Inbound(pi, port, d.mode, expect_for(d.mode, pi.has_sidecar, pi.ambient), d.source)
             )
@@ -529,7 +539,10 @@ def _namespace_findings(b: _Builder) -> list[Result]:
             )
         ns_lbl = b.ns_labels.get(ns, {})
         for pod in b.pods_by_ns[ns]:
-            if ambient_labeled(pod, ns_lbl) and not has_sidecar(pod) and not b.info(pod).ambient:
+            pi = b.info(pod)
+            if pi.has_proxy or (DATAPLANE_MODE not in pi.labels and DATAPLANE_MODE not in ns_lbl):
+                continue
+            if ambient_labeled(pod, ns_lbl):
                 out.append(
                     _finding(
                         f"pod {ref(pod)}",

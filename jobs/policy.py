@@ -118,6 +118,7 @@ class PeerAuthIndex:
         for lst in [mesh, *per_ns.values()]:
             self.shadowed.extend((loser, lst[0]) for loser in lst[1:])
         self._workload = dict(workload)
+        self._base_cache: dict[str, ModeDecision] = {}
 
     def has_policy_in(self, ns: str) -> bool:
         return ns in self.namespace_policy or ns in self._workload
@@ -126,34 +127,58 @@ class PeerAuthIndex:
         """Every selector policy that selects the pod, oldest first (the first one counts)."""
         return [pa for sel, pa in self._workload.get(ns, ()) if selects(sel, pod_labels)]
 
+    def _base(self, ns: str) -> ModeDecision:
+        """Mesh then namespace level, for pods no workload policy selects."""
+        got = self._base_cache.get(ns)
+        if got is None:
+            mode, source = "PERMISSIVE", "no PeerAuthentication (Istio default PERMISSIVE)"
+            for level, pa in (("mesh", self.mesh), ("namespace", self.namespace_policy.get(ns))):
+                if pa is not None:
+                    m = _mtls_mode(spec(pa).get("mtls"))
+                    if m != "UNSET":
+                        mode, source = m, f"{level} PeerAuthentication {ref(pa)}"
+            got = self._base_cache[ns] = ModeDecision(Expect(mode), source)
+        return got
+
+    def for_workload(self, pod_namespace: str, pod_labels: Mapping[str, str]) -> WorkloadPolicy:
+        """The composed policy of one workload; ``.at(target_port)`` gives a port's mode."""
+        base = self._base(pod_namespace)
+        winners = self.workload_policies(pod_namespace, pod_labels)
+        if not winners:
+            return WorkloadPolicy(base, {})
+        workload = winners[0]
+        m = _mtls_mode(spec(workload).get("mtls"))
+        if m != "UNSET":
+            base = ModeDecision(Expect(m), f"workload PeerAuthentication {ref(workload)}")
+        ports: dict[int, ModeDecision] = {}
+        plm = spec(workload).get("portLevelMtls")
+        if isinstance(plm, dict):
+            for k, v in plm.items():
+                port, pm = port_key(k), _mtls_mode(v)
+                if port is not None and pm != "UNSET":
+                    ports[port] = ModeDecision(
+                        Expect(pm), f"workload PeerAuthentication {ref(workload)} port {port}"
+                    )
+        return WorkloadPolicy(base, ports)
+
     def effective(
         self, pod_namespace: str, pod_labels: Mapping[str, str], target_port: int | None
     ) -> ModeDecision:
-        mode, source = "PERMISSIVE", "no PeerAuthentication (Istio default PERMISSIVE)"
-        levels: list[tuple[str, KubeObject | None]] = [
-            ("mesh", self.mesh),
-            ("namespace", self.namespace_policy.get(pod_namespace)),
-        ]
-        winners = self.workload_policies(pod_namespace, pod_labels)
-        workload = winners[0] if winners else None
-        levels.append(("workload", workload))
-        for level, pa in levels:
-            if pa is None:
-                continue
-            m = _mtls_mode(spec(pa).get("mtls"))
-            if m != "UNSET":
-                mode, source = m, f"{level} PeerAuthentication {ref(pa)}"
-        if workload is not None and target_port is not None:
-            plm = spec(workload).get("portLevelMtls")
-            if isinstance(plm, dict):
-                for k, v in plm.items():
-                    if port_key(k) == target_port:
-                        m = _mtls_mode(v)
-                        if m != "UNSET":
-                            mode = m
-                            source = f"workload PeerAuthentication {ref(workload)} port {k}"
-                        break
-        return ModeDecision(Expect(mode), source)
+        return self.for_workload(pod_namespace, pod_labels).at(target_port)
+
+
+@dataclass(frozen=True)
+class WorkloadPolicy:
+    """A workload's composed mode and its port-level exceptions (keyed by target port;
+    an UNSET port entry is simply absent: it inherits ``workload``)."""
+
+    workload: ModeDecision
+    ports: Mapping[int, ModeDecision]
+
+    def at(self, target_port: int | None) -> ModeDecision:
+        if target_port is None:
+            return self.workload
+        return self.ports.get(target_port, self.workload)
 
 
 def effective_mode(

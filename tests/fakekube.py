@@ -131,6 +131,7 @@ class FakeKube:
     _faults: list[_Fault] = field(default_factory=list)
     _forbidden: set[tuple[str, str, str]] = field(default_factory=set)
     _rv: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
+    _sorted: dict[tuple[str, str, str | None], list[Obj]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
@@ -177,6 +178,7 @@ class FakeKube:
             md["resourceVersion"] = str(next(self._rv))
             ns = md.get("namespace", "")
             self.store[(r.group, r.plural)].setdefault(ns, {})[md["name"]] = obj
+            self._sorted.clear()
         return obj
 
     def add_all(self, objs: list[Obj]) -> None:
@@ -297,6 +299,7 @@ class FakeKube:
                 return 404, _not_found(r, name or "")
             with self._lock:
                 gone = objs.pop(name or "")
+                self._sorted.clear()
             return 200, self._out(r, version, gone, keep_type=True)
         return 405, status_body(405, "MethodNotAllowed", f"{method} is not supported")
 
@@ -345,16 +348,13 @@ class FakeKube:
 
     def _list(self, r: Resource, version: str, ns: str | None, query: dict[str, str]) -> Obj:
         with self._lock:
-            buckets = self.store[(r.group, r.plural)]
-            if ns is not None:
-                items = [buckets.get(ns, {})[k] for k in sorted(buckets.get(ns, {}))]
-            else:
-                items = [
-                    bucket[k]
-                    for n in sorted(buckets)
-                    for bucket in [buckets[n]]
-                    for k in sorted(bucket)
-                ]
+            key = (r.group, r.plural, ns)
+            items = self._sorted.get(key)
+            if items is None:  # sorted by key like etcd; kept until the next write
+                buckets = self.store[(r.group, r.plural)]
+                names = [ns] if ns is not None else sorted(buckets)
+                items = [buckets.get(n, {})[k] for n in names for k in sorted(buckets.get(n, {}))]
+                self._sorted[key] = items
             rv = str(next(self._rv))
         sel = query.get("labelSelector")
         if sel:

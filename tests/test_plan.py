@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs.cli import main as cli_main
 from jobs.manifests import expand_workload, load_manifests, snapshot_from_documents
 from jobs.objects import ClusterSnapshot, set_pod_ip
+from jobs.plan_cli import targets_yaml
 from jobs.planner import Requirements, build_plan
 from probe.model import Expect, Protocol, load_targets
 from probe.results import Verdict
@@ -328,3 +331,23 @@ def test_plan_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "unknown requirement" in capsys.readouterr().err
     assert cli_main(["plan", "--from-manifests", str(tmp_path / "missing.yaml")]) == 64
     assert "no such file" in capsys.readouterr().err
+
+
+_ascii = st.text(alphabet=st.characters(codec="ascii"), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    names=st.lists(_ascii, min_size=0, max_size=4),
+    port=st.integers(1, 65535),
+    flag=st.booleans(),
+)
+def test_targets_yaml_writer_round_trips(names: list[str], port: int, flag: bool) -> None:
+    doc = {
+        "trustDomain": names[0] if names else "cluster.local",
+        "source": {"identity": names[-1] if names else "x"},
+        "targets": [
+            {"name": n, "host": n, "port": port, "endpoints": names, "echo": flag} for n in names
+        ],
+    }
+    assert yaml.safe_load(targets_yaml(doc)) == doc
