@@ -32,14 +32,18 @@ def plan_work(checks: Sequence[Check], ctx: RunContext) -> tuple[list[WorkItem],
     skips: list[Result] = []
     for check in checks:
         if check.scope is Scope.RUN:
-            reason = check.skip_reason(ctx, None)
+            reason = _skip_reason(check, ctx, None, skips)
+            if reason is _CRASHED:
+                continue
             if reason:
                 skips.append(make_result(check.name, None, None, Verdict.SKIP, reason))
             else:
                 work.append(WorkItem(check, None, None))
             continue
         for target in ctx.targets.targets:
-            reason = check.skip_reason(ctx, target)
+            reason = _skip_reason(check, ctx, target, skips)
+            if reason is _CRASHED:
+                continue
             if reason is None and check.scope is Scope.ENDPOINT and not target.endpoints:
                 reason = "no endpoints listed for this target"
             if reason:
@@ -49,6 +53,31 @@ def plan_work(checks: Sequence[Check], ctx: RunContext) -> tuple[list[WorkItem],
             else:
                 work.extend(WorkItem(check, target, ep) for ep in target.endpoints)
     return work, skips
+
+
+_CRASHED = "\0crashed"  # sentinel: skip_reason raised; an error result is already recorded
+
+
+def _skip_reason(
+    check: Check, ctx: RunContext, target: Target | None, out: list[Result]
+) -> str | None:
+    """``check.skip_reason``, fail closed: if deciding applicability crashes, the
+    (check, target) is an ``error``, never silently skipped or run."""
+    try:
+        return check.skip_reason(ctx, target)
+    except Exception as exc:
+        out.append(
+            make_result(
+                check.name,
+                target,
+                None,
+                Verdict.ERROR,
+                f"probe crashed deciding whether the check applies: {type(exc).__name__}: {exc}",
+                observed="probe-crash",
+                evidence={"error": "probe-crash"},
+            )
+        )
+        return _CRASHED
 
 
 def _execute(item: WorkItem, ctx: RunContext) -> Result:
@@ -76,7 +105,7 @@ def _execute(item: WorkItem, ctx: RunContext) -> Result:
             observed=exc.kind,
             evidence={"error": exc.kind},
         )
-    except Exception as exc:
+    except BaseException as exc:  # even a SystemExit raised inside a check is a crash
         result = make_result(
             item.check.name,
             item.target,
@@ -98,6 +127,9 @@ def run_checks(
 ) -> list[Result]:
     """Run every applicable (check, target, endpoint); results come back in plan order."""
     work, skips = plan_work(checks, ctx)
+    if on_result is not None:
+        for skipped in skips:
+            on_result(skipped)
     results: dict[int, Result] = {}
     # Hard bound per item: socket timeouts should end it far earlier; this catches hangs.
     deadline_s = ctx.settings.timeout * 3 + 1.0
@@ -115,7 +147,8 @@ def run_checks(
         if on_result is not None:
             on_result(r)
 
-    pool = _DaemonPool(max(1, min(ctx.settings.concurrency, len(work))))
+    workers = max(1, min(ctx.settings.concurrency, len(work)))
+    pool = _DaemonPool(workers, spares=workers)
     futures: dict[Future[Result], int] = {}
     try:
         futures = {
@@ -136,7 +169,7 @@ def run_checks(
                 if fut.cancelled() or (stop.is_set() and t0 is None):
                     pending.discard(fut)
                     emit(i, _interrupted(work[i]))
-                elif t0 is not None and now - t0 > deadline_s:
+                elif t0 is not None and now - t0 > deadline_s and pool.abandon(fut):
                     pending.discard(fut)
                     emit(
                         i,
@@ -150,6 +183,25 @@ def run_checks(
                             evidence={"error": "deadline"},
                         ),
                     )
+            if pending and pool.live == 0:
+                # Every seat is held by a check that overran its deadline and no spare
+                # worker is left: what has not started cannot run in bounded time.
+                for fut in [f for f in pending if futures[f] not in started]:
+                    if fut.cancel():
+                        pending.discard(fut)
+                        emit(
+                            futures[fut],
+                            make_result(
+                                work[futures[fut]].check.name,
+                                work[futures[fut]].target,
+                                work[futures[fut]].endpoint,
+                                Verdict.ERROR,
+                                "not run: every worker is stuck in a check that overran "
+                                "its deadline",
+                                observed="not-run",
+                                evidence={"error": "workers-exhausted"},
+                            ),
+                        )
             if stop.is_set():
                 # Give running checks a moment to finish; then abandon them as errors.
                 grace_end = time.monotonic() + min(ctx.settings.timeout, 2.0)
@@ -190,18 +242,46 @@ def _order_key(
 
 class _DaemonPool:
     """A bounded pool of daemon threads. Unlike ThreadPoolExecutor's workers, a check
-    abandoned past its deadline (or on SIGTERM) cannot keep the process alive."""
+    abandoned past its deadline (or on SIGTERM) cannot keep the process alive.
 
-    def __init__(self, workers: int) -> None:
+    A worker stuck in an abandoned check is replaced by a spare, so one hostile
+    endpoint cannot starve the rest of the run; at most ``workers + spares`` threads
+    ever exist. When the stuck check finally returns, its thread exits if a spare took
+    its seat, or takes its seat back if none was left. ``live`` counts seats in use.
+    """
+
+    def __init__(self, workers: int, spares: int = 0) -> None:
         self._queue: queue.SimpleQueue[tuple[Future[Result], Callable[[], Result]] | None] = (
             queue.SimpleQueue()
         )
-        self._threads = [
-            threading.Thread(target=self._work, daemon=True, name=f"mtlsprobe-check-{i}")
-            for i in range(workers)
-        ]
-        for t in self._threads:
-            t.start()
+        self._lock = threading.Lock()
+        self._spares = spares
+        self._abandoned: dict[Future[Result], bool] = {}  # future -> a spare replaced it
+        self.live = workers
+        self._threads: list[threading.Thread] = []
+        for _ in range(workers):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        t = threading.Thread(
+            target=self._work, daemon=True, name=f"mtlsprobe-check-{len(self._threads)}"
+        )
+        self._threads.append(t)
+        t.start()
+
+    def abandon(self, fut: Future[Result]) -> bool:
+        """Give up on a running ``fut`` (deadline). False if it finished meanwhile."""
+        with self._lock:
+            if fut.done():
+                return False
+            replaced = self._spares > 0
+            self._abandoned[fut] = replaced
+            if replaced:
+                self._spares -= 1
+                self._start_thread()
+            else:
+                self.live -= 1
+            return True
 
     def submit(self, fn: Callable[[], Result]) -> Future[Result]:
         fut: Future[Result] = Future()
@@ -220,6 +300,11 @@ class _DaemonPool:
                 fut.set_result(fn())
             except BaseException as exc:  # the job wrapper already catches; belt and braces
                 fut.set_exception(exc)
+            with self._lock:
+                if fut in self._abandoned:
+                    if self._abandoned.pop(fut):
+                        return  # a spare has this seat now
+                    self.live += 1
 
     def shutdown(self) -> None:
         for _ in self._threads:
