@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 from probe.results import Result, Verdict, summarize
@@ -16,6 +17,18 @@ _COLOURS = {
     Verdict.SKIP: "\033[2m",
 }
 _RESET = "\033[0m"
+# Reasons quote what servers sent (status lines, alerts): on a terminal, control
+# characters would drive it; in XML 1.0 most of them are not even allowed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NOT_XML = re.compile(r"[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _visible(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _xml_safe(text: str) -> str:
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
@@ -52,10 +65,10 @@ def render_table(
     rows = [
         (
             r.verdict.value.upper(),
-            r.check,
-            r.target,
-            r.endpoint or "-",
-            _truncate(r.reason.replace("\n", " "), reason_width),
+            _visible(r.check),
+            _visible(r.target),
+            _visible(r.endpoint or "-"),
+            _truncate(_visible(r.reason.replace("\n", " ")), reason_width),
         )
         for r in results
     ]
@@ -86,19 +99,19 @@ def render_junit(results: Sequence[Result]) -> str:
         if suite is None:
             suite = suites[r.check] = TestSuite(f"mtlsprobe.{r.check}")
         name = r.target if r.endpoint is None else f"{r.target} {r.endpoint}"
-        case = TestCase(name, classname=f"mtlsprobe.{r.check}")
+        case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
         detail = json.dumps(r.to_dict(), indent=2, default=str)
         if r.verdict is Verdict.FAIL:
-            fail = Failure(r.reason, type_="fail")
+            fail = Failure(_xml_safe(r.reason), type_="fail")
             fail.text = detail
             case.result = [fail]
         elif r.verdict is Verdict.ERROR:
-            err = Error(r.reason, type_=str(r.evidence.get("error", "error")))
+            err = Error(_xml_safe(r.reason), type_=_xml_safe(str(r.evidence.get("error", "error"))))
             err.text = detail
             case.result = [err]
         elif r.verdict is Verdict.SKIP:
-            case.result = [Skipped(r.reason)]
+            case.result = [Skipped(_xml_safe(r.reason))]
         else:
             case.system_out = detail
         suite.add_testcase(case)
