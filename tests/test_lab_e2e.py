@@ -254,7 +254,18 @@ spec:
 def test_cli_bad_input_is_exit_64(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1\n")
-    for args in (("-f", str(bad)), ("nope",), ("--require", "everything"), ("--workloads", "0")):
+    bad_annotation = tmp_path / "ann.yaml"
+    bad_annotation.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: n, annotations: "
+        "{lab.mtlsprobe.dev/cert: stale}}\nspec: {containers: [{name: c, image: x}]}\n"
+    )
+    for args in (
+        ("-f", str(bad)),
+        ("-f", str(bad_annotation)),
+        ("nope",),
+        ("--require", "everything"),
+        ("--workloads", "0"),
+    ):
         proc = _cli(*args)
         assert proc.returncode == 64, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from jobs.lab.supervisor import LabError
+
 FIRST_OCTET = 100
 SLOTS = 60
 PODS_PER_OCTET = 250
@@ -26,7 +28,7 @@ PROBE_ADMIN_PORT = 15000
 WORKLOAD_ADMIN_BASE = 15100
 
 
-class NoFreeSlot(Exception):
+class NoFreeSlot(LabError):
     pass
 
 

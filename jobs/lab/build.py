@@ -74,9 +74,12 @@ def _server_mode(mode: Expect) -> ServerMode:
 def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuild:
     snap = snapshot_from_documents([(scenario.origin, d) for d in scenario.documents])
     app_ips: dict[str, str] = {}
+    pod_ann: dict[str, dict[str, str]] = {}
     for i, pod in enumerate(sorted(snap.pods, key=lambda p: (namespace(p), name(p)))):
+        key = f"{namespace(pod)}/{name(pod)}"
         set_pod_ip(pod, slot.pod_ip(i))
-        app_ips[f"{namespace(pod)}/{name(pod)}"] = slot.app_ip(i)
+        app_ips[key] = slot.app_ip(i)
+        pod_ann[key] = _lab_annotations(f"pod {key}", annotations_of(pod))
     try:
         reqs = Requirements.parse(require, client_namespace=PROBE_NAMESPACE)
     except ValueError as exc:
@@ -106,12 +109,10 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
         )
 
     pods: list[PodSpec] = []
-    pod_ann: dict[str, dict[str, str]] = {}
     for key, info in sorted(infos.items()):
         if info.ip is None:
             continue
-        ann = _lab_annotations(f"pod {key}", dict(info.annotations))
-        pod_ann[key] = ann
+        ann = pod_ann.get(key, {})
         sa = ann.get(IDENTITY_SA, info.service_account)
         pods.append(
             PodSpec(

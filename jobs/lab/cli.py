@@ -148,7 +148,7 @@ def _signals_end_the_run() -> Iterator[None]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.lab.scenarios import REQUIREMENTS
+    from jobs.lab.scenarios import REQUIREMENTS, ScenarioError
     from jobs.lab.supervisor import LabError, stop_pids_file
     from probe.checks import REGISTRY
     from probe.cli import UsageError
@@ -193,6 +193,8 @@ def main(args: argparse.Namespace) -> int:
                         index=i,
                         total=len(scenarios),
                     )
+                except ScenarioError as exc:
+                    raise UsageError(str(exc)) from None
                 except LabError as exc:
                     failed_bringup = True
                     sys.stderr.write(f"mtlsprobe lab: {scenario.name}: {exc}\n")
