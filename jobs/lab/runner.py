@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -40,6 +41,59 @@ def write_targets(targets: TargetsFile, path: Path) -> None:
     path.write_text(yaml.safe_dump(targets.to_dict(), sort_keys=False), encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class RunningLab:
+    """A mesh that is up: its targets file (the ``mtlsprobe check`` contract) and more."""
+
+    lab: Lab
+    build: LabBuild
+    targets: TargetsFile
+    targets_path: Path
+
+
+@contextmanager
+def running(
+    scenario: Scenario,
+    workdir: Path,
+    *,
+    require: Sequence[str] = (),
+    keep: bool = False,
+    envoys: int | None = None,
+    ready_timeout: float = 60.0,
+    serve_argv: ServeArgv = default_serve_argv,
+) -> Iterator[RunningLab]:
+    """Bring ``scenario`` up and yield it; torn down on exit (unless ``keep``).
+    For tests of other modules that want a real mesh to probe."""
+    slot = acquire_slot()
+    try:
+        built = build_lab(scenario, slot, require)
+    except BaseException:
+        slot.release()
+        raise
+    workdir.mkdir(parents=True, exist_ok=True)
+    with Lab(
+        built.mesh,
+        slot,
+        workdir,
+        keep=keep,
+        envoys=envoys,
+        ready_timeout=ready_timeout,
+        serve_argv=serve_argv,
+    ) as lab:
+        targets = replace(
+            built.targets,
+            root_cert_file=lab.root_cert,
+            source=Source(
+                identity=built.mesh.probe_identity,
+                sidecar_proxy=lab.proxy_url,
+                sidecar_admin=lab.admin_url,
+            ),
+        )
+        path = workdir / "targets.yaml"
+        write_targets(targets, path)
+        yield RunningLab(lab, built, targets, path)
+
+
 def run_scenario(
     scenario: Scenario,
     workdir: Path,
@@ -54,46 +108,30 @@ def run_scenario(
     serve_argv: ServeArgv = default_serve_argv,
     on_ready: Callable[[Lab, LabRun], None] | None = None,
 ) -> LabRun:
-    slot = acquire_slot()
-    try:
-        built = build_lab(scenario, slot, require)
-    except BaseException:
-        slot.release()
-        raise
-    workdir.mkdir(parents=True, exist_ok=True)
-    run = LabRun(scenario, built, workdir, workdir / "targets.yaml")
-    with Lab(
-        built.mesh,
-        slot,
+    with running(
+        scenario,
         workdir,
+        require=require,
         keep=keep,
         envoys=envoys,
         ready_timeout=ready_timeout,
         serve_argv=serve_argv,
-    ) as lab:
+    ) as up:
+        lab = up.lab
+        run = LabRun(scenario, up.build, workdir, up.targets_path)
         run.ready_seconds = lab.ready_seconds
         run.envoys = len(lab.envoy_procs)
         run.pids = lab.pids()
-        targets = replace(
-            built.targets,
-            root_cert_file=lab.root_cert,
-            source=Source(
-                identity=built.mesh.probe_identity,
-                sidecar_proxy=lab.proxy_url,
-                sidecar_admin=lab.admin_url,
-            ),
-        )
-        write_targets(targets, run.targets_path)
         if on_ready is not None:
             on_ready(lab, run)
-        ctx = RunContext(targets, settings)
+        ctx = RunContext(up.targets, settings)
         t0 = time.monotonic()
         try:
             results = run_checks([load_check(n) for n in checks], ctx, stop=stop)
         finally:
             ctx.close()
         run.check_seconds = time.monotonic() - t0
-    run.results = [*built.findings, *results]
+    run.results = [*up.build.findings, *results]
     if scenario.judged:
         run.mismatches = judge(scenario, run.results)
     return run
