@@ -162,10 +162,15 @@ def test_broken_reasons_carry_the_evidence(broken: LabRun) -> None:
     def reason(check: str, target: str) -> str:
         return next(r.reason for r in broken.results if r.check == check and r.target == target)
 
+    # The sidecar's own words (Envoy's reset reasons) reach the report.
     assert "connection termination" in reason("mesh", "shop/orders:80")
+    assert "remote connection failure" in reason("mesh", "shop/catalog:80")
     assert "expired" in reason("peer-cert", "shop/inventory:80")
     assert "spiffe://cluster.local/ns/shop/sa/cart" in reason("peer-cert", "shop/catalog:80")
-    assert "accepted plaintext" in reason("plaintext", "legacy/reports:8080")
+    stale = next(
+        r for r in broken.results if r.check == "plaintext" and r.target.startswith("legacy")
+    )
+    assert stale.expected == "refused" and stale.observed == "accepted"
 
 
 def test_broken_healthy_control_passes(broken: LabRun) -> None:

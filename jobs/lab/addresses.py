@@ -10,6 +10,7 @@ so labs, tests and benchmarks can run side by side.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -78,7 +79,12 @@ def _listening(ip: str, port: int) -> bool:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise LabError(
+                    f"cannot use loopback address {ip}: the lab needs all of 127.0.0.0/8 on "
+                    "the loopback interface (Linux does this by default)"
+                ) from None
             return True
     return False
 
