@@ -201,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
                     continue
                 runs.append(run)
                 if human:
-                    _print_run(run, out, demo)
+                    _print_run(run, out)
     finally:
         if temp and not args.keep and not failed_bringup:
             shutil.rmtree(root, ignore_errors=True)
@@ -283,7 +283,7 @@ def _print_intro(out: TextIO) -> None:
     )
 
 
-def _print_run(run: LabRun, out: TextIO, demo: bool) -> None:
+def _print_run(run: LabRun, out: TextIO) -> None:
     from probe.report import render_table
 
     colour = out.isatty() and "NO_COLOR" not in os.environ
