@@ -19,6 +19,7 @@ import base64
 import json
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,46 +241,75 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
     snap.target_namespaces = targets
 
     def namespaced(
-        kind: str, what: str, all_fn: Callable[..., Any], ns_fn: Callable[..., Any]
-    ) -> None:
+        what: str, all_fn: Callable[..., Any], ns_fn: Callable[..., Any]
+    ) -> list[KubeObject] | None:
         try:
             if opts.namespaces or opts.namespace_selector:
-                for ns in sorted(targets):
-                    for obj in r.pages(f"list {what} in {ns}", ns_fn, namespace=ns):
-                        snap.add(kind, _with_ns(obj, ns))
-            else:
-                for obj in r.pages(f"list {what}", all_fn):
-                    if namespace(obj) in targets:
-                        snap.add(kind, obj)
+                return [
+                    _with_ns(obj, ns)
+                    for ns in sorted(targets)
+                    for obj in r.pages(f"list {what} in {ns}", ns_fn, namespace=ns)
+                ]
+            return [o for o in r.pages(f"list {what}", all_fn) if namespace(o) in targets]
         except _NotServed:
-            snap.notes.append(f"{what} not served by the API server: planned without them")
+            return None
 
-    namespaced("Pod", "pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod)
-    namespaced(
-        "Service", "services", core.list_service_for_all_namespaces, core.list_namespaced_service
-    )
-    namespaced(
-        "EndpointSlice",
-        "endpointslices.discovery.k8s.io",
-        disc.list_endpoint_slice_for_all_namespaces,
-        disc.list_namespaced_endpoint_slice,
-    )
-    pa = _istio_list(
-        r, custom, snap, "security.istio.io", PEER_AUTH_VERSIONS, "peerauthentications"
-    )
-    dr = _istio_list(r, custom, snap, "networking.istio.io", DEST_RULE_VERSIONS, "destinationrules")
-    for obj in pa or []:
-        snap.add("PeerAuthentication", obj)
-    for obj in dr or []:
-        snap.add("DestinationRule", obj)
-    if pa is None:
+    # The lists are independent: fetch them at once, so one waits on the API server
+    # while another is decoded. Results are admitted in a fixed order, and the first
+    # error in that order is the one reported.
+    fetches: list[tuple[str, str, Callable[[], list[KubeObject] | None]]] = [
+        (
+            "Pod",
+            "pods",
+            lambda: namespaced("pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod),
+        ),
+        (
+            "Service",
+            "services",
+            lambda: namespaced(
+                "services", core.list_service_for_all_namespaces, core.list_namespaced_service
+            ),
+        ),
+        (
+            "EndpointSlice",
+            "endpointslices.discovery.k8s.io",
+            lambda: namespaced(
+                "endpointslices.discovery.k8s.io",
+                disc.list_endpoint_slice_for_all_namespaces,
+                disc.list_namespaced_endpoint_slice,
+            ),
+        ),
+        (
+            "PeerAuthentication",
+            "peerauthentications.security.istio.io",
+            lambda: _istio_list(
+                r, custom, "security.istio.io", PEER_AUTH_VERSIONS, "peerauthentications"
+            ),
+        ),
+        (
+            "DestinationRule",
+            "destinationrules.networking.istio.io",
+            lambda: _istio_list(
+                r, custom, "networking.istio.io", DEST_RULE_VERSIONS, "destinationrules"
+            ),
+        ),
+    ]
+    with ThreadPoolExecutor(max_workers=len(fetches), thread_name_prefix="discover") as pool:
+        futures = [(kind, what, pool.submit(fn)) for kind, what, fn in fetches]
+        got = {kind: (what, f.result()) for kind, what, f in futures}
+    for kind, (what, items) in got.items():
+        if items is None and kind in ("Pod", "Service", "EndpointSlice"):
+            snap.notes.append(f"{what} not served by the API server: planned without them")
+        for obj in items or ():
+            snap.add(kind, obj)
+    if got["PeerAuthentication"][1] is None:
         snap.istio_apis = False
         snap.notes.append(
             "no Istio APIs found (security.istio.io PeerAuthentication v1/v1beta1 not served): "
             "every port planned with Istio's default PERMISSIVE; namespaces, pods, services "
             "and EndpointSlices were read anyway"
         )
-    elif dr is None:
+    elif got["DestinationRule"][1] is None:
         snap.notes.append(
             "networking.istio.io DestinationRule (v1/v1beta1/v1alpha3) not served: "
             "sidecar clients planned with auto-mTLS"
@@ -354,7 +384,6 @@ def _namespaces(r: Reader, core: Any, snap: ClusterSnapshot, opts: Options) -> s
 def _istio_list(
     r: Reader,
     custom: Any,
-    snap: ClusterSnapshot,
     group: str,
     versions: tuple[str, ...],
     plural: str,

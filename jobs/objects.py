@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypedDict
 
 KubeObject = dict[str, Any]
@@ -118,24 +119,29 @@ KINDS = tuple(_SLOTS)
 # ---- safe accessors ---------------------------------------------------------------
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 def meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     m = obj.get("metadata")
-    return m if isinstance(m, dict) else {}
+    return m if type(m) is dict else _EMPTY
 
 
 def name(obj: Mapping[str, Any]) -> str:
     n = meta(obj).get("name")
-    return n if isinstance(n, str) else ""
+    return n if type(n) is str else ""
 
 
 def namespace(obj: Mapping[str, Any]) -> str:
     n = meta(obj).get("namespace")
-    return n if isinstance(n, str) else ""
+    return n if type(n) is str else ""
 
 
 def _str_map(raw: object) -> dict[str, str]:
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         return {}
+    if all(type(v) is str for v in raw.values()):  # what the API server sends: a C-level copy
+        return dict(raw)
     return {str(k): str(v) for k, v in raw.items() if v is not None}
 
 
@@ -156,7 +162,7 @@ def created(obj: Mapping[str, Any]) -> str:
 
 def spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     s = obj.get("spec")
-    return s if isinstance(s, dict) else {}
+    return s if type(s) is dict else _EMPTY
 
 
 def ref(obj: Mapping[str, Any]) -> str:
@@ -208,21 +214,25 @@ def _problem(kind: str, obj: object, message: str) -> Problem:
 
 
 def _need_meta(kind: str, obj: Mapping[str, Any], namespaced: bool) -> str | None:
-    if not isinstance(obj.get("metadata"), dict):
+    md = obj.get("metadata")
+    if type(md) is not dict:
         return "no metadata"
-    if not name(obj):
+    n = md.get("name")
+    if type(n) is not str or not n:
         return "metadata.name missing"
-    if namespaced and not namespace(obj):
-        return "metadata.namespace missing"
+    if namespaced:
+        ns = md.get("namespace")
+        if type(ns) is not str or not ns:
+            return "metadata.namespace missing"
     for key in ("labels", "annotations"):
-        raw = meta(obj).get(key)
-        if raw is not None and not isinstance(raw, dict):
+        raw = md.get(key)
+        if raw is not None and type(raw) is not dict:
             return f"metadata.{key} is not a mapping"
     return None
 
 
 def _is_port(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536
+    return type(v) is int and 0 < v < 65536
 
 
 def _port_key(k: object) -> int | None:
@@ -243,16 +253,18 @@ def _check_pod(obj: Mapping[str, Any]) -> str | None:
     if not isinstance(s.get("containers"), list):
         return "spec.containers is not a list"
     for key in ("containers", "initContainers"):
-        for c in s.get(key) or []:
-            if not isinstance(c, dict):
+        for c in s.get(key) or ():
+            if type(c) is not dict:
                 return f"spec.{key} has a non-mapping entry"
             ports = c.get("ports")
-            if ports is not None and (
-                not isinstance(ports, list)
-                or any(
-                    not isinstance(p, dict) or not _is_port(p.get("containerPort")) for p in ports
-                )
-            ):
+            if ports is None:
+                continue
+            bad = type(ports) is not list
+            for p in () if bad else ports:
+                if type(p) is not dict or not _is_port(p.get("containerPort")):
+                    bad = True
+                    break
+            if bad:
                 return f"container {c.get('name')!r}: ports must be a list with containerPort"
     if obj.get("status") is not None and not isinstance(obj.get("status"), dict):
         return "status is not a mapping"

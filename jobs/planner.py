@@ -9,7 +9,8 @@ API (the lab and the orchestrator build on it)::
     plan.findings       # list[probe.results.Result]: check "policy" (static findings),
                         # "require-strict" / "require-sidecar" (compliance, only when asked)
     plan.edges          # list[Edge]: one per (target, pod, target port) - both sides of a call
-    plan.inbound        # list[Inbound]: one per (pod, port) of every planned pod, for
+    plan.inbound        # list[Inbound] (computed on first use): one per (pod, port) of every
+                        # planned pod (declared container ports and target ports), for
                         # configuring sidecar listeners (ports not behind a Service too)
     plan.exit_code()    # 1 when a finding fails (an asked requirement, or a contradiction)
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from jobs.objects import (
@@ -171,8 +173,12 @@ class Plan:
     targets_file: TargetsFile
     findings: list[Result] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
-    inbound: list[Inbound] = field(default_factory=list)
     requirements: Requirements = field(default_factory=Requirements)
+    _builder: _Builder | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def inbound(self) -> list[Inbound]:
+        return _inbound(self._builder) if self._builder is not None else []
 
     def exit_code(self) -> int:
         if any(r.verdict == Verdict.FAIL for r in self.findings):
@@ -335,7 +341,7 @@ class _Builder:
                 key = (pi.service_account, expect, pi.echo)
                 eps = groups.setdefault(key, [])
                 if ip is not None:
-                    eps.append(Endpoint.parse(f"[{ip}]:{tport}" if ":" in ip else f"{ip}:{tport}"))
+                    eps.append(Endpoint(ip, tport))
                 edge = Edge(
                     target=base,
                     service=svc_name,
@@ -425,7 +431,6 @@ def build_plan(
     for svc in sorted(snapshot.services, key=lambda s: (namespace(s), name(s))):
         if snapshot.is_target_namespace(namespace(svc)):
             targets.extend(b.plan_service(svc))
-    inbound = _inbound(b)
     findings = [
         *_problem_findings(snapshot),
         *b.findings,
@@ -435,14 +440,14 @@ def build_plan(
         *_dr_findings(b),
         *_contradictions(b.edges),
         *_compliance(req, targets, b.edges),
-        _coverage(b, inbound),
+        _coverage(b),
     ]
     tf = TargetsFile(
         trust_domain=snapshot.trust_domain,
         targets=tuple(targets),
         source=Source(),
     )
-    return Plan(tf, findings, b.edges, inbound, req)
+    return Plan(tf, findings, b.edges, req, b)
 
 
 # ---- inbound per (pod, port) -----------------------------------------------------------------
@@ -725,21 +730,25 @@ def _pct(n: int, d: int) -> str:
     return f"{n}/{d} ({100 * n / d:.0f}%)" if d else "0/0"
 
 
-def _coverage(b: _Builder, inbound: Sequence[Inbound]) -> Result:
+def _coverage(b: _Builder) -> Result:
+    """Sidecar coverage over planned pods; STRICT coverage over the (pod, target port)
+    pairs Services send to."""
     pods = [b.info(p) for p in b.pods.values()]
     meshed = sum(1 for p in pods if p.has_proxy)
-    proxied = [i for i in inbound if i.pod.has_proxy]
-    strict = sum(1 for i in proxied if i.mode == Expect.STRICT)
-    all_strict = sum(1 for i in inbound if i.expect == Expect.STRICT)
+    ports = {(e.pod.key, e.target_port): e for e in b.edges}.values()
+    proxied = [e for e in ports if e.pod.has_proxy]
+    strict = sum(1 for e in proxied if e.server_mode == Expect.STRICT)
+    all_strict = sum(1 for e in ports if e.expect == Expect.STRICT)
     return _finding(
         "mesh",
         Verdict.PASS,
         f"sidecar coverage {_pct(meshed, len(pods))} pods; STRICT coverage "
-        f"{_pct(strict, len(proxied))} meshed ports, {_pct(all_strict, len(inbound))} of all ports",
+        f"{_pct(strict, len(proxied))} meshed service ports, "
+        f"{_pct(all_strict, len(ports))} of all service ports",
         pods=len(pods),
         podsWithProxy=meshed,
         meshedPorts=len(proxied),
         strictMeshedPorts=strict,
-        ports=len(inbound),
+        ports=len(ports),
         strictPorts=all_strict,
     )

@@ -86,7 +86,7 @@ def _selector(pa: Mapping[str, Any]) -> dict[str, str] | None:
 
 
 def selects(match_labels: Mapping[str, str], pod_labels: Mapping[str, str]) -> bool:
-    return all(pod_labels.get(k) == v for k, v in match_labels.items())
+    return match_labels.items() <= pod_labels.items()
 
 
 class PeerAuthIndex:
@@ -293,9 +293,11 @@ def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
 def container_ports(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """Declared ports of the app containers (the sidecar's own ports excluded)."""
     out: list[Mapping[str, Any]] = []
-    for c in spec(pod).get("containers") or []:
-        if isinstance(c, dict) and c.get("name") != PROXY_NAME:
-            out.extend(p for p in c.get("ports") or [] if isinstance(p, dict))
+    for c in spec(pod).get("containers") or ():
+        if type(c) is dict and c.get("name") != PROXY_NAME:
+            for p in c.get("ports") or ():
+                if type(p) is dict:
+                    out.append(p)
     return out
 
 
