@@ -239,6 +239,8 @@ def test_bringup_failure_names_the_log_and_cleans_up(tmp_path: Path) -> None:
     mesh = _small_mesh(slot)
     # Something else already holds the first pod's inbound port: Envoy cannot bind.
     blocker = socket.socket()
+    # SO_REUSEADDR: an earlier test's TIME_WAIT on this address must not fail the bind.
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     blocker.bind((mesh.pods[0].ip, 8080))
     blocker.listen()
     try:
