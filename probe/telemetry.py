@@ -243,18 +243,17 @@ class Telemetry:
 
         by_name = ta.targets_by_name(targets)
         now = time.time_ns()
-        starts = [r.start_ns for r in results if r.start_ns]
-        ends = [max(r.start_ns, r.end_ns) for r in results if r.end_ns]
+        # Skips and interrupted results have no start: they are instants at their end.
+        times = [(r.start_ns or r.end_ns or now, max(r.start_ns, r.end_ns) or now) for r in results]
         root = self.tracer.start_span(
             "mtlsprobe.run",
-            start_time=min(starts) if starts else now,
+            start_time=min((s for s, _ in times), default=now),
             attributes=ta.run_attributes(results, source_identity),
         )
         parent = trace.set_span_in_context(root)
         bad = 0
-        for r in results:
+        for r, (start, end) in zip(results, times, strict=True):
             target = by_name.get(r.target)
-            start = r.start_ns or r.end_ns or now
             span = self.tracer.start_span(
                 ta.span_name(r),
                 context=parent,
@@ -264,7 +263,7 @@ class Telemetry:
             if r.verdict in (Verdict.FAIL, Verdict.ERROR):
                 span.set_status(Status(StatusCode.ERROR, f"{r.verdict.value}: {r.reason[:200]}"))
                 bad += 1
-            span.end(end_time=max(start, r.end_ns))
+            span.end(end_time=max(start, end))
             self.checks_counter.add(1, ta.check_labels(r, target))
         for (check, target_name, ns), secs in sorted(
             ta.certificate_expiry(results, by_name).items()
@@ -279,7 +278,7 @@ class Telemetry:
             )
         if bad:
             root.set_status(Status(StatusCode.ERROR, f"{bad} checks failed or could not observe"))
-        root.end(end_time=max([*ends, min(starts) if starts else now]))
+        root.end(end_time=max((max(s, e) for s, e in times), default=now))
         return format(root.get_span_context().trace_id, "032x")
 
     def flush(self, timeout: float | None = None) -> bool:

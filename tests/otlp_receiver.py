@@ -21,13 +21,12 @@ class Received:
     spans: list[Any] = field(default_factory=list)
     metrics: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Per request: (path, lower-cased headers); per resource: its attributes.
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
 
     def span_attrs(self, span: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for kv in span.attributes:
-            v = kv.value
-            out[kv.key] = getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
-        return out
+        return attrs_of(span.attributes)
 
     def metric_points(self, name: str) -> list[Any]:
         pts: list[Any] = []
@@ -36,6 +35,18 @@ class Received:
                 data = m.sum if m.HasField("sum") else m.gauge
                 pts.extend(data.data_points)
         return pts
+
+
+def _value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+
+
+def attrs_of(kvs: Any) -> dict[str, Any]:
+    """OTLP KeyValue list -> dict (arrays become lists)."""
+    return {kv.key: _value(kv.value) for kv in kvs}
 
 
 @contextmanager
@@ -50,10 +61,13 @@ def otlp_receiver() -> Iterator[tuple[str, Received]]:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             if self.headers.get("content-encoding") == "gzip":
                 body = gzip.decompress(body)
+            with got.lock:
+                got.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
             if self.path == "/v1/traces":
                 req = ExportTraceServiceRequest.FromString(body)
                 with got.lock:
                     for rs in req.resource_spans:
+                        got.resources.append(attrs_of(rs.resource.attributes))
                         for ss in rs.scope_spans:
                             got.spans.extend(ss.spans)
             elif self.path == "/v1/metrics":
