@@ -337,3 +337,27 @@ def test_cli_interrupted_leaves_nothing_running(tmp_path: Path, sig: signal.Sign
         for p in pids:
             if pid_alive(p):
                 os.killpg(p, signal.SIGKILL)
+
+
+def test_user_manifest_bare_pod_statefulset_tcp_and_dr(tmp_path: Path) -> None:
+    """A bare Pod (no status in YAML) is started and probed; a tcp-only mesh still has a
+    sidecar certificate for `self`; ISTIO_MUTUAL to a pod without a sidecar fails on
+    the wire exactly where the policy engine says it will."""
+    from jobs.lab.scenarios import from_files
+
+    run = run_scenario(
+        from_files([Path(__file__).with_name("lab_user_manifest.yaml")]),
+        tmp_path,
+        require=[],
+        checks=list(REGISTRY),
+        settings=Settings(timeout=5.0, concurrency=8),
+    )
+    assert not any(pid_alive(p) for p in run.pids)
+    assert _verdicts(run, Verdict.FAIL) == {
+        ("policy", "team/legacy:80"),
+        ("mesh", "team/legacy:80"),
+    }
+    assert _verdicts(run, Verdict.ERROR) == set()
+    assert _by(run, "plaintext", "team/legacy:80") == [Verdict.PASS]
+    assert _by(run, "plaintext", "team/db:5432") == [Verdict.PASS, Verdict.PASS]
+    assert _by(run, "self", "source") == [Verdict.PASS]

@@ -84,6 +84,16 @@ def build_mesh(pod_ip: Callable[[int], str], app_ip: Callable[[int], str]) -> Me
             endpoints=(UpstreamEndpoint(pods[0].ip, 8080, False),),
         )
     )
+    # A tcp service port on the STRICT pod: reached through a CONNECT tunnel, over mTLS.
+    ups.append(
+        Upstream(
+            host="strict-db.a.svc.cluster.local",
+            port=5432,
+            http=False,
+            sans=(f"spiffe://{TD}/ns/a/sa/strict",),
+            endpoints=(UpstreamEndpoint(pods[0].ip, 5432, True),),
+        )
+    )
     return MeshSpec(TD, PROBE_ID, tuple(pods), tuple(ups))
 
 
@@ -319,3 +329,18 @@ def test_configs_are_json_envoy_reads(lab: Lab) -> None:
     names = {lst["name"] for lst in boot["static_resources"]["listeners"]}
     assert f"{_pod(lab, 'strict').ip}_8080" in names
     assert f"{_pod(lab, 'naked').ip}_8080" not in names
+
+
+def test_tcp_service_through_the_sidecar_via_connect(lab: Lab) -> None:
+    host, port = lab.proxy_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        target = "strict-db.a.svc.cluster.local:5432"
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(1024)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head
+        s.sendall(b"over mtls\n")
+        assert s.recv(100) == b"over mtls\n"

@@ -22,7 +22,7 @@ from jobs.lab.spec import (
     XfccMode,
 )
 from jobs.manifests import snapshot_from_documents
-from jobs.objects import annotations_of, name, namespace, set_pod_ip
+from jobs.objects import KubeObject, annotations_of, name, namespace, set_pod_ip
 from jobs.planner import Edge, Plan, PodInfo, Requirements, build_plan
 from probe.model import Expect, Protocol, Target, TargetsFile
 from probe.results import Result
@@ -67,6 +67,13 @@ def _lab_annotations(owner: str, annotations: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _mark_running(pod: KubeObject) -> None:
+    """The lab starts every pod it is given, bare Pods (no status in YAML) included."""
+    status = pod.setdefault("status", {})
+    status["phase"] = "Running"
+    status["conditions"] = [{"type": "Ready", "status": "True"}]
+
+
 def _server_mode(mode: Expect) -> ServerMode:
     return ServerMode(mode.value) if mode is not Expect.NONE else ServerMode.PERMISSIVE
 
@@ -78,6 +85,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
     for i, pod in enumerate(sorted(snap.pods, key=lambda p: (namespace(p), name(p)))):
         key = f"{namespace(pod)}/{name(pod)}"
         set_pod_ip(pod, slot.pod_ip(i))
+        _mark_running(pod)
         app_ips[key] = slot.app_ip(i)
         pod_ann[key] = _lab_annotations(f"pod {key}", annotations_of(pod))
     try:
@@ -128,7 +136,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
             )
         )
 
-    upstreams = _upstreams(plan.edges, pod_ann)
+    upstreams = _upstreams(plan.targets_file.targets, plan.edges, pod_ann)
     targets = _targets(plan, service_claims, pod_ann)
     mesh = MeshSpec(
         trust_domain=td,
@@ -139,12 +147,16 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
     return LabBuild(mesh, targets, tuple(plan.findings), plan)
 
 
-def _upstreams(edges: Sequence[Edge], pod_ann: dict[str, dict[str, str]]) -> tuple[Upstream, ...]:
-    """One outbound cluster per service port, as Istio builds them."""
-    groups: dict[tuple[str, int], list[Edge]] = defaultdict(list)
+def _upstreams(
+    targets: Sequence[Target], edges: Sequence[Edge], pod_ann: dict[str, dict[str, str]]
+) -> tuple[Upstream, ...]:
+    """One outbound cluster per service port, as Istio builds them (a service with no
+    ready endpoints still has its cluster: calls get 503 "no healthy upstream")."""
+    groups: dict[tuple[str, int], list[Edge]] = {(t.host, t.port): [] for t in targets}
     for e in edges:
         if e.pod.ip is not None:
-            groups[(e.host, e.service_port)].append(e)
+            groups.setdefault((e.host, e.service_port), []).append(e)
+    protocols = {(t.host, t.port): t.protocol for t in targets}
     out: list[Upstream] = []
     for (host, port), group in sorted(groups.items()):
         seen: set[tuple[str, int]] = set()
@@ -159,7 +171,8 @@ def _upstreams(edges: Sequence[Edge], pod_ann: dict[str, dict[str, str]]) -> tup
             Upstream(
                 host=host,
                 port=port,
-                http=all(e.protocol is Protocol.HTTP for e in group),
+                http=all(e.protocol is Protocol.HTTP for e in group)
+                and protocols.get((host, port), Protocol.HTTP) is Protocol.HTTP,
                 # Istio verifies the server against the service's service accounts.
                 sans=tuple(sorted({e.pod.identity for e in group})),
                 endpoints=tuple(endpoints),

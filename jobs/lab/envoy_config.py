@@ -306,28 +306,85 @@ def service_domains(host: str, port: int) -> list[str]:
     return out
 
 
+def _virtual_inbound(address: tuple[str, int], trust_domain: str) -> Json:
+    """The probe pod's own inbound (Istio's virtualInbound, 15006): it serves nothing,
+    but like every sidecar it holds the workload certificate in a TLS context, which
+    is what the admin ``/certs`` shows."""
+    common: Json = {
+        "tls_params": _TLS_PARAMS,
+        "tls_certificate_sds_secret_configs": [{"name": PROBE_SECRET}],
+        "combined_validation_context": _validation(
+            {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}
+        ),
+    }
+    hcm: Json = {
+        "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "virtual_inbound",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "none",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 404}}],
+                }
+            ]
+        },
+        "http_filters": [_ROUTER],
+    }
+    return {
+        "name": "virtualInbound",
+        "address": _addr(*address),
+        "listener_filters": [_TLS_INSPECTOR],
+        "filter_chains": [
+            {
+                "filter_chain_match": {"transport_protocol": "tls"},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": _T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "require_client_certificate": True,
+                        "common_tls_context": common,
+                    },
+                },
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ],
+            }
+        ],
+    }
+
+
 def probe_bootstrap(
     upstreams: Sequence[Upstream],
     certs: MeshCerts,
     listen: tuple[str, int],
     admin: tuple[str, int],
     node: str,
+    inbound: tuple[str, int],
+    trust_domain: str,
 ) -> Json:
     """The probe pod's sidecar: an explicit HTTP proxy (the lab has no iptables capture)."""
     vhosts: list[Json] = []
     clusters: list[Json] = []
     for up in upstreams:
-        if not up.http:
-            continue
+        if up.http:
+            route: Json = {
+                "match": {"prefix": "/"},
+                "route": {"cluster": outbound_cluster_name(up), "timeout": "10s"},
+            }
+        else:
+            # tcp service ports: an HTTP CONNECT tunnel stands in for iptables capture.
+            route = {
+                "match": {"connect_matcher": {}},
+                "route": {
+                    "cluster": outbound_cluster_name(up),
+                    "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+                },
+            }
         vhost: Json = {
             "name": f"{up.host}:{up.port}",
             "domains": service_domains(up.host, up.port),
-            "routes": [
-                {
-                    "match": {"prefix": "/"},
-                    "route": {"cluster": outbound_cluster_name(up), "timeout": "10s"},
-                }
-            ],
+            "routes": [route],
         }
         if not up.forward_client_xfcc:
             # Istio's outbound leaves XFCC at Envoy's default SANITIZE; done per route
@@ -357,6 +414,7 @@ def probe_bootstrap(
         "server_name": "istio-envoy",
         "forward_client_cert_details": "ALWAYS_FORWARD_ONLY",
         "route_config": {"name": "outbound", "virtual_hosts": vhosts},
+        "upgrade_configs": [{"upgrade_type": "CONNECT"}],
         "http_filters": [_ROUTER],
     }
     listener = {
@@ -374,7 +432,7 @@ def probe_bootstrap(
         "node": {"id": node, "cluster": "mtlsprobe-lab"},
         "admin": _admin(*admin),
         "static_resources": {
-            "listeners": [listener],
+            "listeners": [listener, _virtual_inbound(inbound, trust_domain)],
             "clusters": clusters,
             "secrets": [_secret_cert(PROBE_SECRET, certs.probe), _secret_root(certs)],
         },

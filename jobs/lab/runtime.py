@@ -19,6 +19,7 @@ from types import TracebackType
 
 from jobs.lab.addresses import (
     PROBE_ADMIN_PORT,
+    PROBE_INBOUND_PORT,
     PROBE_PROXY_PORT,
     WORKLOAD_ADMIN_BASE,
     Slot,
@@ -182,6 +183,8 @@ class Lab:
             (ip, PROBE_PROXY_PORT),
             (ip, PROBE_ADMIN_PORT),
             "probe-sidecar",
+            (ip, PROBE_INBOUND_PORT),
+            self.mesh.trust_domain,
         )
         proc = self._start_envoy(envoy, "probe-sidecar", boot, self.envoys)
         admins.append((proc, f"{self.admin_url}/ready"))
