@@ -243,10 +243,12 @@ def _run_one(
         mesh = lab.mesh
         sidecars = sum(1 for p in mesh.pods if p.sidecar)
         namespaces = len({p.namespace for p in mesh.pods})
+        hosts = len(lab.envoy_procs) - 1
         out.write(
-            f"   Mesh up in {lab.ready_seconds:.1f}s: {len(mesh.pods)} pods ({sidecars} with "
-            f"sidecars) in {namespaces} namespaces, {len(mesh.upstreams)} service ports, "
-            f"{len(lab.envoy_procs)} Envoy processes (real Envoy, Istio-shaped config).\n"
+            f"   Mesh up in {lab.ready_seconds:.1f}s: {_n(len(mesh.pods), 'pod')} "
+            f"({sidecars} with a sidecar) in {_n(namespaces, 'namespace')}, "
+            f"{_n(len(mesh.upstreams), 'service port')}; real Envoy: "
+            f"{_n(hosts, 'process', 'processes')} hosting the sidecars + the probe's sidecar.\n"
         )
         out.flush()
         if args.keep:
@@ -262,6 +264,10 @@ def _run_one(
         envoys=args.envoys,
         on_ready=ready,
     )
+
+
+def _n(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else (plural or word + 's')}"
 
 
 def _wrap(text: str, indent: str) -> str:
