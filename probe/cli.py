@@ -17,6 +17,7 @@ from probe.checks import REGISTRY, load_check, parse_check_list
 from probe.results import EXIT_USAGE, Result, exit_code
 
 if TYPE_CHECKING:
+    from probe.checks.base import Check, RunContext
     from probe.model import TargetsFile
 
 DEFAULT_CONCURRENCY = 32
@@ -114,6 +115,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="fail certificates valid for longer (default: 90d)",
     )
+    from probe import shard, sidecar
+
+    sidecar.add_flags(p)
+    shard.add_flags(p)
 
 
 def _format_for_file(path: Path, default: str) -> str:
@@ -121,6 +126,13 @@ def _format_for_file(path: Path, default: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from probe.sidecar import quitting
+
+    with quitting(args):  # a classic sidecar must stop however the probe ends
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     from probe.checks.base import RunContext, Settings
     from probe.engine import run_checks
     from probe.model import TargetsFileError, load_targets
@@ -133,6 +145,7 @@ def main(args: argparse.Namespace) -> int:
         targets = load_targets(args.file)
     except TargetsFileError as exc:
         raise UsageError(str(exc)) from None
+    targets = _shard(args, targets, names)
 
     settings = Settings(
         timeout=args.timeout,
@@ -146,7 +159,11 @@ def main(args: argparse.Namespace) -> int:
     try:
         try:
             checks = [load_check(n) for n in names]
-            results = run_checks(checks, ctx, stop=stop)
+            not_ready = _sidecar_not_ready(args)
+            if not_ready is None:
+                results = run_checks(checks, ctx, stop=stop)
+            else:
+                results = _all_errors(checks, ctx, not_ready)
         finally:
             ctx.close()
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
@@ -157,6 +174,50 @@ def main(args: argparse.Namespace) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     return exit_code(results)
+
+
+def _shard(args: argparse.Namespace, targets: TargetsFile, names: list[str]) -> TargetsFile:
+    from probe import shard
+
+    try:
+        chosen = shard.from_args(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if chosen is None:
+        return targets
+    scopes = [load_check(n).scope.value for n in names]
+    return shard.select(targets, *chosen, by_endpoint=shard.by_endpoint(scopes))
+
+
+def _sidecar_not_ready(args: argparse.Namespace) -> str | None:
+    if args.wait_for_sidecar is None:
+        return None
+    from probe.sidecar import wait_ready
+
+    return wait_ready(args.sidecar_ready_url, args.wait_for_sidecar)
+
+
+def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Result]:
+    """Nothing observed through a sidecar that never came up: every planned check is
+    an error with that reason (skips decided from the targets alone stay skips)."""
+    from probe.checks.base import make_result
+    from probe.engine import plan_work
+    from probe.results import Verdict
+
+    work, skips = plan_work(checks, ctx)
+    errors = [
+        make_result(
+            w.check.name,
+            w.target,
+            w.endpoint,
+            Verdict.ERROR,
+            reason,
+            observed="sidecar-not-ready",
+            evidence={"error": "sidecar-not-ready"},
+        )
+        for w in work
+    ]
+    return errors + skips
 
 
 def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:

@@ -1,0 +1,120 @@
+"""The probe pod's own sidecar: wait until it is ready, stop it when done.
+
+A Job whose pod has a classic Istio sidecar never completes unless the app asks
+pilot-agent to exit (POST ``/quitquitquit`` on 15020), and probing before Envoy has
+its configuration and certificate observes a half-started proxy, not the mesh. Native
+sidecars (istio-proxy as a ``restartPolicy: Always`` init container) stop by
+themselves, so quitting is opt-in: the Job template passes ``--quit-sidecar`` only
+for classic sidecars. Plain HTTP on localhost; no Kubernetes here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+READY_URL = "http://localhost:15021/healthz/ready"
+QUIT_URL = "http://localhost:15020/quitquitquit"
+DEFAULT_WAIT = 60.0
+NOT_READY = "sidecar never became ready"
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("probe pod sidecar")
+    g.add_argument(
+        "--wait-for-sidecar",
+        nargs="?",
+        type=float,
+        const=DEFAULT_WAIT,
+        default=None,
+        metavar="SECONDS",
+        help="wait (bounded; default %(const)s s) for the pod's sidecar to be ready before "
+        "probing; if it never is, every check is an error",
+    )
+    g.add_argument(
+        "--quit-sidecar",
+        action="store_true",
+        help="on exit, ask a classic sidecar to stop (POST quitquitquit) so the Job completes; "
+        "not needed for native sidecars",
+    )
+    g.add_argument(
+        "--sidecar-ready-url",
+        default=os.environ.get("MTLSPROBE_SIDECAR_READY_URL", READY_URL),
+        metavar="URL",
+        help=f"readiness endpoint (default: $MTLSPROBE_SIDECAR_READY_URL or {READY_URL})",
+    )
+    g.add_argument(
+        "--sidecar-quit-url",
+        default=os.environ.get("MTLSPROBE_SIDECAR_QUIT_URL", QUIT_URL),
+        metavar="URL",
+        help=f"quit endpoint (default: $MTLSPROBE_SIDECAR_QUIT_URL or {QUIT_URL})",
+    )
+
+
+def _request(method: str, url: str, timeout: float) -> int:
+    """One request; the HTTP status. Raises OSError / HTTPException on transport failure."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(
+        parts.hostname or "localhost", parts.port or 80, timeout=timeout
+    )
+    try:
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        conn.request(method, path, headers={"Content-Length": "0"} if method == "POST" else {})
+        resp = conn.getresponse()
+        resp.read(4096)
+        return resp.status
+    finally:
+        conn.close()
+
+
+def wait_ready(url: str, budget: float, interval: float = 0.25) -> str | None:
+    """Poll ``url`` until it answers 200 or ``budget`` seconds pass. ``None`` when ready,
+    else the reason with the last thing seen (so the error says why)."""
+    deadline = time.monotonic() + budget
+    last = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return f"{NOT_READY} within {budget:g}s ({url}: {last})"
+        try:
+            status = _request("GET", url, timeout=max(0.1, min(2.0, left)))
+            if status == 200:
+                return None
+            last = f"HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:
+            last = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+
+
+def quit_sidecar(url: str, timeout: float = 3.0) -> str | None:
+    """POST quitquitquit; ``None`` on success, else why not (reported on stderr only:
+    the probe's verdicts do not depend on it, the Job's completion does)."""
+    try:
+        status = _request("POST", url, timeout=timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+@contextmanager
+def quitting(args: argparse.Namespace) -> Iterator[None]:
+    """Stop the sidecar when the block exits, however it exits (results, usage error,
+    crash), when ``--quit-sidecar`` was given."""
+    try:
+        yield
+    finally:
+        if getattr(args, "quit_sidecar", False):
+            import sys
+
+            why = quit_sidecar(args.sidecar_quit_url)
+            if why is not None:
+                sys.stderr.write(
+                    f"mtlsprobe: could not stop the sidecar ({args.sidecar_quit_url}): {why}\n"
+                )
