@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PIDS_FILE = "pids"
+# Loopback admin endpoints: never through a proxy from the user's environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _PR_SET_PDEATHSIG = 1
 
 
@@ -130,7 +132,7 @@ class Supervisor:
             if not proc.alive():
                 self.check_alive()
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 - loopback admin
+                with _DIRECT.open(url, timeout=1.0) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):
