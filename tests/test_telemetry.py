@@ -504,3 +504,28 @@ def test_export_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     for raw, want in (("", 5.0), ("2", 2.0), ("1500", 1.5), ("10000", 5.0), ("x", 5.0), ("0", 0.1)):
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", raw)
         assert configured_export_timeout() == want, raw
+
+
+def test_sigterm_during_the_flush_does_not_kill_the_flush(tmp_path: Path) -> None:
+    with serving(reset_after_read) as strict, serving(black_hole) as collector:
+        f = write_targets(tmp_path / "t.yaml", [{"name": "a/x", "endpoint": str(strict.endpoint)}])
+        proc = start_check(
+            f,
+            cli_env(
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://{collector.endpoint}",
+                OTEL_EXPORTER_OTLP_TIMEOUT="2",
+            ),
+        )
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()  # the report is out; the flush is now waiting
+            wait_accepted(collector)
+            proc.send_signal(signal.SIGTERM)
+            rest, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert json.loads(first)["verdict"] == "pass" and rest == ""
+    assert proc.returncode == 0, err  # not killed by the signal (-15): the run's own code
+    assert "mtlsprobe: telemetry: " in err
