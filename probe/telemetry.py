@@ -330,6 +330,12 @@ def export_run(
     otel_log = logging.getLogger("opentelemetry")
     previous = otel_log.level
     otel_log.setLevel(logging.CRITICAL)
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip().lower()
+    if protocol not in ("", "http/protobuf"):
+        sys.stderr.write(
+            f"mtlsprobe: telemetry: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported; "
+            "sending http/protobuf\n"
+        )
     try:
         telemetry = Telemetry()
         telemetry.record(results, source_identity=source_identity, targets=targets)
