@@ -1,20 +1,28 @@
 """X-Forwarded-Client-Cert, as Envoy writes it.
 
 Elements are comma-separated, one per hop; each is ``;``-separated ``key=value``
-pairs, keys case-insensitive; a value holding ``,;=`` is double-quoted with ``\\"``
-escapes. With APPEND_FORWARD an mTLS peer can put forged elements before the real
-one, so only the LAST element is trustworthy, and only if its ``By`` is the
-server's own identity. The header arrives from servers we do not control: parsing
-raises XfccError and nothing else, in linear time, on bounded input.
+pairs, keys case-insensitive (By, Hash, Cert, Chain, Subject, URI, DNS; By, URI
+and DNS may repeat). A value holding ``,;=`` is double-quoted; inside quotes a
+backslash escapes the next character. Envoy quotes Subject/Cert/Chain and writes
+the subject in RFC 2253 form, whose own escapes (``\\,``) must survive, so only
+``\\"`` and ``\\\\`` are unescaped and other backslash pairs are kept verbatim.
+
+With APPEND_FORWARD an mTLS peer can put forged elements before the real one, so
+only the LAST element is trustworthy, and only if its ``By`` is the server's own
+identity. The header arrives from servers we do not control: parsing raises
+XfccError and nothing else, in linear time, on bounded input.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ELEMENTS = 64
-KNOWN_KEYS = frozenset({"by", "hash", "cert", "chain", "subject", "uri", "dns"})
+MAX_PAIRS = 256
+_SINGLE = ("hash", "cert", "chain", "subject")
+_SPECIAL = frozenset(',;="\\')
 
 
 class XfccError(ValueError):
@@ -28,8 +36,8 @@ class XfccElement:
     subject: str | None = None
     uri: tuple[str, ...] = ()
     dns: tuple[str, ...] = ()
-    has_cert: bool = False
-    has_chain: bool = False
+    cert: str | None = None  # URL-encoded PEM; evidence shows only that it was there
+    chain: str | None = None
     extra: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def summary(self) -> dict[str, object]:
@@ -41,117 +49,153 @@ class XfccElement:
             out["Subject"] = self.subject
         if self.dns:
             out["DNS"] = list(self.dns)
+        if self.cert is not None:
+            out["Cert"] = f"<{len(self.cert)} chars>"
+        if self.chain is not None:
+            out["Chain"] = f"<{len(self.chain)} chars>"
         return out
 
+    def identities(self) -> tuple[str, ...]:
+        """Every identity the element names (By and URI), for marker searches."""
+        return self.by + self.uri
 
-def _split(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside double quotes, honouring backslash escapes."""
+
+def _split(text: str, sep: str, limit: int, what: str) -> list[str]:
+    """Split on ``sep`` outside double quotes; a backslash inside quotes escapes."""
     parts: list[str] = []
-    buf: list[str] = []
-    quoted = False
-    escaped = False
-    for ch in text:
+    start = 0
+    quoted = escaped = False
+    for i, ch in enumerate(text):
         if escaped:
-            buf.append(ch)
             escaped = False
-        elif ch == "\\" and quoted:
-            buf.append(ch)
+        elif quoted and ch == "\\":
             escaped = True
         elif ch == '"':
-            buf.append(ch)
             quoted = not quoted
         elif ch == sep and not quoted:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
+            parts.append(text[start:i])
+            start = i + 1
+            if len(parts) >= limit:
+                raise XfccError(f"more than {limit} {what}")
     if quoted:
         raise XfccError("unterminated double quote")
-    parts.append("".join(buf))
+    parts.append(text[start:])
     return parts
 
 
 def _unquote(value: str) -> str:
-    value = value.strip()
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        inner = value[1:-1]
-        out: list[str] = []
-        it = iter(inner)
-        for ch in it:
-            if ch == "\\":
-                out.append(next(it, ""))
-            else:
-                out.append(ch)
-        return "".join(out)
-    if '"' in value:
-        raise XfccError(f"stray double quote in value {value[:40]!r}")
-    return value
+    if not value.startswith('"'):
+        if '"' in value:
+            raise XfccError(f"stray double quote in value {value[:40]!r}")
+        return value
+    if len(value) < 2 or not value.endswith('"'):
+        raise XfccError(f"text after the closing quote in {value[:40]!r}")
+    out: list[str] = []
+    inner = value[1:-1]
+    i = 0
+    while i < len(inner):
+        ch = inner[i]
+        if ch == "\\" and i + 1 < len(inner):
+            nxt = inner[i + 1]
+            out.append(nxt if nxt in '"\\' else ch + nxt)
+            i += 2
+            continue
+        if ch == '"':
+            raise XfccError(f"unescaped double quote inside {value[:40]!r}")
+        out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def parse_element(text: str) -> XfccElement:
-    by: list[str] = []
-    uri: list[str] = []
-    dns: list[str] = []
+    """One hop's element (no commas outside quotes)."""
+    multi: dict[str, list[str]] = {"by": [], "uri": [], "dns": []}
+    single: dict[str, str] = {}
     extra: list[tuple[str, str]] = []
-    hash_: str | None = None
-    subject: str | None = None
-    has_cert = has_chain = False
-    for pair in _split(text, ";"):
+    for pair in _split(text, ";", MAX_PAIRS, "pairs in an element"):
         if not pair.strip():
             continue
         key, sep, value = pair.partition("=")
         if not sep:
             raise XfccError(f"pair without '=': {pair[:40]!r}")
         k = key.strip().lower()
-        if not k:
-            raise XfccError("empty key")
-        v = _unquote(value)
-        if k == "by":
-            by.append(v)
-        elif k == "uri":
-            uri.append(v)
-        elif k == "dns":
-            dns.append(v)
-        elif k == "hash":
-            hash_ = v
-        elif k == "subject":
-            subject = v
-        elif k == "cert":
-            has_cert = True
-        elif k == "chain":
-            has_chain = True
+        if not k or any(c in _SPECIAL or c.isspace() for c in k):
+            raise XfccError(f"bad key {key[:40]!r}")
+        v = _unquote(value.strip())
+        if k in multi:
+            multi[k].append(v)
+        elif k in _SINGLE:
+            if k in single:
+                raise XfccError(f"key {key.strip()!r} repeated in one element")
+            single[k] = v
         else:
             extra.append((k, v[:200]))
     return XfccElement(
-        by=tuple(by),
-        hash=hash_,
-        subject=subject,
-        uri=tuple(uri),
-        dns=tuple(dns),
-        has_cert=has_cert,
-        has_chain=has_chain,
+        by=tuple(multi["by"]),
+        hash=single.get("hash"),
+        subject=single.get("subject"),
+        uri=tuple(multi["uri"]),
+        dns=tuple(multi["dns"]),
+        cert=single.get("cert"),
+        chain=single.get("chain"),
         extra=tuple(extra),
     )
 
 
 def parse_xfcc(header: str) -> list[XfccElement]:
     """All elements, in order (the last is the one the nearest proxy appended)."""
-    if len(header.encode("utf-8", "surrogatepass")) > MAX_HEADER_BYTES:
+    if not isinstance(header, str):
+        raise XfccError("header is not text")
+    if len(header) > MAX_HEADER_BYTES or (
+        len(header.encode("utf-8", "surrogatepass")) > MAX_HEADER_BYTES
+    ):
         raise XfccError(f"header longer than {MAX_HEADER_BYTES} bytes")
     if not header.strip():
         raise XfccError("empty header")
-    raw = _split(header, ",")
-    if len(raw) > MAX_ELEMENTS:
-        raise XfccError(f"more than {MAX_ELEMENTS} elements")
+    raw = _split(header, ",", MAX_ELEMENTS, "elements")
     elements = [parse_element(e) for e in raw if e.strip()]
     if not elements:
         raise XfccError("no elements")
     return elements
 
 
-def trusted_element(headers: list[str]) -> XfccElement | None:
-    """The last element of the last XFCC header value, or None when absent."""
-    if not headers:
+def join_values(values: Iterable[str]) -> str:
+    """Several XFCC header lines are one list, in order (RFC 9110 field combination)."""
+    return ",".join(v for v in values if v.strip())
+
+
+def trusted_element(headers: Sequence[str] | str) -> XfccElement | None:
+    """The last element (the one the server's own sidecar appended), or None when the
+    header is absent. Raises XfccError when present but malformed: a header we
+    cannot parse proves nothing."""
+    joined = headers if isinstance(headers, str) else join_values(headers)
+    if not joined.strip():
         return None
-    elements = parse_xfcc(",".join(headers))
-    return elements[-1]
+    return parse_xfcc(joined)[-1]
+
+
+def _quote(value: str) -> str:
+    if value and not any(c in _SPECIAL or c.isspace() for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_element(el: XfccElement) -> str:
+    """Serialise in Envoy's key order; values quoted only when they need it."""
+    pairs = [f"By={_quote(v)}" for v in el.by]
+    if el.hash is not None:
+        pairs.append(f"Hash={_quote(el.hash)}")
+    if el.cert is not None:
+        pairs.append(f"Cert={_quote(el.cert)}")
+    if el.chain is not None:
+        pairs.append(f"Chain={_quote(el.chain)}")
+    if el.subject is not None:
+        pairs.append(f"Subject={_quote(el.subject)}")
+    pairs += [f"URI={_quote(v)}" for v in el.uri]
+    pairs += [f"DNS={_quote(v)}" for v in el.dns]
+    pairs += [f"{k}={_quote(v)}" for k, v in el.extra]
+    return ";".join(pairs)
+
+
+def format_xfcc(elements: Iterable[XfccElement]) -> str:
+    return ",".join(format_element(e) for e in elements)

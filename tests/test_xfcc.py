@@ -1,14 +1,22 @@
-"""The XFCC grammar: Envoy's shapes parse; nothing crashes the parser."""
+"""The XFCC grammar: Envoy's shapes parse; nothing crashes the parser; what we
+write parses back to the same elements."""
 
 from __future__ import annotations
 
-import contextlib
+import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probe.xfcc import XfccError, parse_xfcc, trusted_element
+from probe.xfcc import (
+    MAX_ELEMENTS,
+    XfccElement,
+    XfccError,
+    format_xfcc,
+    parse_xfcc,
+    trusted_element,
+)
 
 REAL = (
     'By=spiffe://cluster.local/ns/ns-a/sa/echo;Hash=c94dad0948b5;Subject="";'
@@ -27,48 +35,107 @@ def test_last_element_is_trusted_and_keys_case_insensitive() -> None:
     forged = "by=spiffe://x/ns/a/sa/b;uri=spiffe://x/ns/evil/sa/evil"
     el = trusted_element([forged + "," + REAL])
     assert el is not None and el.uri == ("spiffe://cluster.local/ns/probe/sa/meshprobe",)
-    first = parse_xfcc(forged)[0]
-    assert first.uri == ("spiffe://x/ns/evil/sa/evil",)
+    assert parse_xfcc(forged)[0].uri == ("spiffe://x/ns/evil/sa/evil",)
 
 
-def test_quoted_values_with_separators() -> None:
-    header = 'By=spiffe://a/b;Subject="CN=a, O=\\"x;y\\"";URI=spiffe://c/d;DNS=a.b;DNS=c.d'
+def test_quoted_values_with_separators_and_repeats() -> None:
+    header = (
+        'By=spiffe://a/b;By=spiffe://a/c;Subject="CN=a, O=\\"x;y\\"";'
+        "URI=spiffe://c/d;DNS=a.b;DNS=c.d"
+    )
     (el,) = parse_xfcc(header)
     assert el.subject == 'CN=a, O="x;y"'
+    assert el.by == ("spiffe://a/b", "spiffe://a/c")
     assert el.dns == ("a.b", "c.d")
 
 
-def test_multiple_header_values_join() -> None:
+def test_rfc2253_escapes_in_subject_are_kept() -> None:
+    # Envoy inserts the RFC 2253 subject as is; its own escapes must survive.
+    (el,) = parse_xfcc('Subject="CN=a\\,b,O=c";URI=spiffe://x/y')
+    assert el.subject == "CN=a\\,b,O=c"
+
+
+def test_cert_and_chain_never_in_summary() -> None:
+    pem = "-----BEGIN%20CERTIFICATE-----%0AMIIB...%0A-----END%20CERTIFICATE-----%0A"
+    (el,) = parse_xfcc(f'By=spiffe://a/b;Cert="{pem}";Chain="{pem}";URI=spiffe://c/d')
+    assert el.cert == pem
+    text = str(el.summary())
+    assert "BEGIN" not in text and "Cert" in text
+
+
+def test_multiple_header_values_join_in_order() -> None:
     el = trusted_element(["By=spiffe://a/1;URI=spiffe://a/2", "By=spiffe://b/1;URI=spiffe://b/2"])
     assert el is not None and el.by == ("spiffe://b/1",)
 
 
 def test_absent_is_none() -> None:
     assert trusted_element([]) is None
+    assert trusted_element("") is None
 
 
-@pytest.mark.parametrize("bad", ["", "By", 'Subject="unterminated', "=x", 'a=b"c', "x" * 70000])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        " ",
+        "By",
+        'Subject="unterminated',
+        "=x",
+        'a=b"c',
+        'Subject="a"b',
+        "Hash=a;Hash=b",
+        "By x=1",
+        "x" * 70000,
+        ",".join(["By=a"] * (MAX_ELEMENTS + 1)),
+        "\udcff" * 40000,
+    ],
+)
 def test_malformed_raises_xfcc_error(bad: str) -> None:
     with pytest.raises(XfccError):
         parse_xfcc(bad)
 
 
+def test_malformed_present_header_raises_in_trusted_element() -> None:
+    with pytest.raises(XfccError):
+        trusted_element(['By=a;Subject="x'])
+
+
+def test_huge_input_is_bounded() -> None:
+    t = time.perf_counter()
+    for text in ("a" * 5_000_000, ";" * 60_000, '"' + "\\x" * 30_000 + '"'):
+        with pytest.raises(XfccError):
+            parse_xfcc(text)
+    assert time.perf_counter() - t < 1.0
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.text(max_size=400))
+@given(st.text(max_size=400) | st.text(alphabet=',;="\\ Byuri', max_size=400))
 def test_no_input_crashes(text: str) -> None:
-    with contextlib.suppress(XfccError):
-        parse_xfcc(text)
+    try:
+        els = parse_xfcc(text)
+    except XfccError:
+        return
+    assert 1 <= len(els) <= MAX_ELEMENTS
 
 
-_value = st.text(alphabet=st.characters(codec="ascii", exclude_characters='"\\\r\n'), max_size=30)
+_any = st.text(st.characters(exclude_categories=("Cs",)), max_size=24)
+_ident = st.text(st.characters(codec="ascii", categories=("L", "N", "P")), min_size=1, max_size=24)
+_element = st.builds(
+    XfccElement,
+    by=st.lists(_ident, max_size=2).map(tuple),
+    hash=st.none() | st.text("0123456789abcdef", min_size=1, max_size=64),
+    subject=st.none() | _any,
+    uri=st.lists(_any, min_size=1, max_size=2).map(tuple),
+    dns=st.lists(_ident, max_size=2).map(tuple),
+    cert=st.none() | _any,
+    chain=st.none() | _any,
+    extra=st.lists(
+        st.tuples(st.sampled_from(["x-a", "foo", "k9"]), _any.map(lambda s: s[:200])),
+        max_size=2,
+    ).map(tuple),
+)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(_value, _value, _value), min_size=1, max_size=5))
-def test_round_trip(elements: list[tuple[str, str, str]]) -> None:
-    def q(v: str) -> str:
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    header = ",".join(f"By={q(b)};Subject={q(s)};URI={q(u)}" for b, s, u in elements)
-    parsed = parse_xfcc(header)
-    assert [(e.by[0], e.subject, e.uri[0]) for e in parsed] == elements
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_element, min_size=1, max_size=6))
+def test_round_trip(elements: list[XfccElement]) -> None:
+    assert parse_xfcc(format_xfcc(elements)) == elements
