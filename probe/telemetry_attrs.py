@@ -34,6 +34,7 @@ _CLIENT_CERT_CHECKS = frozenset({"self"})
 
 _SECRET_KEY = re.compile(r"(private|secret|passw|token|credential|(^|_)key($|_pem|_der))", re.I)
 _SECRET_VALUE = re.compile(r"PRIVATE KEY|-----BEGIN [A-Z ]*KEY-----")
+_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.-]")  # evidence keys become attribute names
 
 
 def looks_secret(key: str, value: object) -> bool:
@@ -220,7 +221,7 @@ def _evidence_attrs(result: Result) -> dict[str, Any]:
     for key, value in ev.items():
         safe = _attr_value(value)
         if safe is not None:
-            attrs[f"mtlsprobe.evidence.{key}"] = safe
+            attrs[f"mtlsprobe.evidence.{_KEY_CHARS.sub('_', key)[:64]}"] = safe
     attrs.update(_certificate_attrs(result.check, ev))
     version = ev.get("tls_version")
     if isinstance(version, str) and (parsed := _tls_version(version)):

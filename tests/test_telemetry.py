@@ -438,6 +438,7 @@ def test_attributes_never_carry_key_material_and_are_bounded() -> None:
             "long": "z" * 5000,
             "nested": {"a": 1},
             "mixed": [1, "a"],
+            "wrong trust domain": "rejected: TLS alert",
         },
     )
     a = span_attributes(r, SOURCE_ID)
@@ -453,6 +454,7 @@ def test_attributes_never_carry_key_material_and_are_bounded() -> None:
     assert a["tls.server.hash.sha256"] == "AB" * 32
     assert (a["tls.protocol.name"], a["tls.protocol.version"]) == ("tls", "1.2")
     assert a["k8s.namespace.name"] == "a" and a["test.case.result.status"] == "fail"
+    assert a["mtlsprobe.evidence.wrong_trust_domain"] == "rejected: TLS alert"
 
 
 def test_own_certificate_is_the_client_side_and_statuses_map() -> None:
