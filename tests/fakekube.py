@@ -405,10 +405,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         code, doc = kube.handle(self.command, self.path, body)
-        data = json.dumps(doc, separators=(",", ":")).encode()
+        # A str answer is a plain-text body (pod logs); everything else is JSON.
+        text = isinstance(doc, str)
+        data = (
+            doc.encode()
+            if isinstance(doc, str)
+            else json.dumps(doc, separators=(",", ":")).encode()
+        )
         try:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain" if text else "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
