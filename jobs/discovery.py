@@ -56,7 +56,13 @@ class Options:
 
 @dataclass
 class Reader:
-    """The only place that talks to the API server (kopf-style: one edge for HTTP)."""
+    """The only place that talks to the API server (kopf-style: one edge for HTTP).
+
+    Requests go through the client's ``ApiClient`` (configuration, credentials, TLS,
+    connection pool) by resource path. The generated ``CoreV1Api`` & co. are not
+    used on the raw path: importing ``CoreV1Api`` alone costs over a second of CPU
+    (pydantic validators for every method), a third of the plan's time budget.
+    """
 
     api: Any  # kubernetes.client.ApiClient
     options: Options = field(default_factory=Options)
@@ -68,25 +74,27 @@ class Reader:
     def _timeout(self) -> tuple[float, float]:
         return (min(self.options.timeout, 5.0), self.options.timeout)
 
-    def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        """Run one client call; API and transport failures become DiscoveryError or
-        propagate as ``_NotServed``/``_NotFound`` for the caller to decide."""
+    def _call(self, what: str, path: str, query: list[tuple[str, Any]]) -> bytes:
+        """GET one path; failures become DiscoveryError, or ``_NotServed``/``_NotFound``
+        for the caller to decide."""
         from kubernetes.client import ApiException
         from urllib3.exceptions import HTTPError
 
         try:
-            return fn(_request_timeout=self._timeout(), **kwargs)
-        except ApiException as exc:
-            status = _status(exc.body)
-            if exc.status == 404:
-                if status.get("details", {}).get("name"):
-                    raise _NotFound() from None
-                raise _NotServed() from None
-            if exc.status in (401, 403):
-                raise Forbidden(_forbidden_line(what, exc.status, status)) from None
-            msg = status.get("message") or exc.reason or "no message"
+            params = self.api.param_serialize(
+                method="GET",
+                resource_path=path,
+                query_params=query,
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+            )
+            resp = self.api.call_api(*params, _request_timeout=self._timeout())
+            data: bytes = resp.read()
+            code, reason = resp.status, resp.reason
+        except ApiException as exc:  # the REST layer wraps TLS and protocol failures
             raise DiscoveryError(
-                f"{what}: the API server at {self.server} answered HTTP {exc.status}: {msg}"
+                f"cannot reach the Kubernetes API at {self.server} ({what}): "
+                f"{str(exc.reason).split(': ', 1)[-1][:200]}"
             ) from None
         except HTTPError as exc:
             raise DiscoveryError(
@@ -96,24 +104,40 @@ class Reader:
             raise DiscoveryError(
                 f"cannot reach the Kubernetes API at {self.server} ({what}): {exc}"
             ) from None
+        if 200 <= code <= 299:
+            return data
+        status = _status(data)
+        if code == 404:
+            if (status.get("details") or {}).get("name"):
+                raise _NotFound()
+            raise _NotServed()
+        if code in (401, 403):
+            raise Forbidden(_forbidden_line(what, code, status))
+        msg = " ".join(str(status.get("message") or reason or "no message").split())
+        raise DiscoveryError(f"{what}: the API server at {self.server} answered HTTP {code}: {msg}")
 
-    def pages(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Iterator[KubeObject]:
-        """Every item of a list, one page (``limit``) at a time."""
+    def _decode(self, what: str, data: bytes, model: str | None) -> Any:
+        try:
+            if self.options.raw or model is None:
+                return _loads(data)
+            obj = self.api.deserialize(data.decode("utf-8"), model, "application/json")
+            return self.api.sanitize_for_serialization(obj)
+        except ValueError:
+            raise DiscoveryError(
+                f"{what}: the API server at {self.server} sent a body that is not JSON"
+            ) from None
+
+    def pages(
+        self, what: str, path: str, model: str | None = None, **query: str
+    ) -> Iterator[KubeObject]:
+        """Every item of a list, one page (``limit``) at a time. ``model``: the generated
+        class to decode into when ``Options.raw`` is off (the benchmark's comparison)."""
         token: str | None = None
         while True:
-            extra: dict[str, Any] = {"limit": self.options.page_size}
+            q: list[tuple[str, Any]] = [*query.items(), ("limit", self.options.page_size)]
             if token:
-                extra["_continue"] = token
-            if self.options.raw:
-                resp = self._call(what, fn, _preload_content=False, **kwargs, **extra)
-                try:
-                    doc = json.loads(resp.data)
-                except ValueError:
-                    raise DiscoveryError(
-                        f"{what}: the API server at {self.server} sent a body that is not JSON"
-                    ) from None
-            else:
-                doc = self.api.sanitize_for_serialization(self._call(what, fn, **kwargs, **extra))
+                q.append(("continue", token))
+            doc = self._decode(what, self._call(what, path, q), model)
             if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
                 raise DiscoveryError(f"{what}: the API server sent a body that is not a List")
             yield from doc.get("items") or []
@@ -122,18 +146,19 @@ class Reader:
             if not token:
                 return
 
-    def get(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> KubeObject | None:
+    def get(self, what: str, path: str, model: str | None = None) -> KubeObject | None:
+        """One object; None when it does not exist."""
         try:
-            if self.options.raw:
-                resp = self._call(what, fn, _preload_content=False, **kwargs)
-                doc = json.loads(resp.data)
-            else:
-                doc = self.api.sanitize_for_serialization(self._call(what, fn, **kwargs))
+            doc = self._decode(what, self._call(what, path, []), model)
         except (_NotFound, _NotServed):
             return None
-        except ValueError:
-            raise DiscoveryError(f"{what}: the API server sent a body that is not JSON") from None
         return doc if isinstance(doc, dict) else None
+
+
+def _loads(data: bytes) -> Any:
+    import orjson
+
+    return orjson.loads(data)  # orjson.JSONDecodeError is a ValueError
 
 
 class _NotServed(Exception):
@@ -228,29 +253,29 @@ def api_client(kubeconfig: str | None, context: str | None, timeout: float = 10.
 
 
 def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
-    from kubernetes import client
-
     opts = options or Options()
     r = Reader(api, opts)
-    core, disc = client.CoreV1Api(api), client.DiscoveryV1Api(api)
-    custom = client.CustomObjectsApi(api)
     snap = ClusterSnapshot()
 
-    _mesh_config(r, core, snap, opts)
-    targets = _namespaces(r, core, snap, opts)
+    _mesh_config(r, snap, opts)
+    targets = _namespaces(r, snap, opts)
     snap.target_namespaces = targets
 
-    def namespaced(
-        what: str, all_fn: Callable[..., Any], ns_fn: Callable[..., Any]
-    ) -> list[KubeObject] | None:
+    def namespaced(what: str, prefix: str, plural: str, model: str) -> list[KubeObject] | None:
         try:
             if opts.namespaces or opts.namespace_selector:
                 return [
                     _with_ns(obj, ns)
                     for ns in sorted(targets)
-                    for obj in r.pages(f"list {what} in {ns}", ns_fn, namespace=ns)
+                    for obj in r.pages(
+                        f"list {what} in {ns}", f"{prefix}/namespaces/{ns}/{plural}", model
+                    )
                 ]
-            return [o for o in r.pages(f"list {what}", all_fn) if namespace(o) in targets]
+            return [
+                o
+                for o in r.pages(f"list {what}", f"{prefix}/{plural}", model)
+                if namespace(o) in targets
+            ]
         except _NotServed:
             return None
 
@@ -258,40 +283,31 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
     # while another is decoded. Results are admitted in a fixed order, and the first
     # error in that order is the one reported.
     fetches: list[tuple[str, str, Callable[[], list[KubeObject] | None]]] = [
-        (
-            "Pod",
-            "pods",
-            lambda: namespaced("pods", core.list_pod_for_all_namespaces, core.list_namespaced_pod),
-        ),
+        ("Pod", "pods", lambda: namespaced("pods", "/api/v1", "pods", "V1PodList")),
         (
             "Service",
             "services",
-            lambda: namespaced(
-                "services", core.list_service_for_all_namespaces, core.list_namespaced_service
-            ),
+            lambda: namespaced("services", "/api/v1", "services", "V1ServiceList"),
         ),
         (
             "EndpointSlice",
             "endpointslices.discovery.k8s.io",
             lambda: namespaced(
                 "endpointslices.discovery.k8s.io",
-                disc.list_endpoint_slice_for_all_namespaces,
-                disc.list_namespaced_endpoint_slice,
+                "/apis/discovery.k8s.io/v1",
+                "endpointslices",
+                "V1EndpointSliceList",
             ),
         ),
         (
             "PeerAuthentication",
             "peerauthentications.security.istio.io",
-            lambda: _istio_list(
-                r, custom, "security.istio.io", PEER_AUTH_VERSIONS, "peerauthentications"
-            ),
+            lambda: _istio_list(r, "security.istio.io", PEER_AUTH_VERSIONS, "peerauthentications"),
         ),
         (
             "DestinationRule",
             "destinationrules.networking.istio.io",
-            lambda: _istio_list(
-                r, custom, "networking.istio.io", DEST_RULE_VERSIONS, "destinationrules"
-            ),
+            lambda: _istio_list(r, "networking.istio.io", DEST_RULE_VERSIONS, "destinationrules"),
         ),
     ]
     with ThreadPoolExecutor(max_workers=len(fetches), thread_name_prefix="discover") as pool:
@@ -314,7 +330,7 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
             "networking.istio.io DestinationRule (v1/v1beta1/v1alpha3) not served: "
             "sidecar clients planned with auto-mTLS"
         )
-    _root_cert(r, core, snap, targets)
+    _root_cert(r, snap, targets)
     return snap
 
 
@@ -326,24 +342,27 @@ def _with_ns(obj: KubeObject, ns: str) -> KubeObject:
 
 
 def _optional_get(
-    r: Reader, snap: ClusterSnapshot, what: str, fn: Callable[..., Any], **kw: Any
+    r: Reader, snap: ClusterSnapshot, what: str, path: str, model: str | None = None
 ) -> KubeObject | None:
     """A read the plan can do without: forbidden becomes a note, not the end."""
     try:
-        return r.get(what, fn, **kw)
+        return r.get(what, path, model)
     except Forbidden as exc:
         snap.notes.append(f"{exc} (planned without it)")
         return None
 
 
-def _mesh_config(r: Reader, core: Any, snap: ClusterSnapshot, opts: Options) -> None:
+def _configmap_path(ns: str, name: str) -> str:
+    return f"/api/v1/namespaces/{ns}/configmaps/{name}"
+
+
+def _mesh_config(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
     cm = _optional_get(
         r,
         snap,
         f"get configmap {opts.istio_namespace}/{MESH_CONFIGMAP}",
-        core.read_namespaced_config_map,
-        name=MESH_CONFIGMAP,
-        namespace=opts.istio_namespace,
+        _configmap_path(opts.istio_namespace, MESH_CONFIGMAP),
+        "V1ConfigMap",
     )
     td = root = None
     if cm is not None:
@@ -357,22 +376,22 @@ def _mesh_config(r: Reader, core: Any, snap: ClusterSnapshot, opts: Options) -> 
     snap.root_namespace = opts.root_namespace or root or snap.root_namespace
 
 
-def _namespaces(r: Reader, core: Any, snap: ClusterSnapshot, opts: Options) -> set[str]:
+def _namespaces(r: Reader, snap: ClusterSnapshot, opts: Options) -> set[str]:
     """The target namespaces; their Namespace objects (labels: injection, ambient) go
     into the snapshot. Named namespaces are read one by one (``get``) so a user
     allowed only there still gets a plan."""
     if opts.namespaces:
         for ns in opts.namespaces:
-            obj = r.get(f"get namespace {ns}", core.read_namespace, name=ns)
+            obj = r.get(f"get namespace {ns}", f"/api/v1/namespaces/{ns}", "V1Namespace")
             if obj is None:
                 raise DiscoveryError(f"namespace {ns!r} does not exist on {r.server}")
             snap.add("Namespace", obj)
         return set(opts.namespaces)
-    kwargs: dict[str, Any] = {}
+    query: dict[str, str] = {}
     if opts.namespace_selector:
-        kwargs["label_selector"] = opts.namespace_selector
+        query["labelSelector"] = opts.namespace_selector
     targets: set[str] = set()
-    for obj in r.pages("list namespaces", core.list_namespace, **kwargs):
+    for obj in r.pages("list namespaces", "/api/v1/namespaces", "V1NamespaceList", **query):
         if not snap.add("Namespace", obj):
             continue
         ns = name(obj)
@@ -382,38 +401,27 @@ def _namespaces(r: Reader, core: Any, snap: ClusterSnapshot, opts: Options) -> s
 
 
 def _istio_list(
-    r: Reader,
-    custom: Any,
-    group: str,
-    versions: tuple[str, ...],
-    plural: str,
+    r: Reader, group: str, versions: tuple[str, ...], plural: str
 ) -> list[KubeObject] | None:
     """Every object of an Istio CRD, from the first served version; None when none is."""
     for version in versions:
         try:
             return list(
-                r.pages(
-                    f"list {plural}.{group}",
-                    custom.list_cluster_custom_object,
-                    group=group,
-                    version=version,
-                    plural=plural,
-                )
+                r.pages(f"list {plural}.{group}", f"/apis/{group}/{version}/{plural}", "object")
             )
         except _NotServed:
             continue
     return None
 
 
-def _root_cert(r: Reader, core: Any, snap: ClusterSnapshot, targets: set[str]) -> None:
+def _root_cert(r: Reader, snap: ClusterSnapshot, targets: set[str]) -> None:
     for ns in [snap.root_namespace, *sorted(targets)]:
         cm = _optional_get(
             r,
             snap,
             f"get configmap {ns}/{ROOT_CERT_CONFIGMAP}",
-            core.read_namespaced_config_map,
-            name=ROOT_CERT_CONFIGMAP,
-            namespace=ns,
+            _configmap_path(ns, ROOT_CERT_CONFIGMAP),
+            "V1ConfigMap",
         )
         data: dict[str, Any] = (
             cm["data"] if cm is not None and isinstance(cm.get("data"), dict) else {}

@@ -11,6 +11,7 @@ plan is incomplete), 64 for usage errors and an unreachable or forbidding API.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import re
 import sys
@@ -182,8 +183,14 @@ def main(args: argparse.Namespace) -> int:
         td = args.trust_domain
         if not td or td != td.lower() or "/" in td or ":" in td:
             raise UsageError(f"--trust-domain {td!r}: lowercase, no port or path")
-    snap = load_snapshot(args)
-    plan = build_plan(snap, req)
+    # Snapshot and plan are large trees of fresh objects with no cycles; the cyclic
+    # GC's passes over them are pure cost (about a tenth of the time at 10,000 pods).
+    gc.disable()
+    try:
+        snap = load_snapshot(args)
+        plan = build_plan(snap, req)
+    finally:
+        gc.enable()
     if args.root_cert_file is not None:
         plan = _with_root_cert(plan, snap.root_cert_pem, args.root_cert_file)
     out = {"yaml": render_yaml, "json": render_json, "table": render_table}[args.output](plan)
