@@ -1,18 +1,150 @@
 """``mesh``: a call through the probe's sidecar reaches the target over mTLS, with
-the right identities on both ends (proven by the last XFCC element)."""
+the right identities on both ends (proven by the last XFCC element).
+
+Verdicts, by what the target's port is expected to do:
+
+- STRICT / PERMISSIVE (a server sidecar, auto-mTLS): pass only when an echo target
+  shows a last XFCC element with ``URI=`` the probe's identity and ``By=`` the
+  target's; no XFCC means the call was not mTLS (fail). Targets that do not reflect
+  headers get a status-only pass (2xx-4xx from the app) that says identity was not
+  observable; a 5xx from the app proves nothing (error).
+- DISABLE / NONE (plaintext expected): pass on an app response; an XFCC element at an
+  echo target means the call was mTLS after all, so the expectation is wrong (fail).
+- The sidecar answering itself (503 ``reset reason: …``, 502) is a fail carrying
+  Envoy's words; ``RBAC: access denied`` and upstream timeouts are errors (the mTLS
+  layer was not what stopped the call, so nothing about it was observed).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import call
+from probe.checks.meshcall import MeshResponse, call
 from probe.model import Expect, Protocol
 from probe.results import Result, Verdict
-from probe.xfcc import XfccError, trusted_element
+from probe.xfcc import XfccError, parse_xfcc
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
+
+
+@dataclass
+class Judgement:
+    verdict: Verdict
+    observed: str
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def expected_text(target: Target, source_id: str | None) -> str:
+    if target.expect in (Expect.STRICT, Expect.PERMISSIVE):
+        return f"mTLS {source_id or '?'} -> {target.identity or '?'}"
+    return f"plaintext response ({target.expect.value}: no mTLS at this port)"
+
+
+def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgement:
+    """Pure: what the response proves about this target, given what policy expects."""
+    ev: dict[str, Any] = {"status": resp.status, "server": resp.server}
+    meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
+    if resp.sidecar_error is not None:
+        ev["sidecar_error"] = resp.sidecar_error
+        words = f"{resp.sidecar_meaning}: HTTP {resp.status} from the sidecar: {resp.sidecar_error}"
+        if resp.denied:
+            return Judgement(
+                Verdict.ERROR,
+                "denied by authorization",
+                f"could not observe mTLS: {words}; allow the probe's identity to call this service",
+                ev,
+            )
+        if resp.timed_out:
+            return Judgement(Verdict.ERROR, "upstream timeout", f"could not observe: {words}", ev)
+        return Judgement(Verdict.FAIL, "sidecar error", words, ev)
+
+    if resp.echo is None or not target.echo:
+        if target.echo:
+            return Judgement(
+                Verdict.ERROR,
+                "not an echo response",
+                f"HTTP {resp.status} but the body is not the echo responder's JSON: "
+                "cannot see which identities were used (is echo: true right for this target?)",
+                ev,
+            )
+        if resp.status >= 500:
+            return Judgement(
+                Verdict.ERROR,
+                f"HTTP {resp.status}",
+                f"the app answered HTTP {resp.status}: a server error proves nothing about "
+                "the connection",
+                ev,
+            )
+        note = (
+            "identity not observable (the target does not reflect headers; an echo "
+            "responder with echo: true would prove mTLS and both identities)"
+            if meshed
+            else f"{target.expect.value}: plaintext expected, no identity to prove"
+        )
+        return Judgement(Verdict.PASS, f"HTTP {resp.status}", f"HTTP {resp.status}; {note}", ev)
+
+    ev["name"] = resp.echo.get("name")
+    if not resp.xfcc:
+        if meshed:
+            return Judgement(
+                Verdict.FAIL,
+                "no XFCC",
+                "no XFCC: the call was not mTLS (the app received no X-Forwarded-Client-Cert; "
+                "the client sidecar sent plaintext, or the server has no sidecar)",
+                ev,
+            )
+        return Judgement(
+            Verdict.PASS,
+            "plaintext response",
+            f"HTTP {resp.status} from the app with no XFCC, as {target.expect.value} expects",
+            ev,
+        )
+    try:
+        elements = parse_xfcc(",".join(resp.xfcc))
+    except XfccError as exc:
+        ev["xfcc_bytes"] = sum(len(v) for v in resp.xfcc)
+        return Judgement(
+            Verdict.ERROR, "malformed XFCC", f"the XFCC header the app got is malformed ({exc})", ev
+        )
+    last = elements[-1]
+    ev["xfcc_trusted"] = last.summary()
+    ev["xfcc_elements"] = len(elements)
+    observed = f"mTLS {'/'.join(last.uri) or '?'} -> {'/'.join(last.by) or '?'}"
+    if not meshed:
+        return Judgement(
+            Verdict.FAIL,
+            observed,
+            f"expected plaintext ({target.expect.value}) but the app received XFCC "
+            f"By={'/'.join(last.by) or '?'}: the call was mTLS, so the expectation is stale "
+            "(the target has a sidecar enforcing mTLS, or the policy changed)",
+            ev,
+        )
+    problems = []
+    if target.identity is not None and target.identity not in last.by:
+        problems.append(
+            f"the server's sidecar identifies as {', '.join(last.by) or 'nothing'} (By=), "
+            f"expected {target.identity}"
+        )
+    if source_id is not None and source_id not in last.uri:
+        problems.append(
+            f"the server saw the client as {', '.join(last.uri) or 'nobody'} (URI=), "
+            f"expected {source_id}"
+        )
+    if problems:
+        return Judgement(Verdict.FAIL, observed, "; ".join(problems), ev)
+    notes = []
+    if target.identity is None:
+        notes.append("target identity not given: By= not compared")
+    if source_id is None:
+        notes.append("source identity not given: URI= not compared")
+    reason = f"mTLS proven by the last XFCC element: {observed}"
+    return Judgement(
+        Verdict.PASS, observed, reason + (f" ({'; '.join(notes)})" if notes else ""), ev
+    )
 
 
 class MeshCheck(Check):
@@ -32,79 +164,14 @@ class MeshCheck(Check):
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
         assert target is not None
         source_id = ctx.targets.source.identity
-        meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
-        if meshed:
-            expected = f"mTLS {source_id or '?'} -> {target.identity or '?'}"
-        else:
-            expected = "response (plaintext: target has no mTLS here)"
-        resp = call(ctx, target)
-        evidence: dict[str, object] = {"status": resp.status, "server": resp.server}
-
-        def result(verdict: Verdict, observed: str, reason: str) -> Result:
-            return make_result(
-                self.name,
-                target,
-                None,
-                verdict,
-                reason,
-                expected=expected,
-                observed=observed,
-                evidence=evidence,
-            )
-
-        if resp.sidecar_error:
-            evidence["sidecar_error"] = resp.sidecar_error
-            return result(Verdict.FAIL, "sidecar error", resp.sidecar_error)
-        if not meshed or not target.echo:
-            if resp.echo is not None and resp.xfcc:
-                evidence["xfcc_elements"] = len(resp.xfcc)
-            note = (
-                "identity not observable (the target does not reflect headers: set echo: true "
-                "for an echo responder)"
-                if meshed
-                else f"{target.expect.value}: plaintext expected, no identity to prove"
-            )
-            return result(Verdict.PASS, f"HTTP {resp.status}", f"HTTP {resp.status}; {note}")
-        if resp.echo is None:
-            return result(
-                Verdict.ERROR,
-                "not an echo response",
-                f"HTTP {resp.status} but the body is not the echo responder's JSON: "
-                "cannot see which identities were used",
-            )
-        if not resp.xfcc:
-            return result(
-                Verdict.FAIL,
-                "no XFCC",
-                "the app received no X-Forwarded-Client-Cert: the call was not mTLS "
-                "(plaintext through the sidecar, or the server has no sidecar)",
-            )
-        try:
-            last = trusted_element(resp.xfcc)
-        except XfccError as exc:
-            evidence["xfcc_raw_bytes"] = sum(len(v) for v in resp.xfcc)
-            return result(Verdict.ERROR, "malformed XFCC", f"the XFCC header is malformed ({exc})")
-        assert last is not None
-        evidence["xfcc_trusted"] = last.summary()
-        evidence["xfcc_elements"] = len(resp.xfcc[0].split(",")) if len(resp.xfcc) == 1 else None
-        problems = []
-        if target.identity is not None and target.identity not in last.by:
-            problems.append(
-                f"the server's sidecar identifies as {', '.join(last.by) or 'nothing'} "
-                f"(By=), expected {target.identity}"
-            )
-        if source_id is not None and source_id not in last.uri:
-            problems.append(
-                f"the client identity seen by the server is {', '.join(last.uri) or 'none'} "
-                f"(URI=), expected {source_id}"
-            )
-        observed = f"mTLS {'/'.join(last.uri) or '?'} -> {'/'.join(last.by) or '?'}"
-        if problems:
-            return result(Verdict.FAIL, observed, "; ".join(problems))
-        notes = []
-        if target.identity is None:
-            notes.append("target identity not given: By= not compared")
-        if source_id is None:
-            notes.append("source identity not given: URI= not compared")
-        reason = f"mTLS proven by the last XFCC element: {observed}"
-        return result(Verdict.PASS, observed, reason + (f" ({'; '.join(notes)})" if notes else ""))
+        j = judge(target, source_id, call(ctx, target))
+        return make_result(
+            self.name,
+            target,
+            None,
+            j.verdict,
+            j.reason,
+            expected=expected_text(target, source_id),
+            observed=j.observed,
+            evidence=j.evidence,
+        )

@@ -1,13 +1,15 @@
 """One HTTP call through the probe's sidecar and what came back, classified.
 
-Shared by ``mesh`` and ``xfcc-spoof``. The sidecar's own error responses (503/502
-with Envoy's ``upstream connect error … reset reason: …`` body) are told apart from
-the application's answers, because they mean opposite things.
+Shared by ``mesh`` and ``xfcc-spoof``. The sidecar's own answers (Envoy's local
+replies: ``upstream connect error … reset reason: …``, ``no healthy upstream``,
+``RBAC: access denied``) are told apart from the application's, because they mean
+opposite things: the call never reached the app.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +27,34 @@ if TYPE_CHECKING:
     from probe.checks.base import RunContext
     from probe.model import Target
 
-ENVOY_MARKERS = (
-    "upstream connect error",
-    "no healthy upstream",
-    "upstream request timeout",
-    "no such service",
-    "delayed connect error",
-    "rbac: access denied",
+MAX_BODY = 256 * 1024
+PATH = "/"
+
+# Envoy local-reply bodies, and what each means for the caller.
+_LOCAL_REPLIES: tuple[tuple[str, str], ...] = (
+    (
+        "certificate_verify_failed",
+        "the client sidecar rejected the server's certificate (SPIFFE ID/SAN not the "
+        "expected service account, expired, or not from the mesh CA)",
+    ),
+    (
+        "connection termination",
+        "the server closed the connection: it refused what the client sidecar sent "
+        "(plaintext to an mTLS-only port, or the client certificate)",
+    ),
+    (
+        "remote connection failure",
+        "the TLS connection to the server failed (handshake or certificate verification)",
+    ),
+    ("connection refused", "nothing listens behind the server's address"),
+    ("delayed connect error", "the sidecar could not connect to the server"),
+    ("no healthy upstream", "the sidecar knows no ready endpoint for this service"),
+    ("no such service", "the sidecar does not know this host"),
+    ("upstream request timeout", "the server did not answer in time"),
+    ("rbac: access denied", "an AuthorizationPolicy denied the probe"),
+    ("upstream connect error", "the sidecar could not reach the server"),
 )
+_SIDECAR_STATUSES = frozenset({403, 502, 503, 504})
 
 
 @dataclass
@@ -41,8 +63,43 @@ class MeshResponse:
     server: str | None
     body: bytes
     sidecar_error: str | None = None  # the sidecar's own words, when it answered itself
+    sidecar_meaning: str | None = None  # what those words mean, for the reason
     echo: dict[str, Any] | None = None  # the echo responder's JSON, when it answered
     xfcc: list[str] = field(default_factory=list)  # XFCC values the app received
+
+    @property
+    def denied(self) -> bool:
+        """An AuthorizationPolicy answered, not the mTLS layer."""
+        return (
+            self.sidecar_error is not None and "rbac: access denied" in self.sidecar_error.lower()
+        )
+
+    @property
+    def timed_out(self) -> bool:
+        return self.status == 504 and self.sidecar_error is not None
+
+
+def sidecar_reply(status: int, server: str | None, text: str) -> tuple[str, str] | None:
+    """(the sidecar's words, their meaning) when Envoy itself answered, else None.
+
+    Envoy's body is decisive on its own; an empty 502/503/504 counts as the sidecar's
+    only when the response says it came from Envoy (through a sidecar every response
+    carries ``server: istio-envoy``, but apps do not answer 503 with no body)."""
+    if status not in _SIDECAR_STATUSES:
+        return None
+    low = text.lower()
+    for marker, meaning in _LOCAL_REPLIES:
+        if marker in low:
+            return _clip(text), meaning
+    from_envoy = server is not None and "envoy" in server.lower()
+    if from_envoy and not text.strip() and status != 403:
+        return f"HTTP {status} with an empty body", "the sidecar could not reach the server"
+    return None
+
+
+def _clip(text: str) -> str:
+    one_line = " ".join(text.split())
+    return one_line[:300] + ("…" if len(one_line) > 300 else "")
 
 
 def call(
@@ -50,46 +107,39 @@ def call(
 ) -> MeshResponse:
     import httpx
 
-    via_proxy = ctx.targets.source.sidecar_proxy is not None
     client = http_client(ctx, via_sidecar=True)
-    url = f"http://{target.host}:{target.port}/mtlsprobe"
+    url = f"http://{target.host}:{target.port}{PATH}"
     try:
-        resp = client.get(url, headers=extra_headers or {})
+        with client.stream("GET", url, headers=extra_headers or {}) as resp:
+            body = b""
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) >= MAX_BODY:
+                    break
+            status, headers = resp.status_code, resp.headers
     except httpx.ConnectTimeout:
         raise ConnectTimedOut(f"connect to {_route(ctx, target)} timed out") from None
     except httpx.ConnectError as exc:
-        text = str(exc)
-        if via_proxy:
-            raise SidecarUnavailable(
-                f"the probe's sidecar proxy {ctx.targets.source.sidecar_proxy} "
-                f"is unreachable: {text}"
-            ) from None
-        if "Name or service not known" in text or "nodename nor servname" in text:
-            raise DNSFailure(f"cannot resolve {target.host}") from None
-        if "refused" in text.lower():
-            raise NothingListening(f"connection refused by {target.host}:{target.port}") from None
-        raise SidecarUnavailable(f"cannot connect to {target.host}:{target.port}: {text}") from None
+        raise _connect_error(ctx, target, exc) from None
     except httpx.TimeoutException:
         raise ReadTimedOut(
             f"no response from {_route(ctx, target)} within {ctx.settings.timeout:g}s"
         ) from None
-    except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError) as exc:
+    except httpx.TransportError as exc:
         raise ProtocolViolation(
-            f"connection to {_route(ctx, target)} broke without an HTTP response ({exc!s}); "
-            "is the probe running behind a sidecar?"
+            f"the connection to {_route(ctx, target)} broke without an HTTP response "
+            f"({type(exc).__name__}: {exc!s}); is the probe running behind a sidecar?"
         ) from None
-    body = resp.content[:65536]
-    server = resp.headers.get("server")
-    out = MeshResponse(status=resp.status_code, server=server, body=body)
-    text = body.decode("utf-8", "replace")
-    if server and "envoy" in server.lower() and resp.status_code in (403, 502, 503, 504):
-        low = text.lower()
-        if any(m in low for m in ENVOY_MARKERS) or not text.strip():
-            out.sidecar_error = f"HTTP {resp.status_code} from the sidecar: {text.strip()[:240]}"
-            return out
-    if resp.headers.get("content-type", "").startswith("application/json"):
+    server = headers.get("server")
+    out = MeshResponse(status=status, server=server, body=body[:MAX_BODY])
+    text = out.body.decode("utf-8", "replace")
+    local = sidecar_reply(status, server, text)
+    if local is not None:
+        out.sidecar_error, out.sidecar_meaning = local
+        return out
+    if headers.get("content-type", "").startswith("application/json"):
         try:
-            doc = json.loads(body)
+            doc = json.loads(out.body)
         except ValueError:
             doc = None
         if isinstance(doc, dict) and isinstance(doc.get("headers"), dict):
@@ -99,6 +149,33 @@ def call(
                 raw = [raw]
             out.xfcc = [str(v) for v in raw] if isinstance(raw, list) else []
     return out
+
+
+def _connect_error(ctx: RunContext, target: Target, exc: Exception) -> Exception:
+    proxy = ctx.targets.source.sidecar_proxy
+    if proxy is not None:
+        return SidecarUnavailable(
+            f"the probe's sidecar proxy {proxy} is unreachable ({exc}): is the sidecar running?"
+        )
+    if _caused_by(exc, socket.gaierror):
+        return DNSFailure(f"cannot resolve {target.host}")
+    if _caused_by(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
+        return NothingListening(
+            f"connection refused by {target.host}:{target.port} (in a pod the sidecar "
+            "captures this call: is it running?)"
+        )
+    return SidecarUnavailable(f"cannot connect to {target.host}:{target.port}: {exc}")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _route(ctx: RunContext, target: Target) -> str:

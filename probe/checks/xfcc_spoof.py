@@ -1,20 +1,111 @@
 """``xfcc-spoof``: a forged X-Forwarded-Client-Cert sent through the mesh must never
-reach the app as something it could trust."""
+reach the app.
+
+Istio's client sidecar sanitizes an XFCC the app sends, and a server sidecar drops
+XFCC on non-mTLS connections; only a misconfiguration (ALWAYS_FORWARD_ONLY, FORWARD
+to an app that trusts it) lets it through. The forged element carries a unique
+marker in both ``By=`` and ``URI=``, so its arrival is unmistakable, and the verdict
+says whether it became the trusted LAST element (the worst case) or sat before the
+genuine one. Targets without a server sidecar (NONE) are skipped: nothing there
+could strip a forged header, and any client can send one straight to the app.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import TYPE_CHECKING, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import call
-from probe.errors import ObservationError
+from probe.checks.meshcall import MeshResponse, call
+from probe.errors import ObservationError, ProtocolViolation
 from probe.model import Expect, Protocol
 from probe.results import Result, Verdict
-from probe.xfcc import XfccError, parse_xfcc
+from probe.spiffe import SpiffeIdError, parse_spiffe_id
+from probe.xfcc import XfccElement, XfccError, format_element, parse_xfcc
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
+
+MAX_EVIDENCE_ELEMENTS = 8
+FORGED_NS = "mtlsprobe-forged"
+
+
+def forged_element(trust_domain: str, target: Target, marker: str) -> XfccElement:
+    """An element shaped exactly like the server sidecar's, claiming a marker identity."""
+    ns = "default"
+    if target.identity is not None:
+        with contextlib.suppress(SpiffeIdError):
+            ns = parse_spiffe_id(target.identity).namespace or ns
+    elif "/" in target.name:
+        ns = target.name.split("/", 1)[0]
+    return XfccElement(
+        by=(f"spiffe://{trust_domain}/ns/{ns}/sa/forged-{marker}",),
+        hash=secrets.token_hex(32),
+        subject="",
+        uri=(f"spiffe://{trust_domain}/ns/{FORGED_NS}/sa/{marker}",),
+    )
+
+
+def judge(marker: str, resp: MeshResponse) -> tuple[Verdict, str, str, dict[str, object]]:
+    """Pure: (verdict, observed, reason, evidence). Raises ObservationError when the
+    response cannot show what reached the app."""
+    if resp.sidecar_error is not None:
+        raise ObservationError(
+            f"could not observe: the call did not reach the app ({resp.sidecar_meaning}: "
+            f"HTTP {resp.status} from the sidecar: {resp.sidecar_error})"
+        )
+    if resp.echo is None:
+        raise ProtocolViolation(
+            f"HTTP {resp.status} but not the echo responder's JSON: cannot see the headers "
+            "that reached the app"
+        )
+    ev: dict[str, object] = {"status": resp.status, "xfcc_values": len(resp.xfcc)}
+    joined = ",".join(resp.xfcc)
+    try:
+        elements: list[XfccElement] | None = parse_xfcc(joined) if joined.strip() else []
+    except XfccError as exc:
+        elements = None
+        ev["xfcc_error"] = str(exc)
+    if elements is not None:
+        ev["xfcc_elements"] = [e.summary() for e in elements[-MAX_EVIDENCE_ELEMENTS:]]
+    if marker not in joined:
+        if elements is None:
+            reason = "the forged element did not reach the app (its XFCC is malformed otherwise)"
+        elif elements:
+            reason = (
+                f"the forged element never reached the app; it got {len(elements)} genuine "
+                f"element(s), the last By={'/'.join(elements[-1].by) or '?'}"
+            )
+        else:
+            reason = "the forged element never reached the app (no XFCC at all)"
+        return Verdict.PASS, "forged XFCC dropped", reason, ev
+    if elements is None:
+        return (
+            Verdict.FAIL,
+            "forged XFCC forwarded",
+            "the forged identity reached the app inside a malformed XFCC header",
+            ev,
+        )
+    hits = [i for i, e in enumerate(elements) if any(marker in v for v in e.identities())]
+    ev["forged_positions"] = hits
+    if hits and hits[-1] == len(elements) - 1:
+        return (
+            Verdict.FAIL,
+            "forged XFCC trusted",
+            "the forged identity reached the app as the LAST (trusted) XFCC element: the app "
+            "would believe whoever sends the header (the server's inbound forwards client XFCC "
+            "instead of appending its own element)",
+            ev,
+        )
+    return (
+        Verdict.FAIL,
+        "forged XFCC forwarded",
+        f"the forged identity reached the app at element {hits[0] + 1 if hits else '?'} of "
+        f"{len(elements)}, before the genuine one: apps reading the first element are fooled "
+        "(the client side forwards the app's XFCC; Istio's outbound sanitizes it)",
+        ev,
+    )
 
 
 class XfccSpoofCheck(Check):
@@ -28,57 +119,24 @@ class XfccSpoofCheck(Check):
             return "tcp port: no HTTP headers to forge"
         if not target.echo:
             return "target does not reflect headers (echo: false): cannot see what arrives"
-        if target.expect not in (Expect.STRICT, Expect.PERMISSIVE):
-            return f"{target.expect.value}: no server sidecar appends XFCC at this port"
+        if target.expect is Expect.NONE:
+            return "no server sidecar: nothing strips a forged XFCC; the app must not trust it"
         return None
 
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
         assert target is not None
-        td = ctx.targets.trust_domain
-        marker = f"forged-{secrets.token_hex(6)}"
-        forged = f"spiffe://{td}/ns/mtlsprobe-forged/sa/{marker}"
-        by = target.identity or f"spiffe://{td}/ns/mtlsprobe-forged/sa/server"
-        header = f'By={by};Hash={"0" * 64};Subject="";URI={forged}'
-        resp = call(ctx, target, {"x-forwarded-client-cert": header})
-        evidence: dict[str, object] = {"status": resp.status, "marker": forged}
-        if resp.sidecar_error:
-            raise ObservationError(f"could not observe: {resp.sidecar_error}")
-        if resp.echo is None:
-            raise ObservationError(
-                f"HTTP {resp.status} but not the echo responder's JSON: cannot see the headers"
-            )
-        joined = ",".join(resp.xfcc)
-        evidence["xfcc_values"] = len(resp.xfcc)
-        expected, observed = "forged XFCC dropped", "forged XFCC dropped"
-        if marker not in joined:
-            return make_result(
-                self.name,
-                target,
-                None,
-                Verdict.PASS,
-                "the forged XFCC element never reached the app",
-                expected=expected,
-                observed=observed,
-                evidence=evidence,
-            )
-        try:
-            elements = parse_xfcc(joined)
-            last_forged = marker in "".join(elements[-1].uri + elements[-1].by)
-        except XfccError:
-            last_forged = False
-        observed = "forged XFCC trusted" if last_forged else "forged XFCC forwarded"
-        where = (
-            "as the LAST (trusted) element: the app would believe the forged identity"
-            if last_forged
-            else "before the genuine element: apps that read the first element can be fooled"
-        )
+        marker = secrets.token_hex(8)
+        forged = forged_element(ctx.targets.trust_domain, target, marker)
+        resp = call(ctx, target, {"x-forwarded-client-cert": format_element(forged)})
+        verdict, observed, reason, evidence = judge(marker, resp)
+        evidence = {"forged": forged.summary(), **evidence}
         return make_result(
             self.name,
             target,
             None,
-            Verdict.FAIL,
-            f"the forged identity {forged} reached the app {where}",
-            expected=expected,
+            verdict,
+            reason,
+            expected="forged XFCC dropped",
             observed=observed,
             evidence=evidence,
         )
