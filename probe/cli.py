@@ -223,7 +223,13 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
 def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
     from probe.report import render
 
-    colour = fmt == "table" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
+    colour = (
+        fmt == "table"
+        and sys.stdout.isatty()
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM") != "dumb"
+    )
     sys.stdout.write(render(results, fmt, colour=colour))
     sys.stdout.flush()
     if out is not None:

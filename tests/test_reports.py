@@ -187,10 +187,15 @@ def test_table_is_coloured_on_a_terminal_unless_no_color(tmp_path: Path) -> None
             ],
         )
         args = ["-f", str(f), "--checks", "plaintext"]
-        coloured = run_on_a_tty(args, clean_env())
-        plain = run_on_a_tty(args, {**clean_env(), "NO_COLOR": "1"})
+        env = {**clean_env(), "TERM": "xterm"}
+        coloured = run_on_a_tty(args, env)
+        empty_no_color = run_on_a_tty(args, {**env, "NO_COLOR": ""})  # empty: not set
+        plain = run_on_a_tty(args, {**env, "NO_COLOR": "1"})
+        dumb = run_on_a_tty(args, {**env, "TERM": "dumb"})
     assert "\x1b[31;1mFAIL" in coloured and "\x1b[32mPASS" in coloured
+    assert "\x1b[31;1mFAIL" in empty_no_color
     assert "FAIL" in plain and ESC not in plain
+    assert "FAIL" in dumb and ESC not in dumb
 
 
 def hostile_status_line(conn: socket.socket) -> None:
