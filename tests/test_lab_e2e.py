@@ -92,7 +92,7 @@ def test_healthy_mesh_proves_both_identities(healthy: LabRun) -> None:
 
 
 def test_healthy_tcp_port_skips_http_only_checks(healthy: LabRun) -> None:
-    assert _by(healthy, "mesh", "payments/ledger:5432") == [Verdict.SKIP]
+    assert _by(healthy, "mesh", "payments/ledger:5432") == [Verdict.PASS]  # CONNECT round trip
     assert _by(healthy, "xfcc-spoof", "payments/ledger:5432") == [Verdict.SKIP]
     assert _by(healthy, "peer-cert", "payments/ledger:5432") == [Verdict.PASS, Verdict.PASS]
 

@@ -13,6 +13,9 @@ Verdicts, by what the target's port is expected to do:
 - The sidecar answering itself (503 ``reset reason: …``, 502) is a fail carrying
   Envoy's words; ``RBAC: access denied`` and upstream timeouts are errors (the mTLS
   layer was not what stopped the call, so nothing about it was observed).
+- tcp ports: bytes written through the sidecar (an HTTP CONNECT tunnel with an
+  explicit ``sidecarProxy``) must come back from a tcp echo; identity is not
+  observable there (no XFCC), the reason says so.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, call
+from probe.checks.meshcall import MeshResponse, TcpMeshResponse, call, tcp_call
 from probe.model import Expect, Protocol
 from probe.results import Result, Verdict
 from probe.xfcc import XfccError, parse_xfcc
@@ -147,24 +150,70 @@ def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgemen
     )
 
 
+def judge_tcp(target: Target, resp: TcpMeshResponse) -> Judgement:
+    """Pure: a tcp port has no XFCC, so the round trip is all there is to see. Our own
+    bytes coming back from an echo target prove the path through both sidecars works;
+    identity on tcp ports is the peer-cert check's job."""
+    ev: dict[str, Any] = {"connect_status": resp.connect_status, "reply_bytes": len(resp.reply)}
+    meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
+    how = "through the sidecar" + (" (mTLS between the sidecars)" if meshed else "")
+    if resp.sidecar_error is not None:
+        ev["sidecar_error"] = resp.sidecar_error
+        words = f"{resp.sidecar_meaning}: {resp.sidecar_error}"
+        if "timeout" in resp.sidecar_error.lower():
+            return Judgement(Verdict.ERROR, "upstream timeout", f"could not observe: {words}", ev)
+        return Judgement(Verdict.FAIL, "sidecar error", words, ev)
+    if resp.closed:
+        if target.echo:
+            return Judgement(
+                Verdict.FAIL,
+                "closed without reply",
+                f"the tcp echo never answered {how}: the connection was closed right after our "
+                "bytes (the server side refused what the client sidecar sent)",
+                ev,
+            )
+        return Judgement(
+            Verdict.ERROR,
+            "closed without reply",
+            "the connection was closed after our bytes with no reply; the app may close on "
+            "unknown input, so who closed it cannot be told (an echo target would show it)",
+            ev,
+        )
+    if resp.echoed:
+        note = (
+            "identity not observable on a tcp port (no XFCC): peer-cert shows the server's"
+            if meshed
+            else f"{target.expect.value}: plaintext expected"
+        )
+        return Judgement(Verdict.PASS, "tcp round trip", f"our bytes came back {how}; {note}", ev)
+    if target.echo:
+        return Judgement(
+            Verdict.ERROR,
+            "unexpected reply",
+            f"{len(resp.reply)} bytes came back that are not our own: not the tcp echo "
+            "(is echo: true right for this target?)",
+            ev,
+        )
+    return Judgement(
+        Verdict.PASS,
+        "tcp reply",
+        f"the app answered {len(resp.reply)} bytes {how}; identity not observable on a tcp port",
+        ev,
+    )
+
+
 class MeshCheck(Check):
     name = "mesh"
     scope: ClassVar[Scope] = Scope.TARGET
     summary = "calls through the sidecar arrive over mTLS with the expected identities"
 
-    def skip_reason(self, ctx: RunContext, target: Target | None) -> str | None:
-        assert target is not None
-        if target.protocol is Protocol.TCP:
-            return (
-                "tcp port: the mesh call is HTTP; plaintext, peer-cert and foreign-client "
-                "cover this port"
-            )
-        return None
-
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
         assert target is not None
         source_id = ctx.targets.source.identity
-        j = judge(target, source_id, call(ctx, target))
+        if target.protocol is Protocol.TCP:
+            j = judge_tcp(target, tcp_call(ctx, target))
+        else:
+            j = judge(target, source_id, call(ctx, target))
         return make_result(
             self.name,
             target,
