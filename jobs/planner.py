@@ -114,7 +114,7 @@ class Requirements:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodInfo:
     name: str
     namespace: str
@@ -139,7 +139,7 @@ class PodInfo:
         return self.has_sidecar or self.ambient
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Inbound:
     """One inbound (pod, target port) and the mode its proxy must enforce."""
 
@@ -150,7 +150,7 @@ class Inbound:
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Edge:
     target: str
     service: str
@@ -227,7 +227,8 @@ class _Builder:
     def policy(self, pod: KubeObject) -> WorkloadPolicy:
         got = self._policy.get(id(pod))
         if got is None:
-            got = self.pa.for_workload(namespace(pod), self.info(pod).labels)
+            pi = self.info(pod)
+            got = self.pa.for_workload(pi.namespace, pi.labels)
             self._policy[id(pod)] = got
         return got
 
@@ -277,7 +278,9 @@ class _Builder:
                     cond = ep.get("conditions") if isinstance(ep.get("conditions"), dict) else {}
                     if cond.get("ready") is False:
                         continue
-                    tref = ep.get("targetRef") if isinstance(ep.get("targetRef"), dict) else {}
+                    tref = ep.get("targetRef")
+                    if type(tref) is not dict:
+                        tref = {}
                     pod = self.pods.get(f"{tref.get('namespace') or ns}/{tref.get('name')}")
                     if tref.get("kind") != "Pod" or pod is None:
                         self.findings.append(
@@ -399,13 +402,17 @@ class _Builder:
                         host=host,
                         port=port,
                         expect=expect,
-                        endpoints=tuple(sorted(set(eps), key=str)),
+                        endpoints=tuple(sorted(set(eps), key=_endpoint_order)),
                         identity=f"spiffe://{self.snap.trust_domain}/ns/{ns}/sa/{sa}",
                         protocol=protocol,
                         echo=echo,
                     )
                 )
         return targets
+
+
+def _endpoint_order(e: Endpoint) -> tuple[str, int]:
+    return (e.host, e.port)
 
 
 def _retarget(e: Edge, target: str) -> Edge:

@@ -124,6 +124,9 @@ class FakeKube:
     istio: bool = True
     user: str = DEFAULT_USER
     delay: float = 0.0
+    # Benchmarks: objects never change in place after loading, so each list item is
+    # JSON-encoded once and pages are joined bytes (the fake should not be the bottleneck).
+    encode_once: bool = False
     calls: list[Call] = field(default_factory=list)
     resources: dict[tuple[str, str], Resource] = field(default_factory=dict)
     # (group, plural) -> namespace ("" for cluster-scoped) -> name -> object
@@ -132,6 +135,9 @@ class FakeKube:
     _forbidden: set[tuple[str, str, str]] = field(default_factory=set)
     _rv: Iterator[int] = field(default_factory=lambda: itertools.count(1000))
     _sorted: dict[tuple[str, str, str | None], list[Obj]] = field(default_factory=dict)
+    _encoded: dict[tuple[str, str, str | None, str], tuple[list[Obj], list[bytes]]] = field(
+        default_factory=dict
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
@@ -244,7 +250,8 @@ class FakeKube:
 
     # -- request handling ------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, Obj]:
+    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, Any]:
+        """(HTTP status, answer): a JSON object, or already-encoded JSON bytes."""
         parts = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         with self._lock:
@@ -346,7 +353,9 @@ class FakeKube:
             out.pop("kind", None)
         return out
 
-    def _list(self, r: Resource, version: str, ns: str | None, query: dict[str, str]) -> Obj:
+    def _list(
+        self, r: Resource, version: str, ns: str | None, query: dict[str, str]
+    ) -> Obj | bytes:
         with self._lock:
             key = (r.group, r.plural, ns)
             items = self._sorted.get(key)
@@ -371,6 +380,26 @@ class FakeKube:
                 json.dumps({"v": "meta.k8s.io/v1", "rv": int(rv), "start": end}).encode()
             ).decode()
             meta["remainingItemCount"] = len(items) - end
+        if self.encode_once and not sel:
+            ekey = (r.group, r.plural, ns, version)
+            cached = self._encoded.get(ekey)
+            if cached is None or cached[0] is not items:  # a write made a new sorted list
+                enc = [
+                    json.dumps(
+                        self._out(r, version, i, keep_type=False), separators=(",", ":")
+                    ).encode()
+                    for i in items
+                ]
+                cached = self._encoded[ekey] = (items, enc)
+            head = json.dumps(
+                {
+                    "kind": f"{r.kind}List",
+                    "apiVersion": _api_version(r.group, version),
+                    "metadata": meta,
+                },
+                separators=(",", ":"),
+            ).encode()
+            return head[:-1] + b',"items":[' + b",".join(cached[1][start:end]) + b"]}"
         return {
             "kind": f"{r.kind}List",
             "apiVersion": _api_version(r.group, version),
@@ -405,11 +434,13 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         code, doc = kube.handle(self.command, self.path, body)
-        # A str answer is a plain-text body (pod logs); everything else is JSON.
+        # A str answer is a plain-text body (pod logs); bytes are encoded JSON already.
         text = isinstance(doc, str)
         data = (
             doc.encode()
             if isinstance(doc, str)
+            else doc
+            if isinstance(doc, bytes)
             else json.dumps(doc, separators=(",", ":")).encode()
         )
         try:

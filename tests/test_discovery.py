@@ -280,3 +280,14 @@ def test_cli_forbidden_exits_64(
     assert cli_main(["plan", "--kubeconfig", _kubeconfig(kube, tmp_path)]) == 64
     err = capsys.readouterr().err
     assert "may not list services in API group ''" in err and err.count("\n") == 1
+
+
+def test_encode_once_serves_the_same_lists(kube: FakeKube) -> None:
+    plain = discover(kube.api_client(), Options(page_size=2))
+    kube.encode_once = True
+    cached = discover(kube.api_client(), Options(page_size=2))
+    assert (cached.pods, cached.services, cached.peerauthentications) == (
+        plain.pods,
+        plain.services,
+        plain.peerauthentications,
+    )
