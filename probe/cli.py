@@ -159,7 +159,7 @@ def _main(args: argparse.Namespace) -> int:
     try:
         try:
             checks = [load_check(n) for n in names]
-            not_ready = _sidecar_not_ready(args)
+            not_ready = _sidecar_not_ready(args, stop)
             if not_ready is None:
                 results = run_checks(checks, ctx, stop=stop)
             else:
@@ -189,12 +189,12 @@ def _shard(args: argparse.Namespace, targets: TargetsFile, names: list[str]) -> 
     return shard.select(targets, *chosen, by_endpoint=shard.by_endpoint(scopes))
 
 
-def _sidecar_not_ready(args: argparse.Namespace) -> str | None:
+def _sidecar_not_ready(args: argparse.Namespace, stop: threading.Event) -> str | None:
     if args.wait_for_sidecar is None:
         return None
     from probe.sidecar import wait_ready
 
-    return wait_ready(args.sidecar_ready_url, args.wait_for_sidecar)
+    return wait_ready(args.sidecar_ready_url, args.wait_for_sidecar, stop=stop)
 
 
 def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Result]:

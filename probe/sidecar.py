@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,13 +75,19 @@ def _request(method: str, url: str, timeout: float) -> int:
         conn.close()
 
 
-def wait_ready(url: str, budget: float, interval: float = 0.25) -> str | None:
+def wait_ready(
+    url: str, budget: float, interval: float = 0.25, stop: threading.Event | None = None
+) -> str | None:
     """Poll ``url`` until it answers 200 or ``budget`` seconds pass. ``None`` when ready,
-    else the reason with the last thing seen (so the error says why)."""
+    else the reason with the last thing seen (so the error says why). ``stop`` (SIGTERM)
+    ends the wait early: the run must stop within its bound, not after the budget."""
     deadline = time.monotonic() + budget
     last = "no answer"
+    stop = stop or threading.Event()
     while True:
         left = deadline - time.monotonic()
+        if stop.is_set():
+            return f"stopped while waiting for the sidecar ({url}: {last})"
         if left <= 0:
             return f"{NOT_READY} within {budget:g}s ({url}: {last})"
         try:
@@ -90,7 +97,7 @@ def wait_ready(url: str, budget: float, interval: float = 0.25) -> str | None:
             last = f"HTTP {status}"
         except (OSError, http.client.HTTPException) as exc:
             last = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
-        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+        stop.wait(max(0.0, min(interval, deadline - time.monotonic())))
 
 
 def quit_sidecar(url: str, timeout: float = 3.0) -> str | None:
