@@ -1,0 +1,270 @@
+"""The Kubernetes objects of one ``mtlsprobe run``, as plain API bodies. Pure: no I/O.
+
+Per source namespace: one ConfigMap holding the targets file, and two Jobs owned by
+it (deleting the ConfigMap cascades to the Jobs, and Jobs own their pods):
+
+- ``sidecar``: injected (label ``sidecar.istio.io/inject: "true"``), checks that go
+  through the probe's own sidecar (mesh, xfcc-spoof, self); waits for the sidecar and
+  stops it on exit (``--quit-sidecar``), or runs it as a native sidecar.
+- ``plain``: not injected (label ``sidecar.istio.io/inject: "false"``), checks that
+  need a raw connection to the pod IP (plaintext, peer-cert, foreign-client).
+
+Every pod meets the ``restricted`` Pod Security Standard and mounts the mesh root
+from Istio's ``istio-ca-root-cert`` ConfigMap for the chain checks. Above a threshold
+a Job is Indexed: each index probes its shard (``--shards N`` + JOB_COMPLETION_INDEX).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from probe.model import Source, TargetsFile
+
+Obj = dict[str, Any]
+
+LABEL_RUN = "mtlsprobe.dev/run-id"
+LABEL_ROLE = "mtlsprobe.dev/role"
+LABEL_SHARDS = "mtlsprobe.dev/shards"
+INJECT_LABEL = "sidecar.istio.io/inject"
+NATIVE_ANNOTATION = "sidecar.istio.io/nativeSidecar"
+CONTAINER = "probe"
+TARGETS_KEY = "targets.yaml"
+TARGETS_DIR = "/etc/mtlsprobe"
+TARGETS_PATH = f"{TARGETS_DIR}/{TARGETS_KEY}"
+ROOT_CONFIGMAP = "istio-ca-root-cert"
+ROOT_KEY = "root-cert.pem"
+ROOT_DIR = f"{TARGETS_DIR}/root"
+ENVOY_ADMIN = "http://127.0.0.1:15000"
+TMP = "/tmp"  # noqa: S108  # an emptyDir: the root filesystem is read-only
+RUN_AS = 65532  # "nonroot" in distroless-style images; numeric so kubelet can verify it
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    checks: tuple[str, ...]
+    sidecar: bool
+
+
+ROLES: tuple[Role, ...] = (
+    Role("sidecar", ("mesh", "xfcc-spoof", "self"), sidecar=True),
+    Role("plain", ("plaintext", "peer-cert", "foreign-client"), sidecar=False),
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the flags decided, shared by every object of the run."""
+
+    run_id: str
+    image: str
+    service_account: str = "mtlsprobe"
+    deadline: int = 300  # activeDeadlineSeconds of each Job
+    ttl: int = 600  # ttlSecondsAfterFinished: the cluster cleans up if we cannot
+    sidecar_wait: float = 60.0
+    native_sidecar: bool = False
+    timeout: float = 5.0  # per network operation in the probe
+    root_cert: bool = True  # mount istio-ca-root-cert and chain-check against it
+    cpu_request: str = "50m"
+    cpu_limit: str = "500m"
+    memory_request: str = "64Mi"
+    memory_limit: str = "256Mi"
+
+
+def configmap_name(run_id: str) -> str:
+    return f"mtlsprobe-{run_id}"
+
+
+def job_name(run_id: str, role: str) -> str:
+    return f"mtlsprobe-{run_id}-{role}"
+
+
+def labels(spec: RunSpec, role: str | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "mtlsprobe",
+        "app.kubernetes.io/component": "probe",
+        "app.kubernetes.io/managed-by": "mtlsprobe-run",
+        LABEL_RUN: spec.run_id,
+    }
+    if role is not None:
+        out[LABEL_ROLE] = role
+    return out
+
+
+def run_selector(run_id: str) -> str:
+    return f"{LABEL_RUN}={run_id}"
+
+
+def pod_targets(plan: TargetsFile, namespace: str, spec: RunSpec) -> TargetsFile:
+    """The plan as the probe pods in ``namespace`` see it: their own SPIFFE ID (the
+    mesh checks match it against XFCC), their sidecar's admin for ``self``, the root."""
+    identity = f"spiffe://{plan.trust_domain}/ns/{namespace}/sa/{spec.service_account}"
+    root = Path(ROOT_DIR, ROOT_KEY) if spec.root_cert else None  # a path inside the pod
+    return replace(
+        plan, source=Source(identity=identity, sidecar_admin=ENVOY_ADMIN), root_cert_file=root
+    )
+
+
+def configmap(spec: RunSpec, namespace: str, targets_yaml: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(spec.run_id),
+            "namespace": namespace,
+            "labels": labels(spec),
+        },
+        "data": {TARGETS_KEY: targets_yaml},
+    }
+
+
+def shard_count(work: int, threshold: int) -> int:
+    """Shards for ``work`` units (endpoints) at most ``threshold`` per shard."""
+    if threshold < 1 or work <= threshold:
+        return 1
+    return math.ceil(work / threshold)
+
+
+def probe_args(role: Role, checks: tuple[str, ...], spec: RunSpec, shards: int) -> list[str]:
+    args = ["check", "-f", TARGETS_PATH, "--checks", ",".join(checks), "-o", "jsonl"]
+    args += ["--timeout", f"{spec.timeout:g}"]
+    if role.sidecar:
+        args += ["--wait-for-sidecar", f"{spec.sidecar_wait:g}"]
+        if not spec.native_sidecar:
+            args.append("--quit-sidecar")
+    if shards > 1:
+        args += ["--shards", str(shards)]
+    return args
+
+
+def _security_context() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def job(
+    spec: RunSpec,
+    namespace: str,
+    role: Role,
+    checks: tuple[str, ...],
+    owner: Obj,
+    *,
+    shards: int = 1,
+    parallelism: int = 4,
+) -> Obj:
+    """One probe Job. ``owner`` is the run's ConfigMap as created (name and uid)."""
+    pod_labels = labels(spec, role.name)
+    pod_labels[INJECT_LABEL] = "true" if role.sidecar else "false"
+    annotations: dict[str, str] = {}
+    if role.sidecar:
+        # Envoy first, then the probe; --wait-for-sidecar still guards the window.
+        annotations["proxy.istio.io/config"] = '{"holdApplicationUntilProxyStarts": true}'
+        if spec.native_sidecar:
+            annotations[NATIVE_ANNOTATION] = "true"
+    volumes: list[Obj] = [
+        {
+            "name": "targets",
+            "configMap": {
+                "name": configmap_name(spec.run_id),
+                "items": [{"key": TARGETS_KEY, "path": TARGETS_KEY}],
+            },
+        },
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    mounts: list[Obj] = [
+        {"name": "targets", "mountPath": TARGETS_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": TMP},
+    ]
+    if spec.root_cert:
+        volumes.append(
+            {
+                "name": "mesh-root",
+                "configMap": {
+                    "name": ROOT_CONFIGMAP,
+                    "items": [{"key": ROOT_KEY, "path": ROOT_KEY}],
+                },
+            }
+        )
+        mounts.append({"name": "mesh-root", "mountPath": ROOT_DIR, "readOnly": True})
+    container: Obj = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["mtlsprobe"],
+        "args": probe_args(role, checks, spec, shards),
+        "env": [
+            {"name": "HOME", "value": TMP},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "resources": {
+            "requests": {"cpu": spec.cpu_request, "memory": spec.memory_request},
+            "limits": {"cpu": spec.cpu_limit, "memory": spec.memory_limit},
+        },
+        "securityContext": _security_context(),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    job_spec: Obj = {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": spec.deadline,
+        "ttlSecondsAfterFinished": spec.ttl,
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": annotations},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": spec.service_account,
+                # The probe never talks to the API server; Istio uses its own projected token.
+                "automountServiceAccountToken": False,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": RUN_AS,
+                    "runAsGroup": RUN_AS,
+                    "fsGroup": RUN_AS,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [container],
+                "volumes": volumes,
+            },
+        },
+    }
+    if shards > 1:
+        job_spec.update(
+            completionMode="Indexed",
+            completions=shards,
+            parallelism=max(1, min(parallelism, shards)),
+        )
+    job_labels = labels(spec, role.name)
+    job_labels[LABEL_SHARDS] = str(shards)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(spec.run_id, role.name),
+            "namespace": namespace,
+            "labels": job_labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": owner["metadata"]["name"],
+                    "uid": owner["metadata"]["uid"],
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,426 @@
+"""The fake API server plus a Job controller, scheduler and kubelet, for ``mtlsprobe run``.
+
+``JobKube`` serves what ``tests.fakekube.FakeKube`` serves, plus:
+
+- ``pods/{name}/log`` (plain text, 403-able with ``forbid("get", "pods/log")``);
+- garbage collection on delete: ``propagationPolicy=Background|Foreground`` deletes
+  the objects owned (``ownerReferences``) by what was deleted; without it a Job's
+  pods are orphaned, as batch/v1 does by default;
+- a controller thread: every new Job gets one pod per completion index (labels from
+  the template, ``job-name``, the completion-index annotation, an owner reference),
+  and the pod then lives the life ``behaviour(job, index)`` picks:
+
+  ``run``       the kubelet "runs" the container: the REAL ``mtlsprobe check`` from the
+                pod's args, with the pod's volumes materialised from the ConfigMaps in
+                the store (a missing ConfigMap leaves the pod in ContainerCreating);
+                the pod log is its output; a sidecar pod's mesh traffic goes through
+                ``proxy`` (transparent capture) and its pilot-agent is ``agent``;
+  ``oom``       as ``run``, but the log is cut in half and the container OOMKilled (137);
+  ``crash``     the container dies at once (exit 139), a traceback-ish log;
+  ``image``     ErrImagePull / ImagePullBackOff;
+  ``unschedulable``  PodScheduled=False, Unschedulable;
+  ``none``      no pod at all (e.g. rejected by admission).
+
+Jobs get Complete / Failed conditions as the Job controller sets them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from tests.fakekube import Call, FakeKube, status_body
+
+Obj = dict[str, Any]
+ROOT = Path(__file__).resolve().parent.parent
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+# (verb, group, resource, namespace or "" for cluster scope)
+ApiCall = tuple[str, str, str, str]
+
+
+@dataclass
+class JobKube(FakeKube):
+    behaviour: Callable[[Obj, int], str] = field(default=lambda job, index: "run")
+    proxy: str | None = None  # the sidecar pods' capture (an HTTP proxy)
+    admin: str | None = None  # the sidecar pods' Envoy admin
+    agent: str | None = None  # the sidecar pods' pilot-agent (15021/15020)
+    logs: dict[tuple[str, str], str] = field(default_factory=dict)
+    probe_runs: list[list[str]] = field(default_factory=list)
+    _seen: set[str] = field(default_factory=set)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> JobKube:
+        super().start()
+        self._tmp = tempfile.TemporaryDirectory(prefix="fakekubelet-")
+        t = threading.Thread(target=self._controller, name="fake-job-controller", daemon=True)
+        t.start()
+        self._workers.append(t)
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        for t in self._workers:
+            t.join(timeout=30)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> JobKube:
+        return self.start()
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, Any]:
+        parts = urlsplit(raw_path)
+        seg = [s for s in parts.path.split("/") if s]
+        if (
+            method == "GET"
+            and len(seg) == 7
+            and seg[:3] == ["api", "v1", "namespaces"]
+            and seg[4] == "pods"
+            and seg[6] == "log"
+        ):
+            query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            with self._lock:
+                self.calls.append(Call(method, parts.path, query))
+            ns, pod = seg[3], seg[5]
+            if ("get", "", "pods/log") in self._forbidden:
+                return 403, status_body(
+                    403,
+                    "Forbidden",
+                    f'pods "{pod}" is forbidden: User "{self.user}" cannot get resource '
+                    f'"pods/log" in API group "" in the namespace "{ns}"',
+                    {"name": pod, "kind": "pods"},
+                )
+            if pod not in self.store[("", "pods")].get(ns, {}):
+                return 404, status_body(404, "NotFound", f'pods "{pod}" not found')
+            return 200, self.logs.get((ns, pod), "")
+        code, doc = super().handle(method, raw_path, body)
+        if method == "DELETE" and code == 200 and isinstance(doc, dict):
+            policy = parse_qs(parts.query).get("propagationPolicy", [""])[-1]
+            if not policy:
+                try:
+                    policy = str(json_body(body).get("propagationPolicy") or "")
+                except ValueError:
+                    policy = ""
+            if policy in ("Background", "Foreground"):
+                self._collect_garbage({doc["metadata"]["uid"]})
+        return code, doc
+
+    def _collect_garbage(self, gone: set[str]) -> None:
+        while gone:
+            owned: set[str] = set()
+            with self._lock:
+                for buckets in self.store.values():
+                    for objs in buckets.values():
+                        for name, obj in list(objs.items()):
+                            refs = obj["metadata"].get("ownerReferences") or []
+                            if any(r.get("uid") in gone for r in refs):
+                                owned.add(obj["metadata"]["uid"])
+                                del objs[name]
+                self._sorted.clear()
+            gone = owned
+
+    # -- the RBAC a run needs ------------------------------------------------------------------
+
+    def api_calls(self) -> set[ApiCall]:
+        """Every (verb, group, resource, namespace) requested so far ("" = cluster scope)."""
+        out: set[ApiCall] = set()
+        for c in self.calls:
+            seg = [s for s in c.path.split("/") if s]
+            if seg[:1] == ["api"]:
+                group, rest = "", seg[2:]
+            elif seg[:1] == ["apis"] and len(seg) >= 3:
+                group, rest = seg[1], seg[3:]
+            else:
+                continue
+            ns = ""
+            if len(rest) >= 3 and rest[0] == "namespaces":
+                ns, rest = rest[1], rest[2:]
+            if not rest:
+                continue
+            resource = rest[0] + (f"/{rest[2]}" if len(rest) == 3 else "")
+            named = len(rest) >= 2
+            verb = {
+                "GET": "get" if named else ("watch" if c.query.get("watch") else "list"),
+                "POST": "create",
+                "DELETE": "delete" if named else "deletecollection",
+                "PUT": "update",
+                "PATCH": "patch",
+            }[c.method]
+            out.add((verb, group, resource, ns))
+        return out
+
+    def run_objects(self, run_label: str = "mtlsprobe.dev/run-id") -> list[str]:
+        """Objects carrying a run label (anything a run left behind)."""
+        out: list[str] = []
+        with self._lock:
+            for (_, plural), buckets in self.store.items():
+                for ns, objs in buckets.items():
+                    for name, obj in objs.items():
+                        if run_label in (obj["metadata"].get("labels") or {}):
+                            out.append(f"{plural}/{ns}/{name}")
+        return sorted(out)
+
+    def objects(self, plural: str, group: str = "") -> list[Obj]:
+        with self._lock:
+            return [
+                copy.deepcopy(o)
+                for objs in self.store[(group, plural)].values()
+                for o in objs.values()
+            ]
+
+    # -- the controller -------------------------------------------------------------------------
+
+    def _controller(self) -> None:
+        while not self._stop.wait(0.05):
+            for job in self.objects("jobs", "batch"):
+                uid = job["metadata"]["uid"]
+                if uid in self._seen:
+                    continue
+                self._seen.add(uid)
+                spec = job["spec"]
+                count = int(spec.get("completions") or 1)
+                indexed = spec.get("completionMode") == "Indexed"
+                for index in range(count):
+                    kind = self.behaviour(job, index)
+                    if kind == "none":
+                        continue
+                    pod = self._new_pod(job, index if indexed else None)
+                    t = threading.Thread(
+                        target=self._kubelet, args=(job, pod, index, kind), daemon=True
+                    )
+                    t.start()
+                    self._workers.append(t)
+
+    def _new_pod(self, job: Obj, index: int | None) -> Obj:
+        tpl = job["spec"]["template"]
+        md = job["metadata"]
+        labels = dict(tpl["metadata"].get("labels") or {})
+        labels["job-name"] = md["name"]
+        ann = dict(tpl["metadata"].get("annotations") or {})
+        if index is not None:
+            ann[INDEX] = str(index)
+            labels[INDEX] = str(index)
+        name = f"{md['name']}-{'' if index is None else f'{index}-'}{uuid.uuid4().hex[:5]}"
+        return self.add(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": md["namespace"],
+                    "labels": labels,
+                    "annotations": ann,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "batch/v1",
+                            "kind": "Job",
+                            "name": md["name"],
+                            "uid": md["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": copy.deepcopy(tpl["spec"]),
+                "status": {"phase": "Pending"},
+            }
+        )
+
+    def _set_status(self, pod: Obj, status: Obj) -> bool:
+        """Replace a pod's status; False when the pod is gone (deleted meanwhile)."""
+        md = pod["metadata"]
+        with self._lock:
+            cur = self.store[("", "pods")].get(md["namespace"], {}).get(md["name"])
+            if cur is None:
+                return False
+            cur["status"] = status
+            cur["metadata"]["resourceVersion"] = str(next(self._rv))
+            self._sorted.clear()
+        return True
+
+    def _finish_job(self, job: Obj, ok: bool, reason: str = "BackoffLimitExceeded") -> None:
+        md = job["metadata"]
+        with self._lock:
+            cur = self.store[("batch", "jobs")].get(md["namespace"], {}).get(md["name"])
+            if cur is None:
+                return
+            st = cur.setdefault("status", {})
+            if any(c.get("type") in ("Complete", "Failed") for c in st.get("conditions") or []):
+                return
+            count = int(cur["spec"].get("completions") or 1)
+            if ok:
+                st["succeeded"] = int(st.get("succeeded") or 0) + 1
+                if st["succeeded"] < count:
+                    return
+                cond = {"type": "Complete", "status": "True"}
+            else:
+                st["failed"] = int(st.get("failed") or 0) + 1
+                msg = "Job has reached the specified backoff limit"
+                cond = {"type": "Failed", "status": "True", "reason": reason, "message": msg}
+            st["conditions"] = [cond]
+            cur["metadata"]["resourceVersion"] = str(next(self._rv))
+            self._sorted.clear()
+
+    def _kubelet(self, job: Obj, pod: Obj, index: int, kind: str) -> None:
+        if self._stop.wait(0.05):
+            return
+        cname = pod["spec"]["containers"][0]["name"]
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if kind == "unschedulable":
+            msg = "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available"
+            cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+            self._set_status(pod, {"phase": "Pending", "conditions": [{**cond, "message": msg}]})
+            return
+        image = pod["spec"]["containers"][0]["image"]
+
+        def waiting(reason: str, message: str) -> Obj:
+            return {
+                "phase": "Pending",
+                "conditions": [{"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [
+                    {
+                        "name": cname,
+                        "ready": False,
+                        "image": image,
+                        "state": {"waiting": {"reason": reason, "message": message}},
+                    }
+                ],
+            }
+
+        if kind == "image":
+            self._set_status(
+                pod, waiting("ErrImagePull", f'failed to pull image "{image}": not found')
+            )
+            time.sleep(0.1)
+            self._set_status(pod, waiting("ImagePullBackOff", f'Back-off pulling image "{image}"'))
+            return
+        files = self._volumes(pod)
+        if files is None:
+            self._set_status(pod, waiting("ContainerCreating", ""))
+            return
+        running = {
+            "phase": "Running",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {"name": cname, "ready": True, "image": image, "state": {"running": {}}}
+            ],
+        }
+        if not self._set_status(pod, running):
+            return
+        if kind == "crash":
+            log, code, reason = "Fatal Python error: Segmentation fault\n", 139, "Error"
+        else:
+            log, code = self._run_probe(pod, files, index)
+            reason = "Completed" if code == 0 else "Error"
+            if kind == "oom":
+                lines = log.splitlines(keepends=True)
+                log, code, reason = "".join(lines[: len(lines) // 2]), 137, "OOMKilled"
+        self.logs[(ns, name)] = log
+        done = {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {
+                    "name": cname,
+                    "ready": False,
+                    "image": image,
+                    "state": {"terminated": {"exitCode": code, "reason": reason}},
+                }
+            ],
+        }
+        if self._set_status(pod, done):
+            self._finish_job(job, code == 0)
+
+    def _volumes(self, pod: Obj) -> dict[str, Path] | None:
+        """ConfigMap volumes as directories (None: a ConfigMap is missing -> no start)."""
+        assert self._tmp is not None
+        ns = pod["metadata"]["namespace"]
+        base = Path(self._tmp.name, pod["metadata"]["name"])
+        mounts = {
+            m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0].get("volumeMounts", [])
+        }
+        out: dict[str, Path] = {}
+        for vol in pod["spec"].get("volumes") or []:
+            cm = vol.get("configMap")
+            if cm is None:
+                continue
+            with self._lock:
+                obj = self.store[("", "configmaps")].get(ns, {}).get(cm["name"])
+            if obj is None:
+                return None
+            d = base / vol["name"]
+            d.mkdir(parents=True)
+            for item in cm.get("items") or [{"key": k, "path": k} for k in obj.get("data", {})]:
+                (d / item["path"]).write_text(obj["data"][item["key"]])
+            out[mounts[vol["name"]]] = d
+        return out
+
+    def _run_probe(self, pod: Obj, files: dict[str, Path], index: int) -> tuple[str, int]:
+        """The container's process: real ``mtlsprobe check``, paths mapped to the volumes."""
+        c = pod["spec"]["containers"][0]
+        sidecar = (pod["metadata"].get("labels") or {}).get("sidecar.istio.io/inject") == "true"
+
+        def local(arg: str) -> str:
+            for mount in sorted(files, key=len, reverse=True):
+                if arg == mount or arg.startswith(mount + "/"):
+                    return str(files[mount]) + arg[len(mount) :]
+            return arg
+
+        args = [local(a) for a in c["args"]]
+        targets_path = Path(args[args.index("-f") + 1])
+        doc = yaml.safe_load(targets_path.read_text())
+        if doc.get("rootCertFile"):
+            doc["rootCertFile"] = local(doc["rootCertFile"])
+        if sidecar:
+            src = doc.setdefault("source", {})
+            if self.proxy:
+                src["sidecarProxy"] = self.proxy
+            if self.admin:
+                src["sidecarAdmin"] = self.admin
+        mine = targets_path.parent.parent / f"pod-{index}.yaml"
+        mine.write_text(yaml.safe_dump(doc))
+        args[args.index("-f") + 1] = str(mine)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MTLSPROBE_")}
+        env["JOB_COMPLETION_INDEX"] = str(index)
+        if self.agent:
+            env["MTLSPROBE_SIDECAR_READY_URL"] = self.agent + "/healthz/ready"
+            env["MTLSPROBE_SIDECAR_QUIT_URL"] = self.agent + "/quitquitquit"
+        self.probe_runs.append(c["args"])
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
+        # kubectl logs shows both streams, interleaved; stderr last is close enough.
+        return proc.stdout + proc.stderr, proc.returncode
+
+
+def json_body(body: bytes) -> Obj:
+    import json
+
+    if not body:
+        return {}
+    doc = json.loads(body)
+    if not isinstance(doc, dict):
+        raise ValueError("not an object")
+    return doc

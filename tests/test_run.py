@@ -1,0 +1,336 @@
+"""``mtlsprobe run`` end to end against the fake API server with a simulated Job
+controller and kubelet (tests/fakekube_jobs.py): the real ``kubernetes`` client, real
+probe Job specs, and pod logs that are real ``mtlsprobe check -o jsonl`` output."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from jobs import cli
+from jobs.jobspec import LABEL_RUN
+from jobs.run import NS, RUN_API_CALLS
+from probe.echo import EchoServer, Listen
+from probe.pki import CertificateAuthority
+from tests import kubebuild as kb
+from tests.fakekube_jobs import JobKube
+from tests.sidecar_standin import SidecarBehaviour, sidecar
+from tests.test_sidecar_lifecycle import Agent, agent  # noqa: F401  # the pilot-agent stand-in
+
+pytestmark = pytest.mark.timeout(120)
+
+PLAIN = "plaintext,peer-cert,foreign-client"
+ALL_BUT_SELF = "plaintext,peer-cert,foreign-client,mesh,xfcc-spoof"
+
+
+@dataclass
+class Env:
+    kube: JobKube
+    kubeconfig: Path
+    echo_port: int
+    tmp: Path
+
+
+@pytest.fixture
+def echo() -> Iterator[int]:
+    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
+        yield srv.addresses[0][1]
+
+
+@pytest.fixture
+def proxy(echo: int) -> Iterator[str]:
+    with sidecar(SidecarBehaviour(mode="plaintext", upstream=("127.0.0.1", echo))) as url:
+        yield url
+
+
+def _cluster(kube: JobKube, port: int, endpoints: int = 1) -> None:
+    root = CertificateAuthority.create_root().root_pem().decode()
+    kube.add_all(
+        [
+            kb.namespace("mtlsprobe"),
+            kb.namespace("ns-a"),
+            kb.namespace("ns-b"),
+            kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
+            kb.configmap("istio-ca-root-cert", "ns-a", {"root-cert.pem": root}),
+            kb.service("echo", "ns-a", {"app": "echo"}, [kb.sport(80, port)]),
+        ]
+    )
+    pods = []
+    for i in range(endpoints):
+        ip = f"127.0.0.{1 + i}"
+        kube.add(
+            kb.pod(
+                f"echo-{i}", "ns-a", {"app": "echo"}, ip=ip, sidecar=False, ports=[("http", port)]
+            )
+        )
+        pods.append((ip, f"echo-{i}", True))
+    kube.add(kb.endpoint_slice("echo-x", "ns-a", "echo", pods, [("http", port)]))
+
+
+@pytest.fixture
+def env(tmp_path: Path, echo: int, proxy: str, agent: Agent) -> Iterator[Env]:  # noqa: F811
+    kube = JobKube(proxy=proxy, agent=agent.url)
+    _cluster(kube, echo)
+    with kube:
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
+        yield Env(kube, cfg, echo, tmp_path)
+
+
+def run(env: Env, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any, str]:
+    argv = ["run", "--kubeconfig", str(env.kubeconfig), "-n", "ns-a", "--poll-interval", "0.1"]
+    code = cli.main([*argv, "-o", "json", *extra])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out.strip() else None, err
+
+
+def probe_results(doc: Any) -> list[dict[str, Any]]:
+    return [r for r in doc["results"] if r["check"] != "policy"]
+
+
+def test_happy_path_jobs_specs_report_and_cleanup(
+    env: Env,
+    capsys: pytest.CaptureFixture[str],
+    agent: Agent,  # noqa: F811
+) -> None:
+    seen_jobs: list[dict[str, Any]] = []
+    original = env.kube.behaviour
+
+    def spy(job: dict[str, Any], index: int) -> str:
+        seen_jobs.append(job)
+        return original(job, index)
+
+    env.kube.behaviour = spy
+    code, doc, err = run(env, capsys, "--checks", ALL_BUT_SELF, "--deadline", "30")
+    assert doc is not None, err
+    assert agent.quits == ["POST"]  # the classic sidecar was told to stop
+    results = probe_results(doc)
+    by_check = {r["check"]: r for r in results}
+    assert set(by_check) == set(ALL_BUT_SELF.split(","))
+    # The echo pod has no sidecar: plaintext is accepted, as expected for NONE.
+    assert by_check["plaintext"]["verdict"] == "pass", by_check["plaintext"]
+    assert by_check["plaintext"]["endpoint"] == f"127.0.0.1:{env.echo_port}"
+    assert by_check["plaintext"]["evidence"]["probePod"].startswith("mtlsprobe/mtlsprobe-")
+    verdicts = {r["verdict"] for r in doc["results"]}
+    assert code == (1 if "fail" in verdicts else 2 if "error" in verdicts else 0)
+    assert "error" not in {r["verdict"] for r in results}, results
+
+    # -- the Job specs as created ----------------------------------------------------------
+    assert {j["metadata"]["name"].rsplit("-", 1)[1] for j in seen_jobs} == {"sidecar", "plain"}
+    for job in seen_jobs:
+        run_id = job["metadata"]["labels"][LABEL_RUN]
+        assert job["metadata"]["namespace"] == "mtlsprobe"
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "ConfigMap"
+        spec = job["spec"]
+        assert spec["backoffLimit"] == 0
+        assert spec["activeDeadlineSeconds"] == 30
+        assert spec["ttlSecondsAfterFinished"] > 0
+        pod = spec["template"]["spec"]
+        tpl_labels = spec["template"]["metadata"]["labels"]
+        assert tpl_labels[LABEL_RUN] == run_id
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and isinstance(psc["runAsUser"], int)
+        assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+        (c,) = pod["containers"]
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsNonRoot"] is True
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        assert {"mountPath": "/tmp", "name": "tmp"} in c["volumeMounts"]
+        assert any(v.get("emptyDir") is not None for v in pod["volumes"])
+        roots = [
+            v
+            for v in pod["volumes"]
+            if (v.get("configMap") or {}).get("name") == "istio-ca-root-cert"
+        ]
+        assert roots and roots[0]["configMap"]["items"] == [
+            {"key": "root-cert.pem", "path": "root-cert.pem"}
+        ]
+        assert c["args"][:3] == ["check", "-f", "/etc/mtlsprobe/targets.yaml"]
+        assert c["args"][c["args"].index("-o") + 1] == "jsonl"
+        assert c["image"].startswith("ghcr.io/mtlsprobe/mtlsprobe:")
+        if job["metadata"]["name"].endswith("-sidecar"):
+            assert tpl_labels["sidecar.istio.io/inject"] == "true"
+            assert c["args"][c["args"].index("--checks") + 1] == "mesh,xfcc-spoof"
+            assert "--wait-for-sidecar" in c["args"] and "--quit-sidecar" in c["args"]
+        else:
+            assert tpl_labels["sidecar.istio.io/inject"] == "false"
+            assert c["args"][c["args"].index("--checks") + 1] == PLAIN
+            assert "--wait-for-sidecar" not in c["args"]
+        assert "completionMode" not in spec  # one endpoint: no sharding
+
+    # -- the targets file the pods read ------------------------------------------------------
+    creates = [c for c in env.kube.calls if c.method == "POST" and c.path.endswith("/configmaps")]
+    assert len(creates) == 1
+    # -- nothing left behind, and GC was asked for ------------------------------------------
+    assert env.kube.run_objects() == []
+    deletes = [c for c in env.kube.calls if c.method == "DELETE"]
+    assert deletes and all(c.query.get("propagationPolicy") == "Background" for c in deletes)
+    # -- RBAC: exactly the declared calls (plus discovery's reads) ---------------------------
+    used = {(v, g, r, NS if ns == "mtlsprobe" else ns) for v, g, r, ns in env.kube.api_calls()}
+    writes = {c for c in used if c[0] in ("create", "delete") or c[2] in ("jobs", "pods/log")}
+    assert writes | {c for c in used if c[:3] == ("list", "", "pods") and c[3] == NS} == set(
+        RUN_API_CALLS
+    )
+
+
+def test_rendered_targets_configmap(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    cms: list[dict[str, Any]] = []
+    original = env.kube.behaviour
+
+    def spy(job: dict[str, Any], index: int) -> str:
+        cm = [
+            o
+            for o in env.kube.objects("configmaps")
+            if LABEL_RUN in (o["metadata"].get("labels") or {})
+        ]
+        cms.extend(cm)
+        return original(job, index)
+
+    env.kube.behaviour = spy
+    run(env, capsys, "--checks", "plaintext", "--deadline", "20")
+    doc = yaml.safe_load(cms[0]["data"]["targets.yaml"])
+    assert doc["source"]["identity"] == "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
+    assert doc["rootCertFile"] == "/etc/mtlsprobe/root/root-cert.pem"
+    assert doc["targets"][0]["name"] == "ns-a/echo:80"
+
+
+@pytest.mark.parametrize(
+    ("kind", "phrase", "observed"),
+    [
+        ("image", "image pull failed", "probe-not-started"),
+        ("crash", "exited 139", "probe-incomplete"),
+        ("oom", "OOMKilled", "probe-incomplete"),
+        ("unschedulable", "unschedulable: 0/3 nodes are available", "deadline"),
+        ("none", "no probe pod appeared", "deadline"),
+    ],
+)
+def test_failure_modes_are_errors_naming_the_cause(
+    env: Env, capsys: pytest.CaptureFixture[str], kind: str, phrase: str, observed: str
+) -> None:
+    env.kube.behaviour = lambda job, index: (
+        kind if job["metadata"]["name"].endswith("-plain") else "run"
+    )
+    t0 = time.monotonic()
+    code, doc, err = run(env, capsys, "--checks", "plaintext,mesh", "--deadline", "2")
+    assert time.monotonic() - t0 < 30
+    assert doc is not None, err
+    plain = [r for r in probe_results(doc) if r["check"] == "plaintext"]
+    mesh = [r for r in probe_results(doc) if r["check"] == "mesh"]
+    assert plain and mesh
+    assert any(r["verdict"] == "error" and phrase in r["reason"] for r in plain), plain
+    assert all(r["verdict"] != "pass" or r["observed"] != observed for r in plain)
+    assert all(r["verdict"] != "error" for r in mesh), mesh  # the other Job is unaffected
+    assert code == 2 or (code == 1 and "fail" in {r["verdict"] for r in doc["results"]})
+    assert env.kube.run_objects() == []
+
+
+def test_logs_unreadable(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env.kube.forbid("get", "pods/log")
+    code, doc, _err = run(env, capsys, "--checks", "plaintext", "--deadline", "20")
+    (r,) = probe_results(doc)
+    assert r["verdict"] == "error"
+    assert "probe logs unreadable" in r["reason"] and "pods/log" in r["reason"]
+    assert code == 2
+    assert env.kube.run_objects() == []
+
+
+def test_sidecar_never_ready(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env.kube.agent = "http://127.0.0.1:9"  # nothing listens: never ready
+    code, doc, _err = run(
+        env, capsys, "--checks", "mesh", "--deadline", "20", "--sidecar-wait", "0.5"
+    )
+    (r,) = probe_results(doc)
+    assert r["verdict"] == "error"
+    assert "sidecar never became ready" in r["reason"]
+    assert code == 2
+
+
+def test_rbac_denied_at_start_is_one_line_exit_64(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.kube.forbid("create", "jobs", "batch")
+    code = cli.main(
+        ["run", "--kubeconfig", str(env.kubeconfig), "-n", "ns-a", "--checks", "plaintext"]
+    )
+    _out, err = capsys.readouterr()
+    assert code == 64
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1
+    assert "create" in lines[0] and "jobs" in lines[0] and "mtlsprobe" in lines[0]
+    assert env.kube.run_objects() == []  # the ConfigMap made before the 403 is gone
+
+
+def test_sharded_indexed_job(
+    tmp_path: Path, echo: int, proxy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube = JobKube(proxy=proxy)
+    _cluster(kube, echo, endpoints=5)
+    with kube:
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
+        env = Env(kube, cfg, echo, tmp_path)
+        _code, doc, err = run(
+            env, capsys, "--checks", "plaintext", "--shard-threshold", "2", "--deadline", "30"
+        )
+        assert doc is not None, err
+        eps = sorted(r["endpoint"] for r in probe_results(doc))
+        assert eps == sorted(f"127.0.0.{1 + i}:{echo}" for i in range(5))
+        runs = [a for a in kube.probe_runs if "--shards" in a]
+        assert len(runs) == 3 and all(a[a.index("--shards") + 1] == "3" for a in runs)
+        pods = {r["evidence"]["probePod"] for r in probe_results(doc)}
+        assert len(pods) >= 2  # spread over indexes
+        assert kube.run_objects() == []
+
+
+def test_keep_leaves_objects(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    _code, _doc, err = run(env, capsys, "--checks", "plaintext", "--keep", "--deadline", "20")
+    left = env.kube.run_objects()
+    assert any(o.startswith("jobs/mtlsprobe/") for o in left)
+    assert any(o.startswith("configmaps/mtlsprobe/") for o in left)
+    assert "kept" in err
+
+
+def test_interrupt_cleans_up(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import signal
+
+    env.kube.behaviour = lambda job, index: "unschedulable"
+    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = cli.main(
+            [
+                "run",
+                "--kubeconfig",
+                str(env.kubeconfig),
+                "-n",
+                "ns-a",
+                "--deadline",
+                "60",
+                "--poll-interval",
+                "0.1",
+            ]
+        )
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert env.kube.run_objects() == []
+
+
+def test_in_cluster_outside_a_pod_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert cli.main(["run", "--in-cluster"]) == 64
+    assert "not running in a pod" in capsys.readouterr().err
