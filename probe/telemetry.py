@@ -264,9 +264,9 @@ class Telemetry:
                 span.set_status(Status(StatusCode.ERROR, f"{r.verdict.value}: {r.reason[:200]}"))
                 bad += 1
             span.end(end_time=max(start, end))
-            self.checks_counter.add(1, ta.check_labels(r, target))
+            self.checks_counter.add(1, ta.check_labels(r, target, source_identity))
         for (check, target_name, ns), secs in sorted(
-            ta.certificate_expiry(results, by_name).items()
+            ta.certificate_expiry(results, by_name, source_identity).items()
         ):
             self.cert_expiry.set(
                 secs,

@@ -60,9 +60,14 @@ def spiffe_namespace(spiffe_id: str | None) -> str | None:
         return None
 
 
-def destination_namespace(result: Result, target: Target | None) -> str:
+def destination_namespace(
+    result: Result, target: Target | None, source_identity: str | None = None
+) -> str:
     """The destination's namespace, bounded: from its Istio-shaped SPIFFE ID, else from
-    the ``<ns>/<name>`` target name the planner writes, else ``-``."""
+    the ``<ns>/<name>`` target name the planner writes, else ``-``. Run-scoped checks
+    (``self``: target ``source``) are about the probe itself: its own namespace."""
+    if target is None and result.target == "source" and result.endpoint is None:
+        return spiffe_namespace(source_identity) or "-"
     ns = spiffe_namespace(target.identity if target is not None else None)
     if ns:
         return ns
@@ -185,7 +190,7 @@ def span_attributes(
         "mtlsprobe.target": _clip(result.target),
         "mtlsprobe.verdict": result.verdict.value,
         "mtlsprobe.reason": _clip(result.reason),
-        "k8s.namespace.name": destination_namespace(result, target),
+        "k8s.namespace.name": destination_namespace(result, target, source_identity),
     }
     status = case_status(result.verdict)
     if status is not None:
@@ -255,17 +260,19 @@ def run_attributes(results: Sequence[Result], source_identity: str | None = None
     return attrs
 
 
-def check_labels(result: Result, target: Target | None) -> dict[str, str]:
+def check_labels(
+    result: Result, target: Target | None, source_identity: str | None = None
+) -> dict[str, str]:
     """Labels of the checks counter: bounded (no endpoints, reasons or targets)."""
     return {
         "mtlsprobe.check": result.check,
         "mtlsprobe.verdict": result.verdict.value,
-        "k8s.namespace.name": destination_namespace(result, target),
+        "k8s.namespace.name": destination_namespace(result, target, source_identity),
     }
 
 
 def certificate_expiry(
-    results: Iterable[Result], targets: Mapping[str, Target]
+    results: Iterable[Result], targets: Mapping[str, Target], source_identity: str | None = None
 ) -> dict[tuple[str, str, str], float]:
     """Seconds until the soonest-expiring certificate seen per (check, target,
     namespace): one series per target, not per pod. Only results where a certificate
@@ -279,7 +286,7 @@ def certificate_expiry(
         secs = _seconds_left(r)
         if secs is None:
             continue
-        key = (r.check, r.target, destination_namespace(r, targets.get(r.target)))
+        key = (r.check, r.target, destination_namespace(r, targets.get(r.target), source_identity))
         out[key] = min(secs, out.get(key, secs))
     return out
 

@@ -464,7 +464,8 @@ def test_own_certificate_is_the_client_side_and_statuses_map() -> None:
     a = span_attributes(own, SOURCE_ID)
     assert a["tls.client.not_after"] == "2030-01-01T00:00:00.000Z"
     assert not [k for k in a if k.startswith("tls.server.")]
-    assert a["k8s.namespace.name"] == "-"
+    assert a["k8s.namespace.name"] == "mtlsprobe"  # the probe's own namespace
+    assert span_attributes(own)["k8s.namespace.name"] == "-"
     skip = span_attributes(result("mesh", "ns/x", Verdict.SKIP))
     assert "test.case.result.status" not in skip and skip["mtlsprobe.verdict"] == "skip"
     err = span_attributes(result("mesh", "ns/x", Verdict.ERROR, evidence={"error": "timeout"}))
