@@ -1,63 +1,143 @@
-"""A stand-in for the probe's sidecar (an HTTP proxy) and for an Envoy admin API,
-for tests of the mesh-side checks without Envoy. Real sockets, real HTTP."""
+"""A stand-in for the probe's sidecar (an HTTP forward proxy, CONNECT included) and
+for an Envoy admin API, for tests of the mesh-side checks without Envoy. Real
+sockets, real HTTP; the error bodies are the ones Envoy 1.40 sends (istio-facts.md)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import select
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-ENVOY_503 = (
-    b"upstream connect error or disconnect/reset before headers. "
-    b"reset reason: connection termination"
+ENVOY_RESET = (
+    "upstream connect error or disconnect/reset before headers. "
+    "reset reason: connection termination"
 )
+ENVOY_SAN = (
+    "upstream connect error or disconnect/reset before headers. retried and the latest reset "
+    "reason: remote connection failure, transport failure reason: TLS_error:|268435581:SSL "
+    "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:verify cert failed: verify SAN "
+    "list:TLS_error_end"
+)
+ENVOY_RBAC = "RBAC: access denied"
+ENVOY_TIMEOUT = "upstream request timeout"
 
 
 @dataclass
 class SidecarBehaviour:
-    """What the stand-in does with a request: ``mtls`` appends an XFCC element the
-    way a server sidecar does (after dropping the client's, SANITIZE), ``forward``
-    keeps the client's XFCC and appends, ``plaintext`` adds none, ``503`` answers
-    like Envoy when the upstream reset."""
+    """What the stand-in does with a request.
+
+    ``mtls``: drop the client's XFCC (SANITIZE) and append the server sidecar's element;
+    ``forward``: keep the client's XFCC and append (a client side that forwards);
+    ``trusting``: pass the client's XFCC through untouched, append nothing;
+    ``plaintext``: no XFCC; ``raw``: set XFCC to ``raw_xfcc`` exactly;
+    ``503``/``san``/``rbac``/``504``: answer like Envoy; ``hang``: never answer;
+    ``close``: close the connection without a response."""
 
     mode: str = "mtls"
     by: str = "spiffe://cluster.local/ns/ns-a/sa/echo"
     uri: str = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
     upstream: tuple[str, int] = ("127.0.0.1", 0)
+    raw_xfcc: str = ""
+    server: str = "istio-envoy"
     seen_hosts: list[str] = field(default_factory=list)
+    seen_xfcc: list[str] = field(default_factory=list)
+    seen_peers: list[tuple[str, int]] = field(default_factory=list)
+
+
+_LOCAL = {
+    "503": (503, ENVOY_RESET),
+    "san": (503, ENVOY_SAN),
+    "rbac": (403, ENVOY_RBAC),
+    "504": (504, ENVOY_TIMEOUT),
+}
 
 
 def _proxy_handler(b: SidecarBehaviour) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+        def version_string(self) -> str:
+            return b.server
+
+        def _local(self, status: int, text: str) -> None:
+            body = text.encode()
+            self.send_response(status)
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_CONNECT(self) -> None:
+            b.seen_hosts.append(self.path)
+            if b.mode in _LOCAL:
+                self._local(*_LOCAL[b.mode])
+                return
+            up = socket.create_connection(b.upstream, timeout=5)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.flush()
+            if b.mode == "close":
+                up.close()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.close_connection = True
+            socks = [self.connection, up]
+            try:
+                while True:
+                    ready, _, _ = select.select(socks, [], [], 5)
+                    if not ready:
+                        return
+                    for s in ready:
+                        data = s.recv(65536)
+                        if not data:
+                            return
+                        (up if s is self.connection else self.connection).sendall(data)
+            finally:
+                up.close()
+
         def do_GET(self) -> None:
             b.seen_hosts.append(self.headers.get("host", ""))
-            if b.mode == "503":
-                self.send_response(503)
-                self.send_header("server", "envoy")
-                self.send_header("content-length", str(len(ENVOY_503)))
-                self.end_headers()
-                self.wfile.write(ENVOY_503)
-                return
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "proxy-connection"}
+            b.seen_peers.append(self.client_address)
             client_xfcc = [
                 v for k, v in self.headers.items() if k.lower() == "x-forwarded-client-cert"
             ]
-            headers = {k: v for k, v in headers.items() if k.lower() != "x-forwarded-client-cert"}
+            b.seen_xfcc.extend(client_xfcc)
+            if b.mode in _LOCAL:
+                self._local(*_LOCAL[b.mode])
+                return
+            if b.mode == "hang":
+                time.sleep(4)
+                return
+            if b.mode == "close":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in ("proxy-connection", "x-forwarded-client-cert")
+            }
+            mine = f'By={b.by};Hash=ab12;Subject="";URI={b.uri}'
             if b.mode == "mtls":
-                headers["x-forwarded-client-cert"] = f'By={b.by};Hash=ab12;Subject="";URI={b.uri}'
+                headers["x-forwarded-client-cert"] = mine
             elif b.mode == "forward":
-                mine = f'By={b.by};Hash=ab12;Subject="";URI={b.uri}'
                 headers["x-forwarded-client-cert"] = ",".join([*client_xfcc, mine])
+            elif b.mode == "trusting" and client_xfcc:
+                headers["x-forwarded-client-cert"] = ",".join(client_xfcc)
+            elif b.mode == "raw":
+                headers["x-forwarded-client-cert"] = b.raw_xfcc
             conn = http.client.HTTPConnection(*b.upstream, timeout=5)
             conn.request("GET", "/", headers=headers)
             resp = conn.getresponse()
@@ -66,7 +146,6 @@ def _proxy_handler(b: SidecarBehaviour) -> type[BaseHTTPRequestHandler]:
             for k, v in resp.getheaders():
                 if k.lower() not in ("content-length", "connection", "server", "date"):
                     self.send_header(k, v)
-            self.send_header("server", "envoy")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -79,7 +158,7 @@ def _proxy_handler(b: SidecarBehaviour) -> type[BaseHTTPRequestHandler]:
 def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}"
@@ -95,8 +174,31 @@ def sidecar(b: SidecarBehaviour) -> Iterator[str]:
         yield url
 
 
+def app_handler(
+    status: int, body: bytes, content_type: str = "text/plain"
+) -> type[BaseHTTPRequestHandler]:
+    """An app that is not the echo responder."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
 def admin_handler(routes: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
-    """An Envoy admin stand-in serving JSON documents by path (with query)."""
+    """An Envoy admin stand-in: JSON documents by path (with query); a ``bytes``
+    value is sent as is; an ``int`` value is a bare status; unknown paths 404 the way
+    Envoy does for an unknown config_dump resource."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -104,8 +206,16 @@ def admin_handler(routes: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             doc = routes.get(self.path)
-            body = json.dumps(doc).encode() if doc is not None else b"not found"
-            self.send_response(200 if doc is not None else 404)
+            status = 200
+            if doc is None:
+                status, body = 404, b"not found in config dump"
+            elif isinstance(doc, int):
+                status, body = doc, b"error"
+            elif isinstance(doc, bytes):
+                body = doc
+            else:
+                body = json.dumps(doc).encode()
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()

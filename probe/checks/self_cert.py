@@ -1,15 +1,26 @@
 """``self``: the probe's own sidecar holds the expected identity, chaining to the
-mesh root, with a healthy remaining lifetime (Istio rotates at ~50% of it).
+mesh root, with a healthy remaining lifetime.
 
-Reads Envoy's admin API: the certificate chain from ``/config_dump`` secrets when
-Envoy has it inline (Istio's SDS), else the summary in ``/certs``. Envoy redacts
-private keys in config dumps; we never keep or print key material either way.
+Reads Envoy's admin API the way ``istioctl proxy-config secret`` does: the workload
+chain and the ROOTCA bundle from ``/config_dump?resource=dynamic_active_secrets``
+(full X.509-SVID rules and path validation against ``rootCertFile``), falling back
+to the summary in ``/certs`` (identity, validity dates, and the trusted CA's serial
+compared with the root's: weaker, and the evidence says which method was used).
+Envoy redacts private keys in config dumps; only ``certificate_chain`` and
+``trusted_ca`` are ever read, so key material is never kept or printed.
+
+Lifetime: Istio rotates at ~50% of a certificate's lifetime. Past 60% the reason
+warns that rotation is late; past 80% the check fails (rotation has stopped - the
+certificate will expire while the workload keeps running).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
+import json
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography import x509
@@ -24,8 +35,234 @@ if TYPE_CHECKING:
     from probe.model import Endpoint, Target
 
 DEFAULT_ADMIN = "http://127.0.0.1:15000"
-# Past this fraction of its lifetime a certificate should have been rotated long ago.
+ROTATION_POINT = 0.5
+ROTATION_LATE = 0.6
 ROTATION_OVERDUE = 0.8
+MAX_ADMIN_BYTES = 8 * 1024 * 1024
+SECRETS_PATH = "/config_dump?resource=dynamic_active_secrets"
+
+
+@dataclass
+class DumpedSecrets:
+    """What a secrets config dump holds, certificates only."""
+
+    chains: list[list[x509.Certificate]] = field(default_factory=list)
+    trusted: list[x509.Certificate] = field(default_factory=list)  # ROOTCA bundle(s)
+
+
+def _pem_field(holder: object, key: str) -> list[x509.Certificate]:
+    data = holder.get(key) if isinstance(holder, dict) else None
+    inline = data.get("inline_bytes") if isinstance(data, dict) else None
+    if not isinstance(inline, str):
+        return []
+    try:
+        return list(x509.load_pem_x509_certificates(base64.b64decode(inline, validate=True)))
+    except (ValueError, binascii.Error):
+        return []
+
+
+def secrets_from_config_dump(doc: object) -> DumpedSecrets:
+    """Pure: chains and trust bundles from ``{"configs": [{"secret": {...}}]}``."""
+    out = DumpedSecrets()
+    configs = doc.get("configs", []) if isinstance(doc, dict) else []
+    for cfg in configs if isinstance(configs, list) else []:
+        secret = cfg.get("secret") if isinstance(cfg, dict) else None
+        if not isinstance(secret, dict):
+            continue
+        chain = _pem_field(secret.get("tls_certificate"), "certificate_chain")
+        if chain:
+            out.chains.append(chain)
+        out.trusted += _pem_field(secret.get("validation_context"), "trusted_ca")
+    return out
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
+    except Exception:  # a hostile or odd certificate: it names nobody
+        return []
+
+
+@dataclass
+class CertsSummary:
+    """Envoy's ``/certs``: leaf summaries and the serials of the CAs it trusts."""
+
+    leaves: list[dict[str, Any]] = field(default_factory=list)
+    ca_serials: set[str] = field(default_factory=set)
+
+
+def _serial(text: object) -> str:
+    return str(text).strip().lower().lstrip("0")
+
+
+def parse_certs(doc: object) -> CertsSummary:
+    out = CertsSummary()
+    entries = doc.get("certificates", []) if isinstance(doc, dict) else []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        for ca in entry.get("ca_cert") or []:
+            if isinstance(ca, dict) and ca.get("serial_number"):
+                out.ca_serials.add(_serial(ca["serial_number"]))
+        out.leaves += [leaf for leaf in entry.get("cert_chain") or [] if isinstance(leaf, dict)]
+    return out
+
+
+def leaf_uris(leaf: dict[str, Any]) -> list[str]:
+    sans = leaf.get("subject_alt_names") or []
+    return [str(s["uri"]) for s in sans if isinstance(s, dict) and "uri" in s]
+
+
+def _parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+@dataclass
+class SelfJudgement:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    not_before: dt.datetime | None = None
+    not_after: dt.datetime | None = None
+
+
+def judge_dump(
+    secrets: DumpedSecrets,
+    expected_id: str,
+    trust_domain: str,
+    roots: list[x509.Certificate] | None,
+    now: dt.datetime,
+    min_remaining: dt.timedelta,
+    max_lifetime: dt.timedelta,
+) -> SelfJudgement:
+    out = SelfJudgement(evidence={"method": "config_dump secrets (X.509-SVID rules, path)"})
+    mine = [c for c in secrets.chains if expected_id in uri_sans(c[0])]
+    if not mine:
+        seen = sorted({u for c in secrets.chains for u in uri_sans(c[0])})
+        out.evidence["identities_seen"] = seen
+        out.problems.append(_not_held(expected_id, seen))
+        return out
+    chain = mine[0]
+    j = judge_svid(
+        chain,
+        expected_identity=expected_id,
+        trust_domain=trust_domain,
+        roots=roots,
+        now=now,
+        min_remaining=min_remaining,
+        max_lifetime=max_lifetime,
+    )
+    out.evidence.update(j.evidence)
+    out.problems += j.violations
+    out.not_before = chain[0].not_valid_before_utc
+    out.not_after = chain[0].not_valid_after_utc
+    if roots is not None and secrets.trusted:
+        trusted = {c.fingerprint(_sha256()) for c in secrets.trusted}
+        ok = any(r.fingerprint(_sha256()) in trusted for r in roots)
+        out.evidence["trust_bundle_has_root"] = ok
+        if not ok:
+            out.problems.append(
+                "the sidecar's trust bundle (ROOTCA) does not hold the mesh root from "
+                "rootCertFile: it would reject every peer's certificate"
+            )
+    return out
+
+
+def _not_held(expected_id: str, seen: list[str]) -> str:
+    return (
+        f"the sidecar holds no certificate for {expected_id} (it has: {', '.join(seen) or 'none'})"
+    )
+
+
+def _sha256() -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA256()
+
+
+def judge_certs(
+    summary: CertsSummary,
+    expected_id: str,
+    roots: list[x509.Certificate] | None,
+    now: dt.datetime,
+    min_remaining: dt.timedelta,
+) -> SelfJudgement:
+    out = SelfJudgement(evidence={"method": "/certs summary (identity, dates, CA serial)"})
+    mine = [leaf for leaf in summary.leaves if expected_id in leaf_uris(leaf)]
+    if not mine:
+        seen = sorted({u for leaf in summary.leaves for u in leaf_uris(leaf)})
+        out.evidence["identities_seen"] = seen
+        out.problems.append(_not_held(expected_id, seen))
+        return out
+    leaf = mine[0]
+    uris = leaf_uris(leaf)
+    out.evidence["san_uris"] = uris
+    out.evidence["serial"] = leaf.get("serial_number")
+    if len(uris) != 1:
+        out.problems.append(f"an X.509-SVID has exactly one URI SAN; this one has {len(uris)}")
+    nb = _parse_time(leaf.get("valid_from"))
+    na = _parse_time(leaf.get("expiration_time"))
+    if na is None:
+        days = str(leaf.get("days_until_expiration", ""))
+        if days.isdigit():  # whole days only (Envoy rounds down): a lower bound
+            na = now + dt.timedelta(days=int(days))
+    out.not_before, out.not_after = nb, na
+    out.evidence["not_before"] = nb.isoformat() if nb else None
+    out.evidence["not_after"] = na.isoformat() if na else None
+    if na is None:
+        out.problems.append("the sidecar reports no expiration for its certificate")
+    else:
+        remaining = na - now
+        out.evidence["remaining_seconds"] = int(remaining.total_seconds())
+        if remaining.total_seconds() <= 0:
+            out.problems.append(f"the sidecar's certificate expired at {na.isoformat()}")
+        elif remaining < min_remaining:
+            out.problems.append(
+                f"the sidecar's certificate expires in {remaining}, below the minimum "
+                f"{min_remaining}"
+            )
+    if nb is not None and nb > now:
+        out.problems.append(f"the sidecar's certificate is not valid before {nb.isoformat()}")
+    if roots is None:
+        out.evidence["chain_verified"] = None
+        out.warnings.append("no rootCertFile: chain not checked")
+    else:
+        root_serials = {format(r.serial_number, "x") for r in roots}
+        ok = bool(root_serials & summary.ca_serials)
+        out.evidence["chain_verified"] = ok
+        if not ok:
+            out.problems.append(
+                "the CA the sidecar trusts (serial "
+                f"{', '.join(sorted(summary.ca_serials)) or 'none'}) is not the mesh root from "
+                "rootCertFile (compared by serial: /certs shows no more)"
+            )
+    return out
+
+
+def judge_rotation(j: SelfJudgement, now: dt.datetime) -> None:
+    """Add the lifetime-used verdict to ``j`` (in place)."""
+    nb, na = j.not_before, j.not_after
+    if nb is None or na is None or na <= nb or na <= now:
+        return
+    used = (now - nb) / (na - nb)
+    j.evidence["lifetime_used"] = round(used, 3)
+    if used > ROTATION_OVERDUE:
+        j.problems.append(
+            f"{used:.0%} of the certificate's lifetime is used; Istio rotates at "
+            f"~{ROTATION_POINT:.0%}: rotation appears to have stopped"
+        )
+    elif used > ROTATION_LATE:
+        j.warnings.append(
+            f"{used:.0%} of the lifetime used, past Istio's ~{ROTATION_POINT:.0%} rotation "
+            "point: rotation is late"
+        )
 
 
 class SelfCheck(Check):
@@ -43,186 +280,70 @@ class SelfCheck(Check):
         expected_id = ctx.targets.source.identity
         assert expected_id is not None
         roots = mesh_roots(ctx)
-        chain = self._chain_from_config_dump(ctx, admin, expected_id)
         now = dt.datetime.now(dt.UTC)
-        nb: dt.datetime | None
-        na: dt.datetime | None
-        if chain:
-            j = judge_svid(
-                chain,
-                expected_identity=expected_id,
-                trust_domain=ctx.targets.trust_domain,
-                roots=roots,
-                now=now,
-                min_remaining=ctx.settings.min_remaining,
-                max_lifetime=ctx.settings.max_lifetime,
+        status, doc = _get_json(ctx, admin + SECRETS_PATH)
+        secrets = secrets_from_config_dump(doc) if status == 200 else DumpedSecrets()
+        if secrets.chains:
+            j = judge_dump(
+                secrets,
+                expected_id,
+                ctx.targets.trust_domain,
+                roots,
+                now,
+                ctx.settings.min_remaining,
+                ctx.settings.max_lifetime,
             )
-            evidence: dict[str, Any] = dict(j.evidence)
-            evidence["source"] = "config_dump"
-            problems = list(j.violations)
-            nb = chain[0].not_valid_before_utc
-            na = chain[0].not_valid_after_utc
         else:
-            problems, evidence, nb, na = self._from_certs(ctx, admin, expected_id, roots, now)
-        if nb is not None and na is not None and na > nb:
-            used = (now - nb) / (na - nb)
-            evidence["lifetime_used"] = round(used, 3)
-            if used > ROTATION_OVERDUE and not any("expired" in p for p in problems):
-                problems.append(
-                    f"{used:.0%} of the certificate's lifetime is used; Istio rotates at ~50%: "
-                    "rotation appears to have stopped"
+            status, doc = _get_json(ctx, admin + "/certs")
+            if status != 200 or not isinstance(doc, dict):
+                raise SidecarUnavailable(
+                    f"the sidecar admin {admin} shows no certificates (config_dump secrets "
+                    f"empty, /certs answered HTTP {status})"
                 )
+            j = judge_certs(parse_certs(doc), expected_id, roots, now, ctx.settings.min_remaining)
+        judge_rotation(j, now)
         expected = f"own identity {expected_id}"
-        if problems:
-            return make_result(
-                self.name,
-                None,
-                None,
-                Verdict.FAIL,
-                "; ".join(problems),
-                expected=expected,
-                observed="unhealthy identity",
-                evidence=evidence,
-            )
+        if j.problems:
+            verdict, observed, reason = Verdict.FAIL, "unhealthy identity", "; ".join(j.problems)
+        else:
+            until = j.not_after.isoformat() if j.not_after else "?"
+            verdict, observed = Verdict.PASS, f"own identity {expected_id}"
+            reason = f"own sidecar identity {expected_id} is valid until {until}"
+        if j.warnings:
+            reason += f" (warning: {'; '.join(j.warnings)})"
         return make_result(
             self.name,
             None,
             None,
-            Verdict.PASS,
-            f"own sidecar identity {expected_id} is valid until {evidence.get('not_after')}",
+            verdict,
+            reason,
             expected=expected,
-            observed=f"own identity {expected_id}",
-            evidence=evidence,
+            observed=observed,
+            evidence=j.evidence,
         )
 
-    def _get(self, ctx: RunContext, url: str) -> Any:
-        import httpx
 
-        client = http_client(ctx, via_sidecar=False)
-        try:
-            resp = client.get(url)
-        except httpx.HTTPError as exc:
-            raise SidecarUnavailable(f"the sidecar admin at {url} is unreachable: {exc}") from None
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise SidecarUnavailable(f"the sidecar admin answered {resp.status_code} for {url}")
-        try:
-            return resp.json()
-        except ValueError:
-            raise ProtocolViolation(f"the sidecar admin's {url} is not JSON") from None
+def _get_json(ctx: RunContext, url: str) -> tuple[int, object]:
+    """(status, parsed JSON or None). Unreachable admin → SidecarUnavailable; a 200
+    that is not JSON, or too large → ProtocolViolation."""
+    import httpx
 
-    def _chain_from_config_dump(
-        self, ctx: RunContext, admin: str, expected_id: str
-    ) -> list[x509.Certificate]:
-        found: list[list[x509.Certificate]] = []
-        for resource in ("dynamic_active_secrets", "static_secrets"):
-            doc = self._get(ctx, f"{admin}/config_dump?resource={resource}")
-            for cfg in (doc or {}).get("configs", []) if isinstance(doc, dict) else []:
-                secret = cfg.get("secret", {}) if isinstance(cfg, dict) else {}
-                tls_cert = secret.get("tls_certificate") if isinstance(secret, dict) else None
-                if not isinstance(tls_cert, dict):
-                    continue
-                inline = tls_cert.get("certificate_chain", {}).get("inline_bytes")
-                if not isinstance(inline, str):
-                    continue
-                try:
-                    certs = x509.load_pem_x509_certificates(base64.b64decode(inline))
-                except ValueError:
-                    continue
-                if certs:
-                    found.append(list(certs))
-        for chain in found:  # prefer the chain that carries our identity
-            try:
-                san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                if expected_id in san.value.get_values_for_type(x509.UniformResourceIdentifier):
-                    return chain
-            except Exception:  # noqa: S112 - a hostile or odd cert: try the next
-                continue
-        return found[0] if found else []
-
-    def _from_certs(
-        self,
-        ctx: RunContext,
-        admin: str,
-        expected_id: str,
-        roots: list[x509.Certificate] | None,
-        now: dt.datetime,
-    ) -> tuple[list[str], dict[str, Any], dt.datetime | None, dt.datetime | None]:
-        doc = self._get(ctx, f"{admin}/certs")
-        if not isinstance(doc, dict):
-            raise ProtocolViolation(f"{admin}/certs did not return the certificates document")
-        leaves: list[dict[str, Any]] = []
-        ca_serials: set[str] = set()
-        for entry in doc.get("certificates", []):
-            if not isinstance(entry, dict):
-                continue
-            for ca in entry.get("ca_cert", []) or []:
-                if isinstance(ca, dict) and ca.get("serial_number"):
-                    ca_serials.add(str(ca["serial_number"]).lower().lstrip("0"))
-            for leaf in entry.get("cert_chain", []) or []:
-                if isinstance(leaf, dict):
-                    leaves.append(leaf)
-
-        def uris(leaf: dict[str, Any]) -> list[str]:
-            return [
-                str(s["uri"])
-                for s in leaf.get("subject_alt_names", []) or []
-                if isinstance(s, dict) and "uri" in s
-            ]
-
-        evidence: dict[str, Any] = {"source": "certs"}
-        mine = [leaf for leaf in leaves if expected_id in uris(leaf)]
-        if not mine:
-            seen = sorted({u for leaf in leaves for u in uris(leaf)})
-            evidence["identities_seen"] = seen
-            return (
-                [
-                    f"the sidecar holds no certificate for {expected_id} "
-                    f"(it has: {', '.join(seen) or 'none'})"
-                ],
-                evidence,
-                None,
-                None,
-            )
-        leaf = mine[0]
-        problems: list[str] = []
-        evidence["san_uris"] = uris(leaf)
-        evidence["serial"] = leaf.get("serial_number")
-        nb = _parse_time(leaf.get("valid_from"))
-        na = _parse_time(leaf.get("expiration_time"))
-        evidence["not_before"] = nb.isoformat() if nb else None
-        evidence["not_after"] = na.isoformat() if na else None
-        if na is None:
-            problems.append("the sidecar reports no expiration time for its certificate")
-        else:
-            remaining = na - now
-            evidence["remaining_seconds"] = int(remaining.total_seconds())
-            if remaining.total_seconds() <= 0:
-                problems.append(f"the sidecar's certificate expired at {na.isoformat()}")
-            elif remaining < ctx.settings.min_remaining:
-                problems.append(
-                    f"the sidecar's certificate expires in {remaining}, below the minimum "
-                    f"{ctx.settings.min_remaining}"
-                )
-        if roots is None:
-            evidence["chain_verified"] = None
-            evidence["chain_note"] = "no rootCertFile: chain not checked"
-        else:
-            root_serials = {format(r.serial_number, "x") for r in roots}
-            ok = bool(root_serials & ca_serials)
-            evidence["chain_verified"] = ok
-            evidence["chain_method"] = "CA serial in /certs compared with rootCertFile"
-            if not ok:
-                problems.append("the sidecar does not trust the mesh root from rootCertFile")
-        return problems, evidence, nb, na
-
-
-def _parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
+    client = http_client(ctx, via_sidecar=False)
     try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        with client.stream("GET", url) as resp:
+            body = b""
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ADMIN_BYTES:
+                    raise ProtocolViolation(f"{url} sent more than {MAX_ADMIN_BYTES} bytes")
+            status = resp.status_code
+    except httpx.HTTPError as exc:
+        raise SidecarUnavailable(
+            f"the sidecar admin at {url} is unreachable ({type(exc).__name__}: {exc})"
+        ) from None
+    if status != 200:
+        return status, None
+    try:
+        return status, json.loads(body)
     except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+        raise ProtocolViolation(f"the sidecar admin's {url} is not JSON") from None
