@@ -425,7 +425,9 @@ def collect(
     api_error = ""
 
     def finish(u: Unit, index: int, results: list[Result]) -> None:
-        u.done[index] = results
+        u.done[index] = [
+            replace(r, evidence={**r.evidence, "sourceNamespace": u.namespace}) for r in results
+        ]
 
     def from_pod(u: Unit, view: judge.PodView) -> None:
         owed = u.owed(view.index)
@@ -493,12 +495,13 @@ def collect(
                         if failed and not any(
                             not v.deleting and v.phase in ("Pending", "Running") for v in views
                         ):
+                            seen = last_view.get((ns, u.job, index))
+                            why = f"{failed}; " + (
+                                seen.stuck() if seen is not None else "no probe pod was seen"
+                            )
+                            owed = u.owed(index)
                             finish(
-                                u,
-                                index,
-                                judge.errors_for(
-                                    u.owed(index), failed, "job-failed", probeJob=u.job
-                                ),
+                                u, index, judge.errors_for(owed, why, "job-failed", probeJob=u.job)
                             )
             api_error = ""
         except DiscoveryError as exc:  # a blip is retried until the deadline
@@ -530,7 +533,11 @@ def collect(
                 + ("; " if (u.namespace, u.job) in failures else "")
                 + why
             )
-            out.extend(judge.errors_for(u.owed(index), why, "deadline", probeJob=u.job))
+            out.extend(
+                judge.errors_for(
+                    u.owed(index), why, "deadline", probeJob=u.job, sourceNamespace=u.namespace
+                )
+            )
     return out
 
 
@@ -704,6 +711,5 @@ def jobspec_selector(spec: RunSpec) -> str:
 
 def _from(r: Result) -> Result:
     """With several source namespaces the same edge is probed once per source."""
-    pod = str(r.evidence.get("probePod") or r.evidence.get("probeJob") or "")
-    ns = pod.split("/", 1)[0] if "/" in pod else ""
+    ns = r.evidence.get("sourceNamespace")
     return replace(r, target=f"{r.target} (from {ns})") if ns else r

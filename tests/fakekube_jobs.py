@@ -60,7 +60,7 @@ class JobKube(FakeKube):
     agent: str | None = None  # the sidecar pods' pilot-agent (15021/15020)
     logs: dict[tuple[str, str], str] = field(default_factory=dict)
     probe_runs: list[list[str]] = field(default_factory=list)
-    _seen: set[str] = field(default_factory=set)
+    _seen: dict[str, float] = field(default_factory=dict)  # job uid -> start (monotonic)
     _workers: list[threading.Thread] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -193,8 +193,9 @@ class JobKube(FakeKube):
             for job in self.objects("jobs", "batch"):
                 uid = job["metadata"]["uid"]
                 if uid in self._seen:
+                    self._enforce_deadline(job, self._seen[uid])
                     continue
-                self._seen.add(uid)
+                self._seen[uid] = time.monotonic()
                 spec = job["spec"]
                 count = int(spec.get("completions") or 1)
                 indexed = spec.get("completionMode") == "Indexed"
@@ -208,6 +209,34 @@ class JobKube(FakeKube):
                     )
                     t.start()
                     self._workers.append(t)
+
+    def _enforce_deadline(self, job: Obj, started: float) -> None:
+        """activeDeadlineSeconds: the Job fails (DeadlineExceeded) and its pods that have
+        not finished are removed, as the Job controller does."""
+        limit = job["spec"].get("activeDeadlineSeconds")
+        conds = (job.get("status") or {}).get("conditions") or []
+        if limit is None or conds or time.monotonic() - started < float(limit):
+            return
+        md = job["metadata"]
+        with self._lock:
+            cur = self.store[("batch", "jobs")].get(md["namespace"], {}).get(md["name"])
+            if cur is None:
+                return
+            cur.setdefault("status", {})["conditions"] = [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "DeadlineExceeded",
+                    "message": "Job was active longer than specified deadline",
+                }
+            ]
+            cur["metadata"]["resourceVersion"] = str(next(self._rv))
+            pods = self.store[("", "pods")].get(md["namespace"], {})
+            for name, pod in list(pods.items()):
+                owners = {r.get("uid") for r in pod["metadata"].get("ownerReferences") or []}
+                if md["uid"] in owners and pod["status"].get("phase") == "Pending":
+                    del pods[name]
+            self._sorted.clear()
 
     def _new_pod(self, job: Obj, index: int | None) -> Obj:
         tpl = job["spec"]["template"]

@@ -209,10 +209,14 @@ def test_rendered_targets_configmap(env: Env, capsys: pytest.CaptureFixture[str]
     ("kind", "phrase", "observed"),
     [
         ("image", "image pull failed", "probe-not-started"),
-        ("crash", "exited 139", "probe-incomplete"),
-        ("oom", "OOMKilled", "probe-incomplete"),
-        ("unschedulable", "unschedulable: 0/3 nodes are available", "deadline"),
-        ("none", "no probe pod appeared", "deadline"),
+        ("crash", "probe container exited 139 (Error)", "probe-incomplete"),
+        ("oom", "probe container OOMKilled (exit 137)", "probe-incomplete"),
+        ("unschedulable", "unschedulable: 0/3 nodes are available", "job-failed"),
+        (
+            "none",
+            "(DeadlineExceeded): Job was active longer than specified deadline; no probe pod",
+            "job-failed",
+        ),
     ],
 )
 def test_failure_modes_are_errors_naming_the_cause(
@@ -227,11 +231,13 @@ def test_failure_modes_are_errors_naming_the_cause(
     assert doc is not None, err
     plain = [r for r in probe_results(doc) if r["check"] == "plaintext"]
     mesh = [r for r in probe_results(doc) if r["check"] == "mesh"]
-    assert plain and mesh
-    assert any(r["verdict"] == "error" and phrase in r["reason"] for r in plain), plain
-    assert all(r["verdict"] != "pass" or r["observed"] != observed for r in plain)
-    assert all(r["verdict"] != "error" for r in mesh), mesh  # the other Job is unaffected
-    assert code == 2 or (code == 1 and "fail" in {r["verdict"] for r in doc["results"]})
+    assert len(plain) == 1 and len(mesh) == 1
+    (r,) = plain
+    assert r["verdict"] == "error" and r["observed"] == observed, r
+    assert phrase in r["reason"], r["reason"]
+    assert r["evidence"]["probeJob"].endswith("-plain")
+    assert mesh[0]["verdict"] != "error", mesh  # the other Job is unaffected
+    assert code == 2
     assert env.kube.run_objects() == []
 
 
@@ -334,3 +340,22 @@ def test_in_cluster_outside_a_pod_is_a_usage_error(
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert cli.main(["run", "--in-cluster"]) == 64
     assert "not running in a pod" in capsys.readouterr().err
+
+
+def test_source_namespaces(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """ns-b has no istio-ca-root-cert: its pods never start (the mount), which must
+    show as errors for the probes from ns-b while those from mtlsprobe pass."""
+    code, doc, err = run(
+        env, capsys, "--checks", "plaintext", "--source-namespaces", "ns-b", "--deadline", "2"
+    )
+    assert doc is not None, err
+    by_target = {r["target"]: r for r in probe_results(doc)}
+    assert set(by_target) == {"ns-a/echo:80 (from mtlsprobe)", "ns-a/echo:80 (from ns-b)"}
+    assert by_target["ns-a/echo:80 (from mtlsprobe)"]["verdict"] == "pass"
+    bad = by_target["ns-a/echo:80 (from ns-b)"]
+    assert bad["verdict"] == "error" and "ContainerCreating" in bad["reason"], bad
+    assert code == 2
+    made = {c.path for c in env.kube.calls if c.method == "POST"}
+    assert "/api/v1/namespaces/ns-b/configmaps" in made
+    assert "/apis/batch/v1/namespaces/ns-b/jobs" in made
+    assert env.kube.run_objects() == []
