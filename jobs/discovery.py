@@ -111,6 +111,9 @@ class Reader:
             if (status.get("details") or {}).get("name"):
                 raise _NotFound()
             raise _NotServed()
+        if code == 410 and any(k == "continue" for k, _ in query):
+            token = (status.get("metadata") or {}).get("continue")
+            raise _Expired(token if isinstance(token, str) and token else None)
         if code in (401, 403):
             raise Forbidden(_forbidden_line(what, code, status))
         msg = " ".join(str(status.get("message") or reason or "no message").split())
@@ -137,7 +140,18 @@ class Reader:
             q: list[tuple[str, Any]] = [*query.items(), ("limit", self.options.page_size)]
             if token:
                 q.append(("continue", token))
-            doc = self._decode(what, self._call(what, path, q), model)
+            try:
+                data = self._call(what, path, q)
+            except _Expired as exp:
+                # A token older than etcd's compaction: the API server hands out one that
+                # continues after the last key seen (no repeats; newer changes may show).
+                if not token or not exp.token or exp.token == token:
+                    raise DiscoveryError(
+                        f"{what}: the list expired on {self.server} (HTTP 410); run again"
+                    ) from None
+                token = exp.token
+                continue
+            doc = self._decode(what, data, model)
             if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
                 raise DiscoveryError(f"{what}: the API server sent a body that is not a List")
             yield from doc.get("items") or []
@@ -167,6 +181,14 @@ class _NotServed(Exception):
 
 class _NotFound(Exception):
     """404 for a named object."""
+
+
+class _Expired(Exception):
+    """410: a continue token expired; ``token`` continues inconsistently, if given."""
+
+    def __init__(self, token: str | None) -> None:
+        super().__init__(token)
+        self.token = token
 
 
 def _status(body: object) -> dict[str, Any]:

@@ -127,6 +127,8 @@ class FakeKube:
     # Benchmarks: objects never change in place after loading, so each list item is
     # JSON-encoded once and pages are joined bytes (the fake should not be the bottleneck).
     encode_once: bool = False
+    # The next request carrying a continue token gets 410 Expired, with a fresh token.
+    expire_next_continue: bool = False
     calls: list[Call] = field(default_factory=list)
     resources: dict[tuple[str, str], Resource] = field(default_factory=dict)
     # (group, plural) -> namespace ("" for cluster-scoped) -> name -> object
@@ -276,7 +278,10 @@ class FakeKube:
         if (verb, r.group, r.plural) in self._forbidden:
             return 403, self._forbidden_status(verb, r, ns)
         if verb == "list":
-            return 200, self._list(r, version, ns, query)
+            listed = self._list(r, version, ns, query)
+            if isinstance(listed, dict) and listed.get("kind") == "Status":
+                return int(listed["code"]), listed
+            return 200, listed
         if verb == "get":
             obj = self.store[(r.group, r.plural)].get(ns or "", {}).get(name or "")
             if obj is None:
@@ -372,6 +377,12 @@ class FakeKube:
         token = query.get("continue")
         if token:
             start = int(json.loads(base64.urlsafe_b64decode(token))["start"])
+            if self.expire_next_continue:
+                self.expire_next_continue = False
+                fresh = base64.urlsafe_b64encode(
+                    json.dumps({"v": "meta.k8s.io/v1", "rv": int(rv), "start": start}).encode()
+                ).decode()
+                return {**status_body(410, "Expired", _EXPIRED), "metadata": {"continue": fresh}}
         limit = int(query.get("limit") or 0)
         end = start + limit if limit > 0 else len(items)
         meta: Obj = {"resourceVersion": rv}
@@ -406,6 +417,15 @@ class FakeKube:
             "metadata": meta,
             "items": [self._out(r, version, i, keep_type=False) for i in items[start:end]],
         }
+
+
+_EXPIRED = (
+    "The provided continue parameter is too old to display a consistent list result. You can "
+    "start a new list without the continue parameter, or use the continue token in this "
+    "response to retrieve the remainder of the results. Continuing with the provided token "
+    "results in an inconsistent list - objects that were created, modified, or deleted between "
+    "the time the first chunk was returned and now may show up in the list."
+)
 
 
 def _not_found(r: Resource, name: str) -> Obj:

@@ -291,3 +291,16 @@ def test_encode_once_serves_the_same_lists(kube: FakeKube) -> None:
         plain.services,
         plain.peerauthentications,
     )
+
+
+def test_expired_continue_token_continues_with_the_servers_token(kube: FakeKube) -> None:
+    kube.expire_next_continue = True
+    snap = discover(kube.api_client(), Options(page_size=2))
+    assert sorted(p["metadata"]["name"] for p in snap.pods) == ["cart-0", "cart-1", "cart-2", "rep"]
+    assert not kube.expire_next_continue  # the 410 was served
+
+
+def test_expired_list_without_a_fresh_token_is_one_line(kube: FakeKube) -> None:
+    kube.fail("/api/v1/namespaces", 410)
+    with pytest.raises(DiscoveryError, match=r"answered HTTP 410"):
+        discover(kube.api_client())
