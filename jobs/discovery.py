@@ -301,6 +301,10 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
         except _NotServed:
             return None
 
+    # With -n, policy is read where it can apply: the named namespaces and the root
+    # namespace (DestinationRules exported from elsewhere are then not seen).
+    policy_ns = sorted(targets | {snap.root_namespace}) if opts.namespaces else None
+
     # The lists are independent: fetch them at once, so one waits on the API server
     # while another is decoded. Results are admitted in a fixed order, and the first
     # error in that order is the one reported.
@@ -324,12 +328,16 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
         (
             "PeerAuthentication",
             "peerauthentications.security.istio.io",
-            lambda: _istio_list(r, "security.istio.io", PEER_AUTH_VERSIONS, "peerauthentications"),
+            lambda: _istio_list(
+                r, "security.istio.io", PEER_AUTH_VERSIONS, "peerauthentications", policy_ns
+            ),
         ),
         (
             "DestinationRule",
             "destinationrules.networking.istio.io",
-            lambda: _istio_list(r, "networking.istio.io", DEST_RULE_VERSIONS, "destinationrules"),
+            lambda: _istio_list(
+                r, "networking.istio.io", DEST_RULE_VERSIONS, "destinationrules", policy_ns
+            ),
         ),
     ]
     with ThreadPoolExecutor(max_workers=len(fetches), thread_name_prefix="discover") as pool:
@@ -423,14 +431,26 @@ def _namespaces(r: Reader, snap: ClusterSnapshot, opts: Options) -> set[str]:
 
 
 def _istio_list(
-    r: Reader, group: str, versions: tuple[str, ...], plural: str
+    r: Reader,
+    group: str,
+    versions: tuple[str, ...],
+    plural: str,
+    namespaces: list[str] | None = None,
 ) -> list[KubeObject] | None:
-    """Every object of an Istio CRD, from the first served version; None when none is."""
+    """Every object of an Istio CRD, from the first served version; None when none is.
+    With ``namespaces`` only those are listed (a user allowed only there can plan)."""
     for version in versions:
+        base = f"/apis/{group}/{version}"
         try:
-            return list(
-                r.pages(f"list {plural}.{group}", f"/apis/{group}/{version}/{plural}", "object")
-            )
+            if namespaces is None:
+                return list(r.pages(f"list {plural}.{group}", f"{base}/{plural}", "object"))
+            return [
+                _with_ns(obj, ns)
+                for ns in namespaces
+                for obj in r.pages(
+                    f"list {plural}.{group} in {ns}", f"{base}/namespaces/{ns}/{plural}", "object"
+                )
+            ]
         except _NotServed:
             continue
     return None

@@ -89,6 +89,12 @@ def test_named_namespaces_are_read_one_by_one(kube: FakeKube) -> None:
     assert "/api/v1/namespaces/shop" in paths
     assert "/api/v1/namespaces/shop/pods" in paths
     assert "/api/v1/pods" not in paths and "/api/v1/namespaces" not in paths
+    # Policy where it can apply, so namespace-scoped permissions are enough.
+    assert "/apis/security.istio.io/v1/namespaces/istio-system/peerauthentications" in paths
+    assert "/apis/security.istio.io/v1/namespaces/shop/peerauthentications" in paths
+    assert "/apis/security.istio.io/v1/peerauthentications" not in paths
+    assert {p["metadata"]["name"] for p in snap.peerauthentications} == {"default"}
+    assert build_plan(snap).targets_file.targets[0].expect == Expect.STRICT  # the mesh policy
 
 
 def test_namespace_label_selector_and_include_system(kube: FakeKube) -> None:

@@ -351,3 +351,12 @@ def test_targets_yaml_writer_round_trips(names: list[str], port: int, flag: bool
         ],
     }
     assert yaml.safe_load(targets_yaml(doc)) == doc
+
+
+def test_namespace_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    migration = str(SCENARIOS / "migration.yaml")
+    assert cli_main(["plan", "--from-manifests", migration, "-n", "shop", "-o", "json"]) == 0
+    names = {t["name"] for t in json.loads(capsys.readouterr().out)["targets"]["targets"]}
+    assert names == {"shop/cart:80", "shop/checkout:80", "shop/checkout:9091"}
+    assert cli_main(["plan", "--from-manifests", migration, "-n", "shop", "-A"]) == 64
+    assert "-n cannot be combined" in capsys.readouterr().err
