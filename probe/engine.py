@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from probe.checks.base import Check, RunContext, Scope, make_result
@@ -134,90 +134,125 @@ def run_checks(
     # Hard bound per item: socket timeouts should end it far earlier; this catches hangs.
     deadline_s = ctx.settings.timeout * 3 + 1.0
     stop = stop or threading.Event()
-    started: dict[int, float] = {}
+    # Items a worker is running now (index -> monotonic start): at most the pool's size,
+    # so the deadline scan costs O(concurrency), not O(work).
+    running: dict[int, float] = {}
+    finished: queue.SimpleQueue[int] = queue.SimpleQueue()
 
     def job(i: int) -> Result:
         if stop.is_set():
             return _interrupted(work[i])
-        started[i] = time.monotonic()
-        return _execute(work[i], ctx)
+        running[i] = time.monotonic()
+        try:
+            return _execute(work[i], ctx)
+        finally:
+            running.pop(i, None)
 
     def emit(i: int, r: Result) -> None:
+        remaining.discard(i)
         results[i] = r
         if on_result is not None:
             on_result(r)
 
+    def collect(wait_s: float) -> None:
+        """Emit what finished (waiting up to ``wait_s`` for the first one)."""
+        try:
+            batch = [finished.get(timeout=wait_s)]
+        except queue.Empty:
+            return
+        while True:
+            try:
+                batch.append(finished.get_nowait())
+            except queue.Empty:
+                break
+        for i in batch:
+            if i in remaining:
+                emit(i, _outcome(futures[i], work[i]))
+
+    def error(i: int, reason: str, observed: str, kind: str) -> Result:
+        w = work[i]
+        return make_result(
+            w.check.name,
+            w.target,
+            w.endpoint,
+            Verdict.ERROR,
+            reason,
+            observed=observed,
+            evidence={"error": kind},
+        )
+
     workers = max(1, min(ctx.settings.concurrency, len(work)))
     pool = _DaemonPool(workers, spares=workers)
-    futures: dict[Future[Result], int] = {}
+    futures: list[Future[Result]] = []
+    remaining = set(range(len(work)))
     try:
-        futures = {
-            pool.submit(lambda i=i: job(i)): i  # type: ignore[misc]
-            for i in range(len(work))
-        }
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-            for fut in done:
-                emit(futures[fut], fut.result())
+        for i in range(len(work)):
+            fut = pool.submit(lambda i=i: job(i))  # type: ignore[misc]
+            fut.add_done_callback(lambda _f, i=i: finished.put(i))  # type: ignore[misc]
+            futures.append(fut)
+        while remaining and not stop.is_set():
+            collect(0.05)
             now = time.monotonic()
-            for fut in list(pending):
-                i = futures[fut]
-                t0 = started.get(i)
-                if stop.is_set() and t0 is None:
-                    fut.cancel()
-                if fut.cancelled() or (stop.is_set() and t0 is None):
-                    pending.discard(fut)
-                    emit(i, _interrupted(work[i]))
-                elif t0 is not None and now - t0 > deadline_s and pool.abandon(fut):
-                    pending.discard(fut)
+            for i, t0 in running.copy().items():
+                if i in remaining and now - t0 > deadline_s and pool.abandon(futures[i]):
                     emit(
                         i,
-                        make_result(
-                            work[i].check.name,
-                            work[i].target,
-                            work[i].endpoint,
-                            Verdict.ERROR,
+                        error(
+                            i,
                             f"check overran its {deadline_s:.0f}s deadline",
-                            observed="timeout",
-                            evidence={"error": "deadline"},
+                            "timeout",
+                            "deadline",
                         ),
                     )
-            if pending and pool.live == 0:
+            if remaining and pool.live == 0:
                 # Every seat is held by a check that overran its deadline and no spare
                 # worker is left: what has not started cannot run in bounded time.
-                for fut in [f for f in pending if futures[f] not in started]:
-                    if fut.cancel():
-                        pending.discard(fut)
+                for i in sorted(remaining):
+                    if futures[i].cancel():
                         emit(
-                            futures[fut],
-                            make_result(
-                                work[futures[fut]].check.name,
-                                work[futures[fut]].target,
-                                work[futures[fut]].endpoint,
-                                Verdict.ERROR,
+                            i,
+                            error(
+                                i,
                                 "not run: every worker is stuck in a check that overran "
                                 "its deadline",
-                                observed="not-run",
-                                evidence={"error": "workers-exhausted"},
+                                "not-run",
+                                "workers-exhausted",
                             ),
                         )
-            if stop.is_set():
-                # Give running checks a moment to finish; then abandon them as errors.
-                grace_end = time.monotonic() + min(ctx.settings.timeout, 2.0)
-                while pending and time.monotonic() < grace_end:
-                    done, pending = wait(pending, timeout=0.05)
-                    for fut in done:
-                        emit(futures[fut], fut.result())
-                for fut in pending:
-                    emit(futures[fut], _interrupted(work[futures[fut]]))
-                pending = set()
+        if remaining:
+            # Stopped: nothing new starts; running checks get a short grace, then are
+            # reported as interrupted (errors), so the run ends within a bound.
+            for i in sorted(remaining):
+                if futures[i].cancel():
+                    emit(i, _interrupted(work[i]))
+            grace_end = time.monotonic() + min(ctx.settings.timeout, 2.0)
+            while remaining and time.monotonic() < grace_end:
+                collect(min(0.05, max(0.0, grace_end - time.monotonic())))
+            for i in sorted(remaining):
+                emit(i, _interrupted(work[i]))
     finally:
         for fut in futures:
             fut.cancel()
         pool.shutdown()
     collected = skips + [results[i] for i in range(len(work)) if i in results]
     return sorted(collected, key=_order_key(checks, ctx))
+
+
+def _outcome(fut: Future[Result], item: WorkItem) -> Result:
+    if fut.cancelled():
+        return _interrupted(item)
+    try:
+        return fut.result()
+    except BaseException as exc:  # job() never raises; if it did, still a result
+        return make_result(
+            item.check.name,
+            item.target,
+            item.endpoint,
+            Verdict.ERROR,
+            f"probe crashed: {type(exc).__name__}: {exc}",
+            observed="probe-crash",
+            evidence={"error": "probe-crash"},
+        )
 
 
 def _order_key(

@@ -66,7 +66,8 @@ def check(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def mixed_targets(tmp: Path, strict: str, open_: str, tcp: str, dead: str) -> Path:
-    """One of each verdict from plaintext + mesh: pass, fail, error and (tcp) skip."""
+    """One of each verdict from plaintext (per endpoint) + xfcc-spoof (per target, and
+    a skip: these targets do not reflect headers)."""
     return write_targets(
         tmp,
         [
@@ -92,7 +93,9 @@ def test_formats_through_the_cli_agree_and_keep_the_contract(tmp_path: Path) -> 
             str(nothing_listening()),
         )
         out = {
-            fmt: check("-f", str(f), "--checks", "plaintext,mesh", "-o", fmt, "--timeout", "2")
+            fmt: check(
+                "-f", str(f), "--checks", "plaintext,xfcc-spoof", "-o", fmt, "--timeout", "2"
+            )
             for fmt in ("json", "jsonl", "junit", "table")
         }
     assert {p.returncode for p in out.values()} == {1}, {k: p.stderr for k, p in out.items()}
@@ -113,7 +116,8 @@ def test_formats_through_the_cli_agree_and_keep_the_contract(tmp_path: Path) -> 
     assert by[("plaintext", "ns-b/open")]["verdict"] == "fail"
     assert by[("plaintext", "ns-c/tcp")]["verdict"] == "pass"
     assert by[("plaintext", "ns-d/dead")]["verdict"] == "error"
-    assert by[("mesh", "ns-c/tcp")]["verdict"] == "skip"
+    assert by[("xfcc-spoof", "ns-c/tcp")]["verdict"] == "skip"
+    assert "endpoint" not in by[("xfcc-spoof", "ns-a/strict")]
     summary = doc["summary"]
     assert list(summary) == ["pass", "fail", "error", "skip"]
     assert summary == {v: sum(r["verdict"] == v for r in results) for v in summary}
