@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from jobs.jobspec import ROLES, Role
 
@@ -50,6 +50,7 @@ RUN_API_CALLS: frozenset[tuple[str, str, str, str]] = frozenset(
         ("list", "batch", "jobs", NS),
         ("delete", "batch", "jobs", NS),
         ("list", "", "pods", NS),
+        ("watch", "", "pods", NS),
         ("get", "", "pods/log", NS),
     }
 )
@@ -191,9 +192,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     j.add_argument(
         "--poll-interval",
         type=_seconds,
-        default=2.0,
+        default=10.0,
         metavar="SECONDS",
-        help="between looks at the Jobs and pods (default: 2)",
+        help="longest wait between looks at the Jobs and pods; a watch on the run's pods "
+        "wakes earlier on any change (default: 10)",
     )
     o = p.add_argument_group("report")
     o.add_argument(
@@ -230,16 +232,33 @@ class Cluster:
         query: list[tuple[str, Any]] | None = None,
         body: dict[str, Any] | None = None,
     ) -> bytes:
+        resp = self._open(what, method, path, query, self.reader._timeout(), body)
+        try:
+            data: bytes = resp.read()
+        except Exception as exc:
+            from jobs.discovery import DiscoveryError, _transport
+
+            raise DiscoveryError(
+                f"cannot reach the Kubernetes API at {self.reader.server} ({what}): "
+                f"{_transport(exc)}"
+            ) from None
+        if 200 <= resp.status <= 299:
+            return data
+        self._raise(what, resp.status, resp.reason, data)
+
+    def _open(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        query: list[tuple[str, Any]] | None,
+        timeout: tuple[float, float],
+        body: dict[str, Any] | None = None,
+    ) -> Any:
         from kubernetes.client import ApiException
         from urllib3.exceptions import HTTPError
 
-        from jobs.discovery import (
-            DiscoveryError,
-            Forbidden,
-            _forbidden_line,
-            _status,
-            _transport,
-        )
+        from jobs.discovery import DiscoveryError, _transport
 
         server = self.reader.server
         try:
@@ -251,9 +270,7 @@ class Cluster:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            resp = self.api.call_api(*params, _request_timeout=self.reader._timeout())
-            data: bytes = resp.read()
-            code, reason = resp.status, resp.reason
+            return self.api.call_api(*params, _request_timeout=timeout)
         except ApiException as exc:
             raise DiscoveryError(
                 f"cannot reach the Kubernetes API at {server} ({what}): "
@@ -263,19 +280,29 @@ class Cluster:
             raise DiscoveryError(
                 f"cannot reach the Kubernetes API at {server} ({what}): {_transport(exc)}"
             ) from None
-        if 200 <= code <= 299:
-            return data
+
+    def _raise(self, what: str, code: int, reason: str | None, data: bytes) -> NoReturn:
+        from jobs.discovery import DiscoveryError, Forbidden, _forbidden_line, _status
+
+        server = self.reader.server
         status = _status(data)
         if code in (401, 403):
             raise Forbidden(_forbidden_line(what, code, status))
         msg = " ".join(str(status.get("message") or reason or "no message").split())
         raise DiscoveryError(f"{what}: the API server at {server} answered HTTP {code}: {msg}")
 
-    def _json(self, what: str, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _json(
+        self,
+        what: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: list[tuple[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         from jobs.discovery import DiscoveryError
 
         try:
-            doc = json.loads(self._send(what, method, path, body=body))
+            doc = json.loads(self._send(what, method, path, query=query, body=body))
         except ValueError:
             raise DiscoveryError(f"{what}: the API server sent a body that is not JSON") from None
         if not isinstance(doc, dict):
@@ -294,9 +321,47 @@ class Cluster:
         path = f"/apis/batch/v1/namespaces/{ns}/jobs"
         return list(self.reader.pages(f"list jobs.batch in {ns}", path, labelSelector=selector))
 
-    def pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
+    def pods(self, ns: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        """The run's pods in ``ns`` and the list's resourceVersion (to watch from)."""
         path = f"/api/v1/namespaces/{ns}/pods"
-        return list(self.reader.pages(f"list pods in {ns}", path, labelSelector=selector))
+        items: list[dict[str, Any]] = []
+        query: list[tuple[str, Any]] = [("labelSelector", selector), ("limit", 500)]
+        while True:
+            doc = self._json(f"list pods in {ns}", "GET", path, query=query)
+            items.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
+            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            token = (meta or {}).get("continue")
+            if not token:
+                return items, str((meta or {}).get("resourceVersion") or "")
+            query = [("labelSelector", selector), ("limit", 500), ("continue", token)]
+
+    def wait_for_change(self, ns: str, selector: str, rv: str, seconds: int) -> bool:
+        """Watch the run's pods from ``rv`` until the first event or ``seconds`` (server-side
+        ``timeoutSeconds``, and a client-side read timeout a little longer, so a silent
+        server cannot hold us). True when something changed."""
+        from jobs.discovery import DiscoveryError, _transport
+
+        path = f"/api/v1/namespaces/{ns}/pods"
+        what = f"watch pods in {ns}"
+        query: list[tuple[str, Any]] = [
+            ("labelSelector", selector),
+            ("watch", "true"),
+            ("resourceVersion", rv),
+            ("timeoutSeconds", seconds),
+        ]
+        connect = self.reader._timeout()[0]
+        resp = self._open(what, "GET", path, query, (connect, seconds + connect + 2))
+        raw = resp.response
+        try:
+            if resp.status != 200:
+                self._raise(what, resp.status, resp.reason, raw.read())
+            return any(chunk.strip() for chunk in raw.stream(4096, decode_content=True))
+        except DiscoveryError:
+            raise
+        except Exception as exc:  # a read timeout or reset mid-stream: look again
+            raise DiscoveryError(f"{what}: {_transport(exc)}") from None
+        finally:
+            raw.close()
 
     def log(self, ns: str, pod: str, container: str) -> str:
         path = f"/api/v1/namespaces/{ns}/pods/{pod}/log"
@@ -422,6 +487,7 @@ def collect(
     namespaces = sorted({u.namespace for u in launched.units})
     last_view: dict[tuple[str, str, int], judge.PodView] = {}
     failures: dict[tuple[str, str], str] = {}
+    versions: dict[str, str] = {}
     api_error = ""
 
     def finish(u: Unit, index: int, results: list[Result]) -> None:
@@ -464,7 +530,7 @@ def collect(
                     why = judge.job_failure(jb)
                     if why:
                         failures[(ns, jb["metadata"]["name"])] = why
-                pods = cluster.pods(ns, selector)
+                pods, versions[ns] = cluster.pods(ns, selector)
                 for u in (u for u in launched.units if u.namespace == ns):
                     role_pods = [
                         judge.pod_view(p, CONTAINER)
@@ -511,7 +577,18 @@ def collect(
         left = deadline - clock()
         if left <= 0:
             break
-        time.sleep(min(poll, left))
+        # Sleep until a pod of the run changes (a watch), at most ``poll`` seconds; then
+        # look at everything again. Lists decide; the watch only wakes us early.
+        pending = [u.namespace for u in launched.units if not u.complete]
+        wait = min(poll, left)
+        if pending and versions.get(pending[0]) and wait >= 1:
+            try:
+                cluster.wait_for_change(pending[0], selector, versions[pending[0]], int(wait))
+            except DiscoveryError as exc:
+                api_error = str(exc)
+                time.sleep(min(1.0, max(0.0, deadline - clock())))
+        else:
+            time.sleep(wait)
     out: list[Result] = []
     for u in launched.units:
         for index in range(u.shards):

@@ -21,12 +21,16 @@
   ``unschedulable``  PodScheduled=False, Unschedulable;
   ``none``      no pod at all (e.g. rejected by admission).
 
-Jobs get Complete / Failed conditions as the Job controller sets them.
+Jobs get Complete / Failed conditions as the Job controller sets them (and Failed /
+DeadlineExceeded past ``activeDeadlineSeconds``). List paths also answer ``?watch=true``
+with a chunked stream of ``ADDED``/``MODIFIED``/``DELETED`` events after
+``resourceVersion``, filtered by ``labelSelector``, ended after ``timeoutSeconds``.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -36,13 +40,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from tests.fakekube import Call, FakeKube, status_body
+from tests.fakekube import Call, FakeKube, _Handler, _label_match, status_body
 
 Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,11 +68,21 @@ class JobKube(FakeKube):
     _seen: dict[str, float] = field(default_factory=dict)  # job uid -> start (monotonic)
     _workers: list[threading.Thread] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
+    _changes: threading.Condition = field(default_factory=threading.Condition)
+    # (resourceVersion, type, group, plural, namespace, object)
+    _events: list[tuple[int, str, str, str, str, Obj]] = field(default_factory=list)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> JobKube:
-        super().start()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _WatchHandler)
+        server.daemon_threads = True
+        server.kube = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="fakekube", daemon=True
+        )
+        self._thread.start()
         self._tmp = tempfile.TemporaryDirectory(prefix="fakekubelet-")
         t = threading.Thread(target=self._controller, name="fake-job-controller", daemon=True)
         t.start()
@@ -83,6 +98,69 @@ class JobKube(FakeKube):
 
     def __enter__(self) -> JobKube:
         return self.start()
+
+    # -- change events (for watches) -------------------------------------------------------
+
+    def _event(self, kind: str, group: str, plural: str, obj: Obj) -> None:
+        obj = copy.deepcopy(obj)
+        md = obj["metadata"]
+        if kind == "DELETED":  # the API server gives a deletion its own resourceVersion
+            md["resourceVersion"] = str(next(self._rv))
+        with self._changes:
+            self._events.append(
+                (int(md["resourceVersion"]), kind, group, plural, md.get("namespace", ""), obj)
+            )
+            self._changes.notify_all()
+
+    def add(self, obj: Obj) -> Obj:
+        out = super().add(obj)
+        r = self._resource_for(str(out.get("apiVersion", "")), str(out.get("kind", "")))
+        self._event("ADDED", r.group, r.plural, out)
+        return out
+
+    def stream_watch(self, h: _Handler, path: str, query: dict[str, str]) -> None:
+        with self._lock:
+            self.calls.append(Call("GET", path, query))
+        route = self._route(path)
+        if route is None or route[3] is not None:
+            h.send_response(404)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        r, _, ns, _ = route
+        since = int(query.get("resourceVersion") or 0)
+        end = time.monotonic() + float(query.get("timeoutSeconds") or 30)
+        sel = query.get("labelSelector") or ""
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        h.close_connection = True
+        try:
+            while not self._stop.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                with self._changes:
+                    due = [
+                        e
+                        for e in self._events
+                        if e[0] > since
+                        and (e[2], e[3]) == (r.group, r.plural)
+                        and (ns is None or e[4] == ns)
+                        and _label_match(sel, e[5]["metadata"].get("labels") or {})
+                    ]
+                    if not due:
+                        self._changes.wait(min(0.2, left))
+                        continue
+                for rv, kind, *_, obj in due:
+                    data = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+                    h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    since = max(since, rv)
+                h.wfile.flush()
+            h.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -119,6 +197,9 @@ class JobKube(FakeKube):
                     policy = str(json_body(body).get("propagationPolicy") or "")
                 except ValueError:
                     policy = ""
+            route = self._route(parts.path)
+            if route is not None:
+                self._event("DELETED", route[0].group, route[0].plural, doc)
             if policy in ("Background", "Foreground"):
                 self._collect_garbage({doc["metadata"]["uid"]})
         return code, doc
@@ -126,15 +207,18 @@ class JobKube(FakeKube):
     def _collect_garbage(self, gone: set[str]) -> None:
         while gone:
             owned: set[str] = set()
+            deleted: list[tuple[str, str, Obj]] = []
             with self._lock:
-                for buckets in self.store.values():
+                for (group, plural), buckets in self.store.items():
                     for objs in buckets.values():
                         for name, obj in list(objs.items()):
                             refs = obj["metadata"].get("ownerReferences") or []
                             if any(r.get("uid") in gone for r in refs):
                                 owned.add(obj["metadata"]["uid"])
-                                del objs[name]
+                                deleted.append((group, plural, objs.pop(name)))
                 self._sorted.clear()
+            for group, plural, obj in deleted:
+                self._event("DELETED", group, plural, obj)
             gone = owned
 
     # -- the RBAC a run needs ------------------------------------------------------------------
@@ -232,11 +316,15 @@ class JobKube(FakeKube):
             ]
             cur["metadata"]["resourceVersion"] = str(next(self._rv))
             pods = self.store[("", "pods")].get(md["namespace"], {})
+            killed = []
             for name, pod in list(pods.items()):
                 owners = {r.get("uid") for r in pod["metadata"].get("ownerReferences") or []}
                 if md["uid"] in owners and pod["status"].get("phase") == "Pending":
-                    del pods[name]
+                    killed.append(pods.pop(name))
             self._sorted.clear()
+        self._event("MODIFIED", "batch", "jobs", cur)
+        for pod in killed:
+            self._event("DELETED", "", "pods", pod)
 
     def _new_pod(self, job: Obj, index: int | None) -> Obj:
         tpl = job["spec"]["template"]
@@ -282,6 +370,7 @@ class JobKube(FakeKube):
             cur["status"] = status
             cur["metadata"]["resourceVersion"] = str(next(self._rv))
             self._sorted.clear()
+        self._event("MODIFIED", "", "pods", cur)
         return True
 
     def _finish_job(self, job: Obj, ok: bool, reason: str = "BackoffLimitExceeded") -> None:
@@ -306,6 +395,7 @@ class JobKube(FakeKube):
             st["conditions"] = [cond]
             cur["metadata"]["resourceVersion"] = str(next(self._rv))
             self._sorted.clear()
+        self._event("MODIFIED", "batch", "jobs", cur)
 
     def _kubelet(self, job: Obj, pod: Obj, index: int, kind: str) -> None:
         if self._stop.wait(0.05):
@@ -453,3 +543,16 @@ def json_body(body: bytes) -> Obj:
     if not isinstance(doc, dict):
         raise ValueError("not an object")
     return doc
+
+
+class _WatchHandler(_Handler):
+    """``?watch=true`` on a list path streams events; everything else as before."""
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        kube = self.server.kube  # type: ignore[attr-defined]
+        if query.get("watch") in ("true", "1") and isinstance(kube, JobKube):
+            kube.stream_watch(self, parts.path, query)
+        else:
+            self._serve()
