@@ -52,6 +52,9 @@ class Options:
     timeout: float = 10.0  # seconds, per request
     page_size: int = 500
     raw: bool = True  # False: go through the generated models (for the benchmark)
+    # List PeerAuthentications/DestinationRules only in these namespaces (include the root
+    # namespace!), for users whose RBAC is namespace-scoped. Empty: cluster-wide.
+    policy_namespaces: tuple[str, ...] = ()
 
 
 @dataclass
@@ -301,9 +304,10 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
         except _NotServed:
             return None
 
-    # With -n, policy is read where it can apply: the named namespaces and the root
-    # namespace (DestinationRules exported from elsewhere are then not seen).
-    policy_ns = sorted(targets | {snap.root_namespace}) if opts.namespaces else None
+    # Policy is listed cluster-wide even with -n: the root namespace's mesh policy and
+    # DestinationRules exported from any namespace apply to the named ones (the agent's
+    # RBAC is pinned to these calls). ``Options.policy_namespaces`` narrows it.
+    policy_ns = sorted(opts.policy_namespaces) if opts.policy_namespaces else None
 
     # The lists are independent: fetch them at once, so one waits on the API server
     # while another is decoded. Results are admitted in a fixed order, and the first

@@ -89,7 +89,13 @@ def test_named_namespaces_are_read_one_by_one(kube: FakeKube) -> None:
     assert "/api/v1/namespaces/shop" in paths
     assert "/api/v1/namespaces/shop/pods" in paths
     assert "/api/v1/pods" not in paths and "/api/v1/namespaces" not in paths
-    # Policy where it can apply, so namespace-scoped permissions are enough.
+    assert "/apis/security.istio.io/v1/peerauthentications" in paths  # mesh-wide policy
+
+
+def test_policy_namespaces_narrow_the_policy_lists(kube: FakeKube) -> None:
+    opts = Options(namespaces=("shop",), policy_namespaces=("istio-system", "shop"))
+    snap = discover(kube.api_client(), opts)
+    paths = kube.paths()
     assert "/apis/security.istio.io/v1/namespaces/istio-system/peerauthentications" in paths
     assert "/apis/security.istio.io/v1/namespaces/shop/peerauthentications" in paths
     assert "/apis/security.istio.io/v1/peerauthentications" not in paths
