@@ -205,13 +205,14 @@ def test_mesh_xfcc_at_plaintext_target_fails(echo: tuple[str, int], expect: Expe
 def test_mesh_proxy_down_is_sidecar_unavailable() -> None:
     r = run(MeshCheck(), f"http://{nothing_listening()}")
     assert r.verdict is Verdict.ERROR and "sidecar proxy" in r.reason
-    assert r.evidence.get("error") == "sidecar-unavailable" or "unreachable" in r.reason
+    assert r.evidence["error"] == "sidecar-unavailable"
 
 
 def test_mesh_sidecar_silent_is_timeout_error(echo: tuple[str, int]) -> None:
     t = time.monotonic()
     r = mesh_via(SidecarBehaviour(mode="hang", upstream=echo), timeout=0.5)
     assert r.verdict is Verdict.ERROR and "within 0.5s" in r.reason
+    assert r.evidence["error"] == "read-timeout"
     assert time.monotonic() - t < 4
 
 
@@ -224,11 +225,13 @@ def test_mesh_in_pod_mode_nothing_listening_is_error() -> None:
     ep = nothing_listening()
     r = run(MeshCheck(), None, host=ep.host, port=ep.port)
     assert r.verdict is Verdict.ERROR and "refused" in r.reason
+    assert r.evidence["error"] == "nothing-listening"
 
 
 def test_mesh_in_pod_mode_dns_failure_is_error() -> None:
     r = run(MeshCheck(), None, host="no-such-host.invalid")
     assert r.verdict is Verdict.ERROR and "resolve" in r.reason
+    assert r.evidence["error"] == "dns"
 
 
 def test_mesh_in_pod_mode_direct(echo: tuple[str, int]) -> None:

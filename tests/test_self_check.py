@@ -226,6 +226,7 @@ def test_certs_days_until_expiration_when_no_timestamp(
 def test_admin_down_is_error() -> None:
     r = run_self(f"http://{nothing_listening()}", None)
     assert r.verdict is Verdict.ERROR and "unreachable" in r.reason
+    assert r.evidence["error"] == "sidecar-unavailable"
 
 
 @pytest.mark.parametrize(
