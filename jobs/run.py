@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 DEFAULT_NAMESPACE = "mtlsprobe"
 DEFAULT_SHARD_THRESHOLD = 200
 IMAGE_ENV = "MTLSPROBE_IMAGE"
+CONFIGMAP_MAX = 1_000_000  # the API server's limit is 1 MiB for the whole object
 NS = "<probe namespace>"  # each namespace in --probe-namespace / --source-namespaces
 
 # (verb, API group, resource, scope): what `run` does beyond discovery.
@@ -439,7 +440,15 @@ def launch(
     scopes = _scopes(names)
     for ns in sources:
         tf = jobspec.pod_targets(plan.targets_file, ns, spec)
-        body = jobspec.configmap(spec, ns, targets_yaml(tf.to_dict()))
+        text = targets_yaml(tf.to_dict())
+        if len(text.encode()) > CONFIGMAP_MAX:
+            from probe.cli import UsageError
+
+            raise UsageError(
+                f"the targets file is {len(text.encode())} bytes ({len(tf.targets)} targets); "
+                "a ConfigMap holds at most 1 MiB: narrow the run with -n or --selector"
+            )
+        body = jobspec.configmap(spec, ns, text)
         cm = cluster.create_configmap(ns, body)
         out.configmaps.append((ns, cm["metadata"]["name"]))
         for role in ROLES:
@@ -739,6 +748,10 @@ def main(args: argparse.Namespace) -> int:
         api.close()
     everything = [*plan.findings, *results]
     emit_report(everything, args.output, args.out)
+    from probe import telemetry
+
+    if telemetry.enabled():  # the probe pods do not export: one trace per run, from here
+        telemetry.export_run(everything, source_identity=None, targets=plan.targets_file)
     return exit_code(everything)
 
 
