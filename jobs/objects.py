@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypedDict
+from typing import Any
 
 KubeObject = dict[str, Any]
 
@@ -26,17 +26,6 @@ DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 PA_MODES = frozenset({"UNSET", "DISABLE", "PERMISSIVE", "STRICT"})
 # DestinationRule ClientTLSSettings.TLSmode.
 DR_TLS_MODES = frozenset({"DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"})
-
-
-class ObjectMeta(TypedDict, total=False):
-    """The parts of ``metadata`` this package reads."""
-
-    name: str
-    namespace: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    creationTimestamp: str
-    uid: str
 
 
 @dataclass(frozen=True)
@@ -138,11 +127,9 @@ def namespace(obj: Mapping[str, Any]) -> str:
 
 
 def _str_map(raw: object) -> dict[str, str]:
-    if type(raw) is not dict:
-        return {}
-    if all(type(v) is str for v in raw.values()):  # what the API server sends: a C-level copy
-        return dict(raw)
-    return {str(k): str(v) for k, v in raw.items() if v is not None}
+    """A copy of a labels/annotations map. The API server only stores strings there; a
+    YAML value that is not one simply never equals the strings policies compare with."""
+    return dict(raw) if type(raw) is dict else {}
 
 
 def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -235,7 +222,7 @@ def _is_port(v: object) -> bool:
     return type(v) is int and 0 < v < 65536
 
 
-def _port_key(k: object) -> int | None:
+def port_key(k: object) -> int | None:
     """portLevelMtls keys: YAML gives ints, JSON gives strings."""
     if isinstance(k, bool):
         return None
@@ -336,7 +323,7 @@ def _check_pa(obj: Mapping[str, Any]) -> str | None:
         if not isinstance(plm, dict):
             return "spec.portLevelMtls is not a mapping"
         for k, v in plm.items():
-            if _port_key(k) is None:
+            if port_key(k) is None:
                 return f"spec.portLevelMtls key {k!r} is not a port number"
             err = _check_mtls(v, f"spec.portLevelMtls[{k}]")
             if err:
@@ -402,9 +389,6 @@ def admit(kind: str, obj: object) -> Problem | None:
     namespaced, check = _CHECKS[kind]
     err = _need_meta(kind, obj, namespaced) or check(obj)
     return _problem(kind, obj, err) if err else None
-
-
-port_key = _port_key
 
 
 def mesh_settings(mesh_yaml: object) -> tuple[str | None, str | None, str | None]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from jobs.objects import (
@@ -179,17 +180,6 @@ class WorkloadPolicy:
         if target_port is None:
             return self.workload
         return self.ports.get(target_port, self.workload)
-
-
-def effective_mode(
-    policies: Iterable[KubeObject],
-    root_namespace: str,
-    pod_namespace: str,
-    pod_labels: Mapping[str, str],
-    target_port: int | None,
-) -> ModeDecision:
-    """One-shot form of ``PeerAuthIndex.effective`` (build the index for many pods)."""
-    return PeerAuthIndex(policies, root_namespace).effective(pod_namespace, pod_labels, target_port)
 
 
 # ---- sidecars, injection, ambient -------------------------------------------------------
@@ -445,6 +435,7 @@ class ClientView:
     reason: str
 
 
+@lru_cache(maxsize=256)  # pure, and called once per edge with few distinct arguments
 def client_view(
     dr: DrTls,
     server_mode: Expect,
