@@ -21,12 +21,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from probe.results import Result, Verdict
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -217,14 +218,31 @@ class Telemetry:
             unit="{check}",
             description="Checks run, by check, verdict and destination namespace",
         )
-        self.cert_expiry = meter.create_gauge(
+        # Observable, from the last recorded run only: a target that is gone stops being
+        # exported (a long-running agent must not report stale certificates forever),
+        # and the value counts down to the collection time.
+        self._expiry: dict[tuple[str, str, str], float] = {}
+        meter.create_observable_gauge(
             "mtlsprobe.peer_cert.expiry",
+            [self._observe_expiry],
             unit="s",
             description=(
                 "Seconds until the soonest-expiring certificate seen at a target expires "
                 "(check peer-cert; check self is the probe's own sidecar, target 'source')"
             ),
         )
+
+    def _observe_expiry(self, options: CallbackOptions) -> Iterable[Observation]:
+        from opentelemetry.metrics import Observation
+
+        now = time.time()
+        return [
+            Observation(
+                when - now,
+                {"mtlsprobe.check": check, "mtlsprobe.target": target, "k8s.namespace.name": ns},
+            )
+            for (check, target, ns), when in sorted(self._expiry.items())
+        ]
 
     def record(
         self,
@@ -265,17 +283,7 @@ class Telemetry:
                 bad += 1
             span.end(end_time=max(start, end))
             self.checks_counter.add(1, ta.check_labels(r, target, source_identity))
-        for (check, target_name, ns), secs in sorted(
-            ta.certificate_expiry(results, by_name, source_identity).items()
-        ):
-            self.cert_expiry.set(
-                secs,
-                {
-                    "mtlsprobe.check": check,
-                    "mtlsprobe.target": target_name,
-                    "k8s.namespace.name": ns,
-                },
-            )
+        self._expiry = ta.certificate_expiry(results, by_name, source_identity)
         if bad:
             root.set_status(Status(StatusCode.ERROR, f"{bad} checks failed or could not observe"))
         root.end(end_time=max((max(s, e) for s, e in times), default=now))

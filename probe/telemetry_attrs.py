@@ -274,38 +274,37 @@ def check_labels(
 def certificate_expiry(
     results: Iterable[Result], targets: Mapping[str, Target], source_identity: str | None = None
 ) -> dict[tuple[str, str, str], float]:
-    """Seconds until the soonest-expiring certificate seen per (check, target,
-    namespace): one series per target, not per pod. Only results where a certificate
-    was actually read (pass or fail) count."""
+    """When (Unix seconds) the soonest-expiring certificate seen per (check, target,
+    namespace) expires: one series per target, not per pod. Only results where a
+    certificate was actually read (pass or fail) count."""
     out: dict[tuple[str, str, str], float] = {}
     for r in results:
         if r.check not in _SERVER_CERT_CHECKS | _CLIENT_CERT_CHECKS:
             continue
         if r.verdict not in (Verdict.PASS, Verdict.FAIL):
             continue
-        secs = _seconds_left(r)
-        if secs is None:
+        when = _expires_at(r)
+        if when is None:
             continue
         key = (r.check, r.target, destination_namespace(r, targets.get(r.target), source_identity))
-        out[key] = min(secs, out.get(key, secs))
+        out[key] = min(when, out.get(key, when))
     return out
 
 
-def _seconds_left(r: Result) -> float | None:
+def _expires_at(r: Result) -> float | None:
+    raw = r.evidence.get("not_after")
+    if isinstance(raw, str):
+        try:
+            na = datetime.fromisoformat(raw)
+        except ValueError:
+            na = None
+        if na is not None:
+            return (na if na.tzinfo else na.replace(tzinfo=UTC)).timestamp()
     remaining = r.evidence.get("remaining_seconds")
     if isinstance(remaining, int | float) and not isinstance(remaining, bool):
-        return float(remaining)
-    raw = r.evidence.get("not_after")
-    if not isinstance(raw, str):
-        return None
-    try:
-        na = datetime.fromisoformat(raw)
-    except ValueError:
-        return None
-    if na.tzinfo is None:
-        na = na.replace(tzinfo=UTC)
-    seen = r.end_ns / 1e9 if r.end_ns else datetime.now(UTC).timestamp()
-    return na.timestamp() - seen
+        seen = r.end_ns / 1e9 if r.end_ns else datetime.now(UTC).timestamp()
+        return seen + float(remaining)
+    return None
 
 
 def targets_by_name(targets: TargetsFile | None) -> dict[str, Target]:

@@ -487,18 +487,55 @@ def test_expiry_is_the_soonest_per_target() -> None:
         "cluster.local",
         (Target("shop/echo", "h", 80, Expect.STRICT, (Endpoint("10.0.0.1", 1),), ECHO_ID),),
     )
+    soon = result("peer-cert", "shop/echo", Verdict.FAIL, "10.0.0.2:1", {"remaining_seconds": 30})
     got = certificate_expiry(
         [
             result(
                 "peer-cert", "shop/echo", Verdict.PASS, "10.0.0.1:1", {"remaining_seconds": 900}
             ),
-            result("peer-cert", "shop/echo", Verdict.FAIL, "10.0.0.2:1", {"remaining_seconds": 30}),
+            soon,
             result("peer-cert", "shop/echo", Verdict.ERROR, "10.0.0.3:1", {"remaining_seconds": 1}),
             result("plaintext", "shop/echo", Verdict.PASS, "10.0.0.1:1", {"remaining_seconds": 2}),
+            result("self", "source", Verdict.PASS, evidence={"not_after": "2030-01-01T00:00:00Z"}),
         ],
         targets_by_name(tf),
+        SOURCE_ID,
     )
-    assert got == {("peer-cert", "shop/echo", "payments"): 30.0}
+    assert got == {
+        ("peer-cert", "shop/echo", "payments"): soon.end_ns / 1e9 + 30,
+        ("self", "source", "mtlsprobe"): 1893456000.0,
+    }
+
+
+def test_expiry_gauge_reports_only_the_last_run() -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+    from probe.telemetry import Telemetry
+
+    reader = InMemoryMetricReader()
+    t = Telemetry(metric_readers=[reader], otlp=False)
+
+    def gauge() -> dict[str, float]:
+        data = reader.get_metrics_data()
+        assert data is not None
+        out: dict[str, float] = {}
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name != "mtlsprobe.peer_cert.expiry":
+                        continue
+                    for p in m.data.data_points:
+                        assert isinstance(p, NumberDataPoint) and p.attributes is not None
+                        out[str(p.attributes["mtlsprobe.target"])] = p.value
+        return out
+
+    t.record([result("peer-cert", "a/x", Verdict.PASS, "10.0.0.1:1", {"remaining_seconds": 600})])
+    first = gauge()
+    t.record([result("peer-cert", "b/y", Verdict.PASS, "10.0.0.2:1", {"remaining_seconds": 60})])
+    second = gauge()
+    t.shutdown()
+    assert list(first) == ["a/x"] and 595 < first["a/x"] <= 600
+    assert list(second) == ["b/y"]  # a/x is gone, not stale
 
 
 def test_export_timeout_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
