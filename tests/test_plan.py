@@ -360,3 +360,41 @@ def test_namespace_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert names == {"shop/cart:80", "shop/checkout:80", "shop/checkout:9091"}
     assert cli_main(["plan", "--from-manifests", migration, "-n", "shop", "-A"]) == 64
     assert "-n cannot be combined" in capsys.readouterr().err
+
+
+def test_ambient_pods_are_enforced_by_ztunnel() -> None:
+    redirected = {"ambient.istio.io/redirection": "enabled"}
+    snap = _snap(
+        namespace("amb", {"istio.io/dataplane-mode": "ambient"}),
+        peer_auth("default", "amb", "STRICT"),
+        pod("in", "amb", {"app": "in"}, ip="10.0.0.1", sidecar=False, annotations=redirected),
+        pod("out", "amb", {"app": "out"}, ip="10.0.0.2", sidecar=False),
+        service("in", "amb", {"app": "in"}, [sport(80, 8080)]),
+        service("out", "amb", {"app": "out"}, [sport(80, 8080)]),
+    )
+    plan = build_plan(snap)
+    t = _by_name(plan)
+    assert t["amb/in:80"].expect == Expect.STRICT
+    assert t["amb/out:80"].expect == Expect.NONE
+    (edge,) = [e for e in plan.edges if e.pod.name == "in"]
+    assert edge.pod.ambient and edge.client.mtls
+    assert any(r.target == "pod amb/out" and "not redirected" in r.reason for r in plan.findings)
+
+
+def test_no_ready_endpoints_and_foreign_slice_endpoints() -> None:
+    snap = _snap(
+        peer_auth("default", "shop", "STRICT"),
+        pod("a-0", "shop", {"app": "a"}, ip="10.0.0.1", ready=False),
+        service("a", "shop", {"app": "a"}, [sport(80, 8080)]),
+        service("ext", "shop", None, [sport(443, 443, name="https")]),
+        {
+            **endpoint_slice("ext-1", "shop", "ext", [], [("https", 443)]),
+            "endpoints": [{"addresses": ["192.0.2.7"], "conditions": {"ready": True}}],
+        },
+    )
+    plan = build_plan(snap)
+    t = _by_name(plan)
+    assert t["shop/a:80"].endpoints == () and t["shop/a:80"].expect == Expect.STRICT
+    assert t["shop/ext:443"].endpoints == () and t["shop/ext:443"].protocol == Protocol.TCP
+    reasons = " | ".join(r.reason for r in plan.findings)
+    assert "no ready endpoints" in reasons and "without a known Pod" in reasons
