@@ -50,14 +50,29 @@ class XfccElement:
         if self.dns:
             out["DNS"] = list(self.dns)
         if self.cert is not None:
-            out["Cert"] = f"<{len(self.cert)} chars>"
+            out["Cert"] = _fingerprints(self.cert)
         if self.chain is not None:
-            out["Chain"] = f"<{len(self.chain)} chars>"
+            out["Chain"] = _fingerprints(self.chain)
         return out
 
     def identities(self) -> tuple[str, ...]:
         """Every identity the element names (By and URI), for marker searches."""
         return self.by + self.uri
+
+
+def _fingerprints(urlencoded_pem: str) -> list[str]:
+    """SHA-256 fingerprints of the URL-encoded PEM certificates Envoy puts in Cert/Chain
+    (evidence names the certificates without carrying them)."""
+    from urllib.parse import unquote_to_bytes
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        certs = x509.load_pem_x509_certificates(unquote_to_bytes(urlencoded_pem))
+    except ValueError:
+        return [f"<not a PEM certificate, {len(urlencoded_pem)} chars>"]
+    return ["sha256:" + c.fingerprint(hashes.SHA256()).hex() for c in certs]
 
 
 def _split(text: str, sep: str, limit: int, what: str) -> list[str]:

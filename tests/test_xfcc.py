@@ -55,12 +55,24 @@ def test_rfc2253_escapes_in_subject_are_kept() -> None:
     assert el.subject == "CN=a\\,b,O=c"
 
 
-def test_cert_and_chain_never_in_summary() -> None:
-    pem = "-----BEGIN%20CERTIFICATE-----%0AMIIB...%0A-----END%20CERTIFICATE-----%0A"
-    (el,) = parse_xfcc(f'By=spiffe://a/b;Cert="{pem}";Chain="{pem}";URI=spiffe://c/d')
-    assert el.cert == pem
-    text = str(el.summary())
-    assert "BEGIN" not in text and "Cert" in text
+def test_cert_and_chain_only_as_fingerprints_in_summary() -> None:
+    from urllib.parse import quote
+
+    from cryptography.hazmat.primitives import hashes
+
+    from probe.pki import CertificateAuthority
+
+    ca = CertificateAuthority.create_root("cluster.local", key_type="ec")
+    leaf = ca.issue_workload("spiffe://cluster.local/ns/a/sa/b", key_type="ec")
+    cert, chain = quote(leaf.cert_pem().decode()), quote(leaf.chain_pem(include_root=True).decode())
+    (el,) = parse_xfcc(f'By=spiffe://a/b;Cert="{cert}";Chain="{chain}";URI=spiffe://c/d')
+    summary = el.summary()
+    fp = "sha256:" + leaf.cert.fingerprint(hashes.SHA256()).hex()
+    assert summary["Cert"] == [fp] and summary["Chain"][0] == fp  # type: ignore[index]
+    assert len(summary["Chain"]) == 2  # type: ignore[arg-type]
+    assert "BEGIN" not in str(summary)
+    (bad,) = parse_xfcc('Cert="-----BEGIN%20junk";URI=spiffe://c/d')
+    assert "not a PEM" in str(bad.summary()) and "BEGIN" not in str(bad.summary())
 
 
 def test_multiple_header_values_join_in_order() -> None:
