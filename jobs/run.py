@@ -612,7 +612,7 @@ def collect(
             else:
                 why = (
                     f"no probe pod appeared for job {u.job} in {u.namespace} "
-                    "(quota, admission or events?)"
+                    "(service account missing, quota or admission? kubectl describe job)"
                 )
             why = (
                 failures.get((u.namespace, u.job), "")

@@ -357,3 +357,21 @@ def test_source_namespaces(env: Env, capsys: pytest.CaptureFixture[str]) -> None
     assert "/api/v1/namespaces/ns-b/configmaps" in made
     assert "/apis/batch/v1/namespaces/ns-b/jobs" in made
     assert env.kube.run_objects() == []
+
+
+def test_api_failing_during_the_wait_is_an_error_not_a_hang(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(job: dict[str, Any], index: int) -> str:
+        env.kube.fail("/api/v1/namespaces/mtlsprobe/pods", 500)  # from now on
+        return "run"
+
+    env.kube.behaviour = broken
+    t0 = time.monotonic()
+    code, doc, _err = run(env, capsys, "--checks", "plaintext", "--deadline", "2")
+    assert time.monotonic() - t0 < 20
+    (r,) = probe_results(doc)
+    assert r["verdict"] == "error"
+    assert "could not watch the probe Job" in r["reason"] and "HTTP 500" in r["reason"], r
+    assert code == 2
+    assert env.kube.run_objects() == []
