@@ -161,6 +161,9 @@ def test_no_istio_plans_permissive_with_a_finding() -> None:
         (t,) = plan.targets_file.targets
         assert t.expect == Expect.PERMISSIVE
         assert any("no Istio APIs found" in r.reason for r in plan.findings)
+        from jobs.plan_cli import render_yaml
+
+        assert "# SKIP policy cluster: no Istio APIs found" in render_yaml(plan)
 
 
 def test_malformed_object_is_reported_and_skipped(kube: FakeKube) -> None:
