@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import probe.echo
 from probe.echo import EchoServer, Listen, parse_listen
@@ -231,3 +233,52 @@ def test_cli_usage_errors(argv: list[str]) -> None:
     )
     assert proc.returncode == 64
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+_http_ish = st.lists(
+    st.sampled_from(
+        [
+            b"GET ",
+            b"POST ",
+            b"/",
+            b" HTTP/1.1",
+            b"HTTP/1.0",
+            b"\r\n",
+            b"\n",
+            b": ",
+            b"Host",
+            b"Content-Length",
+            b"Transfer-Encoding",
+            b"chunked",
+            b"0",
+            b"-1",
+            b"ffffffff",
+            b"\x00",
+            b"\xff",
+            b"\x16\x03\x01",
+            b" ",
+            b"x" * 300,
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=st.binary(max_size=600) | _http_ish)
+def test_garbage_never_kills_it(echo: tuple[str, int], payload: bytes) -> None:
+    with socket.create_connection(echo, timeout=3) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+    assert out == b"" or out.startswith(b"HTTP/1."), out[:60]
+    with socket.create_connection(echo, timeout=3) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert s.recv(12) == b"HTTP/1.1 200"
