@@ -7,7 +7,7 @@ read (malformed or duplicate extensions) becomes a violation naming it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +63,8 @@ def describe(cert: x509.Certificate) -> dict[str, Any]:
     """Evidence about a certificate: what a person needs to find it. No key material."""
     key_type, key_size = _key_description(cert)
     out: dict[str, Any] = {
-        "subject": _safe(cert.subject.rfc4514_string),
-        "issuer": _safe(cert.issuer.rfc4514_string),
+        "subject": _name(cert, "subject"),
+        "issuer": _name(cert, "issuer"),
         "serial": format(cert.serial_number, "x"),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
@@ -75,11 +75,16 @@ def describe(cert: x509.Certificate) -> dict[str, Any]:
     return out
 
 
-def _safe(fn: Any) -> str:
+def _safe(fn: Callable[[], object]) -> str:
+    """Hostile certificates can make any lazily parsed field raise on access."""
     try:
         return str(fn())
     except Exception:
         return "<unreadable>"
+
+
+def _name(cert: x509.Certificate, which: str) -> str:
+    return _safe(lambda: getattr(cert, which).rfc4514_string())
 
 
 def verify_chain(
@@ -99,7 +104,7 @@ def verify_chain(
             except Exception:  # noqa: S112 - try the next root
                 continue
             if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
-                return f"the root {root.subject.rfc4514_string()} is outside its validity period"
+                return f"the root {_name(root, 'subject')} is outside its validity period"
             return None
         parent = None
         for cand in pool:
@@ -111,7 +116,7 @@ def verify_chain(
             break
         if parent is None:
             return (
-                f"no path to the mesh root: issuer {_safe(current.issuer.rfc4514_string)} "
+                f"no path to the mesh root: issuer {_name(current, 'issuer')} "
                 "is neither a trusted root nor a presented intermediate signed by one"
             )
         bc = None
@@ -120,9 +125,9 @@ def verify_chain(
         except Exception:
             bc = None
         if bc is None or not bc.ca:
-            return f"intermediate {parent.subject.rfc4514_string()} is not a CA"
+            return f"intermediate {_name(parent, 'subject')} is not a CA"
         if not parent.not_valid_before_utc <= now <= parent.not_valid_after_utc:
-            return f"intermediate {parent.subject.rfc4514_string()} is outside its validity period"
+            return f"intermediate {_name(parent, 'subject')} is outside its validity period"
         pool.remove(parent)
         current = parent
     return "certificate chain too long"

@@ -65,6 +65,8 @@ class Handshake:
     cipher: str | None = None
     #: Set when the handshake itself failed (the chain may still have been captured).
     failure: str | None = None
+    #: Set when a presented certificate could not be parsed (``chain`` stops before it).
+    unparseable: str | None = None
 
 
 def alert_name(err: SSL.Error) -> str | None:
@@ -90,8 +92,12 @@ def _describe(err: Exception) -> str:
 
 
 def _capture(conn: SSL.Connection, hs: Handshake) -> None:
-    chain = conn.get_peer_cert_chain() or []
-    hs.chain = [c.to_cryptography() for c in chain]
+    for i, c in enumerate(conn.get_peer_cert_chain() or []):
+        try:
+            hs.chain.append(c.to_cryptography())
+        except Exception as exc:  # a hostile server's DER that OpenSSL took and we cannot read
+            hs.unparseable = f"certificate #{i} of the presented chain is not valid X.509: {exc}"
+            break
     hs.version = conn.get_protocol_version_name()
     proto = conn.get_alpn_proto_negotiated()
     hs.alpn = proto.decode("ascii", "replace") if proto else None

@@ -37,6 +37,17 @@ class PeerCertCheck(Check):
         context = tls_context(ctx, target, None, "anonymous")
         conn, hs = tls.connect_tls(endpoint, context, ctx.settings.timeout, istio_sni(target))
         tls.close(conn)
+        if hs.unparseable is not None and not hs.chain:
+            return make_result(
+                self.name,
+                target,
+                endpoint,
+                Verdict.FAIL,
+                f"the server presented a certificate that is not an X.509-SVID: {hs.unparseable}",
+                expected="valid SVID",
+                observed="unparseable certificate",
+                evidence={"tls_version": hs.version, "alpn": hs.alpn},
+            )
         if not hs.chain:
             why = hs.failure or "handshake completed without a server certificate"
             raise ObservationError(f"no certificate captured from {endpoint}: {why}")
@@ -51,6 +62,8 @@ class PeerCertCheck(Check):
         )
         evidence = dict(j.evidence)
         evidence.update({"tls_version": hs.version, "alpn": hs.alpn})
+        if hs.unparseable is not None:
+            evidence["unparseable"] = hs.unparseable
         expected = f"valid SVID {target.identity}" if target.identity else "valid SVID"
         if target.identity is None:
             evidence["identity_note"] = "no identity in the targets file: identity not compared"
