@@ -11,7 +11,10 @@ it (deleting the ConfigMap cascades to the Jobs, and Jobs own their pods):
 
 Every pod meets the ``restricted`` Pod Security Standard and mounts the mesh root
 from Istio's ``istio-ca-root-cert`` ConfigMap for the chain checks. Above a threshold
-a Job is Indexed: each index probes its shard (``--shards N`` + JOB_COMPLETION_INDEX).
+a Job is Indexed: each shard's targets are in a ConfigMap of their own (one ConfigMap
+holds at most 1 MiB, about 3,800 targets), all projected into the pod, and each index
+reads its file, ``targets-$(JOB_COMPLETION_INDEX).yaml`` (the kubelet expands the
+variable the Job controller sets).
 """
 
 from __future__ import annotations
@@ -78,6 +81,17 @@ def configmap_name(run_id: str) -> str:
     return f"mtlsprobe-{run_id}"
 
 
+def shard_configmap_name(run_id: str, role: str, index: int) -> str:
+    return f"mtlsprobe-{run_id}-{role}-{index}"
+
+
+def shard_path(index: int | str) -> str:
+    return f"{TARGETS_DIR}/targets-{index}.yaml"
+
+
+INDEX_VAR = "$(JOB_COMPLETION_INDEX)"
+
+
 def job_name(run_id: str, role: str) -> str:
     return f"mtlsprobe-{run_id}-{role}"
 
@@ -121,6 +135,35 @@ def configmap(spec: RunSpec, namespace: str, targets_yaml: str) -> Obj:
     }
 
 
+def _owner_refs(owner: Obj) -> list[Obj]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"],
+            "blockOwnerDeletion": False,
+        }
+    ]
+
+
+def shard_configmap(
+    spec: RunSpec, namespace: str, role: str, index: int, targets_yaml: str, owner: Obj
+) -> Obj:
+    """One shard's targets file, owned by the run's ConfigMap."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": shard_configmap_name(spec.run_id, role, index),
+            "namespace": namespace,
+            "labels": labels(spec, role),
+            "ownerReferences": _owner_refs(owner),
+        },
+        "data": {TARGETS_KEY: targets_yaml},
+    }
+
+
 def shard_count(work: int, threshold: int) -> int:
     """Shards for ``work`` units (endpoints) at most ``threshold`` per shard."""
     if threshold < 1 or work <= threshold:
@@ -129,14 +172,13 @@ def shard_count(work: int, threshold: int) -> int:
 
 
 def probe_args(role: Role, checks: tuple[str, ...], spec: RunSpec, shards: int) -> list[str]:
-    args = ["check", "-f", TARGETS_PATH, "--checks", ",".join(checks), "-o", "jsonl"]
+    path = shard_path(INDEX_VAR) if shards > 1 else TARGETS_PATH
+    args = ["check", "-f", path, "--checks", ",".join(checks), "-o", "jsonl"]
     args += ["--timeout", f"{spec.timeout:g}"]
     if role.sidecar:
         args += ["--wait-for-sidecar", f"{spec.sidecar_wait:g}"]
         if not spec.native_sidecar:
             args.append("--quit-sidecar")
-    if shards > 1:
-        args += ["--shards", str(shards)]
     return args
 
 
@@ -171,16 +213,29 @@ def job(
         annotations["proxy.istio.io/config"] = '{"holdApplicationUntilProxyStarts": true}'
         if spec.native_sidecar:
             annotations[NATIVE_ANNOTATION] = "true"
-    volumes: list[Obj] = [
-        {
-            "name": "targets",
-            "configMap": {
-                "name": configmap_name(spec.run_id),
-                "items": [{"key": TARGETS_KEY, "path": TARGETS_KEY}],
-            },
+    targets: Obj = {
+        "name": "targets",
+        "configMap": {
+            "name": configmap_name(spec.run_id),
+            "items": [{"key": TARGETS_KEY, "path": TARGETS_KEY}],
         },
-        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-    ]
+    }
+    if shards > 1:
+        targets = {
+            "name": "targets",
+            "projected": {
+                "sources": [
+                    {
+                        "configMap": {
+                            "name": shard_configmap_name(spec.run_id, role.name, i),
+                            "items": [{"key": TARGETS_KEY, "path": f"targets-{i}.yaml"}],
+                        }
+                    }
+                    for i in range(shards)
+                ]
+            },
+        }
+    volumes: list[Obj] = [targets, {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     mounts: list[Obj] = [
         {"name": "targets", "mountPath": TARGETS_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": TMP},
@@ -256,15 +311,7 @@ def job(
             "name": job_name(spec.run_id, role.name),
             "namespace": namespace,
             "labels": job_labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "name": owner["metadata"]["name"],
-                    "uid": owner["metadata"]["uid"],
-                    "blockOwnerDeletion": False,
-                }
-            ],
+            "ownerReferences": _owner_refs(owner),
         },
         "spec": job_spec,
     }

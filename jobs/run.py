@@ -419,6 +419,16 @@ def _scopes(names: list[str]) -> dict[str, str]:
     return {n: load_check(n).scope.value for n in names}
 
 
+def _too_big(text: str, what: str, lower: bool = False) -> NoReturn:
+    from probe.cli import UsageError
+
+    fix = "lower --shard-threshold" if lower else "narrow the run with -n or --selector"
+    raise UsageError(
+        f"the targets file for {what} is {len(text.encode())} bytes; a ConfigMap holds at "
+        f"most 1 MiB: {fix}"
+    )
+
+
 def _endpoints(tf: TargetsFile) -> int:
     return sum(max(1, len(t.endpoints)) for t in tf.targets)
 
@@ -436,28 +446,36 @@ def launch(
     they are created, so an interrupted launch is still cleaned up)."""
     from jobs import jobspec
     from jobs.plan_cli import targets_yaml
+    from probe import shard
 
     scopes = _scopes(names)
     for ns in sources:
         tf = jobspec.pod_targets(plan.targets_file, ns, spec)
-        text = targets_yaml(tf.to_dict())
-        if len(text.encode()) > CONFIGMAP_MAX:
-            from probe.cli import UsageError
-
-            raise UsageError(
-                f"the targets file is {len(text.encode())} bytes ({len(tf.targets)} targets); "
-                "a ConfigMap holds at most 1 MiB: narrow the run with -n or --selector"
-            )
-        body = jobspec.configmap(spec, ns, text)
-        cm = cluster.create_configmap(ns, body)
-        out.configmaps.append((ns, cm["metadata"]["name"]))
+        roles: list[tuple[Role, tuple[str, ...], bool, int]] = []
         for role in ROLES:
             checks = tuple(c for c in role.checks if c in names)
-            if not checks:
-                continue
-            by_ep = all(scopes[c] == "endpoint" for c in checks)
-            work = _endpoints(tf) if by_ep else len(tf.targets)
-            shards = jobspec.shard_count(work, args.shard_threshold)
+            if checks:
+                by_ep = shard.by_endpoint(scopes[c] for c in checks)
+                work = _endpoints(tf) if by_ep else len(tf.targets)
+                roles.append((role, checks, by_ep, jobspec.shard_count(work, args.shard_threshold)))
+        text = targets_yaml(tf.to_dict())
+        if len(text.encode()) > CONFIGMAP_MAX:
+            if any(n == 1 for *_, n in roles):
+                _too_big(text, f"{len(tf.targets)} targets")
+            # Every Job reads its shards' ConfigMaps: this one only anchors ownership.
+            text = "# sharded: see the ConfigMaps labelled with this run id and a role\n"
+        cm = cluster.create_configmap(ns, jobspec.configmap(spec, ns, text))
+        out.configmaps.append((ns, cm["metadata"]["name"]))
+        for role, checks, by_ep, shards in roles:
+            for i in range(shards if shards > 1 else 0):
+                part = shard.select(tf, i, shards, by_endpoint=by_ep)
+                body = targets_yaml(part.to_dict())
+                if len(body.encode()) > CONFIGMAP_MAX:
+                    _too_big(body, f"shard {i} of {role.name}", lower=True)
+                made = cluster.create_configmap(
+                    ns, jobspec.shard_configmap(spec, ns, role.name, i, body, cm)
+                )
+                out.configmaps.append((ns, made["metadata"]["name"]))
             jb = jobspec.job(
                 spec, ns, role, checks, cm, shards=shards, parallelism=args.parallelism
             )

@@ -477,17 +477,22 @@ class JobKube(FakeKube):
         }
         out: dict[str, Path] = {}
         for vol in pod["spec"].get("volumes") or []:
-            cm = vol.get("configMap")
-            if cm is None:
+            if "configMap" in vol:
+                sources = [vol["configMap"]]
+            elif "projected" in vol:
+                sources = [s["configMap"] for s in vol["projected"]["sources"] if "configMap" in s]
+            else:
                 continue
-            with self._lock:
-                obj = self.store[("", "configmaps")].get(ns, {}).get(cm["name"])
-            if obj is None:
-                return None
             d = base / vol["name"]
             d.mkdir(parents=True)
-            for item in cm.get("items") or [{"key": k, "path": k} for k in obj.get("data", {})]:
-                (d / item["path"]).write_text(obj["data"][item["key"]])
+            for cm in sources:
+                with self._lock:
+                    obj = self.store[("", "configmaps")].get(ns, {}).get(cm["name"])
+                if obj is None:
+                    return None
+                items = cm.get("items") or [{"key": k, "path": k} for k in obj.get("data", {})]
+                for item in items:
+                    (d / item["path"]).write_text(obj["data"][item["key"]])
             out[mounts[vol["name"]]] = d
         return out
 
@@ -502,7 +507,8 @@ class JobKube(FakeKube):
                     return str(files[mount]) + arg[len(mount) :]
             return arg
 
-        args = [local(a) for a in c["args"]]
+        # The Job controller sets JOB_COMPLETION_INDEX; the kubelet expands $(VAR) in args.
+        args = [local(a.replace("$(JOB_COMPLETION_INDEX)", str(index))) for a in c["args"]]
         targets_path = Path(args[args.index("-f") + 1])
         doc = yaml.safe_load(targets_path.read_text())
         if doc.get("rootCertFile"):

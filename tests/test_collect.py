@@ -168,7 +168,11 @@ def test_job_specs_native_sidecar_and_sharding() -> None:
     assert tpl["metadata"]["annotations"][jobspec.NATIVE_ANNOTATION] == "true"
     args = tpl["spec"]["containers"][0]["args"]
     assert "--wait-for-sidecar" in args and "--quit-sidecar" not in args
-    assert args[-2:] == ["--shards", "5"]
+    assert args[args.index("-f") + 1] == "/etc/mtlsprobe/targets-$(JOB_COMPLETION_INDEX).yaml"
+    sources = next(v for v in tpl["spec"]["volumes"] if v["name"] == "targets")["projected"]
+    assert [s["configMap"]["name"] for s in sources["sources"]] == [
+        f"mtlsprobe-r1-sidecar-{i}" for i in range(5)
+    ]
     assert job["spec"]["completionMode"] == "Indexed"
     assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (5, 2)
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"

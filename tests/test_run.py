@@ -290,8 +290,14 @@ def test_sharded_indexed_job(
         assert doc is not None, err
         eps = sorted(r["endpoint"] for r in probe_results(doc))
         assert eps == sorted(f"127.0.0.{1 + i}:{echo}" for i in range(5))
-        runs = [a for a in kube.probe_runs if "--shards" in a]
-        assert len(runs) == 3 and all(a[a.index("--shards") + 1] == "3" for a in runs)
+        # three indexes, each reading its own shard file from its own ConfigMap
+        runs = kube.probe_runs
+        assert len(runs) == 3
+        assert {a[a.index("-f") + 1] for a in runs} == {
+            "/etc/mtlsprobe/targets-$(JOB_COMPLETION_INDEX).yaml"
+        }
+        made = [c.path for c in kube.calls if c.method == "POST" and "configmaps" in c.path]
+        assert len(made) == 4  # the run's ConfigMap + one per shard
         pods = {r["evidence"]["probePod"] for r in probe_results(doc)}
         assert len(pods) >= 2  # spread over indexes
         assert kube.run_objects() == []
@@ -375,3 +381,55 @@ def test_api_failing_during_the_wait_is_an_error_not_a_hang(
     assert "could not watch the probe Job" in r["reason"] and "HTTP 500" in r["reason"], r
     assert code == 2
     assert env.kube.run_objects() == []
+
+
+def test_targets_too_big_for_one_configmap_go_to_shards_only(
+    tmp_path: Path,
+    echo: int,
+    proxy: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs import run as run_mod
+
+    kube = JobKube(proxy=proxy)
+    _cluster(kube, echo, endpoints=12)
+    seen: list[dict[str, Any]] = []
+
+    def spy(job: dict[str, Any], index: int) -> str:
+        seen.extend(kube.objects("configmaps"))
+        return "run"
+
+    kube.behaviour = spy
+    with kube:
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
+        env = Env(kube, cfg, echo, tmp_path)
+        # ~690 bytes for all 12 endpoints, ~480 for one shard of 1
+        monkeypatch.setattr(run_mod, "CONFIGMAP_MAX", 560)
+        code, doc, err = run(
+            env, capsys, "--checks", "plaintext", "--shard-threshold", "1", "--deadline", "30"
+        )
+        assert doc is not None, err
+        eps = sorted(r["endpoint"] for r in probe_results(doc))
+        assert eps == sorted(f"127.0.0.{1 + i}:{echo}" for i in range(12))
+        main = [c for c in seen if c["metadata"]["name"].count("-") == 1]
+        assert main and main[0]["data"]["targets.yaml"].startswith("# sharded")
+        assert kube.run_objects() == []
+        monkeypatch.setattr(run_mod, "CONFIGMAP_MAX", 100)  # not even one shard fits
+        code = cli.main(
+            [
+                "run",
+                "--kubeconfig",
+                str(cfg),
+                "-n",
+                "ns-a",
+                "--checks",
+                "plaintext",
+                "--shard-threshold",
+                "1",
+            ]
+        )
+        assert code == 64
+        assert "lower --shard-threshold" in capsys.readouterr().err
+        assert kube.run_objects() == []
