@@ -1,49 +1,23 @@
 """The agent's telemetry: ``probe.telemetry.Telemetry`` (a trace per round, checks by
-check/verdict/namespace, peer certificate expiry) plus the agent's own instruments,
-read by Prometheus on ``/metrics`` and pushed over OTLP when configured.
+check/verdict/namespace, peer certificate expiry per target) plus the agent's own
+instruments, read by Prometheus on ``/metrics`` and pushed over OTLP when configured.
 
-Cardinality is bounded: labels are check, verdict, namespace, target and outcome;
-never endpoints of a request or reasons. The round gauges are observable (read from
-the last round at collection time), so a target that disappears stops being exported.
+Cardinality is bounded: labels are check, verdict, namespace, target, kind, node and
+outcome; never endpoints or reasons. The round gauges are observable (read from the
+last round at collection time).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from jobs.agent_state import AgentState, RoundReport
-from probe.results import Verdict
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.sdk.trace.export import SpanExporter
-
-# Checks whose evidence carries a peer (or own) certificate's not_after.
-_CERT_CHECKS = ("peer-cert", "self")
-
-
-def cert_expiry_by_target(report: RoundReport, now: datetime) -> dict[str, float]:
-    """Seconds until the soonest-expiring certificate of each target expires (per
-    target, not per pod: the alert is about the service; /results has each pod)."""
-    out: dict[str, float] = {}
-    for r in report.results:
-        if r.check not in _CERT_CHECKS or r.verdict not in (Verdict.PASS, Verdict.FAIL):
-            continue
-        raw = r.evidence.get("not_after")
-        if not isinstance(raw, str):
-            continue
-        try:
-            na = datetime.fromisoformat(raw)
-        except ValueError:
-            continue
-        if na.tzinfo is None:
-            na = na.replace(tzinfo=UTC)
-        secs = (na - now).total_seconds()
-        out[r.target] = min(secs, out.get(r.target, secs))
-    return out
 
 
 class AgentMetrics:
@@ -142,32 +116,17 @@ class AgentMetrics:
             "1 when /readyz answers 200",
             lambda obs: [obs(int(self._state.readiness().ready), self._base)],
         )
-        gauge(
-            "mtlsprobe.cert.expires_in",
-            "s",
-            "Seconds until the soonest-expiring certificate seen at a target expires "
-            "(target 'source' is the agent's own sidecar)",
-            self._expiry,
-        )
 
     def _last_value(self, obs: Any, fn: Any) -> list[Any]:
         last = self._state.last
         return [] if last is None else [obs(fn(last), self._base)]
 
-    def _expiry(self, obs: Any) -> list[Any]:
-        last = self._state.last
-        if last is None:
-            return []
-        now = datetime.now(UTC)
-        return [
-            obs(secs, {**self._base, "mtlsprobe.target": target, "k8s.namespace.name": _ns(target)})
-            for target, secs in sorted(cert_expiry_by_target(last, now).items())
-        ]
-
     def record_round(self, report: RoundReport) -> None:
         """One trace for the round, counters for its checks and its outcome."""
         with self._lock:
-            self.telemetry.record(report.results, source_identity=report.source_identity)
+            self.telemetry.record(
+                report.results, source_identity=report.source_identity, targets=report.targets
+            )
             self._rounds.add(1, {**self._base, "outcome": "failed" if report.failed else "ok"})
 
     def prometheus_text(self) -> bytes:
@@ -179,8 +138,3 @@ class AgentMetrics:
         """Flush spans and metric points (bounded by the export timeout), then stop."""
         with self._lock:
             self.telemetry.shutdown()
-
-
-def _ns(target: str) -> str:
-    ns, sep, _ = target.partition("/")
-    return ns if sep else "-"

@@ -59,6 +59,7 @@ class RoundRunner:
     _last_agents: tuple[str, ...] = ()
     _checks: list[Check] = field(default_factory=list)
     _identity: str | None = None
+    _targets: TargetsFile | None = None
 
     def __post_init__(self) -> None:
         self._checks = [load_check(n) for n in KIND_CHECKS[self.kind]]
@@ -66,7 +67,7 @@ class RoundRunner:
     def run(self, stop: threading.Event) -> RoundReport:
         self._number += 1
         started, t0 = time.time(), time.monotonic()
-        self._identity = None
+        self._identity, self._targets = None, None
         try:
             results, failure, shard_sizes, agents = self._probe(stop)
         except Exception as exc:  # a bug must not end continuous probing
@@ -83,6 +84,7 @@ class RoundRunner:
             total=shard_sizes[1],
             agents=agents,
             source_identity=self._identity,
+            targets=self._targets,
         )
 
     def _probe(
@@ -94,6 +96,7 @@ class RoundRunner:
             reason = f"discovery failed: {exc}"
             return [source_error("discovery", reason)], reason, (0, 0), ()
         self._identity = targets.source.identity
+        self._targets = targets
         results: list[Result] = []
         agents = self._agents(results)
         assigned = total = 0

@@ -10,6 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from probe.model import TargetsFile
 from probe.results import Result
 
 
@@ -25,6 +26,7 @@ class RoundReport:
     total: int = 0  # work keys over all agents
     agents: tuple[str, ...] = ()
     source_identity: str | None = None  # the probe's SPIFFE ID, from the targets
+    targets: TargetsFile | None = None  # this round's (unsharded) targets, for span attributes
 
     @property
     def finished(self) -> float:

@@ -143,7 +143,8 @@ def test_metrics_parse_and_carry_checks_and_cert_expiry(tmp_path: Path, pki: Mes
     assert checks[("peer-cert", "error", "ns-b")] >= 2
     expiry = {
         s.labels["mtlsprobe_target"]: s.value
-        for s in fams["mtlsprobe_cert_expires_in_seconds"].samples
+        for s in fams["mtlsprobe_peer_cert_expiry_seconds"].samples
+        if s.labels["mtlsprobe_check"] == "peer-cert"
     }
     assert set(expiry) == {"ns-a/echo"}  # bounded: per target, only where a cert was seen
     assert abs(expiry["ns-a/echo"] - (cert_not_after - time.time())) < 60
