@@ -792,7 +792,7 @@ def _run(
             except DiscoveryError as exc:  # 403 names verb/resource/namespace: exit 64
                 raise UsageError(f"launching the probe Jobs: {exc}") from None
             sys.stderr.write(
-                f"mtlsprobe run {spec.run_id}: {len(launched.jobs)} probe Jobs in "
+                f"mtlsprobe run {spec.run_id}: {len(launched.jobs)} probe Job(s) in "
                 f"{', '.join(sources)}; waiting up to {args.deadline:g}s\n"
             )
             grace = min(15.0, max(1.0, args.deadline * 0.1))

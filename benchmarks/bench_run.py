@@ -1,0 +1,89 @@
+"""``mtlsprobe run`` at scale against the fake API server with the simulated Job
+controller and kubelet (tests/fakekube_jobs.py): one service with N endpoints, the
+plain probe Job sharded (``--shard-threshold``), each shard a real ``mtlsprobe check``
+subprocess. The endpoints are loopback addresses where nothing listens (port 9), so
+probing is cheap and the numbers show the orchestration: launch, per-shard ConfigMaps,
+wait, log collection, aggregation, clean-up.
+
+    .venv/bin/python benchmarks/bench_run.py [--endpoints 5000] [--shard-threshold 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jobs import cli
+from probe.pki import CertificateAuthority
+from tests import kubebuild as kb
+from tests.fakekube_jobs import JobKube
+
+PORT = 9  # discard: nothing listens on loopback here, refused at once
+
+
+def build(n: int) -> JobKube:
+    kube = JobKube()
+    root = CertificateAuthority.create_root().root_pem().decode()
+    kube.add_all(
+        [
+            kb.namespace("mtlsprobe"),
+            kb.namespace("ns-a"),
+            kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
+            kb.service("echo", "ns-a", {"app": "echo"}, [kb.sport(80, PORT)]),
+        ]
+    )
+    eps = []
+    for i in range(n):
+        ip = f"127.1.{i // 250}.{i % 250 + 1}"
+        kube.add(
+            kb.pod(
+                f"echo-{i}", "ns-a", {"app": "echo"}, ip=ip, sidecar=False, ports=[("http", PORT)]
+            )
+        )
+        eps.append((ip, f"echo-{i}", True))
+    kube.add(kb.endpoint_slice("echo-x", "ns-a", "echo", eps, [("http", PORT)]))
+    return kube
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--endpoints", type=int, default=5000)
+    ap.add_argument("--shard-threshold", type=int, default=200)
+    a = ap.parse_args()
+    kube = build(a.endpoints)
+    with kube, tempfile.TemporaryDirectory() as d:
+        cfg = Path(d, "kubeconfig")
+        cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
+        argv = ["run", "--kubeconfig", str(cfg), "-n", "ns-a", "--checks", "plaintext"]
+        argv += ["--shard-threshold", str(a.shard_threshold), "--deadline", "300"]
+        argv += ["-o", "jsonl", "--timeout", "1"]
+        out = io.StringIO()
+        t0 = time.monotonic()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(argv)
+        wall = time.monotonic() - t0
+        results = out.getvalue().splitlines()
+        plaintext = sum(json.loads(line)["check"] == "plaintext" for line in results)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"endpoints={a.endpoints} shards={len(kube.probe_runs)} exit={code} "
+            f"plaintext_results={plaintext} wall={wall:.2f}s api_calls={len(kube.calls)} "
+            f"peak_rss(this process, fake server included)={rss:.0f}MB "
+            f"left_behind={len(kube.run_objects())}"
+        )
+        return 0 if plaintext == a.endpoints and not kube.run_objects() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
