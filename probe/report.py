@@ -19,16 +19,21 @@ _COLOURS = {
 _RESET = "\033[0m"
 # Reasons quote what servers sent (status lines, alerts): on a terminal, control
 # characters would drive it; in XML 1.0 most of them are not even allowed.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # + lone surrogates (JSON \\udXXX)
 _NOT_XML = re.compile(r"[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
 def _visible(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
 
 
 def _xml_safe(text: str) -> str:
-    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _NOT_XML.sub(_escape, text)
 
 
 def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:

@@ -279,7 +279,9 @@ class Telemetry:
                 attributes=ta.span_attributes(r, source_identity, target),
             )
             if r.verdict in (Verdict.FAIL, Verdict.ERROR):
-                span.set_status(Status(StatusCode.ERROR, f"{r.verdict.value}: {r.reason[:200]}"))
+                span.set_status(
+                    Status(StatusCode.ERROR, ta.clean(f"{r.verdict.value}: {r.reason}", 200))
+                )
                 bad += 1
             span.end(end_time=max(start, end))
             self.checks_counter.add(1, ta.check_labels(r, target, source_identity))

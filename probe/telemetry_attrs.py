@@ -72,7 +72,7 @@ def destination_namespace(
     if ns:
         return ns
     prefix, sep, _ = result.target.partition("/")
-    return prefix if sep and prefix else "-"
+    return clean(prefix, 64) if sep and prefix else "-"
 
 
 def case_status(verdict: Verdict) -> str | None:
@@ -99,10 +99,20 @@ def suite_status(results: Sequence[Result]) -> str:
     return values.SUCCESS.value
 
 
+def clean(text: str, limit: int = MAX_STRING) -> str:
+    """Bounded and valid UTF-8: one lone surrogate (a hostile JSON ``\\udXXX``) would
+    make protobuf refuse the whole export batch."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def _clip(value: Any) -> Any:
-    if isinstance(value, str):
-        return value if len(value) <= MAX_STRING else value[: MAX_STRING - 1] + "…"
-    return value
+    return clean(value) if isinstance(value, str) else value
 
 
 def _scalar(value: object) -> bool:
@@ -186,7 +196,7 @@ def span_attributes(
     attrs: dict[str, Any] = {
         test.TEST_SUITE_NAME: SUITE_NAME,
         test.TEST_CASE_NAME: _clip(case),
-        "mtlsprobe.check": result.check,
+        "mtlsprobe.check": _clip(result.check),
         "mtlsprobe.target": _clip(result.target),
         "mtlsprobe.verdict": result.verdict.value,
         "mtlsprobe.reason": _clip(result.reason),

@@ -569,3 +569,33 @@ def test_sigterm_during_the_flush_does_not_kill_the_flush(tmp_path: Path) -> Non
     assert json.loads(first)["verdict"] == "pass" and rest == ""
     assert proc.returncode == 0, err  # not killed by the signal (-15): the run's own code
     assert "mtlsprobe: telemetry: " in err
+
+
+def test_hostile_text_neither_breaks_the_export_nor_the_report() -> None:
+    """A lone surrogate (what a hostile echo's JSON ``\\udcff`` decodes to) would make
+    protobuf refuse the whole batch and a UTF-8 stdout refuse the table."""
+    from probe.report import render
+    from probe.telemetry import Telemetry
+
+    bad = "spiffe://evil/\udcff\x1b[2J"
+    r = result("mesh", "a/x", Verdict.FAIL, evidence={"xfcc_trusted": bad})
+    r = Result(**{**r.__dict__, "reason": f"wrong identity {bad}"})
+    with otlp_receiver() as (url, got):
+        t = Telemetry(export_timeout=2, otlp=False, span_exporter=_exporter(url))
+        t.record([r])
+        assert t.shutdown() is True
+    assert len(got.spans) == 2
+    attrs = Received().span_attrs(next(s for s in got.spans if s.name != "mtlsprobe.run"))
+    assert attrs["mtlsprobe.reason"].startswith("wrong identity spiffe://evil/?")
+    for fmt in ("table", "json", "jsonl", "junit"):
+        render([r], fmt).encode("utf-8")  # writable to any UTF-8 stream
+    assert "\\udcff" in render([r], "table") and ESC not in render([r], "table")
+
+
+ESC = "\x1b"
+
+
+def _exporter(url: str) -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=f"{url}/v1/traces", timeout=2)
