@@ -157,7 +157,7 @@ def test_deadline_turns_a_hung_check_into_an_error(release: threading.Event) -> 
     elapsed = time.monotonic() - t0
     assert r.verdict is Verdict.ERROR and "deadline" in r.reason
     assert r.evidence == {"error": "deadline"}
-    assert elapsed < 3, elapsed  # deadline is 3 x timeout + 1 s
+    assert elapsed < 6, elapsed  # deadline is 3 x timeout + 1 s
 
 
 def test_a_hung_check_does_not_starve_the_others(release: threading.Event) -> None:
@@ -171,7 +171,7 @@ def test_a_hung_check_does_not_starve_the_others(release: threading.Event) -> No
     )
     elapsed = time.monotonic() - t0
     assert [r.verdict for r in results] == [Verdict.ERROR, Verdict.PASS, Verdict.PASS, Verdict.PASS]
-    assert elapsed < 3, elapsed
+    assert elapsed < 6, elapsed
 
 
 def test_when_every_worker_is_stuck_the_rest_is_an_error_not_a_hang(
@@ -194,7 +194,7 @@ def test_when_every_worker_is_stuck_the_rest_is_an_error_not_a_hang(
         "workers-exhausted",
     ]
     assert all(r.verdict is Verdict.ERROR for r in results)
-    assert elapsed < 5, elapsed
+    assert elapsed < 10, elapsed  # two 1.6 s deadlines, not the 60 s hang
 
 
 def raising(exc: BaseException) -> Callable[[Target | None, Endpoint | None], None]:
@@ -288,7 +288,7 @@ def test_stop_mid_run_is_bounded_and_keeps_what_finished(release: threading.Even
         [Probe("p", body, scope=Scope.TARGET)], make_ctx(concurrency=2, timeout=10), stop=stop
     )
     elapsed = time.monotonic() - t0
-    assert elapsed < 3.5, elapsed  # grace is min(timeout, 2 s)
+    assert elapsed < 6, elapsed  # grace is min(timeout, 2 s)
     assert results[0].verdict is Verdict.PASS
     assert [r.observed for r in results[1:]] == ["interrupted"] * 3
     assert all(r.verdict is Verdict.ERROR for r in results[1:])
