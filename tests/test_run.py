@@ -51,8 +51,10 @@ def proxy(echo: int) -> Iterator[str]:
         yield url
 
 
-def _cluster(kube: JobKube, port: int, endpoints: int = 1) -> None:
-    root = CertificateAuthority.create_root().root_pem().decode()
+def _cluster(
+    kube: JobKube, port: int, endpoints: int = 1, ca: CertificateAuthority | None = None
+) -> None:
+    root = (ca or CertificateAuthority.create_root()).root_pem().decode()
     kube.add_all(
         [
             kb.namespace("mtlsprobe"),
@@ -433,3 +435,54 @@ def test_targets_too_big_for_one_configmap_go_to_shards_only(
         assert code == 64
         assert "lower --shard-threshold" in capsys.readouterr().err
         assert kube.run_objects() == []
+
+
+def test_default_checks_all_observed_through_the_pods_sidecar(
+    tmp_path: Path,
+    echo: int,
+    proxy: str,
+    agent: Agent,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every default check, ``self`` included: the sidecar pod's Envoy admin is a
+    stand-in serving /certs and the secrets dump for a workload certificate issued by
+    the same mesh CA whose root the pods mount from istio-ca-root-cert."""
+    import datetime as dt
+
+    from tests.sidecar_standin import admin_handler, http_server
+    from tests.test_self_check import DUMP, certs_doc, dump_doc
+
+    ca = CertificateAuthority.create_root("cluster.local", key_type="ec")
+    me = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
+    issued = ca.issue_workload(me)
+    now = dt.datetime.now(dt.UTC)
+    routes = {
+        "/certs": certs_doc(
+            ca.cert.serial_number, me, now - dt.timedelta(minutes=2), now + dt.timedelta(hours=24)
+        ),
+        DUMP: dump_doc(issued, ca.root_pem()),
+    }
+    with http_server(admin_handler(routes)) as admin:
+        kube = JobKube(proxy=proxy, agent=agent.url, admin=admin)
+        _cluster(kube, echo, ca=ca)
+        with kube:
+            cfg = tmp_path / "kubeconfig"
+            cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
+            code, doc, err = run(Env(kube, cfg, echo, tmp_path), capsys, "--deadline", "30")
+            assert doc is not None, err
+            by_check = {r["check"]: r for r in probe_results(doc)}
+            assert set(by_check) == {
+                "plaintext",
+                "peer-cert",
+                "foreign-client",
+                "mesh",
+                "xfcc-spoof",
+                "self",
+            }
+            assert by_check["self"]["verdict"] == "pass", by_check["self"]
+            assert by_check["plaintext"]["verdict"] == "pass"
+            assert {r["verdict"] for r in probe_results(doc)} <= {"pass", "skip"}, probe_results(
+                doc
+            )
+            assert code == 0
+            assert kube.run_objects() == []
