@@ -314,28 +314,26 @@ def test_keep_leaves_objects(env: Env, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_interrupt_cleans_up(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM while waiting (sent once the Jobs exist, so the run's handler is in place):
+    exit 130 and nothing left behind."""
     import os
     import signal
 
-    env.kube.behaviour = lambda job, index: "unschedulable"
-    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
+    timers: list[threading.Timer] = []
+
+    def stuck_then_terminated(job: dict[str, Any], index: int) -> str:
+        t = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        timers.append(t)
+        t.start()
+        return "unschedulable"
+
+    env.kube.behaviour = stuck_then_terminated
+    argv = ["run", "--kubeconfig", str(env.kubeconfig), "-n", "ns-a", "--checks", "plaintext"]
     try:
-        code = cli.main(
-            [
-                "run",
-                "--kubeconfig",
-                str(env.kubeconfig),
-                "-n",
-                "ns-a",
-                "--deadline",
-                "60",
-                "--poll-interval",
-                "0.1",
-            ]
-        )
+        code = cli.main([*argv, "--deadline", "60", "--poll-interval", "5"])
     finally:
-        timer.cancel()
+        for t in timers:
+            t.cancel()
     assert code == 130
     assert env.kube.run_objects() == []
 
