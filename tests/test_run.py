@@ -484,3 +484,15 @@ def test_default_checks_all_observed_through_the_pods_sidecar(
             )
             assert code == 0
             assert kube.run_objects() == []
+
+
+def test_cleanup_forbidden_is_a_stderr_line_not_a_verdict(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.kube.forbid("delete", "jobs", "batch")
+    code, doc, err = run(env, capsys, "--checks", "plaintext", "--deadline", "20")
+    assert code == 0, doc
+    (line,) = [x for x in err.splitlines() if "could not delete" in x]
+    assert "jobs" in line and "forbidden" in line
+    # the ConfigMap went, and with it (owner references) the Job in a real cluster
+    assert not any(o.startswith("configmaps/") for o in env.kube.run_objects())
