@@ -102,13 +102,31 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="client-side timeout of every API request (default: 10)",
     )
     sel = p.add_argument_group("what to probe (as in `mtlsprobe plan`)")
-    sel.add_argument("-n", "--namespace", action="append", default=[], metavar="NS[,NS]")
-    sel.add_argument("-A", "--all-namespaces", action="store_true")
-    sel.add_argument("--selector", metavar="LABELS", help="namespace label selector")
-    sel.add_argument("--include-system", action="store_true")
-    sel.add_argument("--trust-domain", metavar="TD")
-    sel.add_argument("--root-namespace", metavar="NS")
-    sel.add_argument("--require", action="append", default=[], metavar="strict,sidecar")
+    sel.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS[,NS]",
+        help="only targets in these namespaces (repeatable)",
+    )
+    sel.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="every namespace except system ones (the default)",
+    )
+    sel.add_argument("--selector", metavar="LABELS", help="namespaces matching this label selector")
+    sel.add_argument("--include-system", action="store_true", help="probe system namespaces too")
+    sel.add_argument("--trust-domain", metavar="TD", help="override the mesh's trust domain")
+    sel.add_argument("--root-namespace", metavar="NS", help="override the mesh root namespace")
+    sel.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="strict,sidecar",
+        help="compliance to judge (plan findings; failures exit 1)",
+    )
     sel.add_argument(
         "--checks",
         default=",".join(c for r in ROLES for c in r.checks),
@@ -172,8 +190,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         type=_count,
         default=DEFAULT_SHARD_THRESHOLD,
         metavar="N",
-        help="above N endpoints, an Indexed Job with one shard per N (default: "
-        f"{DEFAULT_SHARD_THRESHOLD})",
+        help="above N units of work (endpoints for the plain Job, targets for the sidecar "
+        f"Job), an Indexed Job with one shard per N (default: {DEFAULT_SHARD_THRESHOLD})",
     )
     j.add_argument(
         "--parallelism",
@@ -189,7 +207,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="ttlSecondsAfterFinished: the cluster's own clean-up if ours cannot run",
     )
-    j.add_argument("--keep", action="store_true", help="leave the Jobs, pods and ConfigMap")
+    j.add_argument("--keep", action="store_true", help="leave the Jobs, pods and ConfigMaps")
     j.add_argument(
         "--poll-interval",
         type=_seconds,

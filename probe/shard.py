@@ -72,7 +72,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--shards",
         type=int,
         metavar="COUNT",
-        help=f"probe shard ${INDEX_ENV} of COUNT (what an Indexed Job's pods pass)",
+        help=f"probe shard ${INDEX_ENV} of COUNT (for an Indexed Job's pods)",
     )
 
 
