@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,76 @@ def test_foreign_client_plaintext_server_is_error() -> None:
     with serving(plaintext_http) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE)
     assert r.verdict is Verdict.ERROR, r
+
+
+# --- more wire shapes ----------------------------------------------------------
+
+
+def test_permissive_sidecar_like_server(pki: MeshPKI) -> None:
+    """Istio PERMISSIVE: plaintext answered, TLS still demands a mesh client cert."""
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued, permissive=True)) as srv:
+        ok = run_one(PlaintextCheck(), srv.endpoint, Expect.PERMISSIVE, pki)
+        strict = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT, pki)
+        cert = run_one(PeerCertCheck(), srv.endpoint, Expect.PERMISSIVE, pki)
+        foreign = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE, pki)
+    assert ok.verdict is Verdict.PASS and "HTTP/1.1 200" in ok.reason, ok
+    assert strict.verdict is Verdict.FAIL and strict.observed == "accepted", strict
+    assert "STRICT port accepted plaintext" in strict.reason
+    assert cert.verdict is Verdict.PASS, cert
+    assert foreign.verdict is Verdict.PASS, foreign
+
+
+def test_tls_alert_record_answering_plaintext_is_a_refusal() -> None:
+    def tls_only(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"\x15\x03\x03\x00\x02\x02\x46")  # fatal protocol_version alert
+
+    with serving(tls_only) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT)
+        tcp = run_one(PlaintextCheck(), srv.endpoint, Expect.NONE, protocol=Protocol.TCP)
+    assert r.verdict is Verdict.PASS and "TLS alert record" in r.reason, r
+    assert tcp.verdict is Verdict.FAIL and tcp.observed == "refused", tcp
+
+
+def test_non_http_answer_is_acceptance() -> None:
+    def banner(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    with serving(banner) as srv:
+        r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT)
+    assert r.verdict is Verdict.FAIL and "non-HTTP bytes" in r.reason, r
+
+
+def test_tcp_silent_server_is_inconclusive() -> None:
+    with serving(black_hole) as srv:
+        r = run_one(
+            PlaintextCheck(), srv.endpoint, Expect.STRICT, protocol=Protocol.TCP, timeout=0.4
+        )
+    assert r.verdict is Verdict.ERROR and "silence is not proof" in r.reason, r
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_foreign_client_tcp_port_both_attempts(pki: MeshPKI, version: ssl.TLSVersion) -> None:
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued, version=version)) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki, protocol=Protocol.TCP)
+    assert r.verdict is Verdict.PASS, r
+    assert set(r.evidence) == {"foreign CA, own identity", "foreign CA, wrong trust domain"}
+    assert all(str(v).startswith("rejected") for v in r.evidence.values()), r.evidence
+
+
+def test_foreign_client_black_hole_is_error() -> None:
+    with serving(black_hole) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, timeout=0.4)
+    assert r.verdict is Verdict.ERROR and "stalled" in r.reason, r
+
+
+def test_foreign_client_fail_reports_both_attempts(pki: MeshPKI) -> None:
+    """A server that asks for no client certificate serves both foreign attempts."""
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued, require_client=False)) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE, pki)
+    assert r.verdict is Verdict.FAIL and r.observed == "accepted", r
+    assert all(str(v).startswith("accepted") for v in r.evidence.values()), r.evidence

@@ -30,6 +30,11 @@ def http_request(host: str) -> bytes:
     ).encode("ascii", "replace")
 
 
+def is_tls_alert(data: bytes) -> bool:
+    """A TLS record of type alert (21), protocol version 3.x."""
+    return len(data) >= 3 and data[0] == 21 and data[1] == 3 and data[2] <= 4
+
+
 def expected_for(expect: Expect) -> str:
     return "refused" if expect is Expect.STRICT else "accepted"
 
@@ -53,6 +58,11 @@ class PlaintextCheck(Check):
                 return self._judge(target, endpoint, expected, "refused", exc.reason, {})
         finally:
             sock.close()
+        if is_tls_alert(data):
+            # A TLS-only server (not Envoy, which just closes) answering our plaintext
+            # with an alert record has refused it, not accepted it.
+            detail = f"answered with a TLS alert record ({data[:7].hex()}): it speaks only TLS"
+            return self._judge(target, endpoint, expected, "refused", detail, {})
         if is_http:
             line = data.split(b"\r\n", 1)[0].decode("latin-1")
             if not line.startswith("HTTP/"):
