@@ -336,3 +336,10 @@ def test_foreign_client_fail_reports_both_attempts(pki: MeshPKI) -> None:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE, pki)
     assert r.verdict is Verdict.FAIL and r.observed == "accepted", r
     assert all(str(v).startswith("accepted") for v in r.evidence.values()), r.evidence
+
+
+def test_foreign_client_reset_before_any_certificate_is_error() -> None:
+    """A port that resets every connection proves nothing about client certificates."""
+    with serving(reset_after_read) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT)
+    assert r.verdict is Verdict.ERROR and "before the server showed a certificate" in r.reason, r

@@ -130,7 +130,7 @@ class ForeignClientCheck(Check):
             return Attempt(label, "error", exc.reason)
         try:
             if hs.failure is not None:
-                return self._judge_failure(label, hs.failure)
+                return self._judge_failure(label, hs.failure, bool(hs.chain))
             try:
                 # Read first: TLS 1.3 servers reject after the client's Finished.
                 tls.await_rejection(conn, endpoint, min(timeout, 1.0))
@@ -139,7 +139,7 @@ class ForeignClientCheck(Check):
                 )
                 data = tls.request_over_tls(conn, payload, endpoint, timeout)
             except TLSAlert as exc:
-                return self._judge_failure(label, f"TLS alert: {exc.alert}")
+                return self._judge_failure(label, f"TLS alert: {exc.alert}", bool(hs.chain))
             except ResetAfterRequest as exc:
                 return Attempt(label, "rejected", exc.reason)
             except ObservationError as exc:
@@ -150,7 +150,18 @@ class ForeignClientCheck(Check):
             tls.close(conn)
 
     @staticmethod
-    def _judge_failure(label: str, failure: str) -> Attempt:
+    def _judge_failure(label: str, failure: str, saw_server_cert: bool) -> Attempt:
+        """A failure counts as rejecting our certificate only once the handshake got
+        that far: the server sends its own certificate before it sees ours (TLS 1.2
+        and 1.3), so no server certificate means it failed for some other reason
+        (a port that resets everything, no shared ALPN or cipher) — inconclusive."""
+        if not saw_server_cert:
+            return Attempt(
+                label,
+                "error",
+                f"the handshake ended before the server showed a certificate ({failure}): "
+                "not a rejection of the client certificate",
+            )
         alert = failure.removeprefix("TLS alert: ")
         if alert in REJECTING_ALERTS:
             return Attempt(label, "rejected", f"TLS alert {alert}")
