@@ -301,7 +301,12 @@ def job(
             completionMode="Indexed",
             completions=shards,
             parallelism=max(1, min(parallelism, shards)),
+            # A shard that finds a failing edge exits 1; with a Job-wide backoffLimit of 0
+            # that would fail the Job and kill the other shards mid-probe. Per index: a
+            # shard is never retried (no duplicate probing) and the others run on.
+            backoffLimitPerIndex=0,
         )
+        del job_spec["backoffLimit"]
     job_labels = labels(spec, role.name)
     job_labels[LABEL_SHARDS] = str(shards)
     return {

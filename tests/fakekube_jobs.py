@@ -382,20 +382,42 @@ class JobKube(FakeKube):
             st = cur.setdefault("status", {})
             if any(c.get("type") in ("Complete", "Failed") for c in st.get("conditions") or []):
                 return
-            count = int(cur["spec"].get("completions") or 1)
-            if ok:
-                st["succeeded"] = int(st.get("succeeded") or 0) + 1
+            spec = cur["spec"]
+            count = int(spec.get("completions") or 1)
+            key = "succeeded" if ok else "failed"
+            st[key] = int(st.get(key) or 0) + 1
+            done = int(st.get("succeeded") or 0) + int(st.get("failed") or 0)
+            killed: list[Obj] = []
+            if "backoffLimitPerIndex" in spec:  # indexes fail alone; the Job at the end
+                if done < count:
+                    return
+                cond = (
+                    {"type": "Complete", "status": "True"}
+                    if not st.get("failed")
+                    else {"type": "Failed", "status": "True", "reason": "FailedIndexes"}
+                )
+            elif ok:
                 if st["succeeded"] < count:
                     return
                 cond = {"type": "Complete", "status": "True"}
             else:
-                st["failed"] = int(st.get("failed") or 0) + 1
+                if st["failed"] <= int(spec.get("backoffLimit", 6)):
+                    return
                 msg = "Job has reached the specified backoff limit"
                 cond = {"type": "Failed", "status": "True", "reason": reason, "message": msg}
+                # the Job controller deletes the pods still active
+                pods = self.store[("", "pods")].get(md["namespace"], {})
+                for name, pod in list(pods.items()):
+                    owners = {r.get("uid") for r in pod["metadata"].get("ownerReferences") or []}
+                    phase = pod["status"].get("phase")
+                    if md["uid"] in owners and phase in ("Pending", "Running"):
+                        killed.append(pods.pop(name))
             st["conditions"] = [cond]
             cur["metadata"]["resourceVersion"] = str(next(self._rv))
             self._sorted.clear()
         self._event("MODIFIED", "batch", "jobs", cur)
+        for pod in killed:
+            self._event("DELETED", "", "pods", pod)
 
     def _kubelet(self, job: Obj, pod: Obj, index: int, kind: str) -> None:
         if self._stop.wait(0.05):

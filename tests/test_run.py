@@ -496,3 +496,30 @@ def test_cleanup_forbidden_is_a_stderr_line_not_a_verdict(
     assert "jobs" in line and "forbidden" in line
     # the ConfigMap went, and with it (owner references) the Job in a real cluster
     assert not any(o.startswith("configmaps/") for o in env.kube.run_objects())
+
+
+def test_a_failing_shard_does_not_take_the_others_down(
+    tmp_path: Path, echo: int, proxy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """backoffLimitPerIndex: index 0 crashes, indexes 1 and 2 still report (with a
+    Job-wide backoffLimit of 0 the Job controller would kill them)."""
+    kube = JobKube(proxy=proxy)
+    kube.behaviour = lambda job, index: "crash" if index == 0 else "run"
+    _cluster(kube, echo, endpoints=6)
+    with kube:
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
+        env = Env(kube, cfg, echo, tmp_path)
+        argv = ["--checks", "plaintext", "--shard-threshold", "2", "--deadline", "30"]
+        code, doc, err = run(env, capsys, *argv)
+        assert doc is not None, err
+        results = probe_results(doc)
+        assert len(results) == 6
+        crashed = [r for r in results if "exited 139" in r["reason"]]
+        observed = [r for r in results if r["observed"] not in ("probe-incomplete",)]
+        assert crashed and observed and len(crashed) + len(observed) == 6
+        assert any(r["verdict"] == "pass" for r in observed)  # 127.0.0.1 answers
+        assert code == 2
+        jobs = [c for c in kube.calls if c.method == "POST" and c.path.endswith("/jobs")]
+        assert len(jobs) == 1
+        assert kube.run_objects() == []
