@@ -16,7 +16,13 @@ from probe.echo import EchoServer, Listen
 from probe.engine import run_checks
 from probe.model import Expect, Protocol, Source, Target, TargetsFile
 from probe.results import Result, Verdict
-from tests.sidecar_standin import SidecarBehaviour, app_handler, http_server, sidecar
+from tests.sidecar_standin import (
+    SidecarBehaviour,
+    admin_handler,
+    app_handler,
+    http_server,
+    sidecar,
+)
 from tests.tlsservers import nothing_listening
 
 TD = "cluster.local"
@@ -48,6 +54,7 @@ def run(
     port: int = 8080,
     protocol: Protocol = Protocol.HTTP,
     timeout: float = 2.0,
+    admin: str | None = None,
 ) -> Result:
     target = Target(
         name="ns-a/echo",
@@ -59,7 +66,9 @@ def run(
         protocol=protocol,
     )
     tf = TargetsFile(
-        trust_domain=TD, targets=(target,), source=Source(identity=source, sidecar_proxy=proxy)
+        trust_domain=TD,
+        targets=(target,),
+        source=Source(identity=source, sidecar_proxy=proxy, sidecar_admin=admin),
     )
     ctx = RunContext(tf, Settings(timeout=timeout))
     try:
@@ -221,24 +230,43 @@ def test_mesh_connection_closed_is_error(echo: tuple[str, int]) -> None:
     assert r.verdict is Verdict.ERROR and "without an HTTP response" in r.reason
 
 
-def test_mesh_in_pod_mode_nothing_listening_is_error() -> None:
+@pytest.fixture(scope="module")
+def pod_sidecar() -> Iterator[str]:
+    """In a pod: no proxy; the sidecar's admin answers /ready (Envoy says LIVE)."""
+    with http_server(admin_handler({"/ready": b"LIVE\n"})) as admin:
+        yield admin
+
+
+def test_mesh_in_pod_mode_nothing_listening_is_error(pod_sidecar: str) -> None:
     ep = nothing_listening()
-    r = run(MeshCheck(), None, host=ep.host, port=ep.port)
+    r = run(MeshCheck(), None, host=ep.host, port=ep.port, admin=pod_sidecar)
     assert r.verdict is Verdict.ERROR and "refused" in r.reason
     assert r.evidence["error"] == "nothing-listening"
 
 
-def test_mesh_in_pod_mode_dns_failure_is_error() -> None:
-    r = run(MeshCheck(), None, host="no-such-host.invalid")
+def test_mesh_in_pod_mode_dns_failure_is_error(pod_sidecar: str) -> None:
+    r = run(MeshCheck(), None, host="no-such-host.invalid", admin=pod_sidecar)
     assert r.verdict is Verdict.ERROR and "resolve" in r.reason
     assert r.evidence["error"] == "dns"
 
 
-def test_mesh_in_pod_mode_direct(echo: tuple[str, int]) -> None:
+def test_mesh_in_pod_mode_direct(echo: tuple[str, int], pod_sidecar: str) -> None:
     # no sidecarProxy: the call goes straight to the service (the pod's sidecar would
     # capture it); straight to an echo app there is no XFCC, so STRICT fails
-    r = run(MeshCheck(), None, host=echo[0], port=echo[1])
+    r = run(MeshCheck(), None, host=echo[0], port=echo[1], admin=pod_sidecar)
     assert r.verdict is Verdict.FAIL and "no XFCC" in r.reason
+
+
+@pytest.mark.parametrize("check", [MeshCheck(), XfccSpoofCheck()])
+def test_no_proxy_and_no_sidecar_is_error_not_a_verdict(
+    echo: tuple[str, int], check: Check
+) -> None:
+    r = run(check, None, host=echo[0], port=echo[1], admin=f"http://{nothing_listening()}")
+    assert r.verdict is Verdict.ERROR and "no sidecar" in r.reason
+    assert r.evidence["error"] == "sidecar-unavailable"
+    with http_server(admin_handler({"/ready": 503})) as admin:
+        r = run(check, None, host=echo[0], port=echo[1], admin=admin)
+    assert r.verdict is Verdict.ERROR and "not ready" in r.reason
 
 
 # --- mesh: tcp ports -----------------------------------------------------------------------------
@@ -262,8 +290,9 @@ def test_mesh_tcp_closed_without_reply(tcp_echo: tuple[str, int]) -> None:
     assert mesh_via(b, protocol=Protocol.TCP, echo=False).verdict is Verdict.ERROR
 
 
-def test_mesh_tcp_in_pod_mode_direct(tcp_echo: tuple[str, int]) -> None:
-    r = run(MeshCheck(), None, host=tcp_echo[0], port=tcp_echo[1], protocol=Protocol.TCP)
+def test_mesh_tcp_in_pod_mode_direct(tcp_echo: tuple[str, int], pod_sidecar: str) -> None:
+    host, port = tcp_echo
+    r = run(MeshCheck(), None, host=host, port=port, protocol=Protocol.TCP, admin=pod_sidecar)
     assert r.verdict is Verdict.PASS
 
 
@@ -316,7 +345,7 @@ def test_spoof_sidecar_error_is_error_not_pass(echo: tuple[str, int], mode: str)
 def test_spoof_no_response_is_error(echo: tuple[str, int]) -> None:
     assert spoof_via(SidecarBehaviour(mode="close", upstream=echo)).verdict is Verdict.ERROR
     r = run(XfccSpoofCheck(), f"http://{nothing_listening()}")
-    assert r.verdict is Verdict.ERROR
+    assert r.verdict is Verdict.ERROR and r.evidence["error"] == "sidecar-unavailable"
 
 
 def test_spoof_non_echo_app_is_error() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,11 +104,51 @@ def _clip(text: str) -> str:
     return one_line[:300] + ("…" if len(one_line) > 300 else "")
 
 
+def require_sidecar(ctx: RunContext) -> None:
+    """Without ``sidecarProxy`` the call relies on a sidecar capturing it; without one,
+    a direct call proves nothing about the mesh. Checked once per run through the
+    sidecar's Envoy admin ``/ready``."""
+    if ctx.targets.source.sidecar_proxy is not None:
+        return
+    # The look-up runs under its own lock: ctx.shared's lock must not be held over I/O.
+    presence = ctx.shared("sidecar-presence", _Presence)
+    with presence.lock:
+        if presence.problem is None:
+            presence.problem = _sidecar_problem(ctx)
+    if presence.problem:
+        raise SidecarUnavailable(presence.problem)
+
+
+class _Presence:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.problem: str | None = None
+
+
+def _sidecar_problem(ctx: RunContext) -> str:
+    import httpx
+
+    from probe.checks.self_cert import DEFAULT_ADMIN
+
+    admin = (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+    try:
+        status = http_client(ctx, via_sidecar=False).get(admin + "/ready").status_code
+    except httpx.HTTPError as exc:
+        return (
+            f"no sidecar: no sidecarProxy is given and no Envoy admin answers at {admin} "
+            f"({type(exc).__name__}); mesh checks must run in a pod with a sidecar"
+        )
+    if status != 200:
+        return f"the probe's sidecar is not ready: {admin}/ready answered HTTP {status}"
+    return ""
+
+
 def call(
     ctx: RunContext, target: Target, extra_headers: dict[str, str] | None = None
 ) -> MeshResponse:
     import httpx
 
+    require_sidecar(ctx)
     client = http_client(ctx, via_sidecar=True)
     url = f"http://{target.host}:{target.port}{PATH}"
     try:
@@ -216,6 +257,7 @@ def tcp_call(ctx: RunContext, target: Target) -> TcpMeshResponse:
     from probe.model import Endpoint
     from probe.netio import connect, exchange
 
+    require_sidecar(ctx)
     timeout = ctx.settings.timeout
     out = TcpMeshResponse(sent=TCP_MESH_PAYLOAD + secrets.token_hex(8).encode() + b"\n")
     dest = Endpoint(target.host, target.port)
