@@ -94,8 +94,14 @@ def verify_chain(
     now: dt.datetime,
 ) -> str | None:
     """Path validation from ``leaf`` through presented intermediates to a root.
-    Returns None when a valid path exists, else why not."""
+    Returns None when a valid path exists, else why not.
+
+    Done by hand rather than with cryptography's ``PolicyBuilder``: its verifiers
+    accept Istio-like SVIDs, but they enforce the Web PKI profile on the user's own
+    (plug-in) CAs and fold every problem into one message; here each link says what
+    is wrong, and leaf validity is judged (once) by the SVID rules."""
     current = leaf
+    below = 0  # CA certificates between the current issuer and the leaf
     pool = [c for c in presented if c != leaf]
     for _ in range(MAX_CHAIN):
         for root in roots:
@@ -126,10 +132,25 @@ def verify_chain(
             bc = None
         if bc is None or not bc.ca:
             return f"intermediate {_name(parent, 'subject')} is not a CA"
+        if bc.path_length is not None and below > bc.path_length:
+            return (
+                f"intermediate {_name(parent, 'subject')} allows {bc.path_length} CA(s) "
+                f"below it (pathLenConstraint), the chain has {below}"
+            )
+        try:
+            ku = parent.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            ku = None
+        except Exception:
+            return f"intermediate {_name(parent, 'subject')} has unreadable extensions"
+        if ku is not None and not ku.key_cert_sign:
+            name = _name(parent, "subject")
+            return f"intermediate {name} may not sign certificates (no keyCertSign)"
         if not parent.not_valid_before_utc <= now <= parent.not_valid_after_utc:
             return f"intermediate {_name(parent, 'subject')} is outside its validity period"
         pool.remove(parent)
         current = parent
+        below += 1
     return "certificate chain too long"
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,7 +160,9 @@ def test_duplicate_extension_is_a_violation_not_a_crash() -> None:
 
 def _try_load(der: bytes) -> x509.Certificate | None:
     try:
-        return x509.load_der_x509_certificate(der)
+        with warnings.catch_warnings():  # e.g. a negative serial: parsed, with a warning
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            return x509.load_der_x509_certificate(der)
     except Exception:  # ValueError, and InvalidVersion which is not one
         return None
 
@@ -210,3 +214,10 @@ def test_random_der_never_crashes(blob: bytes) -> None:
     cert = _try_load(blob)
     if cert is not None:
         judge([cert], None)
+
+
+def test_path_length_constraint_is_enforced(ca: CertificateAuthority) -> None:
+    # Every pki intermediate has pathLenConstraint 0: a second level under it breaks it.
+    inner = ca.issue_intermediate("outer", key_type="ec").issue_intermediate("inner", key_type="ec")
+    j = judge(presented(inner.issue_workload(ECHO, key_type="ec")), [ca.root])
+    assert any("pathLenConstraint" in v for v in j.violations), j.violations
