@@ -34,9 +34,11 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class Pod:
     endpoint: Endpoint
     issued: Issued
+    #: Highest TLS version the listener speaks (Envoy's enum name).
+    tls_max: str = "TLSv1_3"
 
 
-def _tls(cert: Path, key: Path, root: Path, trust_domain: str) -> dict[str, Any]:
+def _tls(cert: Path, key: Path, root: Path, trust_domain: str, tls_max: str) -> dict[str, Any]:
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -46,7 +48,7 @@ def _tls(cert: Path, key: Path, root: Path, trust_domain: str) -> dict[str, Any]
                 "alpn_protocols": ["istio-http/1.1", "istio", "http/1.1"],
                 "tls_params": {
                     "tls_minimum_protocol_version": "TLSv1_2",
-                    "tls_maximum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": tls_max,
                 },
                 "tls_certificates": [
                     {
@@ -107,7 +109,7 @@ def _listener(i: int, pod: Pod, cert: Path, key: Path, root: Path, td: str) -> d
         "filter_chains": [
             {
                 "filter_chain_match": {"transport_protocol": "tls"},
-                "transport_socket": _tls(cert, key, root, td),
+                "transport_socket": _tls(cert, key, root, td, pod.tls_max),
                 "filters": [
                     {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
                 ],

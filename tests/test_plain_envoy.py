@@ -48,6 +48,11 @@ def mesh(
                 ),
             ),
             Pod(Endpoint(slot.pod_ip(2), PORT), ca.issue_workload(GOOD, key_type="rsa")),
+            Pod(
+                Endpoint(slot.pod_ip(3), PORT),
+                ca.issue_workload(GOOD, key_type="ec"),
+                tls_max="TLSv1_2",
+            ),
         ]
 
     with strict_envoy(pods, root, TD, tmp) as (envoy, started):
@@ -124,3 +129,15 @@ def test_a_mesh_client_is_served(mesh: Mesh) -> None:
     finally:
         tls.close(conn)
     assert data.startswith(b"HTTP/1.1 200"), data
+
+
+def test_tls12_only_envoy(mesh: Mesh) -> None:
+    """TLS 1.2: the chain is seen although the handshake fails without a client
+    certificate, and a foreign certificate fails inside the handshake."""
+    _, root, _, pods = mesh
+    r = _run(PeerCertCheck(), pods[3].endpoint, root)
+    assert r.verdict is Verdict.PASS and r.evidence["tls_version"] == "TLSv1.2", r
+    r = _run(ForeignClientCheck(), pods[3].endpoint, root)
+    assert r.verdict is Verdict.PASS and r.observed == "rejected", r
+    r = _run(PlaintextCheck(), pods[3].endpoint, root)
+    assert r.verdict is Verdict.PASS, r
