@@ -388,11 +388,8 @@ def test_mesh_requests_reuse_one_client(echo: tuple[str, int]) -> None:
         tf = TargetsFile(trust_domain=TD, targets=targets, source=Source(SRC, proxy))
         ctx = RunContext(tf, Settings(timeout=2, concurrency=1))
         try:
-            t = time.perf_counter()
             results = run_checks([MeshCheck()], ctx)
-            per_call = (time.perf_counter() - t) / len(targets)
         finally:
             ctx.close()
     assert {r.verdict for r in results} == {Verdict.PASS}
     assert len(set(b.seen_peers)) == 1 and len(b.seen_peers) == 40
-    assert per_call < 0.03, per_call
