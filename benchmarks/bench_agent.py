@@ -1,0 +1,203 @@
+"""Benchmark: ``mtlsprobe agent`` on the lab mesh — RSS and CPU per round at scale, and
+RSS after many rounds vs after a few (no growth beyond noise).
+
+    .venv/bin/python benchmarks/bench_agent.py --workloads 1000 --scale-rounds 5 \\
+        --leak-workloads 50 --leak-rounds 500 [--append BENCHMARKS.md]
+
+The agent runs as its own process (``python -m jobs.cli agent --targets …``), so the
+numbers are the agent's alone: /proc/<pid>/status VmRSS and /proc/<pid>/stat
+utime+stime, sampled when its /metrics round counter reaches a given round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from jobs.lab.addresses import acquire_slot
+from jobs.lab.build import build_lab
+from jobs.lab.runner import write_targets
+from jobs.lab.runtime import Lab
+from jobs.lab.scenarios import generated
+from probe.model import Source
+
+REPO = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Sample:
+    rounds: int
+    rss_mib: float
+    cpu_s: float
+    round_s: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _scrape(port: int) -> tuple[int, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    rounds, duration = 0, 0.0
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "mtlsprobe_agent_rounds":
+            rounds = int(sum(s.value for s in fam.samples if s.name.endswith("_total")))
+        elif fam.name == "mtlsprobe_agent_round_duration_seconds":
+            duration = fam.samples[0].value
+    return rounds, duration
+
+
+@contextlib.contextmanager
+def lab_targets(workloads: int, workdir: Path) -> Iterator[Path]:
+    slot = acquire_slot()
+    try:
+        build = build_lab(generated(workloads), slot, require=())
+    except BaseException:
+        slot.release()
+        raise
+    with Lab(build.mesh, slot, workdir / "lab", ready_timeout=300) as lab:
+        targets = replace(
+            build.targets,
+            root_cert_file=lab.root_cert,
+            source=Source(
+                identity=build.mesh.probe_identity,
+                sidecar_proxy=lab.proxy_url,
+                sidecar_admin=lab.admin_url,
+            ),
+        )
+        path = workdir / f"targets-{workloads}.yaml"
+        write_targets(targets, path)
+        yield path
+
+
+def run_agent(
+    targets: Path, kind: str, interval: float, marks: list[int], concurrency: int
+) -> list[Sample]:
+    """Run the agent until the last mark; sample RSS and CPU at each mark."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "jobs.cli", "agent", "--kind", kind, "--targets", str(targets)]
+    argv += ["--interval", str(interval), "--jitter", "0", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--concurrency", str(concurrency), "--timeout", "5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples: list[Sample] = []
+    try:
+        pending = sorted(marks)
+        deadline = time.monotonic() + 3600
+        while pending and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {proc.returncode}")
+            try:
+                rounds, duration = _scrape(port)
+            except OSError:
+                time.sleep(0.2)
+                continue
+            if rounds >= pending[0]:
+                samples.append(Sample(rounds, _rss_mib(proc.pid), _cpu_s(proc.pid), duration))
+                pending.pop(0)
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return samples
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--workloads", type=int, default=1000)
+    p.add_argument("--scale-rounds", type=int, default=5)
+    p.add_argument("--leak-workloads", type=int, default=50)
+    p.add_argument("--leak-rounds", type=int, default=500)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--append", type=Path, help="append the results to this Markdown file")
+    args = p.parse_args()
+
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="mtlsprobe-bench-agent-") as wd:
+        with lab_targets(args.workloads, Path(wd)) as targets:
+            for kind in ("plain", "sidecar"):
+                s = run_agent(targets, kind, 0.1, [1, args.scale_rounds], args.concurrency)
+                first, last = s[0], s[-1]
+                per_round = (last.cpu_s - first.cpu_s) / max(1, last.rounds - first.rounds)
+                lines.append(
+                    f"| {kind} | {args.workloads} | {last.round_s:.2f} s | "
+                    f"{per_round:.2f} s | {last.rss_mib:.0f} MiB |"
+                )
+                print(lines[-1], flush=True)
+        leak: list[str] = []
+        with lab_targets(args.leak_workloads, Path(wd)) as targets:
+            for kind in ("plain", "sidecar"):
+                s = run_agent(targets, kind, 0.02, [10, args.leak_rounds], args.concurrency)
+                a, b = s[0], s[-1]
+                leak.append(
+                    f"| {kind} | {args.leak_workloads} | {a.rss_mib:.1f} MiB (round {a.rounds}) | "
+                    f"{b.rss_mib:.1f} MiB (round {b.rounds}) | {b.rss_mib - a.rss_mib:+.1f} MiB |"
+                )
+                print(leak[-1], flush=True)
+
+    cmd = (
+        f".venv/bin/python benchmarks/bench_agent.py --workloads {args.workloads} "
+        f"--scale-rounds {args.scale_rounds} --leak-workloads {args.leak_workloads} "
+        f"--leak-rounds {args.leak_rounds}"
+    )
+    report = "\n".join(
+        [
+            f"Command: `{cmd}` ({platform.machine()}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}, {time.strftime('%Y-%m-%d')})",
+            "",
+            "| kind | endpoints | round wall time | agent CPU per round | agent RSS |",
+            "| --- | --- | --- | --- | --- |",
+            *lines,
+            "",
+            "| kind | endpoints | RSS early | RSS late | growth |",
+            "| --- | --- | --- | --- | --- |",
+            *leak,
+            "",
+        ]
+    )
+    print(report)
+    if args.append:
+        with args.append.open("a", encoding="utf-8") as f:
+            f.write(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
