@@ -86,6 +86,12 @@ def probe_run(check: Check, tf: TargetsFile, concurrency: int) -> tuple[float, l
     return time.perf_counter() - t0, results
 
 
+def median_run(check: Check, tf: TargetsFile, concurrency: int) -> tuple[float, list[Result]]:
+    """Median wall time of three runs (the machine is shared), last run's results."""
+    runs = [probe_run(check, tf, concurrency) for _ in range(3)]
+    return statistics.median(w for w, _ in runs), runs[-1][1]
+
+
 def baseline(
     argv_for: Callable[[Endpoint], list[str]], endpoints: Sequence[Endpoint], parallel: int
 ) -> tuple[float, list[int]]:
@@ -149,6 +155,8 @@ def main() -> int:
         with strict_envoy(pods, root, TD, tmp, concurrency=1) as (envoy, started):
             tf = targets_file(started, root)
             endpoints = [pod.endpoint for pod in started]
+            load = os.getloadavg()[0]
+            say(f"- load average at start {load:.1f} (other work shares the machine)")
             say(
                 f"- endpoints={n} (one Envoy 1.x, --concurrency 1, STRICT-like listeners, "
                 f"{key_type.upper()} server certificates) probe concurrency={args.concurrency} "
@@ -158,8 +166,8 @@ def main() -> int:
             probe_run(PlaintextCheck(), tf, args.concurrency)
             probe_run(PeerCertCheck(), tf, args.concurrency)
 
-            pt_wall, pt_results = probe_run(PlaintextCheck(), tf, args.concurrency)
-            pc_wall, pc_results = probe_run(PeerCertCheck(), tf, args.concurrency)
+            pt_wall, pt_results = median_run(PlaintextCheck(), tf, args.concurrency)
+            pc_wall, pc_results = median_run(PeerCertCheck(), tf, args.concurrency)
             for name, results in (("plaintext", pt_results), ("peer-cert", pc_results)):
                 counts = summarize(results)
                 if counts["pass"] != n:
@@ -174,14 +182,14 @@ def main() -> int:
             refused = sum(1 for c in curl_codes if c == 56)
 
             say(
-                f"- plaintext: probe {pt_wall * 1000:.0f} ms for {n} checks "
+                f"- plaintext: probe {pt_wall * 1000:.0f} ms for {n} checks (median of 3) "
                 f"({n / pt_wall:.0f}/s); curl loop {curl_seq * 1000:.0f} ms "
                 f"(**{curl_seq / pt_wall:.0f}x**), {args.concurrency} in parallel "
                 f"{curl_par * 1000:.0f} ms ({curl_par / pt_wall:.1f}x); "
                 f"curl saw the reset (exit 56) {refused}/{n}"
             )
             say(
-                f"- peer-cert: probe {pc_wall * 1000:.0f} ms for {n} checks "
+                f"- peer-cert: probe {pc_wall * 1000:.0f} ms for {n} checks (median of 3) "
                 f"({n / pc_wall:.0f}/s, each with the full SVID judgement); openssl s_client "
                 f"loop {ssl_seq * 1000:.0f} ms (**{ssl_seq / pc_wall:.0f}x**), "
                 f"{args.concurrency} in parallel {ssl_par * 1000:.0f} ms "
