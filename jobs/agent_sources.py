@@ -130,12 +130,9 @@ class KubePeers:
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return False
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
+    from jobs.objects import pod_ready
+
+    return not (pod.get("metadata") or {}).get("deletionTimestamp") and pod_ready(pod)
 
 
 def own_identity(explicit: str | None) -> str:
