@@ -114,24 +114,37 @@ def connect_tls(
     it showed. A failed handshake is recorded in ``failure``, with the chain if the
     server sent it; timeouts raise (inconclusive)."""
     sock = netio.connect(endpoint, timeout)
-    conn = SSL.Connection(context, sock)
-    conn.set_connect_state()
-    if server_name:
-        conn.set_tlsext_host_name(server_name.encode("idna"))
-    hs = Handshake()
     try:
-        conn.do_handshake()
-    except SSL.WantReadError:
-        sock.close()
-        raise ReadTimedOut(
-            f"TLS handshake with {endpoint} stalled for {timeout:g}s (slow or not TLS)"
-        ) from None
-    except SSL.Error as exc:
-        hs.failure = _describe(exc)
+        conn = SSL.Connection(context, sock)
+        conn.set_connect_state()
+        sni = _sni_bytes(server_name)
+        if sni:
+            conn.set_tlsext_host_name(sni)
+        hs = Handshake()
+        try:
+            conn.do_handshake()
+        except (SSL.WantReadError, SSL.WantWriteError):
+            raise ReadTimedOut(
+                f"TLS handshake with {endpoint} stalled for {timeout:g}s (slow or not TLS)"
+            ) from None
+        except SSL.Error as exc:
+            hs.failure = _describe(exc)
         _capture(conn, hs)
-        return TLSConnection(conn, sock), hs
-    _capture(conn, hs)
+    except BaseException:
+        sock.close()
+        raise
     return TLSConnection(conn, sock), hs
+
+
+def _sni_bytes(server_name: str | None) -> bytes | None:
+    """SNI as the wire wants it; a name that cannot be encoded is simply not sent
+    (the server's certificate, not its SNI routing, is what we judge)."""
+    if not server_name:
+        return None
+    try:
+        return server_name.encode("idna")
+    except UnicodeError:
+        return server_name.encode("ascii") if server_name.isascii() else None
 
 
 def close(tc: TLSConnection) -> None:

@@ -180,3 +180,10 @@ def test_server_that_speaks_first_over_tls_is_a_protocol_violation(tmp_path: Pat
                 tls.await_rejection(conn, srv.endpoint, 1.0)
         finally:
             tls.close(conn)
+
+
+def test_unencodable_server_name_is_not_sent() -> None:
+    assert tls._sni_bytes("outbound_.8080_._.echo.ns-a.svc.cluster.local") is not None
+    assert tls._sni_bytes("x" * 70 + ".example") == b"x" * 70 + b".example"
+    assert tls._sni_bytes("b\u00fccher." + "\u00fc" * 70) is None
+    assert tls._sni_bytes(None) is None
