@@ -27,6 +27,8 @@ _RESET = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 
 
 def _timeval(seconds: float) -> bytes:
+    # A zero timeval means "no timeout at all": never let a tiny remainder become that.
+    seconds = max(seconds, 0.001)
     whole = int(seconds)
     return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
 
@@ -117,6 +119,9 @@ def exchange(
                 f"{endpoint} closed the connection after the request, no response"
             )
         data += chunk
-        if time.monotonic() > deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             break
+        # A server dripping bytes must not stretch the read past one timeout in all.
+        set_io_timeout(sock, remaining)
     return data

@@ -187,3 +187,34 @@ def test_unencodable_server_name_is_not_sent() -> None:
     assert tls._sni_bytes("x" * 70 + ".example") == b"x" * 70 + b".example"
     assert tls._sni_bytes("b\u00fccher." + "\u00fc" * 70) is None
     assert tls._sni_bytes(None) is None
+
+
+def test_dripping_server_is_bounded_by_one_timeout() -> None:
+    def drip(conn: socket.socket) -> None:
+        conn.recv(100)
+        for b in b"HTTP/1.1 200 OK\r\n":
+            conn.sendall(bytes([b]))
+            time.sleep(0.15)
+
+    with serving(drip) as srv:
+        sock = netio.connect(srv.endpoint, 0.5)
+        try:
+            t0 = time.monotonic()
+            data = netio.exchange(sock, b"x", srv.endpoint, 0.5, want=12)
+            assert time.monotonic() - t0 < 0.9
+            assert data.startswith(b"H")
+        finally:
+            sock.close()
+
+
+def test_tiny_timeout_never_becomes_infinite() -> None:
+    with serving(black_hole) as srv:
+        sock = netio.connect(srv.endpoint, 1.0)
+        try:
+            netio.set_io_timeout(sock, 1e-9)
+            t0 = time.monotonic()
+            with pytest.raises(OSError):
+                sock.recv(1)
+            assert time.monotonic() - t0 < 0.5
+        finally:
+            sock.close()
