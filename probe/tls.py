@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import select
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -122,11 +124,7 @@ def connect_tls(
             conn.set_tlsext_host_name(sni)
         hs = Handshake()
         try:
-            conn.do_handshake()
-        except (SSL.WantReadError, SSL.WantWriteError):
-            raise ReadTimedOut(
-                f"TLS handshake with {endpoint} stalled for {timeout:g}s (slow or not TLS)"
-            ) from None
+            _handshake(conn, sock, endpoint, timeout)
         except SSL.Error as exc:
             hs.failure = _describe(exc)
         _capture(conn, hs)
@@ -134,6 +132,36 @@ def connect_tls(
         sock.close()
         raise
     return TLSConnection(conn, sock), hs
+
+
+def _handshake(
+    conn: SSL.Connection, sock: socket.socket, endpoint: Endpoint, timeout: float
+) -> None:
+    """The whole handshake within one deadline, however slowly the server drips
+    bytes: non-blocking with a poll loop here (SO_RCVTIMEO bounds each read only),
+    blocking again afterwards for the read-first logic."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                conn.do_handshake()
+                return
+            except SSL.WantReadError:
+                events = select.POLLIN
+            except SSL.WantWriteError:
+                events = select.POLLOUT
+            remaining = deadline - time.monotonic()
+            poller.register(sock, events)
+            ready = poller.poll(remaining * 1000) if remaining > 0 else []
+            poller.unregister(sock)
+            if not ready:
+                raise ReadTimedOut(
+                    f"TLS handshake with {endpoint} stalled for {timeout:g}s (slow or not TLS)"
+                )
+    finally:
+        sock.setblocking(True)
 
 
 def _sni_bytes(server_name: str | None) -> bytes | None:

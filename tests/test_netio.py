@@ -218,3 +218,18 @@ def test_tiny_timeout_never_becomes_infinite() -> None:
             assert time.monotonic() - t0 < 0.5
         finally:
             sock.close()
+
+
+def test_dripping_tls_handshake_is_bounded_by_one_timeout() -> None:
+    def drip(conn: socket.socket) -> None:
+        conn.recv(4096)  # the ClientHello
+        conn.sendall(b"\x16\x03\x03\x00\x40")  # a handshake record of 64 bytes...
+        for _ in range(64):  # ...one byte at a time, each well inside the timeout
+            time.sleep(0.1)
+            conn.sendall(b"\x00")
+
+    with serving(drip) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(ReadTimedOut, match="stalled"):
+            tls.connect_tls(srv.endpoint, tls.client_context(tls.HTTP_ALPNS), 0.5)
+    assert time.monotonic() - t0 < 1.0
