@@ -132,8 +132,10 @@ class ForeignClientCheck(Check):
             if hs.failure is not None:
                 return self._judge_failure(label, hs.failure, bool(hs.chain))
             try:
-                # Read first: TLS 1.3 servers reject after the client's Finished.
-                tls.await_rejection(conn, endpoint, min(timeout, 1.0))
+                # Read first: TLS 1.3 servers reject after the client's Finished. In
+                # TLS 1.2 a completed handshake means the server took our certificate.
+                if hs.version == "TLSv1.3":
+                    tls.await_rejection(conn, endpoint, min(timeout, 1.0))
                 payload = (
                     http_request(target.host) if target.protocol is Protocol.HTTP else TCP_PAYLOAD
                 )
