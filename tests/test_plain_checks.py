@@ -213,7 +213,7 @@ def test_subject_with_non_critical_san_is_fine(pki: MeshPKI) -> None:
 
 def test_peer_cert_plaintext_server_is_error() -> None:
     with serving(plaintext_http) as srv:
-        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT)
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, timeout=0.5)
     assert r.verdict is Verdict.ERROR, r
 
 
@@ -261,7 +261,7 @@ def test_foreign_client_nothing_listening_is_error() -> None:
 
 def test_foreign_client_plaintext_server_is_error() -> None:
     with serving(plaintext_http) as srv:
-        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE)
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE, timeout=0.5)
     assert r.verdict is Verdict.ERROR, r
 
 
