@@ -135,7 +135,7 @@ class ForeignClientCheck(Check):
                 # Read first: TLS 1.3 servers reject after the client's Finished. In
                 # TLS 1.2 a completed handshake means the server took our certificate.
                 if hs.version == "TLSv1.3":
-                    tls.await_rejection(conn, endpoint, min(timeout, 1.0))
+                    tls.await_rejection(conn, endpoint, min(timeout, 0.5))
                 payload = (
                     http_request(target.host) if target.protocol is Protocol.HTTP else TCP_PAYLOAD
                 )
