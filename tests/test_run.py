@@ -518,7 +518,12 @@ def test_a_failing_shard_does_not_take_the_others_down(
         crashed = [r for r in results if "exited 139" in r["reason"]]
         observed = [r for r in results if r["observed"] not in ("probe-incomplete",)]
         assert crashed and observed and len(crashed) + len(observed) == 6
-        assert any(r["verdict"] == "pass" for r in observed)  # 127.0.0.1 answers
+        # The surviving shards really probed: each endpoint answered (the echo listens on
+        # 127.0.0.1 only) or was seen to have nothing listening. Which shard holds
+        # 127.0.0.1 depends on the hash of the endpoint, so no pass is required.
+        assert all(
+            r["verdict"] == "pass" or "nothing listens" in r["reason"] for r in observed
+        ), [(r["verdict"], r["reason"]) for r in observed]
         assert code == 2
         jobs = [c for c in kube.calls if c.method == "POST" and c.path.endswith("/jobs")]
         assert len(jobs) == 1
