@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -10,7 +11,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL
 
 from probe.checks.base import RunContext, Settings
 from probe.checks.foreign_client import ForeignClientCheck
@@ -343,3 +346,44 @@ def test_foreign_client_reset_before_any_certificate_is_error() -> None:
     with serving(reset_after_read) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT)
     assert r.verdict is Verdict.ERROR and "before the server showed a certificate" in r.reason, r
+
+
+def test_hostile_duplicate_san_certificate_over_the_wire(pki: MeshPKI) -> None:
+    """A server presenting a certificate with two SAN extensions (which cryptography
+    refuses to read) gets a fail naming it, not a crash."""
+    from cryptography.hazmat.primitives import serialization
+
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    san = issued.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    stand_in = x509.UnrecognizedExtension(x509.ObjectIdentifier("2.5.29.99"), san.public_bytes())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(issued.cert.subject)
+        .issuer_name(issued.cert.issuer)
+        .public_key(issued.cert.public_key())
+        .serial_number(issued.cert.serial_number)
+        .not_valid_before(issued.cert.not_valid_before_utc)
+        .not_valid_after(issued.cert.not_valid_after_utc)
+    )
+    for ext in issued.cert.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    builder = builder.add_extension(stand_in, True)
+    der = builder.sign(pki.ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    dup = der.replace(bytes.fromhex("0603551d63"), bytes.fromhex("0603551d11"), 1)
+    # Python's ssl refuses to serve it; OpenSSL via pyOpenSSL does, as a hostile server would.
+    sctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    sctx.use_certificate(x509.load_der_x509_certificate(dup))  # type: ignore[arg-type]
+    sctx.use_privatekey(issued.key)  # type: ignore[arg-type]
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(None)
+        server = SSL.Connection(sctx, conn)
+        server.set_accept_state()
+        with contextlib.suppress(SSL.Error):
+            server.do_handshake()
+            server.recv(1)
+
+    with serving(handle) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, pki)
+    assert r.verdict is Verdict.FAIL, r
+    assert "unreadable" in r.reason or "not valid X.509" in r.reason, r.reason
