@@ -19,7 +19,6 @@ from probe.svid import SvidJudgement, judge_svid
 
 TD = "cluster.local"
 ECHO = f"spiffe://{TD}/ns/ns-a/sa/echo"
-NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +31,15 @@ def judge(
     roots: list[x509.Certificate] | None,
     *,
     identity: str | None = ECHO,
-    now: dt.datetime = NOW,
+    now: dt.datetime | None = None,
 ) -> SvidJudgement:
     return judge_svid(
         chain,
         expected_identity=identity,
         trust_domain=TD,
         roots=roots,
-        now=now,
+        # The moment of judging, not of import: a long suite must not age the certificates.
+        now=now or dt.datetime.now(dt.UTC),
         min_remaining=dt.timedelta(hours=6),
         max_lifetime=dt.timedelta(days=90),
     )
@@ -95,13 +95,13 @@ def test_foreign_root_and_forged_intermediate_fail(ca: CertificateAuthority) -> 
 
 def test_expired_and_not_yet_valid_measured_against_now(ca: CertificateAuthority) -> None:
     issued = ca.issue_workload(ECHO, key_type="ec")
-    later = NOW + dt.timedelta(days=2)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
     assert any("expired" in v for v in judge(presented(issued), [ca.root], now=later).violations)
-    earlier = NOW - dt.timedelta(hours=1)
+    earlier = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     assert any(
         "not yet valid" in v for v in judge(presented(issued), [ca.root], now=earlier).violations
     )
-    soon = NOW + dt.timedelta(hours=20)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=20)
     assert any(
         "minimum remaining" in v for v in judge(presented(issued), [ca.root], now=soon).violations
     )
@@ -138,8 +138,8 @@ def _hand_made(exts: list[tuple[x509.ExtensionType, bool]], raw_dup: bool = Fals
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, TD)]))
         .public_key(key.public_key())
         .serial_number(7)
-        .not_valid_before(NOW - dt.timedelta(minutes=2))
-        .not_valid_after(NOW + dt.timedelta(hours=24))
+        .not_valid_before(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=2))
+        .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(hours=24))
     )
     for ext, critical in exts:
         b = b.add_extension(ext, critical)
