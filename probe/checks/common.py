@@ -68,3 +68,14 @@ def http_client(ctx: RunContext, via_sidecar: bool) -> httpx.Client:
         )
 
     return ctx.shared(f"http-client:{proxy}", build, lambda c: c.close())
+
+
+def sidecar_tls_skip(target: Target, *, no_sidecar: str, disabled: str) -> str | None:
+    """Why a check that needs the server sidecar's TLS does not apply, if it does not."""
+    from probe.model import Expect
+
+    if target.expect is Expect.NONE:
+        return no_sidecar
+    if target.expect is Expect.DISABLE:
+        return disabled
+    return None

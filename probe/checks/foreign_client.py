@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 from probe import tls
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.common import istio_sni, tls_context
+from probe.checks.common import istio_sni, sidecar_tls_skip, tls_context
 from probe.checks.plaintext import TCP_PAYLOAD, http_request
 from probe.errors import ObservationError, ResetAfterRequest, TLSAlert
-from probe.model import Expect, Protocol
+from probe.model import Protocol
 from probe.results import Result, Verdict
 
 if TYPE_CHECKING:
@@ -76,11 +76,11 @@ class ForeignClientCheck(Check):
 
     def skip_reason(self, ctx: RunContext, target: Target | None) -> str | None:
         assert target is not None
-        if target.expect is Expect.NONE:
-            return "target has no sidecar: nothing verifies client certificates"
-        if target.expect is Expect.DISABLE:
-            return "mTLS is DISABLEd at this port: no TLS to present a certificate to"
-        return None
+        return sidecar_tls_skip(
+            target,
+            no_sidecar="target has no sidecar: nothing verifies client certificates",
+            disabled="mTLS is DISABLEd at this port: no TLS to present a certificate to",
+        )
 
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
         assert target is not None and endpoint is not None

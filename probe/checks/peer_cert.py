@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 from probe import tls
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.common import istio_sni, mesh_roots, tls_context
+from probe.checks.common import istio_sni, mesh_roots, sidecar_tls_skip, tls_context
 from probe.errors import ObservationError
-from probe.model import Expect
 from probe.results import Result, Verdict
 from probe.svid import judge_svid
 
@@ -25,11 +24,11 @@ class PeerCertCheck(Check):
 
     def skip_reason(self, ctx: RunContext, target: Target | None) -> str | None:
         assert target is not None
-        if target.expect is Expect.NONE:
-            return "target has no sidecar: no mesh certificate to inspect"
-        if target.expect is Expect.DISABLE:
-            return "mTLS is DISABLEd at this port: the sidecar serves no certificate here"
-        return None
+        return sidecar_tls_skip(
+            target,
+            no_sidecar="target has no sidecar: no mesh certificate to inspect",
+            disabled="mTLS is DISABLEd at this port: the sidecar serves no certificate here",
+        )
 
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
         assert target is not None and endpoint is not None
