@@ -1,0 +1,253 @@
+"""The shipped manifests: every kustomization renders, built-in kinds validate against
+the Kubernetes schemas (strict), every pod meets the restricted Pod Security Standard
+with requests and limits, the RBAC is read-only and narrow except for what `run`
+writes in its own namespace, every command parses with the CLI that exists, and every
+API call the code makes is allowed by the rendered roles."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from jobs.cli import build_parser
+from jobs.discovery import Options, discover
+from jobs.run import RUN_API_CALLS
+from tests.fakekube import FakeKube
+from tests.test_discovery import _mesh
+
+K8S = Path(__file__).resolve().parent.parent / "k8s"
+KUSTOMIZATIONS = ["base", "overlays/smoke", "overlays/continuous", "overlays/echo-example"]
+OWN_NS = "mtlsprobe"
+# Kubernetes versions the built-in kinds are validated against.
+K8S_VERSIONS = ["1.30.0", "1.34.0"]
+CUSTOM_KINDS = {"PrometheusRule"}
+POD_KINDS = {"Deployment", "DaemonSet", "Job", "CronJob"}
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("kubectl") is None,
+    reason="kubectl (for `kubectl kustomize`) is not installed: manifests NOT verified",
+)
+
+
+def render(path: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {k: render(k) for k in KUSTOMIZATIONS}
+
+
+def all_objects(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [o for objs in rendered.values() for o in objs]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_every_kustomization_renders(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for name, objs in rendered.items():
+        assert objs, name
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_builtin_kinds_validate_strictly(
+    rendered: dict[str, list[dict[str, Any]]], version: str
+) -> None:
+    import kubernetes_validate
+
+    for obj in all_objects(rendered):
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_pods_are_restricted_with_limits(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pods = [o for o in all_objects(rendered) if o["kind"] in POD_KINDS]
+    assert {o["kind"] for o in pods} == POD_KINDS
+    for obj in pods:
+        spec = pod_spec(obj)
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        psc = spec.get("securityContext", {})
+        assert psc.get("runAsNonRoot") is True, where
+        assert isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0, where
+        assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(key), where
+        assert not any("hostPath" in v for v in spec.get("volumes", [])), where
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not sc.get("privileged"), where
+            assert not any("hostPort" in p for p in c.get("ports", [])), where
+            res = c.get("resources", {})
+            assert {"cpu", "memory"} <= set(res.get("requests", {})), where
+            assert "memory" in res.get("limits", {}), where
+
+
+def test_tokens_only_where_the_api_is_used(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = all_objects(rendered)
+    sas = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceAccount"}
+    assert sas["mtlsprobe"]["automountServiceAccountToken"] is False  # probe pods
+    assert sas["mtlsprobe-echo"]["automountServiceAccountToken"] is False
+    for obj in objs:
+        if obj["kind"] in POD_KINDS and obj["metadata"]["name"].startswith("mtlsprobe-echo"):
+            assert pod_spec(obj).get("automountServiceAccountToken") is False
+
+
+def rules_by_subject(objs: list[dict[str, Any]]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """service account -> [(namespace or '' for cluster-wide, rule)]"""
+    roles = {
+        (o["kind"], o["metadata"]["name"]): o for o in objs if o["kind"] in ("Role", "ClusterRole")
+    }
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for b in objs:
+        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        role = roles[(b["roleRef"]["kind"], b["roleRef"]["name"])]
+        scope = b["metadata"].get("namespace", "") if b["kind"] == "RoleBinding" else ""
+        for s in b["subjects"]:
+            out.setdefault(s["name"], []).extend((scope, r) for r in role["rules"])
+    return out
+
+
+def test_rbac_is_narrow(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = render("overlays/continuous")
+    for o in objs:
+        if o["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in o["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], o["metadata"]["name"]
+            assert "*" not in rule.get("apiGroups", []), o["metadata"]["name"]
+            assert "secrets" not in rule["resources"], o["metadata"]["name"]
+            if o["kind"] == "ClusterRole":
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, "cluster-wide writes"
+            else:
+                assert o["metadata"]["namespace"] == OWN_NS
+
+
+def allowed(
+    rules: list[tuple[str, dict[str, Any]]],
+    verb: str,
+    group: str,
+    resource: str,
+    ns: str,
+    name: str | None,
+) -> bool:
+    for scope, rule in rules:
+        if scope and scope != ns:
+            continue
+        if group not in rule.get("apiGroups", [""]) or resource not in rule["resources"]:
+            continue
+        if verb not in rule["verbs"]:
+            continue
+        names = rule.get("resourceNames")
+        if names and name not in names:
+            continue
+        return True
+    return False
+
+
+def parse_call(
+    method: str, path: str, query: dict[str, str]
+) -> tuple[str, str, str, str, str | None]:
+    seg = [s for s in path.split("/") if s]
+    group, rest = ("", seg[2:]) if seg[0] == "api" else (seg[1], seg[3:])
+    ns = ""
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        ns, rest = rest[1], rest[2:]
+    elif rest[:1] == ["namespaces"] and len(rest) == 2:
+        return ("get", "", "namespaces", "", rest[1])
+    resource, name = rest[0], (rest[1] if len(rest) > 1 else None)
+    if len(rest) > 2:
+        resource = f"{resource}/{rest[2]}"
+    verb = {"POST": "create", "DELETE": "delete"}.get(method)
+    if verb is None:
+        verb = "watch" if query.get("watch") in ("true", "1") else ("get" if name else "list")
+    return verb, group, resource, ns, name
+
+
+@pytest.mark.parametrize("options", [Options(), Options(namespaces=("shop",))])
+def test_discovery_calls_are_allowed_for_orchestrator_and_agent(options: Options) -> None:
+    kube = FakeKube()
+    kube.start()
+    try:
+        _mesh(kube)
+        discover(kube.api_client(), options)
+        calls = [parse_call(c.method, c.path, c.query) for c in kube.calls]
+    finally:
+        kube.stop()
+    subjects = rules_by_subject(render("overlays/continuous"))
+    assert calls
+    for sa in ("mtlsprobe-orchestrator", "mtlsprobe-agent"):
+        for verb, group, resource, ns, name in calls:
+            if resource == "configmaps" and name is None:
+                pytest.fail(f"discovery lists configmaps ({ns}): widen the RBAC knowingly")
+            assert allowed(subjects[sa], verb, group, resource, ns, name), (
+                sa,
+                verb,
+                group,
+                resource,
+                ns,
+                name,
+            )
+
+
+def test_run_writes_are_allowed_in_its_namespace_only() -> None:
+    subjects = rules_by_subject(render("base"))
+    rules = subjects["mtlsprobe-orchestrator"]
+    for verb, group, resource, ns_name in RUN_API_CALLS:
+        ns = OWN_NS if ns_name.startswith("<") else ns_name  # "<probe namespace>"
+        assert allowed(rules, verb, group, resource, ns, None), (verb, group, resource, ns)
+        if verb in ("create", "delete"):
+            assert not allowed(rules, verb, group, resource, "other-ns", None)
+    assert not allowed(rules, "list", "", "configmaps", "", None)
+    assert not allowed(rules, "get", "", "secrets", OWN_NS, None)
+
+
+def test_commands_parse_with_the_cli_that_exists(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    seen = set()
+    for obj in all_objects(rendered):
+        if obj["kind"] not in POD_KINDS:
+            continue
+        for c in pod_spec(obj)["containers"]:
+            args = [str(a) for a in c["args"]]
+            parser = build_parser(args)
+            ns = parser.parse_args(args)
+            seen.add(ns.command)
+    assert seen == {"run", "agent", "serve"}
+
+
+def test_orchestrator_pods_are_not_injected(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for obj in all_objects(rendered):
+        if obj["kind"] in ("CronJob", "Job"):
+            tmpl = (
+                obj["spec"]["jobTemplate"]["spec"]["template"]
+                if obj["kind"] == "CronJob"
+                else obj["spec"]["template"]
+            )
+            assert tmpl["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+
+
+def test_dockerfile_rules() -> None:
+    text = (K8S.parent / "Dockerfile").read_text()
+    final = text.split("\nFROM ")[-1]
+    assert "USER 65532:65532" in final
+    assert 'ENTRYPOINT ["mtlsprobe"]' in final
+    assert "apt-get" not in final and "pip install" not in final
+    assert "compileall" in text
+    assert "[lab" not in text and "[test" not in text
