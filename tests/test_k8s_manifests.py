@@ -251,3 +251,20 @@ def test_dockerfile_rules() -> None:
     assert "apt-get" not in final and "pip install" not in final
     assert "compileall" in text
     assert "[lab" not in text and "[test" not in text
+
+
+def test_agent_peer_listing_is_allowed_for_the_agent() -> None:
+    """The agent shards by listing its DaemonSet's pods every round (jobs.agent_sources)."""
+    from jobs.agent_sources import KubePeers
+
+    kube = FakeKube()
+    kube.start()
+    try:
+        KubePeers(kube.api_client(), OWN_NS, "app.kubernetes.io/name=mtlsprobe-agent").agents()
+        calls = [parse_call(c.method, c.path, c.query) for c in kube.calls]
+    finally:
+        kube.stop()
+    assert calls
+    rules = rules_by_subject(render("overlays/continuous"))["mtlsprobe-agent"]
+    for verb, group, resource, ns, name in calls:
+        assert allowed(rules, verb, group, resource, ns, name), (verb, group, resource, ns, name)
