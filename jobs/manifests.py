@@ -35,7 +35,7 @@ from jobs.objects import (
     namespace,
     spec,
 )
-from jobs.policy import has_sidecar, injected, would_inject
+from jobs.injection import as_created
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
 _NAMESPACED = frozenset(k for k in KINDS if k != "Namespace") | set(WORKLOAD_KINDS) | {"ConfigMap"}
@@ -183,13 +183,7 @@ def snapshot_from_documents(
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
     for _, raw_pod in pods:
         pod = raw_pod
-        if (
-            inject
-            and isinstance(pod, dict)
-            and isinstance(pod.get("spec"), dict)
-            and not has_sidecar(pod)
-            and would_inject(pod, ns_labels.get(namespace(pod), {}))
-        ):
-            pod = injected(pod)
+        if inject and isinstance(pod, dict):
+            pod = as_created(pod, ns_labels.get(namespace(pod), {}))
         snap.add("Pod", pod)
     return snap
