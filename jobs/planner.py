@@ -333,11 +333,18 @@ class _Builder:
         routed = tuple(backends.routed_elsewhere)
         host = f"{svc_name}.{ns}.svc.{self.snap.cluster_domain}"
         targets: list[Target] = []
+        planned_ports: set[int] = set()
         for sp in service_ports(svc):
             if (sp.get("protocol") or "TCP") != "TCP":
                 continue
             port: int = sp["port"]
             base = f"{ns}/{svc_name}:{port}"
+            if port in planned_ports:  # the API server rejects this; YAML may hold it
+                self.findings.append(
+                    _finding(base, Verdict.ERROR, "port listed twice: the first is planned")
+                )
+                continue
+            planned_ports.add(port)
             protocol = port_protocol(sp)
             dr = self.dr.tls_for(host, ns, port, self.req.client_namespace)
             groups: dict[tuple[str, Expect, bool], list[Endpoint]] = {}
@@ -425,9 +432,14 @@ class _Builder:
                     )
                 )
             names: list[str] = []
+            both_echo = {(k[0], k[1]) for k in groups if k[2]} & {
+                (k[0], k[1]) for k in groups if not k[2]
+            }
             for key, eps in groups.items():
                 sa, expect, echo = key
                 tname = f"{base}@{sa}/{expect.value}" if split else base
+                if echo and (sa, expect) in both_echo:
+                    tname += "/echo"  # target names must stay unique
                 names.append(tname)
                 edges = group_edges[key]
                 if split:
@@ -472,7 +484,10 @@ def mesh_names_problem(snapshot: ClusterSnapshot) -> str | None:
     (identities ``spiffe://<td>/...``, hosts ``<svc>.<ns>.svc.<domain>``), if so."""
     td = snapshot.trust_domain
     try:
-        parse_spiffe_id(f"spiffe://{td}/ns/x/sa/x")
+        # Parsed as part of an ID so the SPIFFE rules apply; a '/' in ``td`` would make
+        # it parse as a shorter trust domain plus path, hence the equality.
+        if parse_spiffe_id(f"spiffe://{td}/ns/x/sa/x").trust_domain != td:
+            raise SpiffeIdError("it holds a '/'")
     except SpiffeIdError as exc:
         return f"trust domain {td[:100]!r} is not a SPIFFE trust domain ({exc})"
     if not dns_subdomain(snapshot.cluster_domain):
@@ -494,9 +509,19 @@ def build_plan(
             _finding("cluster", Verdict.ERROR, f"{bad_names}: nothing planned; pass --trust-domain")
         )
     else:
+        seen: set[tuple[str, str]] = set()
         for svc in sorted(snapshot.services, key=lambda s: (namespace(s), name(s))):
-            if snapshot.is_target_namespace(namespace(svc)):
-                targets.extend(b.plan_service(svc))
+            if not snapshot.is_target_namespace(namespace(svc)):
+                continue
+            if (namespace(svc), name(svc)) in seen:  # YAML can repeat what a cluster cannot
+                b.findings.append(
+                    _finding(
+                        f"Service {ref(svc)}", Verdict.ERROR, "defined twice: the first is planned"
+                    )
+                )
+                continue
+            seen.add((namespace(svc), name(svc)))
+            targets.extend(b.plan_service(svc))
     findings = [
         *_problem_findings(snapshot),
         *b.findings,
