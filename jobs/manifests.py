@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from jobs.injection import as_created
 from jobs.objects import (
     KINDS,
     ClusterSnapshot,
@@ -35,7 +36,6 @@ from jobs.objects import (
     namespace,
     spec,
 )
-from jobs.injection import as_created
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
 _NAMESPACED = frozenset(k for k in KINDS if k != "Namespace") | set(WORKLOAD_KINDS) | {"ConfigMap"}

@@ -190,6 +190,8 @@ def _pod_addresses(pod: dict[str, Any]) -> set[str]:
         texts = [status.get("podIP")]
     out = set()
     for t in texts:
+        if not isinstance(t, str):
+            continue
         try:
             out.add(str(ipaddress.ip_address(t)))
         except ValueError:
