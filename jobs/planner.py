@@ -263,7 +263,7 @@ class _Builder:
                 namespace=ns,
                 service_account=sa,
                 identity=f"spiffe://{self.snap.trust_domain}/ns/{ns}/sa/{sa}",
-                ip=str(ips[0]) if ips else None,
+                ip=ips[0] if ips else None,
                 ready=pod_ready(pod),
                 labels=lbl,
                 annotations=annotations_of(pod),

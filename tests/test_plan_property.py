@@ -253,3 +253,29 @@ def test_every_endpoint_is_an_input_pods_ip_in_the_services_namespace(
     for r in plan.findings:
         if r.check.startswith("require-") and r.verdict.value == "pass":
             assert any(t.name == r.target for t in plan.targets_file.targets)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(alphabet="0123456789.:abcdef% x", max_size=40),
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=4).map(lambda ip: ".".join(f"{int(o):03d}" for o in str(ip).split("."))),
+    )
+)
+def test_ip_literal_agrees_with_ipaddress(text: str) -> None:
+    """The fast IPv4 path accepts exactly the canonical literals ``ipaddress`` writes."""
+    from jobs.endpoints import ip_literal
+
+    got = ip_literal(text)
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        assert got is None
+        return
+    special = ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255"
+    zoned = isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None
+    if special or zoned or (ip.version == 4 and str(ip) != text):
+        assert got is None
+    else:
+        assert got == str(ip)
