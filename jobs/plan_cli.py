@@ -225,8 +225,13 @@ def _with_root_cert(plan: Plan, pem: str | None, path: Path) -> Plan:
 def render_yaml(plan: Plan) -> str:
     lines = ["# mtlsprobe plan: targets file for `mtlsprobe check -f`"]
     for r in plan.findings:
-        # Failures, unusable objects, and what discovery could not see (no Istio APIs).
-        if r.verdict.value in ("fail", "error") or r.target == "cluster":
+        # Failures, unusable objects, what discovery could not see (no Istio APIs), and
+        # what is deliberately not probed (not a mesh workload, nothing behind a port).
+        if (
+            r.verdict.value in ("fail", "error")
+            or r.target == "cluster"
+            or r.evidence.get("notProbed")
+        ):
             text = f"{r.verdict.value.upper()} {r.check} {r.target}: {r.reason}"
             lines.append("# " + " ".join(text.split()))
     return "\n".join(lines) + "\n" + targets_yaml(plan.targets_file.to_dict())

@@ -32,6 +32,14 @@ contradicts itself (a DestinationRule that will break calls against the server's
 ``error`` = an object could not be used (the plan may be incomplete: fail closed);
 ``skip`` = a warning or fact that no requirement asked about; ``pass`` = a requirement met,
 and the coverage summary.
+
+Safety (issue 17): only pods of the Service itself are probed - ``jobs.endpoints`` decides
+which addresses are mesh workloads; everything else behind a Service is a finding naming
+the object (evidence ``notProbed``). A Service port with nothing probed behind it gets no
+target, and ``--require`` never passes there (``plan.ports``: ``PortCoverage``): ``fail``
+when its traffic provably reaches something that is not a mesh workload, ``error`` when
+there is simply nothing to verify. Sidecars are the proxy container, never an annotation
+(``jobs.injection``).
 """
 
 from __future__ import annotations
@@ -178,6 +186,7 @@ class Plan:
     findings: list[Result] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     requirements: Requirements = field(default_factory=Requirements)
+    ports: list[PortCoverage] = field(default_factory=list)
     _builder: _Builder | None = field(default=None, repr=False, compare=False)
 
     @cached_property
@@ -289,6 +298,7 @@ class _Builder:
                     e.text(),
                     object=e.obj,
                     address=e.address,
+                    notProbed=True,
                 )
             )
 
@@ -300,7 +310,12 @@ class _Builder:
             base = f"{ns}/{svc_name}:{sp['port']}"
             self.ports.append(PortCoverage(base, (), tuple(routed), why))
             self.findings.append(
-                _finding(base, Verdict.SKIP, f"not planned: nothing can be verified here: {why}")
+                _finding(
+                    base,
+                    Verdict.SKIP,
+                    f"not planned: nothing can be verified here: {why}",
+                    notProbed=True,
+                )
             )
 
     # -- targets and edges ----------------------------------------------------------------------
@@ -416,6 +431,7 @@ class _Builder:
                         base,
                         Verdict.SKIP,
                         f"not planned: nothing can be verified here: {why}",
+                        notProbed=True,
                     )
                 )
                 continue
@@ -538,7 +554,7 @@ def build_plan(
         targets=tuple(targets),
         source=Source(),
     )
-    return Plan(tf, findings, b.edges, req, b)
+    return Plan(tf, findings, b.edges, req, b.ports, b)
 
 
 # ---- inbound per (pod, port) -----------------------------------------------------------------

@@ -605,3 +605,28 @@ def test_manifests_inject_workloads_as_the_injector_would(tmp_path: Path) -> Non
 
     got = {p["metadata"]["name"]: has_sidecar(p) for p in snap.pods}
     assert got == {"a-0": True, "b-0": False, "c-0": True, "d-0": True, "e-0": False}
+
+
+def test_yaml_output_names_what_is_not_probed_and_stays_a_targets_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exclusions ride along as comments; a hostile object name with line breaks
+    (YAML 1.1 breaks on \\n, \\r, \\x85, \\u2028) cannot add a target."""
+    evil = "x\n- name: injected\n  host: evil.example.com\x85\u2028targets: []"
+    objs = [
+        *base(),
+        a_pod("a-0", "10.0.0.1"),
+        svc(),
+        slice_(evil, "shop", "a", [ep("203.0.113.9", "a-0", "shop")]),
+        slice_("a-ok", "shop", "a", [ep("10.0.0.1", "a-0", "shop")]),
+    ]
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump_all(objs))
+    assert cli_main(["plan", "--from-manifests", str(f), "-o", "yaml"]) == 2
+    out = capsys.readouterr().out
+    assert "address 203.0.113.9: is not an address of its targetRef Pod shop/a-0" in out
+    (tmp_path / "t.yaml").write_text(out)
+    loaded = load_targets(tmp_path / "t.yaml")
+    assert [(t.name, [str(e) for e in t.endpoints]) for t in loaded.targets] == [
+        ("shop/a:80", ["10.0.0.1:8080"])
+    ]
