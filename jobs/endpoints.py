@@ -17,7 +17,10 @@ trusted on its own. The rules (issue 17 rule 1):
   and it is one of the ``status.podIPs`` of the Pod its ``targetRef`` names, in the
   same namespace. Consumers use the first address of an endpoint (Kubernetes
   discovery/v1 EndpointSlice API: "consumers must … use the first element").
-- Without slices (YAML that has none), the Service's selector picks ready pods.
+- Without slices (YAML that has none), the Service's selector picks ready pods. A pod
+  without any address is planned (configuration only, no endpoint) only when it comes
+  from YAML not yet applied (no ``metadata.uid``); a cluster's pod without one serves
+  nothing.
 - Whatever is left out and still receives the Service's traffic is ``routed``:
   the plan cannot verify that port, and compliance must not pass there.
 
@@ -276,6 +279,12 @@ def service_backends(
                 continue
             ips, bad = pod_ips(pod)
             problem = _pod_problem(pod, ips, bad)
+            if problem is None and not ips and meta(pod).get("uid"):
+                # A pod the API server holds and that has no address serves nothing;
+                # only a pod from YAML not yet applied (no uid) is planned without one.
+                problem = Excluded(
+                    f"Pod {ref(pod)}", None, "has no address in status.podIPs", routed=False
+                )
             if problem is not None:
                 out.excluded.append(problem)
                 continue

@@ -630,3 +630,36 @@ def test_yaml_output_names_what_is_not_probed_and_stays_a_targets_file(
     assert [(t.name, [str(e) for e in t.endpoints]) for t in loaded.targets] == [
         ("shop/a:80", ["10.0.0.1:8080"])
     ]
+
+
+def test_running_pod_without_address_is_no_backend(plan_both: Callable[..., Both]) -> None:
+    """A pod the API server holds gets its address from the kubelet (status.podIPs);
+    without one nothing reaches it, so the port has nothing to verify."""
+    no_ip = a_pod("a-0", ip="")
+    no_ip["metadata"]["uid"] = "0b7c1a9e-0000-4000-8000-000000000001"
+    b = plan_both([*base(), no_ip, svc()])
+    assert b.live.targets_file.targets == ()
+    assert b.required()["require-strict:shop/a:80"] == Verdict.ERROR
+
+
+def test_yaml_workload_not_yet_applied_is_planned_from_configuration(tmp_path: Path) -> None:
+    """Rehearsal: a Deployment's pods have no address before they exist; the plan
+    keeps their target (mesh checks go through the Service) with no endpoint."""
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "a", "namespace": "shop"},
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "metadata": {"labels": {"app": "a"}},
+                "spec": {"serviceAccountName": "a", "containers": [{"name": "app"}]},
+            },
+        },
+    }
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump_all([*base(), dep, svc()]))
+    plan = build_plan(load_manifests([f]), REQ)
+    (t,) = plan.targets_file.targets
+    assert (t.expect, t.endpoints) == (Expect.STRICT, ())
+    assert {r.verdict for r in plan.findings if r.check.startswith("require-")} == {Verdict.PASS}
