@@ -663,3 +663,14 @@ def test_yaml_workload_not_yet_applied_is_planned_from_configuration(tmp_path: P
     (t,) = plan.targets_file.targets
     assert (t.expect, t.endpoints) == (Expect.STRICT, ())
     assert {r.verdict for r in plan.findings if r.check.startswith("require-")} == {Verdict.PASS}
+
+
+@pytest.mark.parametrize("td", ["Evil.com", "a/b", "a b", "td:443", ""])
+def test_bad_trust_domain_flag_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], td: str
+) -> None:
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump_all([*base(), a_pod(), svc()]))
+    assert cli_main(["plan", "--from-manifests", str(f), "--trust-domain", td]) == 64
+    err = capsys.readouterr().err
+    assert "--trust-domain" in err and len(err.strip().splitlines()) == 1
