@@ -764,13 +764,18 @@ def _compliance(
     by_target: dict[str, list[Edge]] = defaultdict(list)
     for e in edges:
         by_target[e.target].append(e)
+    # A target whose port also sends traffic to a non-workload cannot pass: its
+    # port-level failure below stands for it (one verdict per name, never pass+fail).
+    partial = {name for pc in ports if pc.routed_elsewhere for name in pc.targets}
     out: list[Result] = []
     for t in targets:
         tedges = by_target.get(t.name, [])
+        results = []
         if req.strict:
-            out.append(_require_strict(t, tedges))
+            results.append(_require_strict(t, tedges))
         if req.sidecar:
-            out.append(_require_sidecar(t, tedges))
+            results.append(_require_sidecar(t, tedges))
+        out.extend(r for r in results if not (t.name in partial and r.verdict == Verdict.PASS))
     for pc in ports:
         if pc.why_unverifiable is None and not pc.routed_elsewhere:
             continue

@@ -249,7 +249,10 @@ def test_every_endpoint_is_an_input_pods_ip_in_the_services_namespace(
         f = Path(d) / "targets.yaml"
         f.write_text(targets_yaml(plan.targets_file.to_dict()))
         assert load_targets(f) == plan.targets_file
-    # Compliance never passes on a port with nothing behind it.
+    # One compliance verdict per (requirement, name); never a pass on a port with
+    # nothing behind it.
+    keys = [(r.check, r.target) for r in plan.findings if r.check.startswith("require-")]
+    assert len(keys) == len(set(keys))
     for r in plan.findings:
         if r.check.startswith("require-") and r.verdict.value == "pass":
             assert any(t.name == r.target for t in plan.targets_file.targets)
