@@ -768,6 +768,7 @@ def _compliance(
     # port-level failure below stands for it (one verdict per name, never pass+fail).
     partial = {name for pc in ports if pc.routed_elsewhere for name in pc.targets}
     out: list[Result] = []
+    folded: dict[tuple[str, str], Result] = {}  # (check, port name): the target's own fail
     for t in targets:
         tedges = by_target.get(t.name, [])
         results = []
@@ -775,24 +776,33 @@ def _compliance(
             results.append(_require_strict(t, tedges))
         if req.sidecar:
             results.append(_require_sidecar(t, tedges))
-        out.extend(r for r in results if not (t.name in partial and r.verdict == Verdict.PASS))
+        for r in results:
+            if t.name not in partial:
+                out.append(r)
+            elif r.verdict != Verdict.PASS:
+                if any(pc.name == t.name for pc in ports):
+                    folded[(r.check, t.name)] = r  # same name as its port: one verdict
+                else:
+                    out.append(r)
     for pc in ports:
         if pc.why_unverifiable is None and not pc.routed_elsewhere:
             continue
-        if req.strict:
-            out.append(_unverifiable_port(CHECK_REQUIRE["strict"], "STRICT", pc))
-        if req.sidecar:
-            out.append(_unverifiable_port(CHECK_REQUIRE["sidecar"], "sidecar", pc))
+        for check, expected in (("strict", "STRICT"), ("sidecar", "sidecar")):
+            if getattr(req, check):
+                name = CHECK_REQUIRE[check]
+                out.append(_unverifiable_port(name, expected, pc, folded.get((name, pc.name))))
     return out
 
 
-def _unverifiable_port(check: str, expected: str, pc: PortCoverage) -> Result:
+def _unverifiable_port(
+    check: str, expected: str, pc: PortCoverage, own: Result | None = None
+) -> Result:
     """``fail`` when some of the port's traffic provably goes to something that is
     not a mesh workload (an external address, the host network, an address no pod
     of the Service owns); ``error`` when there is simply nothing behind it to verify
     (could not observe). Never ``pass``."""
     routed = pc.routed_elsewhere
-    parts: list[str] = []
+    parts: list[str] = [own.reason] if own is not None else []
     if pc.why_unverifiable is not None:
         parts.append(f"nothing can be verified at this port: {pc.why_unverifiable}")
     if routed:
@@ -810,12 +820,11 @@ def _unverifiable_port(check: str, expected: str, pc: PortCoverage) -> Result:
         expected=expected,
         observed="not a mesh workload" if routed else "unverifiable",
         evidence={
+            **(own.evidence if own is not None else {}),
             "excluded": [
                 {"object": e.obj, "address": e.address, "reason": e.reason} for e in routed
-            ]
-        }
-        if routed
-        else {},
+            ],
+        },
     )
 
 
