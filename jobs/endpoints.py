@@ -72,12 +72,15 @@ _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 def ip_literal(text: object) -> str | None:
     """The canonical text of an address that can be a pod's: an IP literal (no host
     name, no zone, no surrounding space), not unspecified (``0.0.0.0`` connects to
-    the local host), multicast or the broadcast address. None otherwise."""
+    the local host), multicast, link-local (169.254/16 holds cloud metadata servers) or
+    the broadcast address. None otherwise."""
     if not isinstance(text, str) or not text or len(text) > 64:
         return None
     if _IPV4.fullmatch(text):
         first = int(text.partition(".")[0])
         if text == "0.0.0.0" or 224 <= first <= 239 or text == "255.255.255.255":
+            return None
+        if text.startswith("169.254."):  # link-local: the node's metadata server, never a pod
             return None
         return text
     if ":" not in text or text.strip() != text:
@@ -86,7 +89,7 @@ def ip_literal(text: object) -> str | None:
         ip = ipaddress.IPv6Address(text)
     except ValueError:
         return None
-    if ip.scope_id is not None or ip.is_unspecified or ip.is_multicast:
+    if ip.scope_id is not None or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
         return None
     return str(ip)
 
@@ -187,7 +190,12 @@ class PodIndex:
     (namespace, label key, label value), so a Service's selector costs the shortest
     posting list of its labels, not every pod of the namespace."""
 
-    def __init__(self, pods: Iterable[KubeObject]) -> None:
+    def __init__(
+        self, pods: Iterable[KubeObject], not_pods: Mapping[str, str] | None = None
+    ) -> None:
+        # Addresses known to be something else (a node, a Service's cluster IP): a pod
+        # whose status claims one is not probed there.
+        self.not_pods: Mapping[str, str] = not_pods or {}
         self.by_key: dict[tuple[str, str], KubeObject] = {}
         self._by_label: dict[tuple[str, str, str], list[tuple[KubeObject, dict[str, str]]]] = (
             defaultdict(list)
@@ -215,7 +223,32 @@ def _selector(service: Mapping[str, Any]) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in sel.items()}
 
 
-def _pod_problem(pod: KubeObject, ips: list[str], bad_ip: str | None) -> Excluded | None:
+def known_addresses(
+    pods: Iterable[Mapping[str, Any]], services: Iterable[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Addresses that are not pod addresses, with what they are: every node's
+    (``status.hostIP`` of any pod) and every Service's cluster IPs."""
+    out: dict[str, str] = {}
+    for p in pods:
+        status = p.get("status")
+        if isinstance(status, dict):
+            ip = ip_literal(status.get("hostIP"))
+            if ip is not None:
+                out.setdefault(ip, "a node's address")
+    for svc in services:
+        sp = spec(svc)
+        raw = sp.get("clusterIPs")
+        texts = raw if isinstance(raw, list) else [sp.get("clusterIP")]
+        for t in texts:
+            ip = ip_literal(t)
+            if ip is not None:
+                out.setdefault(ip, f"the cluster IP of Service {ref(svc)}")
+    return out
+
+
+def _pod_problem(
+    pod: KubeObject, ips: list[str], bad_ip: str | None, not_pods: Mapping[str, str]
+) -> Excluded | None:
     """Why a running pod of the Service is still not a probe target, if it is not one."""
     obj = f"Pod {ref(pod)}"
     if bad_ip is not None:
@@ -230,6 +263,14 @@ def _pod_problem(pod: KubeObject, ips: list[str], bad_ip: str | None) -> Exclude
             obj,
             ips[0] if ips else None,
             "runs on the host network: its address is the node's, not a mesh workload",
+        )
+    claimed = next((ip for ip in ips if ip in not_pods), None)
+    if claimed is not None:
+        return Excluded(
+            obj,
+            claimed,
+            f"status.podIPs claims {not_pods[claimed]}, which no pod has",
+            inconsistent=True,
         )
     sa = service_account_name(pod)
     if not dns_subdomain(sa):
@@ -278,7 +319,7 @@ def service_backends(
             if not running(pod) or not pod_ready(pod):
                 continue
             ips, bad = pod_ips(pod)
-            problem = _pod_problem(pod, ips, bad)
+            problem = _pod_problem(pod, ips, bad, pods.not_pods)
             if problem is None and not ips and meta(pod).get("uid"):
                 # A pod the API server holds and that has no address serves nothing;
                 # only a pod from YAML not yet applied (no uid) is planned without one.
@@ -386,7 +427,7 @@ def _slice_endpoint_problem(
     if sel is not None and not sel.items() <= labels_of(pod).items():
         return Excluded(slice_obj, shown, f"Pod {ref(pod)} is not selected by the Service")
     ips, bad = pod_ips(pod)
-    problem = _pod_problem(pod, ips, bad)
+    problem = _pod_problem(pod, ips, bad, pods.not_pods)
     if problem is not None:
         return problem
     if ip not in ips:

@@ -56,6 +56,7 @@ from jobs.endpoints import (
     PodIndex,
     dns_label,
     dns_subdomain,
+    known_addresses,
     pod_ips,
     service_account_name,
     service_backends,
@@ -240,7 +241,7 @@ class _Builder:
             if snap.is_target_namespace(namespace(p)):
                 self.pods[ref(p)] = p
                 self.pods_by_ns[namespace(p)].append(p)
-        self.index = PodIndex(self.pods.values())
+        self.index = PodIndex(self.pods.values(), known_addresses(snap.pods, snap.services))
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
             svc = labels_of(s).get(SLICE_SERVICE_LABEL)

@@ -276,7 +276,9 @@ def test_ip_literal_agrees_with_ipaddress(text: str) -> None:
     except ValueError:
         assert got is None
         return
-    special = ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255"
+    special = (
+        ip.is_unspecified or ip.is_multicast or ip.is_link_local or str(ip) == "255.255.255.255"
+    )
     zoned = isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None
     if special or zoned or (ip.version == 4 and str(ip) != text):
         assert got is None

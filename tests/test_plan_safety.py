@@ -232,6 +232,7 @@ def test_slice_address_that_is_not_the_pods_ip_is_never_probed(
         ("010.000.000.001", "IPv4"),  # not a canonical literal (octal in some parsers)
         ("0.0.0.0", "IPv4"),  # connects to the probe's own host
         ("224.0.0.1", "IPv4"),
+        ("169.254.169.254", "IPv4"),  # link-local: the cloud metadata server, never a pod
         ("fe80::1%eth0", "IPv6"),  # zone: a link on the probe's node
         ("10.0.0.1", "IPv6"),  # family differs from addressType
     ],
@@ -674,3 +675,30 @@ def test_bad_trust_domain_flag_is_a_usage_error(
     assert cli_main(["plan", "--from-manifests", str(f), "--trust-domain", td]) == 64
     err = capsys.readouterr().err
     assert "--trust-domain" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pod_claiming_a_node_or_cluster_ip_is_not_probed(plan_both: Callable[..., Both]) -> None:
+    """Kubernetes: pod IPs come from the pod CIDR; a node's address (status.hostIP)
+    and a Service's clusterIP are never a pod's own. A pod status that claims one
+    (written by anyone allowed to update pods/status, or by hand in YAML) is not
+    probed there."""
+    api = kb.service("api", "shop", {"app": "api"}, [kb.sport(443, 6443)])
+    api["spec"]["clusterIP"] = "10.96.0.1"
+    node_pod = with_status(
+        kb.pod("n-0", "shop", {"app": "n"}, ip="10.2.0.9"), hostIP="192.168.1.10"
+    )
+    objs = [
+        *base(),
+        api,
+        node_pod,
+        a_pod("a-0", "10.96.0.1"),
+        a_pod("a-1", "192.168.1.10"),
+        a_pod("a-2", "10.0.0.3"),
+        svc(),
+    ]
+    b = plan_both(objs)
+    assert b.endpoints() == {"10.0.0.3:8080"}
+    text = b.reasons()
+    assert "Pod shop/a-0 address 10.96.0.1: status.podIPs claims the cluster IP of Service" in text
+    assert "Pod shop/a-1 address 192.168.1.10: status.podIPs claims a node's address" in text
+    assert b.required()["require-strict:shop/a:80"] == Verdict.FAIL
