@@ -37,7 +37,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.objects import KubeObject, labels_of, meta, name, namespace, pod_ready, ref, spec
+from jobs.objects import (
+    KubeObject,
+    labels_of,
+    meta,
+    name,
+    namespace,
+    pod_ready,
+    ref,
+    service_account,
+    spec,
+)
 
 SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
 
@@ -138,11 +148,6 @@ def host_network(pod: Mapping[str, Any], ips: Iterable[str]) -> bool:
     status = pod.get("status")
     host_ip = ip_literal(status.get("hostIP")) if isinstance(status, dict) else None
     return host_ip is not None and host_ip in ips
-
-
-def service_account_name(pod: Mapping[str, Any]) -> str:
-    sa = spec(pod).get("serviceAccountName") or spec(pod).get("serviceAccount")
-    return sa if isinstance(sa, str) and sa else "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +287,7 @@ def _pod_problem(
             f"status.podIPs claims {not_pods[claimed]}, which no pod has",
             inconsistent=True,
         )
-    sa = service_account_name(pod)
+    sa = service_account(pod)
     if not dns_subdomain(sa):
         return Excluded(
             obj,

@@ -58,7 +58,6 @@ from jobs.endpoints import (
     dns_subdomain,
     known_addresses,
     pod_ips,
-    service_account_name,
     service_backends,
 )
 from jobs.injection import DATAPLANE_MODE, TLS_MODE_LABEL, ambient_enrolled, has_sidecar
@@ -73,6 +72,7 @@ from jobs.objects import (
     pod_ready,
     port_key,
     ref,
+    service_account,
     spec,
 )
 from jobs.policy import (
@@ -265,7 +265,7 @@ class _Builder:
         key = id(pod)
         got = self._info.get(key)
         if got is None:
-            ns, sa, lbl = namespace(pod), service_account_name(pod), labels_of(pod)
+            ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
             ns_lbl = self.ns_labels.get(ns, {})
             ips, _ = pod_ips(pod)
             got = PodInfo(
