@@ -205,7 +205,11 @@ class _Builder:
         self.req = req
         self.pa = PeerAuthIndex(snap.peerauthentications, snap.root_namespace)
         self.dr = DestinationRuleIndex(
-            snap.destinationrules, snap.root_namespace, snap.cluster_domain
+            snap.destinationrules,
+            snap.root_namespace,
+            snap.cluster_domain,
+            default_export_to=snap.default_dr_export_to,
+            auto_mtls=snap.enable_auto_mtls,
         )
         self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
         self.pods: dict[str, KubeObject] = {}
@@ -682,6 +686,20 @@ def _require_strict(t: Target, edges: Sequence[Edge]) -> Result:
             observed=t.expect.value,
         )
     bad = [e for e in edges if e.expect != Expect.STRICT]
+    broken = [e for e in edges if e.client.outcome != Outcome.OK]
+    if broken and not bad:
+        # STRICT on paper, but the DestinationRule the probe's sidecar uses makes mesh calls
+        # fail (or not provably work): nothing verifies the port is mTLS-only, so no pass.
+        e = broken[0]
+        return Result(
+            check=check,
+            target=t.name,
+            verdict=Verdict.FAIL,
+            reason=f"STRICT, but sidecar clients cannot use it: {e.client.reason}",
+            expected="STRICT, reachable by mesh clients",
+            observed=f"STRICT, client {e.client.tls}",
+            evidence={"pods": sorted({x.pod.key for x in broken})},
+        )
     if not bad:
         return Result(
             check=check,
