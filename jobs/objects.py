@@ -145,9 +145,9 @@ def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return _str_map(meta(obj).get("annotations"))
 
 
-# Go's zero time.Time (0001-01-01T00:00:00Z) as (Unix seconds, nanoseconds): what an
-# object without a creationTimestamp orders as in Istio (time.Time.Compare puts it first).
-ZERO_TIME = (-62135596800, 0)
+# Go's zero time.Time (0001-01-01T00:00:00Z) in Unix seconds: what an object without a
+# creationTimestamp orders as in Istio (time.Time.Compare puts it first).
+ZERO_TIME = -62135596800
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})\Z"
 )
@@ -186,10 +186,13 @@ def parse_time(raw: object) -> tuple[int, int] | None:
     return int(dt.timestamp()), int((frac or "0").ljust(9, "0"))
 
 
-def created_at(obj: Mapping[str, Any]) -> tuple[int, int]:
-    """The creationTimestamp as a sort key; missing (or unparsable, which ``admit``
-    refuses) orders as Go's zero time, first."""
-    return parse_time(meta(obj).get("creationTimestamp")) or ZERO_TIME
+def created_at(obj: Mapping[str, Any]) -> int:
+    """The creationTimestamp as Istio orders by it: whole seconds, as the API server stores
+    it (metav1.Time marshals without fractions; Istio's config.go
+    ``configCompareByCreationTime`` notes ties are common for that reason). Missing (or
+    unparsable, which ``admit`` refuses) orders as Go's zero time, first."""
+    t = parse_time(meta(obj).get("creationTimestamp"))
+    return t[0] if t is not None else ZERO_TIME
 
 
 def spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -402,6 +405,17 @@ def _check_dr(obj: Mapping[str, Any]) -> str | None:
         return "spec missing"
     if not isinstance(s.get("host"), str) or not s["host"]:
         return "spec.host missing"
+    ws = s.get("workloadSelector")
+    if ws is not None and (
+        not isinstance(ws, dict)
+        or (ws.get("matchLabels") is not None and not isinstance(ws.get("matchLabels"), dict))
+    ):
+        return "spec.workloadSelector.matchLabels is not a mapping"
+    export = s.get("exportTo")
+    if export is not None and (
+        not isinstance(export, list) or not all(isinstance(e, str) for e in export)
+    ):
+        return "spec.exportTo is not a list of namespaces"
     tp = s.get("trafficPolicy")
     if tp is None:
         return None

@@ -67,7 +67,7 @@ class ModeDecision:
     source: str  # e.g. "workload PeerAuthentication shop/checkout port 9090"
 
 
-def _sort_key(pa: Mapping[str, Any]) -> tuple[tuple[int, int], str, str]:
+def _sort_key(pa: Mapping[str, Any]) -> tuple[int, str, str]:
     """pilot/pkg/model/config.go ``configCompareByCreationTime`` (what
     authentication.go ``addPeerAuthentication`` sorts by): oldest creationTimestamp, then
     name, then namespace."""
@@ -424,7 +424,7 @@ def _dr_selector(dr: Mapping[str, Any]) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in ml.items()} if isinstance(ml, dict) else {}
 
 
-def _dr_sort_key(dr: Mapping[str, Any]) -> tuple[int, tuple[int, int], str, str]:
+def _dr_sort_key(dr: Mapping[str, Any]) -> tuple[int, int, str, str]:
     """push_context.go ``sortConfigBySelectorAndCreationTime``."""
     return (0 if _dr_selector(dr) is not None else 1, created_at(dr), name(dr), namespace(dr))
 
