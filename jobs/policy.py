@@ -754,7 +754,7 @@ def client_view(
             )
         return ClientView(ClientTls.ISTIO_MTLS, True, Outcome.OK, f"ISTIO_MUTUAL{by}")
     if mode == "DISABLE":
-        return _plaintext(f"DISABLE{by} sends plaintext", has_proxy, server_mode)
+        return _plaintext(f"DISABLE{by}", has_proxy, server_mode)
     kind = ClientTls.SIMPLE if mode == "SIMPLE" else ClientTls.MUTUAL
     strict = has_proxy and server_mode == Expect.STRICT
     if strict and mode == "SIMPLE":
