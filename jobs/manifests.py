@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from jobs.objects import (
+    DEFAULT_ISTIO_NAMESPACE,
     KINDS,
     ClusterSnapshot,
     KubeObject,
@@ -80,8 +81,16 @@ def read_documents(paths: Sequence[Path]) -> list[tuple[str, object]]:
     return docs
 
 
-def load_manifests(paths: Sequence[Path], *, inject: bool = True) -> ClusterSnapshot:
-    return snapshot_from_documents(read_documents(paths), inject=inject)
+def load_manifests(
+    paths: Sequence[Path],
+    *,
+    inject: bool = True,
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
+    revision: str | None = None,
+) -> ClusterSnapshot:
+    return snapshot_from_documents(
+        read_documents(paths), inject=inject, istio_namespace=istio_namespace, revision=revision
+    )
 
 
 def _flatten(docs: Iterable[tuple[str, object]]) -> Iterable[tuple[str, object]]:
@@ -142,7 +151,11 @@ def expand_workload(workload: KubeObject) -> list[KubeObject]:
 
 
 def snapshot_from_documents(
-    docs: Iterable[tuple[str, object]], *, inject: bool = True
+    docs: Iterable[tuple[str, object]],
+    *,
+    inject: bool = True,
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
+    revision: str | None = None,
 ) -> ClusterSnapshot:
     snap = ClusterSnapshot()
     configmaps: list[KubeObject] = []
@@ -174,7 +187,7 @@ def snapshot_from_documents(
                 configmaps.append(doc)
         elif isinstance(kind, str) and kind in KINDS:
             snap.add(kind, doc)
-    pick_mesh_config(snap, configmaps)  # only istiod's own: istio-system/istio
+    pick_mesh_config(snap, configmaps, istio_namespace, revision)  # only istiod's own
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
     for _, raw_pod in pods:
         pod = raw_pod

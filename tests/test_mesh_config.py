@@ -300,3 +300,56 @@ def test_manifest_with_unquoted_naive_timestamps(tmp_path: Path) -> None:
         PeerAuthIndex(snap.peerauthentications, "istio-system").effective("shop", {}, 80).mode
         == Expect.STRICT
     )
+
+
+# ---- the CLI: --istio-namespace / --revision on both paths ------------------------------------
+
+
+def _revision_cluster() -> list[dict[str, Any]]:
+    return [
+        kb.namespace("istio-control"),
+        kb.namespace("shop"),
+        _mesh("istio-control", "trustDomain: stable.org\n"),
+        _mesh("istio-control", "trustDomain: canary.org\n", name="istio-canary"),
+        kb.pod("app", "shop", {"app": "app"}, ip="10.0.5.1", sa="app"),
+        kb.service("app", "shop", {"app": "app"}, [kb.sport(80, 8080)]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ([], "cluster.local"),  # nothing in istio-system: Istio's default
+        (["--istio-namespace", "istio-control"], "stable.org"),
+        (["--istio-namespace", "istio-control", "--revision", "canary"], "canary.org"),
+    ],
+)
+def test_cli_reads_the_mesh_config_of_the_named_control_plane(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], want: str
+) -> None:
+    import yaml
+
+    from jobs.cli import main as cli_main
+    from tests.fakekube import FakeKube
+
+    objs = _revision_cluster()
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(manifests_yaml(objs))
+    got = []
+    assert cli_main(["plan", "--from-manifests", str(manifest), "-o", "yaml", *flags]) == 0
+    got.append(yaml.safe_load(capsys.readouterr().out)["trustDomain"])
+    with FakeKube() as kube:
+        kube.add_all(objs)
+        cfg = tmp_path / "kubeconfig"
+        cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
+        assert cli_main(["plan", "--kubeconfig", str(cfg), "-o", "yaml", *flags]) == 0
+        got.append(yaml.safe_load(capsys.readouterr().out)["trustDomain"])
+    assert got == [want, want]
+
+
+def test_cli_rejects_a_revision_that_is_not_a_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.cli import main as cli_main
+
+    assert cli_main(["plan", "--from-manifests", "x.yaml", "--revision", "../evil"]) == 64
+    err = capsys.readouterr().err
+    assert "--revision '../evil': not a Kubernetes name" in err and err.count("\n") == 1
