@@ -153,6 +153,11 @@ _RFC3339 = re.compile(
 )
 
 
+# Kinds Istio orders by creationTimestamp (the oldest wins): only there does a timestamp
+# change the plan, so only there is an unreadable one refused.
+_ORDERED_KINDS = frozenset({"PeerAuthentication", "DestinationRule"})
+
+
 def parse_time(raw: object) -> tuple[int, int] | None:
     """A creationTimestamp as (Unix seconds, nanoseconds); None when it is not a time.
 
@@ -264,7 +269,7 @@ def _need_meta(kind: str, obj: Mapping[str, Any], namespaced: bool) -> str | Non
         if raw is not None and type(raw) is not dict:
             return f"metadata.{key} is not a mapping"
     ts = md.get("creationTimestamp")
-    if ts is not None and parse_time(ts) is None:
+    if kind in _ORDERED_KINDS and ts is not None and parse_time(ts) is None:
         # metav1.Time.UnmarshalJSON (apimachinery pkg/apis/meta/v1/time.go) fails on it, so
         # the API server rejects the whole object: it cannot exist in a cluster.
         shown = ts if isinstance(ts, str) else type(ts).__name__
