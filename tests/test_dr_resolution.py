@@ -496,3 +496,77 @@ def test_manifests_and_live_api_resolve_destination_rules_alike(
     assert verdicts(files, "policy", "shop/") == verdicts(live, "policy", "shop/")
     merged = finding(live, "policy", "shop/merged:80")
     assert merged.evidence["destinationRule"] == "DestinationRule shop/old"
+
+
+# ---- Istio's own tables, replayed (pilot/pkg/model/push_context_test.go) -------------------------
+
+
+def _istio_export_rules() -> list[dict[str, Any]]:
+    """The rules of ``TestSetDestinationRuleWithExportTo`` (subsets left out: the rule
+    names say which one was chosen)."""
+    h = "httpbin.org"
+    return [
+        dr("rule1", "test1", h, policy=False, export_to=[".", "ns1"]),
+        dr("rule2", "test2", h, policy=False, export_to=["test2", "ns1", "test1", "newNS"]),
+        dr("rule3", "test3", h, policy=False, export_to=["test1", "test2", "*"]),
+        dr("rule4-local", "test4", h, policy=False, export_to=["test4"]),
+        dr("rule4", ROOT, h, policy=False),
+        dr("rule1", ROOT, h, policy=False, export_to=["."]),
+        dr("rule2", ROOT, "*.org", policy=False, export_to=["."]),
+        dr("rule3", ROOT, "*.app.org", policy=False, export_to=["."]),
+        dr("rule5", "test5", "api.test.com", policy=False, export_to=[ROOT]),
+        dr("rule6", "test6", "api.test.com", policy=False, export_to=[ROOT]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("client", "service_ns", "host", "want"),
+    [
+        ("test1", "test1", "httpbin.org", ["test1/rule1"]),
+        ("test1", "test2", "httpbin.org", ["test1/rule1"]),
+        ("test2", "test1", "httpbin.org", ["test2/rule2"]),
+        ("newNS", "test2", "httpbin.org", ["test2/rule2"]),
+        ("test3", "test1", "httpbin.org", ["test3/rule3"]),
+        ("test5", "test4", "httpbin.org", ["istio-system/rule4"]),
+        ("ns1", "test1", "httpbin.org", ["test1/rule1"]),
+        ("ns1", "random", "httpbin.org", ["istio-system/rule4"]),
+        ("random", "random", "httpbin.org", ["istio-system/rule4"]),
+        ("test3", "random", "httpbin.org", ["test3/rule3"]),
+        (ROOT, "random", "httpbin.org", ["istio-system/rule1"]),
+        (ROOT, ROOT, "httpbin.org", ["istio-system/rule1"]),
+        (ROOT, ROOT, "foo.app.org", ["istio-system/rule3"]),
+        (ROOT, "test5", "api.test.com", ["test5/rule5"]),
+        (ROOT, "test6", "api.test.com", ["test6/rule6"]),
+        (ROOT, "test7", "api.test.com", []),
+    ],
+)
+def test_istio_export_to_table(client: str, service_ns: str, host: str, want: list[str]) -> None:
+    index = DestinationRuleIndex(_istio_export_rules(), ROOT, "cluster.local")
+    assert index.rule_for(host, service_ns, client, {}) == want
+
+
+def test_istio_workload_selector_table() -> None:
+    """``TestSetDestinationRuleWithWorkloadSelector``: selector rules merge only with
+    the same selector, a selector-less rule with a superset exportTo merges into them and
+    stays on its own; a selector rule is never exported; the client's labels pick one
+    (sidecar.go ``SidecarScope.DestinationRule``)."""
+    h = "httpbin.org"
+    rules = [
+        dr("nsRule1", "test", h, "MUTUAL", selector={"app": "app1"}, export_to=["test2", "."],
+           created="2025-01-01T00:00:01Z"),
+        dr("nsRule2", "test", h, "SIMPLE", selector={"app": "app2"}, export_to=["test2", "."],
+           created="2025-01-01T00:00:02Z"),
+        dr("nsRule3", "test", h, "SIMPLE", selector={"app": "app2"}, export_to=["test2", "."],
+           created="2025-01-01T00:00:02Z"),
+        dr("nsRule4", "test", h, "SIMPLE", export_to=[".", "test2"],
+           created="2025-01-01T00:00:00Z"),
+    ]  # fmt: skip
+    index = DestinationRuleIndex(rules, ROOT, "cluster.local")
+    assert index.rule_for(h, "test", "test", {"app": "app1"}) == ["test/nsRule1", "test/nsRule4"]
+    assert index.rule_for(h, "test", "test", {"app": "app2"}) == [
+        "test/nsRule2",
+        "test/nsRule3",
+        "test/nsRule4",
+    ]
+    assert index.rule_for(h, "test", "test", {"app": "app3"}) == ["test/nsRule4"]
+    assert index.rule_for(h, "test", "test2", {"app": "app1"}) == ["test/nsRule4"]
