@@ -335,10 +335,20 @@ class _Builder:
             port: int = sp["port"]
             base = f"{ns}/{svc_name}:{port}"
             protocol = port_protocol(sp)
-            dr = self.dr.tls_for(host, ns, port, self.req.client_namespace)
+            found = self.endpoints(svc, sp)
+            dr = self.dr.tls_for(
+                host,
+                ns,
+                port,
+                self.req.client_namespace,
+                service_mode=self.pa.namespace_mode(ns).mode,
+                passthrough_labels=[self.info(p).tls_mode_label for p, _, _ in found]
+                if spec(svc).get("clusterIP") == "None"
+                else None,
+            )
             groups: dict[tuple[str, Expect, bool], list[Endpoint]] = {}
             group_edges: dict[tuple[str, Expect, bool], list[Edge]] = defaultdict(list)
-            for pod, ip, tport in self.endpoints(svc, sp):
+            for pod, ip, tport in found:
                 pi = self.info(pod)
                 decision = self.policy(pod).at(tport)
                 expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)

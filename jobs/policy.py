@@ -133,6 +133,12 @@ class PeerAuthIndex:
         """Every selector policy that selects the pod, oldest first (the first one counts)."""
         return [pa for sel, pa in self._workload.get(ns, ()) if selects(sel, pod_labels)]
 
+    def namespace_mode(self, ns: str) -> ModeDecision:
+        """The namespace (else mesh) level mode, PERMISSIVE when neither is set
+        (authentication.go ``GetNamespaceMutualTLSMode`` with the fallback of
+        push_context.go ``BestEffortInferServiceMTLSMode``)."""
+        return self._base(ns)
+
     def _base(self, ns: str) -> ModeDecision:
         """Mesh then namespace level, for pods no workload policy selects."""
         got = self._base_cache.get(ns)
@@ -370,16 +376,19 @@ _ISTIO_CERT_DIRS = ("/etc/certs/", "/etc/istio-output-certs/", "/var/run/secrets
 class DrTls:
     """The TLS a sidecar client uses for one host and service port.
 
-    ``mode`` None: no DestinationRule TLS applies (auto-mTLS decides, if
-    ``auto_mtls``). ``plaintext`` names why Istio builds no TLS for the mode set
-    (the client then sends plaintext). ``istio_certs``: MUTUAL with Istio's own
-    workload certificate files."""
+    ``mode`` None: no DestinationRule TLS applies and auto-mTLS decides per endpoint -
+    unless ``auto_off`` says why Istio turned it off for this service. ``eds_mode``: with
+    auto-mTLS, the TLS mode Istio's endpoint marking still reads from the rule (a port
+    entry without ``tls`` under a top-level ``tls``). ``plaintext`` names why Istio builds
+    no TLS for the mode set (the client then sends plaintext). ``istio_certs``: MUTUAL
+    with Istio's own workload certificate files."""
 
     mode: str | None = None
     source: str | None = None  # "DestinationRule ns/name" (+ " port N")
     plaintext: str | None = None
     istio_certs: bool = False
-    auto_mtls: bool = True
+    auto_off: str | None = None
+    eds_mode: str | None = None
 
 
 def _is_ip(host: str) -> bool:
@@ -611,27 +620,60 @@ class DestinationRuleIndex:
         service_port: int,
         client_namespace: str | None,
         client_labels: Mapping[str, str] = PROBE_CLIENT_LABELS,
+        *,
+        service_mode: Expect | None = None,
+        passthrough_labels: Sequence[str | None] | None = None,
     ) -> DrTls:
+        """``service_mode``: the service namespace's PeerAuthentication mode (namespace,
+        else mesh level); ``passthrough_labels``: for a headless Service, the
+        ``security.istio.io/tlsMode`` label of each endpoint."""
         m = self._rule(host, service_namespace, client_namespace, client_labels)
-        auto = DrTls(auto_mtls=self.auto_mtls)
-        if m is None or m.traffic_policy is None:
-            return auto
-        tp, source = m.traffic_policy, f"DestinationRule {m.policy_from}"
+        tp = m.traffic_policy if m is not None else None
+        if m is None or tp is None:
+            return DrTls(auto_off=self._auto_off(service_mode, passthrough_labels))
+        source = f"DestinationRule {m.policy_from}"
         tls = tp.get("tls")
-        for pls in tp.get("portLevelSettings") or ():
-            if pls["port"].get("number") == service_port:
-                tls, source = pls.get("tls"), f"{source} port {service_port}"
-                break
+        eds = tls
+        entries = [
+            p for p in tp.get("portLevelSettings") or () if p["port"].get("number") == service_port
+        ]
+        if entries:
+            tls, source = entries[0].get("tls"), f"{source} port {service_port}"
+            # mtls_checker.go trafficPolicyTLSModeForPort: the first entry *with* tls
+            eds = next((p["tls"] for p in entries if isinstance(p.get("tls"), dict)), eds)
         if not isinstance(tls, dict):
-            return DrTls(source=source, auto_mtls=self.auto_mtls)
-        mode = tls.get("mode") or "DISABLE"
+            return DrTls(
+                source=source,
+                auto_off=self._auto_off(service_mode, passthrough_labels),
+                eds_mode=str(eds.get("mode") or "DISABLE") if isinstance(eds, dict) else None,
+            )
+        mode = str(tls.get("mode") or "DISABLE")
         return DrTls(
-            mode=str(mode),
+            mode=mode,
             source=source,
-            plaintext=_no_tls_built(tls, str(mode), m.selector is not None),
+            plaintext=_no_tls_built(tls, mode, m.selector is not None),
             istio_certs=str(tls.get("clientCertificate") or "").startswith(_ISTIO_CERT_DIRS),
-            auto_mtls=self.auto_mtls,
         )
+
+    def _auto_off(
+        self, service_mode: Expect | None, passthrough_labels: Sequence[str | None] | None
+    ) -> str | None:
+        """Why auto-mTLS builds no TLS for the whole service (cluster_tls.go
+        ``buildUpstreamTLSSettings`` with push_context.go
+        ``BestEffortInferServiceMTLSMode``), or None."""
+        if not self.auto_mtls:
+            return "mesh config enableAutoMtls is false"
+        if passthrough_labels is not None and any(label != "istio" for label in passthrough_labels):
+            return (
+                f"headless Service with an endpoint not labelled {TLS_MODE_LABEL}=istio: "
+                "Istio turns auto-mTLS off for all of its endpoints"
+            )
+        if service_mode == Expect.DISABLE:
+            return (
+                "the Service's namespace (or mesh) PeerAuthentication is DISABLE: Istio turns "
+                "auto-mTLS off for the whole Service"
+            )
+        return None
 
 
 def _no_tls_built(tls: Mapping[str, Any], mode: str, has_selector: bool) -> str | None:
@@ -715,14 +757,26 @@ def client_view(
     if mode is not None and dr.plaintext is not None:
         return _plaintext(f"{mode}{by}: {dr.plaintext}", has_proxy, server_mode)
     if mode is None:
-        if not dr.auto_mtls:
-            return _plaintext(
-                f"enableAutoMtls is false and no DestinationRule sets TLS{by}",
-                has_proxy,
-                server_mode,
-            )
+        if dr.auto_off is not None:
+            return _plaintext(f"no TLS set{by} and {dr.auto_off}", has_proxy, server_mode)
         labelled = tls_mode_label == "istio" or ambient
-        if labelled and server_mode != Expect.DISABLE:
+        if dr.eds_mode is not None:
+            # pilot/pkg/xds/endpoints/mtls_checker.go checkMtlsEnabled: a DR mode, even one
+            # the port entry hid from the cluster, decides which endpoints get mTLS.
+            if not (labelled and dr.eds_mode == "ISTIO_MUTUAL"):
+                why = (
+                    f"auto-mTLS{by}, but Istio marks endpoints by the top-level tls mode "
+                    f"{dr.eds_mode}, so none gets mTLS"
+                )
+                return _plaintext(why, has_proxy, server_mode)
+            if has_proxy and server_mode == Expect.DISABLE:
+                return ClientView(
+                    ClientTls.ISTIO_MTLS,
+                    True,
+                    Outcome.FAIL,
+                    f"auto-mTLS{by} marked by the top-level ISTIO_MUTUAL, to a DISABLE port",
+                )
+        if labelled and (server_mode != Expect.DISABLE or dr.eds_mode is not None):
             if has_proxy:
                 return ClientView(ClientTls.ISTIO_MTLS, True, Outcome.OK, "auto-mTLS")
             return ClientView(

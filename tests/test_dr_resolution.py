@@ -440,7 +440,7 @@ def _cluster() -> list[dict[str, Any]]:
     ]
     names = [
         "plain", "unrelated", "simple", "portauto", "nomode", "selected", "notselected",
-        "tenantsel", "merged", "mutual",
+        "tenantsel", "merged", "mutual", "portmutual", "portonly",
     ]  # fmt: skip
     for i, n in enumerate(names):
         objs += _svc(n, f"10.0.3.{i + 1}")
@@ -448,6 +448,8 @@ def _cluster() -> list[dict[str, Any]]:
         dr("u", "legacy", _host("unrelated"), "DISABLE"),
         dr("s", "shop", _host("simple"), "SIMPLE"),
         dr("p", "shop", _host("portauto"), "DISABLE", ports=[{"port": {"number": 80}}]),
+        dr("q", "shop", _host("portmutual"), "ISTIO_MUTUAL", ports=[{"port": {"number": 80}}]),
+        dr("r", "shop", _host("portonly"), ports=[{"port": {"number": 80}}]),
         dr("n", "shop", _host("nomode"), tls={"sni": "nomode.example"}),
         dr("sel", PROBE, _host("selected"), "DISABLE", selector=_PROBE_LABELS),
         dr("other", PROBE, _host("notselected"), "ISTIO_MUTUAL", selector={"app": "x"}),
@@ -462,6 +464,23 @@ def _cluster() -> list[dict[str, Any]]:
             tls={"mode": "MUTUAL", "clientCertificate": "/c.pem", "privateKey": "/k.pem"},
         ),
     ]
+    # namespace DISABLE, workload STRICT: Istio turns auto-mTLS off for the Service
+    # (BestEffortInferServiceMTLSMode), so the sidecar client sends plaintext to STRICT
+    objs += [
+        kb.namespace("nsoff"),
+        kb.peer_auth("default", "nsoff", "DISABLE"),
+        kb.peer_auth("app", "nsoff", "STRICT", selector={"app": "app"}),
+        kb.pod("app", "nsoff", {"app": "app"}, ip="10.0.6.1", sa="app"),
+        kb.service("app", "nsoff", {"app": "app"}, [kb.sport(80, 8080)]),
+    ]
+    # a headless Service with one endpoint lacking tlsMode=istio: auto-mTLS off for all
+    headless = kb.service("hl", "shop", {"app": "hl"}, [kb.sport(80, 8080)])
+    headless["spec"]["clusterIP"] = "None"
+    objs += [
+        headless,
+        kb.pod("hl-0", "shop", {"app": "hl"}, ip="10.0.6.2", sa="hl"),
+        kb.pod("hl-1", "shop", {"app": "hl"}, ip="10.0.6.3", sa="hl", sidecar=False),
+    ]
     return objs
 
 
@@ -470,7 +489,11 @@ WANT_STRICT = {
     "plain": "pass",  # no rule: auto-mTLS
     "unrelated": "pass",  # a rule in an unrelated namespace is never consulted
     "simple": "fail",  # SIMPLE to STRICT: certain failure
-    "portauto": "pass",  # port entry without tls: auto-mTLS, not the top-level DISABLE
+    # a port entry without tls: the cluster is auto-mTLS, but endpoints are marked by the
+    # top-level mode (mtls_checker.go): DISABLE marks none for mTLS -> plaintext -> 503
+    "portauto": "fail",
+    "portmutual": "pass",  # ... and a top-level ISTIO_MUTUAL marks them all
+    "portonly": "pass",  # no tls anywhere: plain auto-mTLS
     "nomode": "fail",  # tls without mode: DISABLE to STRICT
     "selected": "fail",  # the probe's own namespace selects it: DISABLE
     "notselected": "pass",  # selector misses the probe and hides shop's DISABLE
@@ -487,11 +510,19 @@ def test_manifests_and_live_api_resolve_destination_rules_alike(
     files, live = plan_both(_cluster(), tmp_path, unquote_timestamps=unquote)
     for plan in (files, live):
         got = verdicts(plan, "require-strict", "shop/")
-        assert got == {f"shop/{n}:80": v for n, v in WANT_STRICT.items()}
-        contradictions = verdicts(plan, "policy", "shop/")
-        assert contradictions == {
-            f"shop/{n}:80": "fail" for n, v in WANT_STRICT.items() if v == "fail"
+        hl = {k: v for k, v in got.items() if k.startswith("shop/hl:80")}
+        assert {k: v for k, v in got.items() if k not in hl} == {
+            f"shop/{n}:80": v for n, v in WANT_STRICT.items()
         }
+        assert set(hl.values()) == {"fail"}  # split by sidecar; both halves fail
+        contradictions = {k: v for k, v in verdicts(plan, "policy", "shop/").items() if v != "skip"}
+        assert contradictions == {
+            **{f"shop/{n}:80": "fail" for n, v in WANT_STRICT.items() if v == "fail"},
+            "shop/hl:80@hl/STRICT": "fail",
+        }
+        assert "headless Service" in finding(plan, "policy", "shop/hl:80@hl/STRICT").reason
+        assert verdicts(plan, "require-strict", "nsoff/") == {"nsoff/app:80": "fail"}
+        assert "auto-mTLS off" in finding(plan, "policy", "nsoff/app:80").reason
     assert targets(files, "shop/") == targets(live, "shop/")
     assert verdicts(files, "policy", "shop/") == verdicts(live, "policy", "shop/")
     merged = finding(live, "policy", "shop/merged:80")
@@ -570,3 +601,94 @@ def test_istio_workload_selector_table() -> None:
     ]
     assert index.rule_for(h, "test", "test", {"app": "app3"}) == ["test/nsRule4"]
     assert index.rule_for(h, "test", "test2", {"app": "app1"}) == ["test/nsRule4"]
+
+
+# ---- auto-mTLS per endpoint: mtls_checker.go and BestEffortInferServiceMTLSMode ---------------
+
+
+def _port_entry_rule(top: str | None, *entries: dict[str, Any]) -> DestinationRuleIndex:
+    ports = [{"port": {"number": 80}, **e} for e in entries]
+    return DestinationRuleIndex(
+        [dr("d", "shop", HOST, top, ports=ports or [{"port": {"number": 80}}])],
+        ROOT,
+        "cluster.local",
+    )
+
+
+@pytest.mark.parametrize(
+    ("desc", "index", "server", "want_tls", "outcome"),
+    [
+        (
+            "top DISABLE, port entry without tls: auto cluster, no endpoint marked: 503",
+            _port_entry_rule("DISABLE"),
+            Expect.STRICT,
+            ClientTls.PLAINTEXT,
+            Outcome.FAIL,
+        ),
+        (
+            "top ISTIO_MUTUAL, port entry without tls: every labelled endpoint gets mTLS",
+            _port_entry_rule("ISTIO_MUTUAL"),
+            Expect.STRICT,
+            ClientTls.ISTIO_MTLS,
+            Outcome.OK,
+        ),
+        (
+            "... even a DISABLE port (the marking skips PeerAuthentication)",
+            _port_entry_rule("ISTIO_MUTUAL"),
+            Expect.DISABLE,
+            ClientTls.ISTIO_MTLS,
+            Outcome.FAIL,
+        ),
+        (
+            "no top-level tls: plain auto-mTLS",
+            _port_entry_rule(None),
+            Expect.STRICT,
+            ClientTls.ISTIO_MTLS,
+            Outcome.OK,
+        ),
+        (
+            "the marking reads the first entry for the port that has tls",
+            _port_entry_rule("ISTIO_MUTUAL", {}, {"tls": {"mode": "DISABLE"}}),
+            Expect.STRICT,
+            ClientTls.PLAINTEXT,
+            Outcome.FAIL,
+        ),
+    ],
+)
+def test_endpoint_marking_follows_the_rule(
+    desc: str, index: DestinationRuleIndex, server: Expect, want_tls: str, outcome: str
+) -> None:
+    got = index.tls_for(HOST, "shop", 80, PROBE)
+    assert got.mode is None, desc  # the cluster itself is auto-mTLS
+    view = client_view(got, server, True, "istio")
+    assert (view.tls, view.outcome) == (want_tls, outcome), desc
+
+
+@pytest.mark.parametrize(
+    ("desc", "service_mode", "labels", "want_tls", "outcome"),
+    [
+        ("service namespace DISABLE", Expect.DISABLE, None, ClientTls.PLAINTEXT, Outcome.FAIL),
+        ("service namespace PERMISSIVE", Expect.PERMISSIVE, None, ClientTls.ISTIO_MTLS, Outcome.OK),
+        (
+            "headless, one endpoint unlabelled",
+            None,
+            ["istio", None],
+            ClientTls.PLAINTEXT,
+            Outcome.FAIL,
+        ),
+        ("headless, all labelled", None, ["istio", "istio"], ClientTls.ISTIO_MTLS, Outcome.OK),
+    ],
+)
+def test_auto_mtls_off_for_the_whole_service(
+    desc: str,
+    service_mode: Expect | None,
+    labels: list[str | None] | None,
+    want_tls: str,
+    outcome: str,
+) -> None:
+    index = DestinationRuleIndex([], ROOT, "cluster.local")
+    got = index.tls_for(
+        HOST, "shop", 80, PROBE, service_mode=service_mode, passthrough_labels=labels
+    )
+    view = client_view(got, Expect.STRICT, True, "istio")
+    assert (view.tls, view.outcome) == (want_tls, outcome), desc
