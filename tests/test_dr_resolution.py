@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs.policy import (
     PROBE_CLIENT_LABELS,
@@ -692,3 +694,65 @@ def test_auto_mtls_off_for_the_whole_service(
     )
     view = client_view(got, Expect.STRICT, True, "istio")
     assert (view.tls, view.outcome) == (want_tls, outcome), desc
+
+
+# ---- properties over any set of rules ------------------------------------------------------------
+
+_NS = ["shop", PROBE, ROOT, "legacy", "billing"]
+_rule = st.builds(
+    lambda i, ns, host, mode, export, sel: dr(
+        f"r{i}", ns, host, mode, export_to=export, selector=sel,
+        created=f"2025-01-0{1 + i % 9}T00:00:00Z",
+    ),
+    st.integers(0, 99),
+    st.sampled_from(_NS),
+    st.sampled_from([HOST, "orders", "*.shop.svc.cluster.local", "*", "*.cluster.local"]),
+    st.sampled_from([None, "DISABLE", "SIMPLE", "ISTIO_MUTUAL"]),
+    st.one_of(st.none(), st.lists(st.sampled_from([".", "*", "~", *_NS]), max_size=3)),
+    st.one_of(st.none(), st.just(PROBE_SEL), st.just({"app": "other"})),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_rule, max_size=8, unique_by=lambda r: r["metadata"]["name"]))
+def test_only_the_three_namespaces_and_only_visible_rules(rules: list[dict[str, Any]]) -> None:
+    """Whatever rules exist, the probe's rule comes from its own namespace, the Service's
+    or the root, is exported to it when it is not its own, and a selector rule applies
+    only from its own namespace and only when it selects the probe."""
+    index = DestinationRuleIndex(rules, ROOT, "cluster.local")
+    chosen = index.rule_for(HOST, "shop", PROBE)
+    if not chosen:
+        return
+    by_ref = {f"{r['metadata']['namespace']}/{r['metadata']['name']}": r for r in rules}
+    first = by_ref[chosen[0]]
+    ns = first["metadata"]["namespace"]
+    assert ns in ("shop", PROBE, ROOT)
+    spec_ = first["spec"]
+    sel = spec_.get("workloadSelector")
+    if sel is not None:
+        assert ns == PROBE and sel["matchLabels"].items() <= PROBE_CLIENT_LABELS.items()
+    elif ns != PROBE:
+        export = spec_.get("exportTo") or []
+        assert not export or "*" in export or PROBE in export
+    for ref_ in chosen:  # merged rules share the namespace and the selector
+        assert ref_.split("/")[0] == ns
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_rule, max_size=6, unique_by=lambda r: r["metadata"]["name"]))
+def test_compliance_never_passes_where_the_rule_breaks_the_edge(
+    rules: list[dict[str, Any]],
+) -> None:
+    from jobs.manifests import snapshot_from_documents
+    from jobs.planner import build_plan
+
+    objs = [
+        kb.peer_auth("default", ROOT, "STRICT"),
+        kb.pod("orders", "shop", {"app": "orders"}, ip="10.0.7.1", sa="orders"),
+        kb.service("orders", "shop", {"app": "orders"}, [kb.sport(80, 8080)]),
+        *rules,
+    ]
+    plan = build_plan(snapshot_from_documents([("t", o) for o in objs], inject=False), ["strict"])
+    (strict,) = [r for r in plan.findings if r.check == "require-strict"]
+    broken = [e for e in plan.edges if e.client.outcome != Outcome.OK]
+    assert (strict.verdict.value == "pass") == (not broken)
