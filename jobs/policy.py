@@ -7,7 +7,9 @@ pilot/pkg/security/authn/policy_applier.go):
 
 - PeerAuthentication levels: workload (non-empty ``selector.matchLabels``) >
   namespace > mesh (a selector-less policy in the root namespace). Within one
-  level the oldest ``creationTimestamp`` wins, ties broken by name. A selector
+  level the oldest ``creationTimestamp`` wins (compared as a time, whole seconds), ties
+  broken by name, then namespace (pilot/pkg/model/config.go
+  ``configCompareByCreationTime``). A selector
   policy in the root namespace is ignored. ``UNSET`` (or no ``mtls``) inherits the
   level above; with nothing set the mode is PERMISSIVE.
 - ``portLevelMtls`` counts only on the winning *workload* policy and is keyed by
@@ -19,11 +21,11 @@ pilot/pkg/security/authn/policy_applier.go):
   whatever the policy says (``Expect.NONE``) - unless ztunnel captures it
   (ambient: namespace or pod label ``istio.io/dataplane-mode=ambient`` and the
   pod annotated ``ambient.istio.io/redirection=enabled``).
-- DestinationRules: looked up for the client's namespace, then the service's,
-  then the root namespace, then any other namespace exporting it; within one
-  namespace the most specific host wins (exact over wildcard), then the oldest.
-  ``portLevelSettings`` are keyed by the *service* port. What a sidecar client
-  then does to one endpoint is ``client_view``.
+- DestinationRules: resolved for the probe's sidecar as istiod resolves them (see the
+  DestinationRules section below): the client's namespace, then the service's, then the
+  root namespace, never another; exportTo, workloadSelector, same-host merging and
+  ``portLevelSettings`` (keyed by the *service* port) as in pilot/pkg/model. What a
+  sidecar client then does to one endpoint is ``client_view``.
 """
 
 from __future__ import annotations
