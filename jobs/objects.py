@@ -469,6 +469,7 @@ def admit(kind: str, obj: object) -> Problem | None:
 MESH_CONFIGMAP = "istio"
 MESH_KEY = "mesh"  # pkg/config/mesh/kubemesh/watcher.go MeshConfigKey
 DEFAULT_ISTIO_NAMESPACE = "istio-system"
+MESH_MAX_BYTES = 1 << 20
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}\Z")  # SPIFFE ID spec: trust domain chars
 
@@ -503,10 +504,12 @@ def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
 
     if not isinstance(mesh_yaml, str):
         return MeshSettings(), [f"key {MESH_KEY!r} missing"]
+    if len(mesh_yaml) > MESH_MAX_BYTES:  # a ConfigMap holds at most 1 MiB
+        return MeshSettings(), [f"key {MESH_KEY!r} is larger than {MESH_MAX_BYTES} bytes"]
     try:
         doc = yaml.safe_load(mesh_yaml)
-    except yaml.YAMLError:
-        return MeshSettings(), [f"key {MESH_KEY!r} is not valid YAML"]
+    except (yaml.YAMLError, RecursionError):  # PyYAML's composer recurses per nesting level
+        return MeshSettings(), [f"key {MESH_KEY!r} is not valid YAML (or nested too deeply)"]
     if doc is None:
         return MeshSettings(), []
     if not isinstance(doc, dict):
@@ -568,7 +571,12 @@ def pick_mesh_config(
     for cm in configmaps:
         n, ns = name(cm), namespace(cm)
         if n == want and ns == istio_namespace:
-            chosen = chosen or cm
+            if chosen is not None:
+                snap.notes.append(
+                    f"ConfigMap {ns}/{n} appears more than once: the last one is read, as "
+                    "kubectl apply would leave it"
+                )
+            chosen = cm
         elif n == MESH_CONFIGMAP or n.startswith(f"{MESH_CONFIGMAP}-"):
             data = cm.get("data")
             if type(data) is dict and MESH_KEY in data:

@@ -353,3 +353,23 @@ def test_cli_rejects_a_revision_that_is_not_a_name(capsys: pytest.CaptureFixture
     assert cli_main(["plan", "--from-manifests", "x.yaml", "--revision", "../evil"]) == 64
     err = capsys.readouterr().err
     assert "--revision '../evil': not a Kubernetes name" in err and err.count("\n") == 1
+
+
+def test_hostile_mesh_yaml_is_one_problem_not_a_crash() -> None:
+    """The ``mesh`` key is YAML inside YAML: deep nesting and oversize are reported."""
+    for text in ("a: " + "[" * 100_000, "trustDomain: x\n" + "#" * (2 << 20)):
+        settings, problems = read_mesh_config(text)
+        assert settings == read_mesh_config("")[0] and len(problems) == 1
+
+
+def test_a_duplicated_mesh_configmap_reads_the_last() -> None:
+    snap = ClusterSnapshot()
+    pick_mesh_config(
+        snap,
+        [
+            _mesh("istio-system", "trustDomain: first.org\n"),
+            _mesh("istio-system", "trustDomain: last.org\n"),
+        ],
+    )
+    assert snap.trust_domain == "last.org"
+    assert any("more than once" in n for n in snap.notes)
