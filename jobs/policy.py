@@ -354,9 +354,17 @@ def resolve_target_port(
 #   none - a selector rule that does not select the client still hides the service's
 #   namespace's rules.
 # - networking/util/util.go ``GetPortLevelTrafficPolicy``: the first ``portLevelSettings``
-#   entry for the service port replaces the top-level policy whole (no ``tls`` there:
-#   auto-mTLS); a ``tls`` without ``mode`` is DISABLE (the enum's zero value,
+#   entry for the service port replaces the top-level policy whole (no ``tls`` there: the
+#   cluster uses auto-mTLS); a ``tls`` without ``mode`` is DISABLE (the enum's zero value,
 #   istio/api networking/v1alpha3 destination_rule.proto ``ClientTLSSettings.TLSmode``).
+# - but auto-mTLS then sends mTLS only to endpoints EDS marks ``tlsMode: istio``, and
+#   pilot/pkg/xds/endpoints/mtls_checker.go ``checkMtlsEnabled`` marks them from the
+#   rule's top-level tls (or the first port entry *with* tls) when there is one: under a
+#   top-level DISABLE, a port entry without tls still gets plaintext. Auto-mTLS is off
+#   for the whole Service when the mesh disables it, when the Service's namespace mode is
+#   DISABLE, or for a headless Service with an endpoint not labelled for mTLS
+#   (cluster_tls.go ``buildUpstreamTLSSettings``, push_context.go
+#   ``BestEffortInferServiceMTLSMode``).
 
 # Labels of the probe's sidecar pod (jobs/jobspec.py ``labels`` for role "sidecar"): what a
 # client-namespace DestinationRule's workloadSelector is matched against.
