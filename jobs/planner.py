@@ -700,12 +700,13 @@ def _require_strict(t: Target, edges: Sequence[Edge]) -> Result:
     if broken and not bad:
         # STRICT on paper, but the DestinationRule the probe's sidecar uses makes mesh calls
         # fail (or not provably work): nothing verifies the port is mTLS-only, so no pass.
-        e = broken[0]
+        e = next((x for x in broken if x.client.outcome == Outcome.FAIL), broken[0])
+        how = "fail" if e.client.outcome == Outcome.FAIL else "may fail"
         return Result(
             check=check,
             target=t.name,
             verdict=Verdict.FAIL,
-            reason=f"STRICT, but sidecar clients cannot use it: {e.client.reason}",
+            reason=f"STRICT, but calls from sidecar clients {how}: {e.client.reason}",
             expected="STRICT, reachable by mesh clients",
             observed=f"STRICT, client {e.client.tls}",
             evidence={"pods": sorted({x.pod.key for x in broken})},
