@@ -288,6 +288,15 @@ CASES = [
         "DISABLE",
     ),
     Case(
+        "unmerged rules (exportTo {} and {'*'}): SidecarScope.DestinationRule keeps the last "
+        "selector-less one, the newer",
+        [
+            dr("old", "shop", HOST, "DISABLE", created=OLD),
+            dr("new", "shop", HOST, "ISTIO_MUTUAL", export_to=["*"], created=NEW),
+        ],
+        "ISTIO_MUTUAL",
+    ),
+    Case(
         "different exportTo do not merge: the exported one is what the client sees",
         [
             dr("old", "shop", HOST, "DISABLE", export_to=["."], created=OLD),
