@@ -69,6 +69,8 @@ from jobs.policy import (
     client_view,
     container_ports,
     dr_host,
+    dr_scope,
+    dr_tls_modes,
     expect_for,
     has_sidecar,
     in_cluster_host,
@@ -605,28 +607,21 @@ def _dr_findings(b: _Builder) -> list[Result]:
         host = dr_host(dr, b.snap.cluster_domain)
         if not in_cluster_host(host, b.snap.cluster_domain):
             continue
-        tp = spec(dr).get("trafficPolicy")
-        if not isinstance(tp, dict):
-            continue
-        modes: list[tuple[str, str]] = []
-        tls = tp.get("tls")
-        if isinstance(tls, dict) and tls.get("mode") in ("DISABLE", "SIMPLE", "MUTUAL"):
-            modes.append(("", str(tls["mode"])))
-        for pls in tp.get("portLevelSettings") or []:
-            t = pls.get("tls")
-            if isinstance(t, dict) and t.get("mode") in ("DISABLE", "SIMPLE", "MUTUAL"):
-                modes.append((f" port {pls['port']['number']}", str(t["mode"])))
-        for where, mode in modes:
+        for port, mode in dr_tls_modes(dr):
+            if mode not in ("DISABLE", "SIMPLE", "MUTUAL"):
+                continue
             what = (
                 "sidecar clients send plaintext"
                 if mode == "DISABLE"
                 else "sidecar clients originate TLS with non-mesh certificates, not Istio mTLS"
             )
+            where = f" port {port}" if port is not None else ""
+            scope = dr_scope(dr, b.snap.root_namespace)
             out.append(
                 _finding(
                     f"DestinationRule {ref(dr)}",
                     Verdict.SKIP,
-                    f"tls.mode {mode} for in-cluster host {host}{where}: {what}",
+                    f"tls.mode {mode} for in-cluster host {host}{where}: {what} ({scope})",
                     host=host,
                     mode=mode,
                 )

@@ -686,6 +686,40 @@ class DestinationRuleIndex:
         return None
 
 
+def dr_scope(dr: Mapping[str, Any], root_namespace: str) -> str:
+    """Which sidecar clients a DestinationRule can reach, in words (the visibility rules
+    of push_context.go ``setDestinationRules`` / ``destinationRule``)."""
+    ns, sel = namespace(dr), _dr_selector(dr)
+    if sel is not None:
+        shown = ",".join(f"{k}={v}" for k, v in sorted(sel.items())) or "any labels"
+        return f"only clients in {ns} selected by {shown}"
+    raw = spec(dr).get("exportTo")
+    export = {str(e) for e in raw} if isinstance(raw, list) else set()
+    if export and "*" not in export:
+        if "~" in export and len(export) == 1:
+            return "no client (exportTo ~)"
+        named = sorted((export - {".", "~"}) | ({ns} if "." in export else set()))
+        return f"only clients in {', '.join(named)}"
+    if ns == root_namespace:
+        return "clients in every namespace without a rule of their own for the host"
+    return f"clients in {ns} and in namespaces without a rule of their own for the host"
+
+
+def dr_tls_modes(dr: Mapping[str, Any]) -> list[tuple[int | None, str]]:
+    """(service port or None for the top level, mode) of every ``tls`` the rule sets;
+    a ``tls`` without ``mode`` is DISABLE."""
+    tp = spec(dr).get("trafficPolicy")
+    if not isinstance(tp, dict):
+        return []
+    out: list[tuple[int | None, str]] = []
+    if isinstance(tp.get("tls"), dict):
+        out.append((None, str(tp["tls"].get("mode") or "DISABLE")))
+    for pls in tp.get("portLevelSettings") or ():
+        if isinstance(pls.get("tls"), dict):
+            out.append((pls["port"].get("number"), str(pls["tls"].get("mode") or "DISABLE")))
+    return out
+
+
 def _no_tls_built(tls: Mapping[str, Any], mode: str, has_selector: bool) -> str | None:
     """Why istiod builds no TLS context for a SIMPLE/MUTUAL setting, leaving the cluster
     plaintext (pilot/pkg/networking/core/cluster_tls.go ``buildUpstreamClusterTLSContext``,

@@ -765,3 +765,40 @@ def test_compliance_never_passes_where_the_rule_breaks_the_edge(
     (strict,) = [r for r in plan.findings if r.check == "require-strict"]
     broken = [e for e in plan.edges if e.client.outcome != Outcome.OK]
     assert (strict.verdict.value == "pass") == (not broken)
+
+
+@pytest.mark.parametrize(
+    ("rule", "want"),
+    [
+        (dr("d", "shop", HOST, "DISABLE"), "clients in shop and in namespaces without a rule"),
+        (dr("d", ROOT, HOST, "DISABLE"), "clients in every namespace without a rule"),
+        (dr("d", "shop", HOST, "DISABLE", export_to=["."]), "only clients in shop"),
+        (
+            dr("d", "shop", HOST, "DISABLE", export_to=[".", PROBE]),
+            "only clients in mtlsprobe, shop",
+        ),
+        (dr("d", "shop", HOST, "DISABLE", export_to=["~"]), "no client"),
+        (
+            dr("d", "shop", HOST, "DISABLE", selector={"app": "a"}),
+            "only clients in shop selected by app=a",
+        ),
+    ],
+)
+def test_destination_rule_findings_say_who_uses_the_rule(rule: dict[str, Any], want: str) -> None:
+    from jobs.manifests import snapshot_from_documents
+    from jobs.planner import build_plan
+
+    plan = build_plan(snapshot_from_documents([("t", rule)], inject=False))
+    (f,) = [
+        r
+        for r in plan.findings
+        if r.target == "DestinationRule shop/d" or r.target == f"DestinationRule {ROOT}/d"
+    ]
+    assert want in f.reason
+
+
+def test_tls_without_mode_is_reported_as_disable() -> None:
+    from jobs.policy import dr_tls_modes
+
+    rule = dr("d", "shop", HOST, tls={}, ports=[{"port": {"number": 81}, "tls": {"sni": "x"}}])
+    assert dr_tls_modes(rule) == [(None, "DISABLE"), (81, "DISABLE")]
