@@ -94,6 +94,17 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="override the mesh root namespace (default: from the mesh config)",
     )
     mesh.add_argument(
+        "--istio-namespace",
+        default="istio-system",
+        metavar="NS",
+        help="istiod's namespace, where its mesh ConfigMap lives (default: istio-system)",
+    )
+    mesh.add_argument(
+        "--revision",
+        metavar="REV",
+        help="istiod revision whose mesh config to read (ConfigMap istio-REV)",
+    )
+    mesh.add_argument(
         "--client-namespace",
         default=None,
         metavar="NS",
@@ -143,7 +154,9 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
         if args.kubeconfig or args.context:
             raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
         try:
-            snap = load_manifests(args.from_manifests)
+            snap = load_manifests(
+                args.from_manifests, istio_namespace=args.istio_namespace, revision=args.revision
+            )
         except ManifestError as exc:
             raise UsageError(str(exc)) from None
         if namespaces:
@@ -159,6 +172,8 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
         include_system=args.include_system,
         trust_domain=args.trust_domain,
         root_namespace=args.root_namespace,
+        istio_namespace=args.istio_namespace,
+        revision=args.revision,
         timeout=args.timeout,
     )
     try:
@@ -183,6 +198,9 @@ def main(args: argparse.Namespace) -> int:
         td = args.trust_domain
         if not td or td != td.lower() or "/" in td or ":" in td:
             raise UsageError(f"--trust-domain {td!r}: lowercase, no port or path")
+    for flag, value in (("--istio-namespace", args.istio_namespace), ("--revision", args.revision)):
+        if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise UsageError(f"{flag} {value!r}: not a Kubernetes name (lowercase, digits, '-')")
     # Snapshot and plan are large trees of fresh objects with no cycles; the cyclic
     # GC's passes over them are pure cost (about a tenth of the time at 10,000 pods).
     gc.disable()

@@ -145,6 +145,7 @@ def test_broken_every_failure_is_caught_exactly(broken: LabRun) -> None:
         ("require-strict", "shop/invoices:80"),
         ("policy", "shop/orders:80"),  # DestinationRule DISABLE vs STRICT
         ("mesh", "shop/orders:80"),
+        ("require-strict", "shop/orders:80"),  # STRICT on paper, but mesh calls fail
         ("xfcc-spoof", "shop/api:80"),  # forged XFCC reaches the app
         ("peer-cert", "shop/inventory:80"),  # expired certificate
         ("mesh", "shop/inventory:80"),
