@@ -193,7 +193,7 @@ def test_prompt_reset_is_the_refusal_signature() -> None:
     with serving(reset_after_read) as srv:
         r = run_one(PlaintextCheck(), srv.endpoint, Expect.STRICT)
     assert r.verdict is Verdict.PASS and "TCP RST" in r.reason, r
-    assert r.evidence["ending"] == "reset" and r.evidence["elapsed_ms"] < 1000
+    assert r.evidence == {"ending": "reset"}
 
 
 def test_fin_without_data_is_not_a_refusal_for_any_expectation() -> None:

@@ -124,28 +124,29 @@ class Observation:
 
 def classify(reply: Reply, is_http: bool) -> Observation:
     """Pure: what one plaintext exchange shows, from the bytes and how it ended."""
+    # Timings stay out of reasons and evidence: two runs against the same wire must
+    # report the same thing.
     data, ending = reply.data, reply.ending
-    ms = round(reply.elapsed * 1000, 1)
     if not data:
         if ending is Ending.RESET:
             if reply.elapsed <= PROMPT_RESET_S:
                 return Observation(
                     "refused",
-                    f"connection reset (TCP RST) {ms:g} ms after the request, no response",
-                    {"ending": "reset", "elapsed_ms": ms},
+                    "connection reset (TCP RST) right after the request, no response",
+                    {"ending": "reset"},
                 )
             return Observation(
                 "late-reset",
-                f"reset only {reply.elapsed:.1f}s after the request, no response: not the "
+                f"reset only after more than {PROMPT_RESET_S:g}s, no response: not the "
                 "enforcing proxy's immediate reset (an app or proxy timing out?)",
-                {"ending": "reset", "elapsed_ms": ms},
+                {"ending": "reset"},
             )
         return Observation(
             "closed-without-answer",
             "closed without answer (FIN, no data), not a mesh refusal: Envoy resets; a "
             "plaintext app (PostgreSQL, Kafka, Thrift) closes like this on bytes it cannot "
             "parse",
-            {"ending": "closed", "elapsed_ms": ms},
+            {"ending": "closed"},
         )
     alert = tls_alert(data)
     if alert is not None:
