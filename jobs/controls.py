@@ -96,7 +96,6 @@ def attach(plan: Plan) -> Plan:
             targets=tuple(t for t in tf.targets if t.name not in own),
             controls=tuple(controls),
         ),
-        edges=[e for e in plan.edges if e.target not in own],
         findings=[*(r for r in plan.findings if r.target not in own), *notes],
     )
 

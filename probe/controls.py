@@ -48,6 +48,10 @@ _EXPECTED = {
     ControlKind.PLAINTEXT: "plaintext accepted",
     ControlKind.MESH: "mTLS observed",
 }
+_SEES = {
+    ControlKind.PLAINTEXT: "an acceptance",
+    ControlKind.MESH: "mTLS",
+}
 _NOT_SEEN = {
     ControlKind.PLAINTEXT: "was not accepted",
     ControlKind.MESH: "did not show mTLS",
@@ -71,12 +75,11 @@ def as_control(control: Control, observed: Result) -> Result:
     seen = observed.verdict is Verdict.PASS
     ev = {"kind": kind.value, "detector": DETECTOR[kind], **observed.evidence}
     if seen:
-        reason = f"{DETECTOR[kind]} detector sees {_EXPECTED[kind]}: {observed.reason}"
+        reason = f"{DETECTOR[kind]} detector sees {_SEES[kind]}: {observed.reason}"
     else:
-        why = "could not run: " if observed.verdict is Verdict.SKIP else ""
         reason = (
             f"{DETECTOR[kind]} detector blind: control {control.target.name} "
-            f"{_NOT_SEEN[kind]}: {why}{observed.reason}"
+            f"{_NOT_SEEN[kind]}: {_cause(observed)}"
         )
         ev["detector_verdict"] = observed.verdict.value
     return Result(
@@ -91,6 +94,20 @@ def as_control(control: Control, observed: Result) -> Result:
         start_ns=observed.start_ns,
         end_ns=observed.end_ns,
     )
+
+
+def _cause(r: Result) -> str:
+    """Why the detector did not see the positive case, in the control's terms."""
+    if r.verdict is Verdict.SKIP:
+        return f"could not run: {r.reason}"
+    if r.check == "plaintext" and r.observed == "refused":
+        # The check's own words judge a NONE port that refused; here the refusal is the
+        # symptom of a blind probe.
+        alert = r.evidence.get("alert")
+        if alert:
+            return f"it answered with a TLS alert ({alert})"
+        return "it was reset (TCP RST) right after the request, no response"
+    return r.reason
 
 
 @dataclass(frozen=True)
@@ -114,7 +131,7 @@ def blind_checks(pairs: Sequence[tuple[Control, Result]]) -> dict[str, Blind]:
     for control, observed in pairs:
         if observed.verdict is Verdict.PASS:
             continue
-        blind = Blind(control.kind, control.target.name, observed.reason)
+        blind = Blind(control.kind, control.target.name, _cause(observed))
         for check in DEPENDENT[control.kind]:
             out.setdefault(check, blind)
     return out
