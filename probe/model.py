@@ -7,6 +7,7 @@ entry and the field (exit 64) instead of a failure halfway through a run.
 from __future__ import annotations
 
 import ipaddress
+import reprlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -348,12 +349,15 @@ def _parse_controls(raw: object, fail: Any) -> tuple[Control, ...]:
         where = f"controls[{i}]"
         if not isinstance(item, dict):
             raise fail(where, "must be a mapping")
-        if isinstance(item.get("name"), str) and item["name"]:
-            where = f"{where} ({item['name']})"
+        name = item.get("name")
+        # Only a short printable name goes into the one-line error (a hostile one could
+        # carry newlines or terminal escapes); the target checks judge it properly.
+        if isinstance(name, str) and name and name.isprintable() and len(name) <= 200:
+            where = f"{where} ({name})"
         kind_raw = item.get("kind")
         kind = next((k for k in ControlKind if k.value == kind_raw), None)
         if kind is None:
-            raise fail(f"{where}.kind", f"{kind_raw!r}: want plaintext or mesh")
+            raise fail(f"{where}.kind", f"{reprlib.repr(kind_raw)}: want plaintext or mesh")
         body = {k: v for k, v in item.items() if k != "kind"}
         body.setdefault("expect", _CONTROL_EXPECT[kind].value)
         t = _parse_target(body, i, in_controls)

@@ -121,6 +121,8 @@ BAD: dict[str, tuple[object, str]] = {
     "unknown-key": ([_control(colour="red")], "controls[0] (c).colour: unknown key"),
     "duplicate": ([_control(), _control()], "controls[1] (c): duplicate name"),
     "entry-not-mapping": (["c"], "controls[0]: must be a mapping"),
+    "huge-kind": ([_control(kind="x" * 100_000)], "controls[0] (c).kind: 'xxxxxxxx"),
+    "escape-in-name": ([_control(name="a\nb\x1b[2J", kind=None)], "controls[0].kind: None"),
 }
 
 
@@ -130,7 +132,8 @@ def test_bad_controls_are_one_line_naming_the_field(case: str) -> None:
     with pytest.raises(TargetsFileError) as err:
         parse_targets({"trustDomain": TD, "targets": [], "controls": raw}, "f.yaml")
     assert needle in str(err.value), str(err.value)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+    assert len(str(err.value)) < 300
 
 
 def test_bad_control_exits_64_from_the_cli(tmp_path: Path) -> None:
