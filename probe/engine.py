@@ -163,7 +163,8 @@ def run_checks(
     control_work, pairs = plan_controls(checks, ctx)
     if control_work:
         observed = _run_items([w for _, w in control_work], ctx, stop, None)
-        pairs += [(c, observed[i]) for i, (c, _) in enumerate(control_work) if i in observed]
+        # Every item is emitted (interrupted ones as errors); a gap would still be blind.
+        pairs += [(c, observed.get(i) or _interrupted(w)) for i, (c, w) in enumerate(control_work)]
     control_results = [ctl.as_control(c, r) for c, r in pairs]
     blind = ctl.blind_checks(pairs)
     if on_result is not None:

@@ -352,3 +352,26 @@ def test_protocol_field_of_a_plaintext_control_is_kept() -> None:
         {"trustDomain": TD, "targets": [], "controls": [_control(protocol="tcp")]}, "x"
     )
     assert tf.controls[0].target.protocol is Protocol.TCP
+
+
+def test_an_interrupted_run_leaves_the_control_an_error() -> None:
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    with serving(plaintext_http) as app, serving(reset_after_read) as strict:
+        tf = TargetsFile(
+            trust_domain=TD,
+            targets=(_target("ns/strict", strict.endpoint),),
+            controls=(_plain_control(app.endpoint),),
+        )
+        ctx = RunContext(tf, Settings(timeout=1.0))
+        try:
+            results = run_checks([PlaintextCheck()], ctx, stop=stop)
+        finally:
+            ctx.close()
+    assert [(r.check, r.verdict) for r in results] == [
+        ("control", Verdict.ERROR),
+        ("plaintext", Verdict.ERROR),
+    ], results
+    assert "interrupted" in results[0].reason
