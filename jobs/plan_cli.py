@@ -274,8 +274,8 @@ def targets_yaml(doc: dict[str, Any]) -> str:
     seconds for 6,000 targets; this shape is fixed (scalars, one mapping, lists)."""
     out: list[str] = []
     for key, val in doc.items():
-        if key == "targets":
-            out.append("targets:" if val else "targets: []")
+        if key in ("targets", "controls"):
+            out.append(f"{key}:" if val else f"{key}: []")
             for t in val:
                 first = True
                 for k, v in t.items():
@@ -344,9 +344,19 @@ def render_table(plan: Plan) -> str:
             t.identity or "-",
         )
         for t in plan.targets_file.targets
+    ] + [
+        (
+            f"{c.target.name} (control)",
+            c.kind.value,
+            c.target.protocol.value,
+            str(len(c.target.endpoints)),
+            c.target.identity or "-",
+        )
+        for c in plan.targets_file.controls
     ]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"\n{len(rows)} targets (trust domain {plan.targets_file.trust_domain})\n")
+    n = len(plan.targets_file.targets)
+    lines.append(f"\n{n} targets (trust domain {plan.targets_file.trust_domain})\n")
     return "\n".join(lines) + "\n" + findings_table(plan.findings)

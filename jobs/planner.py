@@ -470,7 +470,9 @@ def build_plan(
         targets=tuple(targets),
         source=Source(),
     )
-    return Plan(tf, findings, b.edges, req, b)
+    from jobs.controls import attach  # negative controls (control workloads leave the targets)
+
+    return attach(Plan(tf, findings, b.edges, req, b))
 
 
 # ---- inbound per (pod, port) -----------------------------------------------------------------
