@@ -386,19 +386,18 @@ def test_service_account_that_is_no_kubernetes_name_is_not_planned(tmp_path: Pat
 
 
 def test_invalid_trust_domain_plans_nothing(tmp_path: Path) -> None:
-    """SPIFFE-ID.md: a trust domain is lowercase letters, digits, '.', '-', '_'."""
-    objs = [
-        *base(),
-        kb.configmap("istio", "istio-system", {"mesh": "trustDomain: Evil.Com/x\n"}),
-        a_pod(),
-        svc(),
-    ]
+    """SPIFFE-ID.md: a trust domain is lowercase letters, digits, '.', '-', '_'. The
+    mesh config reader refuses such a value already; the planner refuses it again
+    whatever hands it a snapshot (defence in depth for every caller)."""
     f = tmp_path / "m.yaml"
-    f.write_text(yaml.safe_dump_all(objs))
-    plan = build_plan(load_manifests([f]), REQ)
-    assert plan.targets_file.targets == ()
-    assert any(r.verdict == Verdict.ERROR and "trust domain" in r.reason for r in plan.findings)
-    round_trip(plan.targets_file, tmp_path)
+    f.write_text(yaml.safe_dump_all([*base(), a_pod(), svc()]))
+    for bad in ("Evil.Com", "a/b", "a b", "td:443"):
+        snap = load_manifests([f])
+        snap.trust_domain = bad
+        plan = build_plan(snap, REQ)
+        assert plan.targets_file.targets == ()
+        assert any(r.verdict == Verdict.ERROR and "trust domain" in r.reason for r in plan.findings)
+        round_trip(plan.targets_file, tmp_path)
 
 
 # ---- rule 2: no backend, no compliance pass -------------------------------------------------
