@@ -701,14 +701,3 @@ def test_pod_claiming_a_node_or_cluster_ip_is_not_probed(plan_both: Callable[...
     assert "Pod shop/a-0 address 10.96.0.1: status.podIPs claims the cluster IP of Service" in text
     assert "Pod shop/a-1 address 192.168.1.10: status.podIPs claims a node's address" in text
     assert b.required()["require-strict:shop/a:80"] == Verdict.FAIL
-
-
-def test_address_claimed_by_two_running_pods_is_not_probed(
-    plan_both: Callable[..., Both],
-) -> None:
-    """A CNI gives each running pod its own address; a second pod claiming one (a
-    forged status, or YAML) could borrow a workload of another namespace."""
-    victim = kb.pod("vault-0", "bank", {"app": "vault"}, ip="10.9.0.1", sa="vault")
-    b = plan_both([*base("bank"), victim, a_pod("a-0", "10.9.0.1"), svc()])
-    assert b.endpoints() == set()
-    assert "more than one running pod claims (bank/vault-0, shop/a-0)" in b.reasons()
