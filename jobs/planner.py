@@ -52,6 +52,7 @@ from typing import Any
 
 from jobs.endpoints import (
     SLICE_SERVICE_LABEL,
+    Backend,
     Excluded,
     PodIndex,
     dns_label,
@@ -368,26 +369,7 @@ class _Builder:
                 continue
             planned_ports.add(port)
             protocol = port_protocol(sp)
-            found: list[tuple[KubeObject, str | None, int]] = []
-            seen: set[tuple[int, str | None, int]] = set()
-            unresolved: list[str] = []
-            for be in backends.backends:
-                pod = be.pod
-                if be.slice_ports is not None:
-                    want = str(sp.get("name") or "")
-                    if want not in be.slice_ports:
-                        continue  # this slice does not carry this port
-                    tport = be.slice_ports[want]
-                    if tport is None:
-                        tport = resolve_target_port(sp, pod)
-                else:
-                    tport = resolve_target_port(sp, pod)
-                if tport is None or not 0 < tport < 65536:
-                    unresolved.append(ref(pod))
-                    continue
-                if (id(pod), be.ip, tport) not in seen:
-                    seen.add((id(pod), be.ip, tport))
-                    found.append((pod, be.ip, tport))
+            found, unresolved = _port_backends(backends.backends, sp)
             dr = self.dr.tls_for(
                 host,
                 ns,
@@ -493,6 +475,35 @@ class _Builder:
                 )
             self.ports.append(PortCoverage(base, tuple(names), routed, None))
         return targets
+
+
+def _port_backends(
+    backends: Sequence[Backend], sp: Mapping[str, Any]
+) -> tuple[list[tuple[KubeObject, str | None, int]], list[str]]:
+    """(pod, address, target port) of every backend serving service port ``sp`` -
+    the slice's port for that port name, else the Service's targetPort resolved on the
+    pod - and the pods on which it resolves to no port."""
+    found: list[tuple[KubeObject, str | None, int]] = []
+    seen: set[tuple[int, str | None, int]] = set()
+    unresolved: list[str] = []
+    for be in backends:
+        tport: int | None
+        if be.slice_ports is not None:
+            want = str(sp.get("name") or "")
+            if want not in be.slice_ports:
+                continue  # this slice does not carry this port
+            tport = be.slice_ports[want]
+            if tport is None:  # "all ports"
+                tport = resolve_target_port(sp, be.pod)
+        else:
+            tport = resolve_target_port(sp, be.pod)
+        if tport is None or not 0 < tport < 65536:
+            unresolved.append(ref(be.pod))
+            continue
+        if (id(be.pod), be.ip, tport) not in seen:
+            seen.add((id(be.pod), be.ip, tport))
+            found.append((be.pod, be.ip, tport))
+    return found, unresolved
 
 
 def _endpoint_order(e: Endpoint) -> tuple[str, int]:
