@@ -791,6 +791,7 @@ def _compliance(
     # A target whose port also sends traffic to a non-workload cannot pass: its
     # port-level failure below stands for it (one verdict per name, never pass+fail).
     partial = {name for pc in ports if pc.routed_elsewhere for name in pc.targets}
+    port_names = {pc.name for pc in ports}
     out: list[Result] = []
     folded: dict[tuple[str, str], Result] = {}  # (check, port name): the target's own fail
     for t in targets:
@@ -804,7 +805,7 @@ def _compliance(
             if t.name not in partial:
                 out.append(r)
             elif r.verdict != Verdict.PASS:
-                if any(pc.name == t.name for pc in ports):
+                if t.name in port_names:
                     folded[(r.check, t.name)] = r  # same name as its port: one verdict
                 else:
                     out.append(r)
