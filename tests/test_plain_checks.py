@@ -231,11 +231,21 @@ def test_peer_cert_skips_without_sidecar() -> None:
     assert r.verdict is Verdict.SKIP
 
 
-def test_peer_cert_without_roots_says_chain_unchecked(pki: MeshPKI) -> None:
+def test_peer_cert_without_roots_is_not_a_pass(pki: MeshPKI) -> None:
+    """No rootCertFile, no chain claim: an otherwise valid SVID is an error naming the
+    missing field, and the evidence does not claim a verified chain."""
     issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
     with serving(tls_handler(pki, issued)) as srv:
         r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, None)
-    assert r.verdict is Verdict.PASS and "chain not checked" in r.reason
+    assert r.verdict is Verdict.ERROR and "rootCertFile" in r.reason, r
+    assert r.evidence["chain_verified"] is None
+
+
+def test_peer_cert_without_roots_still_fails_a_bad_svid(pki: MeshPKI) -> None:
+    issued = pki.ca.issue([f"spiffe://{TD}/ns/ns-a/sa/other"], key_type="ec")
+    with serving(tls_handler(pki, issued)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, None)
+    assert r.verdict is Verdict.FAIL and "expected spiffe://" in r.reason, r
 
 
 # --- foreign-client ------------------------------------------------------------
@@ -345,7 +355,7 @@ def test_foreign_client_reset_before_any_certificate_is_error() -> None:
     """A port that resets every connection proves nothing about client certificates."""
     with serving(reset_after_read) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT)
-    assert r.verdict is Verdict.ERROR and "before the server showed a certificate" in r.reason, r
+    assert r.verdict is Verdict.ERROR and "before our certificate was sent" in r.reason, r
 
 
 def test_hostile_duplicate_san_certificate_over_the_wire(pki: MeshPKI) -> None:
