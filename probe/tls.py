@@ -46,14 +46,14 @@ TLS12_CIPHERS = b"ECDHE:!aNULL:!eNULL:!PSK"
 
 _ALERT = re.compile(r"(?:sslv3|tlsv1[0-9]*|tls) alert ([a-z0-9 _]+)", re.IGNORECASE)
 
-# OpenSSL client states (SSL_state_string_long), stable since OpenSSL 1.1.0.
+# OpenSSL client states (SSL_state_string_long), stable since OpenSSL 1.1.0. The
+# info callback reports a state (SSL_CB_LOOP) when its message was fully processed.
 ST_READ_CERT_REQUEST = "SSLv3/TLS read server certificate request"
 ST_WRITE_KEY_EXCHANGE = "SSLv3/TLS write client key exchange"
 ST_WRITE_CERT_VERIFY = "SSLv3/TLS write certificate verify"
 ST_WRITE_FINISHED = "SSLv3/TLS write finished"
 ST_READ_TICKET = "SSLv3/TLS read server session ticket"
-ST_READ_CERT_VERIFY = "TLSv1.3 read server certificate verify"
-ST_READ_KEY_EXCHANGE = "SSLv3/TLS read server key exchange"
+ST_READ_CERT = "SSLv3/TLS read server certificate"
 
 # RFC 8446 section 6 (and RFC 5246 for the TLS 1.2-only ones), by code.
 ALERT_NAMES = {
@@ -186,18 +186,23 @@ class Handshake:
         if self.version == "TLSv1.2":
             if self.completed:
                 return "TLS 1.2 handshake completed (server Finished verified)"
-            ecdhe = (self.cipher or "").startswith("ECDHE-")
-            if ecdhe and ST_WRITE_KEY_EXCHANGE in states:
-                return f"TLS 1.2 ServerKeyExchange signature verified ({self.cipher})"
+            if ST_WRITE_KEY_EXCHANGE in states:
+                # We offer ECDHE suites only (TLS12_CIPHERS): the ServerKeyExchange
+                # was signed, and verified before we wrote our key exchange.
+                return "TLS 1.2 ECDHE ServerKeyExchange signature verified"
         return None
 
     @property
     def signature_rejected(self) -> bool:
-        """We aborted because the server's CertificateVerify / ServerKeyExchange
-        signature did not verify with the key of the certificate it showed."""
-        return any(
-            alert == "decrypt error" and state in (ST_READ_CERT_VERIFY, ST_READ_KEY_EXCHANGE)
-            for alert, state in self.trail.alerts_sent
+        """We aborted because the server's signature (TLS 1.3 CertificateVerify, TLS
+        1.2 ServerKeyExchange: the message after its Certificate) did not verify with
+        the key of the certificate it showed. OpenSSL reports a state only once its
+        message was processed, so the last one is the Certificate we accepted."""
+        return (
+            self.possession is None
+            and bool(self.trail.states)
+            and self.trail.states[-1] == ST_READ_CERT
+            and any(alert == "decrypt error" for alert, _ in self.trail.alerts_sent)
         )
 
     @property

@@ -188,6 +188,14 @@ def judge_attempt(label: str, hs: tls.Handshake, after: tls.After | None) -> Att
             "accepted",
             f"the server issued a session ticket after taking our certificate, then {after.detail}",
         )
+    if after.kind in ("eof", "reset") and not after.before_request:
+        return Attempt(
+            label,
+            "accepted",
+            "the server kept the TLS 1.3 session open after our certificate and closed it "
+            f"only after our request ({after.detail}): its TLS layer took the certificate "
+            "(a rejecting server sends a fatal alert at once)",
+        )
     if after.kind == "close-notify":
         return Attempt(
             label,
