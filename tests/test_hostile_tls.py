@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from probe.checks.foreign_client import ForeignClientCheck
+from probe import tls
+from probe.checks.foreign_client import ForeignClientCheck, judge_attempt
 from probe.checks.peer_cert import PeerCertCheck
 from probe.model import Expect
 from probe.pki import Issued
@@ -127,3 +128,132 @@ def test_accepting_servers_never_pass_foreign_client(
         assert "no CertificateRequest" in r.reason, r.reason
     elif version == V12:
         assert "completed a TLSv1.2 handshake" in r.reason, r.reason
+
+
+# --- the pure judgement, on trails shaped like OpenSSL's (seen above on real servers) ------
+
+HELLO = ["before SSL initialization", "SSLv3/TLS write client hello", "SSLv3/TLS read server hello"]
+T13_SENT = [
+    *HELLO,
+    "TLSv1.3 read encrypted extensions",
+    tls.ST_READ_CERT_REQUEST,
+    tls.ST_READ_CERT,
+    "TLSv1.3 read server certificate verify",
+    "SSLv3/TLS read finished",
+    "SSLv3/TLS write change cipher spec",
+    "SSLv3/TLS write client certificate",
+    tls.ST_WRITE_CERT_VERIFY,
+    tls.ST_WRITE_FINISHED,
+]
+T12_SENT = [
+    *HELLO,
+    tls.ST_READ_CERT,
+    "SSLv3/TLS read server key exchange",
+    tls.ST_READ_CERT_REQUEST,
+    "SSLv3/TLS read server done",
+    "SSLv3/TLS write client certificate",
+    tls.ST_WRITE_KEY_EXCHANGE,
+    tls.ST_WRITE_CERT_VERIFY,
+    "SSLv3/TLS write change cipher spec",
+    tls.ST_WRITE_FINISHED,
+]
+
+
+def _hs(
+    version: str, states: list[str], failure: str | None = None, alerts: tuple[str, ...] = ()
+) -> tls.Handshake:
+    return tls.Handshake(
+        version=version,
+        failure=failure,
+        trail=tls.Trail(states=list(states), alerts_received=list(alerts)),
+    )
+
+
+def _after(kind: str, *, before: bool = False, alert: str | None = None) -> tls.After:
+    return tls.After(kind, f"{kind} seen", alert, before_request=before)
+
+
+JUDGED: dict[str, tuple[tls.Handshake, tls.After | None, str]] = {
+    "1.3 certificate alert": (
+        _hs("TLSv1.3", T13_SENT, alerts=("unknown ca",)),
+        _after("alert", before=True, alert="unknown ca"),
+        "rejected",
+    ),
+    "1.3 certificate alert after the request": (
+        _hs("TLSv1.3", T13_SENT, alerts=("certificate required",)),
+        _after("alert", alert="certificate required"),
+        "rejected",
+    ),
+    "1.3 alert naming no certificate": (
+        _hs("TLSv1.3", T13_SENT, alerts=("internal error",)),
+        _after("alert", before=True, alert="internal error"),
+        "error",
+    ),
+    "1.3 handshake failure alert": (
+        _hs("TLSv1.3", T13_SENT, alerts=("handshake failure",)),
+        _after("alert", before=True, alert="handshake failure"),
+        "error",
+    ),
+    "1.3 answer": (_hs("TLSv1.3", T13_SENT), _after("data"), "accepted"),
+    "1.3 banner": (_hs("TLSv1.3", T13_SENT), _after("data", before=True), "accepted"),
+    "1.3 no ticket, RST after the request": (
+        _hs("TLSv1.3", T13_SENT),
+        _after("reset"),
+        "accepted",
+    ),
+    "1.3 no ticket, FIN after the request": (_hs("TLSv1.3", T13_SENT), _after("eof"), "accepted"),
+    "1.3 no ticket, close_notify": (
+        _hs("TLSv1.3", T13_SENT),
+        _after("close-notify", before=True),
+        "accepted",
+    ),
+    "1.3 ticket then RST at once": (
+        _hs("TLSv1.3", [*T13_SENT, tls.ST_READ_TICKET]),
+        _after("reset", before=True),
+        "accepted",
+    ),
+    "1.3 RST at once, no alert": (
+        _hs("TLSv1.3", T13_SENT),
+        _after("reset", before=True),
+        "error",
+    ),
+    "1.3 FIN at once, no alert": (_hs("TLSv1.3", T13_SENT), _after("eof", before=True), "error"),
+    "1.3 silence": (_hs("TLSv1.3", T13_SENT), _after("silent"), "error"),
+    "1.3 fake alert bytes": (_hs("TLSv1.3", T13_SENT), _after("tls-error", before=True), "error"),
+    "1.2 certificate alert in the handshake": (
+        _hs("TLSv1.2", T12_SENT, "TLS alert: bad certificate", ("bad certificate",)),
+        None,
+        "rejected",
+    ),
+    "1.2 RST after our flight": (
+        _hs("TLSv1.2", T12_SENT, "connection reset/closed by the server"),
+        None,
+        "error",
+    ),
+    "1.2 completed": (_hs("TLSv1.2", T12_SENT), None, "accepted"),
+    "1.2 alert before our certificate": (
+        _hs("TLSv1.2", HELLO, "TLS alert: unknown ca", ("unknown ca",)),
+        None,
+        "error",
+    ),
+    "1.3 no CertificateRequest": (
+        _hs(
+            "TLSv1.3",
+            [
+                s
+                for s in T13_SENT
+                if s not in (tls.ST_READ_CERT_REQUEST, tls.ST_WRITE_CERT_VERIFY)
+                and "client certificate" not in s
+            ],
+        ),
+        None,
+        "accepted",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JUDGED))
+def test_judge_attempt(name: str) -> None:
+    hs, after, outcome = JUDGED[name]
+    a = judge_attempt("x", hs, after)
+    assert a.outcome == outcome, a
