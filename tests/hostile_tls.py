@@ -294,7 +294,7 @@ def openssl_server(
 
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate(crypto.X509.from_cryptography(issued.cert))
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(issued.key))
+    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]  # stubs predate cryptography keys
     for extra in issued.chain[:-1]:
         ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
     ctx.set_min_proto_version(version)
