@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from probe import netio
 from probe.errors import ReadTimedOut
@@ -100,7 +100,7 @@ def client_context(alpns: tuple[bytes, ...], client: Issued | None = None) -> SS
         ctx.use_certificate(client.cert)  # type: ignore[arg-type]  # stubs predate cryptography objects
         ctx.use_privatekey(client.key)  # type: ignore[arg-type]
         for extra in client.chain[:-1]:  # intermediates; never the root
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+            ctx.add_extra_chain_cert(extra)  # type: ignore[arg-type]
     return ctx
 
 

@@ -290,13 +290,11 @@ def openssl_server(
     and accepts any; ``then``: serve | fin | close-notify | rst (each after reading
     the request) | banner (server speaks first) | fake-alert (alert-shaped bytes
     written outside TLS after the handshake)."""
-    from OpenSSL import crypto
-
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(crypto.X509.from_cryptography(issued.cert))
+    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
     ctx.use_privatekey(issued.key)  # type: ignore[arg-type]  # stubs predate cryptography keys
     for extra in issued.chain[:-1]:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        ctx.add_extra_chain_cert(extra)  # type: ignore[arg-type]
     ctx.set_min_proto_version(version)
     ctx.set_max_proto_version(version)
     ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
