@@ -46,7 +46,13 @@ class PeerCertCheck(Check):
         context = tls_context(ctx, target, None, "anonymous")
         conn, hs = tls.connect_tls(endpoint, context, ctx.settings.timeout, istio_sni(target))
         tls.close(conn)
-        if hs.unparseable is not None and not hs.chain:
+        if not hs.chain and hs.unparseable is None:
+            why = hs.failure or "handshake completed without a server certificate"
+            raise ObservationError(f"no certificate captured from {endpoint}: {why}")
+        proof = hs.possession
+        if proof is None:
+            return self._unproven(target, endpoint, hs)
+        if not hs.chain:
             return make_result(
                 self.name,
                 target,
@@ -55,14 +61,8 @@ class PeerCertCheck(Check):
                 f"the server presented a certificate that is not an X.509-SVID: {hs.unparseable}",
                 expected="valid SVID",
                 observed="unparseable certificate",
-                evidence={"tls_version": hs.version, "alpn": hs.alpn},
+                evidence={"tls_version": hs.version, "alpn": hs.alpn, "possession": proof},
             )
-        if not hs.chain:
-            why = hs.failure or "handshake completed without a server certificate"
-            raise ObservationError(f"no certificate captured from {endpoint}: {why}")
-        proof = hs.possession
-        if proof is None:
-            return self._unproven(target, endpoint, hs)
         j = judge_svid(
             hs.chain,
             expected_identity=target.identity,
@@ -112,14 +112,14 @@ class PeerCertCheck(Check):
 
     def _unproven(self, target: Target, endpoint: Endpoint, hs: tls.Handshake) -> Result:
         """A chain was shown but the server never proved it holds the key."""
-        leaf = hs.chain[0]
-        evidence = {
-            "tls_version": hs.version,
-            "alpn": hs.alpn,
+        evidence: dict[str, object] = {
+            # not "tls_version": no TLS session was established with a key holder
+            "negotiated_version": hs.version,
             "possession": None,
             "handshake_states": hs.trail.states[-4:],
-            "shown_fingerprint_sha256": leaf.fingerprint(_SHA256).hex(),
         }
+        if hs.chain:
+            evidence["shown_fingerprint_sha256"] = hs.chain[0].fingerprint(_SHA256).hex()
         failure = hs.failure or "the handshake did not finish"
         if hs.signature_rejected:
             verdict, observed = Verdict.FAIL, "key not held"
