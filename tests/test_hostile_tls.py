@@ -9,10 +9,12 @@ from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from probe import tls
-from probe.checks.foreign_client import ForeignClientCheck, judge_attempt
+from probe.checks.foreign_client import REJECTING_ALERTS, ForeignClientCheck, judge_attempt
 from probe.checks.peer_cert import PeerCertCheck
 from probe.model import Expect
 from probe.pki import Issued
@@ -257,3 +259,42 @@ def test_judge_attempt(name: str) -> None:
     hs, after, outcome = JUDGED[name]
     a = judge_attempt("x", hs, after)
     assert a.outcome == outcome, a
+
+
+_ALL_STATES = sorted({*T13_SENT, *T12_SENT, tls.ST_READ_TICKET})
+_ALERTS = sorted({*tls.ALERT_NAMES.values()})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    version=st.sampled_from(["TLSv1.2", "TLSv1.3", None]),
+    states=st.lists(st.sampled_from(_ALL_STATES), max_size=14),
+    failure=st.sampled_from([None, "TLS alert: x", "connection reset/closed by the server"]),
+    alerts=st.lists(st.sampled_from(_ALERTS), max_size=2),
+    after=st.one_of(
+        st.none(),
+        st.builds(
+            tls.After,
+            kind=st.sampled_from(["alert", "data", "close-notify", "eof", "reset", "tls-error"]),
+            detail=st.just("seen"),
+            alert=st.one_of(st.none(), st.sampled_from(_ALERTS)),
+            before_request=st.booleans(),
+        ),
+    ),
+)
+def test_a_rejection_always_rests_on_the_signature(
+    version: str | None,
+    states: list[str],
+    failure: str | None,
+    alerts: list[str],
+    after: tls.After | None,
+) -> None:
+    """Whatever the trail: rejected only when our certificate was sent (so the
+    server asked and proved its key) and a certificate alert came back."""
+    hs = _hs(version or "", states, failure, tuple(alerts))
+    hs.version = version
+    a = judge_attempt("x", hs, after)
+    if a.outcome == "rejected":
+        assert hs.sent_client_cert and hs.possession is not None
+        said = after.alert if (hs.completed and after is not None) else hs.server_alert
+        assert said in REJECTING_ALERTS

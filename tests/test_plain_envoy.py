@@ -114,6 +114,7 @@ def test_foreign_client_is_rejected_by_envoy(mesh: Mesh) -> None:
     r = _run(ForeignClientCheck(), pods[0].endpoint, root)
     assert r.verdict is Verdict.PASS and r.observed == "rejected", r
     assert "unknown ca" in r.reason, r.reason
+    assert r.evidence["possession"] == "TLS 1.3 CertificateVerify and Finished verified"
 
 
 def test_a_mesh_client_is_served(mesh: Mesh) -> None:
@@ -142,6 +143,7 @@ def test_tls12_only_envoy(mesh: Mesh) -> None:
     assert "ServerKeyExchange signature verified" in r.evidence["possession"], r.evidence
     r = _run(ForeignClientCheck(), pods[3].endpoint, root)
     assert r.verdict is Verdict.PASS and r.observed == "rejected", r
-    assert "after our certificate" in r.reason, r.reason
+    assert "requested and got our certificate" in r.reason, r.reason
+    assert "ServerKeyExchange" in r.evidence["possession"], r.evidence
     r = _run(PlaintextCheck(), pods[3].endpoint, root)
     assert r.verdict is Verdict.PASS, r

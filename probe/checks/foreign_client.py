@@ -11,7 +11,7 @@ a session ticket or closes gracefully after a TLS 1.3 handshake has accepted it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from probe import tls
@@ -74,6 +74,8 @@ class Attempt:
     label: str
     outcome: str  # rejected | accepted | error
     detail: str
+    #: How the server proved it holds its own key, when it did.
+    possession: str | None = None
 
 
 class ForeignClientCheck(Check):
@@ -98,7 +100,8 @@ class ForeignClientCheck(Check):
                 ctx, target, endpoint, material.wrong_domain, "foreign CA, wrong trust domain"
             ),
         ]
-        evidence = {a.label: f"{a.outcome}: {a.detail}" for a in attempts}
+        evidence: dict[str, object] = {a.label: f"{a.outcome}: {a.detail}" for a in attempts}
+        evidence["possession"] = attempts[0].possession
         accepted = [a for a in attempts if a.outcome == "accepted"]
         errors = [a for a in attempts if a.outcome == "error"]
         if accepted:
@@ -142,7 +145,7 @@ class ForeignClientCheck(Check):
                     http_request(target.host) if target.protocol is Protocol.HTTP else TCP_PAYLOAD
                 )
                 after = tls.after_handshake(conn, hs, payload, endpoint, min(timeout, 0.5), timeout)
-            return judge_attempt(label, hs, after)
+            return replace(judge_attempt(label, hs, after), possession=hs.possession)
         finally:
             tls.close(conn)
 
@@ -166,7 +169,15 @@ def judge_attempt(label: str, hs: tls.Handshake, after: tls.After | None) -> Att
             f"the handshake ended before our certificate was sent ({why}): "
             "not a rejection of the client certificate",
         )
-    # We sent our certificate: the server asked for it and had proven its key.
+    # We sent our certificate. OpenSSL does so only after a CertificateRequest and
+    # the server's proof of its key; a trail that says otherwise proves nothing.
+    if proof is None or not hs.cert_requested:
+        return Attempt(
+            label,
+            "error",
+            "our certificate went out without a CertificateRequest from a server that "
+            "proved its key: not a rejection signature",
+        )
     if hs.completed and hs.version != "TLSv1.3":
         return Attempt(
             label,
@@ -219,7 +230,11 @@ def _judge_ending(label: str, alert: str | None, detail: str) -> Attempt:
             f"{detail} after our certificate, without a TLS alert: not a rejection signature",
         )
     if alert in REJECTING_ALERTS:
-        return Attempt(label, "rejected", f"TLS alert {alert} after our certificate")
+        return Attempt(
+            label,
+            "rejected",
+            f"TLS alert {alert} after the server requested and got our certificate",
+        )
     return Attempt(
         label,
         "error",
