@@ -5,7 +5,9 @@ sent to a server that asked for it. Real servers on 127.0.0.1, no mocks."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -298,3 +300,38 @@ def test_a_rejection_always_rests_on_the_signature(
         assert hs.sent_client_cert and hs.possession is not None
         said = after.alert if (hs.completed and after is not None) else hs.server_alert
         assert said in REJECTING_ALERTS
+
+
+# --- the contract: no rootCertFile is not exit 0 ----------------------------------------
+
+
+@pytest.mark.parametrize("with_root", [True, False])
+def test_check_command_without_root_cert_file_does_not_exit_0(
+    pki: MeshPKI, tmp_path: Path, with_root: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.cli import main as cli_main
+    from tests.tlsservers import tls_handler
+
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(tls_handler(pki, issued)) as srv:
+        doc = {
+            "trustDomain": "cluster.local",
+            "targets": [
+                {
+                    "name": "ns-a/echo",
+                    "host": "echo.ns-a.svc.cluster.local",
+                    "port": 8080,
+                    "endpoints": [str(srv.endpoint)],
+                    "identity": ECHO_ID,
+                    "expect": "STRICT",
+                }
+            ],
+        }
+        if with_root:
+            doc["rootCertFile"] = str(pki.root_file)
+        (tmp_path / "t.json").write_text(json.dumps(doc))
+        code = cli_main(["check", "-f", str(tmp_path / "t.json"), "--checks", "peer-cert"])
+    out = capsys.readouterr().out
+    assert code == (0 if with_root else 2), out
+    if not with_root:
+        assert "rootCertFile" in out, out

@@ -82,10 +82,10 @@ class PeerCertCheck(Check):
         if j.ok and roots is None:
             observed = f"SVID {evidence.get('spiffe_id')}, chain unverified"
             reason = (
-                f"X.509-SVID {evidence.get('spiffe_id')} passes the SVID rules, but its chain "
-                "to the mesh root cannot be verified: the targets file has no rootCertFile "
-                "(set it to the mesh root, e.g. root-cert.pem from the istio-ca-root-cert "
-                "ConfigMap)"
+                "no rootCertFile in the targets file: cannot verify that "
+                f"{evidence.get('spiffe_id')} chains to the mesh root (set rootCertFile to the "
+                "mesh root, e.g. root-cert.pem of the istio-ca-root-cert ConfigMap); the "
+                "SVID rules pass"
             )
             verdict = Verdict.ERROR
         elif j.ok:

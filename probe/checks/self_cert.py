@@ -212,8 +212,9 @@ _NO_ROOTCA = (
     "verify any peer's certificate"
 )
 _NO_ROOT_FILE = (
-    "the targets file has no rootCertFile, so the chain to the mesh root cannot be "
-    "verified (set rootCertFile to the mesh root, e.g. the istio-ca-root-cert ConfigMap)"
+    "no rootCertFile in the targets file: the chain to the mesh root cannot be verified "
+    "(set rootCertFile to the mesh root, e.g. root-cert.pem of the istio-ca-root-cert "
+    "ConfigMap)"
 )
 
 
@@ -289,7 +290,7 @@ def judge_certs(
             "rootCertFile (compared by serial: /certs shows no more)"
         )
     out.unverified = (
-        "the sidecar admin shows only /certs summaries (no certificates in its secrets "
+        "only /certs summaries from the sidecar admin (no certificates in its secrets "
         "config dump): the chain to the mesh root cannot be verified"
     )
     return out
@@ -360,7 +361,7 @@ class SelfCheck(Check):
             verdict, observed, reason = Verdict.FAIL, "unhealthy identity", "; ".join(j.problems)
         elif j.unverified is not None:
             verdict, observed = Verdict.ERROR, f"own identity {expected_id}, chain unverified"
-            reason = f"own sidecar identity {expected_id} seen, but {j.unverified}"
+            reason = f"{j.unverified}; own sidecar identity {expected_id} seen"
         else:
             until = j.not_after.isoformat() if j.not_after else "?"
             verdict, observed = Verdict.PASS, f"own identity {expected_id}"
