@@ -225,13 +225,16 @@ def replay12(
     chain_der: list[bytes], *, ending: str = "forged-key-exchange", request_cert: bool = True
 ) -> Callable[[socket.socket], None]:
     """TLS 1.2 from a server that has only the public chain. ``ending``:
-    forged-key-exchange | alert (after Certificate)."""
+    forged-key-exchange | alert (after Certificate) | rsa-key-transport (picks a
+    static-RSA suite, which needs no signature before the client's flight)."""
 
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
         ch = read_client_hello(conn)
         scheme = _signature_scheme(chain_der[0])
         suite = b"\xc0\x2b" if scheme == 0x0403 else b"\xc0\x2f"
+        if ending == "rsa-key-transport":
+            suite = b"\x00\x9c"  # TLS_RSA_WITH_AES_128_GCM_SHA256
         exts = _ext(0xFF01, b"\x00") + _ext(11, b"\x01\x00")
         server_random = os.urandom(32)
         sh = handshake_msg(
@@ -253,6 +256,8 @@ def replay12(
             msgs.append(handshake_msg(12, params + sig_alg.to_bytes(2, "big") + _vec(sig, 2)))
             if request_cert:
                 msgs.append(handshake_msg(13, _vec(b"\x40\x01", 1) + SIG_ALGS + b"\x00\x00"))
+            msgs.append(handshake_msg(14, b""))
+        if ending == "rsa-key-transport":
             msgs.append(handshake_msg(14, b""))
         out = record(HANDSHAKE, b"".join(msgs))
         if ending == "alert":
