@@ -442,3 +442,17 @@ def test_real_envoy_certs_shape(envoy_admin: str, mesh: tuple[CertificateAuthori
     assert j.evidence["chain_verified"] is None and j.not_after is not None
     assert j.evidence["trusted_ca_serial_is_root"] is True and j.unverified is not None
     assert isinstance(doc["certificates"][0]["cert_chain"][0]["days_until_expiration"], str)
+
+
+def test_static_secret_naming_a_fifo_does_not_hang(
+    mesh: tuple[CertificateAuthority, Path], tmp_path: Path
+) -> None:
+    import os
+
+    _, root = mesh
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    chain = {"certificate_chain": {"filename": str(fifo)}}
+    static = {"configs": [{"secret": {"name": "default", "tls_certificate": chain}}]}
+    r = with_admin({DUMP: {}, STATIC: static, "/certs": 404}, root)
+    assert r.verdict is Verdict.ERROR, r

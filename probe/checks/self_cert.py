@@ -77,12 +77,14 @@ def _pem_field(holder: object, key: str) -> list[x509.Certificate]:
 
 def _read_pem_file(name: str) -> bytes:
     """A certificate file Envoy loads (static secrets in the lab); bounded, regular
-    files only. Not visible from another container: then nothing is read."""
+    files only (opened non-blocking: a FIFO must not hang the check). Not visible
+    from another container: then nothing is read."""
     import os
     import stat
 
-    with open(name, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(f"{name} is not a regular file")
         return f.read(MAX_ADMIN_BYTES)
 
