@@ -53,6 +53,15 @@ def mesh(
                 ca.issue_workload(GOOD, key_type="ec"),
                 tls_max="TLSv1_2",
             ),
+            *[
+                Pod(
+                    Endpoint(slot.pod_ip(4 + i), PORT),
+                    ca.issue_workload(GOOD, key_type="ec"),
+                    tls_max=tls_max,
+                    require_client=False,
+                )
+                for i, tls_max in enumerate(("TLSv1_3", "TLSv1_2"))
+            ],
         ]
 
     with strict_envoy(pods, root, TD, tmp) as (envoy, started):
@@ -147,3 +156,16 @@ def test_tls12_only_envoy(mesh: Mesh) -> None:
     assert "ServerKeyExchange" in r.evidence["possession"], r.evidence
     r = _run(PlaintextCheck(), pods[3].endpoint, root)
     assert r.verdict is Verdict.PASS, r
+
+
+@pytest.mark.parametrize("pod", [4, 5], ids=["tls13", "tls12"])
+def test_envoy_asking_for_no_client_certificate(mesh: Mesh, pod: int) -> None:
+    """A misconfigured Envoy (no client certificate required, no validation
+    context) sends no CertificateRequest: foreign-client fails, whatever happens
+    next; its own certificate is still proven and valid."""
+    _, root, _, pods = mesh
+    r = _run(ForeignClientCheck(), pods[pod].endpoint, root)
+    assert r.verdict is Verdict.FAIL and r.observed == "accepted", r
+    assert "no CertificateRequest" in r.reason, r.reason
+    r = _run(PeerCertCheck(), pods[pod].endpoint, root)
+    assert r.verdict is Verdict.PASS and r.evidence["possession"], r
