@@ -104,7 +104,9 @@ def verify_chain(
     ``roots`` at ``now``, by OpenSSL's X509_verify_cert (pyOpenSSL's X509Store),
     the same family of path rules Envoy's BoringSSL applies: signatures, validity of
     every element, basicConstraints and pathLenConstraint (the trust anchor's
-    too), keyCertSign, name constraints, unknown critical extensions. Returns
+    too), keyCertSign, name constraints, unknown critical extensions. Not
+    cryptography's ``x509.verification``: as of 50.0 it refuses URI name
+    constraints ("unsupported name constraint"), which SPIFFE CAs use. Returns
     None when a valid path exists, else why not; a leaf that is merely outside its
     own validity period returns ``LEAF_TIME`` (the SVID rules say when)."""
     try:
