@@ -31,7 +31,6 @@ line of its own).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -150,25 +149,3 @@ def _from_istio_lines(text: str) -> Reflection | None:
     if len(fields) < len(_ISTIO_FIELDS) - 1 or not headers:
         return None
     return Reflection(App.ISTIO_ECHO, tuple(headers), hostname)
-
-
-def render(app: App, headers: Iterable[tuple[str, str]], name: str = "app") -> bytes:
-    """A body in ``app``'s shape: what each app would answer for these request
-    headers (tests and the lab's stand-ins for the real apps)."""
-    items = list(headers)
-    if app is App.ISTIO_ECHO:
-        lines = ["ServiceVersion=v1", "ServicePort=8080", "Host=x", "URL=/headers"]
-        lines += ["Cluster=", "IstioVersion=", "Method=GET", "Proto=HTTP/1.1", "IP=127.0.0.1"]
-        lines += ["Alpn="]
-        lines += [f"RequestHeader={k}:{v}" for k, v in sorted(items, key=lambda kv: kv[0])]
-        lines.append(f"Hostname={name}")
-        return ("\n".join(lines) + "\n").encode()
-    grouped: dict[str, list[str]] = {}
-    for k, v in items:
-        grouped.setdefault(k, []).append(v)
-    if app is App.HTTPBIN:
-        return json.dumps({"headers": {k: ",".join(v) for k, v in grouped.items()}}).encode()
-    if app is App.GO_HTTPBIN:
-        return json.dumps({"headers": grouped}).encode()
-    doc = {"name": name, "listener": "127.0.0.1:8080", "headers": grouped}
-    return json.dumps(doc).encode()
