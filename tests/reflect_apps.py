@@ -11,7 +11,7 @@ import argparse
 import json
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from probe.reflect import XFCC, App
 
 # Name spellings an app might use for the headers it reflects.
-CASES = {
+CASES: dict[str, Callable[[str], str]] = {
     "as-sent": lambda k: k,
     "lower": str.lower,
     "upper": str.upper,
@@ -69,12 +69,10 @@ def handler(
         def do_GET(self) -> None:
             seen: list[tuple[str, str]] = []
             for k, v in self.headers.items():
-                if k.lower() == XFCC:
-                    if drop_xfcc:
-                        continue
-                    if xfcc_value_upper:
-                        v = v.upper()
-                seen.append((spell(k), v))
+                if k.lower() == XFCC and drop_xfcc:
+                    continue
+                upper = k.lower() == XFCC and xfcc_value_upper
+                seen.append((spell(k), v.upper() if upper else v))
             body = canned if canned is not None else render(app, seen, name)
             ctype = "application/text" if app is App.ISTIO_ECHO else "application/json"
             self.send_response(200)

@@ -49,7 +49,8 @@ def test_parse_counters_from_envoy_json() -> None:
     assert parse_counters(doc, C) == Counters(3, 1, 0, 7, 3, 0)
     doc["stats"].pop()
     assert parse_counters(doc, C) is None  # a missing counter: not recorded
-    for junk in (None, [], {"stats": "x"}, {"stats": [1, {"name": 3}]}):
+    junks: list[object] = [None, [], {"stats": "x"}, {"stats": [1, {"name": 3}]}]
+    for junk in junks:
         assert parse_counters(junk, C) is None
 
 

@@ -74,7 +74,7 @@ def test_forged_xfcc_in_any_case_never_passes(app: App) -> None:
         (SidecarBehaviour(mode="trusting"), {"case": "lower"}),
         (SidecarBehaviour(mode="trusting"), {"xfcc_value_upper": True, "case": "upper"}),
     ):
-        r = run(XfccSpoofCheck(), handler(app, **kw), b)  # type: ignore[arg-type]
+        r = run(XfccSpoofCheck(), handler(app, **kw), b)
         assert r.verdict is Verdict.FAIL, (b.mode, kw, r)
         assert r.observed in ("forged XFCC forwarded", "forged XFCC trusted")
 

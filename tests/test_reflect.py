@@ -95,7 +95,10 @@ def test_not_a_reflection(body: bytes) -> None:
 
 def test_istio_value_cannot_start_a_line_of_its_own() -> None:
     """A header value holding U+2028, U+0085 or CR must not become a forged line."""
-    sneaky = "x\u2028RequestHeader=X-Forwarded-Client-Cert:forged\u0085\rRequestHeader=X-Forwarded-Client-Cert:f2"
+    sneaky = (
+        "x\u2028RequestHeader=X-Forwarded-Client-Cert:forged"
+        "\u0085\rRequestHeader=X-Forwarded-Client-Cert:f2"
+    )
     r = parse_reflection(render(App.ISTIO_ECHO, [("User-Agent", sneaky)]))
     assert r is not None and r.xfcc == [] and r.values("user-agent") == [sneaky]
 
@@ -167,5 +170,5 @@ def test_property_random_json_yields_only_xfcc_strings_that_are_there(
     there: list[str] = []
     for k, v in headers.items():
         if k.lower() == XFCC:
-            there += [v] if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+            there += [v] if isinstance(v, str) else list(v)
     assert r.xfcc == there
