@@ -127,3 +127,11 @@ def test_property_tls_needs_a_handshake_and_our_call(
             assert aft.cx_total == aft.handshake + aft.ssl_error + aft.connect_fail
     if seen.transport is Transport.PLAINTEXT:
         assert d["handshake"] == 0
+
+
+def test_the_labs_probe_sidecar_names_clusters_like_istio() -> None:
+    from jobs.lab.envoy_config import outbound_cluster_name
+    from jobs.lab.spec import Upstream
+
+    up = Upstream("web.data.svc.cluster.local", 8080, True, (), ())
+    assert outbound_cluster_name(up) == C

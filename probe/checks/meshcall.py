@@ -169,6 +169,12 @@ def _sidecar_problem(ctx: RunContext) -> str:
 def call(
     ctx: RunContext, target: Target, extra_headers: dict[str, str] | None = None
 ) -> MeshResponse:
+    """GET the target's echo path through the sidecar, with our marker header."""
+    with cluster_gate(ctx, target):
+        return _call(ctx, target, extra_headers)
+
+
+def _call(ctx: RunContext, target: Target, extra_headers: dict[str, str] | None) -> MeshResponse:
     import httpx
 
     require_sidecar(ctx)
@@ -209,8 +215,17 @@ def call(
 
 
 class _ClusterLock:
+    """Calls from this run to one outbound cluster, one at a time: the sidecar's
+    counters around a witnessed call must count that call alone. Re-entrant: a
+    witnessed call holds it around the call that takes it again."""
+
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
+
+
+def cluster_gate(ctx: RunContext, target: Target) -> threading.RLock:
+    cluster = cluster_name(target.host, target.port)
+    return ctx.shared(f"cluster-lock:{cluster}", _ClusterLock).lock
 
 
 def witnessed(
@@ -220,8 +235,7 @@ def witnessed(
     the sidecar's counters for the target's outbound cluster, and judge them (see
     probe.clusterstats). Calls to one cluster are serialised so the delta is ours."""
     cluster = cluster_name(target.host, target.port)
-    gate = ctx.shared(f"cluster-lock:{cluster}", _ClusterLock)
-    with gate.lock:
+    with cluster_gate(ctx, target):
         before, why = _read_counters(ctx, cluster)
         result = do()
         if before is None:
@@ -308,9 +322,13 @@ class TcpMeshResponse:
 
 
 def tcp_call(ctx: RunContext, target: Target) -> TcpMeshResponse:
-    """Write bytes to the service through the sidecar and read what comes back.
+    """Write bytes to the service through the sidecar and read what comes back."""
+    with cluster_gate(ctx, target):
+        return _tcp_call(ctx, target)
 
-    In a pod the sidecar captures the connection transparently; with an explicit
+
+def _tcp_call(ctx: RunContext, target: Target) -> TcpMeshResponse:
+    """In a pod the sidecar captures the connection transparently; with an explicit
     ``sidecarProxy`` (the lab) an HTTP CONNECT tunnel stands in for that capture."""
     import secrets
 
