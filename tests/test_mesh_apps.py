@@ -9,8 +9,10 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from probe.checks.base import Check, RunContext, Settings
-from probe.checks.mesh import MeshCheck
+from probe.checks.mesh import MeshCheck, judge
+from probe.checks.meshcall import MeshResponse
 from probe.checks.xfcc_spoof import XfccSpoofCheck
+from probe.clusterstats import Transport, TransportSeen
 from probe.engine import run_checks
 from probe.model import Expect, Source, Target, TargetsFile
 from probe.reflect import App
@@ -140,3 +142,33 @@ def test_echo_path_is_where_the_call_goes() -> None:
     r = run(MeshCheck(), OnlyAtPath)
     assert r.verdict is Verdict.ERROR and seen == ["/headers"]
     assert "GET /headers" in r.reason and "echoPath" in r.reason
+
+
+# --- pure judgement: what the sidecar's counters may and may not conclude ------------------
+
+
+@pytest.mark.parametrize(
+    ("expect", "transport", "verdict"),
+    [
+        (Expect.STRICT, Transport.TLS, Verdict.PASS),
+        (Expect.STRICT, Transport.PLAINTEXT, Verdict.FAIL),
+        (Expect.STRICT, Transport.UNKNOWN, Verdict.ERROR),
+        (Expect.PERMISSIVE, Transport.UNKNOWN, Verdict.ERROR),
+        (Expect.DISABLE, Transport.TLS, Verdict.FAIL),
+        (Expect.NONE, Transport.TLS, Verdict.FAIL),
+        (Expect.NONE, Transport.PLAINTEXT, Verdict.PASS),
+        (Expect.DISABLE, Transport.UNKNOWN, Verdict.PASS),
+    ],
+)
+def test_non_echo_verdict_rests_on_the_sidecars_counters(
+    expect: Expect, transport: Transport, verdict: Verdict
+) -> None:
+    target = Target("ns-a/web", "web.ns-a", 80, expect, identity=ECHO, echo=False)
+    seen = TransportSeen(transport, f"<{transport.value} evidence>", {"cluster": "c"})
+    j = judge(target, SRC, MeshResponse(404, "istio-envoy", b"nope"), seen)
+    assert j.verdict is verdict, j
+    assert "HTTP 404" in j.reason and f"<{transport.value} evidence>" in j.reason
+    if transport is not Transport.TLS:
+        assert "mTLS proven" not in j.reason and "TLS handshake" not in j.reason
+    if verdict is Verdict.ERROR:
+        assert j.reason.startswith("reachable; mTLS not observable")

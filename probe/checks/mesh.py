@@ -172,14 +172,19 @@ def _by_transport(
             return Judgement(
                 Verdict.PASS,
                 f"{answered}; TLS at the sidecar",
-                f"{answered}; {how}; identities not observable here (no XFCC: a "
-                "header-reflecting app with echo: true would show both)",
+                f"{answered}; {how}; identities not observable here ("
+                + (
+                    "no XFCC on a tcp port: peer-cert shows the server's)"
+                    if target.protocol is Protocol.TCP
+                    else "no XFCC: a header-reflecting app with echo: true would show both)"
+                ),
                 ev,
             )
         return Judgement(
             Verdict.FAIL,
             f"{answered}; TLS at the sidecar",
-            f"expected plaintext ({target.expect.value}) but {how}: the expectation is stale "
+            f"{answered}, but expected plaintext ({target.expect.value}) and {how}: the "
+            "expectation is stale "
             "(the target has a sidecar doing mTLS, or the policy changed)",
             ev,
         )
