@@ -104,6 +104,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--style", choices=[a.value for a in App], required=True)
+    p.add_argument("--real", action="store_true", help="run the real httpbin package (WSGI)")
     p.add_argument("--case", choices=sorted(CASES), default="title")
     p.add_argument("--listen", action="append", default=[])
     p.add_argument("--tcp-listen", action="append", default=[])
@@ -111,10 +112,17 @@ def main() -> None:
     servers: list[ThreadingHTTPServer] = []
     for text in args.listen:
         lst = parse_listen(text)
-        srv = ThreadingHTTPServer(
-            (lst.host, lst.port), handler(App(args.style), args.case, name=lst.name)
-        )
-        srv.daemon_threads = True
+        if args.real:
+            import importlib  # the optional real app: untyped, maybe absent
+
+            httpbin_app = importlib.import_module("httpbin").app
+            serving_mod = importlib.import_module("werkzeug.serving")
+            srv = serving_mod.make_server(lst.host, lst.port, httpbin_app, threaded=True)
+        else:
+            srv = ThreadingHTTPServer(
+                (lst.host, lst.port), handler(App(args.style), args.case, name=lst.name)
+            )
+            srv.daemon_threads = True
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
     tcp = EchoServer([parse_listen(t, tcp=True) for t in args.tcp_listen]).start()

@@ -125,9 +125,10 @@ def test_reachable_is_not_mtls_and_the_sidecar_tells_which(tmp_path: Path) -> No
     assert "reused a connection" in second["mesh data/web"].reason
 
 
-def _argv(style: App, case: str) -> object:
+def _argv(style: App, case: str, real: bool = False) -> object:
     def argv(apps: Sequence[LabApp]) -> list[str]:
         out = [sys.executable, "-m", "tests.reflect_apps", "--style", style.value, "--case", case]
+        out += ["--real"] if real else []
         for a in apps:
             out += ["--listen" if a.http else "--tcp-listen", f"{a.ip}:{a.port}={a.name}"]
         return out
@@ -156,3 +157,18 @@ def test_real_envoy_in_front_of_the_apps_people_run(tmp_path: Path, style: App, 
     # no XFCC at all where the server sidecar must append one: nothing proven
     spoof = results["xfcc-spoof data/web-plain"]
     assert spoof.verdict is Verdict.ERROR and "no XFCC at all" in spoof.reason
+
+
+def test_real_httpbin_behind_real_envoy(tmp_path: Path) -> None:
+    """The httpbin package itself (Flask/Werkzeug, as Istio's samples deploy it),
+    when installed: `pip install httpbin`."""
+    pytest.importorskip("httpbin")
+    path = manifest(tmp_path, [("web", 8080, "http"), ("web-plain", 8080, "http")], ["web-plain"])
+    argv = _argv(App.HTTPBIN, "title", real=True)
+    with running(from_files([path]), tmp_path / "lab", serve_argv=argv) as lab:  # type: ignore[arg-type]
+        results = run(lab.targets, ("mesh", "xfcc-spoof"))
+    ok = results["mesh data/web"]
+    assert ok.verdict is Verdict.PASS and ok.evidence["app"] == "httpbin", ok
+    assert results["xfcc-spoof data/web"].verdict is Verdict.PASS
+    assert results["mesh data/web-plain"].verdict is Verdict.FAIL
+    assert results["xfcc-spoof data/web-plain"].verdict is Verdict.ERROR
