@@ -82,8 +82,10 @@ def manifest(
     return path
 
 
-def run(targets: TargetsFile, checks: Sequence[str] = ("mesh",)) -> dict[str, Result]:
-    ctx = RunContext(targets, Settings(timeout=3))
+def run(
+    targets: TargetsFile, checks: Sequence[str] = ("mesh",), concurrency: int = 32
+) -> dict[str, Result]:
+    ctx = RunContext(targets, Settings(timeout=3, concurrency=concurrency))
     try:
         results = run_checks([load_check(c) for c in checks], ctx)
     finally:
@@ -109,6 +111,17 @@ def test_reachable_is_not_mtls_and_the_sidecar_tells_which(tmp_path: Path) -> No
             targets=tuple(replace(t, echo=t.protocol.value == "tcp") for t in lab.targets.targets),
         )
         first, second = run(quiet), run(quiet)  # the second reuses pooled connections
+        # many calls to the same clusters at once: serialised per cluster, each delta is
+        # one call's, so concurrency never turns into "other traffic" or a wrong verdict
+        crowd = replace(
+            quiet,
+            targets=tuple(
+                replace(t, name=f"{t.name.split(':')[0]}-{i}:{t.port}")
+                for t in quiet.targets
+                for i in range(6)
+            ),
+        )
+        crowded = run(crowd, concurrency=12)
     for results in (first, second):
         plain_tcp = results["mesh data/pg-plain"]
         assert plain_tcp.verdict is Verdict.FAIL, plain_tcp
@@ -121,6 +134,10 @@ def test_reachable_is_not_mtls_and_the_sidecar_tells_which(tmp_path: Path) -> No
             assert ok.verdict is Verdict.PASS, ok
             assert "TLS handshake" in ok.reason and "identit" in ok.reason
             assert ok.evidence["transport"]["cluster"].startswith("outbound|")
+    assert len(crowded) == 24
+    for name, r in crowded.items():
+        want = Verdict.FAIL if "-plain" in name else Verdict.PASS
+        assert r.verdict is want, r
     assert "new connection" in first["mesh data/web"].reason
     assert "reused a connection" in second["mesh data/web"].reason
 
