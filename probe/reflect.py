@@ -71,8 +71,9 @@ class Reflection:
         return self.values(XFCC)
 
 
-def parse_reflection(body: bytes, content_type: str | None = None) -> Reflection | None:
-    """The reflection in ``body``, or None when it is not one of the known apps'."""
+def parse_reflection(body: bytes) -> Reflection | None:
+    """The reflection in ``body``, or None when it is not one of the known apps'. The
+    body decides, not the content type (Istio's echo says ``application/text``)."""
     if len(body) > MAX_BODY:
         return None
     try:

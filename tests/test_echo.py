@@ -300,6 +300,6 @@ def test_headers_and_root_both_reflect_for_the_probe() -> None:
                 f"http://{host}:{port}{path}",
                 headers={"X-Forwarded-Client-Cert": "By=a;URI=b", "x-mtlsprobe-marker": "m1"},
             )
-            r = parse_reflection(resp.content, resp.headers["content-type"])
+            r = parse_reflection(resp.content)
             assert r is not None and r.app is App.SERVE and r.name == "ns-a/echo"
             assert r.xfcc == ["By=a;URI=b"] and r.values("X-MTLSPROBE-MARKER") == ["m1"]

@@ -21,14 +21,14 @@ def test_httpbin_title_case_string() -> None:
     body = json.dumps(
         {"headers": {"Host": "x", "X-Forwarded-Client-Cert": V, "User-Agent": "mtlsprobe"}}
     ).encode()
-    r = parse_reflection(body, "application/json")
+    r = parse_reflection(body)
     assert r is not None and r.app is App.HTTPBIN and r.xfcc == [V]
 
 
 def test_go_httpbin_lists() -> None:
     # go-httpbin: http.Header, canonical names, lists of values
     body = json.dumps({"headers": {"X-Forwarded-Client-Cert": [V, V], "Accept": ["*/*"]}})
-    r = parse_reflection(body.encode(), "application/json; charset=utf-8")
+    r = parse_reflection(body.encode())
     assert r is not None and r.app is App.GO_HTTPBIN and r.xfcc == [V, V]
 
 
@@ -50,7 +50,7 @@ def test_istio_echo_text_lines() -> None:
         "ResponseHeader=X-Forwarded-Client-Cert:By=forged\n"
         "Hostname=echo-v1-abc\n"
     ).encode()
-    r = parse_reflection(body, "application/text")
+    r = parse_reflection(body)
     assert r is not None and r.app is App.ISTIO_ECHO and r.name == "echo-v1-abc"
     assert r.xfcc == [V] and r.values("user-agent") == ["mtlsprobe"]
 
@@ -172,3 +172,14 @@ def test_property_random_json_yields_only_xfcc_strings_that_are_there(
         if k.lower() == XFCC:
             there += [v] if isinstance(v, str) else list(v)
     assert r.xfcc == there
+
+
+def test_werkzeug_joins_repeated_lines_with_comma_space() -> None:
+    """Measured with httpbin 0.10.4 on Werkzeug 3.1: two XFCC lines become one string
+    joined by ", "; the last element is still the last hop's."""
+    from probe.xfcc import join_values, parse_xfcc
+
+    body = b'{"headers": {"X-Forwarded-Client-Cert": "By=a;URI=b, By=c;URI=d", "Host": "x"}}'
+    r = parse_reflection(body)
+    assert r is not None and r.app is App.HTTPBIN
+    assert parse_xfcc(join_values(r.xfcc))[-1].by == ("c",)

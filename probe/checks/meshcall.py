@@ -210,7 +210,7 @@ def _call(ctx: RunContext, target: Target, extra_headers: dict[str, str] | None)
     if local is not None:
         out.sidecar_error, out.sidecar_meaning = local
         return out
-    out.reflection = parse_reflection(out.body, resp_headers.get("content-type"))
+    out.reflection = parse_reflection(out.body)
     return out
 
 
