@@ -69,6 +69,8 @@ from jobs.policy import (
     client_view,
     container_ports,
     dr_host,
+    dr_scope,
+    dr_tls_modes,
     expect_for,
     has_sidecar,
     in_cluster_host,
@@ -205,7 +207,11 @@ class _Builder:
         self.req = req
         self.pa = PeerAuthIndex(snap.peerauthentications, snap.root_namespace)
         self.dr = DestinationRuleIndex(
-            snap.destinationrules, snap.root_namespace, snap.cluster_domain
+            snap.destinationrules,
+            snap.root_namespace,
+            snap.cluster_domain,
+            default_export_to=snap.default_dr_export_to,
+            auto_mtls=snap.enable_auto_mtls,
         )
         self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
         self.pods: dict[str, KubeObject] = {}
@@ -331,10 +337,20 @@ class _Builder:
             port: int = sp["port"]
             base = f"{ns}/{svc_name}:{port}"
             protocol = port_protocol(sp)
-            dr = self.dr.tls_for(host, ns, port, self.req.client_namespace)
+            found = self.endpoints(svc, sp)
+            dr = self.dr.tls_for(
+                host,
+                ns,
+                port,
+                self.req.client_namespace,
+                service_mode=self.pa.namespace_mode(ns).mode,
+                passthrough_labels=[self.info(p).tls_mode_label for p, _, _ in found]
+                if spec(svc).get("clusterIP") == "None"
+                else None,
+            )
             groups: dict[tuple[str, Expect, bool], list[Endpoint]] = {}
             group_edges: dict[tuple[str, Expect, bool], list[Edge]] = defaultdict(list)
-            for pod, ip, tport in self.endpoints(svc, sp):
+            for pod, ip, tport in found:
                 pi = self.info(pod)
                 decision = self.policy(pod).at(tport)
                 expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
@@ -454,7 +470,9 @@ def build_plan(
         targets=tuple(targets),
         source=Source(),
     )
-    return Plan(tf, findings, b.edges, req, b)
+    from jobs.controls import attach  # negative controls (control workloads leave the targets)
+
+    return attach(Plan(tf, findings, b.edges, req, b))
 
 
 # ---- inbound per (pod, port) -----------------------------------------------------------------
@@ -591,28 +609,21 @@ def _dr_findings(b: _Builder) -> list[Result]:
         host = dr_host(dr, b.snap.cluster_domain)
         if not in_cluster_host(host, b.snap.cluster_domain):
             continue
-        tp = spec(dr).get("trafficPolicy")
-        if not isinstance(tp, dict):
-            continue
-        modes: list[tuple[str, str]] = []
-        tls = tp.get("tls")
-        if isinstance(tls, dict) and tls.get("mode") in ("DISABLE", "SIMPLE", "MUTUAL"):
-            modes.append(("", str(tls["mode"])))
-        for pls in tp.get("portLevelSettings") or []:
-            t = pls.get("tls")
-            if isinstance(t, dict) and t.get("mode") in ("DISABLE", "SIMPLE", "MUTUAL"):
-                modes.append((f" port {pls['port']['number']}", str(t["mode"])))
-        for where, mode in modes:
+        for port, mode in dr_tls_modes(dr):
+            if mode not in ("DISABLE", "SIMPLE", "MUTUAL"):
+                continue
             what = (
                 "sidecar clients send plaintext"
                 if mode == "DISABLE"
                 else "sidecar clients originate TLS with non-mesh certificates, not Istio mTLS"
             )
+            where = f" port {port}" if port is not None else ""
+            scope = dr_scope(dr, b.snap.root_namespace)
             out.append(
                 _finding(
                     f"DestinationRule {ref(dr)}",
                     Verdict.SKIP,
-                    f"tls.mode {mode} for in-cluster host {host}{where}: {what}",
+                    f"tls.mode {mode} for in-cluster host {host}{where}: {what} ({scope})",
                     host=host,
                     mode=mode,
                 )
@@ -682,6 +693,21 @@ def _require_strict(t: Target, edges: Sequence[Edge]) -> Result:
             observed=t.expect.value,
         )
     bad = [e for e in edges if e.expect != Expect.STRICT]
+    broken = [e for e in edges if e.client.outcome != Outcome.OK]
+    if broken and not bad:
+        # STRICT on paper, but the DestinationRule the probe's sidecar uses makes mesh calls
+        # fail (or not provably work): nothing verifies the port is mTLS-only, so no pass.
+        e = next((x for x in broken if x.client.outcome == Outcome.FAIL), broken[0])
+        how = "fail" if e.client.outcome == Outcome.FAIL else "may fail"
+        return Result(
+            check=check,
+            target=t.name,
+            verdict=Verdict.FAIL,
+            reason=f"STRICT, but calls from sidecar clients {how}: {e.client.reason}",
+            expected="STRICT, reachable by mesh clients",
+            observed=f"STRICT, client {e.client.tls}",
+            evidence={"pods": sorted({x.pod.key for x in broken})},
+        )
     if not bad:
         return Result(
             check=check,

@@ -90,7 +90,8 @@ def run(
         results = run_checks([load_check(c) for c in checks], ctx)
     finally:
         ctx.close()
-    return {f"{r.check} {r.target.split(':')[0]}": r for r in results}
+    # the lab adds its own negative controls (check "control"); they are not judged here
+    return {f"{r.check} {r.target.split(':')[0]}": r for r in results if r.check in checks}
 
 
 def test_reachable_is_not_mtls_and_the_sidecar_tells_which(tmp_path: Path) -> None:
@@ -138,8 +139,11 @@ def test_reachable_is_not_mtls_and_the_sidecar_tells_which(tmp_path: Path) -> No
     for name, r in crowded.items():
         want = Verdict.FAIL if "-plain" in name else Verdict.PASS
         assert r.verdict is want, r
-    assert "new connection" in first["mesh data/web"].reason
+    # both ways of proving it on real Envoy: a fresh connection (the first call; the
+    # lab's own mesh control may already have opened one to web) and a reused one
+    assert "new connection" in first["mesh data/web-plain"].reason
     assert "reused a connection" in second["mesh data/web"].reason
+    assert "reused a connection" in second["mesh data/web-plain"].reason
 
 
 def _argv(style: App, case: str, real: bool = False) -> object:

@@ -102,8 +102,9 @@ def test_require_sidecar_fails_only_uninjected_workloads() -> None:
 def test_coverage_summary() -> None:
     plan = build_plan(_with_ips(load_manifests([SCENARIOS / "broken.yaml"])))
     (cov,) = [r for r in plan.findings if r.target == "mesh"]
-    assert cov.evidence["pods"] == 7 and cov.evidence["podsWithProxy"] == 6
-    assert "86%" in cov.reason
+    # 8 pods: broken's 7 and the plaintext control (mtlsprobe-echo-plain, no sidecar).
+    assert cov.evidence["pods"] == 8 and cov.evidence["podsWithProxy"] == 6
+    assert "75%" in cov.reason
 
 
 # ---- manifests --------------------------------------------------------------------------------
