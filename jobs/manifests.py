@@ -9,7 +9,7 @@ API server would do are done here so the plan matches what the cluster would run
   ports, a Ready status and **no IP** - the lab assigns addresses itself
   (``jobs.objects.set_pod_ip``);
 - Istio's injection webhook is applied (``inject=True``): pods that would get a
-  sidecar carry the marks an injected pod carries (``jobs.policy.injected``).
+  sidecar carry what an injected pod carries (``jobs.injection.as_created``).
 
 Kinds this package does not use (ServiceAccount, ConfigMaps other than Istio's,
 a lab's ``LabScenario``) are ignored; a malformed object becomes a Problem.
@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from jobs.injection import as_created
 from jobs.objects import (
     DEFAULT_ISTIO_NAMESPACE,
     KINDS,
@@ -36,7 +37,6 @@ from jobs.objects import (
     pick_mesh_config,
     spec,
 )
-from jobs.policy import has_sidecar, injected, would_inject
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
 _NAMESPACED = frozenset(k for k in KINDS if k != "Namespace") | set(WORKLOAD_KINDS) | {"ConfigMap"}
@@ -191,13 +191,7 @@ def snapshot_from_documents(
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
     for _, raw_pod in pods:
         pod = raw_pod
-        if (
-            inject
-            and isinstance(pod, dict)
-            and isinstance(pod.get("spec"), dict)
-            and not has_sidecar(pod)
-            and would_inject(pod, ns_labels.get(namespace(pod), {}))
-        ):
-            pod = injected(pod)
+        if inject and isinstance(pod, dict):
+            pod = as_created(pod, ns_labels.get(namespace(pod), {}))
         snap.add("Pod", pod)
     return snap

@@ -195,9 +195,16 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--require: {exc}") from None
     if args.trust_domain is not None:
-        td = args.trust_domain
-        if not td or td != td.lower() or "/" in td or ":" in td:
-            raise UsageError(f"--trust-domain {td!r}: lowercase, no port or path")
+        from jobs.objects import ClusterSnapshot
+        from jobs.planner import mesh_names_problem
+
+        if not args.trust_domain or mesh_names_problem(
+            ClusterSnapshot(trust_domain=args.trust_domain)
+        ):
+            raise UsageError(
+                f"--trust-domain {args.trust_domain!r}: lowercase letters, digits, '.', '-' "
+                "and '_' only (no port or path)"
+            )
     for flag, value in (("--istio-namespace", args.istio_namespace), ("--revision", args.revision)):
         if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
             raise UsageError(f"{flag} {value!r}: not a Kubernetes name (lowercase, digits, '-')")
@@ -243,8 +250,13 @@ def _with_root_cert(plan: Plan, pem: str | None, path: Path) -> Plan:
 def render_yaml(plan: Plan) -> str:
     lines = ["# mtlsprobe plan: targets file for `mtlsprobe check -f`"]
     for r in plan.findings:
-        # Failures, unusable objects, and what discovery could not see (no Istio APIs).
-        if r.verdict.value in ("fail", "error") or r.target == "cluster":
+        # Failures, unusable objects, what discovery could not see (no Istio APIs), and
+        # what is deliberately not probed (not a mesh workload, nothing behind a port).
+        if (
+            r.verdict.value in ("fail", "error")
+            or r.target == "cluster"
+            or r.evidence.get("notProbed")
+        ):
             text = f"{r.verdict.value.upper()} {r.check} {r.target}: {r.reason}"
             lines.append("# " + " ".join(text.split()))
     return "\n".join(lines) + "\n" + targets_yaml(plan.targets_file.to_dict())
