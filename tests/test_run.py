@@ -60,6 +60,8 @@ def _cluster(
             kb.namespace("mtlsprobe"),
             kb.namespace("ns-a"),
             kb.namespace("ns-b"),
+            # Trusted only from istiod's namespace (jobs.meshroot); the pods mount their own.
+            kb.configmap("istio-ca-root-cert", "istio-system", {"root-cert.pem": root}),
             kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
             kb.configmap("istio-ca-root-cert", "ns-a", {"root-cert.pem": root}),
             kb.service("echo", "ns-a", {"app": "echo"}, [kb.sport(80, port)]),
