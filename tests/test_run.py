@@ -139,6 +139,7 @@ def test_happy_path_jobs_specs_report_and_cleanup(
         assert spec["ttlSecondsAfterFinished"] > 0
         pod = spec["template"]["spec"]
         tpl_labels = spec["template"]["metadata"]["labels"]
+        tpl_annotations = spec["template"]["metadata"].get("annotations") or {}
         assert tpl_labels[LABEL_RUN] == run_id
         psc = pod["securityContext"]
         assert psc["runAsNonRoot"] is True and isinstance(psc["runAsUser"], int)
@@ -167,8 +168,13 @@ def test_happy_path_jobs_specs_report_and_cleanup(
             assert tpl_labels["sidecar.istio.io/inject"] == "true"
             assert c["args"][c["args"].index("--checks") + 1] == "mesh,xfcc-spoof"
             assert "--wait-for-sidecar" in c["args"] and "--quit-sidecar" in c["args"]
+            # Istio keeps the outbound cluster stats the mesh check reads (ProxyConfig).
+            pc = yaml.safe_load(tpl_annotations["proxy.istio.io/config"])
+            assert "cluster.outbound" in pc["proxyStatsMatcher"]["inclusionPrefixes"]
+            assert pc["holdApplicationUntilProxyStarts"] is True
         else:
             assert tpl_labels["sidecar.istio.io/inject"] == "false"
+            assert "proxy.istio.io/config" not in tpl_annotations
             assert c["args"][c["args"].index("--checks") + 1] == PLAIN
             assert "--wait-for-sidecar" not in c["args"]
         assert "completionMode" not in spec  # one endpoint: no sharding
