@@ -9,6 +9,7 @@ path (the fake API server) alike - and a root found only there is a finding."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def _cluster(*extra: dict[str, Any], istio_ns: str = "istio-system") -> list[dic
 
 def _both(
     objs: list[dict[str, Any]], tmp_path: Path, istio_ns: str = "istio-system"
-) -> tuple[ClusterSnapshot, ClusterSnapshot, list[tuple[str, str | None]]]:
+) -> tuple[ClusterSnapshot, ClusterSnapshot, list[tuple[str, str]]]:
     """(snapshot from manifests, snapshot from the fake API server, configmaps read live)."""
     path = tmp_path / "objects.yaml"
     path.write_text(manifests_yaml(objs))
@@ -219,5 +220,5 @@ def test_the_agent_plans_from_the_named_control_plane(tmp_path: Path) -> None:
         assert Path(tf.root_cert_file).read_text() == TRUSTED
         Path(tf.root_cert_file).unlink()
         bad = build_parser(argv).parse_args([*argv, "--revision", "../x"])
-        with pytest.raises(UsageError, match="--revision '../x': not a Kubernetes name"):
+        with pytest.raises(UsageError, match=re.escape("--revision '../x': not a Kubernetes name")):
             discovery_source(bad)
