@@ -2,7 +2,8 @@
 
 The plan gives the targets; the agent adds what only it knows: its own SPIFFE ID
 (for the mesh checks), its sidecar's admin address (the self check) and the mesh
-root (the istio-ca-root-cert ConfigMap, or a mounted file) for chain checks.
+root (the istio-ca-root-cert ConfigMap in istiod's namespace only - ``jobs.meshroot`` -
+or a mounted file) for chain checks.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         type=Path,
         metavar="FILE",
         help="mesh root PEM (e.g. the istio-ca-root-cert ConfigMap mounted); default: "
-        "read that ConfigMap each round and keep it in a temporary file",
+        "read that ConfigMap in --istio-namespace each round, into a temporary file",
     )
     group.add_argument(
         "--source-identity",
