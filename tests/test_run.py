@@ -213,6 +213,46 @@ def test_rendered_targets_configmap(env: Env, capsys: pytest.CaptureFixture[str]
     assert doc["targets"][0]["name"] == "ns-a/echo:80"
 
 
+def test_istio_namespace_names_the_control_plane_run_reads(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --istio-namespace/--revision` mean what they mean for `plan`: the mesh config
+    and the mesh root are read there, and nowhere else."""
+    env.kube.add_all(
+        [
+            kb.namespace("istio-control"),
+            kb.configmap("istio-canary", "istio-control", {"mesh": "trustDomain: control.org\n"}),
+            kb.configmap(
+                "istio-ca-root-cert",
+                "istio-control",
+                {"root-cert.pem": CertificateAuthority.create_root().root_pem().decode()},
+            ),
+        ]
+    )
+    cms: list[dict[str, Any]] = []
+    original = env.kube.behaviour
+
+    def spy(job: dict[str, Any], index: int) -> str:
+        cms.extend(
+            o
+            for o in env.kube.objects("configmaps")
+            if LABEL_RUN in (o["metadata"].get("labels") or {})
+        )
+        return original(job, index)
+
+    env.kube.behaviour = spy
+    flags = ["--istio-namespace", "istio-control", "--revision", "canary"]
+    run(env, capsys, "--checks", "plaintext", "--deadline", "20", *flags)
+    doc = yaml.safe_load(cms[0]["data"]["targets.yaml"])
+    assert doc["source"]["identity"] == "spiffe://control.org/ns/mtlsprobe/sa/mtlsprobe"
+    assert doc["rootCertFile"] == "/etc/mtlsprobe/root/root-cert.pem"
+    read = {c.path for c in env.kube.calls if c.method == "GET" and "/configmaps/" in c.path}
+    assert read == {
+        "/api/v1/namespaces/istio-control/configmaps/istio-canary",
+        "/api/v1/namespaces/istio-control/configmaps/istio-ca-root-cert",
+    }
+
+
 @pytest.mark.parametrize(
     ("kind", "phrase", "observed"),
     [
