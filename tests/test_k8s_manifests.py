@@ -197,6 +197,10 @@ def test_discovery_calls_are_allowed_for_orchestrator_and_agent(options: Options
         for verb, group, resource, ns, name in calls:
             if resource == "configmaps" and name is None:
                 pytest.fail(f"discovery lists configmaps ({ns}): widen the RBAC knowingly")
+            # The rule is cluster-wide by name (istiod's namespace is a flag), but both
+            # ConfigMaps are read only there: a tenant's istio-ca-root-cert never is.
+            if resource == "configmaps":
+                assert ns == "istio-system" and name in ("istio", "istio-ca-root-cert"), (ns, name)
             assert allowed(subjects[sa], verb, group, resource, ns, name), (
                 sa,
                 verb,
