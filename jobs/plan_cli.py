@@ -138,7 +138,7 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
     if namespaces and (args.all_namespaces or args.selector):
         raise UsageError("-n cannot be combined with --all-namespaces or --selector")
     if args.from_manifests:
-        from jobs.manifests import ManifestError, load_manifests
+        from jobs.manifests import ManifestError, load_manifests, planned_namespaces
 
         if args.kubeconfig or args.context:
             raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
@@ -148,6 +148,8 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
             raise UsageError(str(exc)) from None
         if namespaces:
             snap.target_namespaces = set(namespaces)
+        else:  # as the live path: system namespaces only with --include-system
+            snap.target_namespaces = planned_namespaces(snap, include_system=args.include_system)
         snap.trust_domain = args.trust_domain or snap.trust_domain
         snap.root_namespace = args.root_namespace or snap.root_namespace
         return snap

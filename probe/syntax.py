@@ -8,7 +8,7 @@ cannot crash a check later: an endpoint is an IP literal a socket accepts, a URL
 is what the mesh call code splits into host and port, a host is what a DNS lookup
 and an HTTP ``Host`` header accept.
 
-Digits are ASCII digits: ``str.isdigit`` and ``int`` accept '８０８０' and Arabic-
+Digits are ASCII digits: ``str.isdigit`` and ``int`` accept '\uff18\uff10' (fullwidth) and Arabic-
 Indic digits, so nothing here uses them on input before an ASCII check.
 """
 

@@ -58,6 +58,18 @@ ALIAS_FLOOR = 100_000
 MAX_INT_CHARS = 128
 DEFAULT_MAX_DEPTH = 100
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = Resolver.DEFAULT_SCALAR_TAG
+_SEQ_TAG = Resolver.DEFAULT_SEQUENCE_TAG
+_MAP_TAG = Resolver.DEFAULT_MAPPING_TAG
+
+
+def _composer_error(problem: str, mark: Any) -> ComposerError:
+    """A marked error; ``mark`` is a pure-Python or a libyaml Mark."""
+    return ComposerError(None, None, problem, mark)
+
+
+def _constructor_error(problem: str, mark: Any) -> ConstructorError:
+    return ConstructorError(None, None, problem, mark)
 
 
 class YamlLoadError(ValueError):
@@ -81,6 +93,9 @@ class _BoundedComposer(Composer):
     """
 
     limits: Limits
+    # Provided by the parser and the resolver this is mixed with.
+    get_event: Any
+    resolve: Any
 
     def _start_bounds(self, limits: Limits) -> None:
         self.limits = limits
@@ -91,9 +106,9 @@ class _BoundedComposer(Composer):
         self._plain_tags: dict[str, str] = {}  # plain scalar -> resolved tag (keys repeat)
 
     def compose_document(self) -> Node:
-        self.get_event()  # type: ignore[attr-defined]  # DOCUMENT-START
+        self.get_event()  # DOCUMENT-START
         node = self._compose_root()
-        self.get_event()  # type: ignore[attr-defined]  # DOCUMENT-END
+        self.get_event()  # DOCUMENT-END
         self.anchors = {}
         self._sizes = {}
         return node
@@ -103,28 +118,23 @@ class _BoundedComposer(Composer):
         if tag is not None and tag != "!":
             return str(tag)
         if not event.implicit[0]:
-            return str(self.DEFAULT_SCALAR_TAG)  # type: ignore[attr-defined]
+            return str(_STR_TAG)
         value = event.value
         cached = self._plain_tags.get(value)
         if cached is None:
-            cached = self._plain_tags[value] = self.resolve(  # type: ignore[attr-defined]
-                ScalarNode, value, event.implicit
-            )
+            cached = self._plain_tags[value] = self.resolve(ScalarNode, value, event.implicit)
         return cached
 
     def _register(self, anchor: str, node: Node, event: Event) -> None:
         if anchor in self.anchors:
             first = self.anchors[anchor].start_mark.line + 1
-            raise ComposerError(
-                None,
-                None,
-                f"anchor &{_name(anchor)} defined twice (first at line {first})",
-                event.start_mark,
+            raise _composer_error(
+                f"anchor &{_name(anchor)} defined twice (first at line {first})", event.start_mark
             )
         self.anchors[anchor] = node
 
     def _compose_root(self) -> Node:
-        get_event = self.get_event  # type: ignore[attr-defined]
+        get_event = self.get_event
         max_depth = self.limits.max_depth
         # Open collections: (node, children, anchor, expanded count before it).
         stack: list[tuple[Node, list[Node], str | None, int]] = []
@@ -134,7 +144,10 @@ class _BoundedComposer(Composer):
             node: Node
             if kind is ScalarEvent:
                 node = ScalarNode(
-                    self._scalar_tag(event), event.value, event.start_mark, event.end_mark,
+                    self._scalar_tag(event),
+                    event.value,
+                    event.start_mark,
+                    event.end_mark,
                     style=event.style,
                 )
                 self._written += 1
@@ -144,19 +157,17 @@ class _BoundedComposer(Composer):
                     self._sizes[event.anchor] = 1
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 if len(stack) >= max_depth:
-                    raise ComposerError(
-                        None, None, f"nested deeper than {max_depth} levels", event.start_mark
+                    raise _composer_error(
+                        f"nested deeper than {max_depth} levels", event.start_mark
                     )
                 tag = event.tag
                 if kind is MappingStartEvent:
                     if tag is None or tag == "!":
-                        tag = self.DEFAULT_MAPPING_TAG  # type: ignore[attr-defined]
-                    node = MappingNode(
-                        tag, [], event.start_mark, None, flow_style=event.flow_style
-                    )
+                        tag = _MAP_TAG
+                    node = MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
                 else:
                     if tag is None or tag == "!":
-                        tag = self.DEFAULT_SEQUENCE_TAG  # type: ignore[attr-defined]
+                        tag = _SEQ_TAG
                     node = SequenceNode(
                         tag, [], event.start_mark, None, flow_style=event.flow_style
                     )
@@ -178,37 +189,29 @@ class _BoundedComposer(Composer):
             elif kind is AliasEvent:
                 node = self._alias(event)
             else:
-                raise ComposerError(
-                    None, None, f"unexpected {kind.__name__}", event.start_mark
-                )
+                raise _composer_error(f"unexpected {kind.__name__}", event.start_mark)
             if not stack:
                 return node
             stack[-1][1].append(node)
 
     def _alias(self, event: AliasEvent) -> Node:
-        anchor = event.anchor
+        anchor = str(event.anchor)
         node = self.anchors.get(anchor)
         if node is None:
-            raise ComposerError(
-                None, None, f"alias *{_name(anchor)} has no anchor before it", event.start_mark
+            raise _composer_error(
+                f"alias *{_name(anchor)} has no anchor before it", event.start_mark
             )
         size = self._sizes.get(anchor)
         if size is None:
-            raise ComposerError(
-                None,
-                None,
-                f"alias *{_name(anchor)} refers to a node that contains it",
-                event.start_mark,
+            raise _composer_error(
+                f"alias *{_name(anchor)} refers to a node that contains it", event.start_mark
             )
         self._aliased += size
         self._expanded += size
         budget = max(self.limits.alias_floor, self._written)
         if self._aliased > budget:
-            raise ComposerError(
-                None,
-                None,
-                f"aliases expand to more than {budget} nodes (an alias bomb?)",
-                event.start_mark,
+            raise _composer_error(
+                f"aliases expand to more than {budget} nodes (an alias bomb?)", event.start_mark
             )
         return node
 
@@ -218,14 +221,14 @@ class _StrictConstructor(SafeConstructor):
     the ValueErrors some scalars raise (``2001-13-01``, a 5,000-digit integer) into
     marked errors."""
 
-    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Hashable, Any]:
-        if not isinstance(node, MappingNode):
-            return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        if not isinstance(node, MappingNode):  # construct_undefined paths pass any node
+            return super().construct_mapping(node, deep)
         pairs = node.value
         explicit = len(pairs)
         if any(k.tag == _MERGE_TAG for k, _ in pairs):
             explicit -= sum(1 for k, _ in pairs if k.tag == _MERGE_TAG)
-            self.flatten_mapping(node)  # type: ignore[no-untyped-call]
+            self.flatten_mapping(node)
             pairs = node.value
         # flatten_mapping puts merged pairs first; they may be overridden, explicit
         # ones may not repeat.
@@ -234,76 +237,74 @@ class _StrictConstructor(SafeConstructor):
         mapping: dict[Hashable, Any] = {}
         explicit_keys: set[Hashable] = set()
         for i, (key_node, value_node) in enumerate(pairs):
-            key = construct(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = construct(key_node, deep=deep)
             try:
                 repeated = key in explicit_keys if first_explicit else key in mapping
             except TypeError:
                 raise ConstructorError(
-                    "while constructing a mapping", node.start_mark, "found unhashable key",
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "found unhashable key",
                     key_node.start_mark,
                 ) from None
             if repeated and i >= first_explicit:
-                raise ConstructorError(
-                    None, None, f"duplicate key {_short(key)}", key_node.start_mark
-                )
+                raise _constructor_error(f"duplicate key {_short(key)}", key_node.start_mark)
             if first_explicit and i >= first_explicit:
                 explicit_keys.add(key)
-            mapping[key] = construct(value_node, deep=deep)  # type: ignore[no-untyped-call]
+            mapping[key] = construct(value_node, deep=deep)
         return mapping
 
     def construct_yaml_int(self, node: ScalarNode) -> int:
         if len(node.value) > MAX_INT_CHARS:
-            raise ConstructorError(
-                None, None, f"integer longer than {MAX_INT_CHARS} characters", node.start_mark
+            raise _constructor_error(
+                f"integer longer than {MAX_INT_CHARS} characters", node.start_mark
             )
         try:
-            return super().construct_yaml_int(node)  # type: ignore[no-any-return,no-untyped-call]
+            return super().construct_yaml_int(node)
         except ValueError as exc:
-            raise ConstructorError(None, None, f"invalid integer ({exc})", node.start_mark) from None
+            raise _constructor_error(f"invalid integer ({exc})", node.start_mark) from None
 
-    def construct_yaml_timestamp(self, node: ScalarNode) -> object:
+    def construct_yaml_timestamp(self, node: ScalarNode) -> Any:
         try:
-            return super().construct_yaml_timestamp(node)  # type: ignore[no-untyped-call]
+            return super().construct_yaml_timestamp(node)
         except (ValueError, OverflowError) as exc:
-            raise ConstructorError(
-                None, None, f"invalid timestamp ({exc})", node.start_mark
-            ) from None
+            raise _constructor_error(f"invalid timestamp ({exc})", node.start_mark) from None
 
 
 _StrictConstructor.add_constructor(
     "tag:yaml.org,2002:int",
-    _StrictConstructor.construct_yaml_int,  # type: ignore[arg-type]
+    _StrictConstructor.construct_yaml_int,  # type: ignore[type-var]
 )
 _StrictConstructor.add_constructor(
     "tag:yaml.org,2002:timestamp",
-    _StrictConstructor.construct_yaml_timestamp,  # type: ignore[arg-type]
+    _StrictConstructor.construct_yaml_timestamp,  # type: ignore[type-var]
 )
 
 
 class _PyLoader(Reader, Scanner, Parser, _BoundedComposer, _StrictConstructor, Resolver):
     def __init__(self, stream: str, limits: Limits) -> None:
-        Reader.__init__(self, stream)  # type: ignore[no-untyped-call]
-        Scanner.__init__(self)  # type: ignore[no-untyped-call]
-        Parser.__init__(self)  # type: ignore[no-untyped-call]
-        _BoundedComposer.__init__(self)  # type: ignore[no-untyped-call]
-        _StrictConstructor.__init__(self)  # type: ignore[no-untyped-call]
-        Resolver.__init__(self)  # type: ignore[no-untyped-call]
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _BoundedComposer.__init__(self)
+        _StrictConstructor.__init__(self)
+        Resolver.__init__(self)
         self._start_bounds(limits)
 
 
 _LOADERS: list[type[Any]] = []
 try:
-    from yaml.cyaml import CParser
+    from yaml._yaml import CParser
 
-    class _CLoader(_BoundedComposer, CParser, _StrictConstructor, Resolver):  # type: ignore[misc]
+    class _CLoader(_BoundedComposer, CParser, _StrictConstructor, Resolver):
         """libyaml's parser (events only) under the bounded composer. The composer
         comes first in the MRO so CParser's C composer is never reached."""
 
         def __init__(self, stream: str, limits: Limits) -> None:
             CParser.__init__(self, stream)
-            _BoundedComposer.__init__(self)  # type: ignore[no-untyped-call]
-            _StrictConstructor.__init__(self)  # type: ignore[no-untyped-call]
-            Resolver.__init__(self)  # type: ignore[no-untyped-call]
+            _BoundedComposer.__init__(self)
+            _StrictConstructor.__init__(self)
+            Resolver.__init__(self)
             self._start_bounds(limits)
 
     _LOADERS.append(_CLoader)
@@ -323,9 +324,12 @@ def load_all(text: str, limits: Limits, *, pure_python: bool = False) -> list[ob
         line = text.count("\n", 0, text.index("\0")) + 1
         raise YamlLoadError(f"NUL byte at line {line} (not a text file)")
     if len(text) > limits.max_bytes:
-        raise YamlLoadError(f"larger than {limits.max_bytes} bytes")
+        raise YamlLoadError(f"longer than {limits.max_bytes} characters")
     cls = _PyLoader if pure_python else _LOADERS[0]
-    loader = cls(text, limits)
+    try:
+        loader = cls(text, limits)
+    except UnicodeError:  # lone surrogates: libyaml wants UTF-8
+        raise YamlLoadError("not valid Unicode text") from None
     try:
         docs: list[object] = []
         while loader.check_data():
