@@ -304,6 +304,7 @@ def edge_dict(e: Any) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
+    from probe.report import utf8_safe
     from probe.results import summarize
 
     doc = {
@@ -312,20 +313,21 @@ def render_json(plan: Plan) -> str:
         "summary": summarize(plan.findings),
         "edges": [edge_dict(e) for e in plan.edges],
     }
-    return json.dumps(doc, indent=2, default=str) + "\n"
+    return json.dumps(utf8_safe(doc), indent=2, default=str) + "\n"
 
 
 def render_table(plan: Plan) -> str:
     from probe.report import render_table as findings_table
+    from probe.textsafe import escape
 
     headers = ("TARGET", "EXPECT", "PROTO", "ENDPOINTS", "IDENTITY")
     rows = [
         (
-            t.name,
+            escape(t.name),  # names come from manifests nobody validated
             t.expect.value,
             t.protocol.value + (" echo" if t.echo else ""),
             str(len(t.endpoints)),
-            t.identity or "-",
+            escape(t.identity or "-"),
         )
         for t in plan.targets_file.targets
     ]
