@@ -231,7 +231,7 @@ _scalars = (
     | st.booleans()
     | st.integers(-(10**30), 10**30)
     | st.floats(allow_nan=False)
-    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+    | st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 )
 _docs = st.recursive(
     _scalars,
