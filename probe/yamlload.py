@@ -19,22 +19,23 @@ sees the data:
   overridden, as YAML's merge type says);
 - integer scalars longer than ``MAX_INT_CHARS`` are refused.
 
-Composition is PyYAML's own composer driven by a parser's events, so the limits
+How: values are built straight from a parser's events (``_Builder``), so the limits
 hold the same way for libyaml's parser (``CParser``, used when PyYAML was built
-with it: ~5x faster on large manifests) and for the pure-Python one. libyaml's own
-composer is C code that cannot be hooked, so it is not used.
+with it) and for the pure-Python one. libyaml's own composer is C code that cannot
+be hooked, and PyYAML's node graph plus generic constructor cost more than the
+parse: building values from events is faster than ``CSafeLoader`` itself
+(benchmarks/bench_yaml.py).
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yaml.composer import Composer, ComposerError
+from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.error import Mark, MarkedYAMLError, YAMLError
 from yaml.events import (
@@ -45,8 +46,9 @@ from yaml.events import (
     ScalarEvent,
     SequenceEndEvent,
     SequenceStartEvent,
+    StreamEndEvent,
 )
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import ScalarNode
 from yaml.parser import Parser
 from yaml.reader import Reader
 from yaml.resolver import Resolver
@@ -84,124 +86,166 @@ class Limits:
     alias_floor: int = ALIAS_FLOOR
 
 
-class _BoundedComposer(Composer):
-    """PyYAML's composer, rewritten as a loop over the parser's events (no recursion,
-    so depth is a counter, not the interpreter's stack) with the bounds above.
+class _Open:
+    """A collection being built: its container, and for a mapping the key waiting for
+    its value and the ``<<`` merges seen."""
 
-    Builds the same nodes PyYAML's composer builds, except that path resolvers
-    (``add_path_resolver``) are not consulted: none are registered here.
+    __slots__ = ("anchor", "before", "container", "is_map", "key", "merges", "waiting")
+
+    def __init__(self, is_map: bool, anchor: str | None, before: int) -> None:
+        self.is_map = is_map
+        self.container: Any = {} if is_map else []
+        self.anchor = anchor
+        self.before = before  # expanded node count when it opened, to size its anchor
+        self.key: Any = None
+        self.waiting = False  # a mapping key was read, its value not yet
+        self.merges: list[Any] | None = None
+
+
+class _Merge:
+    """What ``<<`` (YAML's merge key) constructs to; it means something only as a key."""
+
+
+_MERGE = _Merge()
+
+
+class _Builder:
+    """Python values straight from the parser's events: PyYAML's composer and safe
+    constructor in one loop, without recursion (depth is a counter), with the bounds
+    of this module. Values are what ``yaml.safe_load`` returns for the same text
+    (aliases share one object; ``<<`` merges with the first merged mapping winning
+    and explicit keys overriding), except that duplicate keys and the collection
+    tags ``!!set``, ``!!omap`` and ``!!pairs`` are refused.
     """
 
-    limits: Limits
-    # Provided by the parser and the resolver this is mixed with.
+    # Provided by the parser, the resolver and the constructor this is mixed with.
     get_event: Any
+    check_event: Any
     resolve: Any
+    yaml_constructors: dict[Any, Any]
 
     def _start_bounds(self, limits: Limits) -> None:
         self.limits = limits
         self._written = 0  # nodes in the text
         self._aliased = 0  # nodes reached again through aliases (expanded)
         self._expanded = 0  # running expanded count, to size anchored nodes
-        self._sizes: dict[str, int] = {}  # anchor -> expanded size, once its node closed
+        # anchor -> (value, expanded size); the size is None while the node is open.
+        self._anchors: dict[str, tuple[Any, int | None]] = {}
         self._plain_tags: dict[str, str] = {}  # plain scalar -> resolved tag (keys repeat)
 
-    def compose_document(self) -> Node:
-        self.get_event()  # DOCUMENT-START
-        node = self._compose_root()
-        self.get_event()  # DOCUMENT-END
-        self.anchors = {}
-        self._sizes = {}
-        return node
+    def documents(self) -> list[object]:
+        self.get_event()  # STREAM-START
+        docs: list[object] = []
+        while not self.check_event(StreamEndEvent):
+            self.get_event()  # DOCUMENT-START
+            docs.append(self._build())
+            self.get_event()  # DOCUMENT-END
+            self._anchors = {}
+        return docs
 
-    def _scalar_tag(self, event: ScalarEvent) -> str:
+    def _scalar(self, event: ScalarEvent) -> Any:
         tag = event.tag
-        if tag is not None and tag != "!":
-            return str(tag)
-        if not event.implicit[0]:
-            return str(_STR_TAG)
-        value = event.value
-        cached = self._plain_tags.get(value)
-        if cached is None:
-            cached = self._plain_tags[value] = self.resolve(ScalarNode, value, event.implicit)
-        return cached
+        if tag is None or tag == "!":
+            value = event.value
+            if not event.implicit[0]:
+                return value
+            tag = self._plain_tags.get(value)
+            if tag is None:
+                tag = self._plain_tags[value] = self.resolve(ScalarNode, value, event.implicit)
+        if tag == _STR_TAG:
+            return event.value
+        if tag == _MERGE_TAG:
+            return _MERGE
+        construct = self.yaml_constructors.get(tag) or self.yaml_constructors[None]
+        mark: Any = event.start_mark  # a libyaml Mark or a pure-Python one
+        return construct(self, ScalarNode(tag, event.value, mark, mark, event.style))
 
-    def _register(self, anchor: str, node: Node, event: Event) -> None:
-        if anchor in self.anchors:
-            first = self.anchors[anchor].start_mark.line + 1
-            raise _composer_error(
-                f"anchor &{_name(anchor)} defined twice (first at line {first})", event.start_mark
-            )
-        self.anchors[anchor] = node
+    def _anchor(self, anchor: str, value: Any, size: int | None, event: Event) -> None:
+        if size is None and anchor in self._anchors:
+            raise _composer_error(f"anchor &{_name(anchor)} defined twice", event.start_mark)
+        self._anchors[anchor] = (value, size)
 
-    def _compose_root(self) -> Node:
+    def _build(self) -> Any:
         get_event = self.get_event
         max_depth = self.limits.max_depth
-        # Open collections: (node, children, anchor, expanded count before it).
-        stack: list[tuple[Node, list[Node], str | None, int]] = []
+        stack: list[_Open] = []
         while True:
             event = get_event()
             kind = type(event)
-            node: Node
+            value: Any
             if kind is ScalarEvent:
-                node = ScalarNode(
-                    self._scalar_tag(event),
-                    event.value,
-                    event.start_mark,
-                    event.end_mark,
-                    style=event.style,
-                )
                 self._written += 1
                 self._expanded += 1
                 if event.anchor is not None:
-                    self._register(event.anchor, node, event)
-                    self._sizes[event.anchor] = 1
+                    self._anchor(event.anchor, None, None, event)
+                value = self._scalar(event)
+                if event.anchor is not None:
+                    self._anchor(event.anchor, value, 1, event)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 if len(stack) >= max_depth:
                     raise _composer_error(
                         f"nested deeper than {max_depth} levels", event.start_mark
                     )
-                tag = event.tag
-                if kind is MappingStartEvent:
-                    if tag is None or tag == "!":
-                        tag = _MAP_TAG
-                    node = MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
-                else:
-                    if tag is None or tag == "!":
-                        tag = _SEQ_TAG
-                    node = SequenceNode(
-                        tag, [], event.start_mark, None, flow_style=event.flow_style
+                is_map = kind is MappingStartEvent
+                if event.tag not in (None, "!", _MAP_TAG if is_map else _SEQ_TAG):
+                    raise _constructor_error(
+                        f"tag {_name(event.tag)} is not supported here", event.start_mark
                     )
                 if event.anchor is not None:
-                    self._register(event.anchor, node, event)
-                stack.append((node, [], event.anchor, self._expanded))
+                    self._anchor(event.anchor, None, None, event)
+                stack.append(_Open(is_map, event.anchor, self._expanded))
                 self._written += 1
                 self._expanded += 1
                 continue
             elif kind is MappingEndEvent or kind is SequenceEndEvent:
-                node, children, anchor, before = stack.pop()
-                node.end_mark = event.end_mark
-                if kind is MappingEndEvent:
-                    node.value = list(zip(children[0::2], children[1::2], strict=True))
-                else:
-                    node.value = children
-                if anchor is not None:
-                    self._sizes[anchor] = self._expanded - before
+                top = stack.pop()
+                value = _merged(top, event) if top.merges else top.container
+                if top.anchor is not None:
+                    self._anchor(top.anchor, value, self._expanded - top.before, event)
             elif kind is AliasEvent:
-                node = self._alias(event)
+                value = self._alias(event)
             else:
                 raise _composer_error(f"unexpected {kind.__name__}", event.start_mark)
             if not stack:
-                return node
-            stack[-1][1].append(node)
+                if value is _MERGE:
+                    raise _not_here(event)
+                return value
+            top = stack[-1]
+            if not top.is_map:
+                if value is _MERGE:
+                    raise _not_here(event)
+                top.container.append(value)
+            elif not top.waiting:
+                if value is not _MERGE:
+                    try:
+                        repeated = value in top.container
+                    except TypeError:
+                        raise _constructor_error(
+                            "found unhashable key (a list or mapping as a key)", event.start_mark
+                        ) from None
+                    if repeated:
+                        raise _constructor_error(f"duplicate key {_short(value)}", event.start_mark)
+                top.key = value
+                top.waiting = True
+            else:
+                if value is _MERGE:
+                    raise _not_here(event)
+                if top.key is _MERGE:
+                    if top.merges is None:
+                        top.merges = []
+                    top.merges.append((value, event.start_mark))
+                else:
+                    top.container[top.key] = value
+                top.waiting = False
 
-    def _alias(self, event: AliasEvent) -> Node:
+    def _alias(self, event: AliasEvent) -> Any:
         anchor = str(event.anchor)
-        node = self.anchors.get(anchor)
-        if node is None:
+        found = self._anchors.get(anchor)
+        if found is None:
             raise _composer_error(
                 f"alias *{_name(anchor)} has no anchor before it", event.start_mark
             )
-        size = self._sizes.get(anchor)
+        value, size = found
         if size is None:
             raise _composer_error(
                 f"alias *{_name(anchor)} refers to a node that contains it", event.start_mark
@@ -213,46 +257,33 @@ class _BoundedComposer(Composer):
             raise _composer_error(
                 f"aliases expand to more than {budget} nodes (an alias bomb?)", event.start_mark
             )
-        return node
+        return value
 
 
-class _StrictConstructor(SafeConstructor):
-    """SafeConstructor that refuses duplicate keys and over-long integers, and turns
-    the ValueErrors some scalars raise (``2001-13-01``, a 5,000-digit integer) into
-    marked errors."""
+def _not_here(event: Event) -> ConstructorError:
+    return _constructor_error("'<<' (merge) is only valid as a mapping key", event.start_mark)
 
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        if not isinstance(node, MappingNode):  # construct_undefined paths pass any node
-            return super().construct_mapping(node, deep)
-        pairs = node.value
-        explicit = len(pairs)
-        if any(k.tag == _MERGE_TAG for k, _ in pairs):
-            explicit -= sum(1 for k, _ in pairs if k.tag == _MERGE_TAG)
-            self.flatten_mapping(node)
-            pairs = node.value
-        # flatten_mapping puts merged pairs first; they may be overridden, explicit
-        # ones may not repeat.
-        first_explicit = len(pairs) - explicit
-        construct = self.construct_object
-        mapping: dict[Hashable, Any] = {}
-        explicit_keys: set[Hashable] = set()
-        for i, (key_node, value_node) in enumerate(pairs):
-            key = construct(key_node, deep=deep)
-            try:
-                repeated = key in explicit_keys if first_explicit else key in mapping
-            except TypeError:
-                raise ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    "found unhashable key",
-                    key_node.start_mark,
-                ) from None
-            if repeated and i >= first_explicit:
-                raise _constructor_error(f"duplicate key {_short(key)}", key_node.start_mark)
-            if first_explicit and i >= first_explicit:
-                explicit_keys.add(key)
-            mapping[key] = construct(value_node, deep=deep)
-        return mapping
+
+def _merged(top: _Open, event: Event) -> dict[Any, Any]:
+    """YAML's merge type as PyYAML applies it: keys of the merged mappings in order, the
+    first occurrence winning, then the mapping's own keys overriding them."""
+    out: dict[Any, Any] = {}
+    for value, mark in top.merges or ():
+        sources = value if isinstance(value, list) else [value]
+        for source in sources:
+            if not isinstance(source, dict):
+                raise _constructor_error("'<<' takes a mapping or a list of mappings", mark)
+            for k, v in source.items():
+                if k not in out:
+                    out[k] = v
+    out.update(top.container)
+    return out
+
+
+class _ScalarConstructor(SafeConstructor):
+    """SafeConstructor's scalar types, refusing over-long integers and turning the
+    ValueErrors some scalars raise (``2001-13-01``, a 5,000-digit integer) into marked
+    errors."""
 
     def construct_yaml_int(self, node: ScalarNode) -> int:
         if len(node.value) > MAX_INT_CHARS:
@@ -271,23 +302,22 @@ class _StrictConstructor(SafeConstructor):
             raise _constructor_error(f"invalid timestamp ({exc})", node.start_mark) from None
 
 
-_StrictConstructor.add_constructor(
+_ScalarConstructor.add_constructor(
     "tag:yaml.org,2002:int",
-    _StrictConstructor.construct_yaml_int,  # type: ignore[type-var]
+    _ScalarConstructor.construct_yaml_int,  # type: ignore[type-var]
 )
-_StrictConstructor.add_constructor(
+_ScalarConstructor.add_constructor(
     "tag:yaml.org,2002:timestamp",
-    _StrictConstructor.construct_yaml_timestamp,  # type: ignore[type-var]
+    _ScalarConstructor.construct_yaml_timestamp,  # type: ignore[type-var]
 )
 
 
-class _PyLoader(Reader, Scanner, Parser, _BoundedComposer, _StrictConstructor, Resolver):
+class _PyLoader(Reader, Scanner, Parser, _Builder, _ScalarConstructor, Resolver):
     def __init__(self, stream: str, limits: Limits) -> None:
         Reader.__init__(self, stream)
         Scanner.__init__(self)
         Parser.__init__(self)
-        _BoundedComposer.__init__(self)
-        _StrictConstructor.__init__(self)
+        _ScalarConstructor.__init__(self)
         Resolver.__init__(self)
         self._start_bounds(limits)
 
@@ -296,14 +326,12 @@ _LOADERS: list[type[Any]] = []
 try:
     from yaml._yaml import CParser
 
-    class _CLoader(_BoundedComposer, CParser, _StrictConstructor, Resolver):
-        """libyaml's parser (events only) under the bounded composer. The composer
-        comes first in the MRO so CParser's C composer is never reached."""
+    class _CLoader(CParser, _Builder, _ScalarConstructor, Resolver):
+        """libyaml's parser, read event by event; its C composer is never used."""
 
         def __init__(self, stream: str, limits: Limits) -> None:
             CParser.__init__(self, stream)
-            _BoundedComposer.__init__(self)
-            _StrictConstructor.__init__(self)
+            _ScalarConstructor.__init__(self)
             Resolver.__init__(self)
             self._start_bounds(limits)
 
@@ -331,9 +359,7 @@ def load_all(text: str, limits: Limits, *, pure_python: bool = False) -> list[ob
     except UnicodeError:  # lone surrogates: libyaml wants UTF-8
         raise YamlLoadError("not valid Unicode text") from None
     try:
-        docs: list[object] = []
-        while loader.check_data():
-            docs.append(loader.get_data())
+        docs: list[object] = loader.documents()
         return docs
     except MarkedYAMLError as exc:
         raise YamlLoadError(_describe(exc)) from None

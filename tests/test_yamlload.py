@@ -128,7 +128,12 @@ def test_depth_at_the_limit_loads(pure_python: bool) -> None:
         ("a: 2001-13-01\n", "invalid timestamp"),
         ("a: " + "9" * 5000 + "\n", "integer longer than 128"),
         ("a: 1" + ":00" * 100_000 + "\n", "integer longer than 128"),  # base 60: quadratic
-        ("a: !!python/object/apply:os.system [id]\n", "could not determine a constructor"),
+        ("a: !!python/object/apply:os.system [id]\n", "is not supported here"),
+        ("a: !!python/name:os.system x\n", "could not determine a constructor"),
+        ("a: !!set {x, y}\n", "is not supported here"),
+        ("a: <<\n", "only valid as a mapping key"),
+        ("<<: 1\n", "takes a mapping or a list of mappings"),
+        ("<<: [{a: 1}, 2]\n", "takes a mapping or a list of mappings"),
         ("? [a, b]\n: 1\n", "unhashable key"),
         ("a: [1, 2\n", "line"),
     ],
@@ -311,3 +316,36 @@ def test_arbitrary_text_loads_or_fails_with_one_line(text: str) -> None:
             msg = str(exc)
             assert "\n" not in msg and len(msg) < 400
         assert time.process_time() - start < 2.0
+
+
+@PARSERS
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &a {x: 1, y: 1}\nb: &b {x: 2, z: 2}\nc: {<<: [*a, *b], w: 0}\n",
+        "a: &a {x: 1, y: 1}\nb: &b {x: 2, z: 2}\nd: {<<: *a, <<: *b}\ne: {<<: [*b, *a], x: 5}\n",
+        "base: &b {a: [1, 2], n: {m: 1}}\nlist: [*b, *b]\nk: {<<: *b}\n",
+        "? <<\n: {a: 1}\nb: 2\n",
+        "- &s hello\n- *s\n- {*s : 1}\n",
+        "a: !!str 1\nb: !!int '7'\nc: !!float '1.5'\nd: !!bool yes\ne: !!null ''\nf: ! 12\n",
+        "t: 2001-12-14t21:59:43.10-05:00\nd: 2002-12-14\nb: !!binary aGVsbG8=\n",
+        "x: [0o17, 0x1F, 017, 1_000, 1:30, .inf, -.INF, .nan, ~, Null, on, Off]\n",
+        "---\na: 1\n---\n---\n- b\n...\n",
+    ],
+)
+def test_same_values_as_safe_load_for_aliases_merges_and_tags(pure_python: bool, text: str) -> None:
+    import math
+
+    expected = list(yaml.safe_load_all(text))
+    got = load_all(text, LIMITS, pure_python=pure_python)
+    assert repr(got).replace("nan", "N") == repr(expected).replace("nan", "N")
+    assert not any(isinstance(v, float) and math.isnan(v) for v in [got])
+
+
+def test_shared_objects_stay_shared() -> None:
+    shared = {"k": [1, 2]}
+    text = yaml.safe_dump({"a": shared, "b": shared, "c": [shared]})
+    assert "&id001" in text
+    doc = load_one(text, LIMITS)
+    assert isinstance(doc, dict)
+    assert doc["a"] is doc["b"] is doc["c"][0] and doc == yaml.safe_load(text)
