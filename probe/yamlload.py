@@ -167,6 +167,7 @@ class _Builder:
 
     def _build(self) -> Any:
         get_event = self.get_event
+        plain_tags = self._plain_tags
         max_depth = self.limits.max_depth
         stack: list[_Open] = []
         while True:
@@ -178,7 +179,12 @@ class _Builder:
                 self._expanded += 1
                 if event.anchor is not None:
                     self._anchor(event.anchor, None, None, event)
-                value = self._scalar(event)
+                value = event.value
+                # Inline fast path: most scalars are strings (quoted, or plain words).
+                if event.tag is not None or (
+                    event.implicit[0] and plain_tags.get(value) != _STR_TAG
+                ):
+                    value = self._scalar(event)
                 if event.anchor is not None:
                     self._anchor(event.anchor, value, 1, event)
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
