@@ -394,14 +394,14 @@ def admit(kind: str, obj: object) -> Problem | None:
 def mesh_settings(mesh_yaml: object) -> tuple[str | None, str | None, str | None]:
     """(trustDomain, rootNamespace, problem) from the ``mesh`` key of the ``istio``
     ConfigMap (MeshConfig as YAML). Values absent there are None (Istio defaults apply)."""
-    import yaml
+    from probe import yamlload
 
     if not isinstance(mesh_yaml, str):
         return None, None, "key 'mesh' missing"
-    try:
-        doc = yaml.safe_load(mesh_yaml)
-    except yaml.YAMLError:
-        return None, None, "key 'mesh' is not valid YAML"
+    try:  # bounded: the string is as hostile as the manifest that carried it
+        doc = yamlload.load_one(mesh_yaml, yamlload.Limits(max_bytes=1 << 20, max_depth=64))
+    except yamlload.YamlLoadError as exc:
+        return None, None, f"key 'mesh' is not valid YAML ({exc})"
     if doc is None:
         return None, None, None
     if not isinstance(doc, dict):

@@ -220,3 +220,14 @@ def test_load_time_is_linear_enough(tmp_path: Path) -> None:
     assert len(snap.pods) == 2_000
     assert time.process_time() - start < 10.0
     assert build_plan(snap) is not None
+
+
+@pytest.mark.parametrize("mesh", ["[" * 2_000 + "]" * 2_000, billion_laughs()])
+def test_hostile_mesh_config_is_a_finding_not_a_crash(tmp_path: Path, mesh: str) -> None:
+    """The ``istio`` ConfigMap's ``mesh`` key is YAML inside YAML: bounded the same way."""
+    cm = kb.configmap("istio", "istio-system", {"mesh": mesh})
+    p = tmp_path / "cm.yaml"
+    p.write_text(yaml.safe_dump(cm))
+    proc, _ = _cli("plan", "--from-manifests", str(p), "-o", "yaml")
+    assert proc.returncode == 2, proc.stderr
+    assert "key 'mesh' is not valid YAML" in proc.stdout
