@@ -117,7 +117,9 @@ def replicas(workload: KubeObject) -> int:
     """How many pods the workload asks for (a DaemonSet: one). ValueError if not a count."""
     if workload.get("kind") == "DaemonSet":
         return 1
-    count: Any = spec(workload).get("replicas", 1)
+    count: Any = spec(workload).get("replicas")
+    if count is None:  # unset or null: the API server defaults it to 1
+        count = 1
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise ValueError(f"spec.replicas {bounded(count, 40)} is not a count")
     return count

@@ -130,6 +130,12 @@ def test_large_templates_share_one_copy_budget(tmp_path: Path) -> None:
     assert all("copied nodes" in pr.message for pr in snap.problems[1:])
 
 
+def test_null_replicas_default_to_one() -> None:
+    (doc,) = yaml.safe_load_all(_deployment("web", None))
+    snap = snapshot_from_documents([("t", doc)])
+    assert [x["metadata"]["name"] for x in snap.pods] == ["web-0"] and snap.problems == []
+
+
 def test_replicas_within_the_cap_are_planned_in_full(tmp_path: Path) -> None:
     p = tmp_path / "d.yaml"
     p.write_text(_deployment("web", 3))
