@@ -141,7 +141,7 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
     if namespaces and (args.all_namespaces or args.selector):
         raise UsageError("-n cannot be combined with --all-namespaces or --selector")
     if args.from_manifests:
-        from jobs.manifests import ManifestError, load_manifests
+        from jobs.manifests import ManifestError, load_manifests, planned_namespaces
 
         if args.kubeconfig or args.context:
             raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
@@ -153,6 +153,8 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
             raise UsageError(str(exc)) from None
         if namespaces:
             snap.target_namespaces = set(namespaces)
+        else:  # as the live path: system namespaces only with --include-system
+            snap.target_namespaces = planned_namespaces(snap, include_system=args.include_system)
         snap.trust_domain = args.trust_domain or snap.trust_domain
         snap.root_namespace = args.root_namespace or snap.root_namespace
         return snap
@@ -324,6 +326,7 @@ def edge_dict(e: Any) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
+    from probe.report import utf8_safe
     from probe.results import summarize
 
     doc = {
@@ -332,20 +335,21 @@ def render_json(plan: Plan) -> str:
         "summary": summarize(plan.findings),
         "edges": [edge_dict(e) for e in plan.edges],
     }
-    return json.dumps(doc, indent=2, default=str) + "\n"
+    return json.dumps(utf8_safe(doc), indent=2, default=str) + "\n"
 
 
 def render_table(plan: Plan) -> str:
     from probe.report import render_table as findings_table
+    from probe.textsafe import escape
 
     headers = ("TARGET", "EXPECT", "PROTO", "ENDPOINTS", "IDENTITY")
     rows = [
         (
-            t.name,
+            escape(t.name),  # names come from manifests nobody validated
             t.expect.value,
             t.protocol.value + (" echo" if t.echo else ""),
             str(len(t.endpoints)),
-            t.identity or "-",
+            escape(t.identity or "-"),
         )
         for t in plan.targets_file.targets
     ] + [
