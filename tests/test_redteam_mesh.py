@@ -1,0 +1,137 @@
+"""Red-team liars for mesh / xfcc-spoof not covered elsewhere: apps that mangle the
+reflection so a forged XFCC is hidden, and apps that drip the reflection forever.
+Real HTTP servers behind the sidecar stand-in."""
+
+from __future__ import annotations
+
+import socket
+import time
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from probe.checks.mesh import MeshCheck
+from probe.checks.xfcc_spoof import XfccSpoofCheck
+from probe.reflect import XFCC, App
+from probe.results import Verdict
+from tests.reflect_apps import render
+from tests.sidecar_standin import SidecarBehaviour
+from tests.test_mesh_apps import run
+
+
+def _truncating(app: App, width: int) -> type[BaseHTTPRequestHandler]:
+    """An app that shows every header value cut to ``width`` characters (as some
+    dashboards and echo apps do): a forged XFCC that reached it loses its marker."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen = [(k, v[:width]) for k, v in self.headers.items()]
+            body = render(app, seen)
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def test_forged_xfcc_hidden_by_a_truncating_app_never_passes() -> None:
+    """The server side trusts the client's XFCC (the forged element reaches the app as
+    the trusted one), but the app shows values cut short, so the marker is gone. What
+    is left is not the genuine element the server sidecar writes: not a pass."""
+    for app in App:
+        r = run(XfccSpoofCheck(), _truncating(app, 40), SidecarBehaviour(mode="trusting"))
+        assert r.verdict is not Verdict.PASS, (app, r)
+
+
+def test_xfcc_of_another_identity_is_no_genuine_element_for_spoof() -> None:
+    """A proxy in between replaced XFCC with its own element (By= some other workload):
+    the genuine element of the target's sidecar is not shown, so nothing proves the
+    forged one was dropped by the mesh rather than hidden."""
+    raw = "By=spiffe://cluster.local/ns/edge/sa/proxy;URI=spiffe://cluster.local/ns/x/sa/y"
+    r = run(
+        XfccSpoofCheck(),
+        _truncating(App.HTTPBIN, 10_000),
+        SidecarBehaviour(mode="raw", raw_xfcc=raw),
+    )
+    assert r.verdict is not Verdict.PASS, r
+
+
+def test_genuine_element_still_passes_spoof() -> None:
+    r = run(XfccSpoofCheck(), _truncating(App.HTTPBIN, 10_000))
+    assert r.verdict is Verdict.PASS, r
+
+
+def _dripping() -> type[BaseHTTPRequestHandler]:
+    """A chunked reflection dripped one byte at a time, each under the read timeout:
+    without an overall deadline the probe would wait for ever."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = render(App.HTTPBIN, list(self.headers.items())) + b" " * 4096
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            try:
+                for i in range(len(body)):
+                    self.wfile.write(b"1\r\n" + body[i : i + 1] + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                return
+
+    return Handler
+
+
+def test_slowloris_reflection_is_bounded_and_not_a_pass() -> None:
+    """Timeout is 2 s in ``run``: the whole call must end within a few timeouts."""
+    for check in (MeshCheck(), XfccSpoofCheck()):
+        t0 = time.monotonic()
+        r = run(check, _dripping())
+        took = time.monotonic() - t0
+        assert took < 12, (check.name, took)
+        assert r.verdict is Verdict.ERROR, r
+
+
+def _oversized(app: App) -> type[BaseHTTPRequestHandler]:
+    """A reflection padded past the probe's body cap, the forged element at its end."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            items = [(k, v) for k, v in self.headers.items()]
+            items.insert(0, ("A-Pad", "p" * (300 * 1024)))
+            body = render(app, items)
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:
+                return
+
+    return Handler
+
+
+def test_reflection_over_the_size_cap_is_not_read_as_one() -> None:
+    for app in App:
+        r = run(XfccSpoofCheck(), _oversized(app), SidecarBehaviour(mode="forward"))
+        assert r.verdict is not Verdict.PASS, (app, r)
+        m = run(MeshCheck(), _oversized(app))
+        assert m.verdict is Verdict.ERROR, (app, m)
+
+
+_ = (XFCC, socket)
