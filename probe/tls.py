@@ -54,6 +54,11 @@ ST_WRITE_CERT_VERIFY = "SSLv3/TLS write certificate verify"
 ST_WRITE_FINISHED = "SSLv3/TLS write finished"
 ST_READ_TICKET = "SSLv3/TLS read server session ticket"
 ST_READ_CERT = "SSLv3/TLS read server certificate"
+ST_WRITE_CLIENT_CERT = "SSLv3/TLS write client certificate"
+# The server's last message before our flight: ServerHelloDone (TLS 1.2), its
+# Finished (TLS 1.3; in TLS 1.2 "read finished" comes after our flight, excluded by
+# the "write client certificate" test where it is used).
+_END_OF_SERVER_FLIGHT = frozenset({"SSLv3/TLS read server done", "SSLv3/TLS read finished"})
 
 # RFC 8446 section 6 (and RFC 5246 for the TLS 1.2-only ones), by code.
 ALERT_NAMES = {
@@ -113,6 +118,10 @@ class Trail:
     alerts_received: list[str] = field(default_factory=list)
     #: Alerts we sent, with the state we were in (why we gave up).
     alerts_sent: list[tuple[str, str]] = field(default_factory=list)
+    #: Bytes were already waiting when the server's flight ended, before we wrote
+    #: anything of ours (no legitimate server sends more before our flight): whatever
+    #: they say, they were sent before the server could have read our certificate.
+    early_bytes: bool = False
 
 
 def _on_info(conn: SSL.Connection, where: int, ret: int) -> None:
@@ -130,6 +139,18 @@ def _on_info(conn: SSL.Connection, where: int, ret: int) -> None:
         state = conn.get_state_string().decode("ascii", "replace")
         if not trail.states or trail.states[-1] != state:
             trail.states.append(state)
+            if state in _END_OF_SERVER_FLIGHT and ST_WRITE_CLIENT_CERT not in trail.states:
+                trail.early_bytes = trail.early_bytes or _readable(conn)
+
+
+def _readable(conn: SSL.Connection) -> bool:
+    """Whether the socket under ``conn`` has bytes (or an end) waiting right now."""
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass

@@ -153,6 +153,19 @@ class ForeignClientCheck(Check):
 def judge_attempt(label: str, hs: tls.Handshake, after: tls.After | None) -> Attempt:
     """Pure: one foreign-certificate attempt from what the handshake went through
     (OpenSSL's state trail) and, after a TLS 1.3 handshake, what the server did."""
+    attempt = _judge_trail(label, hs, after)
+    if attempt.outcome == "rejected" and hs.trail.early_bytes:
+        return Attempt(
+            label,
+            "error",
+            "the server's answer was already on the wire when its handshake flight ended, "
+            "before our certificate went out (a pre-emptive alert): it says nothing about "
+            "our certificate",
+        )
+    return attempt
+
+
+def _judge_trail(label: str, hs: tls.Handshake, after: tls.After | None) -> Attempt:
     proof = hs.possession
     if not hs.sent_client_cert:
         if proof is not None and not hs.cert_requested:

@@ -187,7 +187,7 @@ def _call(ctx: RunContext, target: Target, extra_headers: dict[str, str] | None)
             body = b""
             for chunk in resp.iter_bytes():
                 body += chunk
-                if len(body) >= MAX_BODY:
+                if len(body) > MAX_BODY:
                     break
             status, resp_headers = resp.status_code, resp.headers
     except httpx.ConnectTimeout:
@@ -210,7 +210,10 @@ def _call(ctx: RunContext, target: Target, extra_headers: dict[str, str] | None)
     if local is not None:
         out.sidecar_error, out.sidecar_meaning = local
         return out
-    out.reflection = parse_reflection(out.body)
+    if len(body) <= MAX_BODY:
+        # A body cut at the cap is not the app's reflection: its tail (the last XFCC
+        # element, a forged one) may be exactly what was cut.
+        out.reflection = parse_reflection(out.body)
     return out
 
 

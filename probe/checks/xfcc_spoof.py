@@ -30,7 +30,13 @@ from probe.model import Expect, Protocol
 from probe.reflect import MARKER_HEADER
 from probe.results import Result, Verdict
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
-from probe.xfcc import XfccElement, XfccError, format_element, join_values, parse_xfcc
+from probe.xfcc import (
+    XfccElement,
+    XfccError,
+    format_element,
+    join_values,
+    parse_xfcc,
+)
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
@@ -55,11 +61,31 @@ def forged_element(trust_domain: str, target: Target, marker: str) -> XfccElemen
     )
 
 
+def _not_genuine(el: XfccElement, expected_by: str | None, expected_uri: str | None) -> list[str]:
+    """Why ``el`` cannot be the element the server sidecar appended for this call: it
+    must name the target in ``By=`` and the probe in ``URI=`` (how many of each is the
+    mesh check's judgement, not this one's)."""
+    problems: list[str] = []
+    for key, values, expected in (("By", el.by, expected_by), ("URI", el.uri, expected_uri)):
+        if not values:
+            problems.append(f"no {key}=")
+        elif expected is not None and expected not in values:
+            problems.append(f"{key}={'/'.join(values[:4])}, expected {expected}")
+    return problems
+
+
 def judge(
-    marker: str, resp: MeshResponse, expect: Expect = Expect.STRICT
+    marker: str,
+    resp: MeshResponse,
+    expect: Expect = Expect.STRICT,
+    *,
+    expected_by: str | None = None,
+    expected_uri: str | None = None,
 ) -> tuple[Verdict, str, str, dict[str, object]]:
     """Pure: (verdict, observed, reason, evidence). Raises ObservationError when the
-    response cannot show what reached the app."""
+    response cannot show what reached the app. On STRICT/PERMISSIVE the forged
+    element's absence counts only next to the genuine element: the last one, naming
+    the target in ``By=`` and the probe in ``URI=`` (each when known)."""
     if resp.sidecar_error is not None:
         raise ObservationError(
             f"could not observe: the call did not reach the app ({resp.sidecar_meaning}: "
@@ -98,6 +124,22 @@ def judge(
             "was not mTLS; the forged header's absence proves nothing (the mesh check tells "
             "which)"
         )
+    if not forged_seen and expect in (Expect.STRICT, Expect.PERMISSIVE):
+        # An app that mangles what it shows (cut values, a proxy's own element) can hide
+        # a forged element that did arrive: absence proves nothing without the genuine one.
+        if elements is None:
+            raise ObservationError(
+                f"the app shows a malformed XFCC ({ev.get('xfcc_error')}): the server "
+                "sidecar's genuine element is not visible, so the forged one's absence "
+                "proves nothing"
+            )
+        problems = _not_genuine(elements[-1], expected_by, expected_uri)
+        if problems:
+            raise ObservationError(
+                "the last XFCC element the app shows is not the server sidecar's genuine "
+                f"element ({'; '.join(problems)}): the app or something in between alters "
+                "XFCC, so the forged one's absence proves nothing"
+            )
     if not forged_seen:
         if elements is None:
             reason = "the forged element did not reach the app (its XFCC is malformed otherwise)"
@@ -161,7 +203,13 @@ class XfccSpoofCheck(Check):
         marker = secrets.token_hex(8)
         forged = forged_element(ctx.targets.trust_domain, target, marker)
         resp = call(ctx, target, {"x-forwarded-client-cert": format_element(forged)})
-        verdict, observed, reason, evidence = judge(marker, resp, target.expect)
+        verdict, observed, reason, evidence = judge(
+            marker,
+            resp,
+            target.expect,
+            expected_by=target.identity,
+            expected_uri=ctx.targets.source.identity,
+        )
         evidence = {"forged": forged.summary(), **evidence}
         return make_result(
             self.name,
