@@ -239,9 +239,14 @@ def test_failure_modes_are_errors_naming_the_cause(
     env.kube.behaviour = lambda job, index: (
         kind if job["metadata"]["name"].endswith("-plain") else "run"
     )
+    # The broken Job hits its deadline after 2 s; the healthy one has the run's generous
+    # --deadline, so its real probe finishes however loaded the machine is.
+    env.kube.active_deadline = lambda job: (
+        2.0 if job["metadata"]["name"].endswith("-plain") else None
+    )
     t0 = time.monotonic()
-    code, doc, err = run(env, capsys, "--checks", "plaintext,mesh", "--deadline", "2")
-    assert time.monotonic() - t0 < 30
+    code, doc, err = run(env, capsys, "--checks", "plaintext,mesh", "--deadline", "120")
+    assert time.monotonic() - t0 < 60  # done when both Jobs are, not at --deadline
     assert doc is not None, err
     plain = [r for r in probe_results(doc) if r["check"] == "plaintext"]
     mesh = [r for r in probe_results(doc) if r["check"] == "mesh"]
@@ -377,8 +382,10 @@ def test_in_cluster_outside_a_pod_is_a_usage_error(
 def test_source_namespaces(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     """ns-b has no istio-ca-root-cert: its pods never start (the mount), which must
     show as errors for the probes from ns-b while those from mtlsprobe pass."""
+    # ns-b's Job fails by deadline after 4 s; mtlsprobe's has the generous --deadline.
+    env.kube.active_deadline = lambda job: 4.0 if job["metadata"]["namespace"] == "ns-b" else None
     code, doc, err = run(
-        env, capsys, "--checks", "plaintext", "--source-namespaces", "ns-b", "--deadline", "2"
+        env, capsys, "--checks", "plaintext", "--source-namespaces", "ns-b", "--deadline", "120"
     )
     assert doc is not None, err
     by_target = {r["target"]: r for r in probe_results(doc)}
