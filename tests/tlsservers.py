@@ -36,6 +36,11 @@ class Server:
         host, port = self._sock.getsockname()[:2]
         return Endpoint(host, port)
 
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far (lets a test wait for a client to arrive)."""
+        return len(self._conns)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
