@@ -104,7 +104,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--shard",
         type=parse_shard,
         metavar="INDEX/COUNT",
-        help="probe only shard INDEX of COUNT (deterministic split of targets/endpoints)",
+        help="probe only shard INDEX of COUNT (a stable hash of each target/endpoint picks "
+        "its shard; every pod may read the same file)",
     )
     g.add_argument(
         "--shards",
