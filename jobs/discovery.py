@@ -23,7 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.objects import ClusterSnapshot, KubeObject, Problem, mesh_settings, name, namespace
+from jobs.objects import (
+    ClusterSnapshot,
+    KubeObject,
+    apply_mesh_config,
+    mesh_configmap_name,
+    name,
+    namespace,
+)
 
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
 PEER_AUTH_VERSIONS = ("v1", "v1beta1")
@@ -49,6 +56,7 @@ class Options:
     trust_domain: str | None = None  # overrides the mesh ConfigMap
     root_namespace: str | None = None  # overrides the mesh ConfigMap
     istio_namespace: str = "istio-system"  # where the mesh ConfigMap lives
+    revision: str | None = None  # istiod revision: its mesh ConfigMap is istio-<rev>
     timeout: float = 10.0  # seconds, per request
     page_size: int = 500
     raw: bool = True  # False: go through the generated models (for the benchmark)
@@ -391,23 +399,21 @@ def _configmap_path(ns: str, name: str) -> str:
 
 
 def _mesh_config(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
+    """Only the ConfigMap istiod reads is the mesh config: ``istio`` (``istio-<rev>``) in
+    the control-plane namespace (pilot/pkg/bootstrap/mesh.go ``getMeshConfigSources``);
+    an ``istio`` ConfigMap a tenant writes elsewhere is never read."""
+    cm_name = mesh_configmap_name(opts.revision)
+    where = f"{opts.istio_namespace}/{cm_name}"
     cm = _optional_get(
         r,
         snap,
-        f"get configmap {opts.istio_namespace}/{MESH_CONFIGMAP}",
-        _configmap_path(opts.istio_namespace, MESH_CONFIGMAP),
+        f"get configmap {where}",
+        _configmap_path(opts.istio_namespace, cm_name),
         "V1ConfigMap",
     )
-    td = root = None
-    if cm is not None:
-        data: dict[str, Any] = cm["data"] if isinstance(cm.get("data"), dict) else {}
-        td, root, problem = mesh_settings(data.get("mesh"))
-        if problem:
-            snap.problems.append(
-                Problem("ConfigMap", opts.istio_namespace, MESH_CONFIGMAP, problem)
-            )
-    snap.trust_domain = opts.trust_domain or td or snap.trust_domain
-    snap.root_namespace = opts.root_namespace or root or snap.root_namespace
+    apply_mesh_config(snap, cm, where)
+    snap.trust_domain = opts.trust_domain or snap.trust_domain
+    snap.root_namespace = opts.root_namespace or snap.root_namespace
 
 
 def _namespaces(r: Reader, snap: ClusterSnapshot, opts: Options) -> set[str]:

@@ -9,7 +9,7 @@ API server would do are done here so the plan matches what the cluster would run
   ports, a Ready status and **no IP** - the lab assigns addresses itself
   (``jobs.objects.set_pod_ip``);
 - Istio's injection webhook is applied (``inject=True``): pods that would get a
-  sidecar carry the marks an injected pod carries (``jobs.policy.injected``).
+  sidecar carry what an injected pod carries (``jobs.injection.as_created``).
 
 Kinds this package does not use (ServiceAccount, ConfigMaps other than Istio's,
 a lab's ``LabScenario``) are ignored; a malformed object becomes a Problem.
@@ -24,18 +24,19 @@ from typing import Any
 
 import yaml
 
+from jobs.injection import as_created
 from jobs.objects import (
+    DEFAULT_ISTIO_NAMESPACE,
     KINDS,
     ClusterSnapshot,
     KubeObject,
     Problem,
     labels_of,
-    mesh_settings,
     name,
     namespace,
+    pick_mesh_config,
     spec,
 )
-from jobs.policy import has_sidecar, injected, would_inject
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
 _NAMESPACED = frozenset(k for k in KINDS if k != "Namespace") | set(WORKLOAD_KINDS) | {"ConfigMap"}
@@ -80,8 +81,16 @@ def read_documents(paths: Sequence[Path]) -> list[tuple[str, object]]:
     return docs
 
 
-def load_manifests(paths: Sequence[Path], *, inject: bool = True) -> ClusterSnapshot:
-    return snapshot_from_documents(read_documents(paths), inject=inject)
+def load_manifests(
+    paths: Sequence[Path],
+    *,
+    inject: bool = True,
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
+    revision: str | None = None,
+) -> ClusterSnapshot:
+    return snapshot_from_documents(
+        read_documents(paths), inject=inject, istio_namespace=istio_namespace, revision=revision
+    )
 
 
 def _flatten(docs: Iterable[tuple[str, object]]) -> Iterable[tuple[str, object]]:
@@ -142,10 +151,14 @@ def expand_workload(workload: KubeObject) -> list[KubeObject]:
 
 
 def snapshot_from_documents(
-    docs: Iterable[tuple[str, object]], *, inject: bool = True
+    docs: Iterable[tuple[str, object]],
+    *,
+    inject: bool = True,
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
+    revision: str | None = None,
 ) -> ClusterSnapshot:
     snap = ClusterSnapshot()
-    mesh_cm: tuple[str, KubeObject] | None = None
+    configmaps: list[KubeObject] = []
     pods: list[tuple[str, object]] = []
     for origin, raw in _flatten(docs):
         if not isinstance(raw, dict):
@@ -170,26 +183,15 @@ def snapshot_from_documents(
                 continue
             if name(doc) == "istio-ca-root-cert" and isinstance(data.get("root-cert.pem"), str):
                 snap.root_cert_pem = snap.root_cert_pem or data["root-cert.pem"]
-            elif name(doc) == "istio":
-                mesh_cm = (origin, doc)
+            else:
+                configmaps.append(doc)
         elif isinstance(kind, str) and kind in KINDS:
             snap.add(kind, doc)
-    if mesh_cm is not None:
-        td, root, problem = mesh_settings((mesh_cm[1].get("data") or {}).get("mesh"))
-        if problem:
-            snap.problems.append(Problem("ConfigMap", namespace(mesh_cm[1]), "istio", problem))
-        snap.trust_domain = td or snap.trust_domain
-        snap.root_namespace = root or snap.root_namespace
+    pick_mesh_config(snap, configmaps, istio_namespace, revision)  # only istiod's own
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
     for _, raw_pod in pods:
         pod = raw_pod
-        if (
-            inject
-            and isinstance(pod, dict)
-            and isinstance(pod.get("spec"), dict)
-            and not has_sidecar(pod)
-            and would_inject(pod, ns_labels.get(namespace(pod), {}))
-        ):
-            pod = injected(pod)
+        if inject and isinstance(pod, dict):
+            pod = as_created(pod, ns_labels.get(namespace(pod), {}))
         snap.add("Pod", pod)
     return snap

@@ -11,8 +11,10 @@ bad object never stops a plan.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
@@ -74,6 +76,9 @@ class ClusterSnapshot:
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     target_namespaces: set[str] | None = None
     istio_apis: bool = True
+    enable_auto_mtls: bool = True  # MeshConfig enableAutoMtls
+    default_dr_export_to: tuple[str, ...] = ("*",)  # MeshConfig defaultDestinationRuleExportTo
+    mesh_config: str | None = None  # "<ns>/<name>" of the mesh ConfigMap read, if any
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -140,11 +145,59 @@ def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return _str_map(meta(obj).get("annotations"))
 
 
-def created(obj: Mapping[str, Any]) -> str:
-    """RFC 3339 creationTimestamp (``Z``, whole seconds, as the API server writes it):
-    these sort correctly as strings. Missing sorts first, like a zero time in Go."""
-    c = meta(obj).get("creationTimestamp")
-    return c if isinstance(c, str) else ""
+# Go's zero time.Time (0001-01-01T00:00:00Z) in Unix seconds: what an object without a
+# creationTimestamp orders as in Istio (time.Time.Compare puts it first).
+ZERO_TIME = -62135596800
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})\Z"
+)
+
+
+# Kinds Istio orders by creationTimestamp (the oldest wins): only there does a timestamp
+# change the plan, so only there is an unreadable one refused.
+_ORDERED_KINDS = frozenset({"PeerAuthentication", "DestinationRule"})
+
+
+def parse_time(raw: object) -> tuple[int, int] | None:
+    """A creationTimestamp as (Unix seconds, nanoseconds); None when it is not a time.
+
+    Accepted: RFC 3339 strings as ``metav1.Time`` reads them (k8s.io/apimachinery
+    pkg/apis/meta/v1/time.go ``UnmarshalJSON``: Go's ``time.RFC3339`` layout - ``T``,
+    ``Z`` or a numeric offset, optional fractional seconds up to nanoseconds), and the
+    ``datetime`` objects PyYAML makes of unquoted YAML timestamps (naive ones are UTC,
+    as YAML 1.1's timestamp type says). A bare date is not a time: the API server would
+    reject it."""
+    if isinstance(raw, datetime):
+        dt = raw if raw.tzinfo is not None else raw.replace(tzinfo=UTC)
+        whole = dt.replace(microsecond=0)
+        return int(whole.timestamp()), dt.microsecond * 1000
+    if type(raw) is not str:
+        return None
+    m = _RFC3339.match(raw)
+    if m is None:
+        return None
+    y, mo, d, h, mi, sec, frac, zone = m.groups()
+    tz = UTC
+    if zone != "Z":
+        sign = -1 if zone[0] == "-" else 1
+        zh, zm = int(zone[1:3]), int(zone[4:6])
+        if zh > 23 or zm > 59:
+            return None
+        tz = timezone(sign * timedelta(hours=zh, minutes=zm))
+    try:
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec), tzinfo=tz)
+    except ValueError:  # month 13, 24:00, a leap second: Go's parser rejects them too
+        return None
+    return int(dt.timestamp()), int((frac or "0").ljust(9, "0"))
+
+
+def created_at(obj: Mapping[str, Any]) -> int:
+    """The creationTimestamp as Istio orders by it: whole seconds, as the API server stores
+    it (metav1.Time marshals without fractions; Istio's config.go
+    ``configCompareByCreationTime`` notes ties are common for that reason). Missing (or
+    unparsable, which ``admit`` refuses) orders as Go's zero time, first."""
+    t = parse_time(meta(obj).get("creationTimestamp"))
+    return t[0] if t is not None else ZERO_TIME
 
 
 def spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -215,6 +268,15 @@ def _need_meta(kind: str, obj: Mapping[str, Any], namespaced: bool) -> str | Non
         raw = md.get(key)
         if raw is not None and type(raw) is not dict:
             return f"metadata.{key} is not a mapping"
+    ts = md.get("creationTimestamp")
+    if kind in _ORDERED_KINDS and ts is not None and parse_time(ts) is None:
+        # metav1.Time.UnmarshalJSON (apimachinery pkg/apis/meta/v1/time.go) fails on it, so
+        # the API server rejects the whole object: it cannot exist in a cluster.
+        shown = ts if isinstance(ts, str) else type(ts).__name__
+        return (
+            f"metadata.creationTimestamp {str(shown)[:64]!r} is not an RFC 3339 time "
+            "(the API server rejects this object; Istio orders policies by it)"
+        )
     return None
 
 
@@ -348,6 +410,17 @@ def _check_dr(obj: Mapping[str, Any]) -> str | None:
         return "spec missing"
     if not isinstance(s.get("host"), str) or not s["host"]:
         return "spec.host missing"
+    ws = s.get("workloadSelector")
+    if ws is not None and (
+        not isinstance(ws, dict)
+        or (ws.get("matchLabels") is not None and not isinstance(ws.get("matchLabels"), dict))
+    ):
+        return "spec.workloadSelector.matchLabels is not a mapping"
+    export = s.get("exportTo")
+    if export is not None and (
+        not isinstance(export, list) or not all(isinstance(e, str) for e in export)
+    ):
+        return "spec.exportTo is not a list of namespaces"
     tp = s.get("trafficPolicy")
     if tp is None:
         return None
@@ -391,24 +464,124 @@ def admit(kind: str, obj: object) -> Problem | None:
     return _problem(kind, obj, err) if err else None
 
 
-def mesh_settings(mesh_yaml: object) -> tuple[str | None, str | None, str | None]:
-    """(trustDomain, rootNamespace, problem) from the ``mesh`` key of the ``istio``
-    ConfigMap (MeshConfig as YAML). Values absent there are None (Istio defaults apply)."""
+# ---- mesh config ----------------------------------------------------------------------
+
+MESH_CONFIGMAP = "istio"
+MESH_KEY = "mesh"  # pkg/config/mesh/kubemesh/watcher.go MeshConfigKey
+DEFAULT_ISTIO_NAMESPACE = "istio-system"
+MESH_MAX_BYTES = 1 << 20
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]{1,255}\Z")  # SPIFFE ID spec: trust domain chars
+
+
+def mesh_configmap_name(revision: str | None = None) -> str:
+    """The ConfigMap istiod reads its MeshConfig from, in its own namespace:
+    ``istio``, or ``istio-<rev>`` for a revision other than ``default``
+    (pilot/pkg/bootstrap/mesh.go ``getMeshConfigMapName``). A ConfigMap of that name in
+    any other namespace is nobody's mesh config."""
+    if not revision or revision == "default":
+        return MESH_CONFIGMAP
+    return f"{MESH_CONFIGMAP}-{revision}"
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """The MeshConfig fields the plan depends on; None: absent, Istio's default applies
+    (pkg/config/mesh/mesh.go ``DefaultMeshConfig``: trustDomain cluster.local,
+    rootNamespace istio-system, enableAutoMtls true, defaultDestinationRuleExportTo *)."""
+
+    trust_domain: str | None = None
+    root_namespace: str | None = None
+    enable_auto_mtls: bool | None = None
+    default_dr_export_to: tuple[str, ...] | None = None
+
+
+def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
+    """The settings in the ``mesh`` key of the mesh ConfigMap (MeshConfig as YAML), and
+    what is wrong with it. A field with a value Istio could not use is reported and
+    left at its default (istiod refuses such a mesh config and keeps its defaults)."""
     import yaml
 
     if not isinstance(mesh_yaml, str):
-        return None, None, "key 'mesh' missing"
+        return MeshSettings(), [f"key {MESH_KEY!r} missing"]
+    if len(mesh_yaml) > MESH_MAX_BYTES:  # a ConfigMap holds at most 1 MiB
+        return MeshSettings(), [f"key {MESH_KEY!r} is larger than {MESH_MAX_BYTES} bytes"]
     try:
         doc = yaml.safe_load(mesh_yaml)
-    except yaml.YAMLError:
-        return None, None, "key 'mesh' is not valid YAML"
+    except (yaml.YAMLError, RecursionError):  # PyYAML's composer recurses per nesting level
+        return MeshSettings(), [f"key {MESH_KEY!r} is not valid YAML (or nested too deeply)"]
     if doc is None:
-        return None, None, None
+        return MeshSettings(), []
     if not isinstance(doc, dict):
-        return None, None, "key 'mesh' is not a YAML mapping"
-    td, root = doc.get("trustDomain"), doc.get("rootNamespace")
+        return MeshSettings(), [f"key {MESH_KEY!r} is not a YAML mapping"]
+    problems: list[str] = []
+    td = doc.get("trustDomain")
+    if td is not None and not (isinstance(td, str) and _TRUST_DOMAIN.match(td)):
+        problems.append(f"trustDomain {str(td)[:64]!r} is not a SPIFFE trust domain")
+        td = None
+    root = doc.get("rootNamespace")
+    if root is not None and not (isinstance(root, str) and _DNS_LABEL.match(root)):
+        problems.append(f"rootNamespace {str(root)[:64]!r} is not a namespace name")
+        root = None
+    auto = doc.get("enableAutoMtls")
+    if auto is not None and not isinstance(auto, bool):
+        problems.append(f"enableAutoMtls {str(auto)[:16]!r} is not true or false")
+        auto = None
+    export = doc.get("defaultDestinationRuleExportTo")
+    export_to: tuple[str, ...] | None = None
+    if export is not None:
+        if isinstance(export, list) and all(isinstance(e, str) for e in export):
+            export_to = tuple(export)
+        else:
+            problems.append("defaultDestinationRuleExportTo is not a list of strings")
     return (
-        td if isinstance(td, str) and td else None,
-        root if isinstance(root, str) and root else None,
-        None,
+        MeshSettings(td or None, root or None, auto, export_to),
+        problems,
     )
+
+
+def apply_mesh_config(snap: ClusterSnapshot, cm: Mapping[str, Any] | None, where: str) -> None:
+    """Read the mesh ConfigMap ``cm`` (found at ``where``, "<ns>/<name>") into ``snap``."""
+    if cm is None:
+        return
+    data = cm.get("data")
+    settings, problems = read_mesh_config(data.get(MESH_KEY) if type(data) is dict else None)
+    ns, _, cm_name = where.partition("/")
+    snap.problems.extend(Problem("ConfigMap", ns, cm_name, p) for p in problems)
+    snap.mesh_config = where
+    snap.trust_domain = settings.trust_domain or snap.trust_domain
+    snap.root_namespace = settings.root_namespace or snap.root_namespace
+    if settings.enable_auto_mtls is not None:
+        snap.enable_auto_mtls = settings.enable_auto_mtls
+    if settings.default_dr_export_to is not None:
+        snap.default_dr_export_to = settings.default_dr_export_to
+
+
+def pick_mesh_config(
+    snap: ClusterSnapshot,
+    configmaps: list[KubeObject],
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
+    revision: str | None = None,
+) -> None:
+    """From ConfigMaps read out of YAML, apply the one istiod would read and say why the
+    others named like it are not the mesh config (a tenant's ``istio`` ConfigMap with a
+    ``mesh`` key looks like an attempt to change the mesh's trust domain or root)."""
+    want = mesh_configmap_name(revision)
+    chosen: Mapping[str, Any] | None = None
+    for cm in configmaps:
+        n, ns = name(cm), namespace(cm)
+        if n == want and ns == istio_namespace:
+            if chosen is not None:
+                snap.notes.append(
+                    f"ConfigMap {ns}/{n} appears more than once: the last one is read, as "
+                    "kubectl apply would leave it"
+                )
+            chosen = cm
+        elif n == MESH_CONFIGMAP or n.startswith(f"{MESH_CONFIGMAP}-"):
+            data = cm.get("data")
+            if type(data) is dict and MESH_KEY in data:
+                snap.notes.append(
+                    f"ConfigMap {ns}/{n} is not the mesh config (istiod reads only "
+                    f"{istio_namespace}/{want}): ignored"
+                )
+    apply_mesh_config(snap, chosen, f"{istio_namespace}/{want}")

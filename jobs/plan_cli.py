@@ -94,6 +94,17 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="override the mesh root namespace (default: from the mesh config)",
     )
     mesh.add_argument(
+        "--istio-namespace",
+        default="istio-system",
+        metavar="NS",
+        help="istiod's namespace, where its mesh ConfigMap lives (default: istio-system)",
+    )
+    mesh.add_argument(
+        "--revision",
+        metavar="REV",
+        help="istiod revision whose mesh config to read (ConfigMap istio-REV)",
+    )
+    mesh.add_argument(
         "--client-namespace",
         default=None,
         metavar="NS",
@@ -143,7 +154,9 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
         if args.kubeconfig or args.context:
             raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
         try:
-            snap = load_manifests(args.from_manifests)
+            snap = load_manifests(
+                args.from_manifests, istio_namespace=args.istio_namespace, revision=args.revision
+            )
         except ManifestError as exc:
             raise UsageError(str(exc)) from None
         if namespaces:
@@ -159,6 +172,8 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
         include_system=args.include_system,
         trust_domain=args.trust_domain,
         root_namespace=args.root_namespace,
+        istio_namespace=args.istio_namespace,
+        revision=args.revision,
         timeout=args.timeout,
     )
     try:
@@ -180,9 +195,19 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--require: {exc}") from None
     if args.trust_domain is not None:
-        td = args.trust_domain
-        if not td or td != td.lower() or "/" in td or ":" in td:
-            raise UsageError(f"--trust-domain {td!r}: lowercase, no port or path")
+        from jobs.objects import ClusterSnapshot
+        from jobs.planner import mesh_names_problem
+
+        if not args.trust_domain or mesh_names_problem(
+            ClusterSnapshot(trust_domain=args.trust_domain)
+        ):
+            raise UsageError(
+                f"--trust-domain {args.trust_domain!r}: lowercase letters, digits, '.', '-' "
+                "and '_' only (no port or path)"
+            )
+    for flag, value in (("--istio-namespace", args.istio_namespace), ("--revision", args.revision)):
+        if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise UsageError(f"{flag} {value!r}: not a Kubernetes name (lowercase, digits, '-')")
     # Snapshot and plan are large trees of fresh objects with no cycles; the cyclic
     # GC's passes over them are pure cost (about a tenth of the time at 10,000 pods).
     gc.disable()
@@ -225,8 +250,13 @@ def _with_root_cert(plan: Plan, pem: str | None, path: Path) -> Plan:
 def render_yaml(plan: Plan) -> str:
     lines = ["# mtlsprobe plan: targets file for `mtlsprobe check -f`"]
     for r in plan.findings:
-        # Failures, unusable objects, and what discovery could not see (no Istio APIs).
-        if r.verdict.value in ("fail", "error") or r.target == "cluster":
+        # Failures, unusable objects, what discovery could not see (no Istio APIs), and
+        # what is deliberately not probed (not a mesh workload, nothing behind a port).
+        if (
+            r.verdict.value in ("fail", "error")
+            or r.target == "cluster"
+            or r.evidence.get("notProbed")
+        ):
             text = f"{r.verdict.value.upper()} {r.check} {r.target}: {r.reason}"
             lines.append("# " + " ".join(text.split()))
     return "\n".join(lines) + "\n" + targets_yaml(plan.targets_file.to_dict())
@@ -256,8 +286,8 @@ def targets_yaml(doc: dict[str, Any]) -> str:
     seconds for 6,000 targets; this shape is fixed (scalars, one mapping, lists)."""
     out: list[str] = []
     for key, val in doc.items():
-        if key == "targets":
-            out.append("targets:" if val else "targets: []")
+        if key in ("targets", "controls"):
+            out.append(f"{key}:" if val else f"{key}: []")
             for t in val:
                 first = True
                 for k, v in t.items():
@@ -326,9 +356,19 @@ def render_table(plan: Plan) -> str:
             t.identity or "-",
         )
         for t in plan.targets_file.targets
+    ] + [
+        (
+            f"{c.target.name} (control)",
+            c.kind.value,
+            c.target.protocol.value,
+            str(len(c.target.endpoints)),
+            c.target.identity or "-",
+        )
+        for c in plan.targets_file.controls
     ]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"\n{len(rows)} targets (trust domain {plan.targets_file.trust_domain})\n")
+    n = len(plan.targets_file.targets)
+    lines.append(f"\n{n} targets (trust domain {plan.targets_file.trust_domain})\n")
     return "\n".join(lines) + "\n" + findings_table(plan.findings)

@@ -2,6 +2,8 @@
 
 Fail closed: an observation error, an unexpected exception, a check that overruns
 its deadline, or an interrupted run all become ``error`` results with a reason.
+The targets file's negative controls run first (probe.controls); a detector a control
+shows blind turns the verdicts that rest on it into ``error``.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
+from probe import controls as ctl
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.errors import ObservationError, ProbeError
-from probe.model import Endpoint, Target
+from probe.model import Control, Endpoint, Target
 from probe.results import Result, Verdict
 
 
@@ -118,6 +121,35 @@ def _execute(item: WorkItem, ctx: RunContext) -> Result:
     return replace(result, start_ns=start, end_ns=time.time_ns())
 
 
+def plan_controls(
+    checks: Sequence[Check], ctx: RunContext
+) -> tuple[list[tuple[Control, WorkItem]], list[tuple[Control, Result]]]:
+    """The detector runs the selected checks' controls need, and controls decided up
+    front (a control that does not apply or lists no endpoint proves nothing: blind)."""
+    from probe.checks import load_check
+
+    work: list[tuple[Control, WorkItem]] = []
+    decided: list[tuple[Control, Result]] = []
+    detectors: dict[str, Check] = {c.name: c for c in checks}
+    for control in ctl.selected(ctx.targets.controls, (c.name for c in checks)):
+        name = ctl.DETECTOR[control.kind]
+        check = detectors.get(name) or detectors.setdefault(name, load_check(name))
+        target = control.target
+        out: list[Result] = []
+        reason = _skip_reason(check, ctx, target, out)
+        if reason is None and check.scope is Scope.ENDPOINT and not target.endpoints:
+            reason = "no endpoints listed for this control"
+        if reason is _CRASHED:
+            decided.extend((control, r) for r in out)
+        elif reason:
+            decided.append((control, make_result(check.name, target, None, Verdict.SKIP, reason)))
+        elif check.scope is Scope.ENDPOINT:
+            work.extend((control, WorkItem(check, target, ep)) for ep in target.endpoints)
+        else:
+            work.append((control, WorkItem(check, target, None)))
+    return work, decided
+
+
 def run_checks(
     checks: Sequence[Check],
     ctx: RunContext,
@@ -125,15 +157,43 @@ def run_checks(
     on_result: Callable[[Result], None] | None = None,
     stop: threading.Event | None = None,
 ) -> list[Result]:
-    """Run every applicable (check, target, endpoint); results come back in plan order."""
+    """Run the controls, then every applicable (check, target, endpoint); results come
+    back in plan order, the controls' first."""
+    stop = stop or threading.Event()
+    control_work, pairs = plan_controls(checks, ctx)
+    if control_work:
+        observed = _run_items([w for _, w in control_work], ctx, stop, None)
+        # Every item is emitted (interrupted ones as errors); a gap would still be blind.
+        pairs += [(c, observed.get(i) or _interrupted(w)) for i, (c, w) in enumerate(control_work)]
+    control_results = [ctl.as_control(c, r) for c, r in pairs]
+    blind = ctl.blind_checks(pairs)
+    if on_result is not None:
+        for r in control_results:
+            on_result(r)
+
+    def post(r: Result) -> Result:
+        return ctl.apply(r, blind) if blind else r
+
     work, skips = plan_work(checks, ctx)
     if on_result is not None:
         for skipped in skips:
             on_result(skipped)
+    results = _run_items(work, ctx, stop, on_result, post)
+    collected = skips + [results[i] for i in range(len(work)) if i in results]
+    return control_results + sorted(collected, key=_order_key(checks, ctx))
+
+
+def _run_items(
+    work: Sequence[WorkItem],
+    ctx: RunContext,
+    stop: threading.Event,
+    on_result: Callable[[Result], None] | None,
+    post: Callable[[Result], Result] | None = None,
+) -> dict[int, Result]:
+    """Run ``work`` on the bounded pool; index in ``work`` -> result (``post`` applied)."""
     results: dict[int, Result] = {}
     # Hard bound per item: socket timeouts should end it far earlier; this catches hangs.
     deadline_s = ctx.settings.timeout * 3 + 1.0
-    stop = stop or threading.Event()
     # Items a worker is running now (index -> monotonic start): at most the pool's size,
     # so the deadline scan costs O(concurrency), not O(work).
     running: dict[int, float] = {}
@@ -150,6 +210,8 @@ def run_checks(
 
     def emit(i: int, r: Result) -> None:
         remaining.discard(i)
+        if post is not None:
+            r = post(r)
         results[i] = r
         if on_result is not None:
             on_result(r)
@@ -234,8 +296,7 @@ def run_checks(
         for fut in futures:
             fut.cancel()
         pool.shutdown()
-    collected = skips + [results[i] for i in range(len(work)) if i in results]
-    return sorted(collected, key=_order_key(checks, ctx))
+    return results
 
 
 def _outcome(fut: Future[Result], item: WorkItem) -> Result:

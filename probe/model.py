@@ -7,6 +7,7 @@ entry and the field (exit 64) instead of a failure halfway through a run.
 from __future__ import annotations
 
 import ipaddress
+import reprlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +16,11 @@ from typing import Any
 import yaml
 
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
+
+#: Where header-reflecting apps answer (httpbin, go-httpbin; Istio's echo and
+#: ``mtlsprobe serve`` answer any path). A target's ``echoPath`` overrides it.
+DEFAULT_ECHO_PATH = "/headers"
+MAX_ECHO_PATH = 1024
 
 
 class Expect(StrEnum):
@@ -81,6 +87,7 @@ class Target:
     identity: str | None = None
     protocol: Protocol = Protocol.HTTP
     echo: bool = False
+    echo_path: str | None = None  # None: DEFAULT_ECHO_PATH
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class TargetsFile:
     targets: tuple[Target, ...]
     source: Source = field(default_factory=Source)
     root_cert_file: Path | None = None
+    controls: tuple[Control, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's YAML shape, e.g. for ``mtlsprobe plan -o yaml``."""
@@ -114,6 +122,8 @@ class TargetsFile:
         if src:
             doc["source"] = src
         doc["targets"] = [_target_to_dict(t) for t in self.targets]
+        if self.controls:
+            doc["controls"] = [_control_to_dict(c) for c in self.controls]
         return doc
 
 
@@ -125,12 +135,24 @@ def _target_to_dict(t: Target) -> dict[str, Any]:
     out["expect"] = t.expect.value
     out["protocol"] = t.protocol.value
     out["echo"] = t.echo
+    if t.echo_path is not None:
+        out["echoPath"] = t.echo_path
     return out
 
 
-_TOP_KEYS = {"trustDomain", "rootCertFile", "source", "targets"}
+_TOP_KEYS = {"trustDomain", "rootCertFile", "source", "targets", "controls"}
 _SOURCE_KEYS = {"identity", "sidecarProxy", "sidecarAdmin"}
-_TARGET_KEYS = {"name", "host", "port", "endpoints", "identity", "expect", "protocol", "echo"}
+_TARGET_KEYS = {
+    "name",
+    "host",
+    "port",
+    "endpoints",
+    "identity",
+    "expect",
+    "protocol",
+    "echo",
+    "echoPath",
+}
 
 
 def load_targets(path: Path) -> TargetsFile:
@@ -196,7 +218,14 @@ def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> Tar
             raise fail(f"targets[{i}] ({t.name})", "duplicate name")
         names.add(t.name)
         targets.append(t)
-    return TargetsFile(trust_domain=td, targets=tuple(targets), source=source, root_cert_file=root)
+    controls = _parse_controls(doc.get("controls"), fail)
+    return TargetsFile(
+        trust_domain=td,
+        targets=tuple(targets),
+        source=source,
+        root_cert_file=root,
+        controls=controls,
+    )
 
 
 def _parse_source(raw: object, fail: Any) -> Source:
@@ -281,6 +310,13 @@ def _parse_target(raw: object, i: int, fail: Any) -> Target:
     echo = raw.get("echo", False)
     if not isinstance(echo, bool):
         raise fail(f"{where}.echo", f"{echo!r}: want true or false")
+    echo_path = raw.get("echoPath")
+    if echo_path is not None and not _is_request_path(echo_path):
+        raise fail(
+            f"{where}.echoPath",
+            f"want an absolute request path like /headers (printable ASCII, no spaces or #, at "
+            f"most {MAX_ECHO_PATH} characters)",
+        )
     return Target(
         name=name,
         host=host,
@@ -290,4 +326,102 @@ def _parse_target(raw: object, i: int, fail: Any) -> Target:
         identity=identity,
         protocol=protocol,
         echo=echo,
+        echo_path=echo_path,
     )
+
+
+def _is_request_path(value: object) -> bool:
+    """An origin-form request target: starts with one slash, printable ASCII only."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ECHO_PATH
+        and value.startswith("/")
+        and not value.startswith("//")
+        and all("!" <= c <= "~" and c != "#" for c in value)
+    )
+
+
+# ---- negative controls ----------------------------------------------------------------------
+
+
+class ControlKind(StrEnum):
+    """Which detector a control proves can see what it looks for."""
+
+    PLAINTEXT = "plaintext"  # the plain probe's plaintext request here must be accepted
+    MESH = "mesh"  # a mesh call through the probe's sidecar here must show mTLS
+
+
+@dataclass(frozen=True)
+class Control:
+    """A negative control (``controls:``): a target with the target schema, where the
+    detector of ``kind`` must observe the positive case, run before the targets."""
+
+    kind: ControlKind
+    target: Target
+
+
+# A plaintext control accepts plaintext (no sidecar); a mesh control has a server sidecar.
+_CONTROL_EXPECT = {ControlKind.PLAINTEXT: Expect.NONE, ControlKind.MESH: Expect.STRICT}
+
+
+def _control_to_dict(c: Control) -> dict[str, Any]:
+    body = _target_to_dict(c.target)
+    return {"name": body.pop("name"), "kind": c.kind.value, **body}
+
+
+def _parse_controls(raw: object, fail: Any) -> tuple[Control, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise fail("controls", "must be a list")
+
+    def in_controls(where: str, msg: str) -> TargetsFileError:
+        # Entries are validated as targets; errors must still name the controls list.
+        err: TargetsFileError = fail(where.replace("targets[", "controls[", 1), msg)
+        return err
+
+    out: list[Control] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"controls[{i}]"
+        if not isinstance(item, dict):
+            raise fail(where, "must be a mapping")
+        name = item.get("name")
+        # Only a short printable name goes into the one-line error (a hostile one could
+        # carry newlines or terminal escapes); the target checks judge it properly.
+        if isinstance(name, str) and name and name.isprintable() and len(name) <= 200:
+            where = f"{where} ({name})"
+        kind_raw = item.get("kind")
+        kind = next((k for k in ControlKind if k.value == kind_raw), None)
+        if kind is None:
+            raise fail(f"{where}.kind", f"{reprlib.repr(kind_raw)}: want plaintext or mesh")
+        body = {k: v for k, v in item.items() if k != "kind"}
+        body.setdefault("expect", _CONTROL_EXPECT[kind].value)
+        t = _parse_target(body, i, in_controls)
+        problem = _control_problem(kind, t)
+        if problem is not None:
+            raise fail(f"{where}.{problem[0]}", problem[1])
+        if t.name in names:
+            raise fail(where, "duplicate name")
+        names.add(t.name)
+        out.append(Control(kind, t))
+    return tuple(out)
+
+
+def _control_problem(kind: ControlKind, t: Target) -> tuple[str, str] | None:
+    """(field, message) when ``t`` cannot show what a control of ``kind`` must show."""
+    if kind is ControlKind.PLAINTEXT:
+        if t.expect is Expect.STRICT:
+            return "expect", "a plaintext control must accept plaintext: STRICT cannot be one"
+        if not t.endpoints:
+            return "endpoints", "a plaintext control needs at least one endpoint (pod IP:port)"
+        return None
+    if t.expect not in (Expect.STRICT, Expect.PERMISSIVE):
+        return "expect", "a mesh control needs a server sidecar: STRICT or PERMISSIVE"
+    if t.protocol is not Protocol.HTTP:
+        return "protocol", "a mesh control must be an http port: mTLS shows in XFCC"
+    if not t.echo:
+        return "echo", "a mesh control must reflect headers (echo: true): only XFCC shows mTLS"
+    if t.identity is None:
+        return "identity", "a mesh control needs the server's SPIFFE ID"
+    return None

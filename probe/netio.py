@@ -11,6 +11,9 @@ import errno
 import socket
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
 from probe.errors import (
     ConnectTimedOut,
@@ -24,6 +27,9 @@ from probe.model import Endpoint
 
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL}
 _RESET = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
+_TIMEOUT = {errno.EAGAIN, errno.EWOULDBLOCK}
+#: Most bytes ``converse`` keeps: enough to judge an answer, bounded against a firehose.
+REPLY_LIMIT = 64 * 1024
 
 
 def _timeval(seconds: float) -> bytes:
@@ -80,8 +86,9 @@ def exchange(
 
     Returns what arrived (possibly fewer bytes if the peer closed after sending some).
     Raises ResetAfterRequest when the peer reset or closed without sending anything
-    after our bytes went out — the observation STRICT requires — and ReadTimedOut
-    when it stayed silent (inconclusive)."""
+    after our bytes went out, and ReadTimedOut when it stayed silent (inconclusive).
+    A reset and a close are one outcome here: a check that must tell them apart (the
+    plaintext check) uses ``converse``."""
     try:
         sock.sendall(payload)
     except OSError as exc:
@@ -125,3 +132,74 @@ def exchange(
         # A server dripping bytes must not stretch the read past one timeout in all.
         set_io_timeout(sock, remaining)
     return data
+
+
+class Ending(StrEnum):
+    """How the peer left the connection after our bytes went out."""
+
+    RESET = "reset"  # TCP RST (ECONNRESET / EPIPE): what Envoy does with unmatched bytes
+    CLOSED = "closed"  # FIN, an orderly close: what plaintext apps do with input they reject
+    OPEN = "open"  # still open when we stopped reading (the bytes decided, limit, deadline)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What came back after a request, and how the connection ended."""
+
+    data: bytes
+    ending: Ending
+    #: Seconds from sending the request to the ending (or to the last read when OPEN).
+    elapsed: float
+
+
+def converse(
+    sock: socket.socket,
+    payload: bytes,
+    endpoint: Endpoint,
+    timeout: float,
+    *,
+    decided: Callable[[bytes], bool],
+    limit: int = REPLY_LIMIT,
+) -> Reply:
+    """Send ``payload``, then read until the peer resets or closes, ``decided(data)``
+    says the bytes so far settle the question, ``limit`` bytes arrived, or one
+    ``timeout`` in all passed. Unlike ``exchange`` it keeps a reset apart from a
+    close, which is the difference between an enforcing proxy and an app.
+
+    Raises ReadTimedOut when nothing came back and the connection stayed open."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    try:
+        sock.sendall(payload)
+    except OSError as exc:
+        if exc.errno in _RESET:
+            return Reply(b"", Ending.RESET, time.monotonic() - t0)
+        if exc.errno in _TIMEOUT:
+            raise ReadTimedOut(f"sending to {endpoint} timed out after {timeout:g}s") from None
+        raise
+    data = b""
+    while True:
+        if data and (len(data) >= limit or decided(data)):
+            return Reply(data, Ending.OPEN, time.monotonic() - t0)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # A server dripping bytes must not stretch the read past one timeout in all.
+        set_io_timeout(sock, remaining)
+        try:
+            chunk = sock.recv(min(65536, limit - len(data)))
+        except OSError as exc:
+            if exc.errno in _RESET:
+                return Reply(data, Ending.RESET, time.monotonic() - t0)
+            if exc.errno in _TIMEOUT:
+                break
+            raise
+        if not chunk:
+            return Reply(data, Ending.CLOSED, time.monotonic() - t0)
+        data += chunk
+    if data:
+        return Reply(data, Ending.OPEN, time.monotonic() - t0)
+    raise ReadTimedOut(
+        f"no answer from {endpoint} within {timeout:g}s after the request "
+        "(silence is not proof of refusal)"
+    )

@@ -145,6 +145,7 @@ def test_broken_every_failure_is_caught_exactly(broken: LabRun) -> None:
         ("require-strict", "shop/invoices:80"),
         ("policy", "shop/orders:80"),  # DestinationRule DISABLE vs STRICT
         ("mesh", "shop/orders:80"),
+        ("require-strict", "shop/orders:80"),  # STRICT on paper, but mesh calls fail
         ("xfcc-spoof", "shop/api:80"),  # forged XFCC reaches the app
         ("peer-cert", "shop/inventory:80"),  # expired certificate
         ("mesh", "shop/inventory:80"),
@@ -202,7 +203,8 @@ def test_cli_demo_exits_0_and_explains_the_failures() -> None:
     proc = _cli()
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = proc.stdout
-    assert "Scenario 1/2: healthy" in out and "Scenario 2/2: broken" in out
+    assert "Scenario 1/3: healthy" in out and "Scenario 2/3: broken" in out
+    assert "Scenario 3/3: blinded" in out and "Every verdict is what 'blinded' expects." in out
     assert "Every verdict is what 'healthy' expects." in out
     assert "What the checks found in 'broken', target by target:" in out
     assert "shop/api:80" in out.split("target by target:")[1]
@@ -367,3 +369,49 @@ def test_user_manifest_bare_pod_statefulset_tcp_and_dr(tmp_path: Path) -> None:
     assert _by(run, "plaintext", "team/legacy:80") == [Verdict.PASS]
     assert _by(run, "plaintext", "team/db:5432") == [Verdict.PASS, Verdict.PASS]
     assert _by(run, "self", "source") == [Verdict.PASS]
+
+
+# --- negative controls ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blinded(tmp_path_factory: pytest.TempPathFactory) -> LabRun:
+    return _run("blinded", tmp_path_factory.mktemp("blinded"))
+
+
+def test_healthy_controls_pass_first(healthy: LabRun) -> None:
+    controls = [r for r in healthy.results if r.check == "control"]
+    assert {(r.target, r.evidence["kind"], r.verdict) for r in controls} == {
+        ("mtlsprobe/mtlsprobe-echo-plain:80", "plaintext", Verdict.PASS),
+        ("frontend/web:80", "mesh", Verdict.PASS),
+    }
+    first_probe = next(i for i, r in enumerate(healthy.results) if r.check != "policy")
+    assert healthy.results[first_probe].check == "control"
+    # The product's own control is not a target (no plaintext/compliance rows for it).
+    assert not [r for r in healthy.results if r.check != "control" and "echo-plain" in r.target]
+
+
+def test_broken_controls_pass_so_its_failures_are_real(broken: LabRun) -> None:
+    controls = [r for r in broken.results if r.check == "control"]
+    assert len(controls) == 2 and {r.verdict for r in controls} == {Verdict.PASS}
+
+
+def test_blinded_probe_turns_every_strict_refusal_into_an_error(blinded: LabRun) -> None:
+    assert blinded.mismatches == []
+    (control,) = [r for r in blinded.results if r.check == "control" and r.endpoint]
+    assert control.verdict is Verdict.ERROR and control.observed == "refused"
+    plaintext = [r for r in blinded.results if r.check == "plaintext"]
+    assert len(plaintext) == 2
+    for r in plaintext:
+        assert r.verdict is Verdict.ERROR, r
+        assert r.reason.startswith(
+            "plaintext detector blind: control mtlsprobe/mtlsprobe-echo-plain:80 was not "
+            "accepted: it was reset (TCP RST)"
+        ), r.reason
+        assert r.reason.endswith("a NetworkPolicy or CNI may be resetting the probe's traffic")
+        # Real Envoy did refuse: only the blind control keeps it from being a pass.
+        assert r.observed == "refused" and r.evidence["verdict_if_not_blind"] == "pass"
+    # Detectors of positive evidence are not affected.
+    assert _by(blinded, "peer-cert", "shop/cart:80") == [Verdict.PASS]
+    assert _by(blinded, "mesh", "shop/cart:80") == [Verdict.PASS]
+    assert _by(blinded, "control", "shop/cart:80") == [Verdict.PASS]  # the mesh control

@@ -109,3 +109,11 @@ def test_generated_mesh_has_n_workloads_over_namespaces() -> None:
     deployments = [d for d in s.documents if d["kind"] == "Deployment"]
     namespaces = {d["metadata"]["name"] for d in s.documents if d["kind"] == "Namespace"}
     assert len(deployments) == 120 and len(namespaces) == 3
+
+
+def test_network_reset_annotation_is_validated() -> None:
+    from jobs.lab.build import NETWORK, _lab_annotations
+
+    assert _lab_annotations("pod n/p", {NETWORK: "reset"}) == {NETWORK: "reset"}
+    with pytest.raises(ScenarioError, match=r"pod n/p: lab.mtlsprobe.dev/network: 'drop'"):
+        _lab_annotations("pod n/p", {NETWORK: "drop"})

@@ -32,12 +32,15 @@ CLAIM_MODE = PREFIX + "claim-mode"
 CERT = PREFIX + "cert"
 IDENTITY_SA = PREFIX + "identity-sa"
 XFCC = PREFIX + "xfcc"
+NETWORK = PREFIX + "network"
 LAB_ANNOTATIONS = {
     CLAIM_MODE: "the targets file claims this mode (STRICT|PERMISSIVE|DISABLE|NONE): a stale "
     "expectation (Service or pod)",
     CERT: "'expired': the sidecar presents an expired certificate (pod)",
     IDENTITY_SA: "the sidecar's certificate names this service account instead (pod)",
     XFCC: "'forward-untrusted': the path to this pod forwards a client-supplied XFCC (pod)",
+    NETWORK: "'reset': a NetworkPolicy or CNI resets every connection to this pod; the lab "
+    "stands a resetting listener in front of its app (pod)",
 }
 PROBE_NAMESPACE = "mtlsprobe"
 PROBE_SERVICE_ACCOUNT = "mtlsprobe"
@@ -64,6 +67,8 @@ def _lab_annotations(owner: str, annotations: dict[str, str]) -> dict[str, str]:
             raise ScenarioError(f"{owner}: {key}: {value!r} (known: append, forward-untrusted)")
         if key == IDENTITY_SA and not value:
             raise ScenarioError(f"{owner}: {key} is empty")
+        if key == NETWORK and value != "reset":
+            raise ScenarioError(f"{owner}: {key}: {value!r} (known: reset)")
     return out
 
 
@@ -122,15 +127,22 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
             continue
         ann = pod_ann.get(key, {})
         sa = ann.get(IDENTITY_SA, info.service_account)
+        # The stand-in for a NetworkPolicy that resets everything: a listener with only a
+        # TLS filter chain (a STRICT inbound) answers plaintext with a TCP RST, exactly as
+        # the enforcing proxy would. The plan still sees a pod without a sidecar.
+        reset = ann.get(NETWORK) == "reset"
+        pod_ports = tuple(ports[key])
+        if reset:
+            pod_ports = tuple(replace(p, mode=ServerMode.STRICT) for p in pod_ports)
         pods.append(
             PodSpec(
                 namespace=info.namespace,
                 name=info.name,
                 ip=info.ip,
                 app_ip=app_ips[key],
-                sidecar=info.has_sidecar,
+                sidecar=info.has_sidecar or reset,
                 identity=f"spiffe://{td}/ns/{info.namespace}/sa/{sa}",
-                ports=tuple(ports[key]),
+                ports=pod_ports,
                 cert=CertKind(ann.get(CERT, CertKind.VALID.value)),
                 xfcc=XfccMode(ann.get(XFCC, XfccMode.APPEND.value)),
             )

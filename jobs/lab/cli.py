@@ -21,20 +21,21 @@ if TYPE_CHECKING:
     from jobs.lab.runtime import Lab
     from jobs.lab.scenarios import Scenario
 
-DEFAULT_SCENARIOS = ("healthy", "broken")
+DEFAULT_SCENARIOS = ("healthy", "broken", "blinded")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Bring up a local Istio-like mesh of real Envoy sidecars from Kubernetes/Istio YAML "
         "(built-in scenarios or your own), run every check against it and print the report. "
-        "With no arguments: the 'healthy' scenario, then what the checks find in 'broken'."
+        "With no arguments: the 'healthy' scenario, what the checks find in 'broken', and "
+        "a 'blinded' probe that its negative control catches."
     )
     p.add_argument(
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="built-in scenario(s): healthy, migration, broken",
+        help="built-in scenario(s): healthy, migration, broken, blinded",
     )
     p.add_argument(
         "-f",
@@ -285,7 +286,10 @@ def _print_intro(out: TextIO) -> None:
         "SPIFFE certificates. The same checks that run in a cluster probe it from a probe\n"
         "without a sidecar (plaintext, peer-cert, foreign-client) and from one with a sidecar\n"
         "(mesh, xfcc-spoof, self), and judge what the wire did against what policy says.\n"
-        "First a healthy mesh, then one with a real failure of each kind.\n"
+        "Negative controls run first: plaintext must reach a workload without a sidecar\n"
+        "and a mesh call must show mTLS, or the verdicts that rest on them are errors.\n"
+        "First a healthy mesh, then one with a real failure of each kind, then a probe\n"
+        "whose traffic is reset by the network (a blind detector, caught by its control).\n"
     )
 
 
@@ -345,7 +349,8 @@ def _print_closing(runs: list[LabRun], out: TextIO) -> None:
         "\n"
         + (
             "Every verdict is the one its scenario expects: the fails above are the product\n"
-            "catching real problems, so this demo exits 0.\n"
+            "catching real problems, the errors a blind detector refusing to guess, so this\n"
+            "demo exits 0.\n"
             if matched
             else "Some verdicts differ from what the scenarios expect (see above): exit 1.\n"
         )

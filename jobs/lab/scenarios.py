@@ -20,7 +20,7 @@ from probe.results import Result, Verdict
 
 LAB_API = "lab.mtlsprobe.dev/v1"
 LAB_KIND = "LabScenario"
-BUILTIN = ("healthy", "migration", "broken")
+BUILTIN = ("healthy", "migration", "broken", "blinded")
 REQUIREMENTS = ("strict", "sidecar")
 
 
