@@ -408,18 +408,18 @@ class Unit:
     namespace: str
     role: Role
     checks: tuple[tuple[str, str], ...]  # (name, scope value)
-    targets: TargetsFile
-    shards: int
+    parts: tuple[TargetsFile, ...]  # index i was given parts[i], exactly as written
     job: str
     done: dict[int, list[Result]] = field(default_factory=dict)
 
+    @property
+    def shards(self) -> int:
+        return len(self.parts)
+
     def owed(self, index: int) -> list[tuple[str, str, str | None]]:
         from jobs.collect import expected_keys
-        from probe import shard
 
-        by_ep = shard.by_endpoint(s for _, s in self.checks)
-        part = shard.select(self.targets, index, self.shards, by_endpoint=by_ep)
-        return expected_keys(part, self.checks)
+        return expected_keys(self.parts[index], self.checks)
 
     @property
     def complete(self) -> bool:
@@ -487,8 +487,9 @@ def launch(
         cm = cluster.create_configmap(ns, jobspec.configmap(spec, ns, text))
         out.configmaps.append((ns, cm["metadata"]["name"]))
         for role, checks, by_ep, shards in roles:
-            for i in range(shards if shards > 1 else 0):
-                part = shard.select(tf, i, shards, by_endpoint=by_ep)
+            # An even split, computed here once: each index reads only its own part.
+            parts = shard.split(tf, shards, by_endpoint=by_ep)
+            for i, part in enumerate(parts if shards > 1 else ()):
                 body = targets_yaml(part.to_dict())
                 if len(body.encode()) > CONFIGMAP_MAX:
                     _too_big(body, f"shard {i} of {role.name}", lower=True)
@@ -506,8 +507,7 @@ def launch(
                     ns,
                     role,
                     tuple((c, scopes[c]) for c in checks),
-                    tf,
-                    shards,
+                    parts,
                     created["metadata"]["name"],
                 )
             )

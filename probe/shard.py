@@ -1,13 +1,23 @@
-"""Deterministic shards of a targets file, for Indexed Jobs.
+"""Splitting a targets file over the pods of an Indexed Job: two modes.
 
-Every pod of an Indexed Job gets the same targets file and its own
-``JOB_COMPLETION_INDEX``; each keeps the work whose key hashes to its index, so the
-shards are disjoint, together cover everything, and the orchestrator can compute
-which results each index owes (the collector reports missing ones as errors).
+- ``split`` (even, for ``mtlsprobe run``): the orchestrator computes every shard once
+  and writes each into a ConfigMap of its own. The work units, in a stable sorted
+  order, are cut into contiguous chunks, so shard sizes differ by at most one unit
+  (no empty shard next to a double one) and the orchestrator keeps the parts to know
+  which results each index owes.
+- ``select`` (hash, for ``mtlsprobe check --shard/--shards``): every pod gets the
+  same file and picks its own part, with no coordination. A unit's owner depends on
+  its key and the shard count only, so pods that read the file at different times
+  (a ConfigMap edited while later indexes start) still never both skip a unit that
+  both saw; the price is uneven shards (a binomial spread, empty ones when small).
+
+The agents' continuous sharding is rendezvous hashing over live agents
+(``jobs/sharding.py``): it must move little work when an agent comes or goes.
 
 The unit is the endpoint when every selected check runs per endpoint, else the
 target (a target checked through its service name must land in one shard only, or
-it would be probed and reported once per shard).
+it would be probed and reported once per shard). A target without endpoints is one
+unit either way (its "no endpoints" result is reported once).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import replace
 
-from probe.model import Target, TargetsFile
+from probe.model import Endpoint, Target, TargetsFile
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 
@@ -29,7 +39,7 @@ def bucket(key: str, count: int) -> int:
 
 
 def select(targets: TargetsFile, index: int, count: int, *, by_endpoint: bool) -> TargetsFile:
-    """The part of ``targets`` shard ``index`` of ``count`` owns."""
+    """The part of ``targets`` shard ``index`` of ``count`` owns, by hash (see above)."""
     if count <= 1:
         return targets
     kept: list[Target] = []
@@ -41,6 +51,34 @@ def select(targets: TargetsFile, index: int, count: int, *, by_endpoint: bool) -
         elif bucket(t.name, count) == index:
             kept.append(t)
     return replace(targets, targets=tuple(kept))
+
+
+def split(targets: TargetsFile, count: int, *, by_endpoint: bool) -> tuple[TargetsFile, ...]:
+    """``count`` parts of ``targets`` that are disjoint, cover every unit, and differ in
+    size by at most one unit. Deterministic: units are ranked by (target name,
+    endpoint) whatever the input order, and rank r goes to part r * count // units.
+    Each part keeps the file's order of targets and endpoints."""
+    if count <= 1:
+        return (targets,)
+    units: list[tuple[str, str, int, int]] = []  # (name, endpoint, target #, endpoint #)
+    for ti, t in enumerate(targets.targets):
+        if by_endpoint and t.endpoints:
+            units.extend((t.name, str(ep), ti, ei) for ei, ep in enumerate(t.endpoints))
+        else:
+            units.append((t.name, "", ti, -1))
+    units.sort()
+    part_of = {(ti, ei): rank * count // len(units) for rank, (*_, ti, ei) in enumerate(units)}
+    kept: list[list[Target]] = [[] for _ in range(count)]
+    for ti, t in enumerate(targets.targets):
+        if (ti, -1) in part_of:
+            kept[part_of[(ti, -1)]].append(t)
+            continue
+        groups: dict[int, list[Endpoint]] = {}
+        for ei, ep in enumerate(t.endpoints):
+            groups.setdefault(part_of[(ti, ei)], []).append(ep)
+        for i, eps in groups.items():
+            kept[i].append(replace(t, endpoints=tuple(eps)))
+    return tuple(replace(targets, targets=tuple(k)) for k in kept)
 
 
 def by_endpoint(scopes: Iterable[str]) -> bool:
@@ -66,7 +104,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--shard",
         type=parse_shard,
         metavar="INDEX/COUNT",
-        help="probe only shard INDEX of COUNT (deterministic split of targets/endpoints)",
+        help="probe only shard INDEX of COUNT (a stable hash of each target/endpoint picks "
+        "its shard; every pod may read the same file)",
     )
     g.add_argument(
         "--shards",

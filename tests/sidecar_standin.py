@@ -118,7 +118,7 @@ def _proxy_handler(b: SidecarBehaviour) -> type[BaseHTTPRequestHandler]:
                 self._local(*_LOCAL[b.mode])
                 return
             if b.mode == "hang":
-                time.sleep(4)
+                time.sleep(30)  # far past any probe timeout in the tests (daemon thread)
                 return
             if b.mode == "close":
                 self.close_connection = True

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from probe.model import Endpoint
+from jobs.sharding import ShardUnit, select_shard
+from probe.model import Endpoint, load_targets
 from tests.agenthelp import get, running_agent, target, wait_for, write_targets
 from tests.tlsservers import MeshPKI, black_hole, plaintext_http, serving, tls_handler
 
@@ -245,7 +246,12 @@ def test_two_agents_split_the_endpoints(tmp_path: Path) -> None:
             for built in (a, b):
                 doc = json.loads(get(built, "/results")[1])
                 probed.append({r["endpoint"] for r in doc["results"] if r["check"] == "plaintext"})
-    assert probed[0] and probed[1]
+    # Each probed exactly its rendezvous share, computed by the same function from the
+    # same file (which share is which depends on the ports, so no size is assumed).
+    tf = load_targets(f)
+    for me, got in zip(("agent-a", "agent-b"), probed, strict=True):
+        share = select_shard(tf, ["agent-a", "agent-b"], me, ShardUnit.ENDPOINT)
+        assert got == {str(e) for t in share.targets.targets for e in t.endpoints}, me
     assert not probed[0] & probed[1]
     assert probed[0] | probed[1] == {str(e) for e in eps}
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from jobs.sharding import ShardUnit, select_shard
 from tests.agenthelp import get, running_agent, wait_for
 from tests.fakekube import FakeKube
 from tests.tlsservers import Server, nothing_listening, plaintext_http, serving
@@ -182,11 +183,18 @@ def test_shards_over_ready_agent_pods_and_records_its_api_calls(
                 assert last is not None
                 assert last.agents == ("agent-a", "agent-b")
                 assert last.total == 9
-                probed.append({r["endpoint"] for r in plaintext_results(get(built, "/results")[1])})
+                got = {r["endpoint"] for r in plaintext_results(get(built, "/results")[1])}
+                # Exactly its rendezvous share of what it discovered (which share is
+                # which depends on the ports, so no size is assumed).
+                assert last.targets is not None
+                share = select_shard(last.targets, last.agents, me, ShardUnit.ENDPOINT)
+                assert got == {str(e) for t in share.targets.targets for e in t.endpoints}
+                assert last.assigned == len(got)
+                probed.append(got)
     finally:
         for s in servers:
             s.close()
-    assert probed[0] and probed[1] and not probed[0] & probed[1]
+    assert not probed[0] & probed[1]
     assert len(probed[0] | probed[1]) == 9
 
     # The API calls the agent made: this is the RBAC it needs (all GET, none of Secrets).

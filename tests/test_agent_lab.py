@@ -128,7 +128,7 @@ def test_agents_catch_a_sidecar_flipped_to_permissive(tmp_path: Path) -> None:
         )
         tf = tmp_path / "targets.yaml"
         write_targets(targets, tf)
-        common = ["--targets", str(tf), "--interval", "0.5", "--jitter", "0", "--timeout", "2"]
+        common = ["--targets", str(tf), "--interval", "0.5", "--jitter", "0", "--timeout", "5"]
         with (
             running_agent("--kind", "plain", *common) as plain,
             running_agent("--kind", "sidecar", *common) as side,

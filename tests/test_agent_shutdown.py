@@ -4,8 +4,8 @@ bound, and a real OTLP/HTTP receiver gets every span and every metric point."""
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,12 +20,6 @@ from tests.otlp_receiver import otlp_receiver
 from tests.tlsservers import black_hole, plaintext_http, serving
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> str | None:
@@ -74,7 +68,6 @@ def test_sigterm_mid_round_exits_zero_and_flushes_everything(tmp_path: Path) -> 
                 target("ns-b/slow", [slow.endpoint], "STRICT"),
             ],
         )
-        port = free_port()
         env = {
             **os.environ,
             "OTEL_EXPORTER_OTLP_ENDPOINT": url,
@@ -86,25 +79,38 @@ def test_sigterm_mid_round_exits_zero_and_flushes_everything(tmp_path: Path) -> 
             [
                 *(sys.executable, "-m", "jobs.cli", "agent", "--kind", "plain"),
                 *("--targets", str(f), "--interval", "0.5", "--jitter", "0", "--timeout", "2"),
-                *("--listen", f"127.0.0.1:{port}", "--shutdown-grace", "5"),
+                # Port 0: the agent binds a free port itself and logs it (a port picked
+                # here and closed could be taken by another process before it binds).
+                *("--listen", "127.0.0.1:0", "--shutdown-grace", "5"),
             ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         try:
-            wait_for(lambda: rounds_done(port) >= 1, timeout=30, what="a completed round")
-            time.sleep(0.5)  # the next round is now in flight, waiting on the silent server
+            assert proc.stderr is not None
+            head = b""
+            while not (found := re.search(rb" on 127\.0\.0\.1:(\d+), every ", head)):
+                line = proc.stderr.readline()
+                assert line, head.decode()[-2000:]
+                head += line
+            port = int(found.group(1))
+            wait_for(lambda: rounds_done(port) >= 1, timeout=60, what="a completed round")
+            # The next round is in flight once it has connected to the silent server
+            # again (each round's connections to it come a timeout before it ends).
+            seen = slow.accepted
+            wait_for(lambda: slow.accepted > seen, timeout=60, what="the next round")
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=20)
+            _, tail = proc.communicate(timeout=60)
+            err = head + tail
             elapsed = time.monotonic() - t0
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
         assert proc.returncode == 0, err.decode()[-2000:]
-        assert elapsed < 10, elapsed
+        assert elapsed < 30, elapsed  # a 5 s grace, then the flush: bounded, not a hang
         assert b"telemetry flushed" in err
         assert b"Traceback" not in err
 

@@ -65,7 +65,7 @@ def test_sigterm_while_waiting_for_the_sidecar_ends_the_wait(tmp_path: Path) -> 
             env=env,
         )
         try:
-            end = time.monotonic() + 15
+            end = time.monotonic() + 60
             while not hits:  # the probe is polling the sidecar's readiness
                 assert time.monotonic() < end and proc.poll() is None, "never polled"
                 time.sleep(0.02)
@@ -77,7 +77,7 @@ def test_sigterm_while_waiting_for_the_sidecar_ends_the_wait(tmp_path: Path) -> 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert took < 2, took  # not the 120 s budget
+    assert took < 30, took  # not the 120 s budget
     assert proc.returncode == 2, err
     (r,) = [json.loads(x) for x in out.splitlines()]
     assert r["verdict"] == "error" and r["reason"].startswith("stopped while waiting")

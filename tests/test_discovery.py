@@ -3,7 +3,6 @@ driven by the real ``kubernetes`` client."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from jobs.planner import build_plan
 from probe.model import Expect, load_targets
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube, Resource
+from tests.tlsservers import nothing_listening
 
 ROOT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
@@ -216,11 +216,11 @@ def test_server_error_is_one_line(kube: FakeKube) -> None:
 
 
 def test_slow_server_is_bounded_by_the_timeout(kube: FakeKube) -> None:
-    kube.delay = 5.0
+    kube.delay = 60.0  # each answer; the wait ends early when the fake stops
     start = time.monotonic()
     with pytest.raises(DiscoveryError, match="no answer within the request timeout"):
         discover(kube.api_client(), Options(timeout=0.5))
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 30  # the 0.5 s timeout, not the 60 s answer
 
 
 def test_generated_models_give_the_same_snapshot(kube: FakeKube) -> None:
@@ -266,9 +266,7 @@ def test_cli_require_sidecar_fails(
 def test_cli_unreachable_api_exits_64_naming_the_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = nothing_listening().port  # held bound: refused, and no one else takes it
     cfg = tmp_path / "kubeconfig"
     cfg.write_text(
         yaml.safe_dump(

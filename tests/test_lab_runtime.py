@@ -311,8 +311,8 @@ def test_no_process_survives_the_parent_dying(tmp_path: Path, how: str) -> None:
         pids = [int(x) for x in line.split()[1:]]
         assert all(pid_alive(p) for p in pids)
         child.send_signal(getattr(signal, how))
-        child.wait(timeout=15)
-        deadline = time.monotonic() + 5
+        child.wait(timeout=60)
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.05)
         assert not any(pid_alive(p) for p in pids), f"left running after {how}"

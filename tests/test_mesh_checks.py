@@ -225,7 +225,7 @@ def test_mesh_sidecar_silent_is_timeout_error(echo: tuple[str, int]) -> None:
     r = mesh_via(SidecarBehaviour(mode="hang", upstream=echo), timeout=0.5)
     assert r.verdict is Verdict.ERROR and "within 0.5s" in r.reason
     assert r.evidence["error"] == "read-timeout"
-    assert time.monotonic() - t < 4
+    assert time.monotonic() - t < 15  # the 0.5 s timeout, not the 30 s hang
 
 
 def test_mesh_connection_closed_is_error(echo: tuple[str, int]) -> None:

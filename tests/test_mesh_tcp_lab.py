@@ -66,7 +66,7 @@ def test_tcp_mesh_round_trip_and_disable_against_strict(tmp_path: Path) -> None:
         + DR
     )
     with running(from_files([path]), tmp_path / "lab") as lab:
-        ctx = RunContext(lab.targets, Settings(timeout=3))
+        ctx = RunContext(lab.targets, Settings(timeout=10))  # generous under load
         try:
             results = {r.target: r for r in run_checks([load_check("mesh")], ctx)}
         finally:

@@ -85,7 +85,7 @@ def _run(check: object, endpoint: Endpoint, root: Path, expect: Expect = Expect.
         source=Source(identity=f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"),
         root_cert_file=root,
     )
-    ctx = RunContext(tf, Settings(timeout=3.0))
+    ctx = RunContext(tf, Settings(timeout=10.0))  # generous: a loaded machine, not a hang
     try:
         (result,) = run_checks([check], ctx)  # type: ignore[list-item]
     finally:

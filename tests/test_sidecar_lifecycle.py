@@ -19,6 +19,7 @@ import pytest
 
 from probe import shard
 from probe.model import Endpoint, Expect, Target, TargetsFile
+from tests.tlsservers import nothing_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,9 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass
 class Agent:
     """pilot-agent stand-in: /healthz/ready turns 200 after ``ready_after`` seconds
-    (never when None); POST /quitquitquit is recorded."""
+    (never when None), or after ``not_ready_polls`` answers of 503 when that is set (a
+    count, so no race with how fast the probe starts); POST /quitquitquit is recorded."""
 
     ready_after: float | None = 0.0
+    not_ready_polls: int | None = None
     started: float = field(default_factory=time.monotonic)
     ready_polls: int = 0
     quits: list[str] = field(default_factory=list)
@@ -52,7 +55,10 @@ def agent() -> Iterator[Agent]:
             if self.path != "/healthz/ready":
                 return self._send(404)
             a.ready_polls += 1
-            up = a.ready_after is not None and time.monotonic() - a.started >= a.ready_after
+            if a.not_ready_polls is not None:
+                up = a.ready_polls > a.not_ready_polls
+            else:
+                up = a.ready_after is not None and time.monotonic() - a.started >= a.ready_after
             self._send(200 if up else 503)
 
         def do_POST(self) -> None:
@@ -100,27 +106,22 @@ def _check(agent: Agent, targets: Path, *extra: str) -> subprocess.CompletedProc
 
 
 def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port where nothing listens, held for the session (tests.tlsservers)."""
+    return nothing_listening().port
 
 
 def test_waits_for_ready_then_probes_and_quits(agent: Agent, tmp_path: Path) -> None:
-    agent.ready_after = 0.6
-    t0 = time.monotonic()
+    agent.not_ready_polls = 2
     proc = _check(
         agent,
         _targets(tmp_path, _free_port()),
         "--checks",
         "plaintext",
         "--wait-for-sidecar",
-        "10",
+        "60",
         "--quit-sidecar",
     )
-    assert time.monotonic() - t0 >= 0.6
-    assert agent.ready_polls >= 2  # it polled through the 503s
+    assert agent.ready_polls == 3  # it polled through the two 503s, stopped at the 200
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     # nothing listens on the endpoint: a real observation (error), not "not ready"
     assert [r["observed"] for r in rows] != ["sidecar-not-ready"]
@@ -142,7 +143,7 @@ def test_never_ready_is_an_error_for_every_check_and_still_quits(
         "0.8",
         "--quit-sidecar",
     )
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 30  # the 0.8 s wait, then the report: not a hang
     assert proc.returncode == 2, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert {r["check"] for r in rows} == {"plaintext", "peer-cert"}

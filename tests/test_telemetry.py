@@ -191,7 +191,7 @@ def test_one_trace_with_a_span_per_result_and_its_attributes(mesh: Path) -> None
         "mtlsprobe.target": "shop/echo",
         "k8s.namespace.name": "payments",
     }
-    assert abs(expiry.as_double - cert["evidence"]["remaining_seconds"]) < 5
+    assert abs(expiry.as_double - cert["evidence"]["remaining_seconds"]) < 60  # of ~24 h
 
 
 def test_service_name_resource_attributes_and_headers_come_from_the_environment(
@@ -278,7 +278,9 @@ def test_unreachable_collector_is_bounded_and_never_changes_the_exit_code(
     assert baseline.returncode == proc.returncode == 1
     assert json.loads(proc.stdout)["summary"] == json.loads(baseline.stdout)["summary"]
     assert [r["verdict"] for r in json.loads(proc.stdout)["results"]] == ["pass", "fail"]
-    assert took - base_s < 1.5 + 0.5 + 1.5, (took, base_s)  # timeout + margin + slack
+    # The 1.5 s export timeout, with room for a loaded machine; still well below the
+    # exporter's 10 s default (the variable ignored) and its minute of retries.
+    assert took - base_s < 7, (took, base_s)
     (line,) = proc.stderr.splitlines()
     assert line.startswith("mtlsprobe: telemetry: ") and "results are unaffected" in line
 
@@ -296,10 +298,10 @@ def start_check(path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def wait_accepted(server: Server, timeout: float = 15) -> None:
+def wait_accepted(server: Server, timeout: float = 60) -> None:
     """Until the probe is connected to ``server`` (the check is surely in flight)."""
     end = time.monotonic() + timeout
-    while not server._conns:
+    while not server.accepted:
         assert time.monotonic() < end, "the probe never connected"
         time.sleep(0.02)
 
@@ -317,6 +319,9 @@ def sigterm_run(
         )
         proc = start_check(f, cli_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector_url, **otel))
         try:
+            # Both checks in flight (the strict one then ends within the stop grace);
+            # a worker not yet started when the stop comes would report it interrupted.
+            wait_accepted(strict)
             wait_accepted(hole)
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
@@ -335,7 +340,7 @@ def test_sigterm_stops_reports_the_partial_run_and_flushes(tmp_path: Path) -> No
         with got.lock:
             spans = list(got.spans)
     assert proc.returncode == 2, err  # the interrupted check is an error, never a pass
-    assert took < 2 + 0.5 + 2, took  # stop grace (min(timeout, 2 s)) + flush, not 30 s
+    assert took < 15, took  # stop grace (min(timeout, 2 s)) + flush, not the 30 s check
     lines = [json.loads(x) for x in out.splitlines()]
     assert [(r["target"], r["verdict"]) for r in lines] == [
         ("a/strict", "pass"),
@@ -355,7 +360,7 @@ def test_sigterm_with_a_silent_collector_is_still_bounded(tmp_path: Path) -> Non
         )
     assert proc.returncode == 2, err
     assert len(out.splitlines()) == 2  # the partial report went out before the flush
-    assert took < 2 + 1 + 0.5 + 2, took  # grace + export timeout + margin + slack
+    assert took < 15, took  # grace + 1 s export timeout, not the 30 s check or a hang
     assert "Traceback" not in err and "mtlsprobe: telemetry: " in err
 
 

@@ -36,6 +36,11 @@ class Server:
         host, port = self._sock.getsockname()[:2]
         return Endpoint(host, port)
 
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far (lets a test wait for a client to arrive)."""
+        return len(self._conns)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -114,12 +119,19 @@ def reset_after_read(conn: socket.socket) -> None:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
+# Bound, never listening, kept open until the test process exits (see below).
+_RESERVED: list[socket.socket] = []
+
+
 def nothing_listening() -> Endpoint:
+    """A loopback port where connects are refused, for the whole session. The socket
+    stays bound without listening: the kernel answers a SYN with a reset, and no other
+    process (another test run on a shared machine) can take the port meanwhile, as it
+    could if the port were closed and merely assumed to stay free."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return Endpoint("127.0.0.1", port)
+    _RESERVED.append(s)
+    return Endpoint("127.0.0.1", s.getsockname()[1])
 
 
 class MeshPKI:
