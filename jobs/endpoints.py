@@ -430,7 +430,8 @@ def _slice_endpoint_problem(
         return Excluded(slice_obj, shown, f"targetRef Pod {ns}/{str(pname)[:64]} is not known")
     if not running(pod):
         return None
-    if sel is not None and not sel.items() <= labels_of(pod).items():
+    lbl = meta(pod).get("labels")  # read, not copied: one pod per slice address
+    if sel is not None and not (type(lbl) is dict and sel.items() <= lbl.items()):
         return Excluded(slice_obj, shown, f"Pod {ref(pod)} is not selected by the Service")
     ips, bad = pod_ips(pod)
     problem = _pod_problem(pod, ips, bad, pods.not_pods)

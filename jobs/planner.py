@@ -382,13 +382,19 @@ class _Builder:
             )
             groups: dict[tuple[str, Expect, bool], list[Endpoint]] = {}
             group_edges: dict[tuple[str, Expect, bool], list[Edge]] = defaultdict(list)
+            # One port's edges share the DestinationRule view; the client's view depends
+            # only on these few facts of the pod, so it is computed once per combination.
+            views: dict[tuple[Expect, bool, str | None, bool], ClientView] = {}
             for pod, ip, tport in found:
                 pi = self.info(pod)
                 decision = self.policy(pod).at(tport)
                 expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
-                view = client_view(
-                    dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
-                )
+                vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient)
+                view = views.get(vkey)
+                if view is None:
+                    view = views[vkey] = client_view(
+                        dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
+                    )
                 key = (pi.service_account, expect, pi.echo)
                 eps = groups.setdefault(key, [])
                 if ip is not None:
