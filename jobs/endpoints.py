@@ -343,7 +343,7 @@ def service_backends(
                 else f"no pod in {ns} matches the selector"
             )
         return out
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[int, str]] = set()
     for sl in slices:
         slice_obj = f"EndpointSlice {ref(sl)}"
         family = _FAMILY.get(str(sl.get("addressType")))
@@ -385,9 +385,11 @@ def service_backends(
             if excl is None:
                 continue
             pod = excl
-            if (ref(pod), ip) in seen:
+            # By identity: every slice address resolves through PodIndex.by_key, one
+            # object per (namespace, name).
+            if (id(pod), ip) in seen:
                 continue
-            seen.add((ref(pod), ip))
+            seen.add((id(pod), ip))
             out.backends.append(Backend(pod, ip, ports))
     if not out.backends:
         out.why_none = "no EndpointSlice address is a ready pod of this Service"

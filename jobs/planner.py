@@ -245,9 +245,10 @@ class _Builder:
         self.pods: dict[str, KubeObject] = {}
         self.pods_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
         for p in snap.pods:
-            if snap.is_target_namespace(namespace(p)):
-                self.pods[ref(p)] = p
-                self.pods_by_ns[namespace(p)].append(p)
+            ns = namespace(p)
+            if snap.is_target_namespace(ns):
+                self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
+                self.pods_by_ns[ns].append(p)
         self.index = PodIndex(self.pods.values(), known_addresses(snap.pods, snap.services))
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
