@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from jobs.injection import as_created
+from jobs.meshroot import ROOT_CERT_CONFIGMAP, pick_root_cert, root_cert_of
 from jobs.objects import (
     DEFAULT_ISTIO_NAMESPACE,
     KINDS,
@@ -159,6 +160,7 @@ def snapshot_from_documents(
 ) -> ClusterSnapshot:
     snap = ClusterSnapshot()
     configmaps: list[KubeObject] = []
+    roots: list[tuple[str, str]] = []  # (namespace, PEM) of every istio-ca-root-cert
     pods: list[tuple[str, object]] = []
     for origin, raw in _flatten(docs):
         if not isinstance(raw, dict):
@@ -181,13 +183,17 @@ def snapshot_from_documents(
             data: dict[str, Any] = doc.get("data") or {}
             if not isinstance(data, dict):
                 continue
-            if name(doc) == "istio-ca-root-cert" and isinstance(data.get("root-cert.pem"), str):
-                snap.root_cert_pem = snap.root_cert_pem or data["root-cert.pem"]
+            if name(doc) == ROOT_CERT_CONFIGMAP:
+                pem = root_cert_of(doc)
+                if pem is not None:
+                    roots.append((namespace(doc), pem))
             else:
                 configmaps.append(doc)
         elif isinstance(kind, str) and kind in KINDS:
             snap.add(kind, doc)
     pick_mesh_config(snap, configmaps, istio_namespace, revision)  # only istiod's own
+    snap.root_cert_pem, notes = pick_root_cert(roots, istio_namespace)  # only istiod's own
+    snap.notes.extend(notes)
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
     for _, raw_pod in pods:
         pod = raw_pod

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.flags import add_control_plane_flags, control_plane_problem
+
 if TYPE_CHECKING:
     from jobs.objects import ClusterSnapshot
     from jobs.planner import Plan
@@ -93,17 +95,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="NS",
         help="override the mesh root namespace (default: from the mesh config)",
     )
-    mesh.add_argument(
-        "--istio-namespace",
-        default="istio-system",
-        metavar="NS",
-        help="istiod's namespace, where its mesh ConfigMap lives (default: istio-system)",
-    )
-    mesh.add_argument(
-        "--revision",
-        metavar="REV",
-        help="istiod revision whose mesh config to read (ConfigMap istio-REV)",
-    )
+    add_control_plane_flags(mesh)
     mesh.add_argument(
         "--client-namespace",
         default=None,
@@ -205,9 +197,9 @@ def main(args: argparse.Namespace) -> int:
                 f"--trust-domain {args.trust_domain!r}: lowercase letters, digits, '.', '-' "
                 "and '_' only (no port or path)"
             )
-    for flag, value in (("--istio-namespace", args.istio_namespace), ("--revision", args.revision)):
-        if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
-            raise UsageError(f"{flag} {value!r}: not a Kubernetes name (lowercase, digits, '-')")
+    problem = control_plane_problem(args)
+    if problem:
+        raise UsageError(problem)
     # Snapshot and plan are large trees of fresh objects with no cycles; the cyclic
     # GC's passes over them are pure cost (about a tenth of the time at 10,000 pods).
     gc.disable()

@@ -61,7 +61,13 @@ from jobs.endpoints import (
     pod_ips,
     service_backends,
 )
-from jobs.injection import DATAPLANE_MODE, TLS_MODE_LABEL, ambient_enrolled, has_sidecar
+from jobs.injection import (
+    DATAPLANE_MODE,
+    TLS_MODE_LABEL,
+    ambient_enrolled,
+    ambient_labeled,
+    has_sidecar,
+)
 from jobs.objects import (
     DEFAULT_TRUST_DOMAIN,
     ClusterSnapshot,
@@ -82,7 +88,6 @@ from jobs.policy import (
     Outcome,
     PeerAuthIndex,
     WorkloadPolicy,
-    ambient_labeled,
     client_view,
     container_ports,
     dr_host,
