@@ -391,9 +391,10 @@ class _Builder:
             # One port's edges share the DestinationRule view; the client's view depends
             # only on these few facts of the pod, so it is computed once per combination.
             views: dict[tuple[Expect, bool, str | None, bool], ClientView] = {}
+            infos, policies = self._info, self._policy  # the caches, read inline: 100k edges
             for pod, ip, tport in found:
-                pi = self.info(pod)
-                decision = self.policy(pod).at(tport)
+                pi = infos.get(id(pod)) or self.info(pod)
+                decision = (policies.get(id(pod)) or self.policy(pod)).at(tport)
                 expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
                 vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient)
                 view = views.get(vkey)
