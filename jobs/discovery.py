@@ -294,18 +294,26 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
     targets = _namespaces(r, snap, opts)
     snap.target_namespaces = targets
 
-    def namespaced(what: str, prefix: str, plural: str, model: str) -> list[KubeObject] | None:
+    def namespaced(
+        what: str,
+        prefix: str,
+        plural: str,
+        model: str,
+        shape: Callable[[KubeObject], KubeObject] = lambda o: o,
+    ) -> list[KubeObject] | None:
+        """Every object of the target namespaces, each ``shape``d as its page is read
+        (a page's raw JSON and full objects are dropped before the next one)."""
         try:
             if opts.namespaces or opts.namespace_selector:
                 return [
-                    _with_ns(obj, ns)
+                    shape(_with_ns(obj, ns))
                     for ns in sorted(targets)
                     for obj in r.pages(
                         f"list {what} in {ns}", f"{prefix}/namespaces/{ns}/{plural}", model
                     )
                 ]
             return [
-                o
+                shape(o)
                 for o in r.pages(f"list {what}", f"{prefix}/{plural}", model)
                 if namespace(o) in targets
             ]
@@ -321,7 +329,7 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
     # while another is decoded. Results are admitted in a fixed order, and the first
     # error in that order is the one reported.
     fetches: list[tuple[str, str, Callable[[], list[KubeObject] | None]]] = [
-        ("Pod", "pods", lambda: namespaced("pods", "/api/v1", "pods", "V1PodList")),
+        ("Pod", "pods", lambda: namespaced("pods", "/api/v1", "pods", "V1PodList", slim_pod)),
         (
             "Service",
             "services",
@@ -374,6 +382,50 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
         )
     _root_cert(r, snap, opts.istio_namespace)
     return snap
+
+
+# What of a pod the planner reads (jobs.endpoints, jobs.injection, jobs.policy): the rest
+# of a real pod (managedFields, env, volumes, probes, containerStatuses) is most of its
+# size and is dropped as each page is decoded, so 50,000 pods stay well under a GB.
+_POD_SPEC_KEYS = ("serviceAccountName", "serviceAccount", "hostNetwork")
+_POD_CONTAINER_KEYS = ("name", "image", "ports", "restartPolicy")
+_POD_STATUS_KEYS = ("phase", "conditions", "podIP", "podIPs", "hostIP", "hostIPs")
+
+
+def _pick(src: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: src[k] for k in keys if k in src}
+
+
+def _containers(raw: object) -> object:
+    if type(raw) is not list:
+        return raw  # admission reports the malformed value as it is
+    return [_pick(c, _POD_CONTAINER_KEYS) if type(c) is dict else c for c in raw]
+
+
+def slim_pod(pod: KubeObject) -> KubeObject:
+    """The pod with only the fields the plan reads; malformed parts are kept as they are,
+    so admission (``jobs.objects.admit``) judges the same values."""
+    out = {k: v for k, v in pod.items() if k not in ("metadata", "spec", "status")}
+    md = pod.get("metadata")
+    if type(md) is dict:
+        out["metadata"] = {k: v for k, v in md.items() if k != "managedFields"}
+    elif "metadata" in pod:
+        out["metadata"] = md
+    sp = pod.get("spec")
+    if type(sp) is dict:
+        new = _pick(sp, _POD_SPEC_KEYS)
+        for key in ("containers", "initContainers"):
+            if key in sp:
+                new[key] = _containers(sp[key])
+        out["spec"] = new
+    elif "spec" in pod:
+        out["spec"] = sp
+    st = pod.get("status")
+    if type(st) is dict:
+        out["status"] = _pick(st, _POD_STATUS_KEYS)
+    elif "status" in pod:
+        out["status"] = st
+    return out
 
 
 def _with_ns(obj: KubeObject, ns: str) -> KubeObject:

@@ -343,7 +343,7 @@ def service_backends(
                 else f"no pod in {ns} matches the selector"
             )
         return out
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[int, str]] = set()
     for sl in slices:
         slice_obj = f"EndpointSlice {ref(sl)}"
         family = _FAMILY.get(str(sl.get("addressType")))
@@ -385,9 +385,11 @@ def service_backends(
             if excl is None:
                 continue
             pod = excl
-            if (ref(pod), ip) in seen:
+            # By identity: every slice address resolves through PodIndex.by_key, one
+            # object per (namespace, name).
+            if (id(pod), ip) in seen:
                 continue
-            seen.add((ref(pod), ip))
+            seen.add((id(pod), ip))
             out.backends.append(Backend(pod, ip, ports))
     if not out.backends:
         out.why_none = "no EndpointSlice address is a ready pod of this Service"
@@ -430,7 +432,8 @@ def _slice_endpoint_problem(
         return Excluded(slice_obj, shown, f"targetRef Pod {ns}/{str(pname)[:64]} is not known")
     if not running(pod):
         return None
-    if sel is not None and not sel.items() <= labels_of(pod).items():
+    lbl = meta(pod).get("labels")  # read, not copied: one pod per slice address
+    if sel is not None and not (type(lbl) is dict and sel.items() <= lbl.items()):
         return Excluded(slice_obj, shown, f"Pod {ref(pod)} is not selected by the Service")
     ips, bad = pod_ips(pod)
     problem = _pod_problem(pod, ips, bad, pods.not_pods)

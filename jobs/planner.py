@@ -250,9 +250,10 @@ class _Builder:
         self.pods: dict[str, KubeObject] = {}
         self.pods_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
         for p in snap.pods:
-            if snap.is_target_namespace(namespace(p)):
-                self.pods[ref(p)] = p
-                self.pods_by_ns[namespace(p)].append(p)
+            ns = namespace(p)
+            if snap.is_target_namespace(ns):
+                self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
+                self.pods_by_ns[ns].append(p)
         self.index = PodIndex(self.pods.values(), known_addresses(snap.pods, snap.services))
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
@@ -387,13 +388,20 @@ class _Builder:
             )
             groups: dict[tuple[str, Expect, bool], list[Endpoint]] = {}
             group_edges: dict[tuple[str, Expect, bool], list[Edge]] = defaultdict(list)
+            # One port's edges share the DestinationRule view; the client's view depends
+            # only on these few facts of the pod, so it is computed once per combination.
+            views: dict[tuple[Expect, bool, str | None, bool], ClientView] = {}
+            infos, policies = self._info, self._policy  # the caches, read inline: 100k edges
             for pod, ip, tport in found:
-                pi = self.info(pod)
-                decision = self.policy(pod).at(tport)
+                pi = infos.get(id(pod)) or self.info(pod)
+                decision = (policies.get(id(pod)) or self.policy(pod)).at(tport)
                 expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
-                view = client_view(
-                    dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
-                )
+                vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient)
+                view = views.get(vkey)
+                if view is None:
+                    view = views[vkey] = client_view(
+                        dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
+                    )
                 key = (pi.service_account, expect, pi.echo)
                 eps = groups.setdefault(key, [])
                 if ip is not None:

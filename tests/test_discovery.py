@@ -3,15 +3,17 @@ driven by the real ``kubernetes`` client."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from jobs.cli import main as cli_main
-from jobs.discovery import DiscoveryError, Options, Reader, discover
+from jobs.discovery import DiscoveryError, Options, Reader, discover, slim_pod
 from jobs.planner import build_plan
 from probe.model import Expect, load_targets
 from tests import kubebuild as kb
@@ -317,3 +319,50 @@ def test_expired_list_without_a_fresh_token_is_one_line(kube: FakeKube) -> None:
     kube.fail("/api/v1/namespaces", 410)
     with pytest.raises(DiscoveryError, match=r"answered HTTP 410"):
         discover(kube.api_client())
+
+
+def _fat(pod: dict[str, Any]) -> dict[str, Any]:
+    """What a real API server adds to a pod and the plan never reads."""
+    fat = copy.deepcopy(pod)
+    fat["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    fat["spec"]["volumes"] = [{"name": "token", "projected": {"sources": []}}]
+    fat["spec"]["nodeName"] = "node-1"
+    for c in fat["spec"]["containers"]:
+        c["env"] = [{"name": "X", "value": "y" * 200}]
+        c["volumeMounts"] = [{"name": "token", "mountPath": "/var/run"}]
+    fat["spec"]["initContainers"] = [
+        {"name": "istio-init", "image": "proxyv2", "args": ["-p", "15001"]}
+    ]
+    fat["status"]["containerStatuses"] = [{"name": "app", "ready": True}]
+    fat["status"]["qosClass"] = "Burstable"
+    return fat
+
+
+def test_slim_pod_keeps_what_the_plan_reads() -> None:
+    pod = _fat(kb.pod("cart-0", "shop", {"app": "cart"}, ip="10.0.1.1", sa="cart"))
+    slim = slim_pod(pod)
+    assert "managedFields" not in slim["metadata"]
+    assert {k: v for k, v in pod["metadata"].items() if k != "managedFields"} == slim["metadata"]
+    assert set(slim["spec"]) == {"serviceAccountName", "containers", "initContainers"}
+    assert slim["spec"]["containers"][0] == {
+        "name": "app",
+        "image": "app",
+        "ports": pod["spec"]["containers"][0]["ports"],
+    }
+    assert slim["spec"]["initContainers"] == [{"name": "istio-init", "image": "proxyv2"}]
+    assert set(slim["status"]) == {"phase", "conditions", "podIP", "podIPs"}
+    # Malformed parts stay as they are, so admission still names them.
+    bad = {"metadata": "x", "spec": {"containers": "not-a-list"}, "status": [1]}
+    assert slim_pod(bad) == bad
+
+
+def test_fat_pods_plan_as_slim_ones(kube: FakeKube) -> None:
+    """The fields dropped at the boundary change nothing in the plan."""
+    before = build_plan(discover(kube.api_client()))
+    for i in range(3):
+        kube.add(
+            _fat(kb.pod(f"cart-{i}", "shop", {"app": "cart"}, ip=f"10.0.1.{i + 1}", sa="cart"))
+        )
+    after = build_plan(discover(kube.api_client()))
+    assert after.targets_file == before.targets_file
+    assert [r.to_dict() for r in after.findings] == [r.to_dict() for r in before.findings]
