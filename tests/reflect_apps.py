@@ -77,7 +77,10 @@ def handler(
                 upper = k.lower() == XFCC and xfcc_value_upper
                 seen.append((spell(k), v.upper() if upper else v))
             if fabricate is not None and not any(k.lower() == XFCC for k, _ in seen):
-                seen.append((spell("x-forwarded-client-cert"), fabricate))
+                # a hostile app knows whom it is called as: {svc}.{ns} from the Host header
+                svc, _, rest = (self.headers.get("host") or "").partition(".")
+                value = fabricate.replace("{svc}", svc).replace("{ns}", rest.split(".")[0])
+                seen.append((spell("x-forwarded-client-cert"), value))
             body = canned if canned is not None else render(app, seen, name)
             ctype = "application/text" if app is App.ISTIO_ECHO else "application/json"
             self.send_response(200)
@@ -113,7 +116,9 @@ def main() -> None:
     p.add_argument("--case", choices=sorted(CASES), default="title")
     p.add_argument("--listen", action="append", default=[])
     p.add_argument("--tcp-listen", action="append", default=[])
-    p.add_argument("--fabricate", help="XFCC shown for requests that arrive without one")
+    p.add_argument(
+        "--fabricate", help="XFCC shown for requests that arrive without one ({svc}, {ns})"
+    )
     args, _ = p.parse_known_args()
     servers: list[ThreadingHTTPServer] = []
     for text in args.listen:
