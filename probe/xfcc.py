@@ -19,8 +19,10 @@ nothing else, in linear time, on bounded input.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ELEMENTS = 64
@@ -244,3 +246,58 @@ def format_element(el: XfccElement) -> str:
 
 def format_xfcc(elements: Iterable[XfccElement]) -> str:
     return ",".join(format_element(e) for e in elements)
+
+
+@dataclass(frozen=True)
+class OwnCerts:
+    """The probe's own leaf certificates as its sidecar holds them: hex SHA-256 of
+    each DER, the value Envoy writes as ``Hash=`` for the client certificate."""
+
+    hashes: frozenset[str] = frozenset()
+    #: Why they are not known (then nothing is compared), else None.
+    unknown: str | None = None
+    #: Fetched again after a mismatch (the set then holds both fetches).
+    refreshed: bool = False
+    #: Set when a certificate the sidecar no longer holds may still be in use (it
+    #: renewed during its life; Envoy keeps pooled connections on the old one).
+    retired_possible: str | None = None
+
+
+class HashOutcome(Enum):
+    MATCH = "match"
+    NOT_COMPARED = "not compared"
+    MISMATCH = "mismatch"  # fail: not written for our certificate
+    UNDECIDABLE = "undecidable"  # error: a retired certificate of ours cannot be excluded
+
+
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def compare_hash(el: XfccElement, own: OwnCerts) -> tuple[HashOutcome, str]:
+    """Is the trusted element bound to this probe's certificate? Envoy writes the
+    SHA-256 of the client certificate it verified as ``Hash=``; an app that fabricates
+    the element (reached in plaintext) knows both SPIFFE IDs, which are public, but not
+    which certificate the probe's sidecar presents. Returns (outcome, evidence text)."""
+    if own.unknown is not None:
+        return HashOutcome.NOT_COMPARED, f"not compared: {own.unknown}"
+    value = (el.hash or "").strip().lower()
+    if not value:
+        return HashOutcome.MISMATCH, (
+            "the trusted XFCC element was not written for this probe's certificate: it has "
+            "no Hash= (Envoy always writes the client certificate's SHA-256)"
+        )
+    if value in own.hashes:
+        return HashOutcome.MATCH, f"Hash={value} is the probe sidecar's certificate"
+    shown = value[:64] + ("…" if len(value) > 64 else "")
+    text = (
+        f"the trusted XFCC element was not written for this probe's certificate: Hash={shown} "
+        f"is not the sidecar's certificate (it holds {len(own.hashes)} for this identity"
+        + (", fetched again after the mismatch" if own.refreshed else "")
+        + ")"
+    )
+    if _HEX_SHA256.fullmatch(value) and own.refreshed and own.retired_possible is not None:
+        return HashOutcome.UNDECIDABLE, (
+            f"{text}; but {own.retired_possible}: a pooled connection may still carry a "
+            "retired certificate, so a stale hash cannot be told from a fabricated one"
+        )
+    return HashOutcome.MISMATCH, text

@@ -55,9 +55,12 @@ def handler(
     drop_xfcc: bool = False,
     xfcc_value_upper: bool = False,
     canned: bytes | None = None,
+    fabricate: str | None = None,
 ) -> type[BaseHTTPRequestHandler]:
     """An app in ``app``'s shape. ``drop_xfcc``: it never shows XFCC; ``xfcc_value_upper``:
-    it shows XFCC values upper-cased; ``canned``: it always answers these bytes."""
+    it shows XFCC values upper-cased; ``canned``: it always answers these bytes;
+    ``fabricate``: a request that arrives without XFCC (plaintext, no server sidecar)
+    is shown with this XFCC value, as a hostile app would lie."""
     spell = CASES[case]
 
     class Handler(BaseHTTPRequestHandler):
@@ -73,6 +76,11 @@ def handler(
                     continue
                 upper = k.lower() == XFCC and xfcc_value_upper
                 seen.append((spell(k), v.upper() if upper else v))
+            if fabricate is not None and not any(k.lower() == XFCC for k, _ in seen):
+                # a hostile app knows whom it is called as: {svc}.{ns} from the Host header
+                svc, _, rest = (self.headers.get("host") or "").partition(".")
+                value = fabricate.replace("{svc}", svc).replace("{ns}", rest.split(".")[0])
+                seen.append((spell("x-forwarded-client-cert"), value))
             body = canned if canned is not None else render(app, seen, name)
             ctype = "application/text" if app is App.ISTIO_ECHO else "application/json"
             self.send_response(200)
@@ -108,6 +116,9 @@ def main() -> None:
     p.add_argument("--case", choices=sorted(CASES), default="title")
     p.add_argument("--listen", action="append", default=[])
     p.add_argument("--tcp-listen", action="append", default=[])
+    p.add_argument(
+        "--fabricate", help="XFCC shown for requests that arrive without one ({svc}, {ns})"
+    )
     args, _ = p.parse_known_args()
     servers: list[ThreadingHTTPServer] = []
     for text in args.listen:
@@ -120,7 +131,8 @@ def main() -> None:
             srv = serving_mod.make_server(lst.host, lst.port, httpbin_app, threaded=True)
         else:
             srv = ThreadingHTTPServer(
-                (lst.host, lst.port), handler(App(args.style), args.case, name=lst.name)
+                (lst.host, lst.port),
+                handler(App(args.style), args.case, name=lst.name, fabricate=args.fabricate),
             )
             srv.daemon_threads = True
         threading.Thread(target=srv.serve_forever, daemon=True).start()

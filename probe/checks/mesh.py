@@ -7,8 +7,12 @@ Verdicts, by what the target's port is expected to do:
   app reflects this very request (our marker header came back; httpbin, go-httpbin,
   Istio's echo or ``mtlsprobe serve``, see probe.reflect) and the last XFCC element
   carries exactly one ``By=``, the target's identity, and exactly one ``URI=``, the
-  probe's. No XFCC means the call was not mTLS (fail); two ``By=``/``URI=`` values are
-  not an X.509-SVID (fail).
+  probe's, and, when the probe's sidecar admin shows the probe's certificate, exactly
+  one ``Hash=`` equal to the SHA-256 of one it holds (an app reached in plaintext can
+  fabricate the public SPIFFE IDs, not that; none or another hash is a fail, fetched
+  again once first; a hash a renewed sidecar may have retired is an error). No XFCC
+  means the call was not mTLS (fail); two ``By=``/``URI=`` values are not an
+  X.509-SVID (fail).
 - STRICT / PERMISSIVE, targets that do not reflect headers and every tcp port: an
   app's answer proves reachability only. The probe's own sidecar is the witness
   (probe.clusterstats): TLS counted on the target's outbound cluster for this call is
@@ -30,12 +34,27 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, TcpMeshResponse, call, tcp_call, witnessed
+from probe.checks.meshcall import (
+    MeshResponse,
+    TcpMeshResponse,
+    call,
+    own_certs_for,
+    tcp_call,
+    witnessed,
+)
 from probe.clusterstats import Transport, TransportSeen
 from probe.model import DEFAULT_ECHO_PATH, Expect, Protocol
 from probe.reflect import MARKER_HEADER
 from probe.results import Result, Verdict
-from probe.xfcc import XfccError, identity_problems, join_values, parse_xfcc
+from probe.xfcc import (
+    HashOutcome,
+    OwnCerts,
+    XfccError,
+    compare_hash,
+    identity_problems,
+    join_values,
+    parse_xfcc,
+)
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
@@ -56,10 +75,15 @@ def expected_text(target: Target, source_id: str | None) -> str:
 
 
 def judge(
-    target: Target, source_id: str | None, resp: MeshResponse, seen: TransportSeen | None = None
+    target: Target,
+    source_id: str | None,
+    resp: MeshResponse,
+    seen: TransportSeen | None = None,
+    own: OwnCerts | None = None,
 ) -> Judgement:
     """Pure: what the response (and, for targets that do not reflect headers, the
-    sidecar's counters around the call) prove about this target."""
+    sidecar's counters around the call) prove about this target. ``own``: the probe's
+    own certificates, which the trusted element's ``Hash=`` must name."""
     ev: dict[str, Any] = {"status": resp.status, "server": resp.server}
     meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
     if resp.sidecar_error is not None:
@@ -146,12 +170,24 @@ def judge(
     problems = identity_problems(last, target.identity, source_id)
     if problems:
         return Judgement(Verdict.FAIL, observed, "; ".join(problems), ev)
+    outcome, hash_text = compare_hash(
+        last, own or OwnCerts(unknown="the probe's own certificate was not fetched")
+    )
+    ev["xfcc_hash"] = hash_text if outcome is not HashOutcome.MATCH else f"matched: {hash_text}"
+    if outcome is HashOutcome.MISMATCH:
+        return Judgement(Verdict.FAIL, observed, hash_text, ev)
+    if outcome is HashOutcome.UNDECIDABLE:
+        return Judgement(Verdict.ERROR, observed, f"could not observe: {hash_text}", ev)
     notes = []
+    if outcome is HashOutcome.NOT_COMPARED:
+        notes.append(f"Hash= {hash_text}")
     if target.identity is None:
         notes.append("target identity not given: By= not compared")
     if source_id is None:
         notes.append("source identity not given: URI= not compared")
-    reason = f"mTLS proven by the last XFCC element: {observed}"
+    reason = f"mTLS proven by the last XFCC element: {observed}" + (
+        ", written for this probe's certificate (Hash=)" if outcome is HashOutcome.MATCH else ""
+    )
     return Judgement(
         Verdict.PASS, observed, reason + (f" ({'; '.join(notes)})" if notes else ""), ev
     )
@@ -274,7 +310,8 @@ class MeshCheck(Check):
             tcp_resp, seen = witnessed(ctx, target, True, lambda: tcp_call(ctx, target))
             j = judge_tcp(target, tcp_resp, seen)
         elif target.echo:
-            j = judge(target, source_id, call(ctx, target))
+            resp = call(ctx, target)
+            j = judge(target, source_id, resp, own=own_certs_for(ctx, resp))
         else:
             resp, seen = witnessed(ctx, target, False, lambda: call(ctx, target))
             j = judge(target, source_id, resp, seen)

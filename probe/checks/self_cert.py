@@ -328,17 +328,12 @@ class SelfCheck(Check):
         return None
 
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
-        admin = (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+        admin = admin_url(ctx)
         expected_id = ctx.targets.source.identity
         assert expected_id is not None
         roots = mesh_roots(ctx)
         now = dt.datetime.now(dt.UTC)
-        secrets = DumpedSecrets()
-        for path in SECRETS_PATHS:
-            status, doc = _get_json(ctx, admin + path)
-            secrets = secrets_from_config_dump(doc) if status == 200 else DumpedSecrets()
-            if secrets.chains:
-                break
+        secrets = fetch_secrets(ctx)
         if secrets.chains:
             j = judge_dump(
                 secrets,
@@ -350,7 +345,7 @@ class SelfCheck(Check):
                 ctx.settings.max_lifetime,
             )
         else:
-            status, doc = _get_json(ctx, admin + "/certs")
+            status, doc = get_admin_json(ctx, admin + "/certs")
             if status != 200 or not isinstance(doc, dict):
                 raise SidecarUnavailable(
                     f"the sidecar admin {admin} shows no certificates (config_dump secrets "
@@ -385,7 +380,24 @@ class SelfCheck(Check):
         )
 
 
-def _get_json(ctx: RunContext, url: str) -> tuple[int, object]:
+def admin_url(ctx: RunContext) -> str:
+    """The probe's own sidecar admin: ``source.sidecarAdmin`` or the in-pod default."""
+    return (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+
+
+def fetch_secrets(ctx: RunContext) -> DumpedSecrets:
+    """The certificates the probe's sidecar holds now (active SDS secrets, else static
+    ones); empty when it shows none. Raises SidecarUnavailable / ProtocolViolation."""
+    admin = admin_url(ctx)
+    for path in SECRETS_PATHS:
+        status, doc = get_admin_json(ctx, admin + path)
+        secrets = secrets_from_config_dump(doc) if status == 200 else DumpedSecrets()
+        if secrets.chains:
+            return secrets
+    return DumpedSecrets()
+
+
+def get_admin_json(ctx: RunContext, url: str) -> tuple[int, object]:
     """(status, parsed JSON or None). Unreachable admin → SidecarUnavailable; a 200
     that is not JSON, or too large → ProtocolViolation."""
     import httpx

@@ -11,7 +11,9 @@ could strip a forged header, and any client can send one straight to the app.
 
 A pass rests on a positive sighting, never on absence alone: the app must reflect
 this very request (the marker header came back, see probe.reflect) and, where the
-server sidecar does mTLS (STRICT / PERMISSIVE), show the genuine element it appended.
+server sidecar does mTLS (STRICT / PERMISSIVE), show the genuine element it appended
+(naming the target and the probe, and, when the probe's sidecar shows its certificate,
+that certificate's ``Hash=``).
 An app that shows no XFCC at all there proves nothing (it may drop the header, or the
 call was not mTLS): error. Header names are matched in any case, and the forged marker
 in any case of its value.
@@ -24,15 +26,18 @@ import secrets
 from typing import TYPE_CHECKING, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, call
+from probe.checks.meshcall import MeshResponse, call, own_certs_for
 from probe.errors import ObservationError, ProtocolViolation
 from probe.model import Expect, Protocol
 from probe.reflect import MARKER_HEADER
 from probe.results import Result, Verdict
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
 from probe.xfcc import (
+    HashOutcome,
+    OwnCerts,
     XfccElement,
     XfccError,
+    compare_hash,
     format_element,
     join_values,
     parse_xfcc,
@@ -81,6 +86,7 @@ def judge(
     *,
     expected_by: str | None = None,
     expected_uri: str | None = None,
+    own: OwnCerts | None = None,
 ) -> tuple[Verdict, str, str, dict[str, object]]:
     """Pure: (verdict, observed, reason, evidence). Raises ObservationError when the
     response cannot show what reached the app. On STRICT/PERMISSIVE the forged
@@ -140,6 +146,17 @@ def judge(
                 f"element ({'; '.join(problems)}): the app or something in between alters "
                 "XFCC, so the forged one's absence proves nothing"
             )
+        # Genuine means written for this probe's certificate too: an app reached in
+        # plaintext can fabricate By=/URI= (public names), not the certificate's hash.
+        outcome, hash_text = compare_hash(
+            elements[-1], own or OwnCerts(unknown="the probe's own certificate was not fetched")
+        )
+        ev["xfcc_hash"] = hash_text if outcome is not HashOutcome.MATCH else f"matched: {hash_text}"
+        if outcome in (HashOutcome.MISMATCH, HashOutcome.UNDECIDABLE):
+            raise ObservationError(
+                f"{hash_text}: the last element is not the server sidecar's genuine one for "
+                "this call, so the forged one's absence proves nothing"
+            )
     if not forged_seen:
         if elements is None:
             reason = "the forged element did not reach the app (its XFCC is malformed otherwise)"
@@ -148,6 +165,8 @@ def judge(
                 f"the forged element never reached the app; it got {len(elements)} genuine "
                 f"element(s), the last By={'/'.join(elements[-1].by) or '?'}"
             )
+            if str(ev.get("xfcc_hash", "")).startswith("not compared"):
+                reason += f" (Hash= {ev['xfcc_hash']})"
         else:
             reason = "the forged element never reached the app (no XFCC at all)"
         return Verdict.PASS, "forged XFCC dropped", reason, ev
@@ -209,6 +228,7 @@ class XfccSpoofCheck(Check):
             target.expect,
             expected_by=target.identity,
             expected_uri=ctx.targets.source.identity,
+            own=own_certs_for(ctx, resp),
         )
         evidence = {"forged": forged.summary(), **evidence}
         return make_result(

@@ -1,0 +1,80 @@
+"""The Hash= binding on the lab's real Envoy: the genuine element a real server sidecar
+writes carries the SHA-256 of the certificate the probe's sidecar presented, and the
+probe compares it with what its sidecar's admin shows. Apps reached in plaintext (no
+server sidecar; a DestinationRule DISABLE in front of one) that fabricate a perfect
+reflection - our marker, an XFCC with the right, public, By=/URI= - do not pass."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from jobs.lab.runner import running
+from jobs.lab.runtime import App as LabApp
+from jobs.lab.scenarios import from_files
+from probe.model import Expect
+from tests.test_mesh_lab_liars import HEAD, PLAIN_DR, WORKLOAD, run
+
+pytestmark = pytest.mark.envoy
+
+BARE = """
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bare}
+"""
+PROBE = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
+
+
+def liar_argv(fabricate: str) -> object:
+    """httpbin-shaped apps that show ``fabricate`` as XFCC when none arrived."""
+
+    def argv(apps: Sequence[LabApp]) -> list[str]:
+        out = [sys.executable, "-m", "tests.reflect_apps", "--style", "httpbin"]
+        out += ["--fabricate", fabricate]
+        for a in apps:
+            out += ["--listen" if a.http else "--tcp-listen", f"{a.ip}:{a.port}={a.name}"]
+        return out
+
+    return argv
+
+
+@pytest.mark.parametrize(
+    "hash_part", ["Hash=" + "5e" * 32 + ";", ""], ids=["made-up-hash", "no-hash"]
+)
+def test_fabricated_reflections_do_not_pass_and_the_genuine_one_does(
+    tmp_path: Path, hash_part: str
+) -> None:
+    web = {"port": 8080, "pn": "http"}
+    text = HEAD + WORKLOAD % {"name": "web", **web} + WORKLOAD % {"name": "web-plain", **web}
+    text += PLAIN_DR % {"name": "web-plain"}
+    text += BARE + (WORKLOAD % {"name": "liar", **web}).replace(
+        "namespace: data", "namespace: bare"
+    )
+    path = tmp_path / "mesh.yaml"
+    path.write_text(text)
+    # service account = service name here, so the app can name the target's identity
+    fabricate = f'By=spiffe://cluster.local/ns/{{ns}}/sa/{{svc}};{hash_part}Subject="";URI={PROBE}'
+    with running(from_files([path]), tmp_path / "lab", serve_argv=liar_argv(fabricate)) as lab:  # type: ignore[arg-type]
+        # the targets file says every one of them is mTLS with a sidecar
+        targets = replace(
+            lab.targets,
+            targets=tuple(replace(t, expect=Expect.STRICT, echo=True) for t in lab.targets.targets),
+        )
+        assert targets.source.identity == PROBE
+        results = run(targets, ("mesh", "xfcc-spoof"))
+    ok = results["mesh data/web"]
+    assert ok.verdict.value == "pass", ok
+    assert ok.evidence["xfcc_hash"].startswith("matched: Hash="), ok.evidence
+    assert "this probe's certificate" in ok.reason
+    spoof = results["xfcc-spoof data/web"]
+    assert spoof.verdict.value == "pass" and spoof.evidence["xfcc_hash"].startswith("matched")
+    for name in ("data/web-plain", "bare/liar"):
+        lie = results[f"mesh {name}"]
+        assert lie.verdict.value == "fail", lie
+        assert "not written for this probe's certificate" in lie.reason
+        assert results[f"xfcc-spoof {name}"].verdict.value != "pass"
