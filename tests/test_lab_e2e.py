@@ -322,12 +322,19 @@ def test_cli_keep_then_down(tmp_path: Path) -> None:
                 os.killpg(p, signal.SIGKILL)
 
 
+def _sigint_default() -> None:
+    """A shell's background jobs (CI runners among them) inherit SIGINT ignored, and
+    Python then never raises KeyboardInterrupt: give the lab what a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_interrupted_leaves_nothing_running(tmp_path: Path, sig: signal.Signals) -> None:
     child = subprocess.Popen(
         [*MTLSPROBE, "lab", "healthy", "--workdir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=_sigint_default,  # noqa: PLW1509 (only sets a signal disposition)
     )
     pids: list[int] = []
     try:

@@ -300,6 +300,10 @@ def test_no_process_survives_the_parent_dying(tmp_path: Path, how: str) -> None:
         code = (
             "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n" + code
         )
+    if how == "SIGINT":
+        # A shell's background jobs inherit SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler: give the child the disposition a terminal gives it.
+        code = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + code
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
