@@ -319,6 +319,7 @@ class _Builder:
         ns, svc_name = namespace(svc), name(svc)
         for sp in service_ports(svc):
             if (sp.get("protocol") or "TCP") != "TCP":
+                self._not_captured(svc, sp)
                 continue
             base = f"{ns}/{svc_name}:{sp['port']}"
             self.ports.append(PortCoverage(base, (), tuple(routed), why))
@@ -330,6 +331,25 @@ class _Builder:
                     notProbed=True,
                 )
             )
+
+    def _not_captured(self, svc: KubeObject, sp: Mapping[str, Any]) -> None:
+        """A UDP or SCTP Service port: Istio's sidecar captures TCP only (the
+        ``-p tcp`` rules of tools/istio-iptables/pkg/capture/run.go; ztunnel proxies
+        TCP too) and pkg/config/kube/conversion.go ``ConvertProtocol`` makes a UDP port
+        protocol UDP, which no mTLS listener serves. Its traffic is never mutual TLS
+        whatever PeerAuthentication says: not probed, and compliance fails there. Named
+        ``<ns>/<svc>:<port>/<proto>`` so it never collides with a TCP port of the same
+        number (DNS publishes 53/TCP and 53/UDP)."""
+        proto = str(sp.get("protocol"))[:16]
+        excl = Excluded(
+            f"Service {ref(svc)} port {sp['port']}/{proto}",
+            None,
+            f"protocol {proto!r}: Istio's sidecar and ztunnel capture TCP only, so this "
+            "traffic is never mutual TLS whatever the PeerAuthentication says",
+        )
+        self._excluded_findings(ref(svc), [excl])
+        name_ = f"{namespace(svc)}/{name(svc)}:{sp['port']}/{proto.lower()}"
+        self.ports.append(PortCoverage(name_, (), (excl,), None))
 
     # -- targets and edges ----------------------------------------------------------------------
 
@@ -364,6 +384,7 @@ class _Builder:
         planned_ports: set[int] = set()
         for sp in service_ports(svc):
             if (sp.get("protocol") or "TCP") != "TCP":
+                self._not_captured(svc, sp)
                 continue
             port: int = sp["port"]
             base = f"{ns}/{svc_name}:{port}"

@@ -1,0 +1,72 @@
+"""Red-team cases for ``mtlsprobe plan`` not covered elsewhere (issue 17 follow-up).
+
+Each case is planned both ways - ``--from-manifests`` and the same objects served by
+the fake API server (tests/fakekube.py) - through ``tests.test_plan_safety``'s
+``plan_both`` fixture, which also asserts the two plans agree and that the targets
+file round-trips through ``check``'s loader. Each test names the Istio or
+Kubernetes behaviour it encodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.cli import main as cli_main
+from probe.model import Protocol
+from probe.results import Verdict
+from tests import kubebuild as kb
+from tests.test_plan_safety import Both, a_pod, base, plan_both  # noqa: F401  (fixture)
+
+# ---- UDP / SCTP Service ports ----------------------------------------------------------------
+
+
+def test_udp_port_never_passes_require_strict(plan_both: Callable[..., Both]) -> None:
+    """Istio captures TCP only: the sidecar's iptables rules redirect ``-p tcp``
+    (tools/istio-iptables/pkg/capture/run.go) and pkg/config/kube/conversion.go
+    ``ConvertProtocol`` makes a UDP Service port protocol UDP, which no mTLS listener
+    serves. A STRICT PeerAuthentication therefore says nothing about a UDP port: its
+    traffic is plaintext, and ``--require strict`` must not pass (nor exit 0)."""
+    service = kb.service(
+        "a", "shop", {"app": "a"}, [kb.sport(53, 5353, name="dns", protocol="UDP")]
+    )
+    b = plan_both([*base(), a_pod(), service])
+    assert b.live.targets_file.targets == ()
+    req = b.required()
+    assert req["require-strict:shop/a:53/udp"] == Verdict.FAIL
+    assert "UDP" in b.reasons()
+    assert b.live.exit_code() == 1
+
+
+def test_udp_next_to_tcp_on_the_same_port_number(plan_both: Callable[..., Both]) -> None:
+    """DNS-style Services publish 53/TCP and 53/UDP: the TCP port is planned and can
+    pass; the UDP one is named apart and fails ``--require strict``."""
+    service = kb.service(
+        "a",
+        "shop",
+        {"app": "a"},
+        [kb.sport(53, 8053, name="dns-tcp"), kb.sport(53, 8053, name="dns", protocol="UDP")],
+    )
+    b = plan_both([*base(), a_pod(), service])
+    assert [t.name for t in b.live.targets_file.targets] == ["shop/a:53"]
+    req = b.required()
+    assert req["require-strict:shop/a:53"] == Verdict.PASS
+    assert req["require-strict:shop/a:53/udp"] == Verdict.FAIL
+    assert b.live.exit_code() == 1
+
+
+def test_sctp_port_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SCTP is not captured either (iptables rules are ``-p tcp``): the real CLI must
+    not exit 0 under ``--require strict`` for a Service whose only port is SCTP."""
+    service = kb.service(
+        "a", "shop", {"app": "a"}, [kb.sport(80, 8080, name="x", protocol="SCTP")]
+    )
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump_all([*base(), a_pod(), service]))
+    code = cli_main(["plan", "--from-manifests", str(f), "--require", "strict", "-o", "yaml"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL require-strict shop/a:80/sctp" in out
