@@ -16,10 +16,12 @@ import pytest
 import yaml
 
 from jobs.cli import main as cli_main
-from probe.model import Protocol
 from probe.results import Verdict
 from tests import kubebuild as kb
-from tests.test_plan_safety import Both, a_pod, base, plan_both  # noqa: F401  (fixture)
+from tests import test_plan_safety as safety
+from tests.test_plan_safety import Both, a_pod, base
+
+plan_both = safety.plan_both  # the fixture that plans both ways and compares
 
 # ---- UDP / SCTP Service ports ----------------------------------------------------------------
 
@@ -61,9 +63,7 @@ def test_udp_next_to_tcp_on_the_same_port_number(plan_both: Callable[..., Both])
 def test_sctp_port_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """SCTP is not captured either (iptables rules are ``-p tcp``): the real CLI must
     not exit 0 under ``--require strict`` for a Service whose only port is SCTP."""
-    service = kb.service(
-        "a", "shop", {"app": "a"}, [kb.sport(80, 8080, name="x", protocol="SCTP")]
-    )
+    service = kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080, name="x", protocol="SCTP")])
     f = tmp_path / "m.yaml"
     f.write_text(yaml.safe_dump_all([*base(), a_pod(), service]))
     code = cli_main(["plan", "--from-manifests", str(f), "--require", "strict", "-o", "yaml"])
