@@ -200,12 +200,16 @@ def expect_for(mode: Expect, sidecar: bool, ambient: bool) -> Expect:
 _HTTP_PROTOCOLS = ("http", "http2", "grpc", "grpc-web", "h2c")
 _TCP_PROTOCOLS = ("tcp", "tls", "https", "mongo", "mysql", "redis", "udp")
 _APP_PROTOCOL_HTTP = {"http", "http2", "grpc", "grpc-web", "kubernetes.io/h2c", "kubernetes.io/ws"}
+# pkg/config/kube/conversion.go ``wellKnownPorts`` (SMTP, DNS, MySQL, MongoDB): a Service
+# port with one of these numbers and no recognised protocol name is TCP, not sniffed.
+_WELL_KNOWN_TCP_PORTS = frozenset({25, 53, 3306, 27017})
 
 
 def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
     """Istio's explicit protocol selection: ``appProtocol``, else the port name's prefix
-    (``<protocol>[-suffix]``). Unnamed ports are sniffed by Istio; we plan them as
-    HTTP, the protocol its detection exists for."""
+    (``<protocol>[-suffix]``), else TCP on the well-known ports Istio never sniffs
+    (pkg/config/kube/conversion.go ``ConvertProtocol``). Other unnamed ports are
+    sniffed by Istio; we plan them as HTTP, the protocol its detection exists for."""
     app = service_port.get("appProtocol")
     if isinstance(app, str) and app:
         a = app.lower()
@@ -219,6 +223,8 @@ def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
             return Protocol.HTTP
         if prefix in _TCP_PROTOCOLS:
             return Protocol.TCP
+    if service_port.get("port") in _WELL_KNOWN_TCP_PORTS:
+        return Protocol.TCP  # ConvertProtocol: no protocol from the name, a well-known port
     return Protocol.HTTP
 
 

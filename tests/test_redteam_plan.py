@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from jobs.cli import main as cli_main
+from probe.model import Protocol
 from probe.results import Verdict
 from tests import kubebuild as kb
 from tests import test_plan_safety as safety
@@ -70,3 +71,28 @@ def test_sctp_port_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert code == 1
     assert "FAIL require-strict shop/a:80/sctp" in out
+
+
+# ---- protocol selection on well-known ports ------------------------------------------------
+
+
+def test_well_known_ports_without_a_protocol_name_are_tcp(plan_both: Callable[..., Both]) -> None:
+    """pkg/config/kube/conversion.go ``ConvertProtocol``: a Service port whose name (or
+    appProtocol) names no protocol is sniffed, except on the well-known ports 25, 53,
+    3306 and 27017, which Istio configures as TCP. An unnamed MySQL port must be
+    probed as TCP (TCP ALPNs, no HTTP request), as Istio's listeners treat it."""
+    ports = [
+        {"port": 3306, "targetPort": 3306, "protocol": "TCP", "name": "db"},
+        {"port": 27017, "targetPort": 27017, "protocol": "TCP", "name": "store"},
+        {"port": 8080, "targetPort": 8080, "protocol": "TCP", "name": "web"},
+        {"port": 25, "targetPort": 2525, "protocol": "TCP", "name": "http-mail"},
+    ]
+    service = kb.service("a", "shop", {"app": "a"}, ports)
+    b = plan_both([*base(), a_pod(), service])
+    got = {t.name: t.protocol for t in b.live.targets_file.targets}
+    assert got == {
+        "shop/a:3306": Protocol.TCP,
+        "shop/a:27017": Protocol.TCP,
+        "shop/a:8080": Protocol.HTTP,  # sniffed: planned as HTTP
+        "shop/a:25": Protocol.HTTP,  # the name says http: no well-known fallback
+    }
