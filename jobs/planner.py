@@ -67,6 +67,7 @@ from jobs.injection import (
     ambient_enrolled,
     ambient_labeled,
     has_sidecar,
+    inbound_uncaptured,
 )
 from jobs.objects import (
     DEFAULT_TRUST_DOMAIN,
@@ -85,6 +86,7 @@ from jobs.objects import (
 from jobs.policy import (
     ClientView,
     DestinationRuleIndex,
+    ModeDecision,
     Outcome,
     PeerAuthIndex,
     WorkloadPolicy,
@@ -411,10 +413,10 @@ class _Builder:
             for pod, ip, tport in found:
                 pi = self.info(pod)
                 decision = self.policy(pod).at(tport)
-                expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
                 view = client_view(
                     dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
                 )
+                expect, decision = _on_the_wire(pi, tport, decision)
                 key = (pi.service_account, expect, pi.echo)
                 eps = groups.setdefault(key, [])
                 if ip is not None:
@@ -501,6 +503,21 @@ class _Builder:
                 )
             self.ports.append(PortCoverage(base, tuple(names), routed, None))
         return targets
+
+
+def _on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect, ModeDecision]:
+    """What inbound ``port`` of the pod must show, and the decision behind it. A
+    sidecar pod whose iptables leave the port alone (``jobs.injection.
+    inbound_uncaptured``) has no proxy in front of it: plaintext reaches the app
+    whatever the PeerAuthentication says (``NONE``; the source says why)."""
+    if pi.has_sidecar and not pi.ambient:
+        why = inbound_uncaptured(pi.annotations, port)
+        if why is not None:
+            return Expect.NONE, ModeDecision(
+                decision.mode,
+                f"{decision.source}, but the sidecar does not capture inbound port {port}: {why}",
+            )
+    return expect_for(decision.mode, pi.has_sidecar, pi.ambient), decision
 
 
 def _port_backends(
@@ -630,10 +647,8 @@ def _inbound(b: _Builder) -> list[Inbound]:
             if (p.get("protocol") or "TCP") == "TCP"
         }
         for port in sorted(declared | ports.get(key, set())):
-            d = b.policy(pod).at(port)
-            out.append(
-                Inbound(pi, port, d.mode, expect_for(d.mode, pi.has_sidecar, pi.ambient), d.source)
-            )
+            expect, d = _on_the_wire(pi, port, b.policy(pod).at(port))
+            out.append(Inbound(pi, port, d.mode, expect, d.source))
     return out
 
 
@@ -916,11 +931,12 @@ def _require_strict(t: Target, edges: Sequence[Edge]) -> Result:
             observed="STRICT",
         )
     e = bad[0]
-    why = (
-        f"pod {e.pod.key} has no sidecar: plaintext accepted whatever the policy"
-        if e.expect == Expect.NONE
-        else f"target port {e.target_port} is {e.server_mode.value} by {e.mode_source}"
-    )
+    if e.expect != Expect.NONE:
+        why = f"target port {e.target_port} is {e.server_mode.value} by {e.mode_source}"
+    elif e.pod.has_proxy:
+        why = f"pod {e.pod.key}: {e.mode_source}; plaintext accepted whatever the policy"
+    else:
+        why = f"pod {e.pod.key} has no sidecar: plaintext accepted whatever the policy"
     return Result(
         check=check,
         target=t.name,

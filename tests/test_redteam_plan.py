@@ -96,3 +96,48 @@ def test_well_known_ports_without_a_protocol_name_are_tcp(plan_both: Callable[..
         "shop/a:8080": Protocol.HTTP,  # sniffed: planned as HTTP
         "shop/a:25": Protocol.HTTP,  # the name says http: no well-known fallback
     }
+
+
+# ---- ports the sidecar does not capture ----------------------------------------------------
+
+EXCLUDE = "traffic.sidecar.istio.io/excludeInboundPorts"
+INCLUDE = "traffic.sidecar.istio.io/includeInboundPorts"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "strict_ports"),
+    [
+        ({}, {80, 90}),
+        ({EXCLUDE: "8080"}, {90}),
+        ({EXCLUDE: " 9090 , 8080"}, set()),
+        ({INCLUDE: "9090"}, {90}),
+        ({INCLUDE: "*", EXCLUDE: "15020,15021,15090"}, {80, 90}),
+        ({INCLUDE: ""}, set()),  # no inbound capture at all
+        ({EXCLUDE: "eighty"}, set()),  # unreadable: fail closed, nothing passes
+    ],
+)
+def test_ports_the_sidecar_does_not_capture_accept_plaintext(
+    plan_both: Callable[..., Both], annotations: dict[str, str], strict_ports: set[int]
+) -> None:
+    """Istio's sidecar redirects inbound TCP to Envoy only for the ports of
+    ``traffic.sidecar.istio.io/includeInboundPorts`` (default ``*``) minus
+    ``traffic.sidecar.istio.io/excludeInboundPorts`` (tools/istio-iptables/pkg/capture/
+    run.go ``handleInboundPortsInclude``: ``-j RETURN`` for excluded ports, an empty
+    include list captures nothing; cni/pkg/plugin/sidecar_redirect.go reads the same
+    annotations). An uncaptured port reaches the app directly and accepts plaintext
+    whatever the PeerAuthentication says: it is no STRICT target and never passes
+    ``--require strict``."""
+    pod = a_pod(annotations=annotations)
+    service = kb.service(
+        "a", "shop", {"app": "a"}, [kb.sport(80, 8080), kb.sport(90, 9090, name="tcp-b")]
+    )
+    b = plan_both([*base(), pod, service])
+    expects = {t.port: t.expect.value for t in b.live.targets_file.targets}
+    assert {p for p, e in expects.items() if e == "STRICT"} == strict_ports
+    assert {p for p, e in expects.items() if e != "STRICT"} == {80, 90} - strict_ports
+    req = b.required()
+    for port in (80, 90):
+        want = Verdict.PASS if port in strict_ports else Verdict.FAIL
+        assert req[f"require-strict:shop/a:{port}"] == want
+    if strict_ports != {80, 90}:
+        assert "does not capture" in b.reasons()
