@@ -198,3 +198,16 @@ def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
     if port in excluded:
         return f"{EXCLUDE_INBOUND_PORTS}={exclude[:64]!r} names it"
     return None
+
+
+# cni/pkg/nodeagent/net.go ``getPodLevelTrafficOverrides``: "ingress mode" turns off
+# ztunnel's inbound redirection for an ambient pod; the value is read with Go's
+# strconv.ParseBool (cni/pkg/util/podutil.go ``CheckBooleanAnnotation``), anything
+# else is ignored.
+AMBIENT_BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+
+
+def ambient_inbound_bypassed(annotations: Mapping[str, str]) -> bool:
+    """An ambient pod whose inbound traffic ztunnel does not capture."""
+    return annotations.get(AMBIENT_BYPASS_INBOUND) in _GO_TRUE

@@ -62,9 +62,11 @@ from jobs.endpoints import (
     service_backends,
 )
 from jobs.injection import (
+    AMBIENT_BYPASS_INBOUND,
     DATAPLANE_MODE,
     TLS_MODE_LABEL,
     ambient_enrolled,
+    ambient_inbound_bypassed,
     ambient_labeled,
     has_sidecar,
     inbound_uncaptured,
@@ -506,17 +508,20 @@ class _Builder:
 
 
 def _on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect, ModeDecision]:
-    """What inbound ``port`` of the pod must show, and the decision behind it. A
-    sidecar pod whose iptables leave the port alone (``jobs.injection.
-    inbound_uncaptured``) has no proxy in front of it: plaintext reaches the app
-    whatever the PeerAuthentication says (``NONE``; the source says why)."""
-    if pi.has_sidecar and not pi.ambient:
-        why = inbound_uncaptured(pi.annotations, port)
-        if why is not None:
-            return Expect.NONE, ModeDecision(
-                decision.mode,
-                f"{decision.source}, but the sidecar does not capture inbound port {port}: {why}",
-            )
+    """What inbound ``port`` of the pod must show, and the decision behind it. A port
+    its proxy does not capture - a sidecar whose iptables leave it alone
+    (``jobs.injection.inbound_uncaptured``), an ambient pod in ingress mode
+    (``ambient_inbound_bypassed``) - has no proxy in front of it: plaintext reaches
+    the app whatever the PeerAuthentication says (``NONE``; the source says why)."""
+    why: str | None = None
+    if pi.ambient and ambient_inbound_bypassed(pi.annotations):
+        why = f"ztunnel does not capture its inbound traffic ({AMBIENT_BYPASS_INBOUND})"
+    elif pi.has_sidecar and not pi.ambient:
+        uncaptured = inbound_uncaptured(pi.annotations, port)
+        if uncaptured is not None:
+            why = f"the sidecar does not capture inbound port {port}: {uncaptured}"
+    if why is not None:
+        return Expect.NONE, ModeDecision(decision.mode, f"{decision.source}, but {why}")
     return expect_for(decision.mode, pi.has_sidecar, pi.ambient), decision
 
 

@@ -141,3 +141,33 @@ def test_ports_the_sidecar_does_not_capture_accept_plaintext(
         assert req[f"require-strict:shop/a:{port}"] == want
     if strict_ports != {80, 90}:
         assert "does not capture" in b.reasons()
+
+
+@pytest.mark.parametrize(
+    ("value", "strict"),
+    [("true", False), ("1", False), ("True", False), ("false", True), ("yes", True)],
+)
+def test_ambient_pod_in_ingress_mode_accepts_plaintext(
+    plan_both: Callable[..., Both], value: str, strict: bool
+) -> None:
+    """cni/pkg/nodeagent/net.go: ``ambient.istio.io/bypass-inbound-capture`` (read
+    with Go's strconv.ParseBool; other values are ignored) turns off ztunnel's inbound
+    redirection for an enrolled pod, so its ports accept plaintext whatever the
+    PeerAuthentication says."""
+    pod = a_pod(
+        sidecar=False,
+        annotations={
+            "ambient.istio.io/redirection": "enabled",
+            "ambient.istio.io/bypass-inbound-capture": value,
+        },
+    )
+    objs = [
+        kb.namespace("shop", {"istio.io/dataplane-mode": "ambient"}),
+        kb.peer_auth("default", "shop", "STRICT"),
+        pod,
+        kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+    ]
+    b = plan_both(objs)
+    (t,) = b.live.targets_file.targets
+    assert t.expect.value == ("STRICT" if strict else "NONE")
+    assert b.required()["require-strict:shop/a:80"] == (Verdict.PASS if strict else Verdict.FAIL)
