@@ -161,6 +161,7 @@ def ambient_enrolled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bo
 # ports of includeInboundPorts (default ``*``; empty: none) minus excludeInboundPorts.
 INCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/includeInboundPorts"
 EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
+INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
 
 
 def _port_list(raw: str) -> frozenset[int] | None:
@@ -180,6 +181,10 @@ def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
     """Why the sidecar does not intercept inbound ``port`` (the app gets the bytes
     directly, so plaintext is accepted whatever the policy), or None when it does.
     An unreadable annotation counts as not captured: no compliance rests on it."""
+    if annotations.get(INTERCEPTION_MODE) == "NONE":
+        # injection-template.yaml: interceptionMode NONE adds no istio-init, so no
+        # iptables rule sends anything to Envoy.
+        return f"{INTERCEPTION_MODE}=NONE: no traffic is redirected to the proxy"
     include = annotations.get(INCLUDE_INBOUND_PORTS, "*")
     exclude = annotations.get(EXCLUDE_INBOUND_PORTS, "")
     if not isinstance(include, str) or not isinstance(exclude, str):

@@ -114,6 +114,8 @@ INCLUDE = "traffic.sidecar.istio.io/includeInboundPorts"
         ({INCLUDE: "*", EXCLUDE: "15020,15021,15090"}, {80, 90}),
         ({INCLUDE: ""}, set()),  # no inbound capture at all
         ({EXCLUDE: "eighty"}, set()),  # unreadable: fail closed, nothing passes
+        ({"sidecar.istio.io/interceptionMode": "NONE"}, set()),  # no istio-init at all
+        ({"sidecar.istio.io/interceptionMode": "TPROXY"}, {80, 90}),
     ],
 )
 def test_ports_the_sidecar_does_not_capture_accept_plaintext(
@@ -126,7 +128,9 @@ def test_ports_the_sidecar_does_not_capture_accept_plaintext(
     include list captures nothing; cni/pkg/plugin/sidecar_redirect.go reads the same
     annotations). An uncaptured port reaches the app directly and accepts plaintext
     whatever the PeerAuthentication says: it is no STRICT target and never passes
-    ``--require strict``."""
+    ``--require strict``. ``sidecar.istio.io/interceptionMode: NONE`` makes the
+    injection template (manifests/charts/istio-control/istio-discovery/files/
+    injection-template.yaml) add no istio-init: nothing is captured."""
     pod = a_pod(annotations=annotations)
     service = kb.service(
         "a", "shop", {"app": "a"}, [kb.sport(80, 8080), kb.sport(90, 9090, name="tcp-b")]
