@@ -416,7 +416,12 @@ class _Builder:
                 pi = self.info(pod)
                 decision = self.policy(pod).at(tport)
                 view = client_view(
-                    dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
+                    dr,
+                    decision.mode,
+                    pi.has_proxy,
+                    pi.tls_mode_label,
+                    ambient=pi.ambient,
+                    identity=pi.identity,
                 )
                 expect, decision = _on_the_wire(pi, tport, decision)
                 key = (pi.service_account, expect, pi.echo)

@@ -334,6 +334,10 @@ class DrTls:
     istio_certs: bool = False
     auto_off: str | None = None
     eds_mode: str | None = None
+    # ISTIO_MUTUAL ``subjectAltNames``: they replace the service's identities in the
+    # client's exact SAN match (cluster_tls.go ``buildUpstreamTLSSettings``); None when
+    # unset, empty or with ``insecureSkipVerify``.
+    sans: tuple[str, ...] | None = None
 
 
 def _is_ip(host: str) -> bool:
@@ -593,11 +597,15 @@ class DestinationRuleIndex:
                 eds_mode=str(eds.get("mode") or "DISABLE") if isinstance(eds, dict) else None,
             )
         mode = str(tls.get("mode") or "DISABLE")
+        sans = tls.get("subjectAltNames")
         return DrTls(
             mode=mode,
             source=source,
             plaintext=_no_tls_built(tls, mode, m.selector is not None),
             istio_certs=str(tls.get("clientCertificate") or "").startswith(_ISTIO_CERT_DIRS),
+            sans=tuple(str(x) for x in sans)
+            if isinstance(sans, list) and sans and tls.get("insecureSkipVerify") is not True
+            else None,
         )
 
     def _auto_off(
@@ -721,6 +729,7 @@ def client_view(
     has_proxy: bool,
     tls_mode_label: str | None,
     ambient: bool = False,
+    identity: str | None = None,
 ) -> ClientView:
     """Auto-mTLS (mesh ``enableAutoMtls``, default on): mTLS only to endpoints labelled
     ``security.istio.io/tlsMode: istio`` (or captured by ztunnel), and not to a DISABLE
@@ -729,7 +738,9 @@ def client_view(
     client sends plaintext (cluster_tls.go ``buildUpstreamTLSSettings``). A STRICT server
     requires a client certificate chaining to the mesh root (Envoy
     ``require_client_certificate``), so SIMPLE (no certificate) always fails there, and
-    MUTUAL with certificates of its own fails unless they are Istio's. ``has_proxy``:
+    MUTUAL with certificates of its own fails unless they are Istio's. ISTIO_MUTUAL
+    with ``subjectAltNames`` checks the server's certificate against those names only,
+    exactly: a server ``identity`` not among them fails the handshake. ``has_proxy``:
     sidecar or ztunnel."""
     mode = dr.mode
     by = f" ({dr.source})" if dr.source else ""
@@ -784,6 +795,14 @@ def client_view(
                 True,
                 Outcome.FAIL,
                 f"ISTIO_MUTUAL{by} to a DISABLE port: the server takes plaintext only",
+            )
+        if dr.sans is not None and identity is not None and identity not in dr.sans:
+            return ClientView(
+                ClientTls.ISTIO_MTLS,
+                True,
+                Outcome.FAIL,
+                f"ISTIO_MUTUAL{by} accepts only the server names {', '.join(dr.sans)[:200]}, "
+                f"not {identity}: the client's SAN check fails, clients get 503",
             )
         return ClientView(ClientTls.ISTIO_MTLS, True, Outcome.OK, f"ISTIO_MUTUAL{by}")
     if mode == "DISABLE":

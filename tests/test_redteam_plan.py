@@ -175,3 +175,50 @@ def test_ambient_pod_in_ingress_mode_accepts_plaintext(
     (t,) = b.live.targets_file.targets
     assert t.expect.value == ("STRICT" if strict else "NONE")
     assert b.required()["require-strict:shop/a:80"] == (Verdict.PASS if strict else Verdict.FAIL)
+
+
+# ---- DestinationRule subjectAltNames -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tls", "ok"),
+    [
+        ({"mode": "ISTIO_MUTUAL", "subjectAltNames": ["spiffe://cluster.local/ns/x/sa/y"]}, False),
+        (
+            {
+                "mode": "ISTIO_MUTUAL",
+                "subjectAltNames": [
+                    "spiffe://cluster.local/ns/x/sa/y",
+                    "spiffe://cluster.local/ns/shop/sa/a",
+                ],
+            },
+            True,
+        ),
+        ({"mode": "ISTIO_MUTUAL", "subjectAltNames": []}, True),  # unset: service accounts
+        (
+            {
+                "mode": "ISTIO_MUTUAL",
+                "subjectAltNames": ["spiffe://cluster.local/ns/x/sa/y"],
+                "insecureSkipVerify": True,
+            },
+            True,
+        ),
+    ],
+)
+def test_istio_mutual_subject_alt_names_must_name_the_server(
+    plan_both: Callable[..., Both], tls: dict[str, object], ok: bool
+) -> None:
+    """pilot/pkg/networking/core/cluster_tls.go ``buildUpstreamTLSSettings``: with
+    ISTIO_MUTUAL the rule's ``subjectAltNames`` replace the service's identities and are
+    matched exactly (``StringToExactMatch``); only when they are unset does Istio use
+    the service accounts. A rule naming other identities makes every sidecar call to a
+    STRICT port fail its handshake (503): ``--require strict`` must not pass."""
+    from tests.istiocase import dr
+
+    rule = dr("san", "shop", "a.shop.svc.cluster.local", tls=tls)
+    b = plan_both(
+        [*base(), a_pod(), kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]), rule]
+    )
+    assert b.required()["require-strict:shop/a:80"] == (Verdict.PASS if ok else Verdict.FAIL)
+    if not ok:
+        assert "SAN check fails" in b.reasons()
