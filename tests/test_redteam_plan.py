@@ -222,3 +222,45 @@ def test_istio_mutual_subject_alt_names_must_name_the_server(
     assert b.required()["require-strict:shop/a:80"] == (Verdict.PASS if ok else Verdict.FAIL)
     if not ok:
         assert "SAN check fails" in b.reasons()
+
+
+# ---- design gaps left open --------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "design gap: networking.istio.io Sidecar resources are not discovered (discovery.py, "
+        "objects.py, the agent's RBAC); a Sidecar in the probe's namespace whose egress "
+        "hosts leave a target out sends the probe's mesh calls to BlackHoleCluster / "
+        "PassthroughCluster, so `run` reports a false mesh failure the plan never predicts"
+    ),
+)
+def test_probe_namespace_sidecar_resource_that_hides_a_target_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pilot/pkg/model/sidecar.go ``SidecarScope``: a Sidecar's ``egress[].hosts``
+    (``./*`` = own namespace only) limit which services the client's proxy knows; with
+    ``outboundTrafficPolicy.mode: REGISTRY_ONLY`` anything else goes to
+    BlackHoleCluster (502), with ALLOW_ANY to PassthroughCluster (plaintext, no mTLS).
+    The probe's sidecar calls shop/a through exactly this, so the plan must say so."""
+    sidecar = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": "mtlsprobe"},
+        "spec": {
+            "egress": [{"hosts": ["./*", "istio-system/*"]}],
+            "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+        },
+    }
+    objs = [
+        *base(),
+        kb.namespace("mtlsprobe", {"istio-injection": "enabled"}),
+        sidecar,
+        a_pod(),
+        kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+    ]
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump_all(objs))
+    cli_main(["plan", "--from-manifests", str(f), "--require", "strict", "-o", "yaml"])
+    assert "Sidecar mtlsprobe/default" in capsys.readouterr().out
