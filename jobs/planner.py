@@ -257,7 +257,11 @@ class _Builder:
             if snap.is_target_namespace(namespace(p)):
                 self.pods[ref(p)] = p
                 self.pods_by_ns[namespace(p)].append(p)
-        self.index = PodIndex(self.pods.values(), known_addresses(snap.pods, snap.services))
+        self.index = PodIndex(
+            self.pods.values(),
+            known_addresses(snap.pods, snap.services),
+            loopback_ok=snap.loopback_pods,
+        )
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
             svc = labels_of(s).get(SLICE_SERVICE_LABEL)

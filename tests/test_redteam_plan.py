@@ -264,3 +264,64 @@ def test_probe_namespace_sidecar_resource_that_hides_a_target_is_reported(
     f.write_text(yaml.safe_dump_all(objs))
     cli_main(["plan", "--from-manifests", str(f), "--require", "strict", "-o", "yaml"])
     assert "Sidecar mtlsprobe/default" in capsys.readouterr().out
+
+
+# ---- loopback and IPv4-mapped pod addresses ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ip", ["127.0.0.1", "127.5.5.5", "::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"]
+)
+def test_loopback_or_ipv4_mapped_pod_address_is_never_probed(
+    plan_both: Callable[..., Both], ip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kubernetes never gives a pod a loopback address: EndpointSlice validation
+    (pkg/apis/discovery/validation ``validateEndpoints`` with core validation
+    ``ValidateEndpointIP``) refuses 127.0.0.0/8 and ::1, and an IPv6 address that is an
+    IPv4-mapped one (``::ffff:a.b.c.d``) is not IPv6 for k8s.io/utils/net. A probe
+    sent there would reach the probe pod itself (its sidecar's admin port 15000), so a
+    pod whose status claims one is not probed and the port cannot pass. Only an API
+    server on this host's loopback (a test bed, like the fake one here) may have pods
+    on 127/8: the live path is run as if the API server were remote."""
+    import jobs.discovery
+
+    monkeypatch.setattr(jobs.discovery, "_api_on_loopback", lambda api: False)
+    pod = a_pod(ip=ip)
+    b = plan_both([*base(), pod, kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)])])
+    assert b.endpoints() == set()
+    assert b.required()["require-strict:shop/a:80"] != Verdict.PASS
+
+
+def test_only_a_loopback_api_server_is_a_test_bed() -> None:
+    from types import SimpleNamespace
+
+    from jobs.discovery import _api_on_loopback
+
+    def api(host: str) -> object:
+        return SimpleNamespace(configuration=SimpleNamespace(host=host))
+
+    assert _api_on_loopback(api("https://127.0.0.1:6443"))
+    assert _api_on_loopback(api("http://localhost:8080"))
+    assert _api_on_loopback(api("https://[::1]:6443"))
+    assert not _api_on_loopback(api("https://10.96.0.1:443"))  # in-cluster
+    assert not _api_on_loopback(api("https://127.0.0.1.example.com"))
+    assert not _api_on_loopback(object())
+
+
+def test_the_lab_may_still_plan_loopback_pods() -> None:
+    """The lab runs pods on 127.B.x.y (jobs/lab/addresses.py) and says so on its
+    snapshot; nothing else may."""
+    from jobs.objects import ClusterSnapshot
+    from jobs.planner import Requirements, build_plan
+
+    objs = [
+        *base(),
+        a_pod(ip="127.100.1.1"),
+        kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+    ]
+    snap = ClusterSnapshot()
+    for o in objs:
+        snap.add(o["kind"], o)
+    snap.loopback_pods = True
+    plan = build_plan(snap, Requirements())
+    assert [str(e) for t in plan.targets_file.targets for e in t.endpoints] == ["127.100.1.1:8080"]
