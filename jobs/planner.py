@@ -684,8 +684,11 @@ def _in_scope(b: _Builder, ns: str) -> bool:
 
 def _peer_auth_findings(b: _Builder) -> list[Result]:
     out: list[Result] = []
+    # A policy Istio ignores (or a same-level loser) decides nothing: its own findings
+    # below say so, and its modes must not read as if they applied.
+    inert = {id(pa) for pa, _ in b.pa.ignored} | {id(loser) for loser, _ in b.pa.shadowed}
     for pa in sorted(b.snap.peerauthentications, key=ref):
-        if not _in_scope(b, namespace(pa)):
+        if not _in_scope(b, namespace(pa)) or id(pa) in inert:
             continue
         target = f"PeerAuthentication {ref(pa)}"
         mtls = spec(pa).get("mtls")

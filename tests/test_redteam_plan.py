@@ -325,3 +325,36 @@ def test_the_lab_may_still_plan_loopback_pods() -> None:
     snap.loopback_pods = True
     plan = build_plan(snap, Requirements())
     assert [str(e) for t in plan.targets_file.targets for e in t.endpoints] == ["127.100.1.1:8080"]
+
+
+# ---- findings about policies Istio ignores -----------------------------------------------
+
+
+def test_ignored_policy_modes_are_not_reported_as_applying(plan_both: Callable[..., Both]) -> None:
+    """pilot/pkg/model/authentication.go: a policy with an empty ``selector`` is
+    namespace-wide (``len(MatchLabels) == 0``), and its ``portLevelMtls`` is ignored
+    (policy_applier.go applies port-level modes only from a workload policy); a second
+    namespace-wide policy loses to the older one. Neither may produce a "port ... is
+    DISABLE" / "turns mTLS off" finding as if it applied - only the "ignored" ones."""
+    late = "2026-06-01T00:00:00Z"
+    empty_sel = kb.peer_auth("ws", "shop", None, ports={8080: "DISABLE"}, created=late)
+    empty_sel["spec"]["selector"] = {}
+    loser = kb.peer_auth("zz-off", "shop", "DISABLE", created=late)
+    b = plan_both(
+        [
+            *base(),
+            empty_sel,
+            loser,
+            a_pod(),
+            kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+        ]
+    )
+    about = {
+        r.reason
+        for r in b.findings()
+        if r.target in ("PeerAuthentication shop/ws", "PeerAuthentication shop/zz-off")
+    }
+    assert not any("is DISABLE" in x or "turns mTLS off" in x for x in about), about
+    assert any("portLevelMtls without a workload selector is ignored" in x for x in about)
+    assert any("ignored: the older shop/default" in x for x in about)
+    assert b.required()["require-strict:shop/a:80"] == Verdict.PASS
