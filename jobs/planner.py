@@ -102,6 +102,7 @@ from jobs.policy import (
     port_protocol,
     resolve_target_port,
     service_ports,
+    workload_selector,
 )
 from probe.model import Endpoint, Expect, Protocol, Source, Target, TargetsFile
 from probe.results import EXIT_FAIL, EXIT_OK, Result, Verdict
@@ -684,11 +685,15 @@ def _in_scope(b: _Builder, ns: str) -> bool:
 
 def _peer_auth_findings(b: _Builder) -> list[Result]:
     out: list[Result] = []
-    # A policy Istio ignores (or a same-level loser) decides nothing: its own findings
-    # below say so, and its modes must not read as if they applied.
-    inert = {id(pa) for pa, _ in b.pa.ignored} | {id(loser) for loser, _ in b.pa.shadowed}
+    # What Istio ignores decides nothing and must not read as if it applied (the
+    # "ignored" findings below say why): a same-level loser, a root-namespace selector
+    # policy, and the portLevelMtls of a policy without a workload selector.
+    shadowed = {id(loser) for loser, _ in b.pa.shadowed}
     for pa in sorted(b.snap.peerauthentications, key=ref):
-        if not _in_scope(b, namespace(pa)) or id(pa) in inert:
+        selector = workload_selector(pa)
+        if not _in_scope(b, namespace(pa)) or id(pa) in shadowed:
+            continue
+        if selector is not None and namespace(pa) == b.snap.root_namespace:
             continue
         target = f"PeerAuthentication {ref(pa)}"
         mtls = spec(pa).get("mtls")
@@ -697,7 +702,7 @@ def _peer_auth_findings(b: _Builder) -> list[Result]:
             what = "accepts plaintext" if mode == "PERMISSIVE" else "turns mTLS off"
             out.append(_finding(target, Verdict.SKIP, f"mode {mode}: {what}", mode=mode))
         plm = spec(pa).get("portLevelMtls")
-        if isinstance(plm, dict):
+        if isinstance(plm, dict) and selector is not None:
             for k, v in plm.items():
                 pm = v.get("mode") if isinstance(v, dict) else None
                 if pm in ("PERMISSIVE", "DISABLE"):

@@ -84,6 +84,11 @@ def _selector(pa: Mapping[str, Any]) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in ml.items()}
 
 
+def workload_selector(pa: Mapping[str, Any]) -> dict[str, str] | None:
+    """A PeerAuthentication's workload selector; None at namespace/mesh level."""
+    return _selector(pa)
+
+
 def selects(match_labels: Mapping[str, str], pod_labels: Mapping[str, str]) -> bool:
     return match_labels.items() <= pod_labels.items()
 

@@ -358,3 +358,17 @@ def test_ignored_policy_modes_are_not_reported_as_applying(plan_both: Callable[.
     assert any("portLevelMtls without a workload selector is ignored" in x for x in about)
     assert any("ignored: the older shop/default" in x for x in about)
     assert b.required()["require-strict:shop/a:80"] == Verdict.PASS
+
+
+def test_namespace_policy_keeps_its_mode_when_its_port_entries_are_ignored(
+    plan_both: Callable[..., Both],
+) -> None:
+    """The same rule from the other side: a namespace-wide policy whose portLevelMtls
+    Istio ignores still sets the namespace mode, and that mode is reported."""
+    ns_pa = kb.peer_auth("default", "shop", "DISABLE", ports={8080: "STRICT"})
+    objs = [kb.namespace("shop", {"istio-injection": "enabled"}), ns_pa, a_pod()]
+    b = plan_both([*objs, kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)])])
+    about = {r.reason for r in b.findings() if r.target == "PeerAuthentication shop/default"}
+    assert "mode DISABLE: turns mTLS off" in about
+    assert not any("(target port)" in x for x in about)
+    assert b.required()["require-strict:shop/a:80"] == Verdict.FAIL
