@@ -16,12 +16,14 @@ default PERMISSIVE with a finding.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from jobs.meshroot import ROOT_CERT_CONFIGMAP, no_root_note, root_cert_of
 from jobs.objects import (
@@ -289,6 +291,7 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
     opts = options or Options()
     r = Reader(api, opts)
     snap = ClusterSnapshot()
+    snap.loopback_pods = _api_on_loopback(api)
 
     _mesh_config(r, snap, opts)
     targets = _namespaces(r, snap, opts)
@@ -426,6 +429,22 @@ def slim_pod(pod: KubeObject) -> KubeObject:
     elif "status" in pod:
         out["status"] = st
     return out
+
+
+def _api_on_loopback(api: Any) -> bool:
+    """Whether the API server is on this host's loopback (a test bed). Only there may
+    pods have loopback addresses: a real cluster's kubelet never gives one, so a plan
+    from any other cluster never names 127.0.0.0/8 or ::1 (jobs.endpoints)."""
+    host = getattr(getattr(api, "configuration", None), "host", None)
+    if not isinstance(host, str):
+        return False
+    hostname = urlsplit(host).hostname or ""
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def _with_ns(obj: KubeObject, ns: str) -> KubeObject:

@@ -101,6 +101,10 @@ def ip_literal(text: object) -> str | None:
         return None
     if ip.scope_id is not None or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
         return None
+    if ip.ipv4_mapped is not None:
+        # ``::ffff:a.b.c.d`` reaches the IPv4 host (127.0.0.1, 169.254.169.254 ...) and is
+        # never an IPv6 pod address (k8s.io/utils/net IsIPv6 says no).
+        return None
     return str(ip)
 
 
@@ -131,6 +135,11 @@ def pod_ips(pod: Mapping[str, Any]) -> tuple[list[str], str | None]:
             return out, str(t)[:64]
         out.append(ip)
     return out, None
+
+
+def _loopback(ip: str) -> bool:
+    """127.0.0.0/8 or ::1, for an ``ip_literal`` result."""
+    return ip.startswith("127.") or ip == "::1"
 
 
 def running(pod: Mapping[str, Any]) -> bool:
@@ -196,8 +205,16 @@ class PodIndex:
     posting list of its labels, not every pod of the namespace."""
 
     def __init__(
-        self, pods: Iterable[KubeObject], not_pods: Mapping[str, str] | None = None
+        self,
+        pods: Iterable[KubeObject],
+        not_pods: Mapping[str, str] | None = None,
+        *,
+        loopback_ok: bool = False,
     ) -> None:
+        # Loopback is never a pod's address (Kubernetes' ValidateEndpointIP refuses
+        # 127.0.0.0/8 and ::1) and would reach the probe pod itself; only the lab, whose
+        # pods live on 127/8, allows it.
+        self.loopback_ok = loopback_ok
         # Addresses known to be something else (a node, a Service's cluster IP): a pod
         # whose status claims one is not probed there.
         self.not_pods: Mapping[str, str] = not_pods or {}
@@ -253,10 +270,20 @@ def known_addresses(
 
 
 def _pod_problem(
-    pod: KubeObject, ips: list[str], bad_ip: str | None, not_pods: Mapping[str, str]
+    pod: KubeObject, ips: list[str], bad_ip: str | None, index: PodIndex
 ) -> Excluded | None:
     """Why a running pod of the Service is still not a probe target, if it is not one."""
     obj = f"Pod {ref(pod)}"
+    not_pods = index.not_pods
+    loopback = None if index.loopback_ok else next((ip for ip in ips if _loopback(ip)), None)
+    if bad_ip is None and loopback is not None:
+        return Excluded(
+            obj,
+            loopback,
+            "status.podIPs holds a loopback address, which no pod has (it would reach the "
+            "probe pod itself)",
+            inconsistent=True,
+        )
     if bad_ip is not None:
         return Excluded(
             obj,
@@ -325,7 +352,7 @@ def service_backends(
             if not running(pod) or not pod_ready(pod):
                 continue
             ips, bad = pod_ips(pod)
-            problem = _pod_problem(pod, ips, bad, pods.not_pods)
+            problem = _pod_problem(pod, ips, bad, pods)
             if problem is None and not ips and meta(pod).get("uid"):
                 # A pod the API server holds and that has no address serves nothing;
                 # only a pod from YAML not yet applied (no uid) is planned without one.
@@ -436,7 +463,7 @@ def _slice_endpoint_problem(
     if sel is not None and not (type(lbl) is dict and sel.items() <= lbl.items()):
         return Excluded(slice_obj, shown, f"Pod {ref(pod)} is not selected by the Service")
     ips, bad = pod_ips(pod)
-    problem = _pod_problem(pod, ips, bad, pods.not_pods)
+    problem = _pod_problem(pod, ips, bad, pods)
     if problem is not None:
         return problem
     if ip not in ips:

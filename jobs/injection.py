@@ -154,3 +154,65 @@ def ambient_enrolled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bo
         and annotations_of(pod).get(AMBIENT_REDIRECTION) == "enabled"
         and not has_sidecar(pod)
     )
+
+
+# tools/istio-iptables/pkg/capture/run.go ``handleInboundPortsInclude`` and
+# cni/pkg/plugin/sidecar_redirect.go: the sidecar redirects inbound TCP to Envoy for the
+# ports of includeInboundPorts (default ``*``; empty: none) minus excludeInboundPorts.
+INCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/includeInboundPorts"
+EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
+INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
+
+
+def _port_list(raw: str) -> frozenset[int] | None:
+    """The ports of a comma-separated annotation; None when one is not a port number."""
+    out: set[int] = set()
+    for part in raw.split(","):
+        item = part.strip()
+        if not item:
+            continue
+        if not item.isdigit() or not 0 < int(item) < 65536:
+            return None
+        out.add(int(item))
+    return frozenset(out)
+
+
+def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
+    """Why the sidecar does not intercept inbound ``port`` (the app gets the bytes
+    directly, so plaintext is accepted whatever the policy), or None when it does.
+    An unreadable annotation counts as not captured: no compliance rests on it."""
+    if annotations.get(INTERCEPTION_MODE) == "NONE":
+        # injection-template.yaml: interceptionMode NONE adds no istio-init, so no
+        # iptables rule sends anything to Envoy.
+        return f"{INTERCEPTION_MODE}=NONE: no traffic is redirected to the proxy"
+    include = annotations.get(INCLUDE_INBOUND_PORTS, "*")
+    exclude = annotations.get(EXCLUDE_INBOUND_PORTS, "")
+    if not isinstance(include, str) or not isinstance(exclude, str):
+        return "its inbound capture annotations are not strings"
+    if include.strip() != "*":
+        ports = _port_list(include)
+        if ports is None:
+            return f"{INCLUDE_INBOUND_PORTS}={include[:64]!r} is not a port list"
+        if port not in ports:
+            return f"{INCLUDE_INBOUND_PORTS}={include[:64]!r} leaves it out"
+    if exclude.strip() == "*":
+        return f"{EXCLUDE_INBOUND_PORTS}='*'"
+    excluded = _port_list(exclude)
+    if excluded is None:
+        return f"{EXCLUDE_INBOUND_PORTS}={exclude[:64]!r} is not a port list"
+    if port in excluded:
+        return f"{EXCLUDE_INBOUND_PORTS}={exclude[:64]!r} names it"
+    return None
+
+
+# cni/pkg/nodeagent/net.go ``getPodLevelTrafficOverrides``: "ingress mode" turns off
+# ztunnel's inbound redirection for an ambient pod; the value is read with Go's
+# strconv.ParseBool (cni/pkg/util/podutil.go ``CheckBooleanAnnotation``), anything
+# else is ignored.
+AMBIENT_BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+
+
+def ambient_inbound_bypassed(annotations: Mapping[str, str]) -> bool:
+    """An ambient pod whose inbound traffic ztunnel does not capture."""
+    return annotations.get(AMBIENT_BYPASS_INBOUND) in _GO_TRUE

@@ -79,6 +79,7 @@ class ClusterSnapshot:
     enable_auto_mtls: bool = True  # MeshConfig enableAutoMtls
     default_dr_export_to: tuple[str, ...] = ("*",)  # MeshConfig defaultDestinationRuleExportTo
     mesh_config: str | None = None  # "<ns>/<name>" of the mesh ConfigMap read, if any
+    loopback_pods: bool = False  # the lab's pods live on 127/8 (jobs/lab/addresses.py)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

@@ -62,11 +62,14 @@ from jobs.endpoints import (
     service_backends,
 )
 from jobs.injection import (
+    AMBIENT_BYPASS_INBOUND,
     DATAPLANE_MODE,
     TLS_MODE_LABEL,
     ambient_enrolled,
+    ambient_inbound_bypassed,
     ambient_labeled,
     has_sidecar,
+    inbound_uncaptured,
 )
 from jobs.objects import (
     DEFAULT_TRUST_DOMAIN,
@@ -85,6 +88,7 @@ from jobs.objects import (
 from jobs.policy import (
     ClientView,
     DestinationRuleIndex,
+    ModeDecision,
     Outcome,
     PeerAuthIndex,
     WorkloadPolicy,
@@ -98,6 +102,7 @@ from jobs.policy import (
     port_protocol,
     resolve_target_port,
     service_ports,
+    workload_selector,
 )
 from probe.model import Endpoint, Expect, Protocol, Source, Target, TargetsFile
 from probe.results import EXIT_FAIL, EXIT_OK, Result, Verdict
@@ -254,7 +259,11 @@ class _Builder:
             if snap.is_target_namespace(ns):
                 self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
                 self.pods_by_ns[ns].append(p)
-        self.index = PodIndex(self.pods.values(), known_addresses(snap.pods, snap.services))
+        self.index = PodIndex(
+            self.pods.values(),
+            known_addresses(snap.pods, snap.services),
+            loopback_ok=snap.loopback_pods,
+        )
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
             svc = labels_of(s).get(SLICE_SERVICE_LABEL)
@@ -320,6 +329,7 @@ class _Builder:
         ns, svc_name = namespace(svc), name(svc)
         for sp in service_ports(svc):
             if (sp.get("protocol") or "TCP") != "TCP":
+                self._not_captured(svc, sp)
                 continue
             base = f"{ns}/{svc_name}:{sp['port']}"
             self.ports.append(PortCoverage(base, (), tuple(routed), why))
@@ -331,6 +341,25 @@ class _Builder:
                     notProbed=True,
                 )
             )
+
+    def _not_captured(self, svc: KubeObject, sp: Mapping[str, Any]) -> None:
+        """A UDP or SCTP Service port: Istio's sidecar captures TCP only (the
+        ``-p tcp`` rules of tools/istio-iptables/pkg/capture/run.go; ztunnel proxies
+        TCP too) and pkg/config/kube/conversion.go ``ConvertProtocol`` makes a UDP port
+        protocol UDP, which no mTLS listener serves. Its traffic is never mutual TLS
+        whatever PeerAuthentication says: not probed, and compliance fails there. Named
+        ``<ns>/<svc>:<port>/<proto>`` so it never collides with a TCP port of the same
+        number (DNS publishes 53/TCP and 53/UDP)."""
+        proto = str(sp.get("protocol"))[:16]
+        excl = Excluded(
+            f"Service {ref(svc)} port {sp['port']}/{proto}",
+            None,
+            f"protocol {proto!r}: Istio's sidecar and ztunnel capture TCP only, so this "
+            "traffic is never mutual TLS whatever the PeerAuthentication says",
+        )
+        self._excluded_findings(ref(svc), [excl])
+        name_ = f"{namespace(svc)}/{name(svc)}:{sp['port']}/{proto.lower()}"
+        self.ports.append(PortCoverage(name_, (), (excl,), None))
 
     # -- targets and edges ----------------------------------------------------------------------
 
@@ -365,6 +394,7 @@ class _Builder:
         planned_ports: set[int] = set()
         for sp in service_ports(svc):
             if (sp.get("protocol") or "TCP") != "TCP":
+                self._not_captured(svc, sp)
                 continue
             port: int = sp["port"]
             base = f"{ns}/{svc_name}:{port}"
@@ -390,18 +420,23 @@ class _Builder:
             group_edges: dict[tuple[str, Expect, bool], list[Edge]] = defaultdict(list)
             # One port's edges share the DestinationRule view; the client's view depends
             # only on these few facts of the pod, so it is computed once per combination.
-            views: dict[tuple[Expect, bool, str | None, bool], ClientView] = {}
+            views: dict[tuple[Expect, bool, str | None, bool, str | None], ClientView] = {}
             infos, policies = self._info, self._policy  # the caches, read inline: 100k edges
             for pod, ip, tport in found:
                 pi = infos.get(id(pod)) or self.info(pod)
                 decision = (policies.get(id(pod)) or self.policy(pod)).at(tport)
-                expect = expect_for(decision.mode, pi.has_sidecar, pi.ambient)
-                vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient)
+                vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient, pi.identity)
                 view = views.get(vkey)
                 if view is None:
                     view = views[vkey] = client_view(
-                        dr, decision.mode, pi.has_proxy, pi.tls_mode_label, ambient=pi.ambient
+                        dr,
+                        decision.mode,
+                        pi.has_proxy,
+                        pi.tls_mode_label,
+                        ambient=pi.ambient,
+                        identity=pi.identity,
                     )
+                expect, decision = _on_the_wire(pi, tport, decision)
                 key = (pi.service_account, expect, pi.echo)
                 eps = groups.setdefault(key, [])
                 if ip is not None:
@@ -488,6 +523,24 @@ class _Builder:
                 )
             self.ports.append(PortCoverage(base, tuple(names), routed, None))
         return targets
+
+
+def _on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect, ModeDecision]:
+    """What inbound ``port`` of the pod must show, and the decision behind it. A port
+    its proxy does not capture - a sidecar whose iptables leave it alone
+    (``jobs.injection.inbound_uncaptured``), an ambient pod in ingress mode
+    (``ambient_inbound_bypassed``) - has no proxy in front of it: plaintext reaches
+    the app whatever the PeerAuthentication says (``NONE``; the source says why)."""
+    why: str | None = None
+    if pi.ambient and ambient_inbound_bypassed(pi.annotations):
+        why = f"ztunnel does not capture its inbound traffic ({AMBIENT_BYPASS_INBOUND})"
+    elif pi.has_sidecar and not pi.ambient:
+        uncaptured = inbound_uncaptured(pi.annotations, port)
+        if uncaptured is not None:
+            why = f"the sidecar does not capture inbound port {port}: {uncaptured}"
+    if why is not None:
+        return Expect.NONE, ModeDecision(decision.mode, f"{decision.source}, but {why}")
+    return expect_for(decision.mode, pi.has_sidecar, pi.ambient), decision
 
 
 def _port_backends(
@@ -617,10 +670,8 @@ def _inbound(b: _Builder) -> list[Inbound]:
             if (p.get("protocol") or "TCP") == "TCP"
         }
         for port in sorted(declared | ports.get(key, set())):
-            d = b.policy(pod).at(port)
-            out.append(
-                Inbound(pi, port, d.mode, expect_for(d.mode, pi.has_sidecar, pi.ambient), d.source)
-            )
+            expect, d = _on_the_wire(pi, port, b.policy(pod).at(port))
+            out.append(Inbound(pi, port, d.mode, expect, d.source))
     return out
 
 
@@ -642,8 +693,15 @@ def _in_scope(b: _Builder, ns: str) -> bool:
 
 def _peer_auth_findings(b: _Builder) -> list[Result]:
     out: list[Result] = []
+    # What Istio ignores decides nothing and must not read as if it applied (the
+    # "ignored" findings below say why): a same-level loser, a root-namespace selector
+    # policy, and the portLevelMtls of a policy without a workload selector.
+    shadowed = {id(loser) for loser, _ in b.pa.shadowed}
     for pa in sorted(b.snap.peerauthentications, key=ref):
-        if not _in_scope(b, namespace(pa)):
+        selector = workload_selector(pa)
+        if not _in_scope(b, namespace(pa)) or id(pa) in shadowed:
+            continue
+        if selector is not None and namespace(pa) == b.snap.root_namespace:
             continue
         target = f"PeerAuthentication {ref(pa)}"
         mtls = spec(pa).get("mtls")
@@ -652,7 +710,7 @@ def _peer_auth_findings(b: _Builder) -> list[Result]:
             what = "accepts plaintext" if mode == "PERMISSIVE" else "turns mTLS off"
             out.append(_finding(target, Verdict.SKIP, f"mode {mode}: {what}", mode=mode))
         plm = spec(pa).get("portLevelMtls")
-        if isinstance(plm, dict):
+        if isinstance(plm, dict) and selector is not None:
             for k, v in plm.items():
                 pm = v.get("mode") if isinstance(v, dict) else None
                 if pm in ("PERMISSIVE", "DISABLE"):
@@ -903,11 +961,12 @@ def _require_strict(t: Target, edges: Sequence[Edge]) -> Result:
             observed="STRICT",
         )
     e = bad[0]
-    why = (
-        f"pod {e.pod.key} has no sidecar: plaintext accepted whatever the policy"
-        if e.expect == Expect.NONE
-        else f"target port {e.target_port} is {e.server_mode.value} by {e.mode_source}"
-    )
+    if e.expect != Expect.NONE:
+        why = f"target port {e.target_port} is {e.server_mode.value} by {e.mode_source}"
+    elif e.pod.has_proxy:
+        why = f"pod {e.pod.key}: {e.mode_source}; plaintext accepted whatever the policy"
+    else:
+        why = f"pod {e.pod.key} has no sidecar: plaintext accepted whatever the policy"
     return Result(
         check=check,
         target=t.name,

@@ -84,6 +84,11 @@ def _selector(pa: Mapping[str, Any]) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in ml.items()}
 
 
+def workload_selector(pa: Mapping[str, Any]) -> dict[str, str] | None:
+    """A PeerAuthentication's workload selector; None at namespace/mesh level."""
+    return _selector(pa)
+
+
 def selects(match_labels: Mapping[str, str], pod_labels: Mapping[str, str]) -> bool:
     return match_labels.items() <= pod_labels.items()
 
@@ -200,12 +205,16 @@ def expect_for(mode: Expect, sidecar: bool, ambient: bool) -> Expect:
 _HTTP_PROTOCOLS = ("http", "http2", "grpc", "grpc-web", "h2c")
 _TCP_PROTOCOLS = ("tcp", "tls", "https", "mongo", "mysql", "redis", "udp")
 _APP_PROTOCOL_HTTP = {"http", "http2", "grpc", "grpc-web", "kubernetes.io/h2c", "kubernetes.io/ws"}
+# pkg/config/kube/conversion.go ``wellKnownPorts`` (SMTP, DNS, MySQL, MongoDB): a Service
+# port with one of these numbers and no recognised protocol name is TCP, not sniffed.
+_WELL_KNOWN_TCP_PORTS = frozenset({25, 53, 3306, 27017})
 
 
 def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
     """Istio's explicit protocol selection: ``appProtocol``, else the port name's prefix
-    (``<protocol>[-suffix]``). Unnamed ports are sniffed by Istio; we plan them as
-    HTTP, the protocol its detection exists for."""
+    (``<protocol>[-suffix]``), else TCP on the well-known ports Istio never sniffs
+    (pkg/config/kube/conversion.go ``ConvertProtocol``). Other unnamed ports are
+    sniffed by Istio; we plan them as HTTP, the protocol its detection exists for."""
     app = service_port.get("appProtocol")
     if isinstance(app, str) and app:
         a = app.lower()
@@ -219,6 +228,8 @@ def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
             return Protocol.HTTP
         if prefix in _TCP_PROTOCOLS:
             return Protocol.TCP
+    if service_port.get("port") in _WELL_KNOWN_TCP_PORTS:
+        return Protocol.TCP  # ConvertProtocol: no protocol from the name, a well-known port
     return Protocol.HTTP
 
 
@@ -328,6 +339,10 @@ class DrTls:
     istio_certs: bool = False
     auto_off: str | None = None
     eds_mode: str | None = None
+    # ISTIO_MUTUAL ``subjectAltNames``: they replace the service's identities in the
+    # client's exact SAN match (cluster_tls.go ``buildUpstreamTLSSettings``); None when
+    # unset, empty or with ``insecureSkipVerify``.
+    sans: tuple[str, ...] | None = None
 
 
 def _is_ip(host: str) -> bool:
@@ -587,11 +602,15 @@ class DestinationRuleIndex:
                 eds_mode=str(eds.get("mode") or "DISABLE") if isinstance(eds, dict) else None,
             )
         mode = str(tls.get("mode") or "DISABLE")
+        sans = tls.get("subjectAltNames")
         return DrTls(
             mode=mode,
             source=source,
             plaintext=_no_tls_built(tls, mode, m.selector is not None),
             istio_certs=str(tls.get("clientCertificate") or "").startswith(_ISTIO_CERT_DIRS),
+            sans=tuple(str(x) for x in sans)
+            if isinstance(sans, list) and sans and tls.get("insecureSkipVerify") is not True
+            else None,
         )
 
     def _auto_off(
@@ -715,6 +734,7 @@ def client_view(
     has_proxy: bool,
     tls_mode_label: str | None,
     ambient: bool = False,
+    identity: str | None = None,
 ) -> ClientView:
     """Auto-mTLS (mesh ``enableAutoMtls``, default on): mTLS only to endpoints labelled
     ``security.istio.io/tlsMode: istio`` (or captured by ztunnel), and not to a DISABLE
@@ -723,7 +743,9 @@ def client_view(
     client sends plaintext (cluster_tls.go ``buildUpstreamTLSSettings``). A STRICT server
     requires a client certificate chaining to the mesh root (Envoy
     ``require_client_certificate``), so SIMPLE (no certificate) always fails there, and
-    MUTUAL with certificates of its own fails unless they are Istio's. ``has_proxy``:
+    MUTUAL with certificates of its own fails unless they are Istio's. ISTIO_MUTUAL
+    with ``subjectAltNames`` checks the server's certificate against those names only,
+    exactly: a server ``identity`` not among them fails the handshake. ``has_proxy``:
     sidecar or ztunnel."""
     mode = dr.mode
     by = f" ({dr.source})" if dr.source else ""
@@ -778,6 +800,14 @@ def client_view(
                 True,
                 Outcome.FAIL,
                 f"ISTIO_MUTUAL{by} to a DISABLE port: the server takes plaintext only",
+            )
+        if dr.sans is not None and identity is not None and identity not in dr.sans:
+            return ClientView(
+                ClientTls.ISTIO_MTLS,
+                True,
+                Outcome.FAIL,
+                f"ISTIO_MUTUAL{by} accepts only the server names {', '.join(dr.sans)[:200]}, "
+                f"not {identity}: the client's SAN check fails, clients get 503",
             )
         return ClientView(ClientTls.ISTIO_MTLS, True, Outcome.OK, f"ISTIO_MUTUAL{by}")
     if mode == "DISABLE":

@@ -45,6 +45,7 @@ def _by_name(plan: Any) -> dict[str, Any]:
 def _with_ips(snap: ClusterSnapshot) -> ClusterSnapshot:
     for i, p in enumerate(snap.pods):
         set_pod_ip(p, f"127.0.10.{i + 2}")
+    snap.loopback_pods = True  # as jobs/lab/build.py: the lab's pods live on 127/8
     return snap
 
 
@@ -280,7 +281,7 @@ def test_plan_yaml_round_trips_through_check(
     docs = [
         namespace("shop", {"istio-injection": "enabled"}),
         peer_auth("default", "shop", "STRICT"),
-        pod("a-0", "shop", {"app": "a"}, ip="127.0.0.1", sa="a", ports=[("http", port)]),
+        pod("a-0", "shop", {"app": "a"}, ip="10.0.0.1", sa="a", ports=[("http", port)]),
         service("a", "shop", {"app": "a"}, [sport(80, "http")]),
     ]
     manifests = tmp_path / "m.yaml"
@@ -295,8 +296,11 @@ def test_plan_yaml_round_trips_through_check(
     assert (t.name, t.expect, [str(e) for e in t.endpoints]) == (
         "shop/a:80",
         Expect.STRICT,
-        [f"127.0.0.1:{port}"],
+        [f"10.0.0.1:{port}"],
     )
+    # A plan never names a loopback address (tests/test_redteam_plan.py); check runs
+    # against the same file pointed at this host, where nothing listens on ``port``.
+    targets.write_text(out.replace(f"10.0.0.1:{port}", f"127.0.0.1:{port}"))
     proc = subprocess.run(
         [
             sys.executable,

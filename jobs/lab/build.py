@@ -85,6 +85,7 @@ def _server_mode(mode: Expect) -> ServerMode:
 
 def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuild:
     snap = snapshot_from_documents([(scenario.origin, d) for d in scenario.documents])
+    snap.loopback_pods = True  # the lab's pod IPs are 127.B.x.y: let the plan probe them
     app_ips: dict[str, str] = {}
     pod_ann: dict[str, dict[str, str]] = {}
     for i, pod in enumerate(sorted(snap.pods, key=lambda p: (namespace(p), name(p)))):
