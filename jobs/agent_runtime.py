@@ -19,7 +19,7 @@ from jobs.agent_metrics import AgentMetrics
 from jobs.agent_round import RoundRunner
 from jobs.agent_state import AgentState, RoundReport
 from probe.report import render_json
-from probe.results import summarize
+from probe.results import Result, summarize
 
 log = logging.getLogger("mtlsprobe.agent")
 
@@ -47,7 +47,11 @@ class Agent:
         self._idle = threading.Event()
         self._idle.set()
         self._idle_lock = threading.Lock()
-        self._results_json: bytes | None = None
+        # The last round's results, rendered for /results on the first request only:
+        # encoding 30,000 results every round costs more CPU than most checks.
+        self._last_results: tuple[Result, ...] | None = None
+        self._results_json: tuple[tuple[Result, ...], bytes] | None = None
+        self._json_lock = threading.Lock()
         self.done = threading.Event()  # set when max_rounds were run
         self._scheduler: Any = None
 
@@ -71,7 +75,13 @@ class Agent:
         self._scheduler = sched
 
     def results_json(self) -> bytes | None:
-        return self._results_json
+        results = self._last_results
+        if results is None:
+            return None
+        with self._json_lock:
+            if self._results_json is None or self._results_json[0] is not results:
+                self._results_json = (results, render_json(results).encode("utf-8"))
+            return self._results_json[1]
 
     def _round(self) -> None:
         with self._idle_lock:
@@ -82,7 +92,7 @@ class Agent:
         report: RoundReport | None = None
         try:
             report = self.runner.run(self._round_stop)
-            self._results_json = render_json(report.results).encode("utf-8")
+            self._last_results = report.results
             try:
                 self.metrics.record_round(report)
             except Exception as exc:  # an exporter problem must not stop probing
