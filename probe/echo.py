@@ -1,8 +1,9 @@
-"""The echo responder, ``mtlsprobe serve``: answers any request with the request
-itself as JSON, so a probe can see the X-Forwarded-Client-Cert the server's sidecar
-added. Users deploy it as a known target; the lab runs one process for hundreds of
-workloads (``--listen`` repeats, each address with its own name). ``--tcp-listen``
-echoes raw bytes back, so tcp ports have something that answers plaintext.
+"""The echo responder, ``mtlsprobe serve``: answers any request, on any path (the probe
+asks ``/headers``, like httpbin; ``/`` works too), with the request itself as JSON,
+so a probe can see the X-Forwarded-Client-Cert the server's sidecar added. Users
+deploy it as a known target; the lab runs one process for hundreds of workloads
+(``--listen`` repeats, each address with its own name). ``--tcp-listen`` echoes raw
+bytes back, so tcp ports have something that answers plaintext.
 
 Hostile-input bounds: the request head (line + headers) is capped in bytes and must
 arrive within a deadline (a slowloris client cannot hold a worker: the deadline is

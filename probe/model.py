@@ -17,6 +17,11 @@ import yaml
 
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
 
+#: Where header-reflecting apps answer (httpbin, go-httpbin; Istio's echo and
+#: ``mtlsprobe serve`` answer any path). A target's ``echoPath`` overrides it.
+DEFAULT_ECHO_PATH = "/headers"
+MAX_ECHO_PATH = 1024
+
 
 class Expect(StrEnum):
     """Effective mTLS mode at the target port, as policy says it must be."""
@@ -82,6 +87,7 @@ class Target:
     identity: str | None = None
     protocol: Protocol = Protocol.HTTP
     echo: bool = False
+    echo_path: str | None = None  # None: DEFAULT_ECHO_PATH
 
 
 @dataclass(frozen=True)
@@ -129,12 +135,24 @@ def _target_to_dict(t: Target) -> dict[str, Any]:
     out["expect"] = t.expect.value
     out["protocol"] = t.protocol.value
     out["echo"] = t.echo
+    if t.echo_path is not None:
+        out["echoPath"] = t.echo_path
     return out
 
 
 _TOP_KEYS = {"trustDomain", "rootCertFile", "source", "targets", "controls"}
 _SOURCE_KEYS = {"identity", "sidecarProxy", "sidecarAdmin"}
-_TARGET_KEYS = {"name", "host", "port", "endpoints", "identity", "expect", "protocol", "echo"}
+_TARGET_KEYS = {
+    "name",
+    "host",
+    "port",
+    "endpoints",
+    "identity",
+    "expect",
+    "protocol",
+    "echo",
+    "echoPath",
+}
 
 
 def load_targets(path: Path) -> TargetsFile:
@@ -292,6 +310,13 @@ def _parse_target(raw: object, i: int, fail: Any) -> Target:
     echo = raw.get("echo", False)
     if not isinstance(echo, bool):
         raise fail(f"{where}.echo", f"{echo!r}: want true or false")
+    echo_path = raw.get("echoPath")
+    if echo_path is not None and not _is_request_path(echo_path):
+        raise fail(
+            f"{where}.echoPath",
+            f"want an absolute request path like /headers (printable ASCII, no spaces or #, at "
+            f"most {MAX_ECHO_PATH} characters)",
+        )
     return Target(
         name=name,
         host=host,
@@ -301,6 +326,18 @@ def _parse_target(raw: object, i: int, fail: Any) -> Target:
         identity=identity,
         protocol=protocol,
         echo=echo,
+        echo_path=echo_path,
+    )
+
+
+def _is_request_path(value: object) -> bool:
+    """An origin-form request target: starts with one slash, printable ASCII only."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ECHO_PATH
+        and value.startswith("/")
+        and not value.startswith("//")
+        and all("!" <= c <= "~" and c != "#" for c in value)
     )
 
 

@@ -1,4 +1,5 @@
-"""X.509-SVID rules (spiffe/spiffe standards/X509-SVID.md) as a pure judgement.
+"""X.509-SVID rules (spiffe/spiffe standards/X509-SVID.md) as a pure judgement,
+layered on OpenSSL's path validation (``verify_chain``).
 
 ``judge_svid`` never raises on a hostile certificate: anything cryptography cannot
 read (malformed or duplicate extensions) becomes a violation naming it.
@@ -15,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import crypto
 
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
 
@@ -87,71 +89,52 @@ def _name(cert: x509.Certificate, which: str) -> str:
     return _safe(lambda: getattr(cert, which).rfc4514_string())
 
 
+# OpenSSL verify codes for the leaf's own validity period: the SVID rules report
+# those (once, with dates), so the path result does not repeat them.
+_LEAF_TIME_ERRORS = frozenset({9, 10})  # X509_V_ERR_CERT_NOT_YET_VALID, _HAS_EXPIRED
+
+
 def verify_chain(
     leaf: x509.Certificate,
     presented: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
     now: dt.datetime,
 ) -> str | None:
-    """Path validation from ``leaf`` through presented intermediates to a root.
-    Returns None when a valid path exists, else why not.
-
-    Done by hand rather than with cryptography's ``PolicyBuilder``: its verifiers
-    accept Istio-like SVIDs, but they enforce the Web PKI profile on the user's own
-    (plug-in) CAs and fold every problem into one message; here each link says what
-    is wrong, and leaf validity is judged (once) by the SVID rules."""
-    current = leaf
-    below = 0  # CA certificates between the current issuer and the leaf
-    pool = [c for c in presented if c != leaf]
-    for _ in range(MAX_CHAIN):
+    """Path validation from ``leaf`` through presented intermediates to one of
+    ``roots`` at ``now``, by OpenSSL's X509_verify_cert (pyOpenSSL's X509Store),
+    the same family of path rules Envoy's BoringSSL applies: signatures, validity of
+    every element, basicConstraints and pathLenConstraint (the trust anchor's
+    too), keyCertSign, name constraints, unknown critical extensions. Not
+    cryptography's ``x509.verification``: as of 50.0 it refuses URI name
+    constraints ("unsupported name constraint"), which SPIFFE CAs use. Returns
+    None when a valid path exists, else why not; a leaf that is merely outside its
+    own validity period returns ``LEAF_TIME`` (the SVID rules say when)."""
+    try:
+        store = crypto.X509Store()
         for root in roots:
-            try:
-                current.verify_directly_issued_by(root)
-            except Exception:  # noqa: S112 - try the next root
-                continue
-            if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
-                return f"the root {_name(root, 'subject')} is outside its validity period"
-            return None
-        parent = None
-        for cand in pool:
-            try:
-                current.verify_directly_issued_by(cand)
-            except Exception:  # noqa: S112
-                continue
-            parent = cand
-            break
-        if parent is None:
-            return (
-                f"no path to the mesh root: issuer {_name(current, 'issuer')} "
-                "is neither a trusted root nor a presented intermediate signed by one"
-            )
-        bc = None
-        try:
-            bc = parent.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except Exception:
-            bc = None
-        if bc is None or not bc.ca:
-            return f"intermediate {_name(parent, 'subject')} is not a CA"
-        if bc.path_length is not None and below > bc.path_length:
-            return (
-                f"intermediate {_name(parent, 'subject')} allows {bc.path_length} CA(s) "
-                f"below it (pathLenConstraint), the chain has {below}"
-            )
-        try:
-            ku = parent.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            ku = None
-        except Exception:
-            return f"intermediate {_name(parent, 'subject')} has unreadable extensions"
-        if ku is not None and not ku.key_cert_sign:
-            name = _name(parent, "subject")
-            return f"intermediate {name} may not sign certificates (no keyCertSign)"
-        if not parent.not_valid_before_utc <= now <= parent.not_valid_after_utc:
-            return f"intermediate {_name(parent, 'subject')} is outside its validity period"
-        pool.remove(parent)
-        current = parent
-        below += 1
-    return "certificate chain too long"
+            store.add_cert(crypto.X509.from_cryptography(root))
+        store.set_time(now)
+        untrusted = [crypto.X509.from_cryptography(c) for c in presented[:MAX_CHAIN] if c != leaf]
+        target = crypto.X509.from_cryptography(leaf)
+    except Exception as exc:  # a certificate OpenSSL cannot take back
+        return f"the chain could not be loaded for path validation: {exc}"
+    try:
+        crypto.X509StoreContext(store, target, untrusted).verify_certificate()
+    except crypto.X509StoreContextError as exc:
+        code, depth, message = [*exc.errors, None, None, str(exc)][:3]
+        if depth == 0 and code in _LEAF_TIME_ERRORS:
+            return LEAF_TIME
+        failing = exc.certificate
+        where = "the leaf" if depth == 0 else _safe(lambda: _subject(failing))
+        return f"no valid path to the mesh root: {message} (at {where}, chain depth {depth})"
+    return None
+
+
+LEAF_TIME = "the leaf is outside its validity period"
+
+
+def _subject(cert: crypto.X509) -> str:
+    return cert.to_cryptography().subject.rfc4514_string() or "<empty subject>"
 
 
 def judge_svid(
@@ -252,11 +235,13 @@ def judge_svid(
 
     if roots is None:
         j.evidence["chain_verified"] = None
-        j.evidence["chain_note"] = "no rootCertFile: chain not checked"
+        j.evidence["chain_note"] = "no rootCertFile: chain not verified to the mesh root"
     else:
         why = verify_chain(leaf, chain[1:], roots, now)
         j.evidence["chain_verified"] = why is None
-        if why is not None:
+        if why == LEAF_TIME:
+            j.evidence["chain_note"] = "not verified: " + LEAF_TIME
+        elif why is not None:
             v.append(why)
     return j
 

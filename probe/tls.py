@@ -1,10 +1,19 @@
-"""TLS straight to a pod port with pyOpenSSL: capture the server chain, and see
-whether the server rejects a client certificate.
+"""TLS straight to a pod port with pyOpenSSL: capture the server chain, record how
+far the handshake got, and see whether the server rejects a client certificate.
 
 Facts this relies on (istio-facts.md): a handshake with an Istio ALPN shows the
 server chain even without a client certificate (TLS 1.2 and 1.3); in TLS 1.3 the
 client handshake "succeeds" and the rejection arrives as an alert on the first
 read, so we read before we write.
+
+A chain that was merely *shown* proves nothing: anyone can replay a public
+certificate. What proves the server holds the key is read from OpenSSL's own
+handshake state machine (the info callback's state trail), never from error
+texts: the client writes its Finished in TLS 1.3 only after it verified the
+server's CertificateVerify and Finished, and its ClientKeyExchange in TLS 1.2 only
+after it verified the ECDHE ServerKeyExchange signature (we offer ECDHE suites
+only, so a TLS 1.2 server must sign). Alerts the server sent are taken from the
+same callback, so bytes that merely look like an alert never count.
 """
 
 from __future__ import annotations
@@ -18,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from probe import netio
-from probe.errors import ProtocolViolation, ReadTimedOut, ResetAfterRequest, TLSAlert
+from probe.errors import ReadTimedOut
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -31,22 +40,96 @@ if TYPE_CHECKING:
 
 HTTP_ALPNS = (b"istio-http/1.1", b"istio", b"http/1.1")
 TCP_ALPNS = (b"istio-peer-exchange", b"istio")
+# TLS 1.2: only key exchanges the server must sign (no static-RSA key transport,
+# where nothing short of a completed handshake proves the server holds its key).
+TLS12_CIPHERS = b"ECDHE:!aNULL:!eNULL:!PSK"
 
 _ALERT = re.compile(r"(?:sslv3|tlsv1[0-9]*|tls) alert ([a-z0-9 _]+)", re.IGNORECASE)
 
+# OpenSSL client states (SSL_state_string_long), stable since OpenSSL 1.1.0. The
+# info callback reports a state (SSL_CB_LOOP) when its message was fully processed.
+ST_READ_CERT_REQUEST = "SSLv3/TLS read server certificate request"
+ST_WRITE_KEY_EXCHANGE = "SSLv3/TLS write client key exchange"
+ST_WRITE_CERT_VERIFY = "SSLv3/TLS write certificate verify"
+ST_WRITE_FINISHED = "SSLv3/TLS write finished"
+ST_READ_TICKET = "SSLv3/TLS read server session ticket"
+ST_READ_CERT = "SSLv3/TLS read server certificate"
+
+# RFC 8446 section 6 (and RFC 5246 for the TLS 1.2-only ones), by code.
+ALERT_NAMES = {
+    0: "close notify",
+    10: "unexpected message",
+    20: "bad record mac",
+    22: "record overflow",
+    40: "handshake failure",
+    42: "bad certificate",
+    43: "unsupported certificate",
+    44: "certificate revoked",
+    45: "certificate expired",
+    46: "certificate unknown",
+    47: "illegal parameter",
+    48: "unknown ca",
+    49: "access denied",
+    50: "decode error",
+    51: "decrypt error",
+    70: "protocol version",
+    71: "insufficient security",
+    80: "internal error",
+    86: "inappropriate fallback",
+    90: "user canceled",
+    109: "missing extension",
+    110: "unsupported extension",
+    112: "unrecognized name",
+    113: "bad certificate status response",
+    115: "unknown psk identity",
+    116: "certificate required",
+    120: "no application protocol",
+}
+
 
 def client_context(alpns: tuple[bytes, ...], client: Issued | None = None) -> SSL.Context:
-    """An SSL context that verifies nothing itself: the SVID rules judge the chain."""
+    """An SSL context that verifies nothing itself (the SVID rules judge the chain)
+    but records, per connection, the handshake states and the alerts received."""
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_verify(SSL.VERIFY_NONE, lambda *_: True)
+    ctx.set_cipher_list(TLS12_CIPHERS)
     ctx.set_alpn_protos(list(alpns))
+    ctx.set_info_callback(_on_info)
     if client is not None:
         ctx.use_certificate(client.cert)  # type: ignore[arg-type]  # stubs predate cryptography objects
         ctx.use_privatekey(client.key)  # type: ignore[arg-type]
         for extra in client.chain[:-1]:  # intermediates; never the root
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+            ctx.add_extra_chain_cert(extra)  # type: ignore[arg-type]
     return ctx
+
+
+@dataclass
+class Trail:
+    """What OpenSSL's state machine went through on one connection (client side)."""
+
+    states: list[str] = field(default_factory=list)
+    #: Alerts the server sent, by name, in order (``close notify`` included).
+    alerts_received: list[str] = field(default_factory=list)
+    #: Alerts we sent, with the state we were in (why we gave up).
+    alerts_sent: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _on_info(conn: SSL.Connection, where: int, ret: int) -> None:
+    trail = conn.get_app_data()
+    if not isinstance(trail, Trail):
+        return
+    if where & SSL.SSL_CB_READ_ALERT == SSL.SSL_CB_READ_ALERT:
+        code = ret & 0xFF
+        trail.alerts_received.append(ALERT_NAMES.get(code, f"alert {code}"))
+    elif where & SSL.SSL_CB_WRITE_ALERT == SSL.SSL_CB_WRITE_ALERT:
+        code = ret & 0xFF
+        state = conn.get_state_string().decode("ascii", "replace")
+        trail.alerts_sent.append((ALERT_NAMES.get(code, f"alert {code}"), state))
+    elif where & SSL.SSL_CB_LOOP:
+        state = conn.get_state_string().decode("ascii", "replace")
+        if not trail.states or trail.states[-1] != state:
+            trail.states.append(state)
 
 
 @dataclass
@@ -69,6 +152,63 @@ class Handshake:
     failure: str | None = None
     #: Set when a presented certificate could not be parsed (``chain`` stops before it).
     unparseable: str | None = None
+    #: The state trail; keeps growing while the connection is read after the handshake.
+    trail: Trail = field(default_factory=Trail)
+
+    @property
+    def completed(self) -> bool:
+        return self.failure is None
+
+    @property
+    def cert_requested(self) -> bool:
+        """The server sent a CertificateRequest (it asked who we are)."""
+        return ST_READ_CERT_REQUEST in self.trail.states
+
+    @property
+    def sent_client_cert(self) -> bool:
+        """We sent a non-empty Certificate: a CertificateVerify follows only that."""
+        return ST_WRITE_CERT_VERIFY in self.trail.states
+
+    @property
+    def session_ticket(self) -> bool:
+        """The server issued a session ticket (TLS 1.3: after it took our Finished)."""
+        return ST_READ_TICKET in self.trail.states
+
+    @property
+    def possession(self) -> str | None:
+        """How the server proved it holds the key of the certificate it showed, or
+        None when it did not (yet)."""
+        states = self.trail.states
+        if self.version == "TLSv1.3":
+            if self.completed or ST_WRITE_FINISHED in states:
+                return "TLS 1.3 CertificateVerify and Finished verified"
+            return None
+        if self.version == "TLSv1.2":
+            if self.completed:
+                return "TLS 1.2 handshake completed (server Finished verified)"
+            if ST_WRITE_KEY_EXCHANGE in states:
+                # We offer ECDHE suites only (TLS12_CIPHERS): the ServerKeyExchange
+                # was signed, and verified before we wrote our key exchange.
+                return "TLS 1.2 ECDHE ServerKeyExchange signature verified"
+        return None
+
+    @property
+    def signature_rejected(self) -> bool:
+        """We aborted because the server's signature (TLS 1.3 CertificateVerify, TLS
+        1.2 ServerKeyExchange: the message after its Certificate) did not verify with
+        the key of the certificate it showed. OpenSSL reports a state only once its
+        message was processed, so the last one is the Certificate we accepted."""
+        return (
+            self.possession is None
+            and bool(self.trail.states)
+            and self.trail.states[-1] == ST_READ_CERT
+            and any(alert == "decrypt error" for alert, _ in self.trail.alerts_sent)
+        )
+
+    @property
+    def server_alert(self) -> str | None:
+        """The first alert the server sent other than close_notify."""
+        return next((a for a in self.trail.alerts_received if a != "close notify"), None)
 
 
 def alert_name(err: SSL.Error) -> str | None:
@@ -123,6 +263,7 @@ def connect_tls(
         if sni:
             conn.set_tlsext_host_name(sni)
         hs = Handshake()
+        conn.set_app_data(hs.trail)
         try:
             _handshake(conn, sock, endpoint, timeout)
         except SSL.Error as exc:
@@ -180,52 +321,67 @@ def close(tc: TLSConnection) -> None:
         tc.sock.close()
 
 
-def await_rejection(tc: TLSConnection, endpoint: Endpoint, wait: float) -> None:
-    """Read first: raise TLSAlert/ResetAfterRequest if the server rejects us now.
-    Returns quietly when nothing arrived within ``wait`` (the server is waiting
-    for our request: it accepted the handshake)."""
+@dataclass(frozen=True)
+class After:
+    """What the server did after a completed (client-side) handshake."""
+
+    #: alert | data | close-notify | eof | reset | tls-error | silent
+    kind: str
+    detail: str
+    alert: str | None = None
+    #: True when it happened before we sent our request (server-first).
+    before_request: bool = False
+
+
+def after_handshake(
+    tc: TLSConnection,
+    hs: Handshake,
+    payload: bytes,
+    endpoint: Endpoint,
+    wait: float,
+    timeout: float,
+) -> After:
+    """Read first for ``wait`` seconds (TLS 1.3 servers reject a client certificate
+    after the client's Finished), then send ``payload`` and read the answer."""
     netio.set_io_timeout(tc.sock, wait)
-    try:
-        data = tc.conn.recv(1)
-    except SSL.WantReadError:
-        return
-    except SSL.ZeroReturnError:
-        raise ResetAfterRequest(
-            f"{endpoint} closed the TLS connection right after the handshake"
-        ) from None
-    except SSL.SysCallError as exc:
-        raise ResetAfterRequest(f"{endpoint}: {_describe(exc)} after the handshake") from None
-    except SSL.Error as exc:
-        name = alert_name(exc)
-        if name:
-            raise TLSAlert(f"TLS alert from {endpoint}: {name}", name) from None
-        raise ResetAfterRequest(f"{endpoint}: {_describe(exc)}") from None
-    if data:
-        raise ProtocolViolation(f"{endpoint} sent data before any request")
-
-
-def request_over_tls(
-    tc: TLSConnection, payload: bytes, endpoint: Endpoint, timeout: float
-) -> bytes:
-    """Send ``payload`` and read the first bytes of the answer. Rejections (alerts,
-    resets, close) before any byte of answer raise; silence raises ReadTimedOut."""
+    first = _read(tc, hs, endpoint)
+    if first is not None:
+        return After(first.kind, first.detail, first.alert, before_request=True)
     netio.set_io_timeout(tc.sock, timeout)
     try:
         tc.conn.sendall(payload)
+    except SSL.WantWriteError:
+        return After("silent", f"sending over TLS to {endpoint} timed out")
+    except SSL.Error as exc:
+        return _classify(exc, hs, endpoint)
+    answer = _read(tc, hs, endpoint)
+    if answer is None:
+        return After("silent", f"no answer over TLS from {endpoint} within {timeout:g}s")
+    return answer
+
+
+def _read(tc: TLSConnection, hs: Handshake, endpoint: Endpoint) -> After | None:
+    try:
         data = tc.conn.recv(4096)
     except SSL.WantReadError:
-        raise ReadTimedOut(f"no answer over TLS from {endpoint} within {timeout:g}s") from None
-    except SSL.WantWriteError:
-        raise ReadTimedOut(f"sending over TLS to {endpoint} timed out") from None
-    except SSL.ZeroReturnError:
-        raise ResetAfterRequest(f"{endpoint} closed the TLS connection after the request") from None
-    except SSL.SysCallError as exc:
-        raise ResetAfterRequest(f"{endpoint}: {_describe(exc)} after the request") from None
+        return None
     except SSL.Error as exc:
-        name = alert_name(exc)
-        if name:
-            raise TLSAlert(f"TLS alert from {endpoint}: {name}", name) from None
-        raise ResetAfterRequest(f"{endpoint}: {_describe(exc)}") from None
+        return _classify(exc, hs, endpoint)
     if not data:
-        raise ResetAfterRequest(f"{endpoint} closed the TLS connection after the request")
-    return data
+        return After("eof", f"{endpoint} closed the connection (TCP FIN, no close_notify)")
+    first = data.split(b"\r\n", 1)[0].decode("latin-1")[:80]
+    return After("data", f"answered over TLS: {first!r}")
+
+
+def _classify(exc: SSL.Error, hs: Handshake, endpoint: Endpoint) -> After:
+    alert = hs.server_alert
+    if alert is not None:
+        return After("alert", f"TLS alert from {endpoint}: {alert}", alert)
+    if isinstance(exc, SSL.ZeroReturnError):
+        return After("close-notify", f"{endpoint} closed the TLS session (close_notify)")
+    if isinstance(exc, SSL.SysCallError):
+        code = exc.args[0] if exc.args else None
+        if code in (errno.ECONNRESET, errno.EPIPE):
+            return After("reset", f"{endpoint} reset the connection (TCP RST, no TLS alert)")
+        return After("eof", f"{endpoint} closed the connection (TCP FIN, no close_notify)")
+    return After("tls-error", f"{endpoint}: {_describe(exc)}")

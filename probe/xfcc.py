@@ -9,8 +9,12 @@ the subject in RFC 2253 form, whose own escapes (``\\,``) must survive, so only
 
 With APPEND_FORWARD an mTLS peer can put forged elements before the real one, so
 only the LAST element is trustworthy, and only if its ``By`` is the server's own
-identity. The header arrives from servers we do not control: parsing raises
-XfccError and nothing else, in linear time, on bounded input.
+identity. Envoy writes one ``By=``/``URI=`` per URI SAN of the certificate, so the
+trusted element must carry exactly one of each: two mean a certificate with two URI
+SANs, which is not an X.509-SVID, and the identity it names is ambiguous.
+
+The header arrives from servers we do not control: parsing raises XfccError and
+nothing else, in linear time, on bounded input.
 """
 
 from __future__ import annotations
@@ -187,6 +191,32 @@ def trusted_element(headers: Sequence[str] | str) -> XfccElement | None:
     if not joined.strip():
         return None
     return parse_xfcc(joined)[-1]
+
+
+def identity_problems(
+    el: XfccElement, expected_by: str | None, expected_uri: str | None
+) -> list[str]:
+    """Why the trusted element does not name exactly the expected identities (empty:
+    it does). Each of ``By=`` and ``URI=`` must appear exactly once; an expected value
+    of None is not compared, but the count still is."""
+    problems: list[str] = []
+    for key, values, expected, whose in (
+        ("By", el.by, expected_by, "the server's sidecar identifies as"),
+        ("URI", el.uri, expected_uri, "the server saw the client as"),
+    ):
+        if len(values) != 1:
+            shown = ", ".join(values[:4]) or "nothing"
+            problems.append(
+                f"{key}= appears {len(values)} times in the trusted element ({shown}): "
+                + (
+                    "a certificate with several URI SANs is not an X.509-SVID"
+                    if values
+                    else "no identity at all"
+                )
+            )
+        elif expected is not None and values[0] != expected:
+            problems.append(f"{whose} {values[0]} ({key}=), expected {expected}")
+    return problems
 
 
 def _quote(value: str) -> str:

@@ -139,7 +139,9 @@ def _proxy_handler(b: SidecarBehaviour) -> type[BaseHTTPRequestHandler]:
             elif b.mode == "raw":
                 headers["x-forwarded-client-cert"] = b.raw_xfcc
             conn = http.client.HTTPConnection(*b.upstream, timeout=5)
-            conn.request("GET", "/", headers=headers)
+            path = self.path.split("://", 1)[-1]
+            path = path[path.find("/") :] if "/" in path else "/"
+            conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
             self.send_response(resp.status)

@@ -36,36 +36,41 @@ class Pod:
     issued: Issued
     #: Highest TLS version the listener speaks (Envoy's enum name).
     tls_max: str = "TLSv1_3"
+    #: False builds a misconfigured listener: no client certificate required and no
+    #: validation context, so Envoy sends no CertificateRequest at all.
+    require_client: bool = True
 
 
-def _tls(cert: Path, key: Path, root: Path, trust_domain: str, tls_max: str) -> dict[str, Any]:
+def _tls(
+    cert: Path, key: Path, root: Path, trust_domain: str, tls_max: str, require_client: bool = True
+) -> dict[str, Any]:
+    validation = {
+        "trusted_ca": {"filename": str(root)},
+        "match_typed_subject_alt_names": [
+            {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}
+        ],
+    }
+    common: dict[str, Any] = {
+        "alpn_protocols": ["istio-http/1.1", "istio", "http/1.1"],
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_2",
+            "tls_maximum_protocol_version": tls_max,
+        },
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": str(cert)},
+                "private_key": {"filename": str(key)},
+            }
+        ],
+    }
+    if require_client:
+        common["validation_context"] = validation
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": _T + "transport_sockets.tls.v3.DownstreamTlsContext",
-            "require_client_certificate": True,
-            "common_tls_context": {
-                "alpn_protocols": ["istio-http/1.1", "istio", "http/1.1"],
-                "tls_params": {
-                    "tls_minimum_protocol_version": "TLSv1_2",
-                    "tls_maximum_protocol_version": tls_max,
-                },
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": str(cert)},
-                        "private_key": {"filename": str(key)},
-                    }
-                ],
-                "validation_context": {
-                    "trusted_ca": {"filename": str(root)},
-                    "match_typed_subject_alt_names": [
-                        {
-                            "san_type": "URI",
-                            "matcher": {"prefix": f"spiffe://{trust_domain}/"},
-                        }
-                    ],
-                },
-            },
+            "require_client_certificate": require_client,
+            "common_tls_context": common,
         },
     }
 
@@ -109,7 +114,7 @@ def _listener(i: int, pod: Pod, cert: Path, key: Path, root: Path, td: str) -> d
         "filter_chains": [
             {
                 "filter_chain_match": {"transport_protocol": "tls"},
-                "transport_socket": _tls(cert, key, root, td, pod.tls_max),
+                "transport_socket": _tls(cert, key, root, td, pod.tls_max, pod.require_client),
                 "filters": [
                     {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
                 ],

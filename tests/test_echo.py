@@ -285,3 +285,21 @@ def test_garbage_never_kills_it(echo: tuple[str, int], payload: bytes) -> None:
     with socket.create_connection(echo, timeout=3) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert s.recv(12) == b"HTTP/1.1 200"
+
+
+def test_headers_and_root_both_reflect_for_the_probe() -> None:
+    """The probe GETs /headers by default; older targets and users call /."""
+    import httpx
+
+    from probe.reflect import App, parse_reflection
+
+    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
+        host, port = srv.addresses[0]
+        for path in ("/headers", "/"):
+            resp = httpx.get(
+                f"http://{host}:{port}{path}",
+                headers={"X-Forwarded-Client-Cert": "By=a;URI=b", "x-mtlsprobe-marker": "m1"},
+            )
+            r = parse_reflection(resp.content)
+            assert r is not None and r.app is App.SERVE and r.name == "ns-a/echo"
+            assert r.xfcc == ["By=a;URI=b"] and r.values("X-MTLSPROBE-MARKER") == ["m1"]

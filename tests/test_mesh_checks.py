@@ -139,7 +139,7 @@ def test_mesh_echo_target_without_echo_json_is_error() -> None:
     with http_server(app_handler(200, b"<html>hi</html>", "text/html")) as app:
         host, port = app.removeprefix("http://").split(":")
         r = mesh_via(SidecarBehaviour(upstream=(host, int(port))))
-    assert r.verdict is Verdict.ERROR and "not the echo responder" in r.reason
+    assert r.verdict is Verdict.ERROR and "not a header reflection" in r.reason
 
 
 # --- mesh: sidecar's own answers ---------------------------------------------------------------
@@ -181,12 +181,15 @@ def test_mesh_sidecar_503_fails_plaintext_targets_too(echo: tuple[str, int]) -> 
 
 
 @pytest.mark.parametrize("status", [200, 404])
-def test_mesh_non_echo_is_status_only(status: int) -> None:
+def test_mesh_non_echo_without_sidecar_stats_is_not_a_pass(status: int) -> None:
+    """An app's status proves reachability, not mTLS: without the sidecar's counters
+    (the stand-in has no admin) the verdict is error and claims no mTLS."""
     with http_server(app_handler(status, b"app")) as app:
         host, port = app.removeprefix("http://").split(":")
         r = mesh_via(SidecarBehaviour(upstream=(host, int(port))), echo=False)
-    assert r.verdict is Verdict.PASS and "identity not observable" in r.reason
-    assert f"HTTP {status}" in r.reason
+    assert r.verdict is Verdict.ERROR, r
+    assert r.reason.startswith("reachable; mTLS not observable") and f"HTTP {status}" in r.reason
+    assert "mTLS proven" not in r.reason and r.evidence["transport"]["seen"] == "unknown"
 
 
 def test_mesh_non_echo_app_5xx_is_error() -> None:
@@ -272,10 +275,12 @@ def test_no_proxy_and_no_sidecar_is_error_not_a_verdict(
 # --- mesh: tcp ports -----------------------------------------------------------------------------
 
 
-def test_mesh_tcp_round_trip_through_connect(tcp_echo: tuple[str, int]) -> None:
+def test_mesh_tcp_round_trip_alone_is_not_mtls(tcp_echo: tuple[str, int]) -> None:
+    """Bytes coming back prove reachability only: no sidecar counters, no pass."""
     b = SidecarBehaviour(upstream=tcp_echo)
     r = mesh_via(b, protocol=Protocol.TCP, port=5432, host="db.ns-a.svc.cluster.local")
-    assert r.verdict is Verdict.PASS and "identity not observable" in r.reason
+    assert r.verdict is Verdict.ERROR and r.reason.startswith("reachable; mTLS not observable")
+    assert "our bytes came back" in r.reason
     assert b.seen_hosts == ["db.ns-a.svc.cluster.local:5432"]
 
 
@@ -293,7 +298,7 @@ def test_mesh_tcp_closed_without_reply(tcp_echo: tuple[str, int]) -> None:
 def test_mesh_tcp_in_pod_mode_direct(tcp_echo: tuple[str, int], pod_sidecar: str) -> None:
     host, port = tcp_echo
     r = run(MeshCheck(), None, host=host, port=port, protocol=Protocol.TCP, admin=pod_sidecar)
-    assert r.verdict is Verdict.PASS
+    assert r.verdict is Verdict.ERROR and "records no TLS/connection stats" in r.reason
 
 
 # --- xfcc-spoof ----------------------------------------------------------------------------------
@@ -352,7 +357,7 @@ def test_spoof_non_echo_app_is_error() -> None:
     with http_server(app_handler(200, b"{}", "application/json")) as app:
         host, port = app.removeprefix("http://").split(":")
         r = spoof_via(SidecarBehaviour(upstream=(host, int(port))))
-    assert r.verdict is Verdict.ERROR and "not the echo responder" in r.reason
+    assert r.verdict is Verdict.ERROR and "not a header reflection" in r.reason
 
 
 @pytest.mark.parametrize(

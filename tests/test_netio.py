@@ -17,7 +17,6 @@ from probe.errors import (
     ConnectTimedOut,
     DNSFailure,
     NothingListening,
-    ProtocolViolation,
     ReadTimedOut,
     ResetAfterRequest,
 )
@@ -158,8 +157,8 @@ def test_tls_handshake_to_a_silent_server_times_out() -> None:
     assert time.monotonic() - t0 < 1.5
 
 
-def test_server_that_speaks_first_over_tls_is_a_protocol_violation(tmp_path: Path) -> None:
-    """await_rejection reads first; data arriving unasked is not a rejection."""
+def test_server_that_speaks_first_over_tls_is_seen_as_such(tmp_path: Path) -> None:
+    """after_handshake reads first; data arriving unasked is not a rejection."""
     ca = CertificateAuthority.create_root("cluster.local", key_type="ec")
     issued = ca.issue_workload("spiffe://cluster.local/ns/a/sa/b", key_type="ec")
     (tmp_path / "c.pem").write_bytes(issued.chain_pem())
@@ -176,8 +175,8 @@ def test_server_that_speaks_first_over_tls_is_a_protocol_violation(tmp_path: Pat
         conn, hs = tls.connect_tls(srv.endpoint, tls.client_context(tls.TCP_ALPNS), 1.0)
         try:
             assert hs.failure is None
-            with pytest.raises(ProtocolViolation):
-                tls.await_rejection(conn, srv.endpoint, 1.0)
+            after = tls.after_handshake(conn, hs, b"x", srv.endpoint, 1.0, 1.0)
+            assert after.kind == "data" and after.before_request, after
         finally:
             tls.close(conn)
 

@@ -201,7 +201,7 @@ def test_foreign_chain_fails(pki: MeshPKI, tmp_path: Path) -> None:
     issued = other.issue_workload(ECHO_ID, key_type="ec")
     with serving(tls_handler(pki, issued, require_client=False)) as srv:
         r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, pki)
-    assert r.verdict is Verdict.FAIL and "no path to the mesh root" in r.reason
+    assert r.verdict is Verdict.FAIL and "no valid path to the mesh root" in r.reason
 
 
 def test_subject_with_non_critical_san_is_fine(pki: MeshPKI) -> None:
@@ -231,11 +231,21 @@ def test_peer_cert_skips_without_sidecar() -> None:
     assert r.verdict is Verdict.SKIP
 
 
-def test_peer_cert_without_roots_says_chain_unchecked(pki: MeshPKI) -> None:
+def test_peer_cert_without_roots_is_not_a_pass(pki: MeshPKI) -> None:
+    """No rootCertFile, no chain claim: an otherwise valid SVID is an error naming the
+    missing field, and the evidence does not claim a verified chain."""
     issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
     with serving(tls_handler(pki, issued)) as srv:
         r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, None)
-    assert r.verdict is Verdict.PASS and "chain not checked" in r.reason
+    assert r.verdict is Verdict.ERROR and "rootCertFile" in r.reason, r
+    assert r.evidence["chain_verified"] is None
+
+
+def test_peer_cert_without_roots_still_fails_a_bad_svid(pki: MeshPKI) -> None:
+    issued = pki.ca.issue([f"spiffe://{TD}/ns/ns-a/sa/other"], key_type="ec")
+    with serving(tls_handler(pki, issued)) as srv:
+        r = run_one(PeerCertCheck(), srv.endpoint, Expect.STRICT, None)
+    assert r.verdict is Verdict.FAIL and "expected spiffe://" in r.reason, r
 
 
 # --- foreign-client ------------------------------------------------------------
@@ -322,8 +332,9 @@ def test_foreign_client_tcp_port_both_attempts(pki: MeshPKI, version: ssl.TLSVer
     with serving(tls_handler(pki, issued, version=version)) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki, protocol=Protocol.TCP)
     assert r.verdict is Verdict.PASS, r
-    assert set(r.evidence) == {"foreign CA, own identity", "foreign CA, wrong trust domain"}
-    assert all(str(v).startswith("rejected") for v in r.evidence.values()), r.evidence
+    labels = {"foreign CA, own identity", "foreign CA, wrong trust domain"}
+    assert set(r.evidence) == {*labels, "possession"}
+    assert all(str(r.evidence[k]).startswith("rejected") for k in labels), r.evidence
 
 
 def test_foreign_client_black_hole_is_error() -> None:
@@ -338,14 +349,15 @@ def test_foreign_client_fail_reports_both_attempts(pki: MeshPKI) -> None:
     with serving(tls_handler(pki, issued, require_client=False)) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.PERMISSIVE, pki)
     assert r.verdict is Verdict.FAIL and r.observed == "accepted", r
-    assert all(str(v).startswith("accepted") for v in r.evidence.values()), r.evidence
+    attempts = [v for k, v in r.evidence.items() if k.startswith("foreign CA")]
+    assert len(attempts) == 2 and all(str(v).startswith("accepted") for v in attempts), r.evidence
 
 
 def test_foreign_client_reset_before_any_certificate_is_error() -> None:
     """A port that resets every connection proves nothing about client certificates."""
     with serving(reset_after_read) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT)
-    assert r.verdict is Verdict.ERROR and "before the server showed a certificate" in r.reason, r
+    assert r.verdict is Verdict.ERROR and "before our certificate was sent" in r.reason, r
 
 
 def test_hostile_duplicate_san_certificate_over_the_wire(pki: MeshPKI) -> None:

@@ -53,6 +53,15 @@ def mesh(
                 ca.issue_workload(GOOD, key_type="ec"),
                 tls_max="TLSv1_2",
             ),
+            *[
+                Pod(
+                    Endpoint(slot.pod_ip(4 + i), PORT),
+                    ca.issue_workload(GOOD, key_type="ec"),
+                    tls_max=tls_max,
+                    require_client=False,
+                )
+                for i, tls_max in enumerate(("TLSv1_3", "TLSv1_2"))
+            ],
         ]
 
     with strict_envoy(pods, root, TD, tmp) as (envoy, started):
@@ -101,6 +110,7 @@ def test_peer_cert_valid_and_expired_on_envoy(mesh: Mesh) -> None:
     r = _run(PeerCertCheck(), pods[0].endpoint, root)
     assert r.verdict is Verdict.PASS, r
     assert r.evidence["spiffe_id"] == GOOD and r.evidence["tls_version"] == "TLSv1.3"
+    assert r.evidence["possession"] == "TLS 1.3 CertificateVerify and Finished verified"
     assert r.evidence["alpn"] == "istio-http/1.1"
     r = _run(PeerCertCheck(), pods[1].endpoint, root)
     assert r.verdict is Verdict.FAIL and "expired" in r.reason, r
@@ -113,6 +123,7 @@ def test_foreign_client_is_rejected_by_envoy(mesh: Mesh) -> None:
     r = _run(ForeignClientCheck(), pods[0].endpoint, root)
     assert r.verdict is Verdict.PASS and r.observed == "rejected", r
     assert "unknown ca" in r.reason, r.reason
+    assert r.evidence["possession"] == "TLS 1.3 CertificateVerify and Finished verified"
 
 
 def test_a_mesh_client_is_served(mesh: Mesh) -> None:
@@ -123,21 +134,38 @@ def test_a_mesh_client_is_served(mesh: Mesh) -> None:
     context = tls.client_context(tls.HTTP_ALPNS, client)
     conn, hs = tls.connect_tls(pods[0].endpoint, context, 3.0)
     try:
-        assert hs.failure is None
-        tls.await_rejection(conn, pods[0].endpoint, 0.2)
-        data = tls.request_over_tls(conn, http_request("echo"), pods[0].endpoint, 3.0)
+        assert hs.failure is None and hs.sent_client_cert and hs.possession is not None
+        after = tls.after_handshake(conn, hs, http_request("echo"), pods[0].endpoint, 0.2, 3.0)
     finally:
         tls.close(conn)
-    assert data.startswith(b"HTTP/1.1 200"), data
+    assert after.kind == "data" and "HTTP/1.1 200" in after.detail, after
 
 
 def test_tls12_only_envoy(mesh: Mesh) -> None:
-    """TLS 1.2: the chain is seen although the handshake fails without a client
-    certificate, and a foreign certificate fails inside the handshake."""
+    """TLS 1.2: the handshake fails without a client certificate, but only after
+    Envoy signed the ECDHE ServerKeyExchange (we verified it before sending our
+    flight): key possession is proven. A foreign certificate fails inside the
+    handshake with a certificate alert."""
     _, root, _, pods = mesh
     r = _run(PeerCertCheck(), pods[3].endpoint, root)
     assert r.verdict is Verdict.PASS and r.evidence["tls_version"] == "TLSv1.2", r
+    assert "ServerKeyExchange signature verified" in r.evidence["possession"], r.evidence
     r = _run(ForeignClientCheck(), pods[3].endpoint, root)
     assert r.verdict is Verdict.PASS and r.observed == "rejected", r
+    assert "requested and got our certificate" in r.reason, r.reason
+    assert "ServerKeyExchange" in r.evidence["possession"], r.evidence
     r = _run(PlaintextCheck(), pods[3].endpoint, root)
     assert r.verdict is Verdict.PASS, r
+
+
+@pytest.mark.parametrize("pod", [4, 5], ids=["tls13", "tls12"])
+def test_envoy_asking_for_no_client_certificate(mesh: Mesh, pod: int) -> None:
+    """A misconfigured Envoy (no client certificate required, no validation
+    context) sends no CertificateRequest: foreign-client fails, whatever happens
+    next; its own certificate is still proven and valid."""
+    _, root, _, pods = mesh
+    r = _run(ForeignClientCheck(), pods[pod].endpoint, root)
+    assert r.verdict is Verdict.FAIL and r.observed == "accepted", r
+    assert "no CertificateRequest" in r.reason, r.reason
+    r = _run(PeerCertCheck(), pods[pod].endpoint, root)
+    assert r.verdict is Verdict.PASS and r.evidence["possession"], r

@@ -523,9 +523,9 @@ def test_a_failing_shard_does_not_take_the_others_down(
         # The surviving shards really probed: each endpoint answered (the echo listens on
         # 127.0.0.1 only) or was seen to have nothing listening. Which shard holds
         # 127.0.0.1 depends on the hash of the endpoint, so no pass is required.
-        assert all(
-            r["verdict"] == "pass" or "nothing listens" in r["reason"] for r in observed
-        ), [(r["verdict"], r["reason"]) for r in observed]
+        assert all(r["verdict"] == "pass" or "nothing listens" in r["reason"] for r in observed), [
+            (r["verdict"], r["reason"]) for r in observed
+        ]
         assert code == 2
         jobs = [c for c in kube.calls if c.method == "POST" and c.path.endswith("/jobs")]
         assert len(jobs) == 1

@@ -28,6 +28,7 @@ from tests.tlsservers import nothing_listening
 TD = "cluster.local"
 SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
 DUMP = "/config_dump?resource=dynamic_active_secrets"
+STATIC = "/config_dump?resource=static_secrets"
 HOUR = dt.timedelta(hours=1)
 
 
@@ -172,19 +173,81 @@ def test_rotation_late_warns_overdue_fails(
 
 
 @pytest.mark.parametrize("dump", [{}, 404])
-def test_certs_fallback_pass(mesh: tuple[CertificateAuthority, Path], dump: Any) -> None:
+def test_certs_fallback_is_never_a_chain_claim(
+    mesh: tuple[CertificateAuthority, Path], dump: Any
+) -> None:
+    """/certs shows serials, not certificates: a matching CA serial is not a
+    verified chain, so the best verdict is error, and the evidence says so."""
     ca, root = mesh
     now = dt.datetime.now(dt.UTC)
     certs = certs_doc(ca.cert.serial_number, SRC, now - HOUR, now + 23 * HOUR)
     r = with_admin({DUMP: dump, "/certs": certs}, root)
-    assert r.verdict is Verdict.PASS, r
-    assert r.evidence["method"].startswith("/certs") and r.evidence["chain_verified"] is True
+    assert r.verdict is Verdict.ERROR and "only /certs" in r.reason, r
+    assert r.evidence["method"].startswith("/certs") and r.evidence["chain_verified"] is None
+    assert r.evidence["trusted_ca_serial_is_root"] is True
 
 
-def test_certs_without_root_file_says_so() -> None:
+def test_certs_without_root_file_is_an_error() -> None:
     now = dt.datetime.now(dt.UTC)
     r = with_admin({"/certs": certs_doc(1, SRC, now - HOUR, now + 23 * HOUR)}, None)
-    assert r.verdict is Verdict.PASS and "chain not checked" in r.reason
+    assert r.verdict is Verdict.ERROR and "rootCertFile" in r.reason, r
+
+
+def test_certs_without_any_trusted_ca_fails(mesh: tuple[CertificateAuthority, Path]) -> None:
+    _, root = mesh
+    now = dt.datetime.now(dt.UTC)
+    doc = certs_doc(1, SRC, now - HOUR, now + 23 * HOUR)
+    doc["certificates"][0]["ca_cert"] = []  # type: ignore[index]
+    r = with_admin({"/certs": doc}, root)
+    assert r.verdict is Verdict.FAIL and "no trust bundle" in r.reason, r
+
+
+def test_config_dump_without_rootca_fails(mesh: tuple[CertificateAuthority, Path]) -> None:
+    ca, root = mesh
+    r = with_admin({DUMP: dump_doc(ca.issue_workload(SRC, key_type="ec"), None)}, root)
+    assert r.verdict is Verdict.FAIL and "no trust bundle" in r.reason, r
+
+
+def test_config_dump_without_root_file_is_an_error(
+    mesh: tuple[CertificateAuthority, Path],
+) -> None:
+    ca, _ = mesh
+    r = with_admin({DUMP: dump_doc(ca.issue_workload(SRC, key_type="ec"), ca.root_pem())}, None)
+    assert r.verdict is Verdict.ERROR and "rootCertFile" in r.reason, r
+    assert r.evidence["chain_verified"] is None
+
+
+def test_static_secrets_from_files_are_verified(
+    mesh: tuple[CertificateAuthority, Path], tmp_path: Path
+) -> None:
+    """Envoy's static secrets name files (the lab's probe sidecar): read them."""
+    ca, root = mesh
+    issued = ca.issue_workload(SRC, key_type="ec")
+    (tmp_path / "cert.pem").write_bytes(issued.chain_pem())
+    static = {
+        "configs": [
+            {
+                "name": "default",
+                "secret": {
+                    "name": "default",
+                    "tls_certificate": {
+                        "certificate_chain": {"filename": str(tmp_path / "cert.pem")},
+                        "private_key": {"filename": "[redacted]"},
+                    },
+                },
+            },
+            {
+                "name": "ROOTCA",
+                "secret": {
+                    "name": "ROOTCA",
+                    "validation_context": {"trusted_ca": {"filename": str(root)}},
+                },
+            },
+        ]
+    }
+    r = with_admin({DUMP: {}, STATIC: static}, root)
+    assert r.verdict is Verdict.PASS, r
+    assert r.evidence["chain_verified"] is True and r.evidence["trust_bundle_has_root"] is True
 
 
 @pytest.mark.parametrize(
@@ -376,5 +439,20 @@ def test_real_envoy_certs_shape(envoy_admin: str, mesh: tuple[CertificateAuthori
     now = dt.datetime.now(dt.UTC)
     j = judge_certs(summary, SRC, [ca.cert], now, dt.timedelta(hours=6))
     assert not j.problems, j.problems
-    assert j.evidence["chain_verified"] is True and j.not_after is not None
+    assert j.evidence["chain_verified"] is None and j.not_after is not None
+    assert j.evidence["trusted_ca_serial_is_root"] is True and j.unverified is not None
     assert isinstance(doc["certificates"][0]["cert_chain"][0]["days_until_expiration"], str)
+
+
+def test_static_secret_naming_a_fifo_does_not_hang(
+    mesh: tuple[CertificateAuthority, Path], tmp_path: Path
+) -> None:
+    import os
+
+    _, root = mesh
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    chain = {"certificate_chain": {"filename": str(fifo)}}
+    static = {"configs": [{"secret": {"name": "default", "tls_certificate": chain}}]}
+    r = with_admin({DUMP: {}, STATIC: static, "/certs": 404}, root)
+    assert r.verdict is Verdict.ERROR, r

@@ -14,6 +14,7 @@ from probe.xfcc import (
     XfccElement,
     XfccError,
     format_xfcc,
+    identity_problems,
     parse_xfcc,
     trusted_element,
 )
@@ -151,3 +152,59 @@ _element = st.builds(
 @given(st.lists(_element, min_size=1, max_size=6))
 def test_round_trip(elements: list[XfccElement]) -> None:
     assert parse_xfcc(format_xfcc(elements)) == elements
+
+
+# --- rule: the trusted element names exactly one server and one client identity -----------
+
+SERVER = "spiffe://cluster.local/ns/ns-a/sa/echo"
+CLIENT = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
+
+
+def test_exactly_one_by_and_uri_equal_to_expected() -> None:
+    (el,) = parse_xfcc(f"By={SERVER};Hash=ab;URI={CLIENT}")
+    assert identity_problems(el, SERVER, CLIENT) == []
+    assert identity_problems(el, None, None) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        (f"By={SERVER};By=spiffe://cluster.local/ns/x/sa/y;URI={CLIENT}", "By= appears 2 times"),
+        (f"By={SERVER};URI={CLIENT};URI=spiffe://cluster.local/ns/x/sa/y", "URI= appears 2 times"),
+        (f"By={SERVER};URI={CLIENT};uri={CLIENT}", "URI= appears 2 times"),  # even the same one
+        (f"by={SERVER};BY={SERVER};URI={CLIENT}", "By= appears 2 times"),
+        (f"URI={CLIENT}", "By= appears 0 times"),
+        (f"By={SERVER}", "URI= appears 0 times"),
+        (f"By=spiffe://cluster.local/ns/ns-a/sa/other;URI={CLIENT}", "expected " + SERVER),
+        (f"By={SERVER};URI=spiffe://cluster.local/ns/x/sa/y", "expected " + CLIENT),
+        (f"By={SERVER.upper()};URI={CLIENT}", "expected " + SERVER),
+    ],
+)
+def test_ambiguous_or_wrong_identities_are_problems(header: str, words: str) -> None:
+    (el,) = parse_xfcc(header)
+    problems = identity_problems(el, SERVER, CLIENT)
+    assert problems and words in "; ".join(problems)
+    if "appears" in words:
+        # the count matters even when nothing is compared
+        assert identity_problems(el, None, None)
+
+
+_key_case = st.sampled_from(["By", "by", "BY", "bY"]), st.sampled_from(["URI", "uri", "Uri"])
+_ids = st.sampled_from([SERVER, CLIENT, "spiffe://cluster.local/ns/x/sa/y", "spiffe://evil/a"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bys=st.lists(st.tuples(_key_case[0], _ids), max_size=3),
+    uris=st.lists(st.tuples(_key_case[1], _ids), max_size=3),
+    order=st.randoms(use_true_random=False),
+)
+def test_property_only_one_exact_pair_is_clean(
+    bys: list[tuple[str, str]], uris: list[tuple[str, str]], order: object
+) -> None:
+    pairs = [f"{k}={v}" for k, v in bys + uris] + ["Hash=ab"]
+    order.shuffle(pairs)  # type: ignore[attr-defined]
+    (el,) = parse_xfcc(";".join(pairs))
+    clean = identity_problems(el, SERVER, CLIENT) == []
+    exact = [v for _, v in bys] == [SERVER] and [v for _, v in uris] == [CLIENT]
+    assert clean == exact

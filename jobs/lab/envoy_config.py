@@ -247,6 +247,8 @@ def workload_bootstrap(
 
 
 def outbound_cluster_name(up: Upstream) -> str:
+    """Istio's name, so the mesh check finds this cluster's TLS and connection counters
+    (``cluster.<name>.ssl.handshake`` …, probe.clusterstats) here as in a pod."""
     return f"outbound|{up.port}||{up.host}"
 
 

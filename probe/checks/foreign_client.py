@@ -1,17 +1,24 @@
 """``foreign-client``: does the server reject a client certificate that the mesh
 root did not sign? A CA made at run time issues one certificate carrying the
-probe's own SPIFFE ID and one from a wrong trust domain; both must be refused."""
+probe's own SPIFFE ID and one from a wrong trust domain; both must be refused.
+
+The rejection signature, and nothing less (``judge_attempt``): the server asked
+for a certificate (CertificateRequest), proved it holds its own key, we sent ours,
+and then a TLS alert naming the certificate arrived. A server that never asks,
+that completes a TLS 1.2 handshake with our certificate, or that answers, issues
+a session ticket or closes gracefully after a TLS 1.3 handshake has accepted it
+(``fail``), whatever it does next; every other ending is inconclusive."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from probe import tls
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.checks.common import istio_sni, sidecar_tls_skip, tls_context
 from probe.checks.plaintext import TCP_PAYLOAD, http_request
-from probe.errors import ObservationError, ResetAfterRequest, TLSAlert
+from probe.errors import ObservationError
 from probe.model import Protocol
 from probe.results import Result, Verdict
 
@@ -19,7 +26,8 @@ if TYPE_CHECKING:
     from probe.model import Endpoint, Target
     from probe.pki import Issued
 
-# Alerts by which a TLS server says "I do not accept your certificate".
+# Alerts by which a TLS server says "I do not accept your certificate". Not
+# "handshake failure": it names no certificate.
 REJECTING_ALERTS = frozenset(
     {
         "certificate required",
@@ -28,7 +36,6 @@ REJECTING_ALERTS = frozenset(
         "certificate unknown",
         "unsupported certificate",
         "access denied",
-        "handshake failure",
         "decrypt error",
         "certificate revoked",
         "certificate expired",
@@ -67,6 +74,8 @@ class Attempt:
     label: str
     outcome: str  # rejected | accepted | error
     detail: str
+    #: How the server proved it holds its own key, when it did.
+    possession: str | None = None
 
 
 class ForeignClientCheck(Check):
@@ -91,7 +100,8 @@ class ForeignClientCheck(Check):
                 ctx, target, endpoint, material.wrong_domain, "foreign CA, wrong trust domain"
             ),
         ]
-        evidence = {a.label: f"{a.outcome}: {a.detail}" for a in attempts}
+        evidence: dict[str, object] = {a.label: f"{a.outcome}: {a.detail}" for a in attempts}
+        evidence["possession"] = attempts[0].possession
         accepted = [a for a in attempts if a.outcome == "accepted"]
         errors = [a for a in attempts if a.outcome == "error"]
         if accepted:
@@ -129,44 +139,104 @@ class ForeignClientCheck(Check):
         except ObservationError as exc:
             return Attempt(label, "error", exc.reason)
         try:
-            if hs.failure is not None:
-                return self._judge_failure(label, hs.failure, bool(hs.chain))
-            try:
-                # Read first: TLS 1.3 servers reject after the client's Finished. In
-                # TLS 1.2 a completed handshake means the server took our certificate.
-                if hs.version == "TLSv1.3":
-                    tls.await_rejection(conn, endpoint, min(timeout, 0.5))
+            after = None
+            if hs.completed and hs.version == "TLSv1.3" and hs.sent_client_cert:
                 payload = (
                     http_request(target.host) if target.protocol is Protocol.HTTP else TCP_PAYLOAD
                 )
-                data = tls.request_over_tls(conn, payload, endpoint, timeout)
-            except TLSAlert as exc:
-                return self._judge_failure(label, f"TLS alert: {exc.alert}", bool(hs.chain))
-            except ResetAfterRequest as exc:
-                return Attempt(label, "rejected", exc.reason)
-            except ObservationError as exc:
-                return Attempt(label, "error", exc.reason)
-            first = data.split(b"\r\n", 1)[0].decode("latin-1")[:80]
-            return Attempt(label, "accepted", f"answered over mTLS: {first!r}")
+                after = tls.after_handshake(conn, hs, payload, endpoint, min(timeout, 0.5), timeout)
+            return replace(judge_attempt(label, hs, after), possession=hs.possession)
         finally:
             tls.close(conn)
 
-    @staticmethod
-    def _judge_failure(label: str, failure: str, saw_server_cert: bool) -> Attempt:
-        """A failure counts as rejecting our certificate only once the handshake got
-        that far: the server sends its own certificate before it sees ours (TLS 1.2
-        and 1.3), so no server certificate means it failed for some other reason
-        (a port that resets everything, no shared ALPN or cipher) — inconclusive."""
-        if not saw_server_cert:
+
+def judge_attempt(label: str, hs: tls.Handshake, after: tls.After | None) -> Attempt:
+    """Pure: one foreign-certificate attempt from what the handshake went through
+    (OpenSSL's state trail) and, after a TLS 1.3 handshake, what the server did."""
+    proof = hs.possession
+    if not hs.sent_client_cert:
+        if proof is not None and not hs.cert_requested:
             return Attempt(
                 label,
-                "error",
-                f"the handshake ended before the server showed a certificate ({failure}): "
-                "not a rejection of the client certificate",
+                "accepted",
+                "the server sent no CertificateRequest: it never asks a caller for a "
+                f"certificate ({proof})",
             )
-        alert = failure.removeprefix("TLS alert: ")
-        if alert in REJECTING_ALERTS:
-            return Attempt(label, "rejected", f"TLS alert {alert}")
-        if "reset" in failure or "closed" in failure:
-            return Attempt(label, "rejected", failure)
-        return Attempt(label, "error", f"handshake failed for another reason: {failure}")
+        why = hs.failure or "the handshake did not get that far"
+        return Attempt(
+            label,
+            "error",
+            f"the handshake ended before our certificate was sent ({why}): "
+            "not a rejection of the client certificate",
+        )
+    # We sent our certificate. OpenSSL does so only after a CertificateRequest and
+    # the server's proof of its key; a trail that says otherwise proves nothing.
+    if proof is None or not hs.cert_requested:
+        return Attempt(
+            label,
+            "error",
+            "our certificate went out without a CertificateRequest from a server that "
+            "proved its key: not a rejection signature",
+        )
+    if hs.completed and hs.version != "TLSv1.3":
+        return Attempt(
+            label,
+            "accepted",
+            f"the server completed a {hs.version} handshake with our certificate",
+        )
+    if not hs.completed:
+        return _judge_ending(label, hs.server_alert, hs.failure or "handshake failed")
+    if after is None:
+        return Attempt(label, "error", "nothing was read after the TLS 1.3 handshake")
+    if after.kind == "alert":
+        return _judge_ending(label, after.alert, after.detail)
+    if after.kind == "data":
+        when = "before our request" if after.before_request else "our request"
+        return Attempt(label, "accepted", f"{after.detail} ({when})")
+    if hs.session_ticket:
+        return Attempt(
+            label,
+            "accepted",
+            f"the server issued a session ticket after taking our certificate, then {after.detail}",
+        )
+    if after.kind in ("eof", "reset") and not after.before_request:
+        return Attempt(
+            label,
+            "accepted",
+            "the server kept the TLS 1.3 session open after our certificate and closed it "
+            f"only after our request ({after.detail}): its TLS layer took the certificate "
+            "(a rejecting server sends a fatal alert at once)",
+        )
+    if after.kind == "close-notify":
+        return Attempt(
+            label,
+            "accepted",
+            f"{after.detail} after the handshake: a server that rejects a certificate "
+            "sends a fatal alert",
+        )
+    return Attempt(
+        label,
+        "error",
+        f"{after.detail} after our certificate: without a TLS alert this is not a "
+        "rejection signature",
+    )
+
+
+def _judge_ending(label: str, alert: str | None, detail: str) -> Attempt:
+    if alert is None:
+        return Attempt(
+            label,
+            "error",
+            f"{detail} after our certificate, without a TLS alert: not a rejection signature",
+        )
+    if alert in REJECTING_ALERTS:
+        return Attempt(
+            label,
+            "rejected",
+            f"TLS alert {alert} after the server requested and got our certificate",
+        )
+    return Attempt(
+        label,
+        "error",
+        f"TLS alert {alert} after our certificate: it does not name the certificate",
+    )

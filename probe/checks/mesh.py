@@ -1,21 +1,27 @@
 """``mesh``: a call through the probe's sidecar reaches the target over mTLS, with
-the right identities on both ends (proven by the last XFCC element).
+the right identities on both ends.
 
 Verdicts, by what the target's port is expected to do:
 
-- STRICT / PERMISSIVE (a server sidecar, auto-mTLS): pass only when an echo target
-  shows a last XFCC element with ``URI=`` the probe's identity and ``By=`` the
-  target's; no XFCC means the call was not mTLS (fail). Targets that do not reflect
-  headers get a status-only pass (2xx-4xx from the app) that says identity was not
-  observable; a 5xx from the app proves nothing (error).
-- DISABLE / NONE (plaintext expected): pass on an app response; an XFCC element at an
-  echo target means the call was mTLS after all, so the expectation is wrong (fail).
+- STRICT / PERMISSIVE (a server sidecar, auto-mTLS), echo targets: pass only when the
+  app reflects this very request (our marker header came back; httpbin, go-httpbin,
+  Istio's echo or ``mtlsprobe serve``, see probe.reflect) and the last XFCC element
+  carries exactly one ``By=``, the target's identity, and exactly one ``URI=``, the
+  probe's. No XFCC means the call was not mTLS (fail); two ``By=``/``URI=`` values are
+  not an X.509-SVID (fail).
+- STRICT / PERMISSIVE, targets that do not reflect headers and every tcp port: an
+  app's answer proves reachability only. The probe's own sidecar is the witness
+  (probe.clusterstats): TLS counted on the target's outbound cluster for this call is
+  a pass that says identity was not observable; plaintext counted is a fail; no
+  evidence is an error ("reachable; mTLS not observable"), never a pass.
+- DISABLE / NONE (plaintext expected): pass on an app response; XFCC at an echo target,
+  or TLS counted by the sidecar, means the call was mTLS after all (fail: stale
+  expectation).
 - The sidecar answering itself (503 ``reset reason: …``, 502) is a fail carrying
   Envoy's words; ``RBAC: access denied`` and upstream timeouts are errors (the mTLS
   layer was not what stopped the call, so nothing about it was observed).
 - tcp ports: bytes written through the sidecar (an HTTP CONNECT tunnel with an
-  explicit ``sidecarProxy``) must come back from a tcp echo; identity is not
-  observable there (no XFCC), the reason says so.
+  explicit ``sidecarProxy``) come back from the app; no XFCC there.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, TcpMeshResponse, call, tcp_call
-from probe.model import Expect, Protocol
+from probe.checks.meshcall import MeshResponse, TcpMeshResponse, call, tcp_call, witnessed
+from probe.clusterstats import Transport, TransportSeen
+from probe.model import DEFAULT_ECHO_PATH, Expect, Protocol
+from probe.reflect import MARKER_HEADER
 from probe.results import Result, Verdict
-from probe.xfcc import XfccError, parse_xfcc
+from probe.xfcc import XfccError, identity_problems, join_values, parse_xfcc
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
@@ -47,8 +55,11 @@ def expected_text(target: Target, source_id: str | None) -> str:
     return f"plaintext response ({target.expect.value}: no mTLS at this port)"
 
 
-def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgement:
-    """Pure: what the response proves about this target, given what policy expects."""
+def judge(
+    target: Target, source_id: str | None, resp: MeshResponse, seen: TransportSeen | None = None
+) -> Judgement:
+    """Pure: what the response (and, for targets that do not reflect headers, the
+    sidecar's counters around the call) prove about this target."""
     ev: dict[str, Any] = {"status": resp.status, "server": resp.server}
     meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
     if resp.sidecar_error is not None:
@@ -65,15 +76,7 @@ def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgemen
             return Judgement(Verdict.ERROR, "upstream timeout", f"could not observe: {words}", ev)
         return Judgement(Verdict.FAIL, "sidecar error", words, ev)
 
-    if resp.echo is None or not target.echo:
-        if target.echo:
-            return Judgement(
-                Verdict.ERROR,
-                "not an echo response",
-                f"HTTP {resp.status} but the body is not the echo responder's JSON: "
-                "cannot see which identities were used (is echo: true right for this target?)",
-                ev,
-            )
+    if not target.echo:
         if resp.status >= 500:
             return Judgement(
                 Verdict.ERROR,
@@ -82,15 +85,29 @@ def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgemen
                 "the connection",
                 ev,
             )
-        note = (
-            "identity not observable (the target does not reflect headers; an echo "
-            "responder with echo: true would prove mTLS and both identities)"
-            if meshed
-            else f"{target.expect.value}: plaintext expected, no identity to prove"
+        return _by_transport(target, f"HTTP {resp.status} from the app", seen, ev)
+    if resp.reflection is None:
+        return Judgement(
+            Verdict.ERROR,
+            "not an echo response",
+            f"HTTP {resp.status} from GET {target.echo_path or DEFAULT_ECHO_PATH} but not a "
+            "header reflection this probe reads (mtlsprobe serve, httpbin, go-httpbin, "
+            "Istio's echo): cannot see which identities were used (is echo: true right, "
+            "or does the app need echoPath?)",
+            ev,
         )
-        return Judgement(Verdict.PASS, f"HTTP {resp.status}", f"HTTP {resp.status}; {note}", ev)
-
-    ev["name"] = resp.echo.get("name")
+    ev["app"] = resp.reflection.app.value
+    if resp.reflection.name is not None:
+        ev["name"] = resp.reflection.name
+    if not resp.reflected:
+        return Judgement(
+            Verdict.ERROR,
+            "not this request",
+            f"the {resp.reflection.app.value} reflection does not show the marker header "
+            f"{MARKER_HEADER} this request carried: it reflects some other request (a cache "
+            "or a canned page), so its XFCC proves nothing",
+            ev,
+        )
     if not resp.xfcc:
         if meshed:
             return Judgement(
@@ -107,7 +124,7 @@ def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgemen
             ev,
         )
     try:
-        elements = parse_xfcc(",".join(resp.xfcc))
+        elements = parse_xfcc(join_values(resp.xfcc))
     except XfccError as exc:
         ev["xfcc_bytes"] = sum(len(v) for v in resp.xfcc)
         return Judgement(
@@ -126,17 +143,7 @@ def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgemen
             "(the target has a sidecar enforcing mTLS, or the policy changed)",
             ev,
         )
-    problems = []
-    if target.identity is not None and target.identity not in last.by:
-        problems.append(
-            f"the server's sidecar identifies as {', '.join(last.by) or 'nothing'} (By=), "
-            f"expected {target.identity}"
-        )
-    if source_id is not None and source_id not in last.uri:
-        problems.append(
-            f"the server saw the client as {', '.join(last.uri) or 'nobody'} (URI=), "
-            f"expected {source_id}"
-        )
+    problems = identity_problems(last, target.identity, source_id)
     if problems:
         return Judgement(Verdict.FAIL, observed, "; ".join(problems), ev)
     notes = []
@@ -150,13 +157,74 @@ def judge(target: Target, source_id: str | None, resp: MeshResponse) -> Judgemen
     )
 
 
-def judge_tcp(target: Target, resp: TcpMeshResponse) -> Judgement:
-    """Pure: a tcp port has no XFCC, so the round trip is all there is to see. Our own
-    bytes coming back from an echo target prove the path through both sidecars works;
+def _by_transport(
+    target: Target, answered: str, seen: TransportSeen | None, ev: dict[str, Any]
+) -> Judgement:
+    """An answer that shows no identities: the sidecar's counters decide (rule: a
+    response proves reachability, never mTLS)."""
+    meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
+    transport = seen.transport if seen is not None else Transport.UNKNOWN
+    how = seen.how if seen is not None else "the probe's sidecar was not asked"
+    if seen is not None:
+        ev["transport"] = {"seen": transport.value, **seen.evidence}
+    if transport is Transport.TLS:
+        if meshed:
+            return Judgement(
+                Verdict.PASS,
+                f"{answered}; TLS at the sidecar",
+                f"{answered}; {how}; identities not observable here ("
+                + (
+                    "no XFCC on a tcp port: peer-cert shows the server's)"
+                    if target.protocol is Protocol.TCP
+                    else "no XFCC: a header-reflecting app with echo: true would show both)"
+                ),
+                ev,
+            )
+        return Judgement(
+            Verdict.FAIL,
+            f"{answered}; TLS at the sidecar",
+            f"{answered}, but expected plaintext ({target.expect.value}) and {how}: the "
+            "expectation is stale "
+            "(the target has a sidecar doing mTLS, or the policy changed)",
+            ev,
+        )
+    if transport is Transport.PLAINTEXT:
+        if meshed:
+            return Judgement(
+                Verdict.FAIL,
+                f"{answered}; plaintext at the sidecar",
+                f"{answered}, but {how}; {target.expect.value} with auto-mTLS expects mTLS "
+                "(a DestinationRule with tls DISABLE, or an endpoint without the sidecar label?)",
+                ev,
+            )
+        return Judgement(
+            Verdict.PASS,
+            f"{answered}; plaintext",
+            f"{answered}; {how}, as {target.expect.value} expects",
+            ev,
+        )
+    if meshed:
+        return Judgement(
+            Verdict.ERROR,
+            f"{answered}; transport not observed",
+            f"reachable; mTLS not observable: {answered} proves reachability only, and {how}",
+            ev,
+        )
+    return Judgement(
+        Verdict.PASS,
+        answered,
+        f"{answered}; {target.expect.value}: plaintext expected (transport not observed: {how})",
+        ev,
+    )
+
+
+def judge_tcp(
+    target: Target, resp: TcpMeshResponse, seen: TransportSeen | None = None
+) -> Judgement:
+    """Pure: a tcp port has no XFCC. Our own bytes coming back (or the app's reply)
+    show the path works; whether it was TLS only the sidecar's counters tell;
     identity on tcp ports is the peer-cert check's job."""
     ev: dict[str, Any] = {"connect_status": resp.connect_status, "reply_bytes": len(resp.reply)}
-    meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
-    how = "through the sidecar" + (" (mTLS between the sidecars)" if meshed else "")
     if resp.sidecar_error is not None:
         ev["sidecar_error"] = resp.sidecar_error
         words = f"{resp.sidecar_meaning}: {resp.sidecar_error}"
@@ -168,8 +236,8 @@ def judge_tcp(target: Target, resp: TcpMeshResponse) -> Judgement:
             return Judgement(
                 Verdict.FAIL,
                 "closed without reply",
-                f"the tcp echo never answered {how}: the connection was closed right after our "
-                "bytes (the server side refused what the client sidecar sent)",
+                "the tcp echo never answered through the sidecar: the connection was closed "
+                "right after our bytes (the server side refused what the client sidecar sent)",
                 ev,
             )
         return Judgement(
@@ -180,12 +248,7 @@ def judge_tcp(target: Target, resp: TcpMeshResponse) -> Judgement:
             ev,
         )
     if resp.echoed:
-        note = (
-            "identity not observable on a tcp port (no XFCC): peer-cert shows the server's"
-            if meshed
-            else f"{target.expect.value}: plaintext expected"
-        )
-        return Judgement(Verdict.PASS, "tcp round trip", f"our bytes came back {how}; {note}", ev)
+        return _by_transport(target, "our bytes came back through the sidecar", seen, ev)
     if target.echo:
         return Judgement(
             Verdict.ERROR,
@@ -194,11 +257,8 @@ def judge_tcp(target: Target, resp: TcpMeshResponse) -> Judgement:
             "(is echo: true right for this target?)",
             ev,
         )
-    return Judgement(
-        Verdict.PASS,
-        "tcp reply",
-        f"the app answered {len(resp.reply)} bytes {how}; identity not observable on a tcp port",
-        ev,
+    return _by_transport(
+        target, f"the app answered {len(resp.reply)} bytes through the sidecar", seen, ev
     )
 
 
@@ -211,9 +271,13 @@ class MeshCheck(Check):
         assert target is not None
         source_id = ctx.targets.source.identity
         if target.protocol is Protocol.TCP:
-            j = judge_tcp(target, tcp_call(ctx, target))
-        else:
+            tcp_resp, seen = witnessed(ctx, target, True, lambda: tcp_call(ctx, target))
+            j = judge_tcp(target, tcp_resp, seen)
+        elif target.echo:
             j = judge(target, source_id, call(ctx, target))
+        else:
+            resp, seen = witnessed(ctx, target, False, lambda: call(ctx, target))
+            j = judge(target, source_id, resp, seen)
         return make_result(
             self.name,
             target,

@@ -9,13 +9,24 @@ opposite things: the call never reached the app.
 from __future__ import annotations
 
 import errno
-import json
+import secrets
 import socket
 import threading
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from probe.checks.common import http_client
+from probe.clusterstats import (
+    ENABLE_HINT,
+    Counters,
+    Transport,
+    TransportSeen,
+    cluster_name,
+    judge_transport,
+    parse_counters,
+    stats_params,
+)
 from probe.errors import (
     ConnectTimedOut,
     DNSFailure,
@@ -24,13 +35,15 @@ from probe.errors import (
     ReadTimedOut,
     SidecarUnavailable,
 )
+from probe.model import DEFAULT_ECHO_PATH
+from probe.reflect import MARKER_HEADER, Reflection, parse_reflection
 
 if TYPE_CHECKING:
     from probe.checks.base import RunContext
     from probe.model import Target
 
 MAX_BODY = 256 * 1024
-PATH = "/"
+R = TypeVar("R")
 
 # Envoy local-reply bodies, and what each means for the caller.
 _LOCAL_REPLIES: tuple[tuple[str, str], ...] = (
@@ -66,8 +79,18 @@ class MeshResponse:
     body: bytes
     sidecar_error: str | None = None  # the sidecar's own words, when it answered itself
     sidecar_meaning: str | None = None  # what those words mean, for the reason
-    echo: dict[str, Any] | None = None  # the echo responder's JSON, when it answered
-    xfcc: list[str] = field(default_factory=list)  # XFCC values the app received
+    reflection: Reflection | None = None  # the request as a header-reflecting app saw it
+    marker: str = ""  # sent in MARKER_HEADER; a reflection of this request shows it
+
+    @property
+    def reflected(self) -> bool:
+        """The body reflects this very request (our marker came back)."""
+        return self.reflection is not None and self.marker in self.reflection.values(MARKER_HEADER)
+
+    @property
+    def xfcc(self) -> list[str]:
+        """XFCC values the app received (every spelling of the name, in order)."""
+        return self.reflection.xfcc if self.reflection is not None else []
 
     @property
     def denied(self) -> bool:
@@ -146,19 +169,27 @@ def _sidecar_problem(ctx: RunContext) -> str:
 def call(
     ctx: RunContext, target: Target, extra_headers: dict[str, str] | None = None
 ) -> MeshResponse:
+    """GET the target's echo path through the sidecar, with our marker header."""
+    with cluster_gate(ctx, target):
+        return _call(ctx, target, extra_headers)
+
+
+def _call(ctx: RunContext, target: Target, extra_headers: dict[str, str] | None) -> MeshResponse:
     import httpx
 
     require_sidecar(ctx)
     client = http_client(ctx, via_sidecar=True)
-    url = f"http://{target.host}:{target.port}{PATH}"
+    url = f"http://{target.host}:{target.port}{target.echo_path or DEFAULT_ECHO_PATH}"
+    marker = secrets.token_hex(8)
+    headers = {**(extra_headers or {}), MARKER_HEADER: marker}
     try:
-        with client.stream("GET", url, headers=extra_headers or {}) as resp:
+        with client.stream("GET", url, headers=headers) as resp:
             body = b""
             for chunk in resp.iter_bytes():
                 body += chunk
                 if len(body) >= MAX_BODY:
                     break
-            status, headers = resp.status_code, resp.headers
+            status, resp_headers = resp.status_code, resp.headers
     except httpx.ConnectTimeout:
         raise ConnectTimedOut(f"connect to {_route(ctx, target)} timed out") from None
     except httpx.ConnectError as exc:
@@ -172,25 +203,69 @@ def call(
             f"the connection to {_route(ctx, target)} broke without an HTTP response "
             f"({type(exc).__name__}: {exc!s}); is the probe running behind a sidecar?"
         ) from None
-    server = headers.get("server")
-    out = MeshResponse(status=status, server=server, body=body[:MAX_BODY])
+    server = resp_headers.get("server")
+    out = MeshResponse(status=status, server=server, body=body[:MAX_BODY], marker=marker)
     text = out.body.decode("utf-8", "replace")
     local = sidecar_reply(status, server, text)
     if local is not None:
         out.sidecar_error, out.sidecar_meaning = local
         return out
-    if headers.get("content-type", "").startswith("application/json"):
-        try:
-            doc = json.loads(out.body)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("headers"), dict):
-            out.echo = doc
-            raw = doc["headers"].get("x-forwarded-client-cert", [])
-            if isinstance(raw, str):
-                raw = [raw]
-            out.xfcc = [str(v) for v in raw] if isinstance(raw, list) else []
+    out.reflection = parse_reflection(out.body)
     return out
+
+
+class _ClusterLock:
+    """Calls from this run to one outbound cluster, one at a time: the sidecar's
+    counters around a witnessed call must count that call alone. Re-entrant: a
+    witnessed call holds it around the call that takes it again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+
+
+def cluster_gate(ctx: RunContext, target: Target) -> threading.RLock:
+    cluster = cluster_name(target.host, target.port)
+    return ctx.shared(f"cluster-lock:{cluster}", _ClusterLock).lock
+
+
+def witnessed(
+    ctx: RunContext, target: Target, tcp: bool, do: Callable[[], R]
+) -> tuple[R, TransportSeen]:
+    """Run ``do`` (one call to ``target`` through the sidecar) between two readings of
+    the sidecar's counters for the target's outbound cluster, and judge them (see
+    probe.clusterstats). Calls to one cluster are serialised so the delta is ours."""
+    cluster = cluster_name(target.host, target.port)
+    with cluster_gate(ctx, target):
+        before, why = _read_counters(ctx, cluster)
+        result = do()
+        if before is None:
+            return result, TransportSeen(Transport.UNKNOWN, why, {"cluster": cluster})
+        after, why = _read_counters(ctx, cluster)
+    if after is None:
+        return result, TransportSeen(Transport.UNKNOWN, why, {"cluster": cluster})
+    return result, judge_transport(cluster, before, after, tcp)
+
+
+def _read_counters(ctx: RunContext, cluster: str) -> tuple[Counters | None, str]:
+    import httpx
+
+    from probe.checks.self_cert import DEFAULT_ADMIN
+
+    admin = (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+    try:
+        resp = http_client(ctx, via_sidecar=False).get(
+            admin + "/stats", params=stats_params(cluster)
+        )
+        doc = resp.json() if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        return None, f"the probe's sidecar admin {admin} gave no stats ({type(exc).__name__})"
+    counters = parse_counters(doc, cluster)
+    if counters is None:
+        return None, (
+            f"the probe's sidecar records no TLS/connection stats for {cluster} "
+            f"({admin}/stats; {ENABLE_HINT})"
+        )
+    return counters, ""
 
 
 def _connect_error(ctx: RunContext, target: Target, exc: Exception) -> Exception:
@@ -247,9 +322,13 @@ class TcpMeshResponse:
 
 
 def tcp_call(ctx: RunContext, target: Target) -> TcpMeshResponse:
-    """Write bytes to the service through the sidecar and read what comes back.
+    """Write bytes to the service through the sidecar and read what comes back."""
+    with cluster_gate(ctx, target):
+        return _tcp_call(ctx, target)
 
-    In a pod the sidecar captures the connection transparently; with an explicit
+
+def _tcp_call(ctx: RunContext, target: Target) -> TcpMeshResponse:
+    """In a pod the sidecar captures the connection transparently; with an explicit
     ``sidecarProxy`` (the lab) an HTTP CONNECT tunnel stands in for that capture."""
     import secrets
 

@@ -1,10 +1,18 @@
 """``peer-cert``: is the certificate the workload's sidecar presents a valid
-X.509-SVID for the expected identity, chaining to the mesh root?"""
+X.509-SVID for the expected identity, chaining to the mesh root?
+
+Only a certificate whose key the server proved it holds is judged (TLS 1.3
+CertificateVerify + Finished, TLS 1.2 ECDHE ServerKeyExchange signature or
+Finished: ``tls.Handshake.possession``); a chain shown in a handshake that failed
+before that proof could be anyone's copy. Without a trust bundle (rootCertFile)
+"chains to the mesh root" cannot be proven, so the best outcome is ``error``."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import TYPE_CHECKING, ClassVar
+
+from cryptography.hazmat.primitives import hashes
 
 from probe import tls
 from probe.checks.base import Check, RunContext, Scope, make_result
@@ -15,6 +23,8 @@ from probe.svid import judge_svid
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
+
+_SHA256 = hashes.SHA256()
 
 
 class PeerCertCheck(Check):
@@ -36,7 +46,13 @@ class PeerCertCheck(Check):
         context = tls_context(ctx, target, None, "anonymous")
         conn, hs = tls.connect_tls(endpoint, context, ctx.settings.timeout, istio_sni(target))
         tls.close(conn)
-        if hs.unparseable is not None and not hs.chain:
+        if not hs.chain and hs.unparseable is None:
+            why = hs.failure or "handshake completed without a server certificate"
+            raise ObservationError(f"no certificate captured from {endpoint}: {why}")
+        proof = hs.possession
+        if proof is None:
+            return self._unproven(target, endpoint, hs)
+        if not hs.chain:
             return make_result(
                 self.name,
                 target,
@@ -45,11 +61,8 @@ class PeerCertCheck(Check):
                 f"the server presented a certificate that is not an X.509-SVID: {hs.unparseable}",
                 expected="valid SVID",
                 observed="unparseable certificate",
-                evidence={"tls_version": hs.version, "alpn": hs.alpn},
+                evidence={"tls_version": hs.version, "alpn": hs.alpn, "possession": proof},
             )
-        if not hs.chain:
-            why = hs.failure or "handshake completed without a server certificate"
-            raise ObservationError(f"no certificate captured from {endpoint}: {why}")
         j = judge_svid(
             hs.chain,
             expected_identity=target.identity,
@@ -60,17 +73,26 @@ class PeerCertCheck(Check):
             max_lifetime=ctx.settings.max_lifetime,
         )
         evidence = dict(j.evidence)
-        evidence.update({"tls_version": hs.version, "alpn": hs.alpn})
+        evidence.update({"tls_version": hs.version, "alpn": hs.alpn, "possession": proof})
         if hs.unparseable is not None:
             evidence["unparseable"] = hs.unparseable
         expected = f"valid SVID {target.identity}" if target.identity else "valid SVID"
         if target.identity is None:
             evidence["identity_note"] = "no identity in the targets file: identity not compared"
-        if j.ok:
+        if j.ok and roots is None:
+            observed = f"SVID {evidence.get('spiffe_id')}, chain unverified"
+            reason = (
+                "no rootCertFile in the targets file: cannot verify that "
+                f"{evidence.get('spiffe_id')} chains to the mesh root (set rootCertFile to the "
+                "mesh root, e.g. root-cert.pem of the istio-ca-root-cert ConfigMap); the "
+                "SVID rules pass"
+            )
+            verdict = Verdict.ERROR
+        elif j.ok:
             observed = f"valid SVID {evidence.get('spiffe_id')}"
             reason = (
-                f"valid X.509-SVID {evidence.get('spiffe_id')}, expires {evidence['not_after']}"
-                + ("" if roots is not None else " (chain not checked: no rootCertFile)")
+                f"valid X.509-SVID {evidence.get('spiffe_id')}, expires {evidence['not_after']}, "
+                f"chains to the mesh root; key possession proven ({proof})"
             )
             verdict = Verdict.PASS
         else:
@@ -84,6 +106,42 @@ class PeerCertCheck(Check):
             verdict,
             reason,
             expected=expected,
+            observed=observed,
+            evidence=evidence,
+        )
+
+    def _unproven(self, target: Target, endpoint: Endpoint, hs: tls.Handshake) -> Result:
+        """A chain was shown but the server never proved it holds the key."""
+        evidence: dict[str, object] = {
+            # not "tls_version": no TLS session was established with a key holder
+            "negotiated_version": hs.version,
+            "possession": None,
+            "handshake_states": hs.trail.states[-4:],
+        }
+        if hs.chain:
+            evidence["shown_fingerprint_sha256"] = hs.chain[0].fingerprint(_SHA256).hex()
+        failure = hs.failure or "the handshake did not finish"
+        if hs.signature_rejected:
+            verdict, observed = Verdict.FAIL, "key not held"
+            reason = (
+                f"the server showed a certificate but its signature over this handshake does "
+                f"not verify with that certificate's key ({failure}): it does not hold the "
+                "key (a replayed certificate)"
+            )
+        else:
+            verdict, observed = Verdict.ERROR, "key possession not proven"
+            reason = (
+                f"the server showed a certificate but the handshake ended ({failure}) before "
+                "it proved it holds the key: a shown certificate proves nothing, so it "
+                "was not judged"
+            )
+        return make_result(
+            self.name,
+            target,
+            endpoint,
+            verdict,
+            reason,
+            expected="valid SVID, key possession proven",
             observed=observed,
             evidence=evidence,
         )

@@ -2,12 +2,16 @@
 mesh root, with a healthy remaining lifetime.
 
 Reads Envoy's admin API the way ``istioctl proxy-config secret`` does: the workload
-chain and the ROOTCA bundle from ``/config_dump?resource=dynamic_active_secrets``
-(full X.509-SVID rules and path validation against ``rootCertFile``), falling back
-to the summary in ``/certs`` (identity, validity dates, and the trusted CA's serial
-compared with the root's: weaker, and the evidence says which method was used).
-Envoy redacts private keys in config dumps; only ``certificate_chain`` and
-``trusted_ca`` are ever read, so key material is never kept or printed.
+chain and the ROOTCA bundle from the secrets config dump (``dynamic_active_secrets``
+as pilot-agent's SDS serves them, else ``static_secrets``; a ``filename`` data
+source is read from disk when the probe can see it), with the full X.509-SVID
+rules and path validation against ``rootCertFile``. A sidecar with no trust
+bundle is a ``fail`` (it cannot verify any peer). The ``/certs`` summary is a last
+resort: it can show a wrong identity, bad dates or a foreign CA serial (``fail``)
+but never proves a chain, so at best it gives ``error``; so does a run without
+``rootCertFile``. Envoy redacts private keys in config dumps; only
+``certificate_chain`` and ``trusted_ca`` are ever read, so key material is never
+kept or printed.
 
 Lifetime: Istio rotates at ~50% of a certificate's lifetime. Past 60% the reason
 warns that rotation is late; past 80% the check fails (rotation has stopped - the
@@ -39,7 +43,10 @@ ROTATION_POINT = 0.5
 ROTATION_LATE = 0.6
 ROTATION_OVERDUE = 0.8
 MAX_ADMIN_BYTES = 8 * 1024 * 1024
-SECRETS_PATH = "/config_dump?resource=dynamic_active_secrets"
+SECRETS_PATHS = (
+    "/config_dump?resource=dynamic_active_secrets",
+    "/config_dump?resource=static_secrets",
+)
 
 
 @dataclass
@@ -52,13 +59,34 @@ class DumpedSecrets:
 
 def _pem_field(holder: object, key: str) -> list[x509.Certificate]:
     data = holder.get(key) if isinstance(holder, dict) else None
-    inline = data.get("inline_bytes") if isinstance(data, dict) else None
-    if not isinstance(inline, str):
+    if not isinstance(data, dict):
         return []
     try:
-        return list(x509.load_pem_x509_certificates(base64.b64decode(inline, validate=True)))
-    except (ValueError, binascii.Error):
+        if isinstance(data.get("inline_bytes"), str):
+            pem = base64.b64decode(data["inline_bytes"], validate=True)
+        elif isinstance(data.get("inline_string"), str):
+            pem = data["inline_string"].encode()
+        elif isinstance(data.get("filename"), str):
+            pem = _read_pem_file(data["filename"])
+        else:
+            return []
+        return list(x509.load_pem_x509_certificates(pem))
+    except (ValueError, binascii.Error, OSError):
         return []
+
+
+def _read_pem_file(name: str) -> bytes:
+    """A certificate file Envoy loads (static secrets in the lab); bounded, regular
+    files only (opened non-blocking: a FIFO must not hang the check). Not visible
+    from another container: then nothing is read."""
+    import os
+    import stat
+
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{name} is not a regular file")
+        return f.read(MAX_ADMIN_BYTES)
 
 
 def secrets_from_config_dump(doc: object) -> DumpedSecrets:
@@ -129,6 +157,8 @@ class SelfJudgement:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: Why the chain to the mesh root is not proven (then no pass), if it is not.
+    unverified: str | None = None
     not_before: dt.datetime | None = None
     not_after: dt.datetime | None = None
 
@@ -163,7 +193,11 @@ def judge_dump(
     out.problems += j.violations
     out.not_before = chain[0].not_valid_before_utc
     out.not_after = chain[0].not_valid_after_utc
-    if roots is not None and secrets.trusted:
+    if not secrets.trusted:
+        out.problems.append(_NO_ROOTCA)
+    if roots is None:
+        out.unverified = _NO_ROOT_FILE
+    elif secrets.trusted:
         trusted = {c.fingerprint(_sha256()) for c in secrets.trusted}
         ok = any(r.fingerprint(_sha256()) in trusted for r in roots)
         out.evidence["trust_bundle_has_root"] = ok
@@ -173,6 +207,17 @@ def judge_dump(
                 "rootCertFile: it would reject every peer's certificate"
             )
     return out
+
+
+_NO_ROOTCA = (
+    "the sidecar holds no trust bundle (no ROOTCA validation context): it cannot "
+    "verify any peer's certificate"
+)
+_NO_ROOT_FILE = (
+    "no rootCertFile in the targets file: the chain to the mesh root cannot be verified "
+    "(set rootCertFile to the mesh root, e.g. root-cert.pem of the istio-ca-root-cert "
+    "ConfigMap)"
+)
 
 
 def _not_held(expected_id: str, seen: list[str]) -> str:
@@ -230,19 +275,26 @@ def judge_certs(
             )
     if nb is not None and nb > now:
         out.problems.append(f"the sidecar's certificate is not valid before {nb.isoformat()}")
+    # /certs shows serials, not certificates: never a verified chain.
+    out.evidence["chain_verified"] = None
+    if not summary.ca_serials:
+        out.problems.append(_NO_ROOTCA)
     if roots is None:
-        out.evidence["chain_verified"] = None
-        out.warnings.append("no rootCertFile: chain not checked")
-    else:
-        root_serials = {format(r.serial_number, "x") for r in roots}
-        ok = bool(root_serials & summary.ca_serials)
-        out.evidence["chain_verified"] = ok
-        if not ok:
-            out.problems.append(
-                "the CA the sidecar trusts (serial "
-                f"{', '.join(sorted(summary.ca_serials)) or 'none'}) is not the mesh root from "
-                "rootCertFile (compared by serial: /certs shows no more)"
-            )
+        out.unverified = _NO_ROOT_FILE
+        return out
+    root_serials = {format(r.serial_number, "x") for r in roots}
+    ok = bool(root_serials & summary.ca_serials)
+    out.evidence["trusted_ca_serial_is_root"] = ok
+    if summary.ca_serials and not ok:
+        out.problems.append(
+            "the CA the sidecar trusts (serial "
+            f"{', '.join(sorted(summary.ca_serials))}) is not the mesh root from "
+            "rootCertFile (compared by serial: /certs shows no more)"
+        )
+    out.unverified = (
+        "only /certs summaries from the sidecar admin (no certificates in its secrets "
+        "config dump): the chain to the mesh root cannot be verified"
+    )
     return out
 
 
@@ -281,8 +333,12 @@ class SelfCheck(Check):
         assert expected_id is not None
         roots = mesh_roots(ctx)
         now = dt.datetime.now(dt.UTC)
-        status, doc = _get_json(ctx, admin + SECRETS_PATH)
-        secrets = secrets_from_config_dump(doc) if status == 200 else DumpedSecrets()
+        secrets = DumpedSecrets()
+        for path in SECRETS_PATHS:
+            status, doc = _get_json(ctx, admin + path)
+            secrets = secrets_from_config_dump(doc) if status == 200 else DumpedSecrets()
+            if secrets.chains:
+                break
         if secrets.chains:
             j = judge_dump(
                 secrets,
@@ -305,10 +361,16 @@ class SelfCheck(Check):
         expected = f"own identity {expected_id}"
         if j.problems:
             verdict, observed, reason = Verdict.FAIL, "unhealthy identity", "; ".join(j.problems)
+        elif j.unverified is not None:
+            verdict, observed = Verdict.ERROR, f"own identity {expected_id}, chain unverified"
+            reason = f"{j.unverified}; own sidecar identity {expected_id} seen"
         else:
             until = j.not_after.isoformat() if j.not_after else "?"
             verdict, observed = Verdict.PASS, f"own identity {expected_id}"
-            reason = f"own sidecar identity {expected_id} is valid until {until}"
+            reason = (
+                f"own sidecar identity {expected_id} is valid until {until} and chains to "
+                "the mesh root (rootCertFile), which its trust bundle holds"
+            )
         if j.warnings:
             reason += f" (warning: {'; '.join(j.warnings)})"
         return make_result(

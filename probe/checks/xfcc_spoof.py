@@ -8,6 +8,13 @@ marker in both ``By=`` and ``URI=``, so its arrival is unmistakable, and the ver
 says whether it became the trusted LAST element (the worst case) or sat before the
 genuine one. Targets without a server sidecar (NONE) are skipped: nothing there
 could strip a forged header, and any client can send one straight to the app.
+
+A pass rests on a positive sighting, never on absence alone: the app must reflect
+this very request (the marker header came back, see probe.reflect) and, where the
+server sidecar does mTLS (STRICT / PERMISSIVE), show the genuine element it appended.
+An app that shows no XFCC at all there proves nothing (it may drop the header, or the
+call was not mTLS): error. Header names are matched in any case, and the forged marker
+in any case of its value.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.checks.meshcall import MeshResponse, call
 from probe.errors import ObservationError, ProtocolViolation
 from probe.model import Expect, Protocol
+from probe.reflect import MARKER_HEADER
 from probe.results import Result, Verdict
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
-from probe.xfcc import XfccElement, XfccError, format_element, parse_xfcc
+from probe.xfcc import XfccElement, XfccError, format_element, join_values, parse_xfcc
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
@@ -47,7 +55,9 @@ def forged_element(trust_domain: str, target: Target, marker: str) -> XfccElemen
     )
 
 
-def judge(marker: str, resp: MeshResponse) -> tuple[Verdict, str, str, dict[str, object]]:
+def judge(
+    marker: str, resp: MeshResponse, expect: Expect = Expect.STRICT
+) -> tuple[Verdict, str, str, dict[str, object]]:
     """Pure: (verdict, observed, reason, evidence). Raises ObservationError when the
     response cannot show what reached the app."""
     if resp.sidecar_error is not None:
@@ -55,13 +65,24 @@ def judge(marker: str, resp: MeshResponse) -> tuple[Verdict, str, str, dict[str,
             f"could not observe: the call did not reach the app ({resp.sidecar_meaning}: "
             f"HTTP {resp.status} from the sidecar: {resp.sidecar_error})"
         )
-    if resp.echo is None:
+    if resp.reflection is None:
         raise ProtocolViolation(
-            f"HTTP {resp.status} but not the echo responder's JSON: cannot see the headers "
-            "that reached the app"
+            f"HTTP {resp.status} but not a header reflection this probe reads (mtlsprobe "
+            "serve, httpbin, go-httpbin, Istio's echo): cannot see the headers that reached "
+            "the app"
         )
-    ev: dict[str, object] = {"status": resp.status, "xfcc_values": len(resp.xfcc)}
-    joined = ",".join(resp.xfcc)
+    if not resp.reflected:
+        raise ProtocolViolation(
+            f"the {resp.reflection.app.value} reflection does not show the marker header "
+            f"{MARKER_HEADER} this request carried: it is not this request's, so it cannot "
+            "show what reached the app"
+        )
+    ev: dict[str, object] = {
+        "status": resp.status,
+        "app": resp.reflection.app.value,
+        "xfcc_values": len(resp.xfcc),
+    }
+    joined = join_values(resp.xfcc)
     try:
         elements: list[XfccElement] | None = parse_xfcc(joined) if joined.strip() else []
     except XfccError as exc:
@@ -69,7 +90,15 @@ def judge(marker: str, resp: MeshResponse) -> tuple[Verdict, str, str, dict[str,
         ev["xfcc_error"] = str(exc)
     if elements is not None:
         ev["xfcc_elements"] = [e.summary() for e in elements[-MAX_EVIDENCE_ELEMENTS:]]
-    if marker not in joined:
+    forged_seen = marker.lower() in "".join(resp.xfcc).lower()
+    if not forged_seen and not elements and expect in (Expect.STRICT, Expect.PERMISSIVE):
+        raise ObservationError(
+            f"the app shows no XFCC at all, though the server's sidecar must append one on "
+            f"an mTLS call ({expect.value}): either the app does not reflect it or the call "
+            "was not mTLS; the forged header's absence proves nothing (the mesh check tells "
+            "which)"
+        )
+    if not forged_seen:
         if elements is None:
             reason = "the forged element did not reach the app (its XFCC is malformed otherwise)"
         elif elements:
@@ -87,7 +116,11 @@ def judge(marker: str, resp: MeshResponse) -> tuple[Verdict, str, str, dict[str,
             "the forged identity reached the app inside a malformed XFCC header",
             ev,
         )
-    hits = [i for i, e in enumerate(elements) if any(marker in v for v in e.identities())]
+    hits = [
+        i
+        for i, e in enumerate(elements)
+        if any(marker.lower() in v.lower() for v in e.identities())
+    ]
     ev["forged_positions"] = hits
     if hits and hits[-1] == len(elements) - 1:
         return (
@@ -128,7 +161,7 @@ class XfccSpoofCheck(Check):
         marker = secrets.token_hex(8)
         forged = forged_element(ctx.targets.trust_domain, target, marker)
         resp = call(ctx, target, {"x-forwarded-client-cert": format_element(forged)})
-        verdict, observed, reason, evidence = judge(marker, resp)
+        verdict, observed, reason, evidence = judge(marker, resp, target.expect)
         evidence = {"forged": forged.summary(), **evidence}
         return make_result(
             self.name,
