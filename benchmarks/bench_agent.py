@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +36,9 @@ from jobs.lab.runner import write_targets
 from jobs.lab.runtime import Lab
 from jobs.lab.scenarios import generated
 from probe.model import Source
+
+if TYPE_CHECKING:
+    from probe.pki import KeyType
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -142,7 +145,7 @@ def run_agent(
 
 
 @contextlib.contextmanager
-def strict_targets(pods: int, endpoints: int, key_type: str, workdir: Path) -> Iterator[Path]:
+def strict_targets(pods: int, endpoints: int, key_type: KeyType, workdir: Path) -> Iterator[Path]:
     """``endpoints`` sidecar-less-probed STRICT endpoints on one real Envoy: ``pods``
     listeners (tests/strict_envoy.py), target i on listener i mod pods. Every check is a
     real connection and handshake; the agent cannot tell a reused listener from a pod."""

@@ -74,7 +74,7 @@ def main() -> int:
         finally:
             shard_ends.append(time.monotonic())
 
-    kube._run_probe = timed  # type: ignore[method-assign]
+    kube._run_probe = timed  # type: ignore[method-assign,assignment]
     with kube, tempfile.TemporaryDirectory() as d:
         cfg = Path(d, "kubeconfig")
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
