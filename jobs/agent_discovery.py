@@ -2,7 +2,8 @@
 
 The plan gives the targets; the agent adds what only it knows: its own SPIFFE ID
 (for the mesh checks), its sidecar's admin address (the self check) and the mesh
-root (the istio-ca-root-cert ConfigMap, or a mounted file) for chain checks.
+root (the istio-ca-root-cert ConfigMap in istiod's namespace only - ``jobs.meshroot`` -
+or a mounted file) for chain checks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.agent_sources import CallableSource, SourceError, TargetSource
+from jobs.flags import add_control_plane_flags, control_plane_problem
 from probe.model import Source, TargetsFile
 
 DEFAULT_SIDECAR_ADMIN = "http://127.0.0.1:15000"
@@ -36,12 +38,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
         "--namespace-selector", metavar="LABELS", help="probe namespaces with these labels"
     )
     group.add_argument("--trust-domain", metavar="TD", help="override the mesh's trust domain")
+    add_control_plane_flags(group)
     group.add_argument(
         "--root-cert",
         type=Path,
         metavar="FILE",
         help="mesh root PEM (e.g. the istio-ca-root-cert ConfigMap mounted); default: "
-        "read that ConfigMap each round and keep it in a temporary file",
+        "read that ConfigMap in --istio-namespace each round, into a temporary file",
     )
     group.add_argument(
         "--source-identity",
@@ -83,6 +86,9 @@ def discovery_source(args: argparse.Namespace) -> TargetSource:
     from jobs.discovery import DiscoveryError, Options, api_client
     from probe.cli import UsageError
 
+    problem = control_plane_problem(args)
+    if problem:
+        raise UsageError(problem)
     try:
         api = api_client(args.kubeconfig, args.context, timeout=min(10.0, args.interval))
     except DiscoveryError as exc:
@@ -91,6 +97,8 @@ def discovery_source(args: argparse.Namespace) -> TargetSource:
         namespaces=tuple(args.namespace),
         namespace_selector=args.namespace_selector,
         trust_domain=args.trust_domain,
+        istio_namespace=args.istio_namespace,
+        revision=args.revision,
         timeout=min(10.0, args.interval),
     )
     return CallableSource(

@@ -66,11 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     module = importlib.import_module(COMMANDS[args.command][0])
     from probe.cli import UsageError
+    from probe.textsafe import line
 
     try:
         code: int = module.main(args)
     except UsageError as exc:
-        sys.stderr.write(f"mtlsprobe {args.command}: error: {exc}\n")
+        # One line whatever a file or flag put in the message (newlines, escapes).
+        sys.stderr.write(f"mtlsprobe {args.command}: error: {line(str(exc), 1000)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("mtlsprobe: interrupted\n")
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
         sys.stderr.write(
-            f"mtlsprobe {args.command}: internal error: {type(exc).__name__}: {exc} "
+            f"mtlsprobe {args.command}: internal error: {type(exc).__name__}: "
+            f"{line(str(exc), 300)} "
             "(set MTLSPROBE_DEBUG=1 for a traceback)\n"
         )
         return 70

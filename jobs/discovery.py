@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.meshroot import ROOT_CERT_CONFIGMAP, no_root_note, root_cert_of
 from jobs.objects import (
     ClusterSnapshot,
     KubeObject,
@@ -35,7 +36,6 @@ from jobs.objects import (
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
 PEER_AUTH_VERSIONS = ("v1", "v1beta1")
 DEST_RULE_VERSIONS = ("v1", "v1beta1", "v1alpha3")
-ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
 MESH_CONFIGMAP = "istio"
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -372,7 +372,7 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
             "networking.istio.io DestinationRule (v1/v1beta1/v1alpha3) not served: "
             "sidecar clients planned with auto-mTLS"
         )
-    _root_cert(r, snap, targets)
+    _root_cert(r, snap, opts.istio_namespace)
     return snap
 
 
@@ -466,23 +466,18 @@ def _istio_list(
     return None
 
 
-def _root_cert(r: Reader, snap: ClusterSnapshot, targets: set[str]) -> None:
-    for ns in [snap.root_namespace, *sorted(targets)]:
-        cm = _optional_get(
-            r,
-            snap,
-            f"get configmap {ns}/{ROOT_CERT_CONFIGMAP}",
-            _configmap_path(ns, ROOT_CERT_CONFIGMAP),
-            "V1ConfigMap",
-        )
-        data: dict[str, Any] = (
-            cm["data"] if cm is not None and isinstance(cm.get("data"), dict) else {}
-        )
-        pem = data.get("root-cert.pem")
-        if isinstance(pem, str) and "BEGIN CERTIFICATE" in pem:
-            snap.root_cert_pem = pem
-            return
-    snap.notes.append(
-        f"ConfigMap {ROOT_CERT_CONFIGMAP} (key root-cert.pem) not found: no mesh root for "
-        "chain checks"
+def _root_cert(r: Reader, snap: ClusterSnapshot, istio_namespace: str) -> None:
+    """The mesh root, only from istiod's own namespace: a tenant can write the copy
+    istiod's namespace controller puts in theirs (``jobs.meshroot`` says why). Other
+    namespaces are not even read."""
+    where = f"{istio_namespace}/{ROOT_CERT_CONFIGMAP}"
+    cm = _optional_get(
+        r,
+        snap,
+        f"get configmap {where}",
+        _configmap_path(istio_namespace, ROOT_CERT_CONFIGMAP),
+        "V1ConfigMap",
     )
+    snap.root_cert_pem = root_cert_of(cm)
+    if snap.root_cert_pem is None:
+        snap.notes.append(no_root_note(istio_namespace))

@@ -19,6 +19,7 @@ variable the Job controller sets).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,6 +44,20 @@ ROOT_DIR = f"{TARGETS_DIR}/root"
 ENVOY_ADMIN = "http://127.0.0.1:15000"
 TMP = "/tmp"  # noqa: S108  # an emptyDir: the root filesystem is read-only
 RUN_AS = 65532  # "nonroot" in distroless-style images; numeric so kubelet can verify it
+PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
+# The probe sidecar's ProxyConfig. holdApplicationUntilProxyStarts: Envoy first, then the
+# probe (--wait-for-sidecar still guards the window). proxyStatsMatcher: Istio keeps only
+# a few Envoy stats (pkg/bootstrap/config.go, requiredEnvoyStatsMatcherInclusionPrefixes)
+# and the mesh check proves mTLS from this sidecar's outbound cluster counters
+# (probe/clusterstats.py: cluster.outbound|<port>||<host>.ssl.handshake, ...). ProxyConfig
+# is the current way to ask (istio/api annotation/annotations.yaml marks
+# sidecar.istio.io/statsInclusionPrefixes deprecated; getStatsOptions still reads that
+# annotation and lets it replace, not extend, the ProxyConfig list, so it is not set).
+# k8s/overlays/continuous/agents.yaml carries the same value (tests/test_k8s_manifests.py).
+PROBE_PROXY_CONFIG: dict[str, Any] = {
+    "holdApplicationUntilProxyStarts": True,
+    "proxyStatsMatcher": {"inclusionPrefixes": ["cluster.outbound"]},
+}
 
 
 @dataclass(frozen=True)
@@ -209,8 +224,7 @@ def job(
     pod_labels[INJECT_LABEL] = "true" if role.sidecar else "false"
     annotations: dict[str, str] = {}
     if role.sidecar:
-        # Envoy first, then the probe; --wait-for-sidecar still guards the window.
-        annotations["proxy.istio.io/config"] = '{"holdApplicationUntilProxyStarts": true}'
+        annotations[PROXY_CONFIG_ANNOTATION] = json.dumps(PROBE_PROXY_CONFIG)
         if spec.native_sidecar:
             annotations[NATIVE_ANNOTATION] = "true"
     targets: Obj = {

@@ -9,10 +9,16 @@ API server would do are done here so the plan matches what the cluster would run
   ports, a Ready status and **no IP** - the lab assigns addresses itself
   (``jobs.objects.set_pod_ip``);
 - Istio's injection webhook is applied (``inject=True``): pods that would get a
-  sidecar carry the marks an injected pod carries (``jobs.policy.injected``).
+  sidecar carry what an injected pod carries (``jobs.injection.as_created``).
 
 Kinds this package does not use (ServiceAccount, ConfigMaps other than Istio's,
 a lab's ``LabScenario``) are ignored; a malformed object becomes a Problem.
+
+Bounded on any input: files load through ``probe.yamlload`` (regular files of at
+most 128 MiB, no alias bombs, no nesting beyond 100 levels, no duplicate keys), and
+workload expansion is capped - at most ``MAX_REPLICAS`` pods per workload and
+``MAX_COPIED_NODES`` template nodes copied per load - so a 300-byte Deployment
+with ``replicas: 1000000000`` costs nothing; a cap that bites is a Problem.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from jobs.discovery import SYSTEM_NAMESPACES
+from jobs.injection import as_created
+from jobs.meshroot import ROOT_CERT_CONFIGMAP, pick_root_cert, root_cert_of
 from jobs.objects import (
     DEFAULT_ISTIO_NAMESPACE,
     KINDS,
@@ -36,15 +43,24 @@ from jobs.objects import (
     pick_mesh_config,
     spec,
 )
-from jobs.policy import has_sidecar, injected, would_inject
+from probe import yamlload
+from probe.textsafe import bounded, line
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
 _NAMESPACED = frozenset(k for k in KINDS if k != "Namespace") | set(WORKLOAD_KINDS) | {"ConfigMap"}
 _SUFFIXES = (".yaml", ".yml", ".json")
 
+MANIFEST_LIMITS = yamlload.Limits(max_bytes=128 << 20, max_depth=100)
+MAX_REPLICAS = 100  # pods planned per workload: replicas of one template plan alike
+MAX_COPIED_NODES = 5_000_000  # template nodes copied into pods, per load (~0.5 GB)
+
 
 class ManifestError(ValueError):
     """The manifests cannot be read at all; one line naming the file."""
+
+
+def _where(p: Path) -> str:
+    return line(str(p), 300)
 
 
 def _files(paths: Sequence[Path]) -> list[Path]:
@@ -53,12 +69,12 @@ def _files(paths: Sequence[Path]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _SUFFIXES)
             if not found:
-                raise ManifestError(f"{p}: no .yaml, .yml or .json files in this directory")
+                raise ManifestError(f"{_where(p)}: no .yaml, .yml or .json files in this directory")
             out.extend(found)
-        elif p.is_file():
-            out.append(p)
+        elif p.exists():
+            out.append(p)  # not a directory: read_text refuses anything but a regular file
         else:
-            raise ManifestError(f"{p}: no such file or directory")
+            raise ManifestError(f"{_where(p)}: no such file or directory")
     return out
 
 
@@ -67,17 +83,10 @@ def read_documents(paths: Sequence[Path]) -> list[tuple[str, object]]:
     docs: list[tuple[str, object]] = []
     for f in _files(paths):
         try:
-            text = f.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ManifestError(f"{f}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ManifestError(f"{f}: not UTF-8 text") from None
-        try:
-            docs.extend((str(f), d) for d in yaml.safe_load_all(text) if d is not None)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ManifestError(f"{f}: invalid YAML{where}") from None
+            loaded = yamlload.load_file(f, MANIFEST_LIMITS, single=False)
+        except yamlload.YamlLoadError as exc:
+            raise ManifestError(f"{_where(f)}: {exc}") from None
+        docs.extend((str(f), d) for d in loaded if d is not None)
     return docs
 
 
@@ -105,26 +114,40 @@ def _flatten(docs: Iterable[tuple[str, object]]) -> Iterable[tuple[str, object]]
             yield origin, doc
 
 
-def expand_workload(workload: KubeObject) -> list[KubeObject]:
-    """The pods a Deployment/StatefulSet/ReplicaSet/DaemonSet would run, without IPs.
+def replicas(workload: KubeObject) -> int:
+    """How many pods the workload asks for (a DaemonSet: one). ValueError if not a count."""
+    if workload.get("kind") == "DaemonSet":
+        return 1
+    count: Any = spec(workload).get("replicas")
+    if count is None:  # unset or null: the API server defaults it to 1
+        count = 1
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"spec.replicas {bounded(count, 40)} is not a count")
+    return count
 
-    Names are ``<workload>-<index>`` (stable across runs, unlike a ReplicaSet's hash);
-    a DaemonSet is planned as one pod. Raises ValueError when there is no pod template.
-    """
-    kind, ns = str(workload.get("kind")), namespace(workload) or "default"
+
+def _template(workload: KubeObject) -> dict[str, Any]:
     template = spec(workload).get("template")
     if not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
         raise ValueError("spec.template.spec missing")
-    replicas: Any = spec(workload).get("replicas", 1)
-    if kind == "DaemonSet":
-        replicas = 1
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-        raise ValueError(f"spec.replicas {replicas!r} is not a count")
+    return template
+
+
+def expand_workload(workload: KubeObject, max_pods: int = MAX_REPLICAS) -> list[KubeObject]:
+    """The pods a Deployment/StatefulSet/ReplicaSet/DaemonSet would run, without IPs.
+
+    Names are ``<workload>-<index>`` (stable across runs, unlike a ReplicaSet's hash);
+    a DaemonSet is planned as one pod; at most ``max_pods``. Raises ValueError when
+    there is no pod template or replicas is not a count.
+    """
+    kind, ns = str(workload.get("kind")), namespace(workload) or "default"
+    template = _template(workload)
+    count = min(replicas(workload), max_pods)
     tmeta: dict[str, Any] = template.get("metadata") or {}
     if not isinstance(tmeta, dict):
         raise ValueError("spec.template.metadata is not a mapping")
     pods: list[KubeObject] = []
-    for i in range(replicas):
+    for i in range(count):
         md: dict[str, Any] = {
             "name": f"{name(workload)}-{i}",
             "namespace": ns,
@@ -150,6 +173,42 @@ def expand_workload(workload: KubeObject) -> list[KubeObject]:
     return pods
 
 
+def _nodes(value: object) -> int:
+    """Nodes in a YAML value (scalars and collections), counted without recursion."""
+    count, todo = 0, [value]
+    while todo:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo.extend(item.values())
+            count += len(item)  # keys
+        elif isinstance(item, list):
+            todo.extend(item)
+    return count
+
+
+class _Expansion:
+    """The copy budget of one load: caps each workload's pods and says so."""
+
+    def __init__(self) -> None:
+        self.left = MAX_COPIED_NODES
+
+    def pods(self, workload: KubeObject) -> tuple[list[KubeObject], str | None]:
+        want = replicas(workload)
+        cost = _nodes(_template(workload)) + 12  # + the metadata and status written
+        allowed = min(want, MAX_REPLICAS, self.left // cost)
+        self.left -= allowed * cost
+        pods = expand_workload(workload, max_pods=allowed)
+        if allowed >= want:
+            return pods, None
+        why = (
+            f"at most {MAX_REPLICAS} pods are planned per workload"
+            if allowed == MAX_REPLICAS
+            else f"the manifests' pod templates exceed {MAX_COPIED_NODES} copied nodes"
+        )
+        return pods, f"spec.replicas {want}: planned {allowed} pods ({why})"
+
+
 def snapshot_from_documents(
     docs: Iterable[tuple[str, object]],
     *,
@@ -159,7 +218,9 @@ def snapshot_from_documents(
 ) -> ClusterSnapshot:
     snap = ClusterSnapshot()
     configmaps: list[KubeObject] = []
+    roots: list[tuple[str, str]] = []  # (namespace, PEM) of every istio-ca-root-cert
     pods: list[tuple[str, object]] = []
+    expansion = _Expansion()
     for origin, raw in _flatten(docs):
         if not isinstance(raw, dict):
             snap.problems.append(Problem("document", None, None, f"{origin}: not a mapping"))
@@ -170,10 +231,13 @@ def snapshot_from_documents(
             doc = {**doc, "metadata": {**doc["metadata"], "namespace": "default"}}
         if kind in WORKLOAD_KINDS:
             try:
-                pods.extend((origin, p) for p in expand_workload(doc))
+                expanded, capped = expansion.pods(doc)
             except ValueError as exc:
+                capped, expanded = str(exc), []
+            pods.extend((origin, p) for p in expanded)
+            if capped is not None:
                 snap.problems.append(
-                    Problem(str(kind), namespace(doc) or None, name(doc) or None, str(exc))
+                    Problem(str(kind), namespace(doc) or None, name(doc) or None, capped)
                 )
         elif kind == "Pod":
             pods.append((origin, doc))
@@ -181,23 +245,31 @@ def snapshot_from_documents(
             data: dict[str, Any] = doc.get("data") or {}
             if not isinstance(data, dict):
                 continue
-            if name(doc) == "istio-ca-root-cert" and isinstance(data.get("root-cert.pem"), str):
-                snap.root_cert_pem = snap.root_cert_pem or data["root-cert.pem"]
+            if name(doc) == ROOT_CERT_CONFIGMAP:
+                pem = root_cert_of(doc)
+                if pem is not None:
+                    roots.append((namespace(doc), pem))
             else:
                 configmaps.append(doc)
         elif isinstance(kind, str) and kind in KINDS:
             snap.add(kind, doc)
     pick_mesh_config(snap, configmaps, istio_namespace, revision)  # only istiod's own
+    snap.root_cert_pem, notes = pick_root_cert(roots, istio_namespace)  # only istiod's own
+    snap.notes.extend(notes)
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
     for _, raw_pod in pods:
         pod = raw_pod
-        if (
-            inject
-            and isinstance(pod, dict)
-            and isinstance(pod.get("spec"), dict)
-            and not has_sidecar(pod)
-            and would_inject(pod, ns_labels.get(namespace(pod), {}))
-        ):
-            pod = injected(pod)
+        if inject and isinstance(pod, dict):
+            pod = as_created(pod, ns_labels.get(namespace(pod), {}))
         snap.add("Pod", pod)
     return snap
+
+
+def planned_namespaces(snap: ClusterSnapshot, *, include_system: bool = False) -> set[str]:
+    """Every namespace the manifests put objects in, without the system namespaces the
+    live API path leaves out too (``jobs.discovery.SYSTEM_NAMESPACES``) unless asked."""
+    found = {name(n) for n in snap.namespaces}
+    for objs in (snap.pods, snap.services, snap.endpointslices):
+        found.update(namespace(o) for o in objs)
+    found.discard("")
+    return found if include_system else found - set(SYSTEM_NAMESPACES)

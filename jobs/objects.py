@@ -500,16 +500,16 @@ def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
     """The settings in the ``mesh`` key of the mesh ConfigMap (MeshConfig as YAML), and
     what is wrong with it. A field with a value Istio could not use is reported and
     left at its default (istiod refuses such a mesh config and keeps its defaults)."""
-    import yaml
+    from probe import yamlload
 
     if not isinstance(mesh_yaml, str):
         return MeshSettings(), [f"key {MESH_KEY!r} missing"]
     if len(mesh_yaml) > MESH_MAX_BYTES:  # a ConfigMap holds at most 1 MiB
         return MeshSettings(), [f"key {MESH_KEY!r} is larger than {MESH_MAX_BYTES} bytes"]
-    try:
-        doc = yaml.safe_load(mesh_yaml)
-    except (yaml.YAMLError, RecursionError):  # PyYAML's composer recurses per nesting level
-        return MeshSettings(), [f"key {MESH_KEY!r} is not valid YAML (or nested too deeply)"]
+    try:  # bounded: the string is as hostile as the manifest that carried it
+        doc = yamlload.load_one(mesh_yaml, yamlload.Limits(MESH_MAX_BYTES, max_depth=64))
+    except yamlload.YamlLoadError as exc:
+        return MeshSettings(), [f"key {MESH_KEY!r} is not valid YAML ({exc})"]
     if doc is None:
         return MeshSettings(), []
     if not isinstance(doc, dict):

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.flags import add_control_plane_flags, control_plane_problem
+
 if TYPE_CHECKING:
     from jobs.objects import ClusterSnapshot
     from jobs.planner import Plan
@@ -93,17 +95,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="NS",
         help="override the mesh root namespace (default: from the mesh config)",
     )
-    mesh.add_argument(
-        "--istio-namespace",
-        default="istio-system",
-        metavar="NS",
-        help="istiod's namespace, where its mesh ConfigMap lives (default: istio-system)",
-    )
-    mesh.add_argument(
-        "--revision",
-        metavar="REV",
-        help="istiod revision whose mesh config to read (ConfigMap istio-REV)",
-    )
+    add_control_plane_flags(mesh)
     mesh.add_argument(
         "--client-namespace",
         default=None,
@@ -149,7 +141,7 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
     if namespaces and (args.all_namespaces or args.selector):
         raise UsageError("-n cannot be combined with --all-namespaces or --selector")
     if args.from_manifests:
-        from jobs.manifests import ManifestError, load_manifests
+        from jobs.manifests import ManifestError, load_manifests, planned_namespaces
 
         if args.kubeconfig or args.context:
             raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
@@ -161,6 +153,8 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
             raise UsageError(str(exc)) from None
         if namespaces:
             snap.target_namespaces = set(namespaces)
+        else:  # as the live path: system namespaces only with --include-system
+            snap.target_namespaces = planned_namespaces(snap, include_system=args.include_system)
         snap.trust_domain = args.trust_domain or snap.trust_domain
         snap.root_namespace = args.root_namespace or snap.root_namespace
         return snap
@@ -195,12 +189,19 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--require: {exc}") from None
     if args.trust_domain is not None:
-        td = args.trust_domain
-        if not td or td != td.lower() or "/" in td or ":" in td:
-            raise UsageError(f"--trust-domain {td!r}: lowercase, no port or path")
-    for flag, value in (("--istio-namespace", args.istio_namespace), ("--revision", args.revision)):
-        if value is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
-            raise UsageError(f"{flag} {value!r}: not a Kubernetes name (lowercase, digits, '-')")
+        from jobs.objects import ClusterSnapshot
+        from jobs.planner import mesh_names_problem
+
+        if not args.trust_domain or mesh_names_problem(
+            ClusterSnapshot(trust_domain=args.trust_domain)
+        ):
+            raise UsageError(
+                f"--trust-domain {args.trust_domain!r}: lowercase letters, digits, '.', '-' "
+                "and '_' only (no port or path)"
+            )
+    problem = control_plane_problem(args)
+    if problem:
+        raise UsageError(problem)
     # Snapshot and plan are large trees of fresh objects with no cycles; the cyclic
     # GC's passes over them are pure cost (about a tenth of the time at 10,000 pods).
     gc.disable()
@@ -243,8 +244,13 @@ def _with_root_cert(plan: Plan, pem: str | None, path: Path) -> Plan:
 def render_yaml(plan: Plan) -> str:
     lines = ["# mtlsprobe plan: targets file for `mtlsprobe check -f`"]
     for r in plan.findings:
-        # Failures, unusable objects, and what discovery could not see (no Istio APIs).
-        if r.verdict.value in ("fail", "error") or r.target == "cluster":
+        # Failures, unusable objects, what discovery could not see (no Istio APIs), and
+        # what is deliberately not probed (not a mesh workload, nothing behind a port).
+        if (
+            r.verdict.value in ("fail", "error")
+            or r.target == "cluster"
+            or r.evidence.get("notProbed")
+        ):
             text = f"{r.verdict.value.upper()} {r.check} {r.target}: {r.reason}"
             lines.append("# " + " ".join(text.split()))
     return "\n".join(lines) + "\n" + targets_yaml(plan.targets_file.to_dict())
@@ -320,6 +326,7 @@ def edge_dict(e: Any) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
+    from probe.report import utf8_safe
     from probe.results import summarize
 
     doc = {
@@ -328,20 +335,21 @@ def render_json(plan: Plan) -> str:
         "summary": summarize(plan.findings),
         "edges": [edge_dict(e) for e in plan.edges],
     }
-    return json.dumps(doc, indent=2, default=str) + "\n"
+    return json.dumps(utf8_safe(doc), indent=2, default=str) + "\n"
 
 
 def render_table(plan: Plan) -> str:
     from probe.report import render_table as findings_table
+    from probe.textsafe import escape
 
     headers = ("TARGET", "EXPECT", "PROTO", "ENDPOINTS", "IDENTITY")
     rows = [
         (
-            t.name,
+            escape(t.name),  # names come from manifests nobody validated
             t.expect.value,
             t.protocol.value + (" echo" if t.echo else ""),
             str(len(t.endpoints)),
-            t.identity or "-",
+            escape(t.identity or "-"),
         )
         for t in plan.targets_file.targets
     ] + [

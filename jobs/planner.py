@@ -32,6 +32,14 @@ contradicts itself (a DestinationRule that will break calls against the server's
 ``error`` = an object could not be used (the plan may be incomplete: fail closed);
 ``skip`` = a warning or fact that no requirement asked about; ``pass`` = a requirement met,
 and the coverage summary.
+
+Safety (issue 17): only pods of the Service itself are probed - ``jobs.endpoints`` decides
+which addresses are mesh workloads; everything else behind a Service is a finding naming
+the object (evidence ``notProbed``). A Service port with nothing probed behind it gets no
+target, and ``--require`` never passes there (``plan.ports``: ``PortCoverage``): ``fail``
+when its traffic provably reaches something that is not a mesh workload, ``error`` when
+there is simply nothing to verify. Sidecars are the proxy container, never an annotation
+(``jobs.injection``).
 """
 
 from __future__ import annotations
@@ -42,14 +50,32 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from jobs.endpoints import (
+    SLICE_SERVICE_LABEL,
+    Backend,
+    Excluded,
+    PodIndex,
+    dns_label,
+    dns_subdomain,
+    known_addresses,
+    pod_ips,
+    service_backends,
+)
+from jobs.injection import (
+    DATAPLANE_MODE,
+    TLS_MODE_LABEL,
+    ambient_enrolled,
+    ambient_labeled,
+    has_sidecar,
+)
 from jobs.objects import (
+    DEFAULT_TRUST_DOMAIN,
     ClusterSnapshot,
     KubeObject,
     annotations_of,
     labels_of,
     name,
     namespace,
-    pod_ip,
     pod_ready,
     port_key,
     ref,
@@ -57,38 +83,31 @@ from jobs.objects import (
     spec,
 )
 from jobs.policy import (
-    DATAPLANE_MODE,
-    TLS_MODE_LABEL,
     ClientView,
     DestinationRuleIndex,
     Outcome,
     PeerAuthIndex,
     WorkloadPolicy,
-    ambient_enrolled,
-    ambient_labeled,
     client_view,
     container_ports,
     dr_host,
     dr_scope,
     dr_tls_modes,
     expect_for,
-    has_sidecar,
     in_cluster_host,
     port_protocol,
     resolve_target_port,
-    selects,
     service_ports,
-    service_selector,
 )
 from probe.model import Endpoint, Expect, Protocol, Source, Target, TargetsFile
 from probe.results import EXIT_FAIL, EXIT_OK, Result, Verdict
+from probe.spiffe import SpiffeIdError, parse_spiffe_id
 
 CHECK_POLICY = "policy"
 CHECK_REQUIRE = {"strict": "require-strict", "sidecar": "require-sidecar"}
 REQUIREMENTS = tuple(CHECK_REQUIRE)
 ECHO_LABEL = ("app.kubernetes.io/name", "mtlsprobe-echo")
 DEFAULT_CLIENT_NAMESPACE = "mtlsprobe"
-SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,7 @@ class Plan:
     findings: list[Result] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     requirements: Requirements = field(default_factory=Requirements)
+    ports: list[PortCoverage] = field(default_factory=list)
     _builder: _Builder | None = field(default=None, repr=False, compare=False)
 
     @cached_property
@@ -201,6 +221,19 @@ def _finding(target: str, verdict: Verdict, reason: str, **evidence: Any) -> Res
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PortCoverage:
+    """What the plan could verify at one Service port: ``targets`` (names) carry its
+    probed pods; ``routed_elsewhere`` is traffic of this port that goes where no
+    probe may go (not a mesh workload); ``why_unverifiable`` is set when no target
+    was planned at all. Compliance never passes on such a port (issue 17 rule 2)."""
+
+    name: str  # "<ns>/<svc>:<port>"
+    targets: tuple[str, ...]
+    routed_elsewhere: tuple[Excluded, ...]
+    why_unverifiable: str | None
+
+
 class _Builder:
     def __init__(self, snap: ClusterSnapshot, req: Requirements) -> None:
         self.snap = snap
@@ -220,6 +253,7 @@ class _Builder:
             if snap.is_target_namespace(namespace(p)):
                 self.pods[ref(p)] = p
                 self.pods_by_ns[namespace(p)].append(p)
+        self.index = PodIndex(self.pods.values(), known_addresses(snap.pods, snap.services))
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
             svc = labels_of(s).get(SLICE_SERVICE_LABEL)
@@ -229,6 +263,7 @@ class _Builder:
         self._policy: dict[int, WorkloadPolicy] = {}
         self.findings: list[Result] = []
         self.edges: list[Edge] = []
+        self.ports: list[PortCoverage] = []
 
     def policy(self, pod: KubeObject) -> WorkloadPolicy:
         got = self._policy.get(id(pod))
@@ -244,12 +279,13 @@ class _Builder:
         if got is None:
             ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
             ns_lbl = self.ns_labels.get(ns, {})
+            ips, _ = pod_ips(pod)
             got = PodInfo(
                 name=name(pod),
                 namespace=ns,
                 service_account=sa,
                 identity=f"spiffe://{self.snap.trust_domain}/ns/{ns}/sa/{sa}",
-                ip=pod_ip(pod),
+                ip=ips[0] if ips else None,
                 ready=pod_ready(pod),
                 labels=lbl,
                 annotations=annotations_of(pod),
@@ -261,83 +297,84 @@ class _Builder:
             self._info[key] = got
         return got
 
-    # -- endpoints of one service port: (pod, ip, target port) --------------------------------
+    def _excluded_findings(self, svc_ref: str, excluded: Sequence[Excluded]) -> None:
+        seen: set[tuple[str, str | None, str]] = set()
+        for e in excluded:
+            key = (e.obj, e.address, e.reason)
+            if key in seen:
+                continue
+            seen.add(key)
+            self.findings.append(
+                _finding(
+                    f"Service {svc_ref}",
+                    Verdict.ERROR if e.inconsistent else Verdict.SKIP,
+                    e.text(),
+                    object=e.obj,
+                    address=e.address,
+                    notProbed=True,
+                )
+            )
 
-    def endpoints(
-        self, svc: KubeObject, sp: Mapping[str, Any]
-    ) -> list[tuple[KubeObject, str | None, int]]:
+    def _unverifiable(self, svc: KubeObject, why: str, routed: Sequence[Excluded] = ()) -> None:
         ns, svc_name = namespace(svc), name(svc)
-        slices = self.slices.get((ns, svc_name))
-        out: list[tuple[KubeObject, str | None, int]] = []
-        if slices:
-            want = sp.get("name") or ""
-            for sl in slices:
-                port = next(
-                    (
-                        p.get("port")
-                        for p in sl.get("ports") or []
-                        if (p.get("name") or "") == want and isinstance(p.get("port"), int)
-                    ),
-                    None,
-                )
-                for ep in sl.get("endpoints") or []:
-                    cond = ep.get("conditions") if isinstance(ep.get("conditions"), dict) else {}
-                    if cond.get("ready") is False:
-                        continue
-                    tref = ep.get("targetRef")
-                    if type(tref) is not dict:
-                        tref = {}
-                    pod = self.pods.get(f"{tref.get('namespace') or ns}/{tref.get('name')}")
-                    if tref.get("kind") != "Pod" or pod is None:
-                        self.findings.append(
-                            _finding(
-                                f"{ns}/{svc_name}",
-                                Verdict.SKIP,
-                                f"EndpointSlice {ref(sl)} lists {ep['addresses'][:1]} without "
-                                "a known Pod behind it: not planned",
-                            )
-                        )
-                        continue
-                    tport = port if port is not None else resolve_target_port(sp, pod)
-                    if tport is None:
-                        continue
-                    out.extend((pod, str(a), tport) for a in ep["addresses"][:1])
-            return out
-        sel = service_selector(svc)
-        if sel is None:
-            return out
-        for pod in self.pods_by_ns.get(ns, ()):
-            if not selects(sel, labels_of(pod)) or not pod_ready(pod):
+        for sp in service_ports(svc):
+            if (sp.get("protocol") or "TCP") != "TCP":
                 continue
-            tport = resolve_target_port(sp, pod)
-            if tport is None:
-                self.findings.append(
-                    _finding(
-                        f"{ns}/{svc_name}:{sp.get('port')}",
-                        Verdict.SKIP,
-                        f"targetPort {sp.get('targetPort')!r} names no container port of pod "
-                        f"{ref(pod)}: not planned",
-                    )
+            base = f"{ns}/{svc_name}:{sp['port']}"
+            self.ports.append(PortCoverage(base, (), tuple(routed), why))
+            self.findings.append(
+                _finding(
+                    base,
+                    Verdict.SKIP,
+                    f"not planned: nothing can be verified here: {why}",
+                    notProbed=True,
                 )
-                continue
-            out.append((pod, pod_ip(pod), tport))
-        return out
+            )
 
     # -- targets and edges ----------------------------------------------------------------------
 
     def plan_service(self, svc: KubeObject) -> list[Target]:
         ns, svc_name = namespace(svc), name(svc)
-        if spec(svc).get("type") == "ExternalName":
+        if not (dns_label(ns) and dns_label(svc_name)):
+            self.findings.append(
+                _finding(
+                    f"Service {ref(svc)}"[:200],
+                    Verdict.ERROR,
+                    "namespace or name is not a Kubernetes DNS label: no host or identity "
+                    "can be derived; not planned",
+                )
+            )
+            self._unverifiable(svc, "the Service's name is not a valid DNS label")
             return []
+        if spec(svc).get("type") == "ExternalName":
+            ext = Excluded(
+                f"Service {ref(svc)}",
+                None,
+                f"type ExternalName (to {str(spec(svc).get('externalName'))[:100]!r}): "
+                "traffic leaves the mesh",
+            )
+            self._excluded_findings(ref(svc), [ext])
+            self._unverifiable(svc, "an ExternalName Service has no pods", [ext])
+            return []
+        backends = service_backends(svc, self.index, self.slices.get((ns, svc_name), ()))
+        self._excluded_findings(ref(svc), backends.excluded)
+        routed = tuple(backends.routed_elsewhere)
         host = f"{svc_name}.{ns}.svc.{self.snap.cluster_domain}"
         targets: list[Target] = []
+        planned_ports: set[int] = set()
         for sp in service_ports(svc):
             if (sp.get("protocol") or "TCP") != "TCP":
                 continue
             port: int = sp["port"]
             base = f"{ns}/{svc_name}:{port}"
+            if port in planned_ports:  # the API server rejects this; YAML may hold it
+                self.findings.append(
+                    _finding(base, Verdict.ERROR, "port listed twice: the first is planned")
+                )
+                continue
+            planned_ports.add(port)
             protocol = port_protocol(sp)
-            found = self.endpoints(svc, sp)
+            found, unresolved = _port_backends(backends.backends, sp)
             dr = self.dr.tls_for(
                 host,
                 ns,
@@ -361,36 +398,46 @@ class _Builder:
                 eps = groups.setdefault(key, [])
                 if ip is not None:
                     eps.append(Endpoint(ip, tport))
-                edge = Edge(
-                    target=base,
-                    service=svc_name,
-                    namespace=ns,
-                    host=host,
-                    service_port=port,
-                    protocol=protocol,
-                    pod=pi,
-                    target_port=tport,
-                    server_mode=decision.mode,
-                    expect=expect,
-                    mode_source=decision.source,
-                    dr_mode=dr.mode,
-                    dr_source=dr.source,
-                    client=view,
+                group_edges[key].append(
+                    Edge(
+                        target=base,
+                        service=svc_name,
+                        namespace=ns,
+                        host=host,
+                        service_port=port,
+                        protocol=protocol,
+                        pod=pi,
+                        target_port=tport,
+                        server_mode=decision.mode,
+                        expect=expect,
+                        mode_source=decision.source,
+                        dr_mode=dr.mode,
+                        dr_source=dr.source,
+                        client=view,
+                    )
                 )
-                group_edges[key].append(edge)
-            if not groups:
-                tp = sp.get("targetPort", port)
-                decision = self.pa.effective(ns, {}, tp if isinstance(tp, int) else None)
+            if unresolved:
                 self.findings.append(
                     _finding(
                         base,
                         Verdict.SKIP,
-                        "no ready endpoints: nothing to probe directly; expectation from "
-                        f"{decision.source}",
+                        f"targetPort {sp.get('targetPort')!r} names no container port of pod(s) "
+                        f"{', '.join(sorted(unresolved)[:5])}: not planned there",
+                        pods=sorted(unresolved),
                     )
                 )
-                targets.append(
-                    Target(name=base, host=host, port=port, expect=decision.mode, protocol=protocol)
+            if not groups:
+                why = backends.why_none or "no backend pod serves this port"
+                if unresolved:
+                    why = f"targetPort {sp.get('targetPort')!r} resolves on no backend pod"
+                self.ports.append(PortCoverage(base, (), routed, why))
+                self.findings.append(
+                    _finding(
+                        base,
+                        Verdict.SKIP,
+                        f"not planned: nothing can be verified here: {why}",
+                        notProbed=True,
+                    )
                 )
                 continue
             split = len(groups) > 1
@@ -405,9 +452,16 @@ class _Builder:
                         groups=len(groups),
                     )
                 )
+            names: list[str] = []
+            both_echo = {(k[0], k[1]) for k in groups if k[2]} & {
+                (k[0], k[1]) for k in groups if not k[2]
+            }
             for key, eps in groups.items():
                 sa, expect, echo = key
                 tname = f"{base}@{sa}/{expect.value}" if split else base
+                if echo and (sa, expect) in both_echo:
+                    tname += "/echo"  # target names must stay unique
+                names.append(tname)
                 edges = group_edges[key]
                 if split:
                     edges = [_retarget(e, tname) for e in edges]
@@ -424,7 +478,37 @@ class _Builder:
                         echo=echo,
                     )
                 )
+            self.ports.append(PortCoverage(base, tuple(names), routed, None))
         return targets
+
+
+def _port_backends(
+    backends: Sequence[Backend], sp: Mapping[str, Any]
+) -> tuple[list[tuple[KubeObject, str | None, int]], list[str]]:
+    """(pod, address, target port) of every backend serving service port ``sp`` -
+    the slice's port for that port name, else the Service's targetPort resolved on the
+    pod - and the pods on which it resolves to no port."""
+    found: list[tuple[KubeObject, str | None, int]] = []
+    seen: set[tuple[int, str | None, int]] = set()
+    unresolved: list[str] = []
+    for be in backends:
+        tport: int | None
+        if be.slice_ports is not None:
+            want = str(sp.get("name") or "")
+            if want not in be.slice_ports:
+                continue  # this slice does not carry this port
+            tport = be.slice_ports[want]
+            if tport is None:  # "all ports"
+                tport = resolve_target_port(sp, be.pod)
+        else:
+            tport = resolve_target_port(sp, be.pod)
+        if tport is None or not 0 < tport < 65536:
+            unresolved.append(ref(be.pod))
+            continue
+        if (id(be.pod), be.ip, tport) not in seen:
+            seen.add((id(be.pod), be.ip, tport))
+            found.append((be.pod, be.ip, tport))
+    return found, unresolved
 
 
 def _endpoint_order(e: Endpoint) -> tuple[str, int]:
@@ -445,14 +529,48 @@ def _coerce(req: Requirements | Iterable[str] | None) -> Requirements:
     return Requirements.parse(req)
 
 
+def mesh_names_problem(snapshot: ClusterSnapshot) -> str | None:
+    """Why the snapshot's trust domain or cluster domain cannot go into a targets file
+    (identities ``spiffe://<td>/...``, hosts ``<svc>.<ns>.svc.<domain>``), if so."""
+    td = snapshot.trust_domain
+    try:
+        # Parsed as part of an ID so the SPIFFE rules apply; a '/' in ``td`` would make
+        # it parse as a shorter trust domain plus path, hence the equality.
+        if parse_spiffe_id(f"spiffe://{td}/ns/x/sa/x").trust_domain != td:
+            raise SpiffeIdError("it holds a '/'")
+    except SpiffeIdError as exc:
+        return f"trust domain {td[:100]!r} is not a SPIFFE trust domain ({exc})"
+    if not dns_subdomain(snapshot.cluster_domain):
+        return f"cluster domain {snapshot.cluster_domain[:100]!r} is not a DNS name"
+    return None
+
+
 def build_plan(
     snapshot: ClusterSnapshot, requirements: Requirements | Iterable[str] | None = None
 ) -> Plan:
     req = _coerce(requirements)
     b = _Builder(snapshot, req)
     targets: list[Target] = []
-    for svc in sorted(snapshot.services, key=lambda s: (namespace(s), name(s))):
-        if snapshot.is_target_namespace(namespace(svc)):
+    bad_names = mesh_names_problem(snapshot)
+    if bad_names is not None:
+        # Nothing can carry a valid identity: plan nothing rather than write a targets
+        # file `check` rejects (or one that names the wrong mesh).
+        b.findings.append(
+            _finding("cluster", Verdict.ERROR, f"{bad_names}: nothing planned; pass --trust-domain")
+        )
+    else:
+        seen: set[tuple[str, str]] = set()
+        for svc in sorted(snapshot.services, key=lambda s: (namespace(s), name(s))):
+            if not snapshot.is_target_namespace(namespace(svc)):
+                continue
+            if (namespace(svc), name(svc)) in seen:  # YAML can repeat what a cluster cannot
+                b.findings.append(
+                    _finding(
+                        f"Service {ref(svc)}", Verdict.ERROR, "defined twice: the first is planned"
+                    )
+                )
+                continue
+            seen.add((namespace(svc), name(svc)))
             targets.extend(b.plan_service(svc))
     findings = [
         *_problem_findings(snapshot),
@@ -462,17 +580,17 @@ def build_plan(
         *_sidecar_findings(b),
         *_dr_findings(b),
         *_contradictions(b.edges),
-        *_compliance(req, targets, b.edges),
+        *_compliance(req, targets, b.edges, b.ports),
         _coverage(b),
     ]
     tf = TargetsFile(
-        trust_domain=snapshot.trust_domain,
+        trust_domain=snapshot.trust_domain if bad_names is None else DEFAULT_TRUST_DOMAIN,
         targets=tuple(targets),
         source=Source(),
     )
     from jobs.controls import attach  # negative controls (control workloads leave the targets)
 
-    return attach(Plan(tf, findings, b.edges, req, b))
+    return attach(Plan(tf, findings, b.edges, requirements=req, ports=b.ports, _builder=b))
 
 
 # ---- inbound per (pod, port) -----------------------------------------------------------------
@@ -665,32 +783,91 @@ def _contradictions(edges: Sequence[Edge]) -> list[Result]:
 
 
 def _compliance(
-    req: Requirements, targets: Sequence[Target], edges: Sequence[Edge]
+    req: Requirements,
+    targets: Sequence[Target],
+    edges: Sequence[Edge],
+    ports: Sequence[PortCoverage] = (),
 ) -> list[Result]:
+    """One result per asked requirement and target, plus one per Service port that
+    cannot pass as a whole (issue 17 rule 2: no backend, no compliance pass)."""
     by_target: dict[str, list[Edge]] = defaultdict(list)
     for e in edges:
         by_target[e.target].append(e)
+    # A target whose port also sends traffic to a non-workload cannot pass: its
+    # port-level failure below stands for it (one verdict per name, never pass+fail).
+    partial = {name for pc in ports if pc.routed_elsewhere for name in pc.targets}
+    port_names = {pc.name for pc in ports}
     out: list[Result] = []
+    folded: dict[tuple[str, str], Result] = {}  # (check, port name): the target's own fail
     for t in targets:
         tedges = by_target.get(t.name, [])
+        results = []
         if req.strict:
-            out.append(_require_strict(t, tedges))
+            results.append(_require_strict(t, tedges))
         if req.sidecar:
-            out.append(_require_sidecar(t, tedges))
+            results.append(_require_sidecar(t, tedges))
+        for r in results:
+            if t.name not in partial:
+                out.append(r)
+            elif r.verdict != Verdict.PASS:
+                if t.name in port_names:
+                    folded[(r.check, t.name)] = r  # same name as its port: one verdict
+                else:
+                    out.append(r)
+    for pc in ports:
+        if pc.why_unverifiable is None and not pc.routed_elsewhere:
+            continue
+        for check, expected in (("strict", "STRICT"), ("sidecar", "sidecar")):
+            if getattr(req, check):
+                name = CHECK_REQUIRE[check]
+                out.append(_unverifiable_port(name, expected, pc, folded.get((name, pc.name))))
     return out
+
+
+def _unverifiable_port(
+    check: str, expected: str, pc: PortCoverage, own: Result | None = None
+) -> Result:
+    """``fail`` when some of the port's traffic provably goes to something that is
+    not a mesh workload (an external address, the host network, an address no pod
+    of the Service owns); ``error`` when there is simply nothing behind it to verify
+    (could not observe). Never ``pass``."""
+    routed = pc.routed_elsewhere
+    parts: list[str] = [own.reason] if own is not None else []
+    if pc.why_unverifiable is not None:
+        parts.append(f"nothing can be verified at this port: {pc.why_unverifiable}")
+    if routed:
+        first = routed[0]
+        more = f" (and {len(routed) - 1} more)" if len(routed) > 1 else ""
+        parts.append(
+            f"its traffic also goes to {first.text().removesuffix('; not probed')}{more}: "
+            "not a mesh workload, so the requirement cannot hold"
+        )
+    return Result(
+        check=check,
+        target=pc.name,
+        verdict=Verdict.FAIL if routed else Verdict.ERROR,
+        reason="; ".join(parts),
+        expected=expected,
+        observed="not a mesh workload" if routed else "unverifiable",
+        evidence={
+            **(own.evidence if own is not None else {}),
+            "excluded": [
+                {"object": e.obj, "address": e.address, "reason": e.reason} for e in routed
+            ],
+        },
+    )
 
 
 def _require_strict(t: Target, edges: Sequence[Edge]) -> Result:
     check = CHECK_REQUIRE["strict"]
-    if not edges:
-        ok = t.expect == Expect.STRICT
+    if not edges:  # never planned (no backend, no target); kept closed for callers
         return Result(
             check=check,
             target=t.name,
-            verdict=Verdict.PASS if ok else Verdict.FAIL,
-            reason=f"no endpoints; the policy for this port is {t.expect.value}",
+            verdict=Verdict.ERROR,
+            reason="no backend pod: nothing can be verified",
             expected="STRICT",
-            observed=t.expect.value,
+            observed="unverifiable",
         )
     bad = [e for e in edges if e.expect != Expect.STRICT]
     broken = [e for e in edges if e.client.outcome != Outcome.OK]
@@ -738,7 +915,14 @@ def _require_sidecar(t: Target, edges: Sequence[Edge]) -> Result:
     check = CHECK_REQUIRE["sidecar"]
     bare = sorted({e.pod.key for e in edges if not e.pod.has_proxy})
     if not edges:
-        return Result(check=check, target=t.name, verdict=Verdict.SKIP, reason="no endpoints")
+        return Result(
+            check=check,
+            target=t.name,
+            verdict=Verdict.ERROR,
+            reason="no backend pod: nothing can be verified",
+            expected="sidecar",
+            observed="unverifiable",
+        )
     if bare:
         return Result(
             check=check,

@@ -15,12 +15,8 @@ pilot/pkg/security/authn/policy_applier.go):
 - ``portLevelMtls`` counts only on the winning *workload* policy and is keyed by
   the workload's target (container) port; a port entry with ``UNSET`` takes the
   workload's composed mode.
-- A pod has a sidecar when it carries annotation ``sidecar.istio.io/status``, a
-  container named ``istio-proxy``, or a native-sidecar init container
-  ``istio-proxy`` (``restartPolicy: Always``). Without one it accepts plaintext
-  whatever the policy says (``Expect.NONE``) - unless ztunnel captures it
-  (ambient: namespace or pod label ``istio.io/dataplane-mode=ambient`` and the
-  pod annotated ``ambient.istio.io/redirection=enabled``).
+- A pod without a proxy in front (no sidecar, not captured by ztunnel; both decided
+  in ``jobs.injection``) accepts plaintext whatever the policy says (``Expect.NONE``).
 - DestinationRules: resolved for the probe's sidecar as istiod resolves them (see the
   DestinationRules section below): the client's namespace, then the service's, then the
   root namespace, never another; exportTo, workloadSelector, same-host merging and
@@ -40,9 +36,7 @@ from typing import Any
 
 from jobs.objects import (
     KubeObject,
-    annotations_of,
     created_at,
-    labels_of,
     name,
     namespace,
     port_key,
@@ -51,11 +45,8 @@ from jobs.objects import (
 )
 from probe.model import Expect, Protocol
 
-SIDECAR_STATUS = "sidecar.istio.io/status"
 SIDECAR_INJECT_LABEL = "sidecar.istio.io/inject"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
-DATAPLANE_MODE = "istio.io/dataplane-mode"
-AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
 PROXY_NAME = "istio-proxy"
 
 # ---- PeerAuthentication -------------------------------------------------------------
@@ -195,70 +186,8 @@ class WorkloadPolicy:
         return self.ports.get(target_port, self.workload)
 
 
-# ---- sidecars, injection, ambient -------------------------------------------------------
-
-
-def has_sidecar(pod: Mapping[str, Any]) -> bool:
-    if SIDECAR_STATUS in annotations_of(pod):
-        return True
-    s = spec(pod)
-    for c in s.get("containers") or []:
-        if isinstance(c, dict) and c.get("name") == PROXY_NAME:
-            return True
-    for c in s.get("initContainers") or []:
-        if (
-            isinstance(c, dict)
-            and c.get("name") == PROXY_NAME
-            and c.get("restartPolicy") == "Always"
-        ):
-            return True
-    return False
-
-
-def would_inject(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
-    """Whether Istio's default injection webhooks would add a sidecar to this pod.
-
-    Used for YAML that has not been through the API server (the lab, rehearsal):
-    namespace ``istio-injection=enabled`` or ``istio.io/rev`` injects unless the pod
-    opts out with label ``sidecar.istio.io/inject: "false"``; ``istio-injection=disabled``
-    never injects; elsewhere only pods labelled ``sidecar.istio.io/inject: "true"``.
-    Host-network pods are never injected.
-    """
-    if spec(pod).get("hostNetwork") is True:
-        return False
-    pod_opt = labels_of(pod).get(SIDECAR_INJECT_LABEL)
-    ns_inject = ns_labels.get("istio-injection")
-    if ns_inject == "disabled":
-        return False
-    if ns_inject == "enabled" or "istio.io/rev" in ns_labels:
-        return pod_opt != "false"
-    return pod_opt == "true"
-
-
-def injected(pod: KubeObject) -> KubeObject:
-    """A copy of ``pod`` as the injector leaves it: the marks ``has_sidecar`` and auto-mTLS read."""
-    out = dict(pod)
-    md = dict(out.get("metadata") or {})
-    md["annotations"] = {**annotations_of(pod), SIDECAR_STATUS: '{"containers":["istio-proxy"]}'}
-    md["labels"] = {**labels_of(pod), TLS_MODE_LABEL: "istio"}
-    out["metadata"] = md
-    return out
-
-
-def ambient_labeled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
-    pod_mode = labels_of(pod).get(DATAPLANE_MODE)
-    if pod_mode is not None:
-        return pod_mode == "ambient"
-    return ns_labels.get(DATAPLANE_MODE) == "ambient"
-
-
-def ambient_enrolled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
-    """Captured by ztunnel: labelled ambient and redirected by istio-cni, with no sidecar."""
-    return (
-        ambient_labeled(pod, ns_labels)
-        and annotations_of(pod).get(AMBIENT_REDIRECTION) == "enabled"
-        and not has_sidecar(pod)
-    )
+# ---- what the wire must show -------------------------------------------------------------
+# Whether a pod has a sidecar, would be injected or is ambient: ``jobs.injection``.
 
 
 def expect_for(mode: Expect, sidecar: bool, ambient: bool) -> Expect:

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from jobs.flags import add_control_plane_flags, control_plane_problem
 from jobs.jobspec import ROLES, Role
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     sel.add_argument("--include-system", action="store_true", help="probe system namespaces too")
     sel.add_argument("--trust-domain", metavar="TD", help="override the mesh's trust domain")
     sel.add_argument("--root-namespace", metavar="NS", help="override the mesh root namespace")
+    add_control_plane_flags(sel)
     sel.add_argument(
         "--require",
         action="append",
@@ -736,6 +738,9 @@ def main(args: argparse.Namespace) -> int:
     namespaces = tuple(_words(args.namespace))
     if namespaces and (args.all_namespaces or args.selector):
         raise UsageError("-n cannot be combined with --all-namespaces or --selector")
+    problem = control_plane_problem(args)
+    if problem:
+        raise UsageError(problem)
     if args.in_cluster:
         if args.kubeconfig or args.context:
             raise UsageError(
@@ -755,6 +760,8 @@ def main(args: argparse.Namespace) -> int:
         include_system=args.include_system,
         trust_domain=args.trust_domain,
         root_namespace=args.root_namespace,
+        istio_namespace=args.istio_namespace,
+        revision=args.revision,
         timeout=args.request_timeout,
     )
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import signal
@@ -230,6 +231,9 @@ def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
         and not os.environ.get("NO_COLOR")
         and os.environ.get("TERM") != "dumb"
     )
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
+        sys.stdout.reconfigure(errors="backslashreplace")
     sys.stdout.write(render(results, fmt, colour=colour))
     sys.stdout.flush()
     if out is not None:

@@ -27,9 +27,9 @@ this process serialised, and judged here (pure):
 Anything else is unknown, never TLS. What this proves is that the probe's sidecar
 spoke TLS to a server whose certificate it accepted; that the server asked for the
 client certificate is what the plaintext and peer-cert checks show. Istio records no
-``cluster.outbound`` stats unless the probe pod asks (annotation
-``sidecar.istio.io/statsInclusionPrefixes: cluster.outbound``): then the transport is
-unknown and says so.
+``cluster.outbound`` stats unless the probe pod asks (ProxyConfig
+``proxyStatsMatcher.inclusionPrefixes: [cluster.outbound]``, which the Job specs and the
+agent DaemonSet set); without them the transport is unknown and says so.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ _COUNTERS = {
     "ssl.connection_error": "ssl_error",
 }
 ENABLE_HINT = (
-    "Istio records these only when the probe pod is annotated "
-    "sidecar.istio.io/statsInclusionPrefixes: cluster.outbound"
+    "Istio records these only when the probe pod's ProxyConfig asks for them: annotation "
+    "proxy.istio.io/config: '{proxyStatsMatcher: {inclusionPrefixes: [cluster.outbound]}}'"
 )
 
 

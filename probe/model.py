@@ -6,16 +6,19 @@ entry and the field (exit 64) instead of a failure halfway through a run.
 
 from __future__ import annotations
 
-import ipaddress
-import reprlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from probe import syntax, yamlload
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
+from probe.textsafe import bounded, line
+
+#: Bounds for a targets file: a plan of 50,000 pods is ~5 MB.
+TARGETS_LIMITS = yamlload.Limits(max_bytes=32 << 20, max_depth=32)
+MAX_ORIGIN_CHARS = 300
+MAX_MESSAGE_CHARS = 600
 
 #: Where header-reflecting apps answer (httpbin, go-httpbin; Istio's echo and
 #: ``mtlsprobe serve`` answer any path). A target's ``echoPath`` overrides it.
@@ -38,7 +41,13 @@ class Protocol(StrEnum):
 
 
 class TargetsFileError(ValueError):
-    """The targets file cannot be used; the message is the one line users see."""
+    """The targets file cannot be used; the message is the one line users see.
+
+    Whatever a caller formats into it, the message is one line of bounded length with
+    control characters escaped, so a hostile file cannot drive the terminal."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(line(message, MAX_MESSAGE_CHARS))
 
 
 @dataclass(frozen=True)
@@ -55,26 +64,18 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        """Parse ``host:port`` or ``[v6]:port``; raises ValueError naming the problem."""
+        """Parse ``host:port`` or ``[v6]:port`` (host: an IP literal or a DNS name);
+        raises ValueError naming the problem. A targets file's ``endpoints`` are
+        stricter: IP literals only (``syntax.endpoint``)."""
         text = text.strip()
         if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep or not rest.startswith(":"):
-                raise ValueError(f"{text!r} is not [ipv6]:port")
-            port_text = rest[1:]
-        else:
-            host, sep, port_text = text.rpartition(":")
-            if not sep or not host:
-                raise ValueError(f"{text!r} has no port (want host:port)")
-            if ":" in host:
-                raise ValueError(f"{text!r}: write IPv6 endpoints as [addr]:port")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{text!r}: port must be 1-65535")
-        if host.startswith("[") or not host:
-            raise ValueError(f"{text!r}: empty host")
+            return cls(*syntax.endpoint(text))
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{bounded(text)} has no port (want host:port)")
         if ":" in host:
-            ipaddress.IPv6Address(host)
-        return cls(host=host, port=int(port_text))
+            raise ValueError(f"{bounded(text)}: write IPv6 endpoints as [addr]:port")
+        return cls(host=syntax.hostname(host), port=syntax.port_text(port_text))
 
 
 @dataclass(frozen=True)
@@ -156,25 +157,39 @@ _TARGET_KEYS = {
 
 
 def load_targets(path: Path) -> TargetsFile:
-    """Read and validate a targets file. Raises TargetsFileError with one line."""
+    """Read and validate a targets file. Raises TargetsFileError with one line.
+
+    Bounded whatever the file holds: a regular file of at most 32 MiB, strict UTF-8,
+    no alias bombs, nesting or duplicate keys (``probe.yamlload``)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TargetsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise TargetsFileError(f"{path}: not UTF-8 text") from None
+        text = yamlload.read_text(path, TARGETS_LIMITS.max_bytes)
+    except yamlload.YamlLoadError as exc:
+        raise TargetsFileError(f"{_origin(str(path))}: {exc}") from None
+    return parse_targets_text(text, str(path), base_dir=path.parent)
+
+
+def parse_targets_text(text: str, origin: str, base_dir: Path | None = None) -> TargetsFile:
+    """Load and validate targets YAML held in memory (``origin`` names it)."""
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise TargetsFileError(f"{path}: invalid YAML{where}: {problem}") from None
-    return parse_targets(doc, str(path), base_dir=path.parent)
+        doc = yamlload.load_one(text, TARGETS_LIMITS)
+    except yamlload.YamlLoadError as exc:
+        raise TargetsFileError(f"{_origin(origin)}: {exc}") from None
+    return parse_targets(doc, origin, base_dir=base_dir)
+
+
+def _origin(origin: str) -> str:
+    return line(origin, MAX_ORIGIN_CHARS)
+
+
+def _key_name(keys: set[Any]) -> str:
+    """The first unknown key, for a message: bounded and escaped, strings unquoted."""
+    key = sorted(keys, key=lambda k: (type(k).__name__, str(k)[:100]))[0]
+    return line(key, 60) if isinstance(key, str) else bounded(key, 60)
 
 
 def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> TargetsFile:
     """Validate a decoded targets document; ``origin`` names it in error messages."""
+    origin = _origin(origin)
 
     def fail(where: str, msg: str) -> TargetsFileError:
         return TargetsFileError(f"{origin}: {where}: {msg}")
@@ -185,27 +200,17 @@ def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> Tar
         )
     unknown = set(doc) - _TOP_KEYS
     if unknown:
-        raise fail(f"key {sorted(map(str, unknown))[0]!r}", "unknown key")
-    td = doc.get("trustDomain")
-    if not isinstance(td, str) or not td:
-        raise fail("trustDomain", "required, a non-empty string")
-    if td != td.lower() or "/" in td or ":" in td:
-        raise fail(
-            "trustDomain", f"{td!r} is not a valid trust domain (lowercase, no port or path)"
-        )
+        raise fail(f"key {_key_name(unknown)}", "unknown key")
+    try:
+        td = syntax.trust_domain(doc.get("trustDomain"))
+    except ValueError as exc:
+        raise fail("trustDomain", str(exc)) from None
 
     root: Path | None = None
     if doc.get("rootCertFile") is not None:
-        raw_root = doc["rootCertFile"]
-        if not isinstance(raw_root, str) or not raw_root:
-            raise fail("rootCertFile", "must be a path string")
-        root = Path(raw_root)
-        if not root.is_absolute() and base_dir is not None:
-            root = base_dir / root
-        if not root.is_file():
-            raise fail("rootCertFile", f"{root} does not exist")
+        root = _root_cert_file(doc["rootCertFile"], base_dir, fail)
 
-    source = _parse_source(doc.get("source"), fail)
+    source = _parse_source(doc.get("source"), fail, td)
 
     raw_targets = doc.get("targets")
     if not isinstance(raw_targets, list):
@@ -213,12 +218,12 @@ def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> Tar
     targets: list[Target] = []
     names: set[str] = set()
     for i, raw in enumerate(raw_targets):
-        t = _parse_target(raw, i, fail)
+        t = _parse_target(raw, i, fail, trust_domain=td)
         if t.name in names:
-            raise fail(f"targets[{i}] ({t.name})", "duplicate name")
+            raise fail(f"targets[{i}] ({line(t.name, 80)})", "duplicate name")
         names.add(t.name)
         targets.append(t)
-    controls = _parse_controls(doc.get("controls"), fail)
+    controls = _parse_controls(doc.get("controls"), fail, td)
     return TargetsFile(
         trust_domain=td,
         targets=tuple(targets),
@@ -228,88 +233,117 @@ def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> Tar
     )
 
 
-def _parse_source(raw: object, fail: Any) -> Source:
+def _root_cert_file(raw: object, base_dir: Path | None, fail: Any) -> Path:
+    try:
+        text = syntax.printable(raw, syntax.MAX_PATH_CHARS)
+    except ValueError as exc:
+        raise fail("rootCertFile", f"must be a path: {exc}") from None
+    root = Path(text)
+    if not root.is_absolute() and base_dir is not None:
+        root = base_dir / root
+    try:
+        exists, regular = root.exists(), root.is_file()
+    except (OSError, ValueError):
+        exists = regular = False
+    if not exists:
+        raise fail("rootCertFile", f"{line(str(root), 200)} does not exist")
+    if not regular:
+        raise fail("rootCertFile", f"{line(str(root), 200)} is not a regular file")
+    return root
+
+
+def _parse_source(raw: object, fail: Any, trust_domain: str | None = None) -> Source:
     if raw is None:
         return Source()
     if not isinstance(raw, dict):
         raise fail("source", "must be a mapping")
     unknown = set(raw) - _SOURCE_KEYS
     if unknown:
-        raise fail(f"source.{sorted(map(str, unknown))[0]}", "unknown key")
+        raise fail(f"source.{_key_name(unknown)}", "unknown key")
     identity = raw.get("identity")
     if identity is not None:
-        identity = _spiffe_field(identity, "source.identity", fail)
+        identity = _spiffe_field(identity, "source.identity", fail, trust_domain)
     urls: dict[str, str | None] = {}
     for key in ("sidecarProxy", "sidecarAdmin"):
         val = raw.get(key)
-        if val is not None and (not isinstance(val, str) or not val.startswith("http://")):
-            raise fail(f"source.{key}", f"{val!r} must be an http:// URL")
+        if val is not None:
+            try:
+                val = syntax.http_url(val)
+            except ValueError as exc:
+                raise fail(f"source.{key}", str(exc)) from None
         urls[key] = val
     return Source(
         identity=identity, sidecar_proxy=urls["sidecarProxy"], sidecar_admin=urls["sidecarAdmin"]
     )
 
 
-def _spiffe_field(value: object, where: str, fail: Any) -> str:
+def _spiffe_field(value: object, where: str, fail: Any, trust_domain: str | None = None) -> str:
     if not isinstance(value, str):
-        raise fail(where, "must be a SPIFFE ID string")
+        raise fail(where, f"{bounded(value)} must be a SPIFFE ID string")
     try:
-        parse_spiffe_id(value)
+        sid = parse_spiffe_id(value)
     except SpiffeIdError as exc:
-        raise fail(where, f"{value!r} is not a SPIFFE ID: {exc}") from None
+        raise fail(where, f"{bounded(value)} is not a SPIFFE ID: {exc}") from None
+    if trust_domain is not None and sid.trust_domain != trust_domain:
+        raise fail(
+            where,
+            f"{bounded(value)} is in trust domain {bounded(sid.trust_domain)}, "
+            f"not trustDomain {bounded(trust_domain)}",
+        )
     return value
 
 
-def _parse_target(raw: object, i: int, fail: Any) -> Target:
+def _enum_field(raw: object, where: str, enum: type[Expect] | type[Protocol], fail: Any) -> Any:
+    want = ", ".join(m.value for m in enum)
+    if isinstance(raw, str) and len(raw) <= 20:
+        for member in enum:
+            if raw.lower() == member.value.lower():
+                return member
+    raise fail(where, f"{bounded(raw)}: want one of {want}")
+
+
+def _parse_target(raw: object, i: int, fail: Any, *, trust_domain: str | None = None) -> Target:
     where = f"targets[{i}]"
     if not isinstance(raw, dict):
         raise fail(where, "must be a mapping")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise fail(f"{where}.name", "required, a non-empty string")
-    where = f"{where} ({name})"
+    try:
+        name = syntax.printable(raw.get("name"), syntax.MAX_NAME_CHARS)
+    except ValueError as exc:
+        msg = "required" if raw.get("name") is None else str(exc)
+        raise fail(f"{where}.name", msg) from None
+    where = f"{where} ({line(name, 80)})"
     unknown = set(raw) - _TARGET_KEYS
     if unknown:
-        raise fail(f"{where}.{sorted(map(str, unknown))[0]}", "unknown key")
-    host = raw.get("host")
-    if not isinstance(host, str) or not host:
-        raise fail(f"{where}.host", "required, a non-empty string")
-    port = raw.get("port")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise fail(f"{where}.port", f"{port!r} is not a port number (1-65535)")
-    expect_raw = raw.get("expect")
+        raise fail(f"{where}.{_key_name(unknown)}", "unknown key")
+    if raw.get("host") is None:
+        raise fail(f"{where}.host", "required, a host name")
     try:
-        expect = Expect(str(expect_raw).upper()) if expect_raw is not None else None
-    except ValueError:
-        expect = None
-    if expect is None:
-        raise fail(
-            f"{where}.expect", f"{expect_raw!r}: want one of STRICT, PERMISSIVE, DISABLE, NONE"
-        )
+        host = syntax.hostname(raw["host"])
+    except ValueError as exc:
+        raise fail(f"{where}.host", str(exc)) from None
+    try:
+        port = syntax.port(raw.get("port"))
+    except ValueError as exc:
+        raise fail(f"{where}.port", str(exc)) from None
+    expect = _enum_field(raw.get("expect"), f"{where}.expect", Expect, fail)
     raw_eps = raw.get("endpoints", [])
     if raw_eps is None:
         raw_eps = []
     if not isinstance(raw_eps, list):
-        raise fail(f"{where}.endpoints", "must be a list of host:port strings")
+        raise fail(f"{where}.endpoints", "must be a list of IP:port strings")
     endpoints: list[Endpoint] = []
     for j, ep in enumerate(raw_eps):
-        if not isinstance(ep, str):
-            raise fail(f"{where}.endpoints[{j}]", f"{ep!r} must be a host:port string")
         try:
-            endpoints.append(Endpoint.parse(ep))
+            endpoints.append(Endpoint(*syntax.endpoint(ep)))
         except ValueError as exc:
             raise fail(f"{where}.endpoints[{j}]", str(exc)) from None
     identity = raw.get("identity")
     if identity is not None:
-        identity = _spiffe_field(identity, f"{where}.identity", fail)
-    proto_raw = raw.get("protocol", "http")
-    try:
-        protocol = Protocol(str(proto_raw).lower())
-    except ValueError:
-        raise fail(f"{where}.protocol", f"{proto_raw!r}: want http or tcp") from None
+        identity = _spiffe_field(identity, f"{where}.identity", fail, trust_domain)
+    protocol = _enum_field(raw.get("protocol", "http"), f"{where}.protocol", Protocol, fail)
     echo = raw.get("echo", False)
     if not isinstance(echo, bool):
-        raise fail(f"{where}.echo", f"{echo!r}: want true or false")
+        raise fail(f"{where}.echo", f"{bounded(echo)}: want true or false")
     echo_path = raw.get("echoPath")
     if echo_path is not None and not _is_request_path(echo_path):
         raise fail(
@@ -369,7 +403,7 @@ def _control_to_dict(c: Control) -> dict[str, Any]:
     return {"name": body.pop("name"), "kind": c.kind.value, **body}
 
 
-def _parse_controls(raw: object, fail: Any) -> tuple[Control, ...]:
+def _parse_controls(raw: object, fail: Any, trust_domain: str | None = None) -> tuple[Control, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -394,10 +428,10 @@ def _parse_controls(raw: object, fail: Any) -> tuple[Control, ...]:
         kind_raw = item.get("kind")
         kind = next((k for k in ControlKind if k.value == kind_raw), None)
         if kind is None:
-            raise fail(f"{where}.kind", f"{reprlib.repr(kind_raw)}: want plaintext or mesh")
+            raise fail(f"{where}.kind", f"{bounded(kind_raw)}: want plaintext or mesh")
         body = {k: v for k, v in item.items() if k != "kind"}
         body.setdefault("expect", _CONTROL_EXPECT[kind].value)
-        t = _parse_target(body, i, in_controls)
+        t = _parse_target(body, i, in_controls, trust_domain=trust_domain)
         problem = _control_problem(kind, t)
         if problem is not None:
             raise fail(f"{where}.{problem[0]}", problem[1])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from probe.results import Result, Verdict, summarize
+from probe.textsafe import escape
 
 FORMATS = ("table", "json", "jsonl", "junit")
 
@@ -17,9 +19,11 @@ _COLOURS = {
     Verdict.SKIP: "\033[2m",
 }
 _RESET = "\033[0m"
-# Reasons quote what servers sent (status lines, alerts): on a terminal, control
-# characters would drive it; in XML 1.0 most of them are not even allowed.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # + lone surrogates (JSON \\udXXX)
+# Names and reasons quote what files and servers sent (status lines, alerts, SANs).
+# On a terminal a control character would drive it and U+2028/U+2029 break lines;
+# lone surrogates are not UTF-8 at all; in XML 1.0 most control characters are not
+# allowed. Each format escapes what it cannot carry as ``\xNN``/``\uNNNN`` text.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NOT_XML = re.compile(r"[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -29,11 +33,29 @@ def _escape(m: re.Match[str]) -> str:
 
 
 def _visible(text: str) -> str:
-    return _CONTROL.sub(_escape, text)
+    """For the table: one line, nothing that drives or breaks a terminal."""
+    return escape(text)
 
 
 def _xml_safe(text: str) -> str:
     return _NOT_XML.sub(_escape, text)
+
+
+def utf8_safe(value: Any) -> Any:
+    """``value`` (a JSON-able tree) with lone surrogates in its strings written as
+    ``\\udXXX`` text, so ``json.dumps`` never emits an unpaired ``\\ud800`` escape:
+    the output is strict UTF-8 whatever a server or a file put in a name."""
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub(_escape, value)
+    if isinstance(value, dict):
+        return {utf8_safe(k): utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [utf8_safe(v) for v in value]
+    return value
+
+
+def _json_default(value: object) -> str:
+    return str(utf8_safe(str(value)))
 
 
 def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
@@ -49,13 +71,14 @@ def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
 
 
 def render_json(results: Sequence[Result]) -> str:
-    doc = {"results": [r.to_dict() for r in results], "summary": summarize(results)}
-    return json.dumps(doc, indent=2, default=str) + "\n"
+    doc = {"results": [utf8_safe(r.to_dict()) for r in results], "summary": summarize(results)}
+    return json.dumps(doc, indent=2, default=_json_default) + "\n"
 
 
 def render_jsonl(results: Sequence[Result]) -> str:
     return "".join(
-        json.dumps(r.to_dict(), default=str, separators=(",", ":")) + "\n" for r in results
+        json.dumps(utf8_safe(r.to_dict()), default=_json_default, separators=(",", ":")) + "\n"
+        for r in results
     )
 
 
@@ -73,7 +96,7 @@ def render_table(
             _visible(r.check),
             _visible(r.target),
             _visible(r.endpoint or "-"),
-            _truncate(_visible(r.reason.replace("\n", " ")), reason_width),
+            _truncate(_visible(" ".join(r.reason.split("\n"))), reason_width),
         )
         for r in results
     ]
@@ -106,7 +129,7 @@ def render_junit(results: Sequence[Result]) -> str:
         name = r.target if r.endpoint is None else f"{r.target} {r.endpoint}"
         case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
-        detail = json.dumps(r.to_dict(), indent=2, default=str)
+        detail = json.dumps(utf8_safe(r.to_dict()), indent=2, default=_json_default)
         if r.verdict is Verdict.FAIL:
             fail = Failure(_xml_safe(r.reason), type_="fail")
             fail.text = detail

@@ -206,7 +206,6 @@ def test_shards_over_ready_agent_pods_and_records_its_api_calls(
         "/api/v1/namespaces/istio-system/configmaps/istio-ca-root-cert",
         f"/api/v1/namespaces/{AGENT_NS}/pods",
         "/api/v1/namespaces/ns-a",
-        "/api/v1/namespaces/ns-a/configmaps/istio-ca-root-cert",
         "/api/v1/namespaces/ns-a/pods",
         "/api/v1/namespaces/ns-a/services",
         "/apis/discovery.k8s.io/v1/namespaces/ns-a/endpointslices",

@@ -197,6 +197,10 @@ def test_discovery_calls_are_allowed_for_orchestrator_and_agent(options: Options
         for verb, group, resource, ns, name in calls:
             if resource == "configmaps" and name is None:
                 pytest.fail(f"discovery lists configmaps ({ns}): widen the RBAC knowingly")
+            # The rule is cluster-wide by name (istiod's namespace is a flag), but both
+            # ConfigMaps are read only there: a tenant's istio-ca-root-cert never is.
+            if resource == "configmaps":
+                assert ns == "istio-system" and name in ("istio", "istio-ca-root-cert"), (ns, name)
             assert allowed(subjects[sa], verb, group, resource, ns, name), (
                 sa,
                 verb,
@@ -268,3 +272,40 @@ def test_agent_peer_listing_is_allowed_for_the_agent() -> None:
     rules = rules_by_subject(render("overlays/continuous"))["mtlsprobe-agent"]
     for verb, group, resource, ns, name in calls:
         assert allowed(rules, verb, group, resource, ns, name), (verb, group, resource, ns, name)
+
+
+def test_probe_sidecars_keep_the_outbound_cluster_stats(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Every probe pod with a sidecar asks Istio (ProxyConfig ``proxyStatsMatcher``) to keep
+    the ``cluster.outbound`` counters the mesh check reads (probe/clusterstats.py): the
+    sidecar agent DaemonSet here, and the `run` Jobs (jobs/jobspec.py), with one value."""
+    from jobs.jobspec import PROBE_PROXY_CONFIG, ROLES, RunSpec, job
+
+    def meta(o: dict[str, Any]) -> dict[str, Any]:
+        spec = o["spec"]["jobTemplate"]["spec"] if o["kind"] == "CronJob" else o["spec"]
+        return spec["template"]["metadata"]  # type: ignore[no-any-return]
+
+    injected = [
+        o
+        for o in all_objects(rendered)
+        if o["kind"] in POD_KINDS
+        and meta(o).get("labels", {}).get("sidecar.istio.io/inject") == "true"
+    ]
+    probes = [o for o in injected if o["metadata"]["name"].startswith("mtlsprobe-agent")]
+    assert {o["metadata"]["name"] for o in probes} == {"mtlsprobe-agent-sidecar"}
+    for obj in probes:
+        annotations = meta(obj)["annotations"]
+        assert yaml.safe_load(annotations["proxy.istio.io/config"]) == PROBE_PROXY_CONFIG
+        # Not the deprecated annotation: when set, Istio uses it instead of ProxyConfig's.
+        assert "sidecar.istio.io/statsInclusionPrefixes" not in annotations
+    owner = {"metadata": {"name": "mtlsprobe-x", "uid": "u"}}
+    spec = RunSpec(run_id="x", image="img")
+    for role in ROLES:
+        tmpl = job(spec, OWN_NS, role, role.checks, owner)["spec"]["template"]["metadata"]
+        got = tmpl["annotations"].get("proxy.istio.io/config")
+        if role.sidecar:
+            assert got is not None and yaml.safe_load(got) == PROBE_PROXY_CONFIG
+        else:
+            assert got is None  # no sidecar, nothing to configure
+    assert "cluster.outbound" in PROBE_PROXY_CONFIG["proxyStatsMatcher"]["inclusionPrefixes"]

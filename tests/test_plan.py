@@ -393,9 +393,12 @@ def test_no_ready_endpoints_and_foreign_slice_endpoints() -> None:
             "endpoints": [{"addresses": ["192.0.2.7"], "conditions": {"ready": True}}],
         },
     )
-    plan = build_plan(snap)
-    t = _by_name(plan)
-    assert t["shop/a:80"].endpoints == () and t["shop/a:80"].expect == Expect.STRICT
-    assert t["shop/ext:443"].endpoints == () and t["shop/ext:443"].protocol == Protocol.TCP
+    plan = build_plan(snap, ["strict"])
+    # Issue 17 rule 2: a port with nothing probed behind it is not a target at all,
+    # and its compliance result is never pass.
+    assert _by_name(plan) == {}
     reasons = " | ".join(r.reason for r in plan.findings)
-    assert "no ready endpoints" in reasons and "without a known Pod" in reasons
+    assert "no running, ready pod matches the selector" in reasons
+    assert "no targetRef Pod" in reasons
+    req = {r.target: r.verdict for r in plan.findings if r.check == "require-strict"}
+    assert req == {"shop/a:80": Verdict.ERROR, "shop/ext:443": Verdict.FAIL}

@@ -14,13 +14,10 @@ from jobs.policy import (
     DrTls,
     Outcome,
     PeerAuthIndex,
-    ambient_enrolled,
     client_view,
     expect_for,
-    has_sidecar,
     port_protocol,
     resolve_target_port,
-    would_inject,
 )
 from probe.model import Expect, Protocol
 from tests.kubebuild import dest_rule, peer_auth, pod
@@ -267,76 +264,6 @@ def test_ignored_and_shadowed_policies_are_reported() -> None:
 
 
 # ---- sidecars, injection, ambient ------------------------------------------------------------
-
-
-def _bare(**kw: Any) -> dict[str, Any]:
-    return pod("p", "shop", sidecar=False, **kw)
-
-
-@pytest.mark.parametrize(
-    ("desc", "obj", "want"),
-    [
-        ("status annotation", _bare(annotations={"sidecar.istio.io/status": "{}"}), True),
-        ("istio-proxy container", pod("p", "shop"), True),
-        (
-            "native sidecar init container",
-            {
-                **_bare(),
-                "spec": {
-                    "containers": [{"name": "app"}],
-                    "initContainers": [{"name": "istio-proxy", "restartPolicy": "Always"}],
-                },
-            },
-            True,
-        ),
-        (
-            "istio-proxy init container without restartPolicy Always (istio-init style)",
-            {
-                **_bare(),
-                "spec": {
-                    "containers": [{"name": "app"}],
-                    "initContainers": [{"name": "istio-proxy"}],
-                },
-            },
-            False,
-        ),
-        (
-            "tlsMode label alone is not a sidecar",
-            _bare(labels={"security.istio.io/tlsMode": "istio"}),
-            False,
-        ),
-        ("nothing", _bare(), False),
-    ],
-)
-def test_has_sidecar(desc: str, obj: dict[str, Any], want: bool) -> None:
-    assert has_sidecar(obj) is want, desc
-
-
-@pytest.mark.parametrize(
-    ("ns_labels", "pod_labels", "want"),
-    [
-        ({"istio-injection": "enabled"}, {}, True),
-        ({"istio-injection": "enabled"}, {"sidecar.istio.io/inject": "false"}, False),
-        ({"istio.io/rev": "canary"}, {}, True),
-        ({"istio-injection": "disabled"}, {"sidecar.istio.io/inject": "true"}, False),
-        ({}, {"sidecar.istio.io/inject": "true"}, True),
-        ({}, {}, False),
-    ],
-)
-def test_would_inject(ns_labels: dict[str, str], pod_labels: dict[str, str], want: bool) -> None:
-    assert would_inject(_bare(labels=pod_labels), ns_labels) is want
-
-
-def test_ambient_enrollment_needs_label_and_redirection() -> None:
-    redirected = {"ambient.istio.io/redirection": "enabled"}
-    amb = {"istio.io/dataplane-mode": "ambient"}
-    assert ambient_enrolled(_bare(annotations=redirected), amb)
-    assert ambient_enrolled(_bare(labels=amb, annotations=redirected), {})
-    assert not ambient_enrolled(_bare(), amb), "labelled but not redirected"
-    assert not ambient_enrolled(
-        _bare(labels={"istio.io/dataplane-mode": "none"}, annotations=redirected), amb
-    ), "pod opted out"
-    assert not ambient_enrolled(pod("p", "shop", annotations=redirected), amb), "has a sidecar"
 
 
 def test_expect_without_a_proxy_is_none() -> None:

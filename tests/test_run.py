@@ -60,6 +60,8 @@ def _cluster(
             kb.namespace("mtlsprobe"),
             kb.namespace("ns-a"),
             kb.namespace("ns-b"),
+            # Trusted only from istiod's namespace (jobs.meshroot); the pods mount their own.
+            kb.configmap("istio-ca-root-cert", "istio-system", {"root-cert.pem": root}),
             kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
             kb.configmap("istio-ca-root-cert", "ns-a", {"root-cert.pem": root}),
             kb.service("echo", "ns-a", {"app": "echo"}, [kb.sport(80, port)]),
@@ -137,6 +139,7 @@ def test_happy_path_jobs_specs_report_and_cleanup(
         assert spec["ttlSecondsAfterFinished"] > 0
         pod = spec["template"]["spec"]
         tpl_labels = spec["template"]["metadata"]["labels"]
+        tpl_annotations = spec["template"]["metadata"].get("annotations") or {}
         assert tpl_labels[LABEL_RUN] == run_id
         psc = pod["securityContext"]
         assert psc["runAsNonRoot"] is True and isinstance(psc["runAsUser"], int)
@@ -165,8 +168,13 @@ def test_happy_path_jobs_specs_report_and_cleanup(
             assert tpl_labels["sidecar.istio.io/inject"] == "true"
             assert c["args"][c["args"].index("--checks") + 1] == "mesh,xfcc-spoof"
             assert "--wait-for-sidecar" in c["args"] and "--quit-sidecar" in c["args"]
+            # Istio keeps the outbound cluster stats the mesh check reads (ProxyConfig).
+            pc = yaml.safe_load(tpl_annotations["proxy.istio.io/config"])
+            assert "cluster.outbound" in pc["proxyStatsMatcher"]["inclusionPrefixes"]
+            assert pc["holdApplicationUntilProxyStarts"] is True
         else:
             assert tpl_labels["sidecar.istio.io/inject"] == "false"
+            assert "proxy.istio.io/config" not in tpl_annotations
             assert c["args"][c["args"].index("--checks") + 1] == PLAIN
             assert "--wait-for-sidecar" not in c["args"]
         assert "completionMode" not in spec  # one endpoint: no sharding
@@ -203,6 +211,46 @@ def test_rendered_targets_configmap(env: Env, capsys: pytest.CaptureFixture[str]
     assert doc["source"]["identity"] == "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
     assert doc["rootCertFile"] == "/etc/mtlsprobe/root/root-cert.pem"
     assert doc["targets"][0]["name"] == "ns-a/echo:80"
+
+
+def test_istio_namespace_names_the_control_plane_run_reads(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run --istio-namespace/--revision` mean what they mean for `plan`: the mesh config
+    and the mesh root are read there, and nowhere else."""
+    env.kube.add_all(
+        [
+            kb.namespace("istio-control"),
+            kb.configmap("istio-canary", "istio-control", {"mesh": "trustDomain: control.org\n"}),
+            kb.configmap(
+                "istio-ca-root-cert",
+                "istio-control",
+                {"root-cert.pem": CertificateAuthority.create_root().root_pem().decode()},
+            ),
+        ]
+    )
+    cms: list[dict[str, Any]] = []
+    original = env.kube.behaviour
+
+    def spy(job: dict[str, Any], index: int) -> str:
+        cms.extend(
+            o
+            for o in env.kube.objects("configmaps")
+            if LABEL_RUN in (o["metadata"].get("labels") or {})
+        )
+        return original(job, index)
+
+    env.kube.behaviour = spy
+    flags = ["--istio-namespace", "istio-control", "--revision", "canary"]
+    run(env, capsys, "--checks", "plaintext", "--deadline", "20", *flags)
+    doc = yaml.safe_load(cms[0]["data"]["targets.yaml"])
+    assert doc["source"]["identity"] == "spiffe://control.org/ns/mtlsprobe/sa/mtlsprobe"
+    assert doc["rootCertFile"] == "/etc/mtlsprobe/root/root-cert.pem"
+    read = {c.path for c in env.kube.calls if c.method == "GET" and "/configmaps/" in c.path}
+    assert read == {
+        "/api/v1/namespaces/istio-control/configmaps/istio-canary",
+        "/api/v1/namespaces/istio-control/configmaps/istio-ca-root-cert",
+    }
 
 
 @pytest.mark.parametrize(

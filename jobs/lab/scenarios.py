@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from probe import yamlload
 from probe.results import Result, Verdict
+from probe.textsafe import line
 
 LAB_API = "lab.mtlsprobe.dev/v1"
 LAB_KIND = "LabScenario"
@@ -99,12 +99,12 @@ def _split(raw: Iterable[object], origin: str) -> _Parts:
 
 
 def _load_yaml(text: str, origin: str) -> _Parts:
+    from jobs.manifests import MANIFEST_LIMITS
+
     try:
-        return _split(yaml.safe_load_all(text), origin)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ScenarioError(f"{origin}: invalid YAML{where}") from None
+        return _split(yamlload.load_all(text, MANIFEST_LIMITS), origin)
+    except yamlload.YamlLoadError as exc:
+        raise ScenarioError(f"{origin}: {exc}") from None
 
 
 def _expectation(raw: object, origin: str, i: int) -> Expectation:
@@ -168,17 +168,18 @@ def builtin(name: str) -> Scenario:
 def from_files(paths: Sequence[Path]) -> Scenario:
     """A user's own manifests (one or more files), optionally with a LabScenario document."""
     merged = _Parts()
+    from jobs.manifests import MANIFEST_LIMITS
+
     for path in paths:
+        origin = line(str(path), 300)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ScenarioError(f"{path}: not UTF-8 text") from None
-        parts = _load_yaml(text, str(path))
+            text = yamlload.read_text(path, MANIFEST_LIMITS.max_bytes)
+        except yamlload.YamlLoadError as exc:
+            raise ScenarioError(f"{origin}: {exc}") from None
+        parts = _load_yaml(text, origin)
         if parts.lab is not None:
             if merged.lab is not None:
-                raise ScenarioError(f"{path}: a second {LAB_KIND} document")
+                raise ScenarioError(f"{origin}: a second {LAB_KIND} document")
             merged.lab = parts.lab
         merged.docs.extend(parts.docs)
     if not merged.docs:

@@ -1,0 +1,156 @@
+"""Sidecars as Istio's injector decides them, and whether a pod really has one.
+
+Pure functions over raw pod and namespace bodies. Sources followed (istio/istio):
+
+- ``pkg/kube/inject/inject.go`` ``injectRequired``: host-network pods and the
+  ``IgnoredNamespaces`` of ``pkg/kube/inject/webhook.go`` (kube-system, kube-public,
+  kube-node-lease, local-path-storage) are never injected; the pod's
+  ``sidecar.istio.io/inject`` *label* is read, else the (deprecated) annotation of
+  the same name; the value is lower-cased and only ``y``, ``yes``, ``true``, ``on``
+  mean inject, an empty or absent value means the policy default (``enabled`` in
+  every stock install), anything else means do not inject.
+- ``manifests/charts/istio-control/istio-discovery/templates/mutatingwebhook.yaml``:
+  which webhook the API server calls at all. Namespace ``istio-injection=enabled``
+  (exact value) or, when that label is absent, namespace ``istio.io/rev``: every pod
+  whose *label* ``sidecar.istio.io/inject`` is not exactly ``false``. In a namespace
+  with neither label: pods labelled ``istio.io/rev``, or labelled
+  ``sidecar.istio.io/inject=true`` (exact value). ``istio-injection`` with any other
+  value (``disabled``) matches no webhook. Label selectors compare exact strings,
+  so ``"False"`` reaches the webhook, which then lower-cases it and skips injection.
+- ``pkg/kube/inject/inject.go`` (``IntoObject``) and the sidecar templates: an
+  injected pod runs a container named ``istio-proxy`` - or, with native sidecars,
+  an init container of that name with ``restartPolicy: Always``. The
+  ``sidecar.istio.io/status`` annotation is only a record the injector writes; it
+  is copied along with templates and says nothing about what runs.
+
+Not modelled (not discoverable without reading the injector's ConfigMap and
+webhook configurations): ``neverInjectSelector`` / ``alwaysInjectSelector``, an
+``enableNamespacesByDefault`` install, and whether the named revision exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jobs.objects import KubeObject, annotations_of, labels_of, namespace, spec
+
+INJECT_KEY = "sidecar.istio.io/inject"  # label (current API) and annotation (deprecated)
+REVISION_LABEL = "istio.io/rev"
+NAMESPACE_INJECTION_LABEL = "istio-injection"
+SIDECAR_STATUS = "sidecar.istio.io/status"
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+DATAPLANE_MODE = "istio.io/dataplane-mode"
+AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
+PROXY_NAME = "istio-proxy"
+# pkg/kube/inject/webhook.go IgnoredNamespaces.
+NEVER_INJECTED_NAMESPACES = frozenset(
+    {"kube-system", "kube-public", "kube-node-lease", "local-path-storage"}
+)
+# inject.go injectRequired: strings.ToLower(value) in these (yaml.org/type/bool.html).
+_INJECT_WORDS = frozenset({"y", "yes", "true", "on"})
+
+
+def has_sidecar(pod: Mapping[str, Any]) -> bool:
+    """A proxy runs next to the app: container ``istio-proxy``, or the native-sidecar
+    init container ``istio-proxy`` with ``restartPolicy: Always``. Annotations and
+    labels alone never count: anyone can copy them."""
+    s = spec(pod)
+    for c in s.get("containers") or ():
+        if type(c) is dict and c.get("name") == PROXY_NAME:
+            return True
+    for c in s.get("initContainers") or ():
+        if type(c) is dict and c.get("name") == PROXY_NAME and c.get("restartPolicy") == "Always":
+            return True
+    return False
+
+
+def inject_choice(pod: Mapping[str, Any]) -> bool | None:
+    """The pod's own choice as ``injectRequired`` reads it: True (inject), False (do
+    not), None (no choice: the injector's default policy applies). The label wins
+    over the annotation when present, even when empty."""
+    labels = labels_of(pod)
+    raw: object = (
+        labels[INJECT_KEY] if INJECT_KEY in labels else annotations_of(pod).get(INJECT_KEY)
+    )
+    value = raw if isinstance(raw, str) else ""
+    if value == "":
+        return None
+    return value.lower() in _INJECT_WORDS
+
+
+def webhook_called(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
+    """Whether one of the stock injection webhooks' selectors matches the pod at all
+    (mutatingwebhook.yaml: namespace., object., rev.namespace., rev.object.)."""
+    labels = labels_of(pod)
+    opted_out = labels.get(INJECT_KEY) == "false"  # NotIn ["false"]: exact, labels only
+    if NAMESPACE_INJECTION_LABEL in ns_labels:
+        return ns_labels[NAMESPACE_INJECTION_LABEL] == "enabled" and not opted_out
+    # A revision label names the revision's webhook (``In [<rev>]``); an empty one names
+    # none, and its mere presence still keeps the default webhooks away (DoesNotExist).
+    if REVISION_LABEL in ns_labels:
+        return ns_labels[REVISION_LABEL] != "" and not opted_out
+    if REVISION_LABEL in labels:
+        return labels[REVISION_LABEL] != "" and not opted_out
+    return labels.get(INJECT_KEY) == "true"
+
+
+def would_inject(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
+    """Whether Istio would add a sidecar to this pod when it is created (stock
+    install, default policy ``enabled``)."""
+    if spec(pod).get("hostNetwork") is True:
+        return False
+    if namespace(pod) in NEVER_INJECTED_NAMESPACES:
+        return False
+    if not webhook_called(pod, ns_labels):
+        return False
+    choice = inject_choice(pod)
+    return True if choice is None else choice
+
+
+def injected(pod: KubeObject) -> KubeObject:
+    """A copy of ``pod`` as the injector leaves it: the proxy container, the status
+    annotation and the ``security.istio.io/tlsMode: istio`` label auto-mTLS reads."""
+    out = dict(pod)
+    md = dict(out.get("metadata") or {})
+    md["annotations"] = {**annotations_of(pod), SIDECAR_STATUS: '{"containers":["istio-proxy"]}'}
+    md["labels"] = {**labels_of(pod), TLS_MODE_LABEL: "istio"}
+    out["metadata"] = md
+    s = dict(spec(pod))
+    s["containers"] = [*(s.get("containers") or []), {"name": PROXY_NAME, "image": "proxyv2"}]
+    out["spec"] = s
+    return out
+
+
+def already_admitted(pod: Mapping[str, Any]) -> bool:
+    """A pod body read back from a cluster (a uid, or addresses the kubelet wrote):
+    it went through admission already, so injection must not be applied again -
+    that keeps ``--from-manifests`` on a dump of a cluster equal to the live plan."""
+    status = pod.get("status")
+    if isinstance(status, dict) and (status.get("podIP") or status.get("podIPs")):
+        return True
+    md = pod.get("metadata")
+    return isinstance(md, dict) and bool(md.get("uid"))
+
+
+def as_created(pod: KubeObject, ns_labels: Mapping[str, str]) -> KubeObject:
+    """``pod`` as the API server would store it after the injection webhook."""
+    if not isinstance(pod.get("spec"), dict) or already_admitted(pod) or has_sidecar(pod):
+        return pod
+    return injected(pod) if would_inject(pod, ns_labels) else pod
+
+
+def ambient_labeled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
+    pod_mode = labels_of(pod).get(DATAPLANE_MODE)
+    if pod_mode is not None:
+        return pod_mode == "ambient"
+    return ns_labels.get(DATAPLANE_MODE) == "ambient"
+
+
+def ambient_enrolled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
+    """Captured by ztunnel: labelled ambient and redirected by istio-cni, no sidecar."""
+    return (
+        ambient_labeled(pod, ns_labels)
+        and annotations_of(pod).get(AMBIENT_REDIRECTION) == "enabled"
+        and not has_sidecar(pod)
+    )
