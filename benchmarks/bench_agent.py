@@ -25,7 +25,9 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.lab.addresses import acquire_slot
@@ -34,6 +36,9 @@ from jobs.lab.runner import write_targets
 from jobs.lab.runtime import Lab
 from jobs.lab.scenarios import generated
 from probe.model import Source
+
+if TYPE_CHECKING:
+    from probe.pki import KeyType
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -139,6 +144,66 @@ def run_agent(
     return samples
 
 
+@contextlib.contextmanager
+def strict_targets(pods: int, endpoints: int, key_type: KeyType, workdir: Path) -> Iterator[Path]:
+    """``endpoints`` sidecar-less-probed STRICT endpoints on one real Envoy: ``pods``
+    listeners (tests/strict_envoy.py), target i on listener i mod pods. Every check is a
+    real connection and handshake; the agent cannot tell a reused listener from a pod."""
+    from benchmarks.bench_checks import PORT, TD, identity, targets_file
+    from probe.model import Endpoint
+    from probe.pki import CertificateAuthority
+    from tests.strict_envoy import Pod, strict_envoy
+
+    ca = CertificateAuthority.create_root(TD, key_type="rsa")
+    root = workdir / "root-cert.pem"
+    root.write_bytes(ca.root_pem())
+
+    def make(slot: Any) -> list[Pod]:
+        return [
+            Pod(Endpoint(slot.pod_ip(i), PORT), ca.issue_workload(identity(i), key_type=key_type))
+            for i in range(pods)
+        ]
+
+    with strict_envoy(make, root, TD, workdir, concurrency=1) as (_, started):
+        tf = targets_file([started[i % pods] for i in range(endpoints)], root)
+        # Same identity per listener: target i expects listener (i mod pods)'s SVID.
+        tf = replace(
+            tf,
+            targets=tuple(
+                replace(t, identity=identity(i % pods)) for i, t in enumerate(tf.targets)
+            ),
+        )
+        path = workdir / f"targets-{endpoints}.yaml"
+        path.write_text(yaml.safe_dump(tf.to_dict(), sort_keys=False), encoding="utf-8")
+        yield path
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    """Plain agent at ``--endpoints`` on one real Envoy: CPU per endpoint per round,
+    round wall time, RSS at rounds 1, 2, ... ``--scale-rounds``."""
+    marks = list(range(1, args.scale_rounds + 1))
+    with (
+        tempfile.TemporaryDirectory(prefix="mtlsprobe-bench-agent-") as wd,
+        strict_targets(args.envoy_pods, args.endpoints, args.key_type, Path(wd)) as t,
+    ):
+        print(f"load average {os.getloadavg()}", flush=True)
+        s = run_agent(t, "plain", 0.1, marks, args.concurrency)
+    print("| round | round wall | agent CPU this round | CPU per endpoint | RSS | load |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    prev = None
+    for x in s:
+        if prev is not None:
+            cpu = (x.cpu_s - prev.cpu_s) / max(1, x.rounds - prev.rounds)
+            print(
+                f"| {x.rounds} | {x.round_s:.1f} s | {cpu:.1f} s | "
+                f"{cpu / args.endpoints * 1000:.2f} ms | {x.rss_mib:.0f} MiB | "
+                f"{os.getloadavg()[0]:.1f} |",
+                flush=True,
+            )
+        prev = x
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--workloads", type=int, default=1000)
@@ -147,7 +212,17 @@ def main() -> int:
     p.add_argument("--leak-rounds", type=int, default=500)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--append", type=Path, help="append the results to this Markdown file")
+    p.add_argument(
+        "--endpoints",
+        type=int,
+        help="instead of the lab: this many plain endpoints on one real STRICT Envoy "
+        "(--envoy-pods listeners), CPU and RSS per round",
+    )
+    p.add_argument("--envoy-pods", type=int, default=200)
+    p.add_argument("--key-type", choices=["rsa", "ec"], default="rsa")
     args = p.parse_args()
+    if args.endpoints:
+        return scale_main(args)
 
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mtlsprobe-bench-agent-") as wd:

@@ -244,6 +244,8 @@ def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
 
 
 def _export_telemetry(results: list[Result], targets: TargetsFile) -> None:
+    if not any(k.startswith("OTEL_") for k in os.environ):
+        return  # OTLP is configured by OTEL_* only: skip importing telemetry (logging)
     from probe import telemetry
 
     if telemetry.enabled():

@@ -27,8 +27,10 @@ import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from probe.model import Endpoint, Target, TargetsFile
+if TYPE_CHECKING:  # not at run time: ``check --help`` adds our flags without the YAML stack
+    from probe.model import Endpoint, Target, TargetsFile
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 

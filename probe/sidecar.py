@@ -11,7 +11,6 @@ for classic sidecars. Plain HTTP on localhost; no Kubernetes here.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import threading
 import time
@@ -59,6 +58,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 def _request(method: str, url: str, timeout: float) -> int:
     """One request; the HTTP status. Raises OSError / HTTPException on transport failure."""
+    import http.client  # only with --wait-for-sidecar/--quit-sidecar: ~20 ms of start-up
+
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(
         parts.hostname or "localhost", parts.port or 80, timeout=timeout
@@ -73,6 +74,12 @@ def _request(method: str, url: str, timeout: float) -> int:
         return resp.status
     finally:
         conn.close()
+
+
+def _http_exception() -> type[Exception]:
+    import http.client  # lazily, as in _request
+
+    return http.client.HTTPException
 
 
 def wait_ready(
@@ -95,7 +102,7 @@ def wait_ready(
             if status == 200:
                 return None
             last = f"HTTP {status}"
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, _http_exception()) as exc:
             last = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
         stop.wait(max(0.0, min(interval, deadline - time.monotonic())))
 
@@ -105,7 +112,7 @@ def quit_sidecar(url: str, timeout: float = 3.0) -> str | None:
     the probe's verdicts do not depend on it, the Job's completion does)."""
     try:
         status = _request("POST", url, timeout=timeout)
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, _http_exception()) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None if 200 <= status < 300 else f"HTTP {status}"
 

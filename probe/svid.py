@@ -8,6 +8,7 @@ read (malformed or duplicate extensions) becomes a violation naming it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,7 +113,7 @@ def verify_chain(
     try:
         store = crypto.X509Store()
         for root in roots:
-            store.add_cert(crypto.X509.from_cryptography(root))
+            store.add_cert(_openssl_root(root))
         store.set_time(now)
         untrusted = [crypto.X509.from_cryptography(c) for c in presented[:MAX_CHAIN] if c != leaf]
         target = crypto.X509.from_cryptography(leaf)
@@ -131,6 +132,13 @@ def verify_chain(
 
 
 LEAF_TIME = "the leaf is outside its validity period"
+
+
+@functools.lru_cache(maxsize=64)
+def _openssl_root(root: x509.Certificate) -> crypto.X509:
+    """A trust anchor converted to pyOpenSSL once per process, not once per check (the
+    bundle is the same for every check of a run; certificates hash and compare by DER)."""
+    return crypto.X509.from_cryptography(root)
 
 
 def _subject(cert: crypto.X509) -> str:

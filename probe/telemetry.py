@@ -252,14 +252,27 @@ class Telemetry:
         targets: TargetsFile | None = None,
     ) -> str:
         """Record one run: a trace (root + a span per result) and the metrics.
-        Returns the trace id (hex). Export happens in the background and on
-        ``flush``/``shutdown``. ``targets`` adds destination SPIFFE IDs/addresses."""
+        Returns the trace id (hex; empty when no span exporter is set). Export happens
+        in the background and on ``flush``/``shutdown``. ``targets`` adds destination
+        SPIFFE IDs/addresses."""
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 
         from probe import telemetry_attrs as ta
 
         by_name = ta.targets_by_name(targets)
+        # One counter add per distinct label set, not per result: same sums, and the
+        # agent records tens of thousands of results a round.
+        counts: dict[tuple[tuple[str, str], ...], int] = {}
+        for r in results:
+            key = tuple(ta.check_labels(r, by_name.get(r.target), source_identity).items())
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
+            self.checks_counter.add(n, dict(key))
+        self._expiry = ta.certificate_expiry(results, by_name, source_identity)
+        if not self.traces_enabled:
+            # No exporter: spans would be built, attributes cleaned, and dropped.
+            return ""
         now = time.time_ns()
         # Skips and interrupted results have no start: they are instants at their end.
         times = [(r.start_ns or r.end_ns or now, max(r.start_ns, r.end_ns) or now) for r in results]
@@ -284,8 +297,6 @@ class Telemetry:
                 )
                 bad += 1
             span.end(end_time=max(start, end))
-            self.checks_counter.add(1, ta.check_labels(r, target, source_identity))
-        self._expiry = ta.certificate_expiry(results, by_name, source_identity)
         if bad:
             root.set_status(Status(StatusCode.ERROR, f"{bad} checks failed or could not observe"))
         root.end(end_time=max((max(s, e) for s, e in times), default=now))
