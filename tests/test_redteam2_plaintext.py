@@ -26,7 +26,7 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 @contextmanager
 def _resetting(
     family: socket.AddressFamily, host: str, banner: bytes
-) -> Iterator[tuple[Endpoint, threading.Event]]:
+) -> Iterator[tuple[Endpoint, threading.Event, threading.Event]]:
     """Accepts one connection, writes ``banner`` without reading anything, then RSTs
     (SO_LINGER 0). ``done`` is set once the RST went out, so the client's request is
     written only after it: deterministic, no timing."""
@@ -34,9 +34,11 @@ def _resetting(
     lsock.bind((host, 0))
     lsock.listen(1)
     done = threading.Event()
+    connected = threading.Event()
 
     def run() -> None:
         conn, _ = lsock.accept()
+        connected.wait(5)  # reset only once the client's connect returned
         if banner:
             conn.sendall(banner)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER0)
@@ -46,7 +48,7 @@ def _resetting(
     t = threading.Thread(target=run, daemon=True)
     t.start()
     try:
-        yield Endpoint(host=host, port=lsock.getsockname()[1]), done
+        yield Endpoint(host=host, port=lsock.getsockname()[1]), connected, done
     finally:
         lsock.close()
         t.join(5)
@@ -63,8 +65,9 @@ def _families() -> list[tuple[socket.AddressFamily, str]]:
     return out
 
 
-def _talk(endpoint: Endpoint, done: threading.Event) -> netio.Reply:
+def _talk(endpoint: Endpoint, connected: threading.Event, done: threading.Event) -> netio.Reply:
     sock = netio.connect(endpoint, 2.0)
+    connected.set()
     try:
         assert done.wait(5)
         return netio.converse(sock, REQUEST, endpoint, 2.0, decided=lambda d: decided(d, True))
@@ -79,8 +82,8 @@ def test_bytes_sent_before_a_reset_that_hits_our_send_are_kept(
     # A server-first app (a banner, a partial status line) that then resets: the reset
     # reaches us while we write the request, but its bytes already sit in our receive
     # queue. Dropping them turns an accepting app into Envoy's "refused" signature.
-    with _resetting(family, host, b"HTTP/1.1 2") as (endpoint, done):
-        reply = _talk(endpoint, done)
+    with _resetting(family, host, b"HTTP/1.1 2") as (endpoint, connected, done):
+        reply = _talk(endpoint, connected, done)
     assert reply.data == b"HTTP/1.1 2"
     assert reply.ending is Ending.RESET
     obs = classify(reply, is_http=True)
@@ -91,8 +94,8 @@ def test_bytes_sent_before_a_reset_that_hits_our_send_are_kept(
 def test_reset_before_the_request_is_told_honestly(family: socket.AddressFamily, host: str) -> None:
     # RST right after accept, nothing read: no plaintext gets through (refused), but the
     # reason must not claim the reset answered our request.
-    with _resetting(family, host, b"") as (endpoint, done):
-        reply = _talk(endpoint, done)
+    with _resetting(family, host, b"") as (endpoint, connected, done):
+        reply = _talk(endpoint, connected, done)
     assert reply.data == b"" and reply.ending is Ending.RESET
     obs = classify(reply, is_http=True)
     assert obs.observed == "refused"
