@@ -159,3 +159,54 @@ def test_rejecting_only_the_wrong_trust_domain_fails(pki: MeshPKI) -> None:
     assert r.verdict is Verdict.FAIL, r.reason
     assert "own identity" in r.reason
     assert str(r.evidence["foreign CA, wrong trust domain"]).startswith("rejected")
+
+
+def _preemptive_13(issued: Issued) -> Callable[[socket.socket], None]:
+    """TLS 1.3, asks for a client certificate, and appends to its own flight (same
+    write) a genuine unknown_ca alert sealed under its application traffic secret: the
+    alert exists before our certificate could have been read."""
+    secrets: dict[str, bytes] = {}
+
+    def keylog(_conn: SSL.Connection, line: bytes) -> None:
+        label, _random, secret = line.decode().split()
+        secrets[label] = bytes.fromhex(secret)
+
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
+    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
+    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+    ctx.set_keylog_callback(keylog)
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        server = SSL.Connection(ctx, None)
+        server.set_accept_state()
+        with contextlib.suppress(OSError, SSL.Error):
+            server.bio_write(conn.recv(65536))  # the ClientHello (one segment on loopback)
+            with contextlib.suppress(SSL.WantReadError):
+                server.do_handshake()
+            flight = b""
+            with contextlib.suppress(SSL.WantReadError):
+                while True:
+                    flight += server.bio_read(65536)
+            # After its Finished a TLS 1.3 server writes under its application key.
+            writer = h._Writer(secrets["SERVER_TRAFFIC_SECRET_0"])
+            conn.sendall(flight + writer.seal(h.ALERT, bytes([2, 48])))
+            netio.set_io_timeout(conn, 3)
+            while conn.recv(65536):
+                pass
+
+    return handle
+
+
+def test_preemptive_encrypted_alert_13_is_not_a_rejection(pki: MeshPKI) -> None:
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
+    with serving(_preemptive_13(issued)) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki, timeout=2.0)
+
+    assert r.verdict is Verdict.ERROR, r.reason
+    assert "pre-emptive" in r.reason, r.reason
