@@ -7,6 +7,7 @@ non-blocking and surfaces WantReadError), and the same helpers serve both.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
@@ -150,6 +151,21 @@ class Reply:
     ending: Ending
     #: Seconds from sending the request to the ending (or to the last read when OPEN).
     elapsed: float
+    #: The reset hit us while we were still writing the request: it was not an answer to it.
+    reset_at_send: bool = False
+
+
+def _drain_queued(sock: socket.socket, limit: int) -> bytes:
+    """What already sits in the receive queue, without waiting (after a reset, Linux
+    still hands out the bytes that arrived before it)."""
+    data = b""
+    with contextlib.suppress(OSError):
+        while len(data) < limit:
+            chunk = sock.recv(min(65536, limit - len(data)), socket.MSG_DONTWAIT)
+            if not chunk:
+                break
+            data += chunk
+    return data
 
 
 def converse(
@@ -173,7 +189,10 @@ def converse(
         sock.sendall(payload)
     except OSError as exc:
         if exc.errno in _RESET:
-            return Reply(b"", Ending.RESET, time.monotonic() - t0)
+            # Bytes the server wrote before its reset are already queued here; they are
+            # its answer (a banner: plaintext accepted) and must not be dropped.
+            early = _drain_queued(sock, limit)
+            return Reply(early, Ending.RESET, time.monotonic() - t0, reset_at_send=True)
         if exc.errno in _TIMEOUT:
             raise ReadTimedOut(f"sending to {endpoint} timed out after {timeout:g}s") from None
         raise

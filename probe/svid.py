@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import crypto
 
 from probe.spiffe import SpiffeIdError, parse_spiffe_id
+from probe.textsafe import line
 
 MAX_CHAIN = 8
 
@@ -266,4 +267,22 @@ def _human(delta: dt.timedelta) -> str:
 
 
 def load_roots(pem: bytes) -> list[x509.Certificate]:
-    return list(x509.load_pem_x509_certificates(pem))
+    """The CA certificates of a trust bundle. ValueError when it is not one: a private
+    key (the wrong file, and a secret that must not sit in a trust bundle) or a
+    certificate that is not a CA (a leaf is no trust anchor: judging a server against
+    it would blame the server for the user's file)."""
+    if b"PRIVATE KEY-----" in pem:
+        raise ValueError("holds a private key: a trust bundle holds only root certificates")
+    roots = list(x509.load_pem_x509_certificates(pem))
+    for cert in roots:
+        try:
+            ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except (x509.ExtensionNotFound, ValueError):
+            ca = False
+        if not ca:
+            subject = line(_name(cert, "subject") or "<empty subject>", 120)
+            raise ValueError(
+                f"certificate {subject} is not a CA (no basicConstraints CA=true): not a trust "
+                "anchor"
+            )
+    return roots

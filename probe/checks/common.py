@@ -29,7 +29,7 @@ def mesh_roots(ctx: RunContext) -> list[x509.Certificate] | None:
         try:
             roots = load_roots(path.read_bytes())
         except (OSError, ValueError) as exc:
-            raise ObservationError(f"rootCertFile {path} unreadable: {exc}") from None
+            raise ObservationError(f"rootCertFile {path} unusable: {exc}") from None
         if not roots:
             raise ObservationError(f"rootCertFile {path} holds no PEM certificate")
         return roots

@@ -201,17 +201,20 @@ def _judge_trail(label: str, hs: tls.Handshake, after: tls.After | None) -> Atte
         return _judge_ending(label, hs.server_alert, hs.failure or "handshake failed")
     if after is None:
         return Attempt(label, "error", "nothing was read after the TLS 1.3 handshake")
-    if after.kind == "alert":
-        return _judge_ending(label, after.alert, after.detail)
     if after.kind == "data":
         when = "before our request" if after.before_request else "our request"
         return Attempt(label, "accepted", f"{after.detail} ({when})")
+    # Before the alert branch: with a CertificateRequest, a server issues tickets only
+    # after it verified our Certificate and Finished (OpenSSL; BoringSSL sends half-RTT
+    # tickets only without client auth), so a certificate alert after one is a lie.
     if hs.session_ticket:
         return Attempt(
             label,
             "accepted",
             f"the server issued a session ticket after taking our certificate, then {after.detail}",
         )
+    if after.kind == "alert":
+        return _judge_ending(label, after.alert, after.detail)
     if after.kind in ("eof", "reset") and not after.before_request:
         return Attempt(
             label,

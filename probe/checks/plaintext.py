@@ -129,6 +129,15 @@ def classify(reply: Reply, is_http: bool) -> Observation:
     data, ending = reply.data, reply.ending
     if not data:
         if ending is Ending.RESET:
+            if reply.reset_at_send:
+                # Nothing gets through, so plaintext is refused, but the server reset
+                # before it could have read our bytes: say so, do not claim an answer.
+                return Observation(
+                    "refused",
+                    "connection reset (TCP RST) before the request could be sent, no "
+                    "response: the server resets every connection, not only plaintext",
+                    {"ending": "reset", "reset_at": "send"},
+                )
             if reply.elapsed <= PROMPT_RESET_S:
                 return Observation(
                     "refused",
