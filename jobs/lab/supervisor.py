@@ -193,6 +193,11 @@ def stop_pids_file(workdir: Path, grace: float = 3.0) -> list[int]:
     for pid in pids:
         if pid_alive(pid):
             _signal_group(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: `--down` returns once the processes are gone,
+    # not merely signalled (bounded: a process stuck in the kernel cannot hold it forever).
+    end = time.monotonic() + 10.0
+    while time.monotonic() < end and any(pid_alive(p) for p in pids):
+        time.sleep(0.02)
     path.unlink(missing_ok=True)
     return pids
 
