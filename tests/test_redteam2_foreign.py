@@ -49,21 +49,7 @@ def _late_alert_13(issued: Issued, *, data_first: bool) -> Callable[[socket.sock
     after the handshake (session tickets included) it seals a fatal unknown_ca alert
     with the server's application traffic secret (from the key log) at the right
     sequence number: a genuine encrypted alert the client decrypts."""
-    secrets: dict[str, bytes] = {}
-
-    def keylog(_conn: SSL.Connection, line: bytes) -> None:
-        label, _random, secret = line.decode().split()
-        secrets[label] = bytes.fromhex(secret)
-
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
-    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
-    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
-    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)
-    ctx.set_keylog_callback(keylog)
+    ctx, secrets = _keylogged_13(issued)
 
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
@@ -113,6 +99,27 @@ def test_ticket_then_unknown_ca_alert_is_acceptance(pki: MeshPKI, data_first: bo
     with serving(_late_alert_13(issued, data_first=data_first)) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki, timeout=2.0)
     assert r.verdict is Verdict.FAIL, r.reason
+
+
+def _keylogged_13(issued: Issued) -> tuple[SSL.Context, dict[str, bytes]]:
+    """A TLS 1.3 server context that asks for (and accepts) any client certificate and
+    records its traffic secrets, so a test can seal records under them."""
+    secrets: dict[str, bytes] = {}
+
+    def keylog(_conn: SSL.Connection, line: bytes) -> None:
+        label, _random, secret = line.decode().split()
+        secrets[label] = bytes.fromhex(secret)
+
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
+    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
+    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)
+    ctx.set_keylog_callback(keylog)
+    return ctx, secrets
 
 
 def _rejects_only_foreign_domain(issued: Issued) -> Callable[[socket.socket], None]:
@@ -165,21 +172,7 @@ def _preemptive_13(issued: Issued) -> Callable[[socket.socket], None]:
     """TLS 1.3, asks for a client certificate, and appends to its own flight (same
     write) a genuine unknown_ca alert sealed under its application traffic secret: the
     alert exists before our certificate could have been read."""
-    secrets: dict[str, bytes] = {}
-
-    def keylog(_conn: SSL.Connection, line: bytes) -> None:
-        label, _random, secret = line.decode().split()
-        secrets[label] = bytes.fromhex(secret)
-
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
-    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
-    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
-    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)
-    ctx.set_keylog_callback(keylog)
+    ctx, secrets = _keylogged_13(issued)
 
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
