@@ -4,7 +4,7 @@ RSS after many rounds vs after a few (no growth beyond noise).
     .venv/bin/python benchmarks/bench_agent.py --workloads 1000 --scale-rounds 5 \\
         --leak-workloads 50 --leak-rounds 500 [--append BENCHMARKS.md]
 
-The agent runs as its own process (``python -m jobs.cli agent --targets …``), so the
+The agent runs as its own process (``python -m jobs.cli.main agent --targets …``), so the
 numbers are the agent's alone: /proc/<pid>/status VmRSS and /proc/<pid>/stat
 utime+stime, sampled when its /metrics round counter reaches a given round.
 """
@@ -112,7 +112,16 @@ def run_agent(
 ) -> list[Sample]:
     """Run the agent until the last mark; sample RSS and CPU at each mark."""
     port = _free_port()
-    argv = [sys.executable, "-m", "jobs.cli", "agent", "--kind", kind, "--targets", str(targets)]
+    argv = [
+        sys.executable,
+        "-m",
+        "jobs.cli.main",
+        "agent",
+        "--kind",
+        kind,
+        "--targets",
+        str(targets),
+    ]
     argv += ["--interval", str(interval), "--jitter", "0", "--listen", f"127.0.0.1:{port}"]
     argv += ["--concurrency", str(concurrency), "--timeout", "5"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -29,8 +29,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.discovery import Options, discover
-from jobs.planner import build_plan
+from jobs.plan.discovery import Options, discover
+from jobs.plan.planner import build_plan
 from probe.model import load_targets
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube
@@ -103,10 +103,10 @@ def populate(kube: FakeKube, pods: int, services: int, policies: int) -> None:
 # scanner.
 _C_LOADER_CHILD = (
     "import sys, yaml\n"
-    "from jobs import manifests\n"
+    "from jobs.plan import manifests\n"
     "if 'yaml' in vars(manifests) and hasattr(yaml, 'CSafeLoader'):\n"
     "    yaml.safe_load_all = lambda s: yaml.load_all(s, Loader=yaml.CSafeLoader)\n"
-    "from jobs.cli import main\n"
+    "from jobs.cli.main import main\n"
     "sys.exit(main())\n"
 )
 
@@ -133,7 +133,7 @@ def run_cli(
 ) -> tuple[float, float, int, float]:
     """(wall s, peak RSS MB, exit code, CPU s) of ``mtlsprobe plan`` in a child process."""
     start = time.perf_counter()
-    head = ["-c", _C_LOADER_CHILD] if c_loader else ["-m", "jobs.cli"]
+    head = ["-c", _C_LOADER_CHILD] if c_loader else ["-m", "jobs.cli.main"]
     with out.open("w") as f:
         proc = subprocess.Popen(
             [sys.executable, *head, "plan", *source, "-o", "yaml"],

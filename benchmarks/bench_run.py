@@ -25,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs import cli
+from jobs.cli import main as cli
 from probe.pki import CertificateAuthority
 from tests import kubebuild as kb
 from tests.fakekube_jobs import JobKube

@@ -12,7 +12,7 @@
   both saw; the price is uneven shards (a binomial spread, empty ones when small).
 
 The agents' continuous sharding is rendezvous hashing over live agents
-(``jobs/sharding.py``): it must move little work when an agent comes or goes.
+(``jobs/agent/sharding.py``): it must move little work when an agent comes or goes.
 
 The unit is the endpoint when every selected check runs per endpoint, else the
 target (a target checked through its service name must land in one shard only, or

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from jobs.agent import Assembled, assemble
-from jobs.cli import build_parser
+from jobs.agent.main import Assembled, assemble
+from jobs.cli.main import build_parser
 from probe.model import Endpoint
 
 

@@ -558,7 +558,7 @@ class JobKube(FakeKube):
             env["MTLSPROBE_SIDECAR_QUIT_URL"] = self.agent + "/quitquitquit"
         self.probe_runs.append(c["args"])
         proc = subprocess.run(
-            [sys.executable, "-m", "jobs.cli", *args],
+            [sys.executable, "-m", "jobs.cli.main", *args],
             capture_output=True,
             text=True,
             env=env,

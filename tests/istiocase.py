@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from jobs.discovery import Options, discover
-from jobs.manifests import load_manifests
-from jobs.planner import Plan, Requirements, build_plan
+from jobs.plan.discovery import Options, discover
+from jobs.plan.manifests import load_manifests
+from jobs.plan.planner import Plan, Requirements, build_plan
 from probe.results import Result
 from tests.fakekube import FakeKube
 

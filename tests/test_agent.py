@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.sharding import ShardUnit, select_shard
+from jobs.agent.sharding import ShardUnit, select_shard
 from probe.model import Endpoint, load_targets
 from tests.agenthelp import get, running_agent, target, wait_for, write_targets
 from tests.tlsservers import MeshPKI, black_hole, plaintext_http, serving, tls_handler

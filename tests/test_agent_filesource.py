@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.agent_sources import FileSource, SourceError
+from jobs.agent.sources import FileSource, SourceError
 
 GOOD = """\
 trustDomain: cluster.local

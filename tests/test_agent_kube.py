@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.sharding import ShardUnit, select_shard
+from jobs.agent.sharding import ShardUnit, select_shard
 from tests.agenthelp import get, running_agent, wait_for
 from tests.fakekube import FakeKube
 from tests.tlsservers import Server, nothing_listening, plaintext_http, serving

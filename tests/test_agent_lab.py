@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.agent import Assembled
+from jobs.agent.main import Assembled
 from jobs.lab.addresses import WORKLOAD_ADMIN_BASE, acquire_slot
 from jobs.lab.build import build_lab
 from jobs.lab.envoy_config import workload_bootstrap

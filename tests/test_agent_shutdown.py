@@ -77,7 +77,7 @@ def test_sigterm_mid_round_exits_zero_and_flushes_everything(tmp_path: Path) -> 
         }
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "jobs.cli", "agent", "--kind", "plain"),
+                *(sys.executable, "-m", "jobs.cli.main", "agent", "--kind", "plain"),
                 *("--targets", str(f), "--interval", "0.5", "--jitter", "0", "--timeout", "2"),
                 # Port 0: the agent binds a free port itself and logs it (a port picked
                 # here and closed could be taken by another process before it binds).

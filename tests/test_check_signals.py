@@ -55,7 +55,7 @@ def test_sigterm_while_waiting_for_the_sidecar_ends_the_wait(tmp_path: Path) -> 
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "jobs.cli", "check", "-f", str(f)),
+                *(sys.executable, "-m", "jobs.cli.main", "check", "-f", str(f)),
                 *("--checks", "plaintext", "-o", "jsonl"),
                 *("--wait-for-sidecar", "120", "--sidecar-ready-url", ready_url),
             ],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from jobs import collect, jobspec
+from jobs.launch import jobspec
+from jobs.launch import judge as collect
 from probe.model import Endpoint, Expect, Target, TargetsFile
 from probe.results import Result, Verdict
 

@@ -140,7 +140,7 @@ def test_bad_control_exits_64_from_the_cli(tmp_path: Path) -> None:
     path = tmp_path / "t.yaml"
     path.write_text(CONTRACT.replace("kind: mesh", "kind: wire"))
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", "-f", str(path)],
+        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

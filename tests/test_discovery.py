@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import main as cli_main
-from jobs.discovery import DiscoveryError, Options, Reader, discover, slim_pod
-from jobs.planner import build_plan
+from jobs.cli.main import main as cli_main
+from jobs.plan.discovery import DiscoveryError, Options, Reader, discover, slim_pod
+from jobs.plan.planner import build_plan
 from probe.model import Expect, load_targets
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube, Resource
@@ -163,7 +163,7 @@ def test_no_istio_plans_permissive_with_a_finding() -> None:
         (t,) = plan.targets_file.targets
         assert t.expect == Expect.PERMISSIVE
         assert any("no Istio APIs found" in r.reason for r in plan.findings)
-        from jobs.plan_cli import render_yaml
+        from jobs.cli.plan import render_yaml
 
         assert "# SKIP policy cluster: no Istio APIs found" in render_yaml(plan)
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.policy import (
+from jobs.plan.policy import (
     PROBE_CLIENT_LABELS,
     ClientTls,
     DestinationRuleIndex,
@@ -320,8 +320,8 @@ def test_destination_rule_resolution(case: Case) -> None:
 
 def test_probe_labels_are_the_probe_pods() -> None:
     """The labels a client-namespace workloadSelector is matched against are the ones the
-    probe's sidecar pod really carries (jobs/jobspec.py)."""
-    from jobs.jobspec import INJECT_LABEL, RunSpec, labels
+    probe's sidecar pod really carries (jobs/launch/jobspec.py)."""
+    from jobs.launch.jobspec import INJECT_LABEL, RunSpec, labels
 
     spec = RunSpec(run_id="r1", image="mtlsprobe:test")
     pod_labels = {**labels(spec, "sidecar"), INJECT_LABEL: "true"}
@@ -752,8 +752,8 @@ def test_only_the_three_namespaces_and_only_visible_rules(rules: list[dict[str, 
 def test_compliance_never_passes_where_the_rule_breaks_the_edge(
     rules: list[dict[str, Any]],
 ) -> None:
-    from jobs.manifests import snapshot_from_documents
-    from jobs.planner import build_plan
+    from jobs.plan.manifests import snapshot_from_documents
+    from jobs.plan.planner import build_plan
 
     objs = [
         kb.peer_auth("default", ROOT, "STRICT"),
@@ -785,8 +785,8 @@ def test_compliance_never_passes_where_the_rule_breaks_the_edge(
     ],
 )
 def test_destination_rule_findings_say_who_uses_the_rule(rule: dict[str, Any], want: str) -> None:
-    from jobs.manifests import snapshot_from_documents
-    from jobs.planner import build_plan
+    from jobs.plan.manifests import snapshot_from_documents
+    from jobs.plan.planner import build_plan
 
     plan = build_plan(snapshot_from_documents([("t", rule)], inject=False))
     (f,) = [
@@ -798,7 +798,7 @@ def test_destination_rule_findings_say_who_uses_the_rule(rule: dict[str, Any], w
 
 
 def test_tls_without_mode_is_reported_as_disable() -> None:
-    from jobs.policy import dr_tls_modes
+    from jobs.plan.policy import dr_tls_modes
 
     rule = dr("d", "shop", HOST, tls={}, ports=[{"port": {"number": 81}, "tls": {"sni": "x"}}])
     assert dr_tls_modes(rule) == [(None, "DISABLE"), (81, "DISABLE")]

@@ -238,7 +238,7 @@ def _serve(extra: list[str]) -> tuple[subprocess.Popen[bytes], int, int]:
     is retried on new ports, so only a real failure fails the test."""
     for _ in range(5):
         http_port, tcp_port = _free_port(), _free_port()
-        argv = [sys.executable, "-m", "jobs.cli", "serve", *extra]
+        argv = [sys.executable, "-m", "jobs.cli.main", "serve", *extra]
         argv += ["--listen", f"127.0.0.1:{http_port}", "--listen", f"127.0.0.2:{http_port}=ns-b/b"]
         argv += ["--tcp-listen", f"127.0.0.1:{tcp_port}"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -272,7 +272,7 @@ def test_cli_serve_and_sigterm() -> None:
 @pytest.mark.parametrize("argv", [["--listen", "nonsense"], ["--workers", "0"]])
 def test_cli_usage_errors(argv: list[str]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "serve", *argv], capture_output=True, timeout=10
+        [sys.executable, "-m", "jobs.cli.main", "serve", *argv], capture_output=True, timeout=10
     )
     assert proc.returncode == 64
     assert len(proc.stderr.strip().splitlines()) == 1

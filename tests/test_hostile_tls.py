@@ -312,7 +312,7 @@ def test_a_rejection_always_rests_on_the_signature(
 def test_check_command_without_root_cert_file_does_not_exit_0(
     pki: MeshPKI, tmp_path: Path, with_root: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from jobs.cli import main as cli_main
+    from jobs.cli.main import main as cli_main
     from tests.tlsservers import tls_handler
 
     issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")

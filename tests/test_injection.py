@@ -1,6 +1,6 @@
-"""Sidecars, injection and ambient enrolment as Istio decides them (jobs/injection.py).
+"""Sidecars, injection and ambient enrolment as Istio decides them (jobs/plan/injection.py).
 
-Moved from tests/test_policy.py when jobs/policy.py's older annotation-based helpers were
+Moved from tests/test_policy.py when jobs/plan/policy.py's older annotation-based helpers were
 removed; the cases are the same, except that a copied ``sidecar.istio.io/status``
 annotation alone is no sidecar (issue 17 rule 4). The injector's full decision table is
 in tests/test_plan_safety.py."""
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobs.injection import (
+from jobs.plan.injection import (
     ambient_enrolled,
     ambient_labeled,
     as_created,

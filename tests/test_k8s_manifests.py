@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import build_parser
-from jobs.discovery import Options, discover
-from jobs.run import RUN_API_CALLS
+from jobs.cli.main import build_parser
+from jobs.launch.cluster import RUN_API_CALLS
+from jobs.plan.discovery import Options, discover
 from tests.fakekube import FakeKube
 from tests.test_discovery import _mesh
 
@@ -258,8 +258,8 @@ def test_dockerfile_rules() -> None:
 
 
 def test_agent_peer_listing_is_allowed_for_the_agent() -> None:
-    """The agent shards by listing its DaemonSet's pods every round (jobs.agent_sources)."""
-    from jobs.agent_sources import KubePeers
+    """The agent shards by listing its DaemonSet's pods every round (jobs.agent.sources)."""
+    from jobs.agent.sources import KubePeers
 
     kube = FakeKube()
     kube.start()
@@ -279,8 +279,8 @@ def test_probe_sidecars_keep_the_outbound_cluster_stats(
 ) -> None:
     """Every probe pod with a sidecar asks Istio (ProxyConfig ``proxyStatsMatcher``) to keep
     the ``cluster.outbound`` counters the mesh check reads (probe/clusterstats.py): the
-    sidecar agent DaemonSet here, and the `run` Jobs (jobs/jobspec.py), with one value."""
-    from jobs.jobspec import PROBE_PROXY_CONFIG, ROLES, RunSpec, job
+    sidecar agent DaemonSet here, and the `run` Jobs (jobs/launch/jobspec.py), with one value."""
+    from jobs.launch.jobspec import PROBE_PROXY_CONFIG, ROLES, RunSpec, job
 
     def meta(o: dict[str, Any]) -> dict[str, Any]:
         spec = o["spec"]["jobTemplate"]["spec"] if o["kind"] == "CronJob" else o["spec"]

@@ -23,7 +23,7 @@ from probe.results import Verdict
 
 pytestmark = pytest.mark.envoy
 
-MTLSPROBE = [sys.executable, "-m", "jobs.cli"]
+MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
 
 
 def _run(name: str, tmp: Path, require: list[str] | None = None) -> LabRun:

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.manifests import (
+from jobs.plan.manifests import (
     MAX_COPIED_NODES,
     MAX_REPLICAS,
     ManifestError,
     load_manifests,
     snapshot_from_documents,
 )
-from jobs.planner import build_plan
+from jobs.plan.planner import build_plan
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube
 from tests.test_yamlload import billion_laughs
@@ -31,7 +31,7 @@ from tests.test_yamlload import billion_laughs
 def _cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "jobs.cli.main", *args], capture_output=True, text=True, timeout=120
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return proc, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from jobs.manifests import snapshot_from_documents
-from jobs.objects import (
+from jobs.plan.manifests import snapshot_from_documents
+from jobs.plan.objects import (
     ZERO_TIME,
     ClusterSnapshot,
     created_at,
@@ -29,8 +29,8 @@ from jobs.objects import (
     pick_mesh_config,
     read_mesh_config,
 )
-from jobs.planner import build_plan
-from jobs.policy import PeerAuthIndex
+from jobs.plan.planner import build_plan
+from jobs.plan.policy import PeerAuthIndex
 from probe.model import Expect
 from tests import kubebuild as kb
 from tests.istiocase import manifests_yaml, plan_both, targets, verdicts
@@ -291,7 +291,7 @@ def test_manifest_with_unquoted_naive_timestamps(tmp_path: Path) -> None:
     )
     path = tmp_path / "m.yaml"
     path.write_text(text)
-    from jobs.manifests import load_manifests
+    from jobs.plan.manifests import load_manifests
 
     snap = load_manifests([path], inject=False)
     assert len(snap.peerauthentications) == 2
@@ -329,7 +329,7 @@ def test_cli_reads_the_mesh_config_of_the_named_control_plane(
 ) -> None:
     import yaml
 
-    from jobs.cli import main as cli_main
+    from jobs.cli.main import main as cli_main
     from tests.fakekube import FakeKube
 
     objs = _revision_cluster()
@@ -348,7 +348,7 @@ def test_cli_reads_the_mesh_config_of_the_named_control_plane(
 
 
 def test_cli_rejects_a_revision_that_is_not_a_name(capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs.cli import main as cli_main
+    from jobs.cli.main import main as cli_main
 
     assert cli_main(["plan", "--from-manifests", "x.yaml", "--revision", "../evil"]) == 64
     err = capsys.readouterr().err

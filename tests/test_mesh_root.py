@@ -1,4 +1,4 @@
-"""The mesh root comes only from istiod's namespace (jobs/meshroot.py).
+"""The mesh root comes only from istiod's namespace (jobs/plan/meshroot.py).
 
 istiod's namespace controller copies ``istio-ca-root-cert`` into every namespace
 (pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go); a tenant can write
@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import build_parser
-from jobs.cli import main as cli_main
-from jobs.discovery import Options, discover
-from jobs.manifests import load_manifests
-from jobs.meshroot import pick_root_cert
-from jobs.objects import ClusterSnapshot
+from jobs.cli.main import build_parser
+from jobs.cli.main import main as cli_main
+from jobs.plan.discovery import Options, discover
+from jobs.plan.manifests import load_manifests
+from jobs.plan.meshroot import pick_root_cert
+from jobs.plan.objects import ClusterSnapshot
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube
 from tests.istiocase import manifests_yaml
@@ -191,7 +191,7 @@ def test_a_bad_control_plane_name_is_one_line(
 
 
 def test_the_agent_plans_from_the_named_control_plane(tmp_path: Path) -> None:
-    from jobs.agent_discovery import discovery_source
+    from jobs.agent.discovery import discovery_source
     from probe.cli import UsageError
 
     objs = _cluster(

@@ -14,11 +14,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.cli import main as cli_main
-from jobs.manifests import expand_workload, load_manifests, snapshot_from_documents
-from jobs.objects import ClusterSnapshot, set_pod_ip
-from jobs.plan_cli import targets_yaml
-from jobs.planner import Requirements, build_plan
+from jobs.cli.main import main as cli_main
+from jobs.cli.plan import targets_yaml
+from jobs.plan.manifests import expand_workload, load_manifests, snapshot_from_documents
+from jobs.plan.objects import ClusterSnapshot, set_pod_ip
+from jobs.plan.planner import Requirements, build_plan
 from probe.model import Expect, Protocol, load_targets
 from probe.results import Verdict
 from tests.kubebuild import (
@@ -305,7 +305,7 @@ def test_plan_yaml_round_trips_through_check(
         [
             sys.executable,
             "-m",
-            "jobs.cli",
+            "jobs.cli.main",
             "check",
             "-f",
             str(targets),

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import main as cli_main
-from jobs.manifests import snapshot_from_documents
-from jobs.objects import ClusterSnapshot, set_pod_ip
-from jobs.planner import Requirements, build_plan
+from jobs.cli.main import main as cli_main
+from jobs.plan.manifests import snapshot_from_documents
+from jobs.plan.objects import ClusterSnapshot, set_pod_ip
+from jobs.plan.planner import Requirements, build_plan
 from probe.model import ControlKind, Expect, load_targets
 from probe.results import Verdict
 

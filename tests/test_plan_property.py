@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from jobs.objects import ClusterSnapshot
-from jobs.plan_cli import targets_yaml
-from jobs.planner import Requirements, build_plan
+from jobs.cli.plan import targets_yaml
+from jobs.plan.objects import ClusterSnapshot
+from jobs.plan.planner import Requirements, build_plan
 from probe.model import load_targets
 from probe.spiffe import parse_spiffe_id
 
@@ -268,7 +268,7 @@ def test_every_endpoint_is_an_input_pods_ip_in_the_services_namespace(
 )
 def test_ip_literal_agrees_with_ipaddress(text: str) -> None:
     """The fast IPv4 path accepts exactly the canonical literals ``ipaddress`` writes."""
-    from jobs.endpoints import ip_literal
+    from jobs.plan.endpoints import ip_literal
 
     got = ip_literal(text)
     try:

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import main as cli_main
-from jobs.discovery import Options, discover
-from jobs.manifests import load_manifests
-from jobs.plan_cli import targets_yaml
-from jobs.planner import Plan, Requirements, build_plan
+from jobs.cli.main import main as cli_main
+from jobs.cli.plan import targets_yaml
+from jobs.plan.discovery import Options, discover
+from jobs.plan.manifests import load_manifests
+from jobs.plan.planner import Plan, Requirements, build_plan
 from probe.model import Expect, TargetsFile, load_targets
 from probe.results import Verdict
 from tests import kubebuild as kb
@@ -545,7 +545,7 @@ def test_would_inject_as_istio_decides(
     want: bool,
     why: str,
 ) -> None:
-    from jobs.injection import would_inject
+    from jobs.plan.injection import would_inject
 
     pod = kb.pod("p", "shop", labels, ip=None, sidecar=False, annotations=annotations)
     assert would_inject(pod, ns_labels) is want, why
@@ -556,7 +556,7 @@ def test_would_inject_as_istio_decides(
 )
 def test_system_namespaces_are_never_injected(ns: str) -> None:
     """webhook.go IgnoredNamespaces."""
-    from jobs.injection import would_inject
+    from jobs.plan.injection import would_inject
 
     pod = kb.pod("p", ns, {INJ: "true"}, ip=None, sidecar=False)
     assert not would_inject(pod, ENABLED)
@@ -564,7 +564,7 @@ def test_system_namespaces_are_never_injected(ns: str) -> None:
 
 def test_host_network_pods_are_never_injected() -> None:
     """inject.go injectRequired: iptables in a host-network pod would change the node."""
-    from jobs.injection import would_inject
+    from jobs.plan.injection import would_inject
 
     pod = with_spec(kb.pod("p", "shop", {INJ: "true"}, ip=None, sidecar=False), hostNetwork=True)
     assert not would_inject(pod, ENABLED)
@@ -601,7 +601,7 @@ def test_manifests_inject_workloads_as_the_injector_would(tmp_path: Path) -> Non
     f = tmp_path / "m.yaml"
     f.write_text(yaml.safe_dump_all(objs))
     snap = load_manifests([f])
-    from jobs.injection import has_sidecar
+    from jobs.plan.injection import has_sidecar
 
     got = {p["metadata"]["name"]: has_sidecar(p) for p in snap.pods}
     assert got == {"a-0": True, "b-0": False, "c-0": True, "d-0": True, "e-0": False}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jobs.policy import (
+from jobs.plan.policy import (
     ClientTls,
     DestinationRuleIndex,
     DrTls,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import main as cli_main
+from jobs.cli.main import main as cli_main
 from probe.model import Protocol
 from probe.results import Verdict
 from tests import kubebuild as kb
@@ -283,9 +283,9 @@ def test_loopback_or_ipv4_mapped_pod_address_is_never_probed(
     pod whose status claims one is not probed and the port cannot pass. Only an API
     server on this host's loopback (a test bed, like the fake one here) may have pods
     on 127/8: the live path is run as if the API server were remote."""
-    import jobs.discovery
+    import jobs.plan.discovery
 
-    monkeypatch.setattr(jobs.discovery, "_api_on_loopback", lambda api: False)
+    monkeypatch.setattr(jobs.plan.discovery, "_api_on_loopback", lambda api: False)
     pod = a_pod(ip=ip)
     b = plan_both([*base(), pod, kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)])])
     assert b.endpoints() == set()
@@ -295,7 +295,7 @@ def test_loopback_or_ipv4_mapped_pod_address_is_never_probed(
 def test_only_a_loopback_api_server_is_a_test_bed() -> None:
     from types import SimpleNamespace
 
-    from jobs.discovery import _api_on_loopback
+    from jobs.plan.discovery import _api_on_loopback
 
     def api(host: str) -> object:
         return SimpleNamespace(configuration=SimpleNamespace(host=host))
@@ -311,8 +311,8 @@ def test_only_a_loopback_api_server_is_a_test_bed() -> None:
 def test_the_lab_may_still_plan_loopback_pods() -> None:
     """The lab runs pods on 127.B.x.y (jobs/lab/addresses.py) and says so on its
     snapshot; nothing else may."""
-    from jobs.objects import ClusterSnapshot
-    from jobs.planner import Requirements, build_plan
+    from jobs.plan.objects import ClusterSnapshot
+    from jobs.plan.planner import Requirements, build_plan
 
     objs = [
         *base(),

@@ -57,7 +57,7 @@ def clean_env() -> dict[str, str]:
 
 def check(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", *args],
+        [sys.executable, "-m", "jobs.cli.main", "check", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -149,7 +149,7 @@ def run_on_a_tty(args: list[str], env: dict[str, str]) -> str:
     """Run the CLI with stdout on a pseudo-terminal, as a person would."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "check", *args],
+        [sys.executable, "-m", "jobs.cli.main", "check", *args],
         stdout=slave,
         stderr=subprocess.PIPE,
         env=env,

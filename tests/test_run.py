@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs import cli
-from jobs.jobspec import LABEL_ROLE, LABEL_RUN
-from jobs.run import NS, RUN_API_CALLS
+from jobs.cli import main as cli
+from jobs.launch.cluster import NS, RUN_API_CALLS
+from jobs.launch.jobspec import LABEL_ROLE, LABEL_RUN
 from probe.echo import EchoServer, Listen
 from probe.pki import CertificateAuthority
 from tests import kubebuild as kb
@@ -60,7 +60,7 @@ def _cluster(
             kb.namespace("mtlsprobe"),
             kb.namespace("ns-a"),
             kb.namespace("ns-b"),
-            # Trusted only from istiod's namespace (jobs.meshroot); the pods mount their own.
+            # Trusted only from istiod's namespace (jobs.plan.meshroot); the pods mount their own.
             kb.configmap("istio-ca-root-cert", "istio-system", {"root-cert.pem": root}),
             kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
             kb.configmap("istio-ca-root-cert", "ns-a", {"root-cert.pem": root}),
@@ -473,7 +473,7 @@ def test_targets_too_big_for_one_configmap_go_to_shards_only(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from jobs import run as run_mod
+    from jobs.launch import launcher as run_mod
 
     kube = JobKube(proxy=proxy)
     _cluster(kube, echo, endpoints=12)

@@ -79,7 +79,7 @@ def test_split_ignores_the_input_order(shape: list[int], count: int, seed: int) 
 
 def test_split_sizes_for_run_shard_counts() -> None:
     """What run launches: ceil(work / threshold) shards, each at most threshold units."""
-    from jobs.jobspec import shard_count
+    from jobs.launch.jobspec import shard_count
 
     tf = make([3] * 401)  # 1,203 endpoints
     n = shard_count(1203, 200)

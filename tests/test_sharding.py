@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobs.sharding import ShardUnit, endpoint_key, everything, owner, select_shard
+from jobs.agent.sharding import ShardUnit, endpoint_key, everything, owner, select_shard
 from probe.model import Endpoint, Expect, Target, TargetsFile
 
 

@@ -96,7 +96,7 @@ def _check(agent: Agent, targets: Path, *extra: str) -> subprocess.CompletedProc
     env["MTLSPROBE_SIDECAR_READY_URL"] = agent.url + "/healthz/ready"
     env["MTLSPROBE_SIDECAR_QUIT_URL"] = agent.url + "/quitquitquit"
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", "-f", str(targets), "-o", "jsonl", *extra],
+        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(targets), "-o", "jsonl", *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -220,7 +220,7 @@ def test_shards_from_job_completion_index(agent: Agent, tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "jobs.cli",
+                "jobs.cli.main",
                 "check",
                 "-f",
                 str(path),
@@ -242,7 +242,7 @@ def test_shards_from_job_completion_index(agent: Agent, tmp_path: Path) -> None:
         got += [json.loads(line)["target"] for line in env_proc.stdout.splitlines()]
     assert sorted(got) == sorted(f"ns/t{i}" for i in range(12))
     bad = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", "-f", str(path), "--shards", "3"],
+        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(path), "--shards", "3"],
         capture_output=True,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "JOB_COMPLETION_INDEX"},

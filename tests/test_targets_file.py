@@ -96,7 +96,7 @@ def test_bad_yaml_names_line(tmp_path: Path) -> None:
 def test_cli_exit_64_one_line(tmp_path: Path) -> None:
     p = write(tmp_path, GOOD.replace("expect: STRICT", "expect: MAYBE"))
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", "-f", str(p)],
+        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(p)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -109,7 +109,16 @@ def test_cli_exit_64_one_line(tmp_path: Path) -> None:
 def test_unknown_check_is_usage_error(tmp_path: Path) -> None:
     p = write(tmp_path, GOOD)
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", "-f", str(p), "--checks", "plaintext,nope"],
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli.main",
+            "check",
+            "-f",
+            str(p),
+            "--checks",
+            "plaintext,nope",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -119,8 +128,8 @@ def test_unknown_check_is_usage_error(tmp_path: Path) -> None:
 
 def test_check_does_not_import_kubernetes() -> None:
     code = (
-        "import sys, jobs.cli\n"
-        "try:\n    jobs.cli.main(['check', '--help'])\nexcept SystemExit:\n    pass\n"
+        "import sys, jobs.cli.main\n"
+        "try:\n    jobs.cli.main.main(['check', '--help'])\nexcept SystemExit:\n    pass\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'apscheduler')]\n"
         "assert not bad, bad\n"
     )
@@ -295,7 +304,7 @@ def test_path_with_newline_stays_one_line(tmp_path: Path) -> None:
 def _cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "jobs.cli.main", *args], capture_output=True, text=True, timeout=120
     )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)

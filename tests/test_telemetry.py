@@ -68,7 +68,7 @@ def check(
     path: Path, *extra: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "check", "-f", str(path), "-o", "json", *extra],
+        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(path), "-o", "json", *extra],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -288,7 +288,7 @@ def test_unreachable_collector_is_bounded_and_never_changes_the_exit_code(
 def start_check(path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
-            *(sys.executable, "-m", "jobs.cli", "check", "-f", str(path)),
+            *(sys.executable, "-m", "jobs.cli.main", "check", "-f", str(path)),
             *("--checks", "plaintext", "-o", "jsonl", "--timeout", "30"),
         ],
         stdout=subprocess.PIPE,

@@ -1,6 +1,6 @@
 """From a scenario's YAML to what the lab runs, through the cluster path's own code:
-``jobs.manifests`` (YAML → snapshot, Deployments expanded, injection applied) and
-``jobs.planner`` (the policy engine). The lab adds only what a real cluster would
+``jobs.plan.manifests`` (YAML → snapshot, Deployments expanded, injection applied) and
+``jobs.plan.planner`` (the policy engine). The lab adds only what a real cluster would
 supply itself — pod IPs — and the lab-only annotations (see ``LAB_ANNOTATIONS``)."""
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from jobs.lab.spec import (
     UpstreamEndpoint,
     XfccMode,
 )
-from jobs.manifests import snapshot_from_documents
-from jobs.objects import KubeObject, annotations_of, name, namespace, set_pod_ip
-from jobs.planner import Edge, Plan, PodInfo, Requirements, build_plan
+from jobs.plan.manifests import snapshot_from_documents
+from jobs.plan.objects import KubeObject, annotations_of, name, namespace, set_pod_ip
+from jobs.plan.planner import Edge, Plan, PodInfo, Requirements, build_plan
 from probe.model import Expect, Protocol, Target, TargetsFile
 from probe.results import Result
 

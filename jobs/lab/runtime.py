@@ -63,7 +63,7 @@ def default_serve_argv(apps: Sequence[App]) -> list[str]:
     """The project's echo responder, one process for many addresses."""
     # A worker per app address and then some: Envoy keeps connections to each app open.
     workers = min(1024, max(64, 2 * len(apps)))
-    argv = [sys.executable, "-m", "jobs.cli", "serve", "--workers", str(workers)]
+    argv = [sys.executable, "-m", "jobs.cli.main", "serve", "--workers", str(workers)]
     for app in apps:
         flag = "--listen" if app.http else "--tcp-listen"
         argv += [flag, f"{app.ip}:{app.port}={app.name}"]

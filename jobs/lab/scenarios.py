@@ -99,7 +99,7 @@ def _split(raw: Iterable[object], origin: str) -> _Parts:
 
 
 def _load_yaml(text: str, origin: str) -> _Parts:
-    from jobs.manifests import MANIFEST_LIMITS
+    from jobs.plan.manifests import MANIFEST_LIMITS
 
     try:
         return _split(yamlload.load_all(text, MANIFEST_LIMITS), origin)
@@ -168,7 +168,7 @@ def builtin(name: str) -> Scenario:
 def from_files(paths: Sequence[Path]) -> Scenario:
     """A user's own manifests (one or more files), optionally with a LabScenario document."""
     merged = _Parts()
-    from jobs.manifests import MANIFEST_LIMITS
+    from jobs.plan.manifests import MANIFEST_LIMITS
 
     for path in paths:
         origin = line(str(path), 300)

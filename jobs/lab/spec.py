@@ -1,7 +1,7 @@
 """What the lab runs, independent of where it came from.
 
 The scenario YAML goes through the same policy engine as the cluster path
-(jobs.planner); its answer is folded into these small records, and the Envoy
+(jobs.plan.planner); its answer is folded into these small records, and the Envoy
 configuration and the app processes are generated from them alone.
 """
 

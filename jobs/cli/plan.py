@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.flags import add_control_plane_flags, control_plane_problem
+from jobs.cli.flags import add_control_plane_flags, control_plane_problem
 
 if TYPE_CHECKING:
-    from jobs.objects import ClusterSnapshot
-    from jobs.planner import Plan
+    from jobs.plan.objects import ClusterSnapshot
+    from jobs.plan.planner import Plan
 
 
 def _seconds(text: str) -> float:
@@ -141,7 +141,7 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
     if namespaces and (args.all_namespaces or args.selector):
         raise UsageError("-n cannot be combined with --all-namespaces or --selector")
     if args.from_manifests:
-        from jobs.manifests import ManifestError, load_manifests, planned_namespaces
+        from jobs.plan.manifests import ManifestError, load_manifests, planned_namespaces
 
         if args.kubeconfig or args.context:
             raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
@@ -158,7 +158,7 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
         snap.trust_domain = args.trust_domain or snap.trust_domain
         snap.root_namespace = args.root_namespace or snap.root_namespace
         return snap
-    from jobs.discovery import DiscoveryError, Options, api_client, discover
+    from jobs.plan.discovery import DiscoveryError, Options, api_client, discover
 
     opts = Options(
         namespaces=namespaces,
@@ -181,7 +181,7 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
 
 
 def main(args: argparse.Namespace) -> int:
-    from jobs.planner import Requirements, build_plan
+    from jobs.plan.planner import Requirements, build_plan
     from probe.cli import UsageError
 
     try:
@@ -189,8 +189,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--require: {exc}") from None
     if args.trust_domain is not None:
-        from jobs.objects import ClusterSnapshot
-        from jobs.planner import mesh_names_problem
+        from jobs.plan.objects import ClusterSnapshot
+        from jobs.plan.planner import mesh_names_problem
 
         if not args.trust_domain or mesh_names_problem(
             ClusterSnapshot(trust_domain=args.trust_domain)

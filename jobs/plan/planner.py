@@ -19,11 +19,11 @@ API (the lab and the orchestrator build on it)::
 ``server_mode`` (Expect STRICT|PERMISSIVE|DISABLE from PeerAuthentication), ``expect``
 (``server_mode``, or NONE when neither sidecar nor ztunnel is in front), ``mode_source``,
 ``dr_mode`` (DISABLE|SIMPLE|MUTUAL|ISTIO_MUTUAL|None) and ``dr_source``, and ``client``
-(jobs.policy.ClientView: what a sidecar client sends - ``tls``, ``mtls`` - and whether it
+(jobs.plan.policy.ClientView: what a sidecar client sends - ``tls``, ``mtls`` - and whether it
 works - ``outcome`` ok|fail|unknown, ``reason``).
 
 ``PodInfo`` (frozen): ``name``, ``namespace``, ``service_account``, ``identity`` (SPIFFE ID),
-``ip`` (None until known; the lab sets IPs with jobs.objects.set_pod_ip before planning),
+``ip`` (None until known; the lab sets IPs with jobs.plan.objects.set_pod_ip before planning),
 ``ready``, ``labels``, ``annotations``, ``has_sidecar``, ``ambient``, ``tls_mode_label``,
 ``echo`` (label ``app.kubernetes.io/name: mtlsprobe-echo``); ``key`` is "<ns>/<name>".
 
@@ -33,13 +33,13 @@ contradicts itself (a DestinationRule that will break calls against the server's
 ``skip`` = a warning or fact that no requirement asked about; ``pass`` = a requirement met,
 and the coverage summary.
 
-Safety (issue 17): only pods of the Service itself are probed - ``jobs.endpoints`` decides
+Safety (issue 17): only pods of the Service itself are probed - ``jobs.plan.endpoints`` decides
 which addresses are mesh workloads; everything else behind a Service is a finding naming
 the object (evidence ``notProbed``). A Service port with nothing probed behind it gets no
 target, and ``--require`` never passes there (``plan.ports``: ``PortCoverage``): ``fail``
 when its traffic provably reaches something that is not a mesh workload, ``error`` when
 there is simply nothing to verify. Sidecars are the proxy container, never an annotation
-(``jobs.injection``).
+(``jobs.plan.injection``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from jobs.endpoints import (
+from jobs.plan.endpoints import (
     SLICE_SERVICE_LABEL,
     Backend,
     Excluded,
@@ -61,7 +61,7 @@ from jobs.endpoints import (
     pod_ips,
     service_backends,
 )
-from jobs.injection import (
+from jobs.plan.injection import (
     AMBIENT_BYPASS_INBOUND,
     DATAPLANE_MODE,
     TLS_MODE_LABEL,
@@ -71,7 +71,7 @@ from jobs.injection import (
     has_sidecar,
     inbound_uncaptured,
 )
-from jobs.objects import (
+from jobs.plan.objects import (
     DEFAULT_TRUST_DOMAIN,
     ClusterSnapshot,
     KubeObject,
@@ -85,7 +85,7 @@ from jobs.objects import (
     service_account,
     spec,
 )
-from jobs.policy import (
+from jobs.plan.policy import (
     ClientView,
     DestinationRuleIndex,
     ModeDecision,
@@ -528,7 +528,7 @@ class _Builder:
 def _on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect, ModeDecision]:
     """What inbound ``port`` of the pod must show, and the decision behind it. A port
     its proxy does not capture - a sidecar whose iptables leave it alone
-    (``jobs.injection.inbound_uncaptured``), an ambient pod in ingress mode
+    (``jobs.plan.injection.inbound_uncaptured``), an ambient pod in ingress mode
     (``ambient_inbound_bypassed``) - has no proxy in front of it: plaintext reaches
     the app whatever the PeerAuthentication says (``NONE``; the source says why)."""
     why: str | None = None
@@ -649,7 +649,7 @@ def build_plan(
         targets=tuple(targets),
         source=Source(),
     )
-    from jobs.controls import attach  # negative controls (control workloads leave the targets)
+    from jobs.plan.controls import attach  # negative controls (control workloads leave the targets)
 
     return attach(Plan(tf, findings, b.edges, requirements=req, ports=b.ports, _builder=b))
 

@@ -21,16 +21,16 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from jobs.policy import Outcome
+from jobs.plan.policy import Outcome
 from probe.model import Control, ControlKind, Expect, Protocol, Target
 from probe.results import Result, Verdict
 
 if TYPE_CHECKING:
-    from jobs.planner import Edge, Plan
+    from jobs.plan.planner import Edge, Plan
 
 CONTROL_LABEL = ("app.kubernetes.io/component", "mtlsprobe-control")
 _FINDING_TARGET = "controls"
-_FINDING_CHECK = "policy"  # the planner's static findings (jobs.planner.CHECK_POLICY)
+_FINDING_CHECK = "policy"  # the planner's static findings (jobs.plan.planner.CHECK_POLICY)
 
 
 def _is_control_pod(e: Edge) -> bool:

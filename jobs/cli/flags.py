@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from jobs.objects import DEFAULT_ISTIO_NAMESPACE
+from jobs.plan.objects import DEFAULT_ISTIO_NAMESPACE
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from jobs.agent_state import AgentState
+from jobs.agent.state import AgentState
 
 MAX_CONNECTIONS = 16
 REQUEST_TIMEOUT_S = 5.0

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from jobs.agent_state import AgentState, RoundReport
+from jobs.agent.state import AgentState, RoundReport
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation

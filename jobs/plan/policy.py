@@ -16,7 +16,7 @@ pilot/pkg/security/authn/policy_applier.go):
   the workload's target (container) port; a port entry with ``UNSET`` takes the
   workload's composed mode.
 - A pod without a proxy in front (no sidecar, not captured by ztunnel; both decided
-  in ``jobs.injection``) accepts plaintext whatever the policy says (``Expect.NONE``).
+  in ``jobs.plan.injection``) accepts plaintext whatever the policy says (``Expect.NONE``).
 - DestinationRules: resolved for the probe's sidecar as istiod resolves them (see the
   DestinationRules section below): the client's namespace, then the service's, then the
   root namespace, never another; exportTo, workloadSelector, same-host merging and
@@ -34,7 +34,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
-from jobs.objects import (
+from jobs.plan.objects import (
     KubeObject,
     created_at,
     name,
@@ -192,7 +192,7 @@ class WorkloadPolicy:
 
 
 # ---- what the wire must show -------------------------------------------------------------
-# Whether a pod has a sidecar, would be injected or is ambient: ``jobs.injection``.
+# Whether a pod has a sidecar, would be injected or is ambient: ``jobs.plan.injection``.
 
 
 def expect_for(mode: Expect, sidecar: bool, ambient: bool) -> Expect:
@@ -306,7 +306,7 @@ def resolve_target_port(
 #   (cluster_tls.go ``buildUpstreamTLSSettings``, push_context.go
 #   ``BestEffortInferServiceMTLSMode``).
 
-# Labels of the probe's sidecar pod (jobs/jobspec.py ``labels`` for role "sidecar"): what a
+# Labels of the probe's sidecar pod (jobs/launch/jobspec.py ``labels`` for role "sidecar"): what a
 # client-namespace DestinationRule's workloadSelector is matched against.
 PROBE_CLIENT_LABELS: Mapping[str, str] = MappingProxyType(
     {

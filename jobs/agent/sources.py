@@ -151,7 +151,7 @@ class KubePeers:
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
-    from jobs.objects import pod_ready
+    from jobs.plan.objects import pod_ready
 
     return not (pod.get("metadata") or {}).get("deletionTimestamp") and pod_ready(pod)
 

@@ -15,10 +15,10 @@ from probe.results import EXIT_USAGE
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("probe.cli", "run checks against explicit targets (no Kubernetes needed)"),
     "serve": ("probe.echo", "the echo responder: reflects request headers as JSON"),
-    "plan": ("jobs.plan_cli", "discover the mesh and print what every edge must do (no probing)"),
-    "lab": ("jobs.lab.cli", "bring up a local mesh of real Envoy sidecars and verify it"),
-    "run": ("jobs.run", "launch probe Jobs in the cluster and aggregate one verdict"),
-    "agent": ("jobs.agent", "continuous probing on an interval, with metrics and health"),
+    "plan": ("jobs.cli.plan", "discover the mesh and print what every edge must do (no probing)"),
+    "lab": ("jobs.cli.lab", "bring up a local mesh of real Envoy sidecars and verify it"),
+    "run": ("jobs.cli.run", "launch probe Jobs in the cluster and aggregate one verdict"),
+    "agent": ("jobs.agent.main", "continuous probing on an interval, with metrics and health"),
 }
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from jobs.meshroot import ROOT_CERT_CONFIGMAP, no_root_note, root_cert_of
-from jobs.objects import (
+from jobs.plan.meshroot import ROOT_CERT_CONFIGMAP, no_root_note, root_cert_of
+from jobs.plan.objects import (
     ClusterSnapshot,
     KubeObject,
     apply_mesh_config,
@@ -387,8 +387,8 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
     return snap
 
 
-# What of a pod the planner reads (jobs.endpoints, jobs.injection, jobs.policy): the rest
-# of a real pod (managedFields, env, volumes, probes, containerStatuses) is most of its
+# What of a pod the planner reads (jobs.plan.endpoints, .injection, .policy): the rest of a
+# real pod (managedFields, env, volumes, probes, containerStatuses) is most of its
 # size and is dropped as each page is decoded, so 50,000 pods stay well under a GB.
 _POD_SPEC_KEYS = ("serviceAccountName", "serviceAccount", "hostNetwork")
 _POD_CONTAINER_KEYS = ("name", "image", "ports", "restartPolicy")
@@ -407,7 +407,7 @@ def _containers(raw: object) -> object:
 
 def slim_pod(pod: KubeObject) -> KubeObject:
     """The pod with only the fields the plan reads; malformed parts are kept as they are,
-    so admission (``jobs.objects.admit``) judges the same values."""
+    so admission (``jobs.plan.objects.admit``) judges the same values."""
     out = {k: v for k, v in pod.items() if k not in ("metadata", "spec", "status")}
     md = pod.get("metadata")
     if type(md) is dict:
@@ -434,7 +434,7 @@ def slim_pod(pod: KubeObject) -> KubeObject:
 def _api_on_loopback(api: Any) -> bool:
     """Whether the API server is on this host's loopback (a test bed). Only there may
     pods have loopback addresses: a real cluster's kubelet never gives one, so a plan
-    from any other cluster never names 127.0.0.0/8 or ::1 (jobs.endpoints)."""
+    from any other cluster never names 127.0.0.0/8 or ::1 (jobs.plan.endpoints)."""
     host = getattr(getattr(api, "configuration", None), "host", None)
     if not isinstance(host, str):
         return False
@@ -539,7 +539,7 @@ def _istio_list(
 
 def _root_cert(r: Reader, snap: ClusterSnapshot, istio_namespace: str) -> None:
     """The mesh root, only from istiod's own namespace: a tenant can write the copy
-    istiod's namespace controller puts in theirs (``jobs.meshroot`` says why). Other
+    istiod's namespace controller puts in theirs (``jobs.plan.meshroot`` says why). Other
     namespaces are not even read."""
     where = f"{istio_namespace}/{ROOT_CERT_CONFIGMAP}"
     cm = _optional_get(

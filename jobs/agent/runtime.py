@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from jobs.agent_metrics import AgentMetrics
-from jobs.agent_round import RoundRunner
-from jobs.agent_state import AgentState, RoundReport
+from jobs.agent.metrics import AgentMetrics
+from jobs.agent.round import RoundRunner
+from jobs.agent.state import AgentState, RoundReport
 from probe.report import render_json
 from probe.results import Result, summarize
 

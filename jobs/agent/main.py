@@ -21,13 +21,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from jobs.agent_discovery import add_arguments as add_discovery_arguments
+from jobs.agent.discovery import add_arguments as add_discovery_arguments
 from probe.cli import UsageError, _positive_float, _positive_int, parse_duration
 
 if TYPE_CHECKING:
-    from jobs.agent_runtime import Agent
-    from jobs.agent_server import AgentServer
-    from jobs.agent_sources import PeerSource, TargetSource
+    from jobs.agent.runtime import Agent
+    from jobs.agent.server import AgentServer
+    from jobs.agent.sources import PeerSource, TargetSource
 
 DEFAULT_LISTEN = "0.0.0.0:9090"
 DEFAULT_NAMESPACE = "mtlsprobe"
@@ -143,7 +143,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _target_source(args: argparse.Namespace) -> TargetSource:
-    from jobs.agent_sources import FileSource, SourceError
+    from jobs.agent.sources import FileSource, SourceError
 
     if args.targets is not None:
         source = FileSource(args.targets)
@@ -152,13 +152,13 @@ def _target_source(args: argparse.Namespace) -> TargetSource:
         except SourceError as exc:
             raise UsageError(str(exc)) from None
         return source
-    from jobs.agent_discovery import discovery_source
+    from jobs.agent.discovery import discovery_source
 
     return discovery_source(args)
 
 
 def _peer_source(args: argparse.Namespace, me: str) -> PeerSource | None:
-    from jobs.agent_sources import KubePeers, StaticPeers
+    from jobs.agent.sources import KubePeers, StaticPeers
 
     if args.probe_all:
         return None
@@ -167,7 +167,7 @@ def _peer_source(args: argparse.Namespace, me: str) -> PeerSource | None:
         return StaticPeers(names)
     if not (args.peer_selector or os.environ.get("POD_NAME")):
         return None  # not in a DaemonSet pod: a single agent probes everything
-    from jobs.discovery import DiscoveryError, api_client
+    from jobs.plan.discovery import DiscoveryError, api_client
 
     try:
         api = api_client(args.kubeconfig, args.context)
@@ -186,12 +186,12 @@ class Assembled:
 
 def assemble(args: argparse.Namespace) -> Assembled:
     """Build the agent and bind its port from parsed flags (no round runs yet)."""
-    from jobs.agent_metrics import AgentMetrics
-    from jobs.agent_round import RoundRunner
-    from jobs.agent_runtime import Agent, Schedule
-    from jobs.agent_server import AgentServer, Endpoints, parse_listen
-    from jobs.agent_sources import own_identity
-    from jobs.agent_state import AgentState
+    from jobs.agent.metrics import AgentMetrics
+    from jobs.agent.round import RoundRunner
+    from jobs.agent.runtime import Agent, Schedule
+    from jobs.agent.server import AgentServer, Endpoints, parse_listen
+    from jobs.agent.sources import own_identity
+    from jobs.agent.state import AgentState
     from probe import telemetry
     from probe.checks.base import Settings
 

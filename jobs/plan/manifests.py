@@ -7,9 +7,9 @@ API server would do are done here so the plan matches what the cluster would run
 - workload controllers become pods (``expand_workload``): each pod gets a
   deterministic name, the template's labels, annotations, service account and
   ports, a Ready status and **no IP** - the lab assigns addresses itself
-  (``jobs.objects.set_pod_ip``);
+  (``jobs.plan.objects.set_pod_ip``);
 - Istio's injection webhook is applied (``inject=True``): pods that would get a
-  sidecar carry what an injected pod carries (``jobs.injection.as_created``).
+  sidecar carry what an injected pod carries (``jobs.plan.injection.as_created``).
 
 Kinds this package does not use (ServiceAccount, ConfigMaps other than Istio's,
 a lab's ``LabScenario``) are ignored; a malformed object becomes a Problem.
@@ -28,10 +28,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobs.discovery import SYSTEM_NAMESPACES
-from jobs.injection import as_created
-from jobs.meshroot import ROOT_CERT_CONFIGMAP, pick_root_cert, root_cert_of
-from jobs.objects import (
+from jobs.plan.discovery import SYSTEM_NAMESPACES
+from jobs.plan.injection import as_created
+from jobs.plan.meshroot import ROOT_CERT_CONFIGMAP, pick_root_cert, root_cert_of
+from jobs.plan.objects import (
     DEFAULT_ISTIO_NAMESPACE,
     KINDS,
     ClusterSnapshot,
@@ -267,7 +267,7 @@ def snapshot_from_documents(
 
 def planned_namespaces(snap: ClusterSnapshot, *, include_system: bool = False) -> set[str]:
     """Every namespace the manifests put objects in, without the system namespaces the
-    live API path leaves out too (``jobs.discovery.SYSTEM_NAMESPACES``) unless asked."""
+    live API path leaves out too (``jobs.plan.discovery.SYSTEM_NAMESPACES``) unless asked."""
     found = {name(n) for n in snap.namespaces}
     for objs in (snap.pods, snap.services, snap.endpointslices):
         found.update(namespace(o) for o in objs)

@@ -1,8 +1,8 @@
-"""Each round's targets from the live cluster: ``jobs.discovery`` then ``jobs.planner``.
+"""Each round's targets from the live cluster: ``jobs.plan.discovery`` then ``jobs.plan.planner``.
 
 The plan gives the targets; the agent adds what only it knows: its own SPIFFE ID
 (for the mesh checks), its sidecar's admin address (the self check) and the mesh
-root (the istio-ca-root-cert ConfigMap in istiod's namespace only - ``jobs.meshroot`` -
+root (the istio-ca-root-cert ConfigMap in istiod's namespace only - ``jobs.plan.meshroot`` -
 or a mounted file) for chain checks.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.agent_sources import CallableSource, SourceError, TargetSource
-from jobs.flags import add_control_plane_flags, control_plane_problem
+from jobs.agent.sources import CallableSource, SourceError, TargetSource
+from jobs.cli.flags import add_control_plane_flags, control_plane_problem
 from probe.model import Source, TargetsFile
 
 DEFAULT_SIDECAR_ADMIN = "http://127.0.0.1:15000"
@@ -83,7 +83,7 @@ class _RootFile:
 
 
 def discovery_source(args: argparse.Namespace) -> TargetSource:
-    from jobs.discovery import DiscoveryError, Options, api_client
+    from jobs.plan.discovery import DiscoveryError, Options, api_client
     from probe.cli import UsageError
 
     problem = control_plane_problem(args)
@@ -110,7 +110,7 @@ def discovery_source(args: argparse.Namespace) -> TargetSource:
 @dataclass
 class _Planner:
     api: Any
-    options: Any  # jobs.discovery.Options
+    options: Any  # jobs.plan.discovery.Options
     kind: str
     root_cert: Path | None
     source_identity: str | None
@@ -120,8 +120,8 @@ class _Planner:
         self._root = _RootFile()
 
     def __call__(self) -> TargetsFile:
-        from jobs.discovery import DiscoveryError, discover
-        from jobs.planner import build_plan
+        from jobs.plan.discovery import DiscoveryError, discover
+        from jobs.plan.planner import build_plan
 
         try:
             snapshot = discover(self.api, self.options)

@@ -12,7 +12,7 @@ in istiod's namespace can already replace the mesh config (``istio``) next to it
 trusting that copy adds no one. The mesh ``rootNamespace`` is not used either: it is
 configurable and often writable by policy authors, and holds just another copy.
 
-Discovery (``jobs.discovery``) reads only that copy; ``--from-manifests`` sees every
+Discovery (``jobs.plan.discovery``) reads only that copy; ``--from-manifests`` sees every
 ConfigMap and reports a root found elsewhere as a note (never used).
 """
 

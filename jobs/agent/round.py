@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from jobs.agent_sources import PeerSource, SourceError, TargetSource
-from jobs.agent_state import RoundReport
-from jobs.sharding import Shard, ShardUnit, everything, select_shard
+from jobs.agent.sharding import Shard, ShardUnit, everything, select_shard
+from jobs.agent.sources import PeerSource, SourceError, TargetSource
+from jobs.agent.state import RoundReport
 from probe.checks import PLAIN_CHECKS, SIDECAR_CHECKS, load_check
 from probe.checks.base import Check, RunContext, Scope, Settings
 from probe.engine import run_checks

@@ -1,0 +1,1 @@
+"""The continuous agent: runtime, rounds, target sources, sharding, state, metrics, HTTP server."""

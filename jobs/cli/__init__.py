@@ -1,0 +1,1 @@
+"""The ``mtlsprobe`` command line: the dispatcher, shared flags, one module per command."""

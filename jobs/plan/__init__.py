@@ -1,0 +1,1 @@
+"""Planning: discovery, the cluster snapshot, Istio policy semantics, the plan and its findings."""
