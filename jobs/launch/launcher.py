@@ -52,10 +52,6 @@ class Unit:
 
         return expected_keys(self.parts[index], self.checks)
 
-    @property
-    def complete(self) -> bool:
-        return len(self.done) == self.shards
-
 
 @dataclass
 class Launched:
@@ -160,7 +156,7 @@ def collect(
     still owed is an error naming why."""
     from jobs.launch.jobspec import run_selector
     from jobs.launch.judge import errors_for
-    from jobs.launch.wait import Board, Slot
+    from jobs.launch.wait import OVERDUE, Board, Slot
     from jobs.plan.discovery import DiscoveryError
 
     selector = run_selector(run_id)
@@ -180,7 +176,7 @@ def collect(
     for slot, why in board.overdue().items():
         u = _unit(launched.units, slot)
         owed = u.owed(slot.index)
-        _settle(u, slot.index, errors_for(owed, why, "deadline", probeJob=u.job))
+        _settle(u, slot.index, errors_for(owed, why, OVERDUE, probeJob=u.job))
     return [r for u in launched.units for index in range(u.shards) for r in u.done[index]]
 
 
@@ -194,7 +190,7 @@ def _look(cluster: Cluster, ns: str, selector: str, units: list[Unit], board: Bo
     board.jobs_seen(ns, cluster.jobs(ns, selector))
     pods, version = cluster.pods(ns, selector)
     views = [
-        (str((p["metadata"].get("labels") or {}).get(LABEL_ROLE)), judge.pod_view(p, CONTAINER))
+        ((p["metadata"].get("labels") or {}).get(LABEL_ROLE), judge.pod_view(p, CONTAINER))
         for p in pods
     ]
     for u in (u for u in units if u.namespace == ns):

@@ -65,6 +65,7 @@ Step = Waiting | Collect | GiveUp
 
 NOT_STARTED = "probe-not-started"
 JOB_FAILED = "job-failed"
+OVERDUE = "deadline"  # evidence.error of what was still owed at the deadline
 
 
 def observe(state: Waiting, pods: Sequence[PodView], job_failed: str | None) -> Step:
