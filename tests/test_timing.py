@@ -115,3 +115,35 @@ def test_origin_shows_in_reports_and_leaves_the_target_alone() -> None:
     assert 'name="ns/a (from ns-b)"' in render([r], "junit")
     quiet = Result("plaintext", "ns/a", Verdict.PASS, "reset", origin=Origin("ns-b"))
     assert quiet.to_dict()["target"] == "ns/a"
+
+
+def test_a_crashed_pods_log_keeps_what_it_reported_with_its_times() -> None:
+    crashed = judge.PodView(
+        name="p-0",
+        index=0,
+        phase="Failed",
+        waiting_reason=None,
+        waiting_message="",
+        exit_code=137,
+        terminated_reason="OOMKilled",
+        terminated_message="",
+        unschedulable=None,
+        deleting=False,
+    )
+    owed = [("plaintext", "ns/a", "10.0.0.1:80"), ("plaintext", "ns/a", "10.0.0.2:80")]
+    text = render([RAN], "jsonl", timing=True) + "Killed\n"
+    got = judge.from_log(owed, crashed, text, probePod="mtlsprobe/p-0")
+    assert [(r.endpoint, r.verdict) for r in got] == [
+        ("10.0.0.1:80", Verdict.PASS),
+        ("10.0.0.2:80", Verdict.ERROR),
+    ]
+    assert (got[0].start_ns, got[0].end_ns) == (RAN.start_ns, RAN.end_ns)
+    assert got[0].evidence["probePod"] == "mtlsprobe/p-0"
+    assert got[1].reason == (
+        "probe container OOMKilled (exit 137) in pod p-0 (last log line: Killed); "
+        "1 non-result log lines ignored"
+    )
+    assert got[1].evidence == {"error": "probe-incomplete", "probePod": "mtlsprobe/p-0"}
+    (unread,) = judge.log_unreadable(owed[:1], "HTTP 500", probePod="mtlsprobe/p-0")
+    assert unread.reason == "probe logs unreadable: HTTP 500"
+    assert unread.evidence["error"] == "logs-unreadable"

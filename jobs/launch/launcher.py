@@ -225,12 +225,19 @@ def _from_pod(cluster: Cluster, u: Unit, pod: PodView) -> list[Result]:
 
 def _settle(u: Unit, index: int, results: list[Result]) -> None:
     """Index ``index`` of ``u`` is done: its results, each knowing which probe saw it
-    (``origin``: source namespace and the probe's SPIFFE ID, for reports and traces)."""
+    (``origin``: source namespace and the probe's SPIFFE ID, for reports and traces).
+    A result with no time of its own (an error decided here) is an instant now."""
     from probe.results import Origin
 
     origin = Origin(u.namespace, u.parts[index].source.identity)
+    now = time.time_ns()
     u.done[index] = [
-        replace(r, evidence={**r.evidence, "sourceNamespace": u.namespace}, origin=origin)
+        replace(
+            r,
+            evidence={**r.evidence, "sourceNamespace": u.namespace},
+            origin=origin,
+            end_ns=r.end_ns or now,
+        )
         for r in results
     ]
 
