@@ -60,7 +60,7 @@ class Result:
     expected: str | None = None
     observed: str | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
-    # Timing is for traces, not part of the JSON contract (epoch nanoseconds).
+    # Epoch nanoseconds, for traces; in the JSON only with ``check --timing``.
     start_ns: int = 0
     end_ns: int = 0
     origin: Origin | None = None  # not part of the contract; see ``shown_target``
