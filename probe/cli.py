@@ -89,6 +89,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="also write the report to FILE (format from -o, or by suffix .json/.jsonl/.xml)",
     )
     p.add_argument(
+        "--timing",
+        action="store_true",
+        help="add each result's start, end and duration (key timing) to json/jsonl output "
+        "(what mtlsprobe run's probe pods print, for its traces)",
+    )
+    p.add_argument(
         "--timeout",
         type=_positive_float,
         default=5.0,
@@ -169,7 +175,7 @@ def _main(args: argparse.Namespace) -> int:
             ctx.close()
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
         # flush must not kill the process before the partial report and spans are out.
-        emit_report(results, args.output, args.out)
+        emit_report(results, args.output, args.out, timing=args.timing)
         _export_telemetry(results, targets)
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -186,7 +192,7 @@ def _shard(args: argparse.Namespace, targets: TargetsFile, names: list[str]) -> 
         raise UsageError(str(exc)) from None
     if chosen is None:
         return targets
-    scopes = [load_check(n).scope.value for n in names]
+    scopes = [load_check(n).scope for n in names]
     return shard.select(targets, *chosen, by_endpoint=shard.by_endpoint(scopes))
 
 
@@ -221,7 +227,7 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
     return errors + skips
 
 
-def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
+def emit_report(results: list[Result], fmt: str, out: Path | None, *, timing: bool = False) -> None:
     from probe.report import render
 
     # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
@@ -234,11 +240,12 @@ def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout.write(render(results, fmt, colour=colour))
+    sys.stdout.write(render(results, fmt, colour=colour, timing=timing))
     sys.stdout.flush()
     if out is not None:
         try:
-            out.write_text(render(results, _format_for_file(out, fmt)), encoding="utf-8")
+            text = render(results, _format_for_file(out, fmt), timing=timing)
+            out.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
 

@@ -30,6 +30,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # not at run time: ``check --help`` adds our flags without the YAML stack
+    from probe.checks.base import Scope
     from probe.model import Endpoint, Target, TargetsFile
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
@@ -83,10 +84,12 @@ def split(targets: TargetsFile, count: int, *, by_endpoint: bool) -> tuple[Targe
     return tuple(replace(targets, targets=tuple(k)) for k in kept)
 
 
-def by_endpoint(scopes: Iterable[str]) -> bool:
-    """Shard by endpoint only when every check is per endpoint (scope values)."""
+def by_endpoint(scopes: Iterable[Scope]) -> bool:
+    """Shard by endpoint only when every check is per endpoint."""
+    from probe.checks.base import Scope
+
     scopes = list(scopes)
-    return bool(scopes) and all(s == "endpoint" for s in scopes)
+    return bool(scopes) and all(s is Scope.ENDPOINT for s in scopes)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -188,7 +188,8 @@ def shard_count(work: int, threshold: int) -> int:
 
 def probe_args(role: Role, checks: tuple[str, ...], spec: RunSpec, shards: int) -> list[str]:
     path = shard_path(INDEX_VAR) if shards > 1 else TARGETS_PATH
-    args = ["check", "-f", path, "--checks", ",".join(checks), "-o", "jsonl"]
+    # --timing: each line carries the check's real start and end, for run's traces.
+    args = ["check", "-f", path, "--checks", ",".join(checks), "-o", "jsonl", "--timing"]
     args += ["--timeout", f"{spec.timeout:g}"]
     if role.sidecar:
         args += ["--wait-for-sidecar", f"{spec.sidecar_wait:g}"]

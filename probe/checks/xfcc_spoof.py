@@ -26,7 +26,8 @@ import secrets
 from typing import TYPE_CHECKING, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, call, own_certs_for
+from probe.checks.meshcall import MeshResponse, call
+from probe.checks.owncerts import own_certs_for
 from probe.errors import ObservationError, ProtocolViolation
 from probe.model import Expect, Protocol
 from probe.reflect import MARKER_HEADER
