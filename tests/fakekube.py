@@ -129,6 +129,9 @@ class FakeKube:
     encode_once: bool = False
     # The next request carrying a continue token gets 410 Expired, with a fresh token.
     expire_next_continue: bool = False
+    # The next N requests carrying a continue token get 410 Expired with no token to go on
+    # with (as after a compaction when the API server offers none): the list must start over.
+    expire_continues: int = 0
     calls: list[Call] = field(default_factory=list)
     resources: dict[tuple[str, str], Resource] = field(default_factory=dict)
     # (group, plural) -> namespace ("" for cluster-scoped) -> name -> object
@@ -377,6 +380,9 @@ class FakeKube:
         token = query.get("continue")
         if token:
             start = int(json.loads(base64.urlsafe_b64decode(token))["start"])
+            if self.expire_continues > 0:
+                self.expire_continues -= 1
+                return status_body(410, "Expired", _EXPIRED)
             if self.expire_next_continue:
                 self.expire_next_continue = False
                 fresh = base64.urlsafe_b64encode(

@@ -25,7 +25,9 @@ Jobs get Complete / Failed conditions as the Job controller sets them (and Faile
 DeadlineExceeded past ``activeDeadlineSeconds``, or past ``active_deadline(job)``).
 List paths also answer ``?watch=true`` with a chunked stream of
 ``ADDED``/``MODIFIED``/``DELETED`` events after ``resourceVersion``, filtered by
-``labelSelector``, ended after ``timeoutSeconds``.
+``labelSelector``, ended after ``timeoutSeconds`` (or one ``ERROR`` 410 event when the
+resourceVersion is below ``compacted_before``); ``fail`` and ``forbid("watch", ...)``
+apply to watches too.
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from tests.fakekube import Call, FakeKube, _Handler, _label_match, status_body
+from tests.fakekube import (
+    Call,
+    FakeKube,
+    _fault_status,
+    _Handler,
+    _label_match,
+    status_body,
+)
 
 Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +83,9 @@ class JobKube(FakeKube):
     _workers: list[threading.Thread] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
     _changes: threading.Condition = field(default_factory=threading.Condition)
+    # A watch from a resourceVersion below this gets one ERROR event (410 Gone) and ends,
+    # as the API server answers a watch from a version etcd has compacted away.
+    compacted_before: int = 0
     # (resourceVersion, type, group, plural, namespace, object)
     _events: list[tuple[int, str, str, str, str, Obj]] = field(default_factory=list)
 
@@ -133,6 +145,17 @@ class JobKube(FakeKube):
             h.end_headers()
             return
         r, _, ns, _ = route
+        failed = next((f for f in self._faults if path.startswith(f.path)), None)
+        if failed is not None or ("watch", r.group, r.plural) in self._forbidden:
+            code = failed.status if failed is not None else 403
+            doc = _fault_status(failed) if failed else self._forbidden_status("watch", r, ns)
+            data = json.dumps(doc).encode()
+            h.send_response(code)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            return
         since = int(query.get("resourceVersion") or 0)
         end = time.monotonic() + float(query.get("timeoutSeconds") or 30)
         sel = query.get("labelSelector") or ""
@@ -142,6 +165,11 @@ class JobKube(FakeKube):
         h.end_headers()
         h.close_connection = True
         try:
+            if since < self.compacted_before:
+                gone = status_body(410, "Expired", f"too old resource version: {since}")
+                data = json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n"
+                h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                end = 0.0
             while not self._stop.is_set():
                 left = end - time.monotonic()
                 if left <= 0:

@@ -206,7 +206,9 @@ class Client:
                 token = fresh if fresh != token else None
                 continue
             doc = self._decode(what, data, model)
-            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
+            # A List always has ``items`` (possibly empty): a 2xx body without it (a proxy's
+            # ``{}``, a Status) is not "nothing there".
+            if not isinstance(doc, dict) or not isinstance(doc.get("items", 0), list | None):
                 raise BadResponse(f"{what}: the API server sent a body that is not a List")
             meta: dict[str, Any] = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
             items: list[Any] = doc.get("items") or []
