@@ -400,3 +400,77 @@ def test_a_watch_line_that_is_not_json_is_a_bad_response() -> None:
         c = Client(_api(f"http://{srv.endpoint}"), timeout=2)
         with pytest.raises(BadResponse, match="not JSON"):
             list(c.watch("watch pods in shop", PODS, [], "1", 1))
+
+
+# ---- the agent's peers (jobs.agent.sources.KubePeers) ----------------------------------------
+
+
+def test_agent_peers_are_the_ready_pods_and_failures_are_one_line(kube: FakeKube) -> None:
+    from jobs.agent.sources import KubePeers, SourceError
+
+    kube.add(kb.pod("agent-a", "mtlsprobe", {"app": "agent"}))
+    kube.add(kb.pod("agent-b", "mtlsprobe", {"app": "agent"}, ready=False))
+    peers = KubePeers(kube.api_client(), "mtlsprobe", "app=agent")
+    assert peers.agents() == ["agent-a"]
+    kube.forbid("list", "pods")
+    with pytest.raises(SourceError) as err:
+        peers.agents()
+    assert str(err.value) == (
+        "listing agent pods (pods 'app=agent' in namespace mtlsprobe): forbidden: "
+        "system:serviceaccount:mtlsprobe:mtlsprobe may not list pods in API group '' in the "
+        "namespace \"mtlsprobe\"; grant list on pods (API group 'core')"
+    )
+
+
+def test_agent_peers_from_a_broken_list_are_an_error_not_fewer_peers(kube: FakeKube) -> None:
+    """A 200 that is not a List would otherwise read as "no peers": this agent would
+    then take every shard."""
+    from jobs.agent.sources import KubePeers, SourceError
+
+    kube.fail("/api/v1/namespaces/mtlsprobe/pods", 200, "ok")
+    with pytest.raises(SourceError, match="not a List"):
+        KubePeers(kube.api_client(), "mtlsprobe", "app=agent").agents()
+
+
+def test_a_watch_line_without_end_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.kube import client as kube_client
+
+    monkeypatch.setattr(kube_client, "MAX_EVENT", 100)
+    with serving(_answer(_chunked(b"x" * 60, b"y" * 60))) as srv:
+        c = Client(_api(f"http://{srv.endpoint}"), timeout=2)
+        with pytest.raises(BadResponse, match="sent a watch event over 100 bytes"):
+            list(c.watch("watch pods in shop", PODS, [], "1", 1))
+
+
+def test_a_watch_cut_mid_stream_is_unreachable() -> None:
+    """The connection closes inside a chunk: an error, never a quiet "no change"."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    with serving(_answer(head + b'400\r\n{"type":')) as srv:
+        c = Client(_api(f"http://{srv.endpoint}"), timeout=2)
+        with pytest.raises(Unreachable, match=r"^watch pods in shop: "):
+            list(c.watch("watch pods in shop", PODS, [], "1", 1))
+
+
+# ---- the run's cluster edge (jobs.launch.cluster) ------------------------------------------
+
+
+def test_cleanup_of_what_is_gone_already_is_quiet_and_other_failures_are_lines(
+    kube: FakeKube,
+) -> None:
+    from jobs.launch.launcher import Launched, cleanup
+
+    cluster = Cluster(_client(kube))
+    cluster.create_configmap("shop", kb.configmap("run-cfg", "shop", {"a": "b"}))
+    launched = Launched(configmaps=[("shop", "run-cfg"), ("shop", "ttl-took-it")])
+    assert cleanup(cluster, launched) == []  # 404 (ttlSecondsAfterFinished, a person): fine
+    assert ("DELETE", "/api/v1/namespaces/shop/configmaps/ttl-took-it") in {
+        (c.method, c.path) for c in kube.calls
+    }
+    kube.fail("/api/v1/namespaces/shop/configmaps/x", 500, "etcd down", method="DELETE")
+    (line,) = cleanup(cluster, Launched(configmaps=[("shop", "x")]))
+    assert line == (
+        f"could not delete configmaps shop/x: delete configmaps x in shop: the API server at "
+        f"{kube.url} answered HTTP 500: etcd down"
+    )

@@ -30,6 +30,9 @@ from jobs.kube.errors import (
 )
 
 Query = list[tuple[str, Any]]
+# The largest watch event read: etcd stores objects up to 1.5 MiB; a line longer than
+# this is not an event, and reading on would grow without bound.
+MAX_EVENT = 16 * 1024 * 1024
 
 
 @dataclass
@@ -235,24 +238,32 @@ class Client:
             ("resourceVersion", resource_version),
             ("timeoutSeconds", seconds),
         ]
+        from urllib3.exceptions import HTTPError
+
         connect = self.timeouts()[0]
         resp = self._open(what, "GET", path, q, timeout=(connect, seconds + connect + 2))
         raw = resp.response
         try:
             if resp.status != 200:
                 raise self._error(what, resp.status, resp.reason, raw.read())
-            rest = b""
-            for chunk in raw.stream(4096, decode_content=True):
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
-                for line in lines:
+            buf = bytearray()  # one event per line; a line may span chunks
+            for chunk in raw.stream(65536, decode_content=True):
+                scan = len(buf)
+                buf += chunk
+                while (nl := buf.find(b"\n", scan)) >= 0:
+                    line = bytes(buf[:nl])
+                    del buf[: nl + 1]
+                    scan = 0
                     if line.strip():
                         yield self._event(what, line)
-            if rest.strip():
-                yield self._event(what, rest)
-        except KubeError:
-            raise
-        except Exception as exc:  # a read timeout or reset mid-stream
+                if len(buf) > MAX_EVENT:
+                    raise BadResponse(
+                        f"{what}: the API server at {self.server} sent a watch event "
+                        f"over {MAX_EVENT} bytes"
+                    )
+            if buf.strip():
+                yield self._event(what, bytes(buf))
+        except (HTTPError, OSError) as exc:  # a read timeout or reset mid-stream
             cls, detail = transport_detail(exc)
             raise cls(f"{what}: {detail}") from None
         finally:

@@ -34,7 +34,6 @@ from jobs.plan.objects import (
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
 PEER_AUTH_VERSIONS = ("v1", "v1beta1")
 DEST_RULE_VERSIONS = ("v1", "v1beta1", "v1alpha3")
-MESH_CONFIGMAP = "istio"
 
 # Discovery cannot go on; the message is the one line users see. Every Kubernetes failure
 # is one (plan, run and the agent catch this name).
