@@ -263,9 +263,9 @@ class FakeKube:
             self.calls.append(Call(method, parts.path, query))
         if self.delay:
             self._stop.wait(self.delay)
-        for f in self._faults:
-            if parts.path.startswith(f.path) and f.method in (None, method):
-                return f.status, _fault_status(f)
+        fault = self.fault_for(method, parts.path)
+        if fault is not None:
+            return fault
         route = self._route(parts.path)
         if route is None:
             return 404, status_body(
@@ -317,6 +317,13 @@ class FakeKube:
                 self._sorted.clear()
             return 200, self._out(r, version, gone, keep_type=True)
         return 405, status_body(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def fault_for(self, method: str, path: str) -> tuple[int, Obj] | None:
+        """The (status, Status body) ``fail`` set up for this request, if any."""
+        for f in self._faults:
+            if path.startswith(f.path) and f.method in (None, method):
+                return f.status, _fault_status(f)
+        return None
 
     def _route(self, path: str) -> tuple[Resource, str, str | None, str | None] | None:
         seg = [s for s in path.split("/") if s]

@@ -50,14 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from tests.fakekube import (
-    Call,
-    FakeKube,
-    _fault_status,
-    _Handler,
-    _label_match,
-    status_body,
-)
+from tests.fakekube import Call, FakeKube, _Handler, _label_match, status_body
 
 Obj = dict[str, Any]
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,10 +138,11 @@ class JobKube(FakeKube):
             h.end_headers()
             return
         r, _, ns, _ = route
-        failed = next((f for f in self._faults if path.startswith(f.path)), None)
-        if failed is not None or ("watch", r.group, r.plural) in self._forbidden:
-            code = failed.status if failed is not None else 403
-            doc = _fault_status(failed) if failed else self._forbidden_status("watch", r, ns)
+        failed = self.fault_for("GET", path)
+        if failed is None and ("watch", r.group, r.plural) in self._forbidden:
+            failed = 403, self._forbidden_status("watch", r, ns)
+        if failed is not None:
+            code, doc = failed
             data = json.dumps(doc).encode()
             h.send_response(code)
             h.send_header("Content-Type", "application/json")
