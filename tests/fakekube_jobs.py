@@ -156,6 +156,9 @@ class JobKube(FakeKube):
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Transfer-Encoding", "chunked")
+        # Said, not only done: a client that pooled this connection would send its next
+        # request into a socket being closed (a race that fails under load).
+        h.send_header("Connection", "close")
         h.end_headers()
         h.close_connection = True
         try:
