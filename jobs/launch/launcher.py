@@ -282,13 +282,14 @@ def cleanup(cluster: Cluster, launched: Launched) -> list[str]:
 
 
 def _delete(cluster: Cluster, ns: str, plural: str, name: str) -> list[str]:
-    from jobs.plan.discovery import DiscoveryError
+    from jobs.kube.errors import KubeError, NotFound
 
     try:
         cluster.delete(ns, plural, name)
-    except DiscoveryError as exc:
-        if "HTTP 404" not in str(exc):  # already gone (ttlSecondsAfterFinished, a person)
-            return [f"could not delete {plural} {ns}/{name}: {exc}"]
+    except NotFound:  # already gone (ttlSecondsAfterFinished, a person)
+        pass
+    except KubeError as exc:
+        return [f"could not delete {plural} {ns}/{name}: {exc}"]
     return []
 
 
