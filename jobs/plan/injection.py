@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.plan.objects import KubeObject, annotations_of, labels_of, namespace, spec
+from jobs.plan.fields import KubeObject, annotations_of, labels_of, namespace, spec
 
 INJECT_KEY = "sidecar.istio.io/inject"  # label (current API) and annotation (deprecated)
 REVISION_LABEL = "istio.io/rev"
