@@ -26,6 +26,7 @@ from jobs.plan.objects import KubeObject, annotations_of, name, namespace, set_p
 from jobs.plan.planner import Edge, Plan, PodInfo, Requirements, build_plan
 from probe.model import Expect, Protocol, Target, TargetsFile
 from probe.results import Result
+from probe.spiffe import istio_identity
 
 PREFIX = "lab.mtlsprobe.dev/"
 CLAIM_MODE = PREFIX + "claim-mode"
@@ -142,7 +143,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
                 ip=info.ip,
                 app_ip=app_ips[key],
                 sidecar=info.has_sidecar or reset,
-                identity=f"spiffe://{td}/ns/{info.namespace}/sa/{sa}",
+                identity=istio_identity(td, info.namespace, sa),
                 ports=pod_ports,
                 cert=CertKind(ann.get(CERT, CertKind.VALID.value)),
                 xfcc=XfccMode(ann.get(XFCC, XfccMode.APPEND.value)),
@@ -153,7 +154,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
     targets = _targets(plan, service_claims, pod_ann)
     mesh = MeshSpec(
         trust_domain=td,
-        probe_identity=f"spiffe://{td}/ns/{PROBE_NAMESPACE}/sa/{PROBE_SERVICE_ACCOUNT}",
+        probe_identity=istio_identity(td, PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT),
         pods=tuple(pods),
         upstreams=upstreams,
     )

@@ -38,7 +38,6 @@ from jobs.plan.objects import (
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
 PEER_AUTH_VERSIONS = ("v1", "v1beta1")
 DEST_RULE_VERSIONS = ("v1", "v1beta1", "v1alpha3")
-MESH_CONFIGMAP = "istio"
 SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
