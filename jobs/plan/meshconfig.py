@@ -1,21 +1,15 @@
 """MeshConfig: the few fields of istiod's mesh ConfigMap that change a plan (trust
 domain, root namespace, auto-mTLS, the default DestinationRule exportTo), read as
-istiod reads them, and which ConfigMap that is.
+istiod reads them, and which ConfigMap that is. Pure: ``jobs.plan.objects`` applies
+them to a snapshot.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from jobs.plan.admission import Problem
-from jobs.plan.fields import KubeObject, name, namespace
-from probe.constants import DEFAULT_ISTIO_NAMESPACE, MESH_CONFIGMAP
-
-if TYPE_CHECKING:
-    from jobs.plan.objects import ClusterSnapshot
+from probe.constants import MESH_CONFIGMAP
 
 MESH_KEY = "mesh"  # pkg/config/mesh/kubemesh/watcher.go MeshConfigKey
 MESH_MAX_BYTES = 1 << 20
@@ -87,50 +81,3 @@ def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
         MeshSettings(td or None, root or None, auto, export_to),
         problems,
     )
-
-
-def apply_mesh_config(snap: ClusterSnapshot, cm: Mapping[str, Any] | None, where: str) -> None:
-    """Read the mesh ConfigMap ``cm`` (found at ``where``, "<ns>/<name>") into ``snap``."""
-    if cm is None:
-        return
-    data = cm.get("data")
-    settings, problems = read_mesh_config(data.get(MESH_KEY) if type(data) is dict else None)
-    ns, _, cm_name = where.partition("/")
-    snap.problems.extend(Problem("ConfigMap", ns, cm_name, p) for p in problems)
-    snap.mesh_config = where
-    snap.trust_domain = settings.trust_domain or snap.trust_domain
-    snap.root_namespace = settings.root_namespace or snap.root_namespace
-    if settings.enable_auto_mtls is not None:
-        snap.enable_auto_mtls = settings.enable_auto_mtls
-    if settings.default_dr_export_to is not None:
-        snap.default_dr_export_to = settings.default_dr_export_to
-
-
-def pick_mesh_config(
-    snap: ClusterSnapshot,
-    configmaps: list[KubeObject],
-    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
-    revision: str | None = None,
-) -> None:
-    """From ConfigMaps read out of YAML, apply the one istiod would read and say why the
-    others named like it are not the mesh config (a tenant's ``istio`` ConfigMap with a
-    ``mesh`` key looks like an attempt to change the mesh's trust domain or root)."""
-    want = mesh_configmap_name(revision)
-    chosen: Mapping[str, Any] | None = None
-    for cm in configmaps:
-        n, ns = name(cm), namespace(cm)
-        if n == want and ns == istio_namespace:
-            if chosen is not None:
-                snap.notes.append(
-                    f"ConfigMap {ns}/{n} appears more than once: the last one is read, as "
-                    "kubectl apply would leave it"
-                )
-            chosen = cm
-        elif n == MESH_CONFIGMAP or n.startswith(f"{MESH_CONFIGMAP}-"):
-            data = cm.get("data")
-            if type(data) is dict and MESH_KEY in data:
-                snap.notes.append(
-                    f"ConfigMap {ns}/{n} is not the mesh config (istiod reads only "
-                    f"{istio_namespace}/{want}): ignored"
-                )
-    apply_mesh_config(snap, chosen, f"{istio_namespace}/{want}")

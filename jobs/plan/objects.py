@@ -2,14 +2,17 @@
 
 A ``ClusterSnapshot`` holds the raw bodies of the kinds the plan reads (``KubeObject``:
 plain dicts, read through ``jobs.plan.fields``), each admitted once on the way in
-(``jobs.plan.admission``), plus the mesh-wide settings (``jobs.plan.meshconfig``).
+(``jobs.plan.admission``), plus the mesh-wide settings read by ``jobs.plan.meshconfig``
+and applied here (``apply_mesh_config``, ``pick_mesh_config``).
 This module also re-exports those three modules' public names: callers import the
 object model from one place.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobs.plan.admission import DR_TLS_MODES, PA_MODES, Problem, admit
 from jobs.plan.fields import (
@@ -35,9 +38,7 @@ from jobs.plan.meshconfig import (
     MESH_KEY,
     MESH_MAX_BYTES,
     MeshSettings,
-    apply_mesh_config,
     mesh_configmap_name,
-    pick_mesh_config,
     read_mesh_config,
 )
 from probe.constants import DEFAULT_ISTIO_NAMESPACE, MESH_CONFIGMAP
@@ -141,3 +142,53 @@ _SLOTS = {
     "DestinationRule": "destinationrules",
 }
 KINDS = tuple(_SLOTS)
+
+
+# ---- the mesh config, applied -----------------------------------------------------------
+
+
+def apply_mesh_config(snap: ClusterSnapshot, cm: Mapping[str, Any] | None, where: str) -> None:
+    """Read the mesh ConfigMap ``cm`` (found at ``where``, "<ns>/<name>") into ``snap``."""
+    if cm is None:
+        return
+    data = cm.get("data")
+    settings, problems = read_mesh_config(data.get(MESH_KEY) if type(data) is dict else None)
+    ns, _, cm_name = where.partition("/")
+    snap.problems.extend(Problem("ConfigMap", ns, cm_name, p) for p in problems)
+    snap.mesh_config = where
+    snap.trust_domain = settings.trust_domain or snap.trust_domain
+    snap.root_namespace = settings.root_namespace or snap.root_namespace
+    if settings.enable_auto_mtls is not None:
+        snap.enable_auto_mtls = settings.enable_auto_mtls
+    if settings.default_dr_export_to is not None:
+        snap.default_dr_export_to = settings.default_dr_export_to
+
+
+def pick_mesh_config(
+    snap: ClusterSnapshot,
+    configmaps: list[KubeObject],
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE,
+    revision: str | None = None,
+) -> None:
+    """From ConfigMaps read out of YAML, apply the one istiod would read and say why the
+    others named like it are not the mesh config (a tenant's ``istio`` ConfigMap with a
+    ``mesh`` key looks like an attempt to change the mesh's trust domain or root)."""
+    want = mesh_configmap_name(revision)
+    chosen: Mapping[str, Any] | None = None
+    for cm in configmaps:
+        n, ns = name(cm), namespace(cm)
+        if n == want and ns == istio_namespace:
+            if chosen is not None:
+                snap.notes.append(
+                    f"ConfigMap {ns}/{n} appears more than once: the last one is read, as "
+                    "kubectl apply would leave it"
+                )
+            chosen = cm
+        elif n == MESH_CONFIGMAP or n.startswith(f"{MESH_CONFIGMAP}-"):
+            data = cm.get("data")
+            if type(data) is dict and MESH_KEY in data:
+                snap.notes.append(
+                    f"ConfigMap {ns}/{n} is not the mesh config (istiod reads only "
+                    f"{istio_namespace}/{want}): ignored"
+                )
+    apply_mesh_config(snap, chosen, f"{istio_namespace}/{want}")
