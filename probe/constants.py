@@ -39,6 +39,10 @@ AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
 
 # ---- mtlsprobe's own pods --------------------------------------------------------------
 
+# Where k8s/ installs mtlsprobe, and the service account its probe pods run as.
+PROBE_NAMESPACE = "mtlsprobe"
+PROBE_SERVICE_ACCOUNT = "mtlsprobe"
+
 APP_NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"

@@ -18,7 +18,7 @@ from typing import Any
 
 from jobs.agent.sources import CallableSource, SourceError, TargetSource
 from jobs.cli.flags import add_control_plane_flags, control_plane_problem
-from probe.constants import ENVOY_ADMIN
+from probe.constants import ENVOY_ADMIN, PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT
 from probe.model import Source, TargetsFile
 from probe.spiffe import istio_identity
 
@@ -139,6 +139,6 @@ class _Planner:
 
 def own_spiffe_id(trust_domain: str) -> str:
     """What istiod issues to this pod: its namespace and service account (downward API)."""
-    ns = os.environ.get("POD_NAMESPACE", "mtlsprobe")
-    sa = os.environ.get("SERVICE_ACCOUNT", "mtlsprobe")
+    ns = os.environ.get("POD_NAMESPACE", PROBE_NAMESPACE)
+    sa = os.environ.get("SERVICE_ACCOUNT", PROBE_SERVICE_ACCOUNT)
     return istio_identity(trust_domain, ns, sa)

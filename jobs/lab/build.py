@@ -24,6 +24,7 @@ from jobs.lab.spec import (
 from jobs.plan.manifests import snapshot_from_documents
 from jobs.plan.objects import KubeObject, annotations_of, name, namespace, set_pod_ip
 from jobs.plan.planner import Edge, Plan, PodInfo, Requirements, build_plan
+from probe.constants import PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT
 from probe.model import Expect, Protocol, Target, TargetsFile
 from probe.results import Result
 from probe.spiffe import istio_identity
@@ -43,8 +44,6 @@ LAB_ANNOTATIONS = {
     NETWORK: "'reset': a NetworkPolicy or CNI resets every connection to this pod; the lab "
     "stands a resetting listener in front of its app (pod)",
 }
-PROBE_NAMESPACE = "mtlsprobe"
-PROBE_SERVICE_ACCOUNT = "mtlsprobe"
 
 
 @dataclass(frozen=True)

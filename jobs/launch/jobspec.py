@@ -29,6 +29,7 @@ from probe.constants import (
     ENVOY_ADMIN,
     INJECT_LABEL,
     PROBE_POD_LABELS,
+    PROBE_SERVICE_ACCOUNT,
     ROLE_LABEL,
     ROOT_CERT_CONFIGMAP,
     ROOT_CERT_KEY,
@@ -84,7 +85,7 @@ class RunSpec:
 
     run_id: str
     image: str
-    service_account: str = "mtlsprobe"
+    service_account: str = PROBE_SERVICE_ACCOUNT
     deadline: int = 300  # activeDeadlineSeconds of each Job
     ttl: int = 600  # ttlSecondsAfterFinished: the cluster cleans up if we cannot
     sidecar_wait: float = 60.0

@@ -13,7 +13,7 @@ from typing import Any
 
 from jobs.plan.endpoints import Excluded
 from jobs.plan.policy import ClientView
-from probe.constants import APP_NAME_LABEL
+from probe.constants import APP_NAME_LABEL, PROBE_NAMESPACE
 from probe.model import Expect, Protocol, TargetsFile
 from probe.results import EXIT_FAIL, EXIT_OK, Result, Verdict
 
@@ -21,7 +21,7 @@ CHECK_POLICY = "policy"
 CHECK_REQUIRE = {"strict": "require-strict", "sidecar": "require-sidecar"}
 REQUIREMENTS = tuple(CHECK_REQUIRE)
 ECHO_LABEL = (APP_NAME_LABEL, "mtlsprobe-echo")
-DEFAULT_CLIENT_NAMESPACE = "mtlsprobe"
+DEFAULT_CLIENT_NAMESPACE = PROBE_NAMESPACE
 
 
 @dataclass(frozen=True)
