@@ -123,7 +123,7 @@ def summarize(results: Iterable[Result]) -> dict[str, int]:
 
 
 def exit_code(results: Iterable[Result]) -> int:
-    """0 all pass/skip, 1 any fail, 2 no fail but some error (product.md)."""
+    """0 all pass/skip, 1 any fail, 2 no fail but some error (README: exit codes)."""
     verdicts = {r.verdict for r in results}
     if Verdict.FAIL in verdicts:
         return EXIT_FAIL

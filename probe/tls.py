@@ -1,7 +1,7 @@
 """TLS straight to a pod port with pyOpenSSL: capture the server chain, record how
 far the handshake got, and see whether the server rejects a client certificate.
 
-Facts this relies on (istio-facts.md): a handshake with an Istio ALPN shows the
+Facts this relies on (docs/istio-behaviour.md): a handshake with an Istio ALPN shows the
 server chain even without a client certificate (TLS 1.2 and 1.3); in TLS 1.3 the
 client handshake "succeeds" and the rejection arrives as an alert on the first
 read, so we read before we write.

@@ -1,6 +1,6 @@
 """A stand-in for the probe's sidecar (an HTTP forward proxy, CONNECT included) and
 for an Envoy admin API, for tests of the mesh-side checks without Envoy. Real
-sockets, real HTTP; the error bodies are the ones Envoy 1.40 sends (istio-facts.md)."""
+sockets, real HTTP; the error bodies are the ones Envoy 1.40 sends (docs/istio-behaviour.md)."""
 
 from __future__ import annotations
 

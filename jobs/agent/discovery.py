@@ -18,9 +18,9 @@ from typing import Any
 
 from jobs.agent.sources import CallableSource, SourceError, TargetSource
 from jobs.cli.flags import add_control_plane_flags, control_plane_problem
+from probe.constants import ENVOY_ADMIN, PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT
 from probe.model import Source, TargetsFile
-
-DEFAULT_SIDECAR_ADMIN = "http://127.0.0.1:15000"
+from probe.spiffe import istio_identity
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -54,9 +54,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--sidecar-admin",
-        default=DEFAULT_SIDECAR_ADMIN,
+        default=ENVOY_ADMIN,
         metavar="URL",
-        help=f"the sidecar's Envoy admin for the self check (default: {DEFAULT_SIDECAR_ADMIN})",
+        help=f"the sidecar's Envoy admin for the self check (default: {ENVOY_ADMIN})",
     )
 
 
@@ -139,6 +139,6 @@ class _Planner:
 
 def own_spiffe_id(trust_domain: str) -> str:
     """What istiod issues to this pod: its namespace and service account (downward API)."""
-    ns = os.environ.get("POD_NAMESPACE", "mtlsprobe")
-    sa = os.environ.get("SERVICE_ACCOUNT", "mtlsprobe")
-    return f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}"
+    ns = os.environ.get("POD_NAMESPACE", PROBE_NAMESPACE)
+    sa = os.environ.get("SERVICE_ACCOUNT", PROBE_SERVICE_ACCOUNT)
+    return istio_identity(trust_domain, ns, sa)

@@ -25,23 +25,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from probe.constants import (
+    ENVOY_ADMIN,
+    INJECT_LABEL,
+    PROBE_POD_LABELS,
+    PROBE_SERVICE_ACCOUNT,
+    ROLE_LABEL,
+    ROOT_CERT_CONFIGMAP,
+    ROOT_CERT_KEY,
+)
 from probe.model import Source, TargetsFile
+from probe.spiffe import istio_identity
 
 Obj = dict[str, Any]
 
 LABEL_RUN = "mtlsprobe.dev/run-id"
-LABEL_ROLE = "mtlsprobe.dev/role"
+LABEL_ROLE = ROLE_LABEL
 LABEL_SHARDS = "mtlsprobe.dev/shards"
-INJECT_LABEL = "sidecar.istio.io/inject"
 NATIVE_ANNOTATION = "sidecar.istio.io/nativeSidecar"
 CONTAINER = "probe"
 TARGETS_KEY = "targets.yaml"
 TARGETS_DIR = "/etc/mtlsprobe"
 TARGETS_PATH = f"{TARGETS_DIR}/{TARGETS_KEY}"
-ROOT_CONFIGMAP = "istio-ca-root-cert"
-ROOT_KEY = "root-cert.pem"
 ROOT_DIR = f"{TARGETS_DIR}/root"
-ENVOY_ADMIN = "http://127.0.0.1:15000"
 TMP = "/tmp"  # noqa: S108  # an emptyDir: the root filesystem is read-only
 RUN_AS = 65532  # "nonroot" in distroless-style images; numeric so kubelet can verify it
 PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
@@ -79,7 +85,7 @@ class RunSpec:
 
     run_id: str
     image: str
-    service_account: str = "mtlsprobe"
+    service_account: str = PROBE_SERVICE_ACCOUNT
     deadline: int = 300  # activeDeadlineSeconds of each Job
     ttl: int = 600  # ttlSecondsAfterFinished: the cluster cleans up if we cannot
     sidecar_wait: float = 60.0
@@ -113,9 +119,7 @@ def job_name(run_id: str, role: str) -> str:
 
 def labels(spec: RunSpec, role: str | None = None) -> dict[str, str]:
     out = {
-        "app.kubernetes.io/name": "mtlsprobe",
-        "app.kubernetes.io/component": "probe",
-        "app.kubernetes.io/managed-by": "mtlsprobe-run",
+        **PROBE_POD_LABELS,
         LABEL_RUN: spec.run_id,
     }
     if role is not None:
@@ -130,8 +134,8 @@ def run_selector(run_id: str) -> str:
 def pod_targets(plan: TargetsFile, namespace: str, spec: RunSpec) -> TargetsFile:
     """The plan as the probe pods in ``namespace`` see it: their own SPIFFE ID (the
     mesh checks match it against XFCC), their sidecar's admin for ``self``, the root."""
-    identity = f"spiffe://{plan.trust_domain}/ns/{namespace}/sa/{spec.service_account}"
-    root = Path(ROOT_DIR, ROOT_KEY) if spec.root_cert else None  # a path inside the pod
+    identity = istio_identity(plan.trust_domain, namespace, spec.service_account)
+    root = Path(ROOT_DIR, ROOT_CERT_KEY) if spec.root_cert else None  # a path inside the pod
     return replace(
         plan, source=Source(identity=identity, sidecar_admin=ENVOY_ADMIN), root_cert_file=root
     )
@@ -260,8 +264,8 @@ def job(
             {
                 "name": "mesh-root",
                 "configMap": {
-                    "name": ROOT_CONFIGMAP,
-                    "items": [{"key": ROOT_KEY, "path": ROOT_KEY}],
+                    "name": ROOT_CERT_CONFIGMAP,
+                    "items": [{"key": ROOT_CERT_KEY, "path": ROOT_CERT_KEY}],
                 },
             }
         )

@@ -30,6 +30,7 @@ from probe.clusterstats import (
     parse_counters,
     stats_params,
 )
+from probe.constants import ENVOY_ADMIN
 from probe.errors import (
     ConnectTimedOut,
     DNSFailure,
@@ -155,9 +156,7 @@ class _Presence:
 def _sidecar_problem(ctx: RunContext) -> str:
     import httpx
 
-    from probe.checks.self_cert import DEFAULT_ADMIN
-
-    admin = (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+    admin = (ctx.targets.source.sidecar_admin or ENVOY_ADMIN).rstrip("/")
     try:
         status = http_client(ctx, via_sidecar=False).get(admin + "/ready").status_code
     except httpx.HTTPError as exc:
@@ -256,9 +255,7 @@ def witnessed(
 def _read_counters(ctx: RunContext, cluster: str) -> tuple[Counters | None, str]:
     import httpx
 
-    from probe.checks.self_cert import DEFAULT_ADMIN
-
-    admin = (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+    admin = (ctx.targets.source.sidecar_admin or ENVOY_ADMIN).rstrip("/")
     try:
         resp = http_client(ctx, via_sidecar=False).get(
             admin + "/stats", params=stats_params(cluster)
