@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("jobs.cli.plan", "discover the mesh and print what every edge must do (no probing)"),
     "lab": ("jobs.cli.lab", "bring up a local mesh of real Envoy sidecars and verify it"),
     "run": ("jobs.cli.run", "launch probe Jobs in the cluster and aggregate one verdict"),
-    "agent": ("jobs.agent.main", "continuous probing on an interval, with metrics and health"),
+    "agent": ("jobs.cli.agent", "continuous probing on an interval, with metrics and health"),
 }
 
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     module = importlib.import_module(COMMANDS[args.command][0])
-    from probe.cli import UsageError
+    from probe.cliargs import UsageError
     from probe.textsafe import line
 
     try:
