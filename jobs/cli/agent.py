@@ -41,7 +41,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     disc = p.add_argument_group("discovery (without --targets)")
     flags.add_cluster_flags(disc)
-    flags.add_scope_flags(disc, verb="probe")
+    flags.add_scope_flags(disc)
     flags.add_mesh_flags(disc)
     disc.add_argument(
         "--root-cert-file",

@@ -89,15 +89,14 @@ def cluster_access(args: argparse.Namespace) -> ClusterAccess:
 # ---- namespace scope and the mesh ----------------------------------------------------------------
 
 
-def add_scope_flags(group: Group, *, verb: str) -> None:
-    """``verb``: what the command does to a namespace's targets (plan, probe)."""
+def add_scope_flags(group: Group) -> None:
     group.add_argument(
         "-n",
         "--namespace",
         action="append",
         default=[],
         metavar="NS[,NS]",
-        help=f"{verb} only these namespaces (repeatable)",
+        help="only targets in these namespaces (repeatable)",
     )
     group.add_argument(
         "-A",
@@ -113,7 +112,7 @@ def add_scope_flags(group: Group, *, verb: str) -> None:
     group.add_argument(
         "--include-system",
         action="store_true",
-        help=f"{verb} kube-system, kube-public, kube-node-lease and istio-system too",
+        help="targets in kube-system, kube-public, kube-node-lease and istio-system too",
     )
 
 

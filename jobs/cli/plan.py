@@ -43,7 +43,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     flags.add_cluster_flags(src)
     sel = p.add_argument_group("what to plan")
-    flags.add_scope_flags(sel, verb="plan")
+    flags.add_scope_flags(sel)
     mesh = p.add_argument_group("mesh")
     flags.add_mesh_flags(mesh)
     flags.add_probe_namespace_flag(mesh)

@@ -72,7 +72,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     flags.add_cluster_flags(p.add_argument_group("cluster"))
     sel = p.add_argument_group("what to probe (as in `mtlsprobe plan`)")
-    flags.add_scope_flags(sel, verb="probe")
+    flags.add_scope_flags(sel)
     flags.add_mesh_flags(sel)
     flags.add_require_flag(sel)
     add_checks_flag(
