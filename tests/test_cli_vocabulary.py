@@ -66,7 +66,8 @@ NEEDS = {"agent": ["--kind", "plain"]}
 def _command(name: str) -> argparse.ArgumentParser:
     parser = build_parser([name])
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
+    chosen: argparse.ArgumentParser = sub.choices[name]
+    return chosen
 
 
 def _action(p: argparse.ArgumentParser, flag: str) -> argparse.Action:
