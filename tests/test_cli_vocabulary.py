@@ -293,3 +293,31 @@ def test_no_module_imports_another_modules_private_names() -> None:
             if private and (rel, node.module) not in KNOWN:
                 found.append(f"{rel}:{node.lineno}: from {node.module} import {private}")
     assert found == []
+
+
+# ---- the README's synopses name flags that exist ------------------------------------------------
+
+
+def _readme_synopses() -> list[tuple[str, str]]:
+    """(command, flag) for every flag in a README synopsis: a line ``mtlsprobe CMD …``
+    and the indented ``[…]`` lines that continue it."""
+    out: list[tuple[str, str]] = []
+    command = None
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^\s*mtlsprobe (check|plan|run|agent|lab) ", line)
+        if m:
+            command = m.group(1)
+        elif not (command and re.match(r"^\s+\[", line)):
+            command = None
+            continue
+        out += [(command, f) for f in re.findall(r"(?<![\w-])--[a-z][a-z-]*", line)]
+    return out
+
+
+def test_readme_synopses_use_the_current_spellings() -> None:
+    found = _readme_synopses()
+    assert {c for c, _ in found} >= {"check", "plan", "run", "agent"}
+    for command, flag in found:
+        action = _command(command)._option_string_actions.get(flag)
+        assert action is not None, (command, flag)
+        assert action.help != argparse.SUPPRESS, f"README uses the old spelling {flag}"
