@@ -9,14 +9,11 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from jobs.cli import flags
+from jobs.cli.signals import raising_on
 from probe.checks import REGISTRY
 from probe.cliargs import (
     UsageError,
@@ -124,24 +121,6 @@ def _scenarios(args: argparse.Namespace) -> tuple[list[Scenario], bool]:
     return [sc.builtin(n) for n in DEFAULT_SCENARIOS], True
 
 
-@contextmanager
-def _signals_end_the_run() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C does, so every ``finally`` tears the mesh down."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def main(args: argparse.Namespace) -> int:
     from jobs.lab.scenarios import REQUIREMENTS, ScenarioError
     from jobs.lab.supervisor import LabError, stop_pids_file
@@ -168,7 +147,8 @@ def main(args: argparse.Namespace) -> int:
     runs: list[LabRun] = []
     failed_bringup = False
     try:
-        with _signals_end_the_run():
+        # SIGTERM/SIGHUP unwind like Ctrl-C does, so every ``finally`` tears the mesh down.
+        with raising_on((signal.SIGTERM, signal.SIGHUP), lambda signum: SystemExit(128 + signum)):
             if demo:
                 _print_intro(out)
             for i, scenario in enumerate(scenarios):

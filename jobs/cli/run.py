@@ -18,14 +18,11 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from jobs.cli import flags
+from jobs.cli.signals import raising_on
 from jobs.launch.cluster import Cluster
 from jobs.launch.jobspec import ROLES
 from jobs.launch.launcher import (
@@ -232,7 +229,8 @@ def _run(
 
     sources = options.sources
     launched = Launched()
-    with _sigterm_interrupts():
+    # SIGTERM (the CronJob's deadline, a deleted pod) unwinds like Ctrl-C: clean-up runs.
+    with raising_on((signal.SIGTERM,), lambda signum: KeyboardInterrupt()):
         try:
             try:
                 launch(cluster, plan, spec, options, launched)
@@ -256,24 +254,6 @@ def _run(
     if len(sources) > 1:
         results = [_from_source(r) for r in results]
     return results
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (the CronJob's deadline, a deleted pod) unwinds like Ctrl-C, so the
-    ``finally`` blocks remove what the run created."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _from_source(r: Result) -> Result:
