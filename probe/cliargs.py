@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from probe.results import Result
 
 REPORT_FORMATS = ("table", "json", "jsonl", "junit")
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_CONCURRENCY = 32
-DEFAULT_MIN_REMAINING = timedelta(hours=6)
-DEFAULT_MAX_LIFETIME = timedelta(days=90)
 
 
 class UsageError(Exception):
@@ -148,51 +144,62 @@ def old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> None:
 Group = argparse._ArgumentGroup | argparse.ArgumentParser
 
 
-def add_probe_flags(group: Group, *, concurrency: bool = True, cert_window: bool = True) -> None:
-    """How the checks probe: ``--timeout`` is always the per-operation network timeout
-    (the Kubernetes API's is ``--request-timeout``)."""
+def add_probe_flags(group: Group) -> None:
+    """How the checks probe, with the checks' own defaults (``Settings``). ``--timeout``
+    is always the per-operation network timeout (the Kubernetes API's is
+    ``--request-timeout``)."""
+    from probe.checks.base import Settings
+
+    default = Settings()
     group.add_argument(
         "--timeout",
         type=positive_seconds,
-        default=DEFAULT_TIMEOUT,
+        default=default.timeout,
         metavar="SECONDS",
-        help=f"per network operation of the checks (default: {DEFAULT_TIMEOUT:g})",
+        help=f"per network operation of the checks (default: {default.timeout:g})",
     )
-    if concurrency:
-        group.add_argument(
-            "--concurrency",
-            type=positive_int,
-            default=DEFAULT_CONCURRENCY,
-            metavar="N",
-            help=f"checks in flight at once (default: {DEFAULT_CONCURRENCY})",
-        )
-    if cert_window:
-        group.add_argument(
-            "--min-remaining",
-            type=parse_duration,
-            default=DEFAULT_MIN_REMAINING,
-            metavar="DURATION",
-            help="fail certificates expiring sooner (default: 6h)",
-        )
-        group.add_argument(
-            "--max-lifetime",
-            type=parse_duration,
-            default=DEFAULT_MAX_LIFETIME,
-            metavar="DURATION",
-            help="fail certificates valid for longer (default: 90d)",
-        )
+    group.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=default.concurrency,
+        metavar="N",
+        help=f"checks in flight at once (default: {default.concurrency})",
+    )
+    group.add_argument(
+        "--min-remaining",
+        type=parse_duration,
+        default=default.min_remaining,
+        metavar="DURATION",
+        help=f"fail certificates expiring sooner (default: {span(default.min_remaining)})",
+    )
+    group.add_argument(
+        "--max-lifetime",
+        type=parse_duration,
+        default=default.max_lifetime,
+        metavar="DURATION",
+        help=f"fail certificates valid for longer (default: {span(default.max_lifetime)})",
+    )
 
 
 def probe_settings(args: argparse.Namespace) -> Settings:
-    """The checks' settings from ``add_probe_flags`` (defaults for flags not added)."""
+    """The checks' settings from the flags of ``add_probe_flags``."""
     from probe.checks.base import Settings
 
     return Settings(
         timeout=args.timeout,
-        concurrency=getattr(args, "concurrency", DEFAULT_CONCURRENCY),
-        min_remaining=getattr(args, "min_remaining", DEFAULT_MIN_REMAINING),
-        max_lifetime=getattr(args, "max_lifetime", DEFAULT_MAX_LIFETIME),
+        concurrency=args.concurrency,
+        min_remaining=args.min_remaining,
+        max_lifetime=args.max_lifetime,
     )
+
+
+def span(value: timedelta) -> str:
+    """A duration as ``parse_duration`` reads it, in its largest whole unit (``6h``)."""
+    total = value.total_seconds()
+    for unit in ("d", "h", "m"):
+        if total and total % _UNITS[unit] == 0:
+            return f"{total / _UNITS[unit]:.0f}{unit}"
+    return f"{total:.6f}".rstrip("0").rstrip(".") + "s"  # never an exponent
 
 
 def add_checks_flag(group: Group, names: Sequence[str], *, extra: str = "") -> None:

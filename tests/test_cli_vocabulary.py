@@ -43,9 +43,9 @@ SHARED: dict[str, tuple[str, ...]] = {
     "--require": ("plan", "run"),
     # data plane: how the checks probe and report
     "--timeout": ("check", "run", "agent", "lab"),
-    "--concurrency": ("check", "agent", "lab"),
-    "--min-remaining": ("check", "agent", "lab"),
-    "--max-lifetime": ("check", "agent", "lab"),
+    "--concurrency": ("check", "run", "agent", "lab"),
+    "--min-remaining": ("check", "run", "agent", "lab"),
+    "--max-lifetime": ("check", "run", "agent", "lab"),
     "--output": ("check", "run", "lab"),
     "--out": ("check", "run", "lab"),
     "--wait-for-sidecar": ("check", "run"),
@@ -265,6 +265,30 @@ def test_every_seconds_flag_refuses_what_is_not_a_bounded_positive_span(
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith("mtlsprobe ")
 
 
+def test_run_hands_the_probing_flags_to_its_probe_pods() -> None:
+    """What ``run`` takes as ``check`` flags reaches ``check`` in the Job, parsed back
+    to the same values; defaults are left to the probe."""
+    from jobs.launch.jobspec import ROLES, RunSpec, probe_args
+
+    run = _command("run").parse_args(
+        ["--timeout", "3", "--concurrency", "8", "--min-remaining", "1d", "--max-lifetime", "2h"]
+    )
+    spec = RunSpec(
+        run_id="r",
+        image="i",
+        timeout=run.timeout,
+        concurrency=run.concurrency,
+        min_remaining=run.min_remaining,
+        max_lifetime=run.max_lifetime,
+    )
+    argv = probe_args(ROLES[0], ("plaintext",), spec, shards=1)
+    check = _command("check").parse_args(argv[1:])
+    for name in ("timeout", "concurrency", "min_remaining", "max_lifetime"):
+        assert getattr(check, name) == getattr(run, name), name
+    plain = probe_args(ROLES[0], ("plaintext",), RunSpec(run_id="r", image="i"), shards=1)
+    assert not {"--concurrency", "--min-remaining", "--max-lifetime"} & set(plain)
+
+
 def test_seconds_flags_take_a_number_or_a_duration() -> None:
     for text, want in (("2.5", 2.5), ("30s", 30.0), ("2m", 120.0), ("1e3", 1000.0)):
         assert _command("run").parse_args(["--timeout", text]).timeout == want
@@ -321,3 +345,13 @@ def test_readme_synopses_use_the_current_spellings() -> None:
         action = _command(command)._option_string_actions.get(flag)
         assert action is not None, (command, flag)
         assert action.help != argparse.SUPPRESS, f"README uses the old spelling {flag}"
+
+
+@pytest.mark.parametrize(
+    "text", ["6h", "90d", "30m", "45s", "0.5s", "0", "1.25", "36h", "100000000s", "86401"]
+)
+def test_a_span_reads_back_as_the_same_duration(text: str) -> None:
+    from probe.cliargs import parse_duration, span
+
+    value = parse_duration(text)
+    assert parse_duration(span(value)) == value

@@ -117,7 +117,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="the Jobs' activeDeadlineSeconds and how long to wait for them (default: 300)",
     )
-    add_probe_flags(j, concurrency=False, cert_window=False)
+    add_probe_flags(j)
     j.add_argument(
         "--shard-threshold",
         type=positive_int,
@@ -197,6 +197,9 @@ def main(args: argparse.Namespace) -> int:
             sidecar_wait=args.wait_for_sidecar,
             native_sidecar=args.native_sidecar,
             timeout=args.timeout,
+            concurrency=args.concurrency,
+            min_remaining=args.min_remaining,
+            max_lifetime=args.max_lifetime,
             root_cert=snap.root_cert_pem is not None,
         )
         cluster = Cluster(Reader(api, opts))
