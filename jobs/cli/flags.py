@@ -59,8 +59,8 @@ def add_cluster_flags(group: Group) -> None:
     group.add_argument(
         "--in-cluster",
         action="store_true",
-        help="use the pod's service account and fail unless running in a pod (what the "
-        "CronJob and the DaemonSets run)",
+        help="insist on the pod's service account: fail unless running in a pod "
+        "(the CronJob passes it)",
     )
     group.add_argument(
         "--request-timeout",
