@@ -14,7 +14,6 @@ import math
 import os
 import re
 import sys
-import weakref
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -88,9 +87,6 @@ def words(items: Sequence[str] | str | None) -> tuple[str, ...]:
 
 # ---- renamed flags ------------------------------------------------------------------------------
 
-# parser -> old spellings it still accepts, for its --help epilog
-_OLD: weakref.WeakKeyDictionary[argparse.ArgumentParser, list[str]] = weakref.WeakKeyDictionary()
-
 
 class _OldSpelling(argparse.Action):
     """A flag's previous name: hidden from --help, parsed exactly as the new one, with
@@ -129,10 +125,12 @@ class _OldSpelling(argparse.Action):
 def old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     """Keep ``old`` working as ``new`` (already added to ``parser``) until the next
     release, hidden from --help, and list it in the epilog."""
-    action = parser._option_string_actions[new]
-    parser.add_argument(old, action=_OldSpelling, new=action)
-    _OLD.setdefault(parser, []).append(f"{old} (now {new})")
-    names = _OLD[parser]
+    parser.add_argument(old, action=_OldSpelling, new=parser._option_string_actions[new])
+    names = [
+        f"{a.option_strings[0]} (now {a.new.option_strings[-1]})"
+        for a in parser._actions
+        if isinstance(a, _OldSpelling)
+    ]
     parser.epilog = (
         f"Old spelling{'s' if len(names) > 1 else ''} {', '.join(names)} still accepted "
         "until the next release."
