@@ -68,7 +68,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
     """The snapshot the flags describe; every failure is a UsageError (exit 64)."""
-    options = flags.discovery_options(args)
+    problem = flags.mesh_problem(args)
+    if problem:
+        raise UsageError(problem)
+    namespaces = flags.namespaces(args)
     if args.from_manifests:
         from jobs.plan.manifests import ManifestError, load_manifests, planned_namespaces
 
@@ -82,8 +85,8 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
             )
         except ManifestError as exc:
             raise UsageError(str(exc)) from None
-        if options.namespaces:
-            snap.target_namespaces = set(options.namespaces)
+        if namespaces:
+            snap.target_namespaces = set(namespaces)
         else:  # as the live path: system namespaces only with --include-system
             snap.target_namespaces = planned_namespaces(snap, include_system=args.include_system)
         snap.trust_domain = args.trust_domain or snap.trust_domain
@@ -91,6 +94,7 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
         return snap
     from jobs.plan.discovery import DiscoveryError, api_client, discover
 
+    options = flags.discovery_options(args)
     access = flags.cluster_access(args)
     try:
         api = api_client(access.kubeconfig, access.context, access.request_timeout)
