@@ -20,12 +20,12 @@ import pytest
 import yaml
 
 from jobs.cli.main import main as cli_main
-from jobs.cli.plan import targets_yaml
 from jobs.plan.discovery import Options, discover
 from jobs.plan.manifests import load_manifests
 from jobs.plan.planner import Plan, Requirements, build_plan
 from probe.model import Expect, TargetsFile, load_targets
 from probe.results import Verdict
+from probe.targetsyaml import targets_yaml
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube
 

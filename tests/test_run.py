@@ -321,7 +321,7 @@ def test_logs_unreadable(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
 def test_sidecar_never_ready(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     env.kube.agent = "http://127.0.0.1:9"  # nothing listens: never ready
     code, doc, _err = run(
-        env, capsys, "--checks", "mesh", "--deadline", "20", "--sidecar-wait", "0.5"
+        env, capsys, "--checks", "mesh", "--deadline", "20", "--wait-for-sidecar", "0.5"
     )
     (r,) = probe_results(doc)
     assert r["verdict"] == "error"

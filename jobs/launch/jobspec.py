@@ -22,9 +22,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from probe.checks.base import Settings
+from probe.cliargs import span
 from probe.constants import (
     ENVOY_ADMIN,
     INJECT_LABEL,
@@ -36,6 +39,8 @@ from probe.constants import (
 )
 from probe.model import Source, TargetsFile
 from probe.spiffe import istio_identity
+
+_PROBE = Settings()  # the probe's own defaults: flags are passed only to differ from them
 
 Obj = dict[str, Any]
 
@@ -91,6 +96,9 @@ class RunSpec:
     sidecar_wait: float = 60.0
     native_sidecar: bool = False
     timeout: float = 5.0  # per network operation in the probe
+    concurrency: int = _PROBE.concurrency  # the probe's checks in flight
+    min_remaining: timedelta = _PROBE.min_remaining  # the probe's certificate window
+    max_lifetime: timedelta = _PROBE.max_lifetime
     root_cert: bool = True  # mount istio-ca-root-cert and chain-check against it
     cpu_request: str = "50m"
     cpu_limit: str = "500m"
@@ -195,6 +203,12 @@ def probe_args(role: Role, checks: tuple[str, ...], spec: RunSpec, shards: int) 
     # --timing: each line carries the check's real start and end, for run's traces.
     args = ["check", "-f", path, "--checks", ",".join(checks), "-o", "jsonl", "--timing"]
     args += ["--timeout", f"{spec.timeout:g}"]
+    if spec.concurrency != _PROBE.concurrency:
+        args += ["--concurrency", str(spec.concurrency)]
+    if spec.min_remaining != _PROBE.min_remaining:
+        args += ["--min-remaining", span(spec.min_remaining)]
+    if spec.max_lifetime != _PROBE.max_lifetime:
+        args += ["--max-lifetime", span(spec.max_lifetime)]
     if role.sidecar:
         args += ["--wait-for-sidecar", f"{spec.sidecar_wait:g}"]
         if not spec.native_sidecar:

@@ -4,15 +4,11 @@ results naming the cause."""
 
 from __future__ import annotations
 
-import argparse
 import secrets
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from jobs.launch.jobspec import ROLES, Role
 
@@ -27,6 +23,7 @@ if TYPE_CHECKING:
 from jobs.launch.cluster import Cluster
 
 DEFAULT_SHARD_THRESHOLD = 200
+DEFAULT_PARALLELISM = 4
 CONFIGMAP_MAX = 1_000_000  # the API server's limit is 1 MiB for the whole object
 
 # ---- what was launched ---------------------------------------------------------------------------
@@ -60,16 +57,16 @@ class Launched:
     units: list[Unit] = field(default_factory=list)
 
 
-def _scopes(names: list[str]) -> dict[str, Scope]:
+def _scopes(names: tuple[str, ...]) -> dict[str, Scope]:
     from probe.checks import load_check
 
     return {n: load_check(n).scope for n in names}
 
 
 def _too_big(text: str, what: str, lower: bool = False) -> NoReturn:
-    from probe.cli import UsageError
+    from probe.cliargs import UsageError
 
-    fix = "lower --shard-threshold" if lower else "narrow the run with -n or --selector"
+    fix = "lower --shard-threshold" if lower else "narrow the run with -n or --namespace-selector"
     raise UsageError(
         f"the targets file for {what} is {len(text.encode())} bytes; a ConfigMap holds at "
         f"most 1 MiB: {fix}"
@@ -80,23 +77,28 @@ def _endpoints(tf: TargetsFile) -> int:
     return sum(max(1, len(t.endpoints)) for t in tf.targets)
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What to launch besides the plan and the pod spec (``mtlsprobe run``'s flags)."""
+
+    sources: tuple[str, ...]  # namespaces probed from, each gets its Jobs
+    checks: tuple[str, ...]  # check names; each goes to the role that can run it
+    shard_threshold: int = DEFAULT_SHARD_THRESHOLD  # units of work above which a Job shards
+    parallelism: int = DEFAULT_PARALLELISM  # shards of an Indexed Job running at once
+
+
 def launch(
-    cluster: Cluster,
-    plan: Plan,
-    spec: RunSpec,
-    sources: list[str],
-    names: list[str],
-    args: argparse.Namespace,
-    out: Launched,
+    cluster: Cluster, plan: Plan, spec: RunSpec, options: LaunchOptions, out: Launched
 ) -> None:
     """Create the ConfigMap and Jobs in every source namespace (recorded in ``out`` as
     they are created, so an interrupted launch is still cleaned up)."""
-    from jobs.cli.plan import targets_yaml
     from jobs.launch import jobspec
     from probe import shard
+    from probe.targetsyaml import targets_yaml
 
+    names = options.checks
     scopes = _scopes(names)
-    for ns in sources:
+    for ns in options.sources:
         tf = jobspec.pod_targets(plan.targets_file, ns, spec)
         roles: list[tuple[Role, tuple[str, ...], bool, int]] = []
         for role in ROLES:
@@ -104,7 +106,8 @@ def launch(
             if checks:
                 by_ep = shard.by_endpoint(scopes[c] for c in checks)
                 work = _endpoints(tf) if by_ep else len(tf.targets)
-                roles.append((role, checks, by_ep, jobspec.shard_count(work, args.shard_threshold)))
+                shards = jobspec.shard_count(work, options.shard_threshold)
+                roles.append((role, checks, by_ep, shards))
         text = targets_yaml(tf.to_dict())
         if len(text.encode()) > CONFIGMAP_MAX:
             if any(n == 1 for *_, n in roles):
@@ -125,7 +128,7 @@ def launch(
                 )
                 out.configmaps.append((ns, made["metadata"]["name"]))
             jb = jobspec.job(
-                spec, ns, role, checks, cm, shards=shards, parallelism=args.parallelism
+                spec, ns, role, checks, cm, shards=shards, parallelism=options.parallelism
             )
             created = cluster.create_job(ns, jb)
             out.jobs.append((ns, created["metadata"]["name"]))
@@ -298,33 +301,7 @@ def new_run_id() -> str:
     return f"{int(time.time()) % 10**8:08d}{secrets.token_hex(2)}"
 
 
-@dataclass
-class _Terminated:
-    previous: Any = None
-
-    def __enter__(self) -> None:
-        if sys.platform != "win32":
-            import threading
-
-            if threading.current_thread() is threading.main_thread():
-
-                def handler(signum: int, frame: FrameType | None) -> None:
-                    raise KeyboardInterrupt  # the finally blocks clean up
-
-                self.previous = signal.signal(signal.SIGTERM, handler)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
 def jobspec_selector(spec: RunSpec) -> str:
     from jobs.launch.jobspec import run_selector
 
     return run_selector(spec.run_id)
-
-
-def _from(r: Result) -> Result:
-    """With several source namespaces the same edge is probed once per source: reports
-    name the source after the target; the target itself stays as planned."""
-    return replace(r, origin=replace(r.origin, shown=True)) if r.origin is not None else r
