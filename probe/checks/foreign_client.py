@@ -136,7 +136,9 @@ class ForeignClientCheck(Check):
         timeout = ctx.settings.timeout
         context = tls_context(ctx, target, client, label)
         try:
-            conn, hs = tls.connect_tls(endpoint, context, timeout, istio_sni(target))
+            conn, hs = tls.connect_tls(
+                endpoint, context, timeout, istio_sni(target), hold_flight=True
+            )
         except ObservationError as exc:
             return Attempt(label, "error", exc.reason)
         try:
