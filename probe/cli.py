@@ -12,13 +12,14 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from probe.checks import REGISTRY, load_check, parse_check_list
 from probe.results import EXIT_USAGE, Result, exit_code
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
+    from probe.evidence import Evidence
     from probe.model import TargetsFile
 
 DEFAULT_CONCURRENCY = 32
@@ -79,7 +80,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         default="table",
-        choices=("table", "json", "jsonl", "junit"),
+        choices=("table", "json", "jsonl", "junit", "policyreport"),
         help="report format on stdout (default: table)",
     )
     p.add_argument(
@@ -116,14 +117,16 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="fail certificates valid for longer (default: 90d)",
     )
-    from probe import shard, sidecar
+    from probe import evidence, shard, sidecar
 
     sidecar.add_flags(p)
     shard.add_flags(p)
+    evidence.add_flags(p)
 
 
 def _format_for_file(path: Path, default: str) -> str:
-    return {".json": "json", ".jsonl": "jsonl", ".xml": "junit"}.get(path.suffix.lower(), default)
+    suffixes = {".json": "json", ".jsonl": "jsonl", ".xml": "junit", ".yaml": "policyreport"}
+    return suffixes.get(path.suffix.lower(), default)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -147,6 +150,11 @@ def _main(args: argparse.Namespace) -> int:
     except TargetsFileError as exc:
         raise UsageError(str(exc)) from None
     targets = _shard(args, targets, names)
+    from probe.evidence import from_args
+
+    ev = from_args(args)
+    if ev.signer is not None:
+        ev.add_material(f"targets:{args.file.name}", args.file.read_bytes())
 
     settings = Settings(
         timeout=args.timeout,
@@ -169,7 +177,7 @@ def _main(args: argparse.Namespace) -> int:
             ctx.close()
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
         # flush must not kill the process before the partial report and spans are out.
-        emit_report(results, args.output, args.out)
+        emit_report(results, args.output, args.out, evidence=ev, cluster="local")
         _export_telemetry(results, targets)
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -221,9 +229,23 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
     return errors + skips
 
 
-def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
+def emit_report(
+    results: list[Result],
+    fmt: str,
+    out: Path | None,
+    *,
+    evidence: Evidence | None = None,
+    cluster: str = "local",
+    run_id: str | None = None,
+) -> None:
+    """The report on stdout (and ``out``); with ``evidence``, control IDs in it and the
+    signed attestation after it."""
     from probe.report import render
 
+    ev = evidence
+    opts: dict[str, Any] = (
+        {"controls": ev.controls, "report_kind": ev.report_kind} if ev is not None else {}
+    )
     # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
     colour = (
         fmt == "table"
@@ -234,13 +256,17 @@ def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout.write(render(results, fmt, colour=colour))
+    sys.stdout.write(render(results, fmt, colour=colour, **opts))
     sys.stdout.flush()
     if out is not None:
         try:
-            out.write_text(render(results, _format_for_file(out, fmt)), encoding="utf-8")
+            out.write_text(render(results, _format_for_file(out, fmt), **opts), encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+    if ev is not None:
+        from probe.evidence import write_attestation
+
+        write_attestation(ev, results, cluster=cluster, run_id=run_id)
 
 
 def _export_telemetry(results: list[Result], targets: TargetsFile) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probe.results import Result, Verdict, summarize
 from probe.textsafe import escape
 
-FORMATS = ("table", "json", "jsonl", "junit")
+if TYPE_CHECKING:
+    from probe.compliance import ControlMap
+
+FORMATS = ("table", "json", "jsonl", "junit", "policyreport")
 
 _COLOURS = {
     Verdict.PASS: "\033[32m",
@@ -58,26 +61,55 @@ def _json_default(value: object) -> str:
     return str(utf8_safe(str(value)))
 
 
-def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
+def render(
+    results: Sequence[Result],
+    fmt: str,
+    *,
+    colour: bool = False,
+    controls: ControlMap | None = None,
+    report_kind: str = "policyreport",
+) -> str:
+    """``controls`` (a compliance mapping) adds control IDs to json/jsonl/junit/policyreport;
+    ``report_kind`` picks the policy report API (probe.policyreport.KINDS)."""
     if fmt == "json":
-        return render_json(results)
+        return render_json(results, controls=controls)
     if fmt == "jsonl":
-        return render_jsonl(results)
+        return render_jsonl(results, controls=controls)
     if fmt == "junit":
-        return render_junit(results)
+        return render_junit(results, controls=controls)
+    if fmt == "policyreport":
+        from probe.policyreport import render_reports
+
+        return render_reports(results, kind=report_kind, controls=controls)
     if fmt == "table":
         return render_table(results, colour=colour)
     raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def render_json(results: Sequence[Result]) -> str:
-    doc = {"results": [utf8_safe(r.to_dict()) for r in results], "summary": summarize(results)}
+def _with_controls(r: Result, controls: ControlMap | None) -> dict[str, Any]:
+    """The contract's object; with a compliance mapping, plus ``controls`` (labels)."""
+    out = r.to_dict()
+    if controls is not None:
+        out["controls"] = controls.labels(r.check)
+    return out
+
+
+def render_json(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
+    doc: dict[str, Any] = {
+        "results": [utf8_safe(_with_controls(r, controls)) for r in results],
+        "summary": summarize(results),
+    }
+    if controls is not None:
+        doc["compliance"] = utf8_safe({"name": controls.name, "controls": controls.status(results)})
     return json.dumps(doc, indent=2, default=_json_default) + "\n"
 
 
-def render_jsonl(results: Sequence[Result]) -> str:
+def render_jsonl(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
     return "".join(
-        json.dumps(utf8_safe(r.to_dict()), default=_json_default, separators=(",", ":")) + "\n"
+        json.dumps(
+            utf8_safe(_with_controls(r, controls)), default=_json_default, separators=(",", ":")
+        )
+        + "\n"
         for r in results
     )
 
@@ -116,9 +148,19 @@ def render_table(
     return "\n".join(lines) + "\n"
 
 
-def render_junit(results: Sequence[Result]) -> str:
-    """One testsuite per check, one testcase per result."""
-    from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
+def render_junit(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
+    """One testsuite per check, one testcase per result; control IDs as ``control``
+    properties of each testcase."""
+    from junitparser import (
+        Error,
+        Failure,
+        JUnitXml,
+        Properties,
+        Property,
+        Skipped,
+        TestCase,
+        TestSuite,
+    )
 
     xml = JUnitXml(name="mtlsprobe")
     suites: dict[str, TestSuite] = {}
@@ -129,6 +171,12 @@ def render_junit(results: Sequence[Result]) -> str:
         name = r.target if r.endpoint is None else f"{r.target} {r.endpoint}"
         case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
+        labels = controls.labels(r.check) if controls is not None else []
+        if labels:
+            props = Properties()  # type: ignore[no-untyped-call]
+            for label in labels:
+                props.add_property(Property("control", _xml_safe(label)))
+            case.append(props)  # type: ignore[no-untyped-call]
         detail = json.dumps(utf8_safe(r.to_dict()), indent=2, default=_json_default)
         if r.verdict is Verdict.FAIL:
             fail = Failure(_xml_safe(r.reason), type_="fail")

@@ -140,6 +140,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     probe.add_argument(
         "--max-lifetime", type=parse_duration, default=timedelta(days=90), metavar="DURATION"
     )
+    __import__("jobs.launch.policyreports", fromlist=["add_flags"]).add_flags(p, openreports=True)
 
 
 def _target_source(args: argparse.Namespace) -> TargetSource:
@@ -218,11 +219,17 @@ def assemble(args: argparse.Namespace) -> Assembled:
         state, kind=args.kind, node=os.environ.get("NODE_NAME"), otlp=telemetry.enabled()
     )
     runner = RoundRunner(kind=args.kind, source=source, me=me, settings=settings, peers=peers)
+    hooks = []
+    if args.policy_reports:
+        from jobs.launch.policyreports import agent_hook
+
+        hooks.append(agent_hook(args, me))
     agent = Agent(
         runner,
         state,
         metrics,
         Schedule(interval_s=args.interval, jitter_s=jitter, max_rounds=args.rounds),
+        after_round=hooks,
     )
     try:
         server = AgentServer(listen, Endpoints(state, metrics.prometheus_text, agent.results_json))

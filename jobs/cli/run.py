@@ -27,6 +27,7 @@ from jobs.launch.jobspec import ROLES
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
     from jobs.plan.planner import Plan
+    from probe.evidence import Evidence
     from probe.results import Result
 from jobs.launch.cluster import Cluster
 from jobs.launch.launcher import (
@@ -210,10 +211,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         default="table",
-        choices=("table", "json", "jsonl", "junit"),
+        choices=("table", "json", "jsonl", "junit", "policyreport"),
         help="report format on stdout (default: table)",
     )
     o.add_argument("--out", type=Path, metavar="FILE", help="also write the report to FILE")
+    from jobs.launch.policyreports import add_flags as add_policy_report_flags
+    from probe.evidence import add_flags as add_evidence_flags
+
+    add_policy_report_flags(o)
+    add_evidence_flags(p)
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -269,6 +275,9 @@ def main(args: argparse.Namespace) -> int:
         revision=args.revision,
         timeout=args.request_timeout,
     )
+    from probe.evidence import from_args as evidence_from_args
+
+    ev = evidence_from_args(args)  # before any API call: a bad key or mapping is exit 64
     try:
         api = api_client(args.kubeconfig, args.context, args.request_timeout)
     except DiscoveryError as exc:
@@ -292,15 +301,36 @@ def main(args: argparse.Namespace) -> int:
         )
         cluster = Cluster(Reader(api, opts))
         results = _run(cluster, plan, spec, sources, names, args)
+        everything = [*plan.findings, *results]
+        if args.policy_reports:
+            _write_policy_reports(cluster, everything, plan, ev)
     finally:
         api.close()
-    everything = [*plan.findings, *results]
-    emit_report(everything, args.output, args.out)
+    if ev.signer is not None:
+        import yaml
+
+        planned = yaml.safe_dump(plan.targets_file.to_dict(), sort_keys=True).encode()
+        ev.add_material("targets:planned", planned)
+    server = str(api.configuration.host)
+    emit_report(
+        everything, args.output, args.out, evidence=ev, cluster=server, run_id=spec.run_id
+    )
     from probe import telemetry
 
     if telemetry.enabled():  # the probe pods do not export: one trace per run, from here
         telemetry.export_run(everything, source_identity=None, targets=plan.targets_file)
     return exit_code(everything)
+
+
+def _write_policy_reports(
+    cluster: Cluster, results: list[Result], plan: Plan, ev: Evidence
+) -> None:
+    from jobs.launch import policyreports
+
+    done = policyreports.write(
+        cluster, results, kind=ev.report_kind, owner="run", plan=plan, controls=ev.controls
+    )
+    sys.stderr.write(f"mtlsprobe run: {done.line(ev.report_kind)}\n")
 
 
 def _run(

@@ -1,0 +1,289 @@
+"""Writing policy reports to the cluster (``run --policy-reports``, ``agent --policy-reports``).
+
+The objects come from ``probe.policyreport`` (pure); this module makes the cluster hold
+exactly them: create what is new, update what exists (with its resourceVersion), delete
+the reports this writer made for namespaces that no longer have targets. Ownership is by
+label (``app.kubernetes.io/managed-by=mtlsprobe``, ``mtlsprobe.dev/report``,
+``mtlsprobe.dev/owner``): reports live in the tenants' namespaces, where no
+ownerReference to the probe's namespace is allowed. A report of the same name that lacks
+our labels is someone else's and is never overwritten or deleted.
+
+Every API call goes through ``ReportApi`` (four methods), so the calls can move onto a
+single Kubernetes edge without touching the sync logic. ``REPORT_API_CALLS`` is the
+RBAC it needs (k8s/components/policy-reports); tests compare it with what the fake API
+server recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from probe.policyreport import KINDS, MANAGED_BY, REPORT_LABEL, REPORT_NAME, Kind
+
+if TYPE_CHECKING:
+    from jobs.agent.state import RoundReport
+    from jobs.launch.cluster import Cluster
+    from jobs.plan.planner import Plan
+    from probe.compliance import ControlMap
+    from probe.policyreport import ObjectRef, Resolver
+    from probe.results import Result
+
+OWNER_LABEL = "mtlsprobe.dev/owner"
+SELECTOR = ",".join(f"{k}={v}" for k, v in {**MANAGED_BY, REPORT_LABEL: "true"}.items())
+ANY_NS = "<any namespace>"
+
+REPORT_API_CALLS: frozenset[tuple[str, str, str, str]] = frozenset(
+    (verb, k.group, k.plural, ANY_NS)
+    for k in KINDS.values()
+    for verb in ("list", "create", "update", "delete")
+)
+
+
+def add_flags(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, *, openreports: bool = False
+) -> None:
+    """``--policy-reports`` (and ``--openreports`` where probe.evidence does not add it)."""
+    p.add_argument(
+        "--policy-reports",
+        action="store_true",
+        help="write the verdicts to the cluster as wgpolicyk8s.io/v1alpha2 PolicyReports "
+        "(openreports.io/v1alpha1 Reports with --openreports), one per target namespace; "
+        "needs the policy-reports RBAC component",
+    )
+    if openreports:
+        p.add_argument(
+            "--openreports",
+            action="store_true",
+            help="--policy-reports: openreports.io/v1alpha1 Report objects",
+        )
+
+
+class ReportApi(Protocol):
+    """The four calls the sync makes; ``Cluster`` below is the real one."""
+
+    def list_owned(self, k: Kind, selector: str) -> list[dict[str, Any]]: ...
+    def create(self, k: Kind, ns: str, body: dict[str, Any]) -> None: ...
+    def replace(self, k: Kind, ns: str, name: str, body: dict[str, Any]) -> None: ...
+    def delete(self, k: Kind, ns: str, name: str) -> None: ...
+
+
+@dataclass
+class ClusterReportApi:
+    """``ReportApi`` over ``jobs.launch.cluster.Cluster`` (timeouts, one-line errors)."""
+
+    cluster: Cluster
+
+    def _path(self, k: Kind, ns: str | None, name: str | None = None) -> str:
+        base = f"/apis/{k.group}/{k.version}"
+        path = f"{base}/namespaces/{ns}/{k.plural}" if ns else f"{base}/{k.plural}"
+        return f"{path}/{name}" if name else path
+
+    def list_owned(self, k: Kind, selector: str) -> list[dict[str, Any]]:
+        what = f"list {k.plural}.{k.group}"
+        return list(self.cluster.reader.pages(what, self._path(k, None), labelSelector=selector))
+
+    def create(self, k: Kind, ns: str, body: dict[str, Any]) -> None:
+        self.cluster._json(f"create {k.plural}.{k.group} in {ns}", "POST", self._path(k, ns), body)
+
+    def replace(self, k: Kind, ns: str, name: str, body: dict[str, Any]) -> None:
+        what = f"update {k.plural}.{k.group} {name} in {ns}"
+        self.cluster._json(what, "PUT", self._path(k, ns, name), body)
+
+    def delete(self, k: Kind, ns: str, name: str) -> None:
+        what = f"delete {k.plural}.{k.group} {name} in {ns}"
+        self.cluster._send(what, "DELETE", self._path(k, ns, name))
+
+
+@dataclass
+class SyncResult:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def line(self, kind: str) -> str:
+        out = (
+            f"{kind}: {len(self.created)} created, {len(self.updated)} updated, "
+            f"{len(self.deleted)} pruned"
+        )
+        if self.problems:
+            out += f"; {len(self.problems)} not written: {self.problems[0]}"
+        return out
+
+
+_SLUG = re.compile(r"[^a-z0-9-]+")
+
+
+def report_name(owner: str) -> str:
+    """``mtlsprobe`` for a run; ``mtlsprobe-<agent>`` for an agent, so sharded agents
+    (each probing part of a namespace) never overwrite each other's reports."""
+    if owner == "run":
+        return REPORT_NAME
+    slug = _SLUG.sub("-", owner.lower()).strip("-")[:50].strip("-") or "agent"
+    return f"{REPORT_NAME}-{slug}"
+
+
+def plan_resolver(plan: Plan) -> Resolver:
+    """Service and Pod for each result: the pod from the endpoint (podIP:targetPort)."""
+    from probe.policyreport import service_ref
+
+    pods: dict[str, ObjectRef] = {}
+    services: dict[str, ObjectRef] = {}
+    for e in plan.edges:
+        services[e.target] = {
+            "apiVersion": "v1", "kind": "Service", "namespace": e.namespace, "name": e.service
+        }  # fmt: skip
+        if e.pod.ip:
+            pods[f"{e.pod.ip}:{e.target_port}"] = {
+                "apiVersion": "v1", "kind": "Pod", "namespace": e.pod.namespace, "name": e.pod.name
+            }  # fmt: skip
+
+    def resolve(r: Result) -> list[ObjectRef]:
+        refs = [services[r.target]] if r.target in services else service_ref(r)
+        if r.endpoint and r.endpoint in pods:
+            refs.append(pods[r.endpoint])
+        return refs
+
+    return resolve
+
+
+def sync(
+    api: ReportApi,
+    results: Sequence[Result],
+    *,
+    kind: str,
+    owner: str,
+    live_owners: Iterable[str] | None = None,
+    controls: ControlMap | None = None,
+    resolve: Resolver | None = None,
+    fallback_namespace: str = "default",
+) -> SyncResult:
+    """Make the cluster's reports from ``owner`` equal to those of ``results``; with
+    ``live_owners`` (the agents sharing the work), also prune reports of agents that
+    are gone. API failures become ``problems`` (one line each); nothing raises."""
+    import time
+
+    from jobs.plan.discovery import DiscoveryError
+    from probe.policyreport import build_reports, service_ref
+
+    k = KINDS[kind]
+    name = report_name(owner)
+    wanted = build_reports(
+        results,
+        kind=kind,
+        controls=controls,
+        resolve=resolve or service_ref,
+        fallback_namespace=fallback_namespace,
+        labels={OWNER_LABEL: _label_value(owner)},
+        now_s=int(time.time()),
+    )
+    out = SyncResult()
+    try:
+        existing = api.list_owned(k, SELECTOR)
+    except DiscoveryError as exc:
+        out.problems.append(str(exc))
+        return out
+    ours: dict[tuple[str, str], dict[str, Any]] = {}
+    for obj in existing:
+        md = obj.get("metadata") or {}
+        ours[(str(md.get("namespace")), str(md.get("name")))] = md
+    for body in wanted:
+        ns = body["metadata"]["namespace"]
+        body["metadata"]["name"] = name
+        key = f"{ns}/{name}"
+        try:
+            current = ours.get((ns, name))
+            if current is None:
+                api.create(k, ns, body)
+                out.created.append(key)
+            else:
+                body["metadata"]["resourceVersion"] = str(current.get("resourceVersion") or "")
+                api.replace(k, ns, name, body)
+                out.updated.append(key)
+        except DiscoveryError as exc:
+            # 409 on create: a report of that name we do not own. Leave it alone.
+            out.problems.append(str(exc))
+    keep = {(b["metadata"]["namespace"], name) for b in wanted}
+    live = {_label_value(o) for o in live_owners} if live_owners is not None else None
+    me = _label_value(owner)
+    for (ns, other), md in ours.items():
+        labels = md.get("labels") or {}
+        who = labels.get(OWNER_LABEL)
+        stale = (who == me and (ns, other) not in keep) or (
+            live is not None and who not in live and who not in (me, "run")
+        )
+        if not stale:
+            continue
+        try:
+            api.delete(k, ns, other)
+            out.deleted.append(f"{ns}/{other}")
+        except DiscoveryError as exc:
+            out.problems.append(str(exc))
+    return out
+
+
+def _label_value(owner: str) -> str:
+    """A label value (63 characters of [A-Za-z0-9._-]) naming the writer."""
+    v = re.sub(r"[^A-Za-z0-9._-]+", "-", owner)[:63].strip("-._")
+    return v or "unknown"
+
+
+def write(
+    cluster: Cluster,
+    results: Sequence[Result],
+    *,
+    kind: str,
+    owner: str,
+    plan: Plan | None = None,
+    live_owners: Iterable[str] | None = None,
+    controls: ControlMap | None = None,
+) -> SyncResult:
+    """The entry point for ``run`` and the agent."""
+    return sync(
+        ClusterReportApi(cluster),
+        results,
+        kind=kind,
+        owner=owner,
+        live_owners=live_owners,
+        controls=controls,
+        resolve=plan_resolver(plan) if plan is not None else None,
+    )
+
+
+__all__ = ["REPORT_API_CALLS", "ClusterReportApi", "ReportApi", "SyncResult", "add_flags", "sync"]
+
+
+def agent_hook(args: argparse.Namespace, me: str) -> Callable[[RoundReport], None]:
+    """``agent --policy-reports``: after each completed round, sync this agent's reports
+    (a failed round keeps the last ones: no evidence is not a reason to prune)."""
+    import logging
+
+    from jobs.launch.cluster import Cluster
+    from jobs.plan.discovery import DiscoveryError, Options, Reader, api_client
+    from probe.cli import UsageError
+
+    kind = "openreports" if getattr(args, "openreports", False) else "policyreport"
+    try:
+        api = api_client(getattr(args, "kubeconfig", None), getattr(args, "context", None))
+    except DiscoveryError as exc:
+        raise UsageError(str(exc)) from None
+    cluster = Cluster(Reader(api, Options(timeout=10.0)))
+    log = logging.getLogger("mtlsprobe.agent")
+
+    def hook(report: RoundReport) -> None:
+        if report.failed:
+            return
+        done = write(
+            cluster,
+            report.results,
+            kind=kind,
+            owner=me,
+            live_owners=report.agents or None,
+        )
+        log.info("round %d: %s", report.number, done.line(kind))
+
+    return hook
