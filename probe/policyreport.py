@@ -13,9 +13,9 @@ strings (the CRDs allow only string values). Two kinds:
 
 Pure: no cluster here. jobs.launch.policyreports writes these objects; ``-o
 policyreport`` prints them as a YAML stream (``kubectl apply -f -`` takes it).
-An object stays well under etcd's 1.5 MiB limit: every property is bounded, and past
-``MAX_RESULTS`` results a report keeps fails and errors first and says how many it
-dropped (the summary still counts every result).
+An object stays under etcd's 1.5 MiB request limit: every property is bounded, and past
+``MAX_RESULTS`` results or ``MAX_BYTES`` of them a report keeps fails and errors first
+and says how many it dropped (the summary still counts every result).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ KINDS: dict[str, Kind] = {
     ),
 }
 MAX_RESULTS = 1000
+MAX_BYTES = 1_000_000  # of results, as JSON: leaves room for metadata under 1.5 MiB
 MAX_PROPERTY = 1024
 MAX_MESSAGE = 1024
 # Policy Reporter sorts and alerts by severity; a verdict that is not a pass matters.
@@ -165,9 +166,16 @@ def build_reports(
     out: list[dict[str, Any]] = []
     for ns in sorted(by_ns):
         rs = by_ns[ns]
-        kept = sorted(rs, key=lambda r: _KEEP_FIRST[r.verdict])[:MAX_RESULTS]
-        kept_ids = {id(r) for r in kept}
-        kept = [r for r in rs if id(r) in kept_ids]  # back in the order they came
+        rendered = [report_result(r, controls=controls, resolve=resolve, now_s=now_s) for r in rs]
+        kept: list[int] = []
+        budget = MAX_BYTES
+        for i in sorted(range(len(rs)), key=lambda i: _KEEP_FIRST[rs[i].verdict]):
+            size = len(json.dumps(rendered[i], ensure_ascii=False)) + 1
+            if len(kept) >= MAX_RESULTS or size > budget:
+                break
+            budget -= size
+            kept.append(i)
+        kept.sort()  # back in the order they came
         metadata: dict[str, Any] = {
             "name": REPORT_NAME,
             "namespace": ns,
@@ -179,9 +187,7 @@ def build_reports(
         if kind == "openreports":
             obj["source"] = SOURCE
         obj["summary"] = summary(rs)
-        obj["results"] = [
-            report_result(r, controls=controls, resolve=resolve, now_s=now_s) for r in kept
-        ]
+        obj["results"] = [rendered[i] for i in kept]
         out.append(obj)
     return out
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from jobs.lab.runner import LabRun
     from jobs.lab.runtime import Lab
     from jobs.lab.scenarios import Scenario
+    from probe.evidence import Evidence
+    from probe.results import Result
 
 DEFAULT_SCENARIOS = ("healthy", "broken", "blinded")
 
@@ -63,7 +65,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         default="table",
-        choices=("table", "json", "jsonl", "junit"),
+        choices=("table", "json", "jsonl", "junit", "policyreport"),
         help="report format on stdout (default: table)",
     )
     p.add_argument(
@@ -72,6 +74,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="leave the mesh running and print how to probe it by hand and how to stop it",
     )
     p.add_argument("--down", type=Path, metavar="WORKDIR", help="stop a mesh left up by --keep")
+    from probe.evidence import add_flags as add_evidence_flags
+
+    add_evidence_flags(p)
     p.add_argument(
         "--workdir",
         type=Path,
@@ -170,6 +175,9 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError("--keep needs exactly one scenario (e.g. mtlsprobe lab healthy --keep)")
     if args.timeout <= 0 or args.concurrency < 1:
         raise UsageError("--timeout and --concurrency must be positive")
+    from probe.evidence import from_args as evidence_from_args
+
+    ev = evidence_from_args(args)
 
     temp = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="mtlsprobe-lab-")) if temp else args.workdir
@@ -201,15 +209,21 @@ def main(args: argparse.Namespace) -> int:
                     sys.stderr.write(f"mtlsprobe lab: {scenario.name}: {exc}\n")
                     continue
                 runs.append(run)
+                if ev.signer is not None:  # before the workdir goes
+                    ev.add_material(f"targets:{scenario.name}", run.targets_path.read_bytes())
                 if human:
                     _print_run(run, out)
     finally:
         if temp and not args.keep and not failed_bringup:
             shutil.rmtree(root, ignore_errors=True)
     if not human:
-        _emit_machine(runs, args.output)
+        _emit_machine(runs, args.output, ev)
     elif demo:
         _print_closing(runs, out)
+    if ev.signer is not None:
+        from probe.evidence import write_attestation
+
+        write_attestation(ev, _all_results(runs), cluster="lab")
     if failed_bringup:
         sys.stderr.write(f"mtlsprobe lab: logs kept in {root}\n")
         return EXIT_ERROR
@@ -361,10 +375,8 @@ def _print_closing(runs: list[LabRun], out: TextIO) -> None:
     out.flush()
 
 
-def _emit_machine(runs: list[LabRun], fmt: str) -> None:
+def _all_results(runs: list[LabRun]) -> list[Result]:
     from dataclasses import replace
-
-    from probe.report import render
 
     results = []
     for run in runs:
@@ -372,7 +384,14 @@ def _emit_machine(runs: list[LabRun], fmt: str) -> None:
             results.append(
                 replace(r, target=f"{run.scenario.name}/{r.target}") if len(runs) > 1 else r
             )
-    sys.stdout.write(render(results, fmt))
+    return results
+
+
+def _emit_machine(runs: list[LabRun], fmt: str, ev: Evidence) -> None:
+    from probe.report import render
+
+    results = _all_results(runs)
+    sys.stdout.write(render(results, fmt, controls=ev.controls, report_kind=ev.report_kind))
     sys.stdout.flush()
 
 
