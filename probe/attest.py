@@ -126,8 +126,9 @@ def _check_type(key: object, path: Path, what: str) -> None:
         if isinstance(key.curve, ec.SECP256R1):
             return
         raise AttestError(f"{what} {path}: ECDSA key on {key.curve.name}; use P-256 (secp256r1)")
-    raise AttestError(f"{what} {path}: {type(key).__name__} keys are not supported; "
-                      "use ECDSA P-256 or Ed25519")  # fmt: skip
+    raise AttestError(
+        f"{what} {path}: {type(key).__name__} keys are not supported; use ECDSA P-256 or Ed25519"
+    )
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,9 @@ def from_args(args: argparse.Namespace) -> Evidence:
     """Load the mapping and the key now; ``UsageError`` (one line) when unusable."""
     from probe.cli import UsageError
 
-    ev = Evidence(report_kind="openreports" if getattr(args, "openreports", False) else
-                  "policyreport")  # fmt: skip
+    ev = Evidence(
+        report_kind="openreports" if getattr(args, "openreports", False) else "policyreport"
+    )
     path: Path | None = getattr(args, "compliance", None)
     if path is not None:
         from probe.compliance import ComplianceFileError, load_controls

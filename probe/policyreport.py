@@ -73,11 +73,14 @@ Resolver = Callable[[Result], list[ObjectRef]]
 
 
 def namespace_of(r: Result, fallback: str) -> str:
-    """The target's namespace: ``ns/name`` targets (what the planner writes), else
-    ``fallback``."""
+    """The target's namespace: ``ns/name`` targets (what the planner writes) and the
+    plan's ``namespace ns`` findings, else ``fallback``."""
     head, sep, _ = r.target.partition("/")
     if sep and _NS.fullmatch(head):
         return head
+    word, _, ns = r.target.partition(" ")
+    if word == "namespace" and _NS.fullmatch(ns):
+        return ns
     return fallback
 
 
@@ -144,8 +147,13 @@ def summary(results: Sequence[Result]) -> dict[str, int]:
     counts = {v.value: 0 for v in Verdict}
     for r in results:
         counts[r.verdict.value] += 1
-    return {"pass": counts["pass"], "fail": counts["fail"], "warn": 0,
-            "error": counts["error"], "skip": counts["skip"]}  # fmt: skip
+    return {
+        "pass": counts["pass"],
+        "fail": counts["fail"],
+        "warn": 0,
+        "error": counts["error"],
+        "skip": counts["skip"],
+    }
 
 
 def build_reports(

@@ -97,6 +97,10 @@ class ReportKube(FakeKube):
         for r in REPORTS:
             self.serve(r)
 
+    def __enter__(self) -> ReportKube:
+        self.start()
+        return self
+
     def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, Any]:
         route = self._route(urlsplit(raw_path).path)
         if route is None or route[0] not in REPORTS or method not in ("POST", "PUT"):

@@ -220,10 +220,20 @@ def test_check_attest_then_verify_end_to_end(tmp_path: Path) -> None:
         )
         env_file = tmp_path / "evidence.json"
         code, out, err = _cli(
-            "check", "-f", str(targets), "--checks", "plaintext", "-o", "json",
-            "--compliance", str(ROOT / "docs" / "compliance-example.yaml"),
-            "--attest", str(keys["p256"][0]), "--attest-out", str(env_file),
-        )  # fmt: skip
+            "check",
+            "-f",
+            str(targets),
+            "--checks",
+            "plaintext",
+            "-o",
+            "json",
+            "--compliance",
+            str(ROOT / "docs" / "compliance-example.yaml"),
+            "--attest",
+            str(keys["p256"][0]),
+            "--attest-out",
+            str(env_file),
+        )
     assert code == 1, err  # STRICT port answered plaintext: a fail
     for _, _, pem in keys.values():  # the key is nowhere
         assert pem.decode() not in out + err + env_file.read_text()
@@ -237,7 +247,9 @@ def test_check_attest_then_verify_end_to_end(tmp_path: Path) -> None:
     assert "FAILED (0 pass, 1 fail, 0 error, 0 skip)" in vout
     assert "configuration targets:targets.yaml: sha256:" in vout
     # The signed report is the JSON report the user saw, with the control IDs in it.
-    code, jout, _ = _cli("evidence", "verify", "--key", str(keys["p256"][1]), "--json", str(env_file))
+    code, jout, _ = _cli(
+        "evidence", "verify", "--key", str(keys["p256"][1]), "--json", str(env_file)
+    )
     stmt = json.loads(jout)
     assert stmt["predicate"]["report"] == report
     assert "PCI DSS 4.0 4.2.1" in report["results"][0]["controls"]
@@ -248,8 +260,18 @@ def test_check_attest_then_verify_end_to_end(tmp_path: Path) -> None:
     # The saved report checks out against the attestation; an edited one does not.
     saved = tmp_path / "report.json"
     saved.write_text(out)
-    assert _cli("evidence", "verify", "--key", str(keys["p256"][1]), "--report", str(saved),
-                str(env_file))[0] == 0  # fmt: skip
+    assert (
+        _cli(
+            "evidence",
+            "verify",
+            "--key",
+            str(keys["p256"][1]),
+            "--report",
+            str(saved),
+            str(env_file),
+        )[0]
+        == 0
+    )
     saved.write_text(out.replace('"fail"', '"pass"'))
     code, _, verr = _cli(
         "evidence", "verify", "--key", str(keys["p256"][1]), "--report", str(saved), str(env_file)
@@ -275,15 +297,31 @@ def test_envelope_found_in_a_log_after_the_report(tmp_path: Path) -> None:
         yaml.safe_dump(
             {
                 "trustDomain": "cluster.local",
-                "targets": [{"name": "ns/x", "host": "127.0.0.1", "port": 1, "expect": "STRICT",
-                             "endpoints": ["127.0.0.1:1"]}],  # fmt: skip
+                "targets": [
+                    {
+                        "name": "ns/x",
+                        "host": "127.0.0.1",
+                        "port": 1,
+                        "expect": "STRICT",
+                        "endpoints": ["127.0.0.1:1"],
+                    }
+                ],
             }
         )
     )
     code, out, err = _cli(
-        "check", "-f", str(targets), "--checks", "plaintext", "--timeout", "2",
-        "--attest", str(keys["ed25519"][0]), "--attest-out", "-",
-    )  # fmt: skip
+        "check",
+        "-f",
+        str(targets),
+        "--checks",
+        "plaintext",
+        "--timeout",
+        "2",
+        "--attest",
+        str(keys["ed25519"][0]),
+        "--attest-out",
+        "-",
+    )
     assert code == 2
     log = tmp_path / "job.log"
     log.write_text("mtlsprobe run x: 2 probe Job(s)\n" + out + err)
@@ -316,7 +354,9 @@ def test_unusable_signing_keys_are_usage_errors_before_probing(
             serialization.BestAvailableEncryption(b"pw"),
         )
     elif problem == "garbage":
-        secret = b"-----BEGIN PRIVATE KEY-----\nAAAA" + b"Zm9v" * 10 + b"\n-----END PRIVATE KEY-----\n"
+        secret = (
+            b"-----BEGIN PRIVATE KEY-----\nAAAA" + b"Zm9v" * 10 + b"\n-----END PRIVATE KEY-----\n"
+        )
     elif problem == "public":
         secret = k.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -325,8 +365,12 @@ def test_unusable_signing_keys_are_usage_errors_before_probing(
         key.write_bytes(secret)
     targets = tmp_path / "t.yaml"
     targets.write_text(
-        yaml.safe_dump({"trustDomain": "cluster.local", "targets": [
-            {"name": "ns/x", "host": "127.0.0.1", "port": 1, "expect": "STRICT"}]})  # fmt: skip
+        yaml.safe_dump(
+            {
+                "trustDomain": "cluster.local",
+                "targets": [{"name": "ns/x", "host": "127.0.0.1", "port": 1, "expect": "STRICT"}],
+            }
+        )
     )
     code, out, err = _cli("check", "-f", str(targets), "--attest", str(key))
     assert code == 64, err

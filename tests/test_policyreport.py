@@ -126,8 +126,14 @@ def _check(targets: Path, out: Path, *args: str) -> int:
 def test_large_namespaces_stay_bounded_fails_first() -> None:
     huge = "x" * 100_000
     results = [
-        Result("plaintext", "ns/svc", Verdict.PASS, "ok " * 5000, endpoint=f"10.0.{i // 250}.{i % 250}:80",
-               evidence={"blob": huge, "nested": {"a": [1, 2, {"b": huge}]}})  # fmt: skip
+        Result(
+            "plaintext",
+            "ns/svc",
+            Verdict.PASS,
+            "ok " * 5000,
+            endpoint=f"10.0.{i // 250}.{i % 250}:80",
+            evidence={"blob": huge, "nested": {"a": [1, 2, {"b": huge}]}},
+        )
         for i in range(MAX_RESULTS + 500)
     ]
     results.append(Result("peer-cert", "ns/svc", Verdict.FAIL, "expired", endpoint="10.9.9.9:80"))
@@ -148,8 +154,14 @@ def test_large_namespaces_stay_bounded_fails_first() -> None:
 def test_hostile_text_stays_valid_yaml_and_valid_objects() -> None:
     weird = "a\x00b\x1b[31mred\u2028line\ud800lone: {x}\n- y"
     results = [
-        Result("mesh", f"ns-q/{weird}", Verdict.FAIL, weird, endpoint=weird,
-               evidence={weird: weird, "n": None, "b": True, "f": 1.5})  # fmt: skip
+        Result(
+            "mesh",
+            f"ns-q/{weird}",
+            Verdict.FAIL,
+            weird,
+            endpoint=weird,
+            evidence={weird: weird, "n": None, "b": True, "f": 1.5},
+        )
     ]
     text = render_reports(results)
     docs = list(yaml.safe_load_all(text))

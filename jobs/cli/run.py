@@ -303,7 +303,7 @@ def main(args: argparse.Namespace) -> int:
         results = _run(cluster, plan, spec, sources, names, args)
         everything = [*plan.findings, *results]
         if args.policy_reports:
-            _write_policy_reports(cluster, everything, plan, ev)
+            _write_policy_reports(cluster, everything, plan, ev, args.probe_namespace)
     finally:
         api.close()
     if ev.signer is not None:
@@ -323,12 +323,18 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _write_policy_reports(
-    cluster: Cluster, results: list[Result], plan: Plan, ev: Evidence
+    cluster: Cluster, results: list[Result], plan: Plan, ev: Evidence, probe_namespace: str
 ) -> None:
     from jobs.launch import policyreports
 
     done = policyreports.write(
-        cluster, results, kind=ev.report_kind, owner="run", plan=plan, controls=ev.controls
+        cluster,
+        results,
+        kind=ev.report_kind,
+        owner="run",
+        plan=plan,
+        controls=ev.controls,
+        fallback_namespace=probe_namespace,
     )
     sys.stderr.write(f"mtlsprobe run: {done.line(ev.report_kind)}\n")
 

@@ -83,8 +83,17 @@ class ClusterReportApi:
         return f"{path}/{name}" if name else path
 
     def list_owned(self, k: Kind, selector: str) -> list[dict[str, Any]]:
+        from jobs.plan.discovery import DiscoveryError, _NotFound, _NotServed
+
         what = f"list {k.plural}.{k.group}"
-        return list(self.cluster.reader.pages(what, self._path(k, None), labelSelector=selector))
+        path = self._path(k, None)
+        try:
+            return list(self.cluster.reader.pages(what, path, labelSelector=selector))
+        except (_NotServed, _NotFound):
+            raise DiscoveryError(
+                f"{what}: the API server answered HTTP 404: {k.api_version} {k.kind} is not "
+                "served (install its CRD: Kyverno or the policy WG's CRDs)"
+            ) from None
 
     def create(self, k: Kind, ns: str, body: dict[str, Any]) -> None:
         self.cluster._json(f"create {k.plural}.{k.group} in {ns}", "POST", self._path(k, ns), body)
@@ -135,12 +144,18 @@ def plan_resolver(plan: Plan) -> Resolver:
     services: dict[str, ObjectRef] = {}
     for e in plan.edges:
         services[e.target] = {
-            "apiVersion": "v1", "kind": "Service", "namespace": e.namespace, "name": e.service
-        }  # fmt: skip
+            "apiVersion": "v1",
+            "kind": "Service",
+            "namespace": e.namespace,
+            "name": e.service,
+        }
         if e.pod.ip:
             pods[f"{e.pod.ip}:{e.target_port}"] = {
-                "apiVersion": "v1", "kind": "Pod", "namespace": e.pod.namespace, "name": e.pod.name
-            }  # fmt: skip
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "namespace": e.pod.namespace,
+                "name": e.pod.name,
+            }
 
     def resolve(r: Result) -> list[ObjectRef]:
         refs = [services[r.target]] if r.target in services else service_ref(r)
@@ -241,8 +256,10 @@ def write(
     plan: Plan | None = None,
     live_owners: Iterable[str] | None = None,
     controls: ControlMap | None = None,
+    fallback_namespace: str = "mtlsprobe",
 ) -> SyncResult:
-    """The entry point for ``run`` and the agent."""
+    """The entry point for ``run`` and the agent. Results whose target names no
+    namespace (mesh-wide plan findings) go to ``fallback_namespace``, the probe's."""
     return sync(
         ClusterReportApi(cluster),
         results,
@@ -251,6 +268,7 @@ def write(
         live_owners=live_owners,
         controls=controls,
         resolve=plan_resolver(plan) if plan is not None else None,
+        fallback_namespace=fallback_namespace,
     )
 
 
@@ -261,6 +279,7 @@ def agent_hook(args: argparse.Namespace, me: str) -> Callable[[RoundReport], Non
     """``agent --policy-reports``: after each completed round, sync this agent's reports
     (a failed round keeps the last ones: no evidence is not a reason to prune)."""
     import logging
+    import os
 
     from jobs.launch.cluster import Cluster
     from jobs.plan.discovery import DiscoveryError, Options, Reader, api_client
@@ -272,6 +291,7 @@ def agent_hook(args: argparse.Namespace, me: str) -> Callable[[RoundReport], Non
     except DiscoveryError as exc:
         raise UsageError(str(exc)) from None
     cluster = Cluster(Reader(api, Options(timeout=10.0)))
+    own_namespace = os.environ.get("POD_NAMESPACE", "mtlsprobe")
     log = logging.getLogger("mtlsprobe.agent")
 
     def hook(report: RoundReport) -> None:
@@ -283,6 +303,7 @@ def agent_hook(args: argparse.Namespace, me: str) -> Callable[[RoundReport], Non
             kind=kind,
             owner=me,
             live_owners=report.agents or None,
+            fallback_namespace=own_namespace,
         )
         log.info("round %d: %s", report.number, done.line(kind))
 
