@@ -162,7 +162,7 @@ def build_reports(
     kind: str = "policyreport",
     controls: ControlMap | None = None,
     resolve: Resolver = service_ref,
-    fallback_namespace: str = "default",
+    fallback_namespace: str = "mtlsprobe",
     labels: Mapping[str, str] | None = None,
     now_s: int = 0,
 ) -> list[dict[str, Any]]:

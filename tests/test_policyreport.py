@@ -49,7 +49,7 @@ SAMPLE = [
 def test_objects_validate_against_the_crd_and_nothing_is_pruned(kind: str) -> None:
     controls = load_controls(EXAMPLE)
     objs = build_reports(SAMPLE, kind=kind, controls=controls, now_s=1_700_000_123)
-    assert [o["metadata"]["namespace"] for o in objs] == ["default", "ns-a", "ns-b"]
+    assert [o["metadata"]["namespace"] for o in objs] == ["mtlsprobe", "ns-a", "ns-b"]
     for o in objs:
         assert o["apiVersion"] == KINDS[kind].api_version and o["kind"] == KINDS[kind].kind
         assert validate(o) == [], o["metadata"]["namespace"]

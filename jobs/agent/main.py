@@ -140,7 +140,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     probe.add_argument(
         "--max-lifetime", type=parse_duration, default=timedelta(days=90), metavar="DURATION"
     )
-    __import__("jobs.launch.policyreports", fromlist=["add_flags"]).add_flags(p, openreports=True)
+    from jobs.launch.policyreports import add_flags as add_policy_report_flags
+
+    add_policy_report_flags(p.add_argument_group("evidence"), openreports=True)
 
 
 def _target_source(args: argparse.Namespace) -> TargetSource:

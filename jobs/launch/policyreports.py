@@ -175,7 +175,7 @@ def sync(
     live_owners: Iterable[str] | None = None,
     controls: ControlMap | None = None,
     resolve: Resolver | None = None,
-    fallback_namespace: str = "default",
+    fallback_namespace: str = "mtlsprobe",
 ) -> SyncResult:
     """Make the cluster's reports from ``owner`` equal to those of ``results``; with
     ``live_owners`` (the agents sharing the work), also prune reports of agents that
