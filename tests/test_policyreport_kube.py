@@ -101,6 +101,15 @@ def test_create_update_prune_and_leave_others_alone(kube: ReportKube) -> None:
     assert _calls(kube) <= {(v, g, p) for v, g, p, _ in REPORT_API_CALLS}
 
 
+def test_a_narrower_run_prunes_only_inside_its_scope(kube: ReportKube) -> None:
+    api = _api(kube)
+    sync(api, [_r("mesh", "ns-a/x"), _r("mesh", "ns-b/y")], kind="policyreport", owner="run")
+    # `run -n ns-a`: ns-a had no results this time (its targets are gone), ns-b was not asked.
+    done = sync(api, [], kind="policyreport", owner="run", scope={"ns-a", "mtlsprobe"})
+    assert done.deleted == ["ns-a/mtlsprobe"]
+    assert [o["metadata"]["namespace"] for o in kube.reports()] == ["ns-b"]
+
+
 def test_agents_keep_their_own_reports_and_prune_departed_peers(kube: ReportKube) -> None:
     api = _api(kube)
     sync(api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner="run")

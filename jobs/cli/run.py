@@ -303,7 +303,10 @@ def main(args: argparse.Namespace) -> int:
         results = _run(cluster, plan, spec, sources, names, args)
         everything = [*plan.findings, *results]
         if args.policy_reports:
-            _write_policy_reports(cluster, everything, plan, ev, args.probe_namespace)
+            scope = snap.target_namespaces
+            if scope is not None:
+                scope = {*scope, args.probe_namespace}
+            _write_policy_reports(cluster, everything, plan, ev, args.probe_namespace, scope)
     finally:
         api.close()
     if ev.signer is not None:
@@ -312,9 +315,7 @@ def main(args: argparse.Namespace) -> int:
         planned = yaml.safe_dump(plan.targets_file.to_dict(), sort_keys=True).encode()
         ev.add_material("targets:planned", planned)
     server = str(api.configuration.host)
-    emit_report(
-        everything, args.output, args.out, evidence=ev, cluster=server, run_id=spec.run_id
-    )
+    emit_report(everything, args.output, args.out, evidence=ev, cluster=server, run_id=spec.run_id)
     from probe import telemetry
 
     if telemetry.enabled():  # the probe pods do not export: one trace per run, from here
@@ -323,8 +324,14 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _write_policy_reports(
-    cluster: Cluster, results: list[Result], plan: Plan, ev: Evidence, probe_namespace: str
+    cluster: Cluster,
+    results: list[Result],
+    plan: Plan,
+    ev: Evidence,
+    probe_namespace: str,
+    scope: set[str] | None,
 ) -> None:
+    """Reports for this run; stale ones pruned only inside the namespaces it covered."""
     from jobs.launch import policyreports
 
     done = policyreports.write(
@@ -335,6 +342,7 @@ def _write_policy_reports(
         plan=plan,
         controls=ev.controls,
         fallback_namespace=probe_namespace,
+        scope=scope,
     )
     sys.stderr.write(f"mtlsprobe run: {done.line(ev.report_kind)}\n")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -176,10 +176,13 @@ def sync(
     controls: ControlMap | None = None,
     resolve: Resolver | None = None,
     fallback_namespace: str = "mtlsprobe",
+    scope: Collection[str] | None = None,
 ) -> SyncResult:
     """Make the cluster's reports from ``owner`` equal to those of ``results``; with
     ``live_owners`` (the agents sharing the work), also prune reports of agents that
-    are gone. API failures become ``problems`` (one line each); nothing raises."""
+    are gone. Only namespaces in ``scope`` (None: all) are pruned: ``run -n ns-a`` says
+    nothing about ns-b, so the last full run's report there stays. API failures become
+    ``problems`` (one line each); nothing raises."""
     import time
 
     from jobs.plan.discovery import DiscoveryError
@@ -231,7 +234,7 @@ def sync(
         stale = (who == me and (ns, other) not in keep) or (
             live is not None and who not in live and who not in (me, "run")
         )
-        if not stale:
+        if not stale or (scope is not None and ns not in scope):
             continue
         try:
             api.delete(k, ns, other)
@@ -257,6 +260,7 @@ def write(
     live_owners: Iterable[str] | None = None,
     controls: ControlMap | None = None,
     fallback_namespace: str = "mtlsprobe",
+    scope: Collection[str] | None = None,
 ) -> SyncResult:
     """The entry point for ``run`` and the agent. Results whose target names no
     namespace (mesh-wide plan findings) go to ``fallback_namespace``, the probe's."""
@@ -269,6 +273,7 @@ def write(
         controls=controls,
         resolve=plan_resolver(plan) if plan is not None else None,
         fallback_namespace=fallback_namespace,
+        scope=scope,
     )
 
 
