@@ -287,25 +287,36 @@ class Verified:
 
 def parse_envelope(data: bytes) -> dict[str, Any]:
     """The DSSE envelope in ``data``: a JSON document, or one JSON line among others
-    (a pod log where the envelope was printed beside progress lines)."""
+    (a pod log where the envelope was printed after the report). Two envelopes are
+    refused: which run was verified must not depend on which one comes first."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise VerifyError(f"larger than {MAX_ENVELOPE_BYTES} bytes")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise VerifyError("not UTF-8 text") from None
-    candidates = [text, *text.splitlines()]
-    for raw in candidates:
-        chunk = raw.strip()
-        if not chunk.startswith("{"):
-            continue
-        try:
-            doc = json.loads(chunk)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and "payloadType" in doc and "signatures" in doc:
-            return doc
-    raise VerifyError("no DSSE envelope (a JSON object with payloadType and signatures)")
+    whole = _as_envelope(text)
+    if whole is not None:
+        return whole
+    found = [e for e in map(_as_envelope, text.splitlines()) if e is not None]
+    if len(found) > 1:
+        raise VerifyError(f"{len(found)} DSSE envelopes in one file: give one")
+    if not found:
+        raise VerifyError("no DSSE envelope (a JSON object with payloadType and signatures)")
+    return found[0]
+
+
+def _as_envelope(chunk: str) -> dict[str, Any] | None:
+    chunk = chunk.strip()
+    if not chunk.startswith("{"):
+        return None
+    try:
+        doc = json.loads(chunk)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and "payloadType" in doc and "signatures" in doc:
+        return doc
+    return None
 
 
 def verify(env: dict[str, Any], public: PublicKey, report: Any = None) -> Verified:

@@ -327,6 +327,11 @@ def test_envelope_found_in_a_log_after_the_report(tmp_path: Path) -> None:
     log.write_text("mtlsprobe run x: 2 probe Job(s)\n" + out + err)
     code, vout, _ = _cli("evidence", "verify", "--key", str(keys["ed25519"][1]), str(log))
     assert code == 0 and "FAILED (0 pass, 0 fail, 1 error, 0 skip)" in vout
+    # An older genuine envelope put in front of it: ambiguous, refused.
+    envelope_line = next(ln for ln in out.splitlines() if ln.startswith('{"payloadType"'))
+    log.write_text(envelope_line + "\n" + log.read_text())
+    code, _, verr = _cli("evidence", "verify", "--key", str(keys["ed25519"][1]), str(log))
+    assert code == 1 and "2 DSSE envelopes" in verr
 
 
 @pytest.mark.parametrize("problem", ["rsa", "p384", "encrypted", "garbage", "missing", "public"])
