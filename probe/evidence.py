@@ -118,9 +118,9 @@ def write_attestation(
     from probe import __version__
     from probe.attest import envelope, statement
     from probe.cli import UsageError
-    from probe.report import render_json
+    from probe.report import json_tree
 
-    report = json.loads(render_json(results, controls=ev.controls))
+    report = json_tree(results, controls=ev.controls)
     extra = []
     if ev.controls is not None:
         extra.append(

@@ -94,14 +94,25 @@ def _with_controls(r: Result, controls: ControlMap | None) -> dict[str, Any]:
     return out
 
 
-def render_json(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
+def _json_document(results: Sequence[Result], controls: ControlMap | None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "results": [utf8_safe(_with_controls(r, controls)) for r in results],
         "summary": summarize(results),
     }
     if controls is not None:
         doc["compliance"] = utf8_safe({"name": controls.name, "controls": controls.status(results)})
-    return json.dumps(doc, indent=2, default=_json_default) + "\n"
+    return doc
+
+
+def render_json(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
+    return json.dumps(_json_document(results, controls), indent=2, default=_json_default) + "\n"
+
+
+def json_tree(results: Sequence[Result], *, controls: ControlMap | None = None) -> Any:
+    """What ``render_json`` prints, parsed back (plain JSON values only): for the
+    attestation, without the indented encoder's cost."""
+    text = json.dumps(_json_document(results, controls), default=_json_default)
+    return json.loads(text)
 
 
 def render_jsonl(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
