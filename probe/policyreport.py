@@ -60,6 +60,7 @@ KINDS: dict[str, Kind] = {
 MAX_RESULTS = 1000
 MAX_BYTES = 1_000_000  # of results, as JSON: leaves room for metadata under 1.5 MiB
 MAX_PROPERTY = 1024
+MAX_EVIDENCE_KEYS = 32  # per result: with MAX_PROPERTY, a result stays under ~40 KB
 MAX_MESSAGE = 1024
 # Policy Reporter sorts and alerts by severity; a verdict that is not a pass matters.
 _SEVERITY = {Verdict.FAIL: "high", Verdict.ERROR: "medium"}
@@ -112,8 +113,11 @@ def properties(r: Result, controls: ControlMap | None) -> dict[str, str]:
         props["expected"] = r.expected
     if r.observed is not None:
         props["observed"] = r.observed
-    for key, value in sorted(r.evidence.items()):
+    items = sorted(r.evidence.items(), key=lambda kv: str(kv[0]))
+    for key, value in items[:MAX_EVIDENCE_KEYS]:
         props[f"evidence.{key}"] = _string(value)
+    if len(items) > MAX_EVIDENCE_KEYS:
+        props["evidence.omitted"] = f"{len(items) - MAX_EVIDENCE_KEYS} more evidence fields"
     if controls is not None:
         labels = controls.labels(r.check)
         if labels:
@@ -179,8 +183,10 @@ def build_reports(
         budget = MAX_BYTES
         for i in sorted(range(len(rs)), key=lambda i: _KEEP_FIRST[rs[i].verdict]):
             size = len(json.dumps(rendered[i], ensure_ascii=False)) + 1
-            if len(kept) >= MAX_RESULTS or size > budget:
+            if len(kept) >= MAX_RESULTS:
                 break
+            if size > budget:
+                continue  # a smaller one may still fit; the count says what was dropped
             budget -= size
             kept.append(i)
         kept.sort()  # back in the order they came

@@ -174,6 +174,15 @@ def test_hostile_text_stays_valid_yaml_and_valid_objects() -> None:
     text.encode("utf-8")  # strict UTF-8: no lone surrogate made it out
 
 
+def test_one_result_with_endless_evidence_stays_small_and_is_kept() -> None:
+    evidence = {f"k{i:05d}": "v" * 5000 for i in range(10_000)}
+    (obj,) = build_reports([Result("peer-cert", "ns/svc", Verdict.FAIL, "x", evidence=evidence)])
+    (r,) = obj["results"]
+    assert r["properties"]["evidence.omitted"] == f"{10_000 - 32} more evidence fields"
+    assert len(json.dumps(r)) < 40_000
+    assert validate(obj) == []
+
+
 def test_many_small_results_stop_at_the_count() -> None:
     results = [Result("plaintext", "ns/svc", Verdict.PASS, "ok") for _ in range(MAX_RESULTS + 7)]
     (obj,) = build_reports(results)
