@@ -19,7 +19,13 @@ import yaml
 
 from jobs.cli import main as cli
 from jobs.launch.cluster import Cluster
-from jobs.launch.policyreports import OWNER_LABEL, REPORT_API_CALLS, ClusterReportApi, sync
+from jobs.launch.policyreports import (
+    GROUP_LABEL,
+    OWNER_LABEL,
+    REPORT_API_CALLS,
+    ClusterReportApi,
+    sync,
+)
 from jobs.plan.discovery import Options, Reader
 from probe.results import Result, Verdict
 from tests.agenthelp import running_agent, target, wait_for, write_targets
@@ -114,21 +120,32 @@ def test_agents_keep_their_own_reports_and_prune_departed_peers(kube: ReportKube
     api = _api(kube)
     sync(api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner="run")
     for me in ("agent-1", "agent-2", "agent-3"):
-        sync(api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner=me)
+        sync(
+            api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner=me, group="agent-plain"
+        )
+    # A sidecar agent: another group, with peers of its own.
+    sync(api, [_r("mesh", "ns-a/echo")], kind="policyreport", owner="side-1", group="agent-sidecar")
     names = sorted(o["metadata"]["name"] for o in kube.reports())
-    assert names == ["mtlsprobe", "mtlsprobe-agent-1", "mtlsprobe-agent-2", "mtlsprobe-agent-3"]
+    assert names == [
+        "mtlsprobe",
+        "mtlsprobe-agent-1",
+        "mtlsprobe-agent-2",
+        "mtlsprobe-agent-3",
+        "mtlsprobe-side-1",
+    ]
     # agent-3's pod is gone: the next round of agent-1 (peers 1 and 2) prunes its report,
-    # never the run's.
+    # never the run's nor the sidecar group's.
     done = sync(
         api,
         [_r("plaintext", "ns-a/echo")],
         kind="policyreport",
         owner="agent-1",
+        group="agent-plain",
         live_owners=["agent-1", "agent-2"],
     )
     assert done.deleted == ["ns-a/mtlsprobe-agent-3"] and done.updated == ["ns-a/mtlsprobe-agent-1"]
     owners = {o["metadata"]["labels"][OWNER_LABEL] for o in kube.reports()}
-    assert owners == {"run", "agent-1", "agent-2"}
+    assert owners == {"run", "agent-1", "agent-2", "side-1"}
 
 
 def test_openreports_kind(kube: ReportKube) -> None:
@@ -216,21 +233,24 @@ def test_agent_writes_its_reports_each_round(tmp_path: Path) -> None:
     with ReportKube() as kube, serving(plaintext_http) as leaky:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-        kube.add(
-            {
-                "apiVersion": "wgpolicyk8s.io/v1alpha2",
-                "kind": "PolicyReport",
-                "metadata": {
-                    "name": "mtlsprobe-gone",
-                    "namespace": "ns-b",
-                    "labels": {
-                        "app.kubernetes.io/managed-by": "mtlsprobe",
-                        "mtlsprobe.dev/report": "true",
-                        OWNER_LABEL: "gone",
-                    },
-                },
+        for name, group in (("gone", "agent-plain"), ("side", "agent-sidecar")):
+            labels = {
+                "app.kubernetes.io/managed-by": "mtlsprobe",
+                "mtlsprobe.dev/report": "true",
+                OWNER_LABEL: name,
+                GROUP_LABEL: group,
             }
-        )
+            kube.add(
+                {
+                    "apiVersion": "wgpolicyk8s.io/v1alpha2",
+                    "kind": "PolicyReport",
+                    "metadata": {
+                        "name": f"mtlsprobe-{name}",
+                        "namespace": "ns-b",
+                        "labels": labels,
+                    },
+                }
+            )
         f = write_targets(tmp_path / "t.yaml", [target("ns-b/leaky", [leaky.endpoint], "STRICT")])
         with running_agent(
             "--kind",
@@ -259,7 +279,8 @@ def test_agent_writes_its_reports_each_round(tmp_path: Path) -> None:
             wait_for(lambda: bool(written()), timeout=10, what="the agent's report")
         (report,) = written()
         names = {o["metadata"]["name"] for o in kube.reports()}
-    assert "mtlsprobe-gone" not in names  # its agent is not among the peers
+    assert "mtlsprobe-gone" not in names  # its agent is not among the (plain) peers
+    assert "mtlsprobe-side" in names  # another group: the plain agents' peers say nothing
     assert validate(report) == []
     verdicts = {(r["rule"], r["result"]) for r in report["results"]}
     assert ("plaintext", "fail") in verdicts  # the STRICT port answered plaintext

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from probe.results import Result
 
 OWNER_LABEL = "mtlsprobe.dev/owner"
+# Writers that share work: "run", or "agent-<kind>" (the plain and the sidecar agents are
+# two groups; one group's peers say nothing about the other's).
+GROUP_LABEL = "mtlsprobe.dev/writer-group"
 SELECTOR = ",".join(f"{k}={v}" for k, v in {**MANAGED_BY, REPORT_LABEL: "true"}.items())
 ANY_NS = "<any namespace>"
 
@@ -172,6 +175,7 @@ def sync(
     *,
     kind: str,
     owner: str,
+    group: str = "run",
     live_owners: Iterable[str] | None = None,
     controls: ControlMap | None = None,
     resolve: Resolver | None = None,
@@ -179,10 +183,10 @@ def sync(
     scope: Collection[str] | None = None,
 ) -> SyncResult:
     """Make the cluster's reports from ``owner`` equal to those of ``results``; with
-    ``live_owners`` (the agents sharing the work), also prune reports of agents that
-    are gone. Only namespaces in ``scope`` (None: all) are pruned: ``run -n ns-a`` says
-    nothing about ns-b, so the last full run's report there stays. API failures become
-    ``problems`` (one line each); nothing raises."""
+    ``live_owners`` (the agents of ``group`` sharing the work), also prune reports of
+    that group's agents that are gone. Only namespaces in ``scope`` (None: all) are
+    pruned: ``run -n ns-a`` says nothing about ns-b, so the last full run's report there
+    stays. API failures become ``problems`` (one line each); nothing raises."""
     import time
 
     from jobs.plan.discovery import DiscoveryError
@@ -196,7 +200,7 @@ def sync(
         controls=controls,
         resolve=resolve or service_ref,
         fallback_namespace=fallback_namespace,
-        labels={OWNER_LABEL: _label_value(owner)},
+        labels={OWNER_LABEL: _label_value(owner), GROUP_LABEL: _label_value(group)},
         now_s=int(time.time()),
     )
     out = SyncResult()
@@ -227,13 +231,14 @@ def sync(
             out.problems.append(str(exc))
     keep = {(b["metadata"]["namespace"], name) for b in wanted}
     live = {_label_value(o) for o in live_owners} if live_owners is not None else None
-    me = _label_value(owner)
+    me, mine = _label_value(owner), _label_value(group)
     for (ns, other), md in ours.items():
         labels = md.get("labels") or {}
         who = labels.get(OWNER_LABEL)
-        stale = (who == me and (ns, other) not in keep) or (
-            live is not None and who not in live and who not in (me, "run")
+        departed = (
+            live is not None and labels.get(GROUP_LABEL) == mine and who not in live and who != me
         )
+        stale = (who == me and (ns, other) not in keep) or departed
         if not stale or (scope is not None and ns not in scope):
             continue
         try:
@@ -256,6 +261,7 @@ def write(
     *,
     kind: str,
     owner: str,
+    group: str = "run",
     plan: Plan | None = None,
     live_owners: Iterable[str] | None = None,
     controls: ControlMap | None = None,
@@ -269,6 +275,7 @@ def write(
         results,
         kind=kind,
         owner=owner,
+        group=group,
         live_owners=live_owners,
         controls=controls,
         resolve=plan_resolver(plan) if plan is not None else None,
@@ -307,6 +314,7 @@ def agent_hook(args: argparse.Namespace, me: str) -> Callable[[RoundReport], Non
             report.results,
             kind=kind,
             owner=me,
+            group=f"agent-{args.kind}",
             live_owners=report.agents or None,
             fallback_namespace=own_namespace,
         )
