@@ -187,7 +187,29 @@ def test_run_writes_reports_with_service_and_pod(
     echo: int,  # noqa: F811
     proxy: str,  # noqa: F811
     agent: Agent,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Also signs the run (``--attest``): subject = the API server and the run id."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from probe.attest import load_public_key, parse_envelope, verify
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    priv, pub = tmp_path / "k.pem", tmp_path / "pub.pem"
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    evidence = tmp_path / "run.intoto.json"
     kube = _RunReportKube(proxy=proxy, agent=agent.url)
     _cluster(kube, echo)
     with kube:
@@ -211,11 +233,25 @@ def test_run_writes_reports_with_service_and_pod(
                 "--policy-reports",
                 "--compliance",
                 str(EXAMPLE),
+                "--attest",
+                str(priv),
+                "--attest-out",
+                str(evidence),
             ]
         )
         reports = kube.reports()
         pruned = list(kube.pruned)
-    assert code == 0  # echo has no sidecar: plaintext accepted, as the plan expects
+        url = kube.url
+    out, err = capsys.readouterr()
+    assert code == 0, err  # echo has no sidecar: plaintext accepted, as the plan expects
+    assert "policyreport: 2 created" in err
+    signed = verify(parse_envelope(evidence.read_bytes()), load_public_key(pub))
+    (subject,) = signed.statement["subject"]
+    run_id = subject["annotations"]["run"]
+    assert subject["annotations"]["cluster"] == url and f"mtlsprobe run {run_id}" in err
+    assert signed.predicate["report"] == json.loads(out)
+    names = {c["name"] for c in signed.predicate["configuration"]}
+    assert {"targets:planned", "compliance:compliance-example.yaml", "mtlsprobe"} <= names
     by_ns = {r["metadata"]["namespace"]: r for r in reports}
     # Mesh-wide findings (no namespace in their target) go to the probe's namespace.
     assert set(by_ns) == {"ns-a", "mtlsprobe"}
