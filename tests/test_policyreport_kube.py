@@ -306,6 +306,8 @@ def test_agent_writes_its_reports_each_round(tmp_path: Path) -> None:
             "--kubeconfig",
             str(cfg),
             "--policy-reports",
+            "--compliance",
+            str(EXAMPLE),
         ) as built:
             wait_for(lambda: built.agent.state.rounds[0] >= 2, timeout=60, what="2 rounds")
 
@@ -320,6 +322,11 @@ def test_agent_writes_its_reports_each_round(tmp_path: Path) -> None:
     assert validate(report) == []
     verdicts = {(r["rule"], r["result"]) for r in report["results"]}
     assert ("plaintext", "fail") in verdicts  # the STRICT port answered plaintext
+    assert all(
+        "SOC 2 CC6.7" in r["properties"]["controls"]
+        for r in report["results"]
+        if r["rule"] == "plaintext"
+    )
 
 
 # ---- the RBAC component ----------------------------------------------------------------------

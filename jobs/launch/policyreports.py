@@ -20,6 +20,7 @@ import argparse
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from probe.policyreport import KINDS, MANAGED_BY, REPORT_LABEL, REPORT_NAME, Kind
@@ -49,7 +50,8 @@ REPORT_API_CALLS: frozenset[tuple[str, str, str, str]] = frozenset(
 def add_flags(
     p: argparse.ArgumentParser | argparse._ArgumentGroup, *, openreports: bool = False
 ) -> None:
-    """``--policy-reports`` (and ``--openreports`` where probe.evidence does not add it)."""
+    """``--policy-reports`` (and, for the agent, where probe.evidence does not add them,
+    ``--openreports`` and ``--compliance``)."""
     p.add_argument(
         "--policy-reports",
         action="store_true",
@@ -62,6 +64,12 @@ def add_flags(
             "--openreports",
             action="store_true",
             help="--policy-reports: openreports.io/v1alpha1 Report objects",
+        )
+        p.add_argument(
+            "--compliance",
+            type=Path,
+            metavar="FILE",
+            help="--policy-reports: YAML mapping checks to control IDs, shown in each result",
         )
 
 
@@ -298,6 +306,14 @@ def agent_hook(args: argparse.Namespace, me: str) -> Callable[[RoundReport], Non
     from probe.cli import UsageError
 
     kind = "openreports" if getattr(args, "openreports", False) else "policyreport"
+    controls = None
+    if getattr(args, "compliance", None) is not None:
+        from probe.compliance import ComplianceFileError, load_controls
+
+        try:
+            controls = load_controls(args.compliance)
+        except ComplianceFileError as exc:
+            raise UsageError(str(exc)) from None
     try:
         api = api_client(getattr(args, "kubeconfig", None), getattr(args, "context", None))
     except DiscoveryError as exc:
@@ -316,6 +332,7 @@ def agent_hook(args: argparse.Namespace, me: str) -> Callable[[RoundReport], Non
             owner=me,
             group=f"agent-{args.kind}",
             live_owners=report.agents or None,
+            controls=controls,
             fallback_namespace=own_namespace,
         )
         log.info("round %d: %s", report.number, done.line(kind))
