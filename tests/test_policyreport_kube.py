@@ -146,6 +146,18 @@ def test_agents_keep_their_own_reports_and_prune_departed_peers(kube: ReportKube
     assert done.deleted == ["ns-a/mtlsprobe-agent-3"] and done.updated == ["ns-a/mtlsprobe-agent-1"]
     owners = {o["metadata"]["labels"][OWNER_LABEL] for o in kube.reports()}
     assert owners == {"run", "agent-1", "agent-2", "side-1"}
+    # Only the first live peer lists the group; the others list their own reports only.
+    kube.calls.clear()
+    sync(
+        api,
+        [_r("plaintext", "ns-a/echo")],
+        kind="policyreport",
+        owner="agent-2",
+        group="agent-plain",
+        live_owners=["agent-1", "agent-2"],
+    )
+    (listed,) = [c for c in kube.calls if c.method == "GET"]
+    assert listed.query["labelSelector"].endswith(f"{OWNER_LABEL}=agent-2")
 
 
 def test_openreports_kind(kube: ReportKube) -> None:

@@ -212,8 +212,15 @@ def sync(
         now_s=int(time.time()),
     )
     out = SyncResult()
+    me, mine = _label_value(owner), _label_value(group)
+    live = {_label_value(o) for o in live_owners} if live_owners is not None else None
+    # Every agent lists only its own reports; one agent of the group (the first name among
+    # the live peers) also sees the group's, to prune departed peers. A list of every
+    # report every round from every agent would be agents x namespaces objects a minute.
+    leader = live is not None and me == min({*live, me})
+    selector = f"{SELECTOR},{GROUP_LABEL}={mine}" if leader else f"{SELECTOR},{OWNER_LABEL}={me}"
     try:
-        existing = api.list_owned(k, SELECTOR)
+        existing = api.list_owned(k, selector)
     except DiscoveryError as exc:
         out.problems.append(str(exc))
         return out
@@ -238,8 +245,6 @@ def sync(
             # 409 on create: a report of that name we do not own. Leave it alone.
             out.problems.append(str(exc))
     keep = {(b["metadata"]["namespace"], name) for b in wanted}
-    live = {_label_value(o) for o in live_owners} if live_owners is not None else None
-    me, mine = _label_value(owner), _label_value(group)
     for (ns, other), md in ours.items():
         labels = md.get("labels") or {}
         who = labels.get(OWNER_LABEL)
