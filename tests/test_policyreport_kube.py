@@ -182,6 +182,18 @@ def test_api_failures_are_lines_not_crashes(kube: ReportKube) -> None:
         assert len(done.problems) == 1 and "404" in done.problems[0]
 
 
+def test_a_slow_api_server_is_bounded(kube: ReportKube) -> None:
+    import time
+
+    kube.delay = 0.5  # unbounded, 20 creates would take over 10 s
+    results = [_r("mesh", f"ns-{i}/x") for i in range(20)]
+    started = time.monotonic()
+    done = sync(_api(kube), results, kind="policyreport", owner="run", budget_s=1.0)
+    assert time.monotonic() - started < 6.0
+    assert 1 <= len(done.created) < 20
+    assert done.problems == [f"stopped after 1s: {20 - len(done.created)} report(s) not written"]
+
+
 # ---- end to end ----------------------------------------------------------------------------
 
 

@@ -189,12 +189,15 @@ def sync(
     resolve: Resolver | None = None,
     fallback_namespace: str = "mtlsprobe",
     scope: Collection[str] | None = None,
+    budget_s: float = 60.0,
 ) -> SyncResult:
     """Make the cluster's reports from ``owner`` equal to those of ``results``; with
     ``live_owners`` (the agents of ``group`` sharing the work), also prune reports of
     that group's agents that are gone. Only namespaces in ``scope`` (None: all) are
     pruned: ``run -n ns-a`` says nothing about ns-b, so the last full run's report there
-    stays. API failures become ``problems`` (one line each); nothing raises."""
+    stays. API failures become ``problems`` (one line each); nothing raises. Bounded:
+    past ``budget_s`` (a slow API server, many namespaces) the rest waits for the next
+    sync, with one problem line saying how many were not written."""
     import time
 
     from jobs.plan.discovery import DiscoveryError
@@ -228,7 +231,13 @@ def sync(
     for obj in existing:
         md = obj.get("metadata") or {}
         ours[(str(md.get("namespace")), str(md.get("name")))] = md
-    for body in wanted:
+    end = time.monotonic() + budget_s
+    for i, body in enumerate(wanted):
+        if time.monotonic() > end:
+            out.problems.append(
+                f"stopped after {budget_s:g}s: {len(wanted) - i} report(s) not written"
+            )
+            return out
         ns = body["metadata"]["namespace"]
         body["metadata"]["name"] = name
         key = f"{ns}/{name}"
@@ -254,6 +263,9 @@ def sync(
         stale = (who == me and (ns, other) not in keep) or departed
         if not stale or (scope is not None and ns not in scope):
             continue
+        if time.monotonic() > end:
+            out.problems.append(f"stopped after {budget_s:g}s: stale reports not pruned")
+            return out
         try:
             api.delete(k, ns, other)
             out.deleted.append(f"{ns}/{other}")
