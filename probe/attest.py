@@ -363,6 +363,14 @@ def verify(env: dict[str, Any], public: PublicKey, report: Any = None) -> Verifi
         raise VerifyError("the embedded report does not match the subject digest")
     if report is not None and sha256_hex(canonical(report)) != digest:
         raise VerifyError("the report file does not match the subject digest")
+    # The summary printed must be the report's: a signer's predicate that says PASSED
+    # over a report with failures is not evidence of a pass.
+    counts = embedded.get("summary") if isinstance(embedded, dict) else None
+    if not isinstance(counts, dict) or predicate.get("summary") != counts:
+        raise VerifyError("the predicate's summary is not the report's")
+    bad = int(counts.get("fail") or 0) + int(counts.get("error") or 0)
+    if predicate.get("result") != ("FAILED" if bad else "PASSED"):
+        raise VerifyError("the predicate's result contradicts the report's summary")
     return Verified(stmt, kid)
 
 

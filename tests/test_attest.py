@@ -99,7 +99,10 @@ RESULTS = [
     Result("mesh", "ns-a/echo", Verdict.ERROR, "timed out"),
     Result("self", "ns-a/echo", Verdict.SKIP, "no admin"),
 ]
-REPORT: dict[str, Any] = {"results": [r.to_dict() for r in RESULTS], "summary": {"pass": 1}}
+REPORT: dict[str, Any] = {
+    "results": [r.to_dict() for r in RESULTS],
+    "summary": {"pass": 1, "fail": 1, "error": 1, "skip": 1},
+}
 
 
 def _signed(signer: Signer) -> dict[str, Any]:
@@ -168,6 +171,15 @@ def test_other_key_swapped_type_keyid_and_report_edits_fail(tmp_path: Path) -> N
     other = Signer(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(VerifyError):
         verify(envelope(forged, other), public)
+    # Signed by us, but claiming PASSED over a report with a fail and an error.
+    lying = statement(REPORT, RESULTS, cluster="c", run_id="r1", version="9")
+    lying["predicate"]["result"] = "PASSED"
+    with pytest.raises(VerifyError, match="contradicts"):
+        verify(envelope(lying, signer), public)
+    lying["predicate"]["result"] = "FAILED"
+    lying["predicate"]["summary"] = {"pass": 4, "fail": 0, "error": 0, "skip": 0}
+    with pytest.raises(VerifyError, match="summary"):
+        verify(envelope(lying, signer), public)
     # Signed by us but the embedded report edited before signing breaks the digest link.
     stmt = statement(REPORT, RESULTS, cluster="c", run_id="r1", version="9")
     stmt["predicate"]["report"] = edited
