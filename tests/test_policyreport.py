@@ -152,7 +152,9 @@ def test_large_namespaces_stay_bounded_fails_first() -> None:
 
 
 def test_hostile_text_stays_valid_yaml_and_valid_objects() -> None:
-    weird = "a\x00b\x1b[31mred\u2028line\ud800lone: {x}\n- y"
+    # What a server controls (status lines, SANs) trying to end the document and start
+    # another object in the stream `kubectl apply -f -` reads.
+    weird = "a\x00b\x1b[31mred\u2028line\ud800lone: {x}\n- y\n---\nkind: ClusterRoleBinding\n..."
     results = [
         Result(
             "mesh",
