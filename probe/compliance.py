@@ -104,12 +104,19 @@ class ControlMap:
 
 def load_controls(path: Path) -> ControlMap:
     """The mapping in ``path``; ``ComplianceFileError`` with one line on any problem."""
+    return read_controls(path)[0]
+
+
+def read_controls(path: Path) -> tuple[ControlMap, bytes]:
+    """The mapping and the exact bytes it was read from (what an attestation digests:
+    one read, so the digest is of the mapping that was used)."""
     where = textsafe.line(str(path), 200)
     try:
-        docs = yamlload.load_file(path, LIMITS, single=True)
+        text = yamlload.read_text(path, LIMITS.max_bytes)
+        doc = yamlload.load_one(text, LIMITS)
     except yamlload.YamlLoadError as exc:
         raise ComplianceFileError(f"compliance file {where}: {exc}") from None
-    return parse_controls(docs[0], where)
+    return parse_controls(doc, where), text.encode("utf-8")
 
 
 def parse_controls(doc: object, origin: str) -> ControlMap:

@@ -80,16 +80,13 @@ def from_args(args: argparse.Namespace) -> Evidence:
     )
     path: Path | None = getattr(args, "compliance", None)
     if path is not None:
-        from probe.compliance import ComplianceFileError, load_controls
+        from probe.compliance import ComplianceFileError, read_controls
 
         try:
-            ev.controls = load_controls(path)
+            ev.controls, data = read_controls(path)
         except ComplianceFileError as exc:
             raise UsageError(str(exc)) from None
-        try:
-            ev.add_material(f"compliance:{path.name}", path.read_bytes())
-        except OSError as exc:
-            raise UsageError(f"--compliance {path}: {exc.strerror or exc}") from None
+        ev.add_material(f"compliance:{path.name}", data)
     key: Path | None = getattr(args, "attest", None)
     out = getattr(args, "attest_out", None)
     if out is not None and key is None:
