@@ -52,6 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_probe_flags(p)
     _add_sidecar_flags(p)
     _add_shard_flags(p)
+    from probe import evidence
+
+    evidence.add_flags(p)
 
 
 def _add_sidecar_flags(p: argparse.ArgumentParser) -> None:
@@ -149,6 +152,11 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
     except TargetsFileError as exc:
         raise UsageError(str(exc)) from None
     targets = _shard(args, targets, names)
+    from probe.evidence import from_args
+
+    ev = from_args(args)
+    if ev.signer is not None:
+        ev.add_material(f"targets:{args.file.name}", args.file.read_bytes())
 
     ctx = RunContext(targets, probe_settings(args))
     stop = threading.Event()
@@ -165,7 +173,9 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
             ctx.close()
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
         # flush must not kill the process before the partial report and spans are out.
-        emit_report(results, args.output, args.out, timing=args.timing)
+        emit_report(
+            results, args.output, args.out, timing=args.timing, evidence=ev, cluster="local"
+        )
         _export_telemetry(results, targets)
     finally:
         if threading.current_thread() is threading.main_thread():

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probe.results import Result, Verdict, summarize
 from probe.textsafe import escape
 
-FORMATS = ("table", "json", "jsonl", "junit")
+if TYPE_CHECKING:
+    from probe.compliance import ControlMap
+
+FORMATS = ("table", "json", "jsonl", "junit", "policyreport")
 
 _COLOURS = {
     Verdict.PASS: "\033[32m",
@@ -59,32 +62,74 @@ def _json_default(value: object) -> str:
 
 
 def render(
-    results: Sequence[Result], fmt: str, *, colour: bool = False, timing: bool = False
+    results: Sequence[Result],
+    fmt: str,
+    *,
+    colour: bool = False,
+    timing: bool = False,
+    controls: ControlMap | None = None,
+    report_kind: str = "policyreport",
 ) -> str:
-    """``timing`` adds each result's start/end to json and jsonl (``check --timing``)."""
+    """``timing`` adds each result's start/end to json and jsonl (``check --timing``);
+    ``controls`` (a compliance mapping) adds control IDs to json/jsonl/junit/policyreport;
+    ``report_kind`` picks the policy report API (probe.policyreport.KINDS)."""
     if fmt == "json":
-        return render_json(results, timing=timing)
+        return render_json(results, timing=timing, controls=controls)
     if fmt == "jsonl":
-        return render_jsonl(results, timing=timing)
+        return render_jsonl(results, timing=timing, controls=controls)
     if fmt == "junit":
-        return render_junit(results)
+        return render_junit(results, controls=controls)
+    if fmt == "policyreport":
+        from probe.policyreport import render_reports
+
+        return render_reports(results, kind=report_kind, controls=controls)
     if fmt == "table":
         return render_table(results, colour=colour)
     raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def render_json(results: Sequence[Result], *, timing: bool = False) -> str:
-    doc = {
-        "results": [utf8_safe(r.to_dict(timing=timing)) for r in results],
+def _with_controls(r: Result, controls: ControlMap | None, timing: bool = False) -> dict[str, Any]:
+    """The contract's object; with a compliance mapping, plus ``controls`` (labels)."""
+    out = r.to_dict(timing=timing)
+    if controls is not None:
+        out["controls"] = controls.labels(r.check)
+    return out
+
+
+def _json_document(
+    results: Sequence[Result], controls: ControlMap | None, timing: bool = False
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "results": [utf8_safe(_with_controls(r, controls, timing)) for r in results],
         "summary": summarize(results),
     }
+    if controls is not None:
+        doc["compliance"] = utf8_safe({"name": controls.name, "controls": controls.status(results)})
+    return doc
+
+
+def render_json(
+    results: Sequence[Result], *, timing: bool = False, controls: ControlMap | None = None
+) -> str:
+    doc = _json_document(results, controls, timing)
     return json.dumps(doc, indent=2, default=_json_default) + "\n"
 
 
-def render_jsonl(results: Sequence[Result], *, timing: bool = False) -> str:
+def json_tree(results: Sequence[Result], *, controls: ControlMap | None = None) -> Any:
+    """What ``render_json`` prints, parsed back (plain JSON values only): for the
+    attestation, without the indented encoder's cost."""
+    text = json.dumps(_json_document(results, controls), default=_json_default)
+    return json.loads(text)
+
+
+def render_jsonl(
+    results: Sequence[Result], *, timing: bool = False, controls: ControlMap | None = None
+) -> str:
     return "".join(
         json.dumps(
-            utf8_safe(r.to_dict(timing=timing)), default=_json_default, separators=(",", ":")
+            utf8_safe(_with_controls(r, controls, timing)),
+            default=_json_default,
+            separators=(",", ":"),
         )
         + "\n"
         for r in results
@@ -125,9 +170,19 @@ def render_table(
     return "\n".join(lines) + "\n"
 
 
-def render_junit(results: Sequence[Result]) -> str:
-    """One testsuite per check, one testcase per result."""
-    from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
+def render_junit(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
+    """One testsuite per check, one testcase per result; control IDs as ``control``
+    properties of each testcase."""
+    from junitparser import (
+        Error,
+        Failure,
+        JUnitXml,
+        Properties,
+        Property,
+        Skipped,
+        TestCase,
+        TestSuite,
+    )
 
     xml = JUnitXml(name="mtlsprobe")
     suites: dict[str, TestSuite] = {}
@@ -138,6 +193,12 @@ def render_junit(results: Sequence[Result]) -> str:
         name = r.shown_target if r.endpoint is None else f"{r.shown_target} {r.endpoint}"
         case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
+        labels = controls.labels(r.check) if controls is not None else []
+        if labels:
+            props = Properties()  # type: ignore[no-untyped-call]
+            for label in labels:
+                props.add_property(Property("control", _xml_safe(label)))
+            case.append(props)  # type: ignore[no-untyped-call]
         detail = json.dumps(utf8_safe(r.to_dict()), indent=2, default=_json_default)
         if r.verdict is Verdict.FAIL:
             fail = Failure(_xml_safe(r.reason), type_="fail")

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from jobs.lab.runner import LabRun
     from jobs.lab.runtime import Lab
     from jobs.lab.scenarios import Scenario
+    from probe.evidence import Evidence
     from probe.results import Result
 
 DEFAULT_SCENARIOS = ("healthy", "broken", "blinded")
@@ -73,6 +74,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="leave the mesh running and print how to probe it by hand and how to stop it",
     )
     p.add_argument("--down", type=Path, metavar="WORKDIR", help="stop a mesh left up by --keep")
+    from probe.evidence import add_flags as add_evidence_flags
+
+    add_evidence_flags(p)
     p.add_argument(
         "--workdir",
         type=Path,
@@ -139,6 +143,9 @@ def main(args: argparse.Namespace) -> int:
     scenarios, demo = _scenarios(args)
     if args.keep and len(scenarios) > 1:
         raise UsageError("--keep needs exactly one scenario (e.g. mtlsprobe lab healthy --keep)")
+    from probe.evidence import from_args as evidence_from_args
+
+    ev = evidence_from_args(args)
 
     temp = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="mtlsprobe-lab-")) if temp else args.workdir
@@ -171,17 +178,23 @@ def main(args: argparse.Namespace) -> int:
                     sys.stderr.write(f"mtlsprobe lab: {scenario.name}: {exc}\n")
                     continue
                 runs.append(run)
+                if ev.signer is not None:  # before the workdir goes
+                    ev.add_material(f"targets:{scenario.name}", run.targets_path.read_bytes())
                 if human:
                     _print_run(run, out)
     finally:
         if temp and not args.keep and not failed_bringup:
             shutil.rmtree(root, ignore_errors=True)
     if not human:
-        _emit_machine(runs, args.output)
+        _emit_machine(runs, args.output, ev)
     if args.out is not None:
-        write_report(_all_results(runs), args.output, args.out)
+        write_report(_all_results(runs), args.output, args.out, evidence=ev)
     if human and demo:
         _print_closing(runs, out)
+    if ev.signer is not None:
+        from probe.evidence import write_attestation
+
+        write_attestation(ev, _all_results(runs), cluster="lab")
     if failed_bringup:
         sys.stderr.write(f"mtlsprobe lab: logs kept in {root}\n")
         return EXIT_ERROR
@@ -345,10 +358,11 @@ def _all_results(runs: list[LabRun]) -> list[Result]:
     return results
 
 
-def _emit_machine(runs: list[LabRun], fmt: str) -> None:
+def _emit_machine(runs: list[LabRun], fmt: str, ev: Evidence) -> None:
     from probe.report import render
 
-    sys.stdout.write(render(_all_results(runs), fmt))
+    results = _all_results(runs)
+    sys.stdout.write(render(results, fmt, controls=ev.controls, report_kind=ev.report_kind))
     sys.stdout.flush()
 
 
