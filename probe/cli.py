@@ -15,10 +15,12 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from probe.checks import REGISTRY, load_check, parse_check_list
+from probe.report import FORMATS
 from probe.results import EXIT_USAGE, Result, exit_code
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
+    from probe.html_report import RunInfo
     from probe.model import TargetsFile
 
 DEFAULT_CONCURRENCY = 32
@@ -79,14 +81,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         default="table",
-        choices=("table", "json", "jsonl", "junit"),
-        help="report format on stdout (default: table)",
+        choices=FORMATS,
+        help="report format on stdout (default: table; html: the verdict matrix page)",
     )
     p.add_argument(
         "--out",
         type=Path,
         metavar="FILE",
-        help="also write the report to FILE (format from -o, or by suffix .json/.jsonl/.xml)",
+        help="also write the report to FILE (format by suffix .json/.jsonl/.xml/.html, else -o)",
     )
     p.add_argument(
         "--timeout",
@@ -123,7 +125,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _format_for_file(path: Path, default: str) -> str:
-    return {".json": "json", ".jsonl": "jsonl", ".xml": "junit"}.get(path.suffix.lower(), default)
+    return {".json": "json", ".jsonl": "jsonl", ".xml": "junit", ".html": "html", ".htm": "html"}.get(
+        path.suffix.lower(), default
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -169,7 +173,7 @@ def _main(args: argparse.Namespace) -> int:
             ctx.close()
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
         # flush must not kill the process before the partial report and spans are out.
-        emit_report(results, args.output, args.out)
+        emit_report(results, args.output, args.out, info=_run_info(targets, "check", results))
         _export_telemetry(results, targets)
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -221,7 +225,22 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
     return errors + skips
 
 
-def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
+def _run_info(targets: TargetsFile, command: str, results: list[Result]) -> RunInfo:
+    from probe.html_report import RunInfo, root_fingerprints
+
+    return RunInfo(
+        command=command,
+        trust_domain=targets.trust_domain,
+        root_fingerprints=root_fingerprints(targets.root_cert_file),
+        source_identity=targets.source.identity,
+        exit_code=exit_code(results),
+    )
+
+
+def emit_report(
+    results: list[Result], fmt: str, out: Path | None, *, info: RunInfo | None = None
+) -> None:
+    """``info`` is the run's identity for the html page (time, cluster, roots)."""
     from probe.report import render
 
     # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
@@ -234,11 +253,12 @@ def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
     if isinstance(sys.stdout, io.TextIOWrapper):
         # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout.write(render(results, fmt, colour=colour))
+    sys.stdout.write(render(results, fmt, colour=colour, info=info))
     sys.stdout.flush()
     if out is not None:
         try:
-            out.write_text(render(results, _format_for_file(out, fmt)), encoding="utf-8")
+            text = render(results, _format_for_file(out, fmt), info=info)
+            out.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
 

@@ -1,16 +1,20 @@
-"""Report formats: table (people), json (the contract), jsonl (pod logs), junit (CI UIs)."""
+"""Report formats: table (people), json (the contract), jsonl (pod logs), junit (CI UIs),
+html (the verdict matrix, ``probe.html_report``)."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probe.results import Result, Verdict, summarize
 from probe.textsafe import escape
 
-FORMATS = ("table", "json", "jsonl", "junit")
+if TYPE_CHECKING:
+    from probe.html_report import RunInfo
+
+FORMATS = ("table", "json", "jsonl", "junit", "html")
 
 _COLOURS = {
     Verdict.PASS: "\033[32m",
@@ -58,7 +62,10 @@ def _json_default(value: object) -> str:
     return str(utf8_safe(str(value)))
 
 
-def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
+def render(
+    results: Sequence[Result], fmt: str, *, colour: bool = False, info: RunInfo | None = None
+) -> str:
+    """``info`` (the run's identity) is only drawn by the html format."""
     if fmt == "json":
         return render_json(results)
     if fmt == "jsonl":
@@ -67,6 +74,10 @@ def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
         return render_junit(results)
     if fmt == "table":
         return render_table(results, colour=colour)
+    if fmt == "html":
+        from probe.html_report import render_html
+
+        return render_html(results, info)
     raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
