@@ -124,10 +124,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     shard.add_flags(p)
 
 
+_SUFFIX_FORMATS = {".json": "json", ".jsonl": "jsonl", ".xml": "junit", ".html": "html"}
+
+
 def _format_for_file(path: Path, default: str) -> str:
-    return {".json": "json", ".jsonl": "jsonl", ".xml": "junit", ".html": "html", ".htm": "html"}.get(
-        path.suffix.lower(), default
-    )
+    return _SUFFIX_FORMATS.get(path.suffix.lower(), default)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -238,9 +239,15 @@ def _run_info(targets: TargetsFile, command: str, results: list[Result]) -> RunI
 
 
 def emit_report(
-    results: list[Result], fmt: str, out: Path | None, *, info: RunInfo | None = None
+    results: list[Result],
+    fmt: str,
+    out: Path | None,
+    *,
+    info: RunInfo | None = None,
+    stdout: bool = True,
 ) -> None:
-    """``info`` is the run's identity for the html page (time, cluster, roots)."""
+    """``info`` is the run's identity for the html page (time, cluster, roots);
+    ``stdout=False`` writes ``out`` only (the lab prints its own story there)."""
     from probe.report import render
 
     # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
@@ -253,8 +260,9 @@ def emit_report(
     if isinstance(sys.stdout, io.TextIOWrapper):
         # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout.write(render(results, fmt, colour=colour, info=info))
-    sys.stdout.flush()
+    if stdout:
+        sys.stdout.write(render(results, fmt, colour=colour, info=info))
+        sys.stdout.flush()
     if out is not None:
         try:
             text = render(results, _format_for_file(out, fmt), info=info)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -40,6 +40,7 @@ _SIDECAR_CONTROL = "mesh"  # a control's detector, from its evidence ``detector`
 _TEMPLATE = "html_report.html"
 _DATA_MARK = "/*__MTLSPROBE_DATA__*/"
 _CSP_MARK = "__MTLSPROBE_CSP__"
+_ORDER = ("pass", "fail", "error", "skip")  # the trend's columns, as the page reads them
 _FROM_SUFFIX = re.compile(r" \(from [^()]*\)$")
 
 
@@ -71,16 +72,27 @@ class RunInfo:
 
 
 def root_fingerprints(path: Path | None) -> tuple[str, ...]:
-    """``SHA256:AA:BB:…`` of each certificate in a PEM bundle; nothing when it is
+    """``SHA256:AA:BB:…`` of each certificate in a PEM bundle file; nothing when it is
     absent or unreadable (the header then shows no root)."""
     if path is None:
         return ()
+    try:
+        return pem_fingerprints(path.read_bytes())
+    except OSError:
+        return ()
+
+
+def pem_fingerprints(pem: bytes | str | None) -> tuple[str, ...]:
+    if not pem:
+        return ()
+    if isinstance(pem, str):
+        pem = pem.encode("utf-8", "replace")
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
     try:
-        certs = x509.load_pem_x509_certificates(path.read_bytes())
-    except (OSError, ValueError):
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
         return ()
     out = []
     for c in certs:
@@ -161,8 +173,7 @@ def build_model(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
         "results": rows,
         "findings": findings,
         "trend": [
-            [p.round, p.started, *(p.counts.get(v, 0) for v in ("pass", "fail", "error", "skip"))]
-            + [p.failed]
+            [p.round, p.started, *(p.counts.get(v, 0) for v in _ORDER), p.failed]
             for p in info.trend
         ],
     }
@@ -218,7 +229,3 @@ def render_html(results: Sequence[Result], info: RunInfo | None = None) -> str:
     model = build_model(results, info or RunInfo())
     head, _, tail = page.partition(_DATA_MARK)
     return head + data_json(model) + tail
-
-
-def trend_from(points: Iterable[tuple[int, float, Mapping[str, int], bool]]) -> tuple[TrendPoint, ...]:
-    return tuple(TrendPoint(n, t, dict(c), f) for n, t, c, f in points)

@@ -16,10 +16,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
+from probe.report import FORMATS
+
 if TYPE_CHECKING:
     from jobs.lab.runner import LabRun
     from jobs.lab.runtime import Lab
     from jobs.lab.scenarios import Scenario
+    from probe.html_report import RunInfo
+    from probe.results import Result
 
 DEFAULT_SCENARIOS = ("healthy", "broken", "blinded")
 
@@ -63,8 +67,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         default="table",
-        choices=("table", "json", "jsonl", "junit"),
-        help="report format on stdout (default: table)",
+        choices=FORMATS,
+        help="report format on stdout (default: table; html: the verdict matrix page)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="also write the report to FILE (format by suffix .json/.jsonl/.xml/.html, else -o)",
     )
     p.add_argument(
         "--keep",
@@ -152,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.lab.scenarios import REQUIREMENTS, ScenarioError
     from jobs.lab.supervisor import LabError, stop_pids_file
     from probe.checks import REGISTRY
-    from probe.cli import UsageError
+    from probe.cli import UsageError, emit_report
     from probe.results import EXIT_ERROR
 
     if args.down is not None:
@@ -176,6 +186,7 @@ def main(args: argparse.Namespace) -> int:
     human = args.output == "table"
     out: TextIO = sys.stdout if human else sys.stderr
     runs: list[LabRun] = []
+    roots: list[str] = []  # the mesh CAs' fingerprints, read before the workdir goes
     failed_bringup = False
     try:
         with _signals_end_the_run():
@@ -201,19 +212,24 @@ def main(args: argparse.Namespace) -> int:
                     sys.stderr.write(f"mtlsprobe lab: {scenario.name}: {exc}\n")
                     continue
                 runs.append(run)
+                roots.extend(_root_fingerprints(run))
                 if human:
                     _print_run(run, out)
     finally:
         if temp and not args.keep and not failed_bringup:
             shutil.rmtree(root, ignore_errors=True)
+    code = EXIT_ERROR if failed_bringup else _exit_code(runs, demo)
+    results = _all_results(runs)
+    info = _run_info(runs, roots, code)
     if not human:
-        _emit_machine(runs, args.output)
+        emit_report(results, args.output, None, info=info)
     elif demo:
         _print_closing(runs, out)
+    if args.out is not None:
+        emit_report(results, args.output, args.out, info=info, stdout=False)
     if failed_bringup:
         sys.stderr.write(f"mtlsprobe lab: logs kept in {root}\n")
-        return EXIT_ERROR
-    return _exit_code(runs, demo)
+    return code
 
 
 def _run_one(
@@ -361,10 +377,9 @@ def _print_closing(runs: list[LabRun], out: TextIO) -> None:
     out.flush()
 
 
-def _emit_machine(runs: list[LabRun], fmt: str) -> None:
+def _all_results(runs: list[LabRun]) -> list[Result]:
+    """Every run's results; with several scenarios the target names say which."""
     from dataclasses import replace
-
-    from probe.report import render
 
     results = []
     for run in runs:
@@ -372,8 +387,31 @@ def _emit_machine(runs: list[LabRun], fmt: str) -> None:
             results.append(
                 replace(r, target=f"{run.scenario.name}/{r.target}") if len(runs) > 1 else r
             )
-    sys.stdout.write(render(results, fmt))
-    sys.stdout.flush()
+    return results
+
+
+def _root_fingerprints(run: LabRun) -> tuple[str, ...]:
+    from probe.html_report import root_fingerprints
+    from probe.model import TargetsFileError, load_targets
+
+    try:
+        return root_fingerprints(load_targets(run.targets_path).root_cert_file)
+    except TargetsFileError:
+        return ()
+
+
+def _run_info(runs: list[LabRun], roots: list[str], code: int) -> RunInfo:
+    from probe.html_report import RunInfo
+
+    names = ", ".join(r.scenario.name for r in runs) or "no scenario came up"
+    domains = sorted({r.build.targets.trust_domain for r in runs})
+    return RunInfo(
+        command="lab",
+        cluster=f"local lab mesh (real Envoy): {names}",
+        trust_domain=", ".join(domains) or None,
+        root_fingerprints=tuple(dict.fromkeys(roots)),
+        exit_code=code,
+    )
 
 
 def _exit_code(runs: list[LabRun], demo: bool) -> int:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from jobs.cli.flags import add_control_plane_flags, control_plane_problem
 from jobs.launch.jobspec import ROLES
+from probe.report import FORMATS
 
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
@@ -210,10 +211,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         default="table",
-        choices=("table", "json", "jsonl", "junit"),
-        help="report format on stdout (default: table)",
+        choices=FORMATS,
+        help="report format on stdout (default: table; html: the verdict matrix page)",
     )
-    o.add_argument("--out", type=Path, metavar="FILE", help="also write the report to FILE")
+    o.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="also write the report to FILE (format by suffix .json/.jsonl/.xml/.html, else -o)",
+    )
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -230,6 +236,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.plan.planner import Requirements, build_plan
     from probe.checks import parse_check_list
     from probe.cli import UsageError, emit_report
+    from probe.html_report import RunInfo, pem_fingerprints
     from probe.results import exit_code
 
     try:
@@ -295,7 +302,15 @@ def main(args: argparse.Namespace) -> int:
     finally:
         api.close()
     everything = [*plan.findings, *results]
-    emit_report(everything, args.output, args.out)
+    info = RunInfo(
+        command="run",
+        cluster=f"{args.context or 'current context'} ({api.configuration.host})",
+        trust_domain=plan.targets_file.trust_domain,
+        root_fingerprints=pem_fingerprints(snap.root_cert_pem),
+        exit_code=exit_code(everything),
+        notes=(("Run", spec.run_id),),
+    )
+    emit_report(everything, args.output, args.out, info=info)
     from probe import telemetry
 
     if telemetry.enabled():  # the probe pods do not export: one trace per run, from here
