@@ -31,9 +31,10 @@ from tests.htmlbrowser import (
 
 pytestmark = pytest.mark.browser
 
-#: Time to first paint of a 5,000-target page, in ms. Measured ~1.2 s on the 2-core
-#: machine (BENCHMARKS.md, "HTML report"); the bound leaves room for a loaded machine.
-PAINT_BOUND_MS = 15_000
+#: Time until a 5,000-target matrix is painted, in ms. Measured ~0.5 s on the 2-core
+#: machine (BENCHMARKS.md, "HTML report"); the bound leaves room for a loaded machine
+#: while still catching a return to laying out every cell (~2-3 s there).
+PAINT_BOUND_MS = 10_000
 
 HOSTILE = "<script>window.pwned=1</script><img src=x onerror=window.pwned=2>"
 
@@ -93,7 +94,7 @@ def test_one_coloured_cell_per_source_and_target(browser: Any, small_page: Path)
     open_page(browser, small_page)
     cells = _cells(browser)
     sources = browser.execute_script(
-        "return Array.prototype.map.call(document.querySelectorAll('#matrix tbody th.src'),"
+        "return Array.prototype.map.call(document.querySelectorAll('#matrix table.srcs tbody th.src'),"
         " function (t) { return t.textContent; });"
     )
     assert sources == ["plain probe", "sidecar probe"]
@@ -118,8 +119,21 @@ def test_one_coloured_cell_per_source_and_target(browser: Any, small_page: Path)
     )
     # names are <ns>/<svc>:<port>; the group is what comes before the last "/"
     assert groups == [["ns-a", 1], ["ns-b", 1], ["ns-c/<script>window.pwned=1<", 1]]
+    assert _rows_aligned(browser)
     summary = browser.find_element("id", "summary").text
     assert "3 fail" in summary and "1 error" in summary  # the finding counts too
+
+
+def _rows_aligned(drv: Any) -> bool:
+    """Source names (their own pinned table) sit on the same lines as their cells."""
+    ok: bool = drv.execute_script(
+        "var top = {};"
+        "document.querySelectorAll('#matrix table.srcs th.src').forEach(function (t) {"
+        "  top[t.dataset.s] = t.getBoundingClientRect().top; });"
+        "return Array.prototype.every.call(document.querySelectorAll('#matrix td.c'),"
+        "  function (t) { return Math.abs(t.getBoundingClientRect().top - top[t.dataset.s]) < 1; });"
+    )
+    return ok
 
 
 def _col_index(drv: Any, data_c: int) -> int:
@@ -229,7 +243,7 @@ def test_5000_targets_paint_within_the_bound(browser: Any, tmp_path: Path) -> No
     page.write_text(render_html(results, RunInfo(command="check")), encoding="utf-8")
     open_page(browser, page)
     timing = paint_timing(browser)
-    assert 0 < timing["first-contentful-paint"] < PAINT_BOUND_MS, timing
+    assert 0 < timing["first-contentful-paint"] <= timing["painted"] < PAINT_BOUND_MS, timing
     n = browser.execute_script("return document.querySelectorAll('#matrix td.c').length")
     assert n == 2 * 5000  # plain and sidecar probe, every target
     assert (
