@@ -2,15 +2,16 @@
 to first paint in headless Chromium, against an empty-matrix page measured in the same
 run (the baseline: Chromium's own start-of-page cost on this machine).
 
-    .venv/bin/python -m benchmarks.bench_html --targets 1000,5000 --repeat 5 [--append BENCHMARKS.md]
+    .venv/bin/python -m benchmarks.bench_html --targets 1000,5000 --repeat 5 [--append F]
 
 Each page is loaded ``--repeat`` times in one headless Chromium (Debian's package, via
 chromedriver; ``make browser``), each from about:blank, and the median is reported:
 ``first-contentful-paint`` (the static header, painted while a big data block still
 parses), the page's ``mtlsprobe-rendered`` mark (the matrix is in the DOM) and
 ``mtlsprobe-painted`` (the task after the next animation frame: the matrix painted), in
-ms from navigation start; the ratio is "painted" against the empty page's. Results per target: 3 plain-probe checks + 2
-sidecar checks (tests/htmlbrowser.py ``synthetic_results``).
+ms from navigation start; the ratio is "painted" against the empty page's. Results per
+target: 3 plain-probe checks + 2 sidecar checks (tests/htmlbrowser.py
+``synthetic_results``).
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ def drv_version() -> str:
     found = find_chromium()
     if found is None:
         return "chromium ?"
-    proc = subprocess.run([found[0], "--version"], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [found[0], "--version"], check=False, capture_output=True, text=True, timeout=30
+    )
     return " ".join(proc.stdout.split()[:2]) or "chromium ?"
 
 

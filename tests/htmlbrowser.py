@@ -120,7 +120,11 @@ def png_colours(png: bytes) -> set[tuple[int, int, int]]:
 
     with Image.open(io.BytesIO(png)) as img:
         rgb = img.convert("RGB")
-        return {c for _, c in rgb.getcolors(maxcolors=1 << 24) or []}
+        return {
+            (c[0], c[1], c[2])
+            for _, c in rgb.getcolors(maxcolors=1 << 24) or []
+            if isinstance(c, tuple)
+        }
 
 
 def synthetic_results(
@@ -143,7 +147,7 @@ def synthetic_results(
             Result("plaintext", name, v, "connection reset after request, no HTTP response",
                    endpoint=ep, expected="refused", observed="refused",
                    evidence={"ending": "reset"}),
-            Result("peer-cert", name, Verdict.PASS, "valid X.509-SVID for the pod's service account",
+            Result("peer-cert", name, Verdict.PASS, "valid X.509-SVID of the service account",
                    endpoint=ep, expected=spiffe, observed=spiffe,
                    evidence={"uriSans": [spiffe], "sha256": fp,
                              "notAfter": "2026-12-01T00:00:00Z"}),

@@ -94,7 +94,8 @@ def test_one_coloured_cell_per_source_and_target(browser: Any, small_page: Path)
     open_page(browser, small_page)
     cells = _cells(browser)
     sources = browser.execute_script(
-        "return Array.prototype.map.call(document.querySelectorAll('#matrix table.srcs tbody th.src'),"
+        "return Array.prototype.map.call("
+        " document.querySelectorAll('#matrix table.srcs tbody th.src'),"
         " function (t) { return t.textContent; });"
     )
     assert sources == ["plain probe", "sidecar probe"]
@@ -131,7 +132,8 @@ def _rows_aligned(drv: Any) -> bool:
         "document.querySelectorAll('#matrix table.srcs th.src').forEach(function (t) {"
         "  top[t.dataset.s] = t.getBoundingClientRect().top; });"
         "return Array.prototype.every.call(document.querySelectorAll('#matrix td.c'),"
-        "  function (t) { return Math.abs(t.getBoundingClientRect().top - top[t.dataset.s]) < 1; });"
+        "  function (t) {"
+        "    return Math.abs(t.getBoundingClientRect().top - top[t.dataset.s]) < 1; });"
     )
     return ok
 

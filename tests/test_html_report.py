@@ -215,3 +215,18 @@ def test_render_dispatches_html(fmt: str) -> None:
 
     assert fmt in FORMATS
     assert render([], fmt).startswith("<!DOCTYPE html>")
+
+
+def test_missing_chromium_skips_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the browser the browser tests skip with a reason and a warning: never a
+    silent pass."""
+    import shutil
+
+    from tests import htmlbrowser
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with (
+        pytest.warns(UserWarning, match="NOT checked in a browser"),
+        pytest.raises(pytest.skip.Exception, match="make browser"),
+    ):
+        htmlbrowser.skip_without_chromium()
