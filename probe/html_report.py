@@ -134,8 +134,6 @@ def column_of(r: Result) -> tuple[str, str]:
 
 def build_model(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
     """The page's data: indexes into shared tables keep a 5,000-target page small."""
-    from probe.report import utf8_safe
-
     sources: dict[str, int] = {}
     columns: dict[tuple[str, str], int] = {}
     checks: dict[str, int] = {}
@@ -177,20 +175,15 @@ def build_model(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
             for p in info.trend
         ],
     }
-    return {k: utf8_safe(v) for k, v in doc.items()}
+    return doc
 
 
 def data_json(model: Mapping[str, Any]) -> str:
     """JSON safe inside ``<script>``: no ``<`` (so no ``</script>`` or ``<!--``),
-    ``>`` or ``&`` survives, and U+2028/U+2029 are escaped for old parsers."""
-    text = json.dumps(model, separators=(",", ":"), ensure_ascii=False, default=str)
-    for raw, esc in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
+    ``>`` or ``&`` survives. ASCII only: every other character (U+2028, a lone
+    surrogate a server sent) is a ``\\uXXXX`` escape, so the page is valid UTF-8."""
+    text = json.dumps(model, separators=(",", ":"), ensure_ascii=True, default=str)
+    for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         text = text.replace(raw, esc)
     return text
 

@@ -100,7 +100,11 @@ def paint_timing(drv: Any, timeout: float = 60.0) -> dict[str, float]:
     painted while a big data block still parses), the page's ``rendered`` mark (the
     matrix is in the DOM) and ``painted`` (the frame after it was painted)."""
     end = time.monotonic() + timeout
-    while drv.execute_script("return document.body.dataset.painted") != "1":
+    done = (
+        "return document.body.dataset.painted === '1' &&"
+        " performance.getEntriesByName('first-contentful-paint').length > 0"
+    )
+    while not drv.execute_script(done):
         if time.monotonic() > end:
             raise AssertionError("the matrix was never painted")
         time.sleep(0.02)

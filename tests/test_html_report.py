@@ -5,11 +5,13 @@ as documented, ``-o html`` / ``--out x.html`` on the CLI, and the agent's page."
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -189,6 +191,20 @@ def test_agent_serves_the_matrix_with_the_trend(tmp_path: Path) -> None:
                 assert len(doc["trend"]) == 1
                 assert doc["columns"] == [["ns-a", "ns-a/plain"]]
             assert get(built, "/report.html", method="POST")[0] == 405
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{built.server.port}/",
+                headers={"accept-encoding": "br;q=1, gzip;q=0.8"},
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.headers["content-encoding"] == "gzip"
+                assert "script-src 'sha256-" in resp.headers["content-security-policy"]
+                assert gzip.decompress(resp.read()).decode() == body
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{built.server.port}/", headers={"accept-encoding": "gzip;q=0"}
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.headers["content-encoding"] is None
+                assert resp.read().decode() == body
 
 
 def test_agent_trend_keeps_the_last_rounds(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ secret is reachable: results carry certificate facts, never key material.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 import threading
@@ -43,15 +44,21 @@ class HtmlPage:
         self._state = state
         self._lock = threading.Lock()
         self._cached: tuple[RoundReport, bytes] | None = None
+        self._gzipped: tuple[RoundReport, bytes] | None = None
 
-    def body(self) -> bytes | None:
+    def body(self, *, gzipped: bool = False) -> bytes | None:
+        """The page, or gzip of it (a 5,000-target page is ~5 MB, ~0.3 MB gzipped)."""
         last, trend = self._state.last_with_trend()
         if last is None:
             return None
         with self._lock:
             if self._cached is None or self._cached[0] is not last:
                 self._cached = (last, render_html(last.results, _info(last, trend)).encode())
-            return self._cached[1]
+            if not gzipped:
+                return self._cached[1]
+            if self._gzipped is None or self._gzipped[0] is not last:
+                self._gzipped = (last, gzip.compress(self._cached[1], compresslevel=6, mtime=0))
+            return self._gzipped[1]
 
 
 def _info(last: RoundReport, trend: tuple[TrendPoint, ...]) -> RunInfo:
@@ -146,22 +153,33 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, body, "application/json", head)
         elif path in ("/", "/report.html"):
-            page = self.server.page.body()
+            gz = _accepts_gzip(self.headers.get("accept-encoding", ""))
+            page = self.server.page.body(gzipped=gz)
             html = "text/html; charset=utf-8"
             if page is None:
                 self._send(503, _NO_ROUND_PAGE, html, head, csp="default-src 'none'")
             else:
-                self._send(200, page, html, head, csp=content_security_policy())
+                csp = content_security_policy()
+                self._send(200, page, html, head, csp=csp, encoding="gzip" if gz else None)
         else:
             self._send(
                 404, b"not found: / /healthz /readyz /metrics /results\n", "text/plain", head
             )
 
     def _send(
-        self, status: int, body: bytes, ctype: str, head: bool, csp: str | None = None
+        self,
+        status: int,
+        body: bytes,
+        ctype: str,
+        head: bool,
+        csp: str | None = None,
+        encoding: str | None = None,
     ) -> None:
         self.send_response(status)
         self.send_header("content-type", ctype)
+        if encoding is not None:
+            self.send_header("content-encoding", encoding)
+            self.send_header("vary", "accept-encoding")
         self.send_header("content-length", str(len(body)))
         self.send_header("cache-control", "no-store")
         self.send_header("x-content-type-options", "nosniff")
@@ -175,6 +193,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_error(405, "read-only: GET or HEAD")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+
+def _accepts_gzip(header: str) -> bool:
+    """``gzip`` listed without ``q=0`` (RFC 9110 content negotiation, simply)."""
+    for item in header.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip() == "gzip":
+            q = params.replace(" ", "")
+            return not (q.startswith("q=0") and q.strip("q=0.") == "")
+    return False
 
 
 class AgentServer:
