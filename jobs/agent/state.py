@@ -16,7 +16,7 @@ from probe.html_report import TrendPoint
 from probe.model import TargetsFile
 from probe.results import Result, summarize
 
-#: Rounds whose counts are kept: a day at the default 60s interval, ~100 KB.
+#: Rounds whose counts are kept: a day at the default 60s interval (~0.7 MB).
 TREND_ROUNDS = 1440
 
 
