@@ -138,6 +138,13 @@ def _rows_aligned(drv: Any) -> bool:
     return ok
 
 
+def _severe(drv: Any) -> list[dict[str, Any]]:
+    """The console's errors (a CSP violation, a script error), less the browser's own
+    favicon request, which is no part of the page."""
+    logs: list[dict[str, Any]] = drv.get_log("browser")
+    return [e for e in logs if e.get("level") == "SEVERE" and "favicon" not in e.get("message", "")]
+
+
 def _col_index(drv: Any, data_c: int) -> int:
     """Index among the header cells of the column with ``data-c``."""
     idx: int = drv.execute_script(
@@ -200,7 +207,7 @@ def test_hostile_names_stay_text(browser: Any, small_page: Path) -> None:
     assert browser.execute_script("return document.querySelectorAll('script').length") == 2
     assert browser.execute_script("return document.querySelectorAll('img').length") == 0
     assert HOSTILE in browser.find_element("id", "detail").text
-    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    errors = _severe(browser)
     assert errors == []  # no CSP violation: nothing even tried to run
 
 
@@ -307,5 +314,18 @@ def test_agent_serves_a_page_the_browser_runs(browser: Any, tmp_path: Path) -> N
             cells = _cells(browser)
             assert [(c["worst"], _rgb(c["bg"])) for c in cells] == [("fail", VERDICT_RGB["fail"])]
             assert "agent" in browser.title
-            errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+            errors = _severe(browser)
             assert errors == []
+
+
+def test_csp_blocks_a_script_that_got_in_anyway(browser: Any, tmp_path: Path) -> None:
+    """The second line of defence on its own: a page whose escaping had failed (a script
+    spliced into it by hand) still runs only the template's script."""
+    page = render_html(small_report(), RunInfo())
+    spliced = page.replace("<body>", "<body><script>window.pwned = 1;</script>", 1)
+    path = tmp_path / "spliced.html"
+    path.write_text(spliced, encoding="utf-8")
+    open_page(browser, path)
+    assert browser.execute_script("return window.pwned === undefined")
+    assert _cells(browser)  # the template's own script did run
+    assert any("Content Security Policy" in e.get("message", "") for e in _severe(browser))
