@@ -200,6 +200,21 @@ def test_filters_by_verdict_check_and_namespace(browser: Any, small_page: Path) 
     assert "No result matches the filters" in browser.find_element("id", "scroll").text
 
 
+def test_summary_chip_shows_only_its_verdict(browser: Any, small_page: Path) -> None:
+    open_page(browser, small_page)
+    browser.find_element("css selector", "#summary .chip.v-fail").click()
+    assert sorted(c["worst"] for c in _cells(browser)) == ["fail", "fail"]
+    assert len(browser.find_elements("css selector", "#findings-table tbody tr")) == 1
+    browser.find_element("css selector", "#summary .chip.v-error").click()
+    assert [c["worst"] for c in _cells(browser)] == ["error"]
+    hidden = browser.execute_script(
+        "return document.querySelector('#findings-table tbody tr').hidden"
+    )
+    assert hidden  # the finding is a fail: hidden while only errors show
+    browser.find_element("css selector", "#summary .chip.v-error").click()
+    assert len(_cells(browser)) == 5  # clicked again: every verdict
+
+
 def test_hostile_names_stay_text(browser: Any, small_page: Path) -> None:
     open_page(browser, small_page)
     browser.find_element("css selector", "#matrix td.c[data-s='1'][data-worst='fail']").click()
