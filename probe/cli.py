@@ -24,6 +24,7 @@ from probe.results import EXIT_USAGE, Result, exit_code
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
+    from probe.html_report import RunInfo
     from probe.model import TargetsFile
     from probe.sidecar import SidecarOptions
 
@@ -174,7 +175,13 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
         # flush must not kill the process before the partial report and spans are out.
         emit_report(
-            results, args.output, args.out, timing=args.timing, evidence=ev, cluster="local"
+            results,
+            args.output,
+            args.out,
+            timing=args.timing,
+            evidence=ev,
+            cluster="local",
+            info=_run_info(targets, "check", results),
         )
         _export_telemetry(results, targets)
     finally:
@@ -225,6 +232,18 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
         for w in work
     ]
     return errors + skips
+
+
+def _run_info(targets: TargetsFile, command: str, results: list[Result]) -> RunInfo:
+    from probe.html_report import RunInfo, root_fingerprints
+
+    return RunInfo(
+        command=command,
+        trust_domain=targets.trust_domain,
+        root_fingerprints=root_fingerprints(targets.root_cert_file),
+        source_identity=targets.source.identity,
+        exit_code=exit_code(results),
+    )
 
 
 def _export_telemetry(results: list[Result], targets: TargetsFile) -> None:

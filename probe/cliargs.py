@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from probe.checks.base import Settings
     from probe.evidence import Evidence
+    from probe.html_report import RunInfo
     from probe.results import Result
 
-REPORT_FORMATS = ("table", "json", "jsonl", "junit", "policyreport")
+REPORT_FORMATS = ("table", "json", "jsonl", "junit", "policyreport", "html")
 
 
 class UsageError(Exception):
@@ -228,7 +229,13 @@ def add_report_flags(group: Group, *, out: bool = True) -> None:
 
 
 def _format_for_file(path: Path, default: str) -> str:
-    suffixes = {".json": "json", ".jsonl": "jsonl", ".xml": "junit", ".yaml": "policyreport"}
+    suffixes = {
+        ".json": "json",
+        ".jsonl": "jsonl",
+        ".xml": "junit",
+        ".yaml": "policyreport",
+        ".html": "html",
+    }
     return suffixes.get(path.suffix.lower(), default)
 
 
@@ -241,9 +248,13 @@ def emit_report(
     evidence: Evidence | None = None,
     cluster: str = "local",
     run_id: str | None = None,
+    info: RunInfo | None = None,
+    stdout: bool = True,
 ) -> None:
     """The report on stdout in ``fmt`` and, with ``--out``, in FILE too; with
-    ``evidence``, control IDs in it and the signed attestation after it."""
+    ``evidence``, control IDs in it and the signed attestation after it. ``info`` is the
+    run's identity for the html page (time, cluster, roots); ``stdout=False`` writes
+    ``out`` only (the lab prints its own story there)."""
     from probe.report import render
 
     # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
@@ -256,10 +267,14 @@ def emit_report(
     if isinstance(sys.stdout, io.TextIOWrapper):
         # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout.write(render(results, fmt, colour=colour, timing=timing, **_evidence_opts(evidence)))
-    sys.stdout.flush()
+    if stdout:
+        text = render(
+            results, fmt, colour=colour, timing=timing, info=info, **_evidence_opts(evidence)
+        )
+        sys.stdout.write(text)
+        sys.stdout.flush()
     if out is not None:
-        write_report(results, fmt, out, timing=timing, evidence=evidence)
+        write_report(results, fmt, out, timing=timing, evidence=evidence, info=info)
     if evidence is not None:
         from probe.evidence import write_attestation
 
@@ -279,13 +294,13 @@ def write_report(
     *,
     timing: bool = False,
     evidence: Evidence | None = None,
+    info: RunInfo | None = None,
 ) -> None:
     from probe.report import render
 
     try:
-        text = render(
-            results, _format_for_file(out, fmt), timing=timing, **_evidence_opts(evidence)
-        )
+        fmt = _format_for_file(out, fmt)
+        text = render(results, fmt, timing=timing, info=info, **_evidence_opts(evidence))
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None

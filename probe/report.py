@@ -1,4 +1,5 @@
-"""Report formats: table (people), json (the contract), jsonl (pod logs), junit (CI UIs)."""
+"""Report formats: table (people), json (the contract), jsonl (pod logs), junit (CI UIs),
+html (the verdict matrix, ``probe.html_report``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from probe.textsafe import escape
 
 if TYPE_CHECKING:
     from probe.compliance import ControlMap
+    from probe.html_report import RunInfo
 
-FORMATS = ("table", "json", "jsonl", "junit", "policyreport")
+FORMATS = ("table", "json", "jsonl", "junit", "policyreport", "html")
 
 _COLOURS = {
     Verdict.PASS: "\033[32m",
@@ -69,10 +71,12 @@ def render(
     timing: bool = False,
     controls: ControlMap | None = None,
     report_kind: str = "policyreport",
+    info: RunInfo | None = None,
 ) -> str:
     """``timing`` adds each result's start/end to json and jsonl (``check --timing``);
     ``controls`` (a compliance mapping) adds control IDs to json/jsonl/junit/policyreport;
-    ``report_kind`` picks the policy report API (probe.policyreport.KINDS)."""
+    ``report_kind`` picks the policy report API (probe.policyreport.KINDS); ``info`` (the
+    run's identity) is only drawn by the html format."""
     if fmt == "json":
         return render_json(results, timing=timing, controls=controls)
     if fmt == "jsonl":
@@ -85,6 +89,10 @@ def render(
         return render_reports(results, kind=report_kind, controls=controls)
     if fmt == "table":
         return render_table(results, colour=colour)
+    if fmt == "html":
+        from probe.html_report import render_html
+
+        return render_html(results, info)
     raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
 
 

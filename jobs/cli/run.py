@@ -168,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.plan.discovery import DiscoveryError, Reader, api_client, discover
     from jobs.plan.planner import Requirements, build_plan
     from probe.checks import parse_check_list
+    from probe.html_report import RunInfo, pem_fingerprints
     from probe.results import exit_code
 
     try:
@@ -233,7 +234,23 @@ def main(args: argparse.Namespace) -> int:
         planned = yaml.safe_dump(plan.targets_file.to_dict(), sort_keys=True).encode()
         ev.add_material("targets:planned", planned)
     server = str(api.configuration.host)
-    emit_report(everything, args.output, args.out, evidence=ev, cluster=server, run_id=spec.run_id)
+    info = RunInfo(
+        command="run",
+        cluster=f"{args.context or 'current context'} ({server})",
+        trust_domain=plan.targets_file.trust_domain,
+        root_fingerprints=pem_fingerprints(snap.root_cert_pem),
+        exit_code=exit_code(everything),
+        notes=(("Run", spec.run_id),),
+    )
+    emit_report(
+        everything,
+        args.output,
+        args.out,
+        evidence=ev,
+        cluster=server,
+        run_id=spec.run_id,
+        info=info,
+    )
     from probe import telemetry
 
     if telemetry.enabled():  # the probe pods do not export: one trace per run, from here
