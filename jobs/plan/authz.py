@@ -1,0 +1,553 @@
+"""Istio AuthorizationPolicy: which request a sidecar allows. Pure: no I/O.
+
+What a workload's sidecar decides for one request, following Istio's documented order
+(istio.io reference "Authorization Policy", concept page "Authorization") and the way
+istiod translates policies to Envoy RBAC (istio/istio pilot/pkg/security/authz/model):
+
+- CUSTOM first, then DENY, then ALLOW. When any ALLOW policy applies to the workload a
+  request must match one of them; an ALLOW policy without rules matches nothing
+  ("allow-nothing"); a rule ``{}`` matches everything. AUDIT never changes a decision.
+- Scope: the mesh root namespace without a selector = every workload; a namespace without
+  a selector = every workload there; a selector = the workloads whose labels it names (in
+  every namespace when the policy is in the root namespace). ``targetRef(s)`` policies
+  attach to gateways and waypoints, not sidecars: they are left out and reported.
+- A rule matches when one of its ``from`` entries, one of its ``to`` entries and all of its
+  ``when`` conditions do; inside an entry every field must match (a value list matches
+  when any value does; a ``not*`` list when none does).
+- ``principals`` and ``namespaces`` come from the peer certificate: a plaintext request has
+  neither. ``ports`` are the workload's (target) ports.
+- On a tcp port the HTTP-only fields (hosts, methods, paths, requestPrincipals, ``when``
+  keys ``request.*``) cannot be evaluated: in an ALLOW rule the rule is dropped (it never
+  matches); in a DENY rule those fields are dropped and the rest of the rule still applies
+  (a DENY rule of HTTP fields only then denies every connection).
+
+Whatever cannot be decided with certainty here (ipBlocks, hosts, header conditions, path
+templates, CUSTOM providers, an unreadable policy) makes the decision ``skip``, naming
+the policy and the field: never a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from jobs.plan.objects import KubeObject, annotations_of, name, namespace, spec
+
+ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
+DEFAULT_POLICY = "default"  # what decides when no policy does
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
+
+# Fields only an HTTP request carries (istio.io reference: "only supported for HTTP").
+HTTP_SOURCE_FIELDS = ("requestPrincipals", "notRequestPrincipals")
+HTTP_OPERATION_FIELDS = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+_SOURCE_FIELDS = (
+    "principals",
+    "notPrincipals",
+    "namespaces",
+    "notNamespaces",
+    "serviceAccounts",
+    "notServiceAccounts",
+    "ipBlocks",
+    "notIpBlocks",
+    "remoteIpBlocks",
+    "notRemoteIpBlocks",
+    *HTTP_SOURCE_FIELDS,
+)
+_OPERATION_FIELDS = ("ports", "notPorts", *HTTP_OPERATION_FIELDS)
+MAX_VALUES = 4096  # per field: a policy is a config object, not a data set
+
+
+class Outcome(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    SKIP = "skip"  # cannot be decided with certainty
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A match that cannot be decided here, and the field that makes it so."""
+
+    field: str
+
+
+Match = bool | Unknown
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call as the server sidecar sees it. ``peer``: the caller's SPIFFE ID when
+    the connection is mTLS, None for plaintext. ``method``/``path`` None on tcp."""
+
+    peer: str | None
+    port: int
+    tcp: bool = False
+    method: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    namespace: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    values: tuple[str, ...]
+    not_values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``froms``/``tos``: each a mapping field -> values (None: the list was absent,
+    so any source / any operation)."""
+
+    froms: tuple[Mapping[str, tuple[str, ...]], ...] | None
+    tos: tuple[Mapping[str, tuple[str, ...]], ...] | None
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    namespace: str
+    name: str
+    action: str
+    selector: Mapping[str, str] | None
+    rules: tuple[Rule, ...]
+    target_refs: bool = False
+    dry_run: bool = False
+    provider: str | None = None
+    problem: str | None = None  # a field that could not be read; the policy is undecidable
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    policy: str  # "<ns>/<name>" that decides, or DEFAULT_POLICY
+    reason: str
+    field: str | None = None  # for a skip: what could not be decided
+
+
+# ---- reading policies ------------------------------------------------------------------------
+
+
+class _Bad(ValueError):
+    pass
+
+
+def _strings(raw: object, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_VALUES:
+        raise _Bad(f"{where} is not a list of strings")
+    out: list[str] = []
+    for v in raw:
+        if isinstance(v, bool) or not isinstance(v, str | int):
+            raise _Bad(f"{where} is not a list of strings")
+        out.append(str(v))
+    return tuple(out)
+
+
+def _fields(raw: object, allowed: tuple[str, ...], where: str) -> dict[str, tuple[str, ...]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _Bad(f"{where} is not a mapping")
+    unknown = set(raw) - set(allowed)
+    if unknown:
+        raise _Bad(f"{where}.{sorted(map(str, unknown))[0]} is not a field this engine knows")
+    return {k: vals for k in allowed if (vals := _strings(raw.get(k), f"{where}.{k}"))}
+
+
+def _entries(
+    raw: object, key: str, allowed: tuple[str, ...], where: str
+) -> tuple[dict[str, tuple[str, ...]], ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise _Bad(f"{where} is not a non-empty list")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise _Bad(f"{where}[{i}] is not a mapping")
+        out.append(_fields(item.get(key), allowed, f"{where}[{i}].{key}"))
+    return tuple(out)
+
+
+def _rule(raw: object, where: str) -> Rule:
+    if not isinstance(raw, dict):
+        raise _Bad(f"{where} is not a mapping")
+    when: list[Condition] = []
+    raw_when = raw.get("when")
+    if raw_when is not None and not isinstance(raw_when, list):
+        raise _Bad(f"{where}.when is not a list")
+    for j, c in enumerate(raw_when or ()):
+        if not isinstance(c, dict) or not isinstance(c.get("key"), str):
+            raise _Bad(f"{where}.when[{j}] has no key")
+        when.append(
+            Condition(
+                c["key"],
+                _strings(c.get("values"), f"{where}.when[{j}].values"),
+                _strings(c.get("notValues"), f"{where}.when[{j}].notValues"),
+            )
+        )
+    return Rule(
+        froms=_entries(raw.get("from"), "source", _SOURCE_FIELDS, f"{where}.from"),
+        tos=_entries(raw.get("to"), "operation", _OPERATION_FIELDS, f"{where}.to"),
+        when=tuple(when),
+    )
+
+
+def read_policy(obj: KubeObject) -> Policy:
+    """One AuthorizationPolicy body as the engine needs it. A field it cannot read makes
+    ``problem`` say which; such a policy is never guessed at (its decisions skip)."""
+    s = spec(obj)
+    action = s.get("action") or "ALLOW"
+    sel_raw = s.get("selector")
+    selector: dict[str, str] | None = None
+    ns, nm = namespace(obj), name(obj)
+    refs = bool(s.get("targetRef") or s.get("targetRefs"))
+    dry = annotations_of(obj).get(DRY_RUN_ANNOTATION, "").lower() == "true"
+    provider = s.get("provider")
+    prov = provider.get("name") if isinstance(provider, dict) else None
+    try:
+        if action not in ACTIONS:
+            raise _Bad(f"action {str(action)[:40]!r} is not one of {', '.join(ACTIONS)}")
+        if sel_raw is not None:
+            labels = sel_raw.get("matchLabels") if isinstance(sel_raw, dict) else None
+            if labels is not None and not (
+                isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+            ):
+                raise _Bad("selector.matchLabels is not a map of strings")
+            selector = dict(labels or {})
+        raw_rules = s.get("rules")
+        if raw_rules is not None and not isinstance(raw_rules, list):
+            raise _Bad("rules is not a list")
+        rules = tuple(_rule(r, f"rules[{i}]") for i, r in enumerate(raw_rules or ()))
+        problem = None
+    except _Bad as exc:
+        rules, problem = (), str(exc)
+    return Policy(
+        namespace=ns,
+        name=nm,
+        action=str(action)[:40],
+        selector=selector,
+        rules=rules,
+        target_refs=refs,
+        dry_run=dry,
+        provider=prov if isinstance(prov, str) else None,
+        problem=problem,
+    )
+
+
+def read_policies(objs: Iterable[KubeObject]) -> list[Policy]:
+    """Sorted by namespace and name, so the policy a decision names is stable."""
+    return sorted((read_policy(o) for o in objs), key=lambda p: (p.namespace, p.name))
+
+
+# ---- scope -----------------------------------------------------------------------------------
+
+
+def applies(policy: Policy, workload: Workload, root_namespace: str) -> bool:
+    """The policy is in force at this workload's sidecar (targetRef(s) policies never are;
+    a dry-run policy is only logged by Envoy, never enforced)."""
+    if policy.target_refs or policy.dry_run:
+        return False
+    if policy.namespace not in (root_namespace, workload.namespace):
+        return False
+    if policy.selector is None:
+        return True
+    return policy.selector.items() <= dict(workload.labels).items()
+
+
+# ---- three-valued matching -------------------------------------------------------------------
+
+
+def _all(parts: Iterable[Match]) -> Match:
+    """AND: one False decides; otherwise an Unknown stays unknown."""
+    unknown: Unknown | None = None
+    for m in parts:
+        if m is False:
+            return False
+        if isinstance(m, Unknown) and unknown is None:
+            unknown = m
+    return unknown if unknown is not None else True
+
+
+def _any(parts: Iterable[Match]) -> Match:
+    """OR: one True decides; otherwise an Unknown stays unknown."""
+    unknown: Unknown | None = None
+    for m in parts:
+        if m is True:
+            return True
+        if isinstance(m, Unknown) and unknown is None:
+            unknown = m
+    return unknown if unknown is not None else False
+
+
+def _not(m: Match) -> Match:
+    return m if isinstance(m, Unknown) else not m
+
+
+def wildcard(pattern: str, value: str | None) -> bool:
+    """Istio's string match: ``*`` presence (non-empty), ``*x`` suffix, ``x*`` prefix,
+    else exact (pilot/pkg/security/authz/model/matcher: StringMatcher, HeaderMatcher)."""
+    if value is None:
+        return False
+    if pattern == "*":
+        return value != ""
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    return value == pattern
+
+
+_SPIFFE = "spiffe://"
+
+
+def _principal(pattern: str, peer: str | None) -> Match:
+    if peer is None:
+        return False  # a plaintext request carries no principal
+    if pattern == "*":
+        return True
+    if pattern.startswith("*"):
+        # istiod puts "spiffe://" in front of the pattern: a suffix pattern's effect is unclear.
+        return Unknown(f"principal suffix pattern {pattern[:60]!r}")
+    return wildcard(_SPIFFE + pattern, peer)
+
+
+def _namespace(pattern: str, peer: str | None) -> Match:
+    if peer is None:
+        return False
+    # istiod: the regex ".*/ns/<pattern, * as .*>/.*" on the peer's URI SAN.
+    rx = ".*".join(re.escape(p) for p in pattern.split("*"))
+    return re.fullmatch(rf".*/ns/{rx}/.*", peer) is not None
+
+
+def _service_account(value: str, peer: str | None, policy_ns: str) -> Match:
+    if peer is None:
+        return False
+    ns, sep, sa = value.partition("/")
+    if not sep:
+        ns, sa = policy_ns, value
+    rx = rf"spiffe://.+/ns/{re.escape(ns)}/(.+/|)sa/{re.escape(sa)}(/.+)?"
+    return re.fullmatch(rx, peer) is not None
+
+
+def _path(pattern: str, path: str | None) -> Match:
+    if "{" in pattern:
+        return Unknown(f"paths template {pattern[:60]!r}")
+    return path is not None and wildcard(pattern, path.split("?", 1)[0])
+
+
+def _field(vals: tuple[str, ...], nots: tuple[str, ...], one: Callable[[str], Match]) -> Match:
+    """One field: any of ``vals`` (when given) and none of ``nots``."""
+    return _all(
+        (
+            _any(one(v) for v in vals) if vals else True,
+            _not(_any(one(v) for v in nots)) if nots else True,
+        )
+    )
+
+
+_PEER_FIELDS = (
+    ("principals", "notPrincipals"),
+    ("namespaces", "notNamespaces"),
+    ("serviceAccounts", "notServiceAccounts"),
+)
+
+
+def _source(src: Mapping[str, tuple[str, ...]], req: Request, policy: Policy) -> Match:
+    peer = req.peer
+    match: dict[str, Callable[[str], Match]] = {
+        "principals": lambda v: _principal(v, peer),
+        "namespaces": lambda v: _namespace(v, peer),
+        "serviceAccounts": lambda v: _service_account(v, peer, policy.namespace),
+    }
+    terms: list[Match] = [
+        Unknown(f"from.source.{f}")
+        for f in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")
+        if src.get(f)
+    ]
+    for key, not_key in _PEER_FIELDS:
+        nots = src.get(not_key, ())
+        if nots and peer is None:
+            # Newer istiod makes a not-list on identity require an authenticated peer.
+            terms.append(Unknown(f"from.source.{not_key} on a plaintext request"))
+        else:
+            terms.append(_field(src.get(key, ()), nots, match[key]))
+    # The probe sends no JWT: no request principal matches, a not-list always does.
+    terms.append(
+        _field(src.get("requestPrincipals", ()), src.get("notRequestPrincipals", ()), _never)
+    )
+    return _all(terms)
+
+
+def _never(_: str) -> Match:
+    return False
+
+
+def _operation(op: Mapping[str, tuple[str, ...]], req: Request) -> Match:
+    g = op.get
+    return _all(
+        (
+            _field(g("ports", ()), g("notPorts", ()), lambda v: v.strip() == str(req.port)),
+            Unknown("to.operation.hosts") if g("hosts") or g("notHosts") else True,
+            _field(g("methods", ()), g("notMethods", ()), lambda v: wildcard(v, req.method)),
+            _field(g("paths", ()), g("notPaths", ()), lambda v: _path(v, req.path)),
+        )
+    )
+
+
+def _condition(c: Condition, req: Request, policy: Policy) -> Match:
+    one: Callable[[str], Match]
+    if c.key in ("source.principal", "source.namespace"):
+        if c.not_values and req.peer is None:
+            return Unknown(f"when {c.key} notValues on a plaintext request")
+        fn = _principal if c.key == "source.principal" else _namespace
+        one = lambda v: fn(v, req.peer)  # noqa: E731
+    elif c.key == "destination.port":
+        one = lambda v: v.strip() == str(req.port)  # noqa: E731
+    else:
+        return Unknown(f"when key {c.key[:80]!r} (not modelled)")
+    return _field(c.values, c.not_values, one)
+
+
+def is_http_only_condition(key: str) -> bool:
+    return key.startswith("request.")
+
+
+def has_http_fields(rule: Rule) -> bool:
+    froms = any(f in e for e in rule.froms or () for f in HTTP_SOURCE_FIELDS)
+    tos = any(f in e for e in rule.tos or () for f in HTTP_OPERATION_FIELDS)
+    return froms or tos or any(is_http_only_condition(c.key) for c in rule.when)
+
+
+def _without(
+    entries: tuple[Mapping[str, tuple[str, ...]], ...] | None, drop: tuple[str, ...]
+) -> tuple[Mapping[str, tuple[str, ...]], ...] | None:
+    if entries is None:
+        return None
+    return tuple({k: v for k, v in e.items() if k not in drop} for e in entries)
+
+
+def rule_matches(rule: Rule, req: Request, policy: Policy) -> Match:
+    if req.tcp and has_http_fields(rule):
+        if policy.action == "ALLOW":
+            return False  # istiod drops the rule: an ALLOW rule that can never match
+        # DENY/AUDIT: istiod drops the HTTP-only fields; the rest of the rule still applies.
+        rule = Rule(
+            froms=_without(rule.froms, HTTP_SOURCE_FIELDS),
+            tos=_without(rule.tos, HTTP_OPERATION_FIELDS),
+            when=tuple(c for c in rule.when if not is_http_only_condition(c.key)),
+        )
+    froms, tos = rule.froms, rule.tos
+    return _all(
+        (
+            True if froms is None else _any(_source(s, req, policy) for s in froms),
+            True if tos is None else _any(_operation(o, req) for o in tos),
+            *(_condition(c, req, policy) for c in rule.when),
+        )
+    )
+
+
+def policy_matches(policy: Policy, req: Request) -> Match:
+    """Any rule matches (no rules: nothing does)."""
+    if policy.problem is not None:
+        return Unknown(policy.problem)
+    return _any(rule_matches(r, req, policy) for r in policy.rules)
+
+
+# ---- the decision ----------------------------------------------------------------------------
+
+
+@dataclass
+class PolicySet:
+    """The policies of a snapshot and the mesh root namespace; ``for_workload`` is the
+    set in force at one sidecar."""
+
+    policies: list[Policy]
+    root_namespace: str
+    not_probed: list[tuple[Policy, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_objects(cls, objs: Iterable[KubeObject], root_namespace: str) -> PolicySet:
+        pols = read_policies(objs)
+        skipped = [
+            (p, "targetRef(s): attaches to a gateway or waypoint, not to sidecars; not probed")
+            for p in pols
+            if p.target_refs
+        ] + [
+            (p, f"annotation {DRY_RUN_ANNOTATION}: true: only logged, never enforced; not probed")
+            for p in pols
+            if p.dry_run and not p.target_refs
+        ]
+        return cls(pols, root_namespace, skipped)
+
+    def for_workload(self, workload: Workload) -> list[Policy]:
+        return [p for p in self.policies if applies(p, workload, self.root_namespace)]
+
+
+def decide(policies: Sequence[Policy], req: Request) -> Decision:
+    """What the sidecar of a workload in force with ``policies`` does with ``req``."""
+    for p in policies:
+        if p.action != "CUSTOM":
+            continue
+        m = policy_matches(p, req)
+        if m is not False:
+            prov = f" (provider {p.provider[:60]!r})" if p.provider else ""
+            return Decision(
+                Outcome.SKIP,
+                p.ref,
+                f"CUSTOM policy {p.ref}{prov} decides first: an external authorizer, not modelled",
+                "action: CUSTOM",
+            )
+    deny_unknown: tuple[Policy, Unknown] | None = None
+    for p in policies:
+        if p.action != "DENY":
+            continue
+        m = policy_matches(p, req)
+        if m is True:
+            return Decision(Outcome.DENY, p.ref, f"DENY policy {p.ref} matches")
+        if isinstance(m, Unknown) and deny_unknown is None:
+            deny_unknown = (p, m)
+    if deny_unknown is not None:
+        p, u = deny_unknown
+        return Decision(
+            Outcome.SKIP,
+            p.ref,
+            f"DENY policy {p.ref} may match: {u.field} cannot be decided",
+            u.field,
+        )
+    allows = [p for p in policies if p.action == "ALLOW"]
+    if not allows:
+        return Decision(Outcome.ALLOW, DEFAULT_POLICY, "no ALLOW or DENY policy decides: allowed")
+    allow_unknown: tuple[Policy, Unknown] | None = None
+    for p in allows:
+        m = policy_matches(p, req)
+        if m is True:
+            return Decision(Outcome.ALLOW, p.ref, f"ALLOW policy {p.ref} matches")
+        if isinstance(m, Unknown) and allow_unknown is None:
+            allow_unknown = (p, m)
+    if allow_unknown is not None:
+        p, u = allow_unknown
+        return Decision(
+            Outcome.SKIP,
+            p.ref,
+            f"ALLOW policy {p.ref} may match: {u.field} cannot be decided",
+            u.field,
+        )
+    names = ", ".join(p.ref for p in allows[:5])
+    return Decision(
+        Outcome.DENY,
+        allows[0].ref,
+        f"ALLOW policies apply ({names}) and none matches: denied",
+    )
