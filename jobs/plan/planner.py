@@ -649,9 +649,12 @@ def build_plan(
         targets=tuple(targets),
         source=Source(),
     )
+    from jobs.plan.authz_cases import attach as authz_cases  # AuthorizationPolicy cases
     from jobs.plan.controls import attach  # negative controls (control workloads leave the targets)
 
-    return attach(Plan(tf, findings, b.edges, requirements=req, ports=b.ports, _builder=b))
+    return authz_cases(
+        attach(Plan(tf, findings, b.edges, requirements=req, ports=b.ports, _builder=b))
+    )
 
 
 # ---- inbound per (pod, port) -----------------------------------------------------------------
