@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from probe.checks import REGISTRY, load_check, parse_check_list
+from probe.checks import DEFAULT_CHECKS, REGISTRY, load_check, parse_check_list
 from probe.results import EXIT_USAGE, Result, exit_code
 
 if TYPE_CHECKING:
@@ -71,9 +71,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--checks",
-        default=",".join(REGISTRY),
+        default=None,
         metavar="LIST",
-        help=f"comma-separated checks to run (default: all: {','.join(REGISTRY)})",
+        help=f"comma-separated checks to run (default: {','.join(DEFAULT_CHECKS)}, and authz "
+        f"when the targets file has authz cases; known: {','.join(REGISTRY)})",
     )
     p.add_argument(
         "-o",
@@ -139,13 +140,17 @@ def _main(args: argparse.Namespace) -> int:
     from probe.model import TargetsFileError, load_targets
 
     try:
-        names = parse_check_list(args.checks)
+        names = parse_check_list(args.checks) if args.checks is not None else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         targets = load_targets(args.file)
     except TargetsFileError as exc:
         raise UsageError(str(exc)) from None
+    if names is None:
+        names = list(DEFAULT_CHECKS)
+        if any(t.authz for t in targets.targets):
+            names.append("authz")
     targets = _shard(args, targets, names)
 
     settings = Settings(
@@ -202,19 +207,22 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
     """Nothing observed through a sidecar that never came up: every planned check is
     an error with that reason (skips decided from the targets alone stay skips)."""
     from probe.checks.base import make_result
-    from probe.engine import plan_work
+    from probe.engine import plan_work, with_case
     from probe.results import Verdict
 
     work, skips = plan_work(checks, ctx)
     errors = [
-        make_result(
-            w.check.name,
-            w.target,
-            w.endpoint,
-            Verdict.ERROR,
-            reason,
-            observed="sidecar-not-ready",
-            evidence={"error": "sidecar-not-ready"},
+        with_case(
+            w,
+            make_result(
+                w.check.name,
+                w.target,
+                w.endpoint,
+                Verdict.ERROR,
+                reason,
+                observed="sidecar-not-ready",
+                evidence={"error": "sidecar-not-ready"},
+            ),
         )
         for w in work
     ]

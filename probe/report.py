@@ -95,7 +95,7 @@ def render_table(
             r.verdict.value.upper(),
             _visible(r.check),
             _visible(r.target),
-            _visible(r.endpoint or "-"),
+            _visible(r.endpoint or r.request or "-"),
             _truncate(_visible(" ".join(r.reason.split("\n"))), reason_width),
         )
         for r in results
@@ -107,6 +107,7 @@ def render_table(
         if colour:
             cells[0] = f"{_COLOURS[r.verdict]}{cells[0]}{_RESET}"
         lines.append("  ".join(cells) + "  " + row[-1])
+    lines.extend(authz_matrix(results))
     counts = summarize(results)
     lines.append("")
     lines.append(
@@ -114,6 +115,37 @@ def render_table(
         f"{counts['error']} error, {counts['skip']} skip"
     )
     return "\n".join(lines) + "\n"
+
+
+def authz_matrix(results: Sequence[Result]) -> list[str]:
+    """``authz`` results as a matrix, source identity x target: per cell what was observed
+    (allow/deny counts) and how many did not pass, so a person sees who can reach what.
+    Cases left to another probe (skips) are not in it."""
+    cells: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        if r.check == "authz" and r.source is not None and r.verdict is not Verdict.SKIP:
+            cells.setdefault((r.source, r.target), []).append(r)
+    if not cells:
+        return []
+    sources = list(dict.fromkeys(s for s, _ in cells))
+    targets = list(dict.fromkeys(t for _, t in cells))
+
+    def cell(rs: list[Result] | None) -> str:
+        if not rs:
+            return "-"
+        seen = [r.observed for r in rs]
+        parts = [f"{seen.count(o)} {o}" for o in ("allow", "deny") if o in seen]
+        bad = {v: sum(r.verdict is v for r in rs) for v in (Verdict.FAIL, Verdict.ERROR)}
+        parts += [f"{n} {v.value.upper()}" for v, n in bad.items() if n]
+        return ", ".join(parts) or "-"
+
+    head = ["SOURCE \\ TARGET", *(_visible(t) for t in targets)]
+    rows = [[_visible(s), *(cell(cells.get((s, t))) for t in targets)] for s in sources]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    out = ["", "authz (observed per source identity and target; FAIL/ERROR: cases not passing)"]
+    for row in [head, *rows]:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return out
 
 
 def render_junit(results: Sequence[Result]) -> str:
@@ -127,6 +159,8 @@ def render_junit(results: Sequence[Result]) -> str:
         if suite is None:
             suite = suites[r.check] = TestSuite(f"mtlsprobe.{r.check}")
         name = r.target if r.endpoint is None else f"{r.target} {r.endpoint}"
+        if r.request is not None:
+            name = f"{r.target} {r.request} from {r.source}"
         case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
         detail = json.dumps(utf8_safe(r.to_dict()), indent=2, default=_json_default)

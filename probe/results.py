@@ -32,6 +32,8 @@ CONTRACT_KEYS = (
     "reason",
     "evidence",
 )
+#: Added beside the contract's keys by ``authz`` results (after ``target``/``endpoint``).
+AUTHZ_KEYS = ("source", "request")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class Result:
     expected: str | None = None
     observed: str | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    # ``authz`` results only (AUTHZ_KEYS): the caller's SPIFFE ID and "GET /x" or "tcp".
+    source: str | None = None
+    request: str | None = None
     # Timing is for traces, not part of the JSON contract (epoch nanoseconds).
     start_ns: int = 0
     end_ns: int = 0
@@ -53,6 +58,10 @@ class Result:
         out: dict[str, Any] = {"check": self.check, "target": self.target}
         if self.endpoint is not None:
             out["endpoint"] = self.endpoint
+        if self.source is not None:
+            out["source"] = self.source
+        if self.request is not None:
+            out["request"] = self.request
         out["expected"] = self.expected
         out["observed"] = self.observed
         out["verdict"] = self.verdict.value
