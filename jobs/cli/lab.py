@@ -35,7 +35,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="built-in scenario(s): healthy, migration, broken, blinded",
+        help="built-in scenario(s): healthy, migration, broken, blinded, authz",
     )
     p.add_argument(
         "-f",

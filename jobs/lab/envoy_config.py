@@ -12,6 +12,7 @@ Pure functions from the lab's spec to JSON-ready dicts. Two kinds of Envoy:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,8 +117,11 @@ def _inbound_cluster_name(pod: PodSpec, port: int) -> str:
 
 def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
     cluster = _inbound_cluster_name(pod, port.port)
+    # AuthorizationPolicies: RBAC filters before the terminal filter (tcp) or the router.
+    rbac: list[Json] = json.loads(port.rbac) if port.rbac else []
     if not port.http:
         return [
+            *rbac,
             {
                 "name": "envoy.filters.network.tcp_proxy",
                 "typed_config": {
@@ -125,7 +129,7 @@ def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
                     "stat_prefix": stat,
                     "cluster": cluster,
                 },
-            }
+            },
         ]
     return [
         {
@@ -148,7 +152,7 @@ def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
                         }
                     ],
                 },
-                "http_filters": [_ROUTER],
+                "http_filters": [*rbac, _ROUTER],
             },
         }
     ]

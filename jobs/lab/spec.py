@@ -45,6 +45,9 @@ class InboundPort:
     port: int  # the target (container) port
     http: bool  # False: tcp_proxy
     mode: ServerMode
+    rbac: str = (
+        ""  # Envoy RBAC filters (JSON list) from AuthorizationPolicies (jobs.lab.authz_rbac)
+    )
 
 
 @dataclass(frozen=True)

@@ -439,16 +439,27 @@ def _without(
     return tuple({k: v for k, v in e.items() if k not in drop} for e in entries)
 
 
+def tcp_rule(rule: Rule, action: str) -> Rule | None:
+    """The rule as istiod builds it for a tcp port: an ALLOW rule with HTTP-only fields is
+    dropped (None: it never matches); a DENY/AUDIT rule loses those fields and the rest
+    still applies."""
+    if not has_http_fields(rule):
+        return rule
+    if action == "ALLOW":
+        return None
+    return Rule(
+        froms=_without(rule.froms, HTTP_SOURCE_FIELDS),
+        tos=_without(rule.tos, HTTP_OPERATION_FIELDS),
+        when=tuple(c for c in rule.when if not is_http_only_condition(c.key)),
+    )
+
+
 def rule_matches(rule: Rule, req: Request, policy: Policy) -> Match:
-    if req.tcp and has_http_fields(rule):
-        if policy.action == "ALLOW":
-            return False  # istiod drops the rule: an ALLOW rule that can never match
-        # DENY/AUDIT: istiod drops the HTTP-only fields; the rest of the rule still applies.
-        rule = Rule(
-            froms=_without(rule.froms, HTTP_SOURCE_FIELDS),
-            tos=_without(rule.tos, HTTP_OPERATION_FIELDS),
-            when=tuple(c for c in rule.when if not is_http_only_condition(c.key)),
-        )
+    if req.tcp:
+        kept = tcp_rule(rule, policy.action)
+        if kept is None:
+            return False
+        rule = kept
     froms, tos = rule.froms, rule.tos
     return _all(
         (

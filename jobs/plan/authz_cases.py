@@ -67,9 +67,8 @@ def paths_around(pattern: str) -> list[str]:
         prefix = pattern[:-1]
         if not prefix.startswith("/"):
             return []
-        inside = prefix + _PROBE_SEGMENT
-        outside = prefix[:-1] if prefix.endswith("/") and len(prefix) > 1 else prefix[:-1] + "~"
-        return [inside] + ([outside] if outside.startswith("/") else [])
+        # Inside: one more segment; outside: the prefix one character short.
+        return [prefix + _PROBE_SEGMENT] + ([prefix[:-1]] if len(prefix) > 1 else [])
     if not pattern.startswith("/"):
         return []
     return [pattern, pattern.rstrip("/") + "/" + _PROBE_SEGMENT]
