@@ -85,12 +85,20 @@ def test_builtin_authz_scenario(tmp_path: Path) -> None:
     assert run.mismatches == []
     authz = [r for r in run.results if r.check == "authz"]
     assert authz and {r.verdict for r in authz} == {Verdict.PASS}, authz
-    seen = {(r.target, r.request, r.observed, r.evidence.get("policy")) for r in authz}
-    assert ("shop/api:80", "GET /public/mtlsprobe", "allow", "shop/api-public") in seen
-    assert ("shop/api:80", "POST /public/mtlsprobe", "deny", "shop/allow-nothing") in seen
-    assert ("shop/api:9000", "tcp", "allow", "shop/api-feed") in seen
-    assert ("shop/web:80", "GET /adminmtlsprobe", "deny", "shop/web-no-admin") in seen
-    assert ("shop/web:80", "GET /admi", "allow", "shop/web-legacy-open") in seen
+    seen = {(r.source, r.target, r.request, r.observed, r.evidence.get("policy")) for r in authz}
+    store = "spiffe://cluster.local/ns/frontend/sa/storefront"
+    front = "spiffe://cluster.local/ns/frontend/sa/mtlsprobe"
+    # three probe sidecars, one per identity: the one allowed caller, its namespace, us
+    assert {r.source for r in authz} == {PROBE, store, front}
+    api, feed, web = "shop/api:80", "shop/api:9000", "shop/web:80"
+    assert (store, api, "GET /public/mtlsprobe", "allow", "shop/api-public") in seen
+    assert (store, api, "POST /public/mtlsprobe", "deny", "shop/allow-nothing") in seen
+    assert (front, api, "GET /public/mtlsprobe", "deny", "shop/allow-nothing") in seen
+    assert (PROBE, api, "GET /public/mtlsprobe", "deny", "shop/allow-nothing") in seen
+    assert (PROBE, api, "GET /headers", "allow", "shop/api-probe") in seen
+    assert (front, feed, "tcp", "allow", "shop/api-feed") in seen
+    assert (store, web, "GET /adminmtlsprobe", "deny", "shop/web-no-admin") in seen
+    assert (front, web, "GET /admi", "allow", "shop/web-legacy-open") in seen
 
 
 SHAPES = """
@@ -172,7 +180,16 @@ def test_rule_shapes_on_real_envoy(tmp_path: Path) -> None:
     authz = [r for r in run.results if r.check == "authz"]
     bad = [r for r in authz if r.verdict is not Verdict.PASS]
     assert authz and not bad, bad
-    got = {(r.target, r.request): (r.observed, r.evidence.get("policy")) for r in authz}
+    got = {
+        (r.target, r.request): (r.observed, r.evidence.get("policy"))
+        for r in authz
+        if r.source == PROBE
+    }
+    # notNamespaces [other]: the lab also probes as other/mtlsprobe, which is denied
+    other = "spiffe://cluster.local/ns/other/sa/mtlsprobe"
+    theirs = {(r.target, r.request): r.observed for r in authz if r.source == other}
+    assert theirs[("data/c:80", "GET /mtlsprobe.json")] == "deny"
+    assert theirs[("data/a:80", "GET /headers")] == "allow"
     assert got[("data/a:9000", "tcp")] == ("deny", "data/deny-get")
     assert got[("data/a:80", "GET /headers")] == ("allow", "default")
     assert got[("data/b:9000", "tcp")] == ("deny", "data/allow-get")

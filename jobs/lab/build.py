@@ -107,6 +107,8 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
         raise ScenarioError(str(exc)) from None
     plan = build_plan(snap, reqs)
     td = plan.targets_file.trust_domain
+    probe_identity = f"spiffe://{td}/ns/{PROBE_NAMESPACE}/sa/{PROBE_SERVICE_ACCOUNT}"
+    plan, extra_probes = _authz_identities(snap, plan, probe_identity)
 
     service_claims: dict[tuple[str, str], str] = {}
     for svc in snap.services:
@@ -163,11 +165,31 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
     targets = _targets(plan, service_claims, pod_ann)
     mesh = MeshSpec(
         trust_domain=td,
-        probe_identity=f"spiffe://{td}/ns/{PROBE_NAMESPACE}/sa/{PROBE_SERVICE_ACCOUNT}",
+        probe_identity=probe_identity,
         pods=tuple(pods),
         upstreams=upstreams,
+        extra_probes=extra_probes,
     )
     return LabBuild(mesh, targets, tuple(plan.findings), plan)
+
+
+def _authz_identities(
+    snap: ClusterSnapshot, plan: Plan, probe_identity: str
+) -> tuple[Plan, tuple[str, ...]]:
+    """More probe sidecars, one per identity the AuthorizationPolicies name (so allows by
+    principal or namespace are proven, and denies for the others), and the plan's authz
+    cases for all of them."""
+    from jobs.plan.authz import PolicySet
+    from jobs.plan.authz_cases import attach, identities_named
+
+    if not snap.authorizationpolicies:
+        return plan, ()
+    ps = PolicySet.from_objects(snap.authorizationpolicies, snap.root_namespace)
+    named = identities_named(ps, plan.targets_file.trust_domain)
+    extra = tuple(i for i in named if i != probe_identity)
+    if not extra:
+        return plan, ()
+    return attach(plan, [probe_identity, *extra]), extra
 
 
 def _authz_rbac(snap: ClusterSnapshot, plan: Plan) -> Callable[[PodInfo, int, bool], str]:

@@ -368,8 +368,10 @@ def probe_bootstrap(
     node: str,
     inbound: tuple[str, int],
     trust_domain: str,
+    cert: CertFiles | None = None,
 ) -> Json:
-    """The probe pod's sidecar: an explicit HTTP proxy (the lab has no iptables capture)."""
+    """The probe pod's sidecar: an explicit HTTP proxy (the lab has no iptables capture).
+    ``cert``: another probe identity's certificate (default: the probe's)."""
     vhosts: list[Json] = []
     clusters: list[Json] = []
     for up in upstreams:
@@ -440,6 +442,6 @@ def probe_bootstrap(
         "static_resources": {
             "listeners": [listener, _virtual_inbound(inbound, trust_domain)],
             "clusters": clusters,
-            "secrets": [_secret_cert(PROBE_SECRET, certs.probe), _secret_root(certs)],
+            "secrets": [_secret_cert(PROBE_SECRET, cert or certs.probe), _secret_root(certs)],
         },
     }

@@ -92,3 +92,5 @@ class MeshSpec:
     probe_identity: str
     pods: tuple[PodSpec, ...]
     upstreams: tuple[Upstream, ...]
+    # More probe sidecars, one per identity (authz cases from other namespaces/principals).
+    extra_probes: tuple[str, ...] = ()

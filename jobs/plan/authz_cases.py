@@ -46,8 +46,35 @@ def default_identities(trust_domain: str, client_namespace: str | None) -> list[
 
 def _finding(target: str, verdict: Verdict, reason: str, **evidence: object) -> Result:
     return Result(
-        check=_FINDING_CHECK, target=target, verdict=verdict, reason=reason, evidence=evidence
+        check=_FINDING_CHECK,
+        target=target,
+        verdict=verdict,
+        reason=reason,
+        evidence={**evidence, _MARK: True},
     )
+
+
+_MARK = "authzPlan"  # in a finding's evidence: made here (attaching again replaces them)
+
+
+def identities_named(ps: PolicySet, trust_domain: str, limit: int = 4) -> list[str]:
+    """Identities the policies name exactly (a principal, a namespace's ``mtlsprobe``
+    service account): probes that run as them prove the allows (the lab runs them)."""
+    out: dict[str, None] = {}
+    for p in ps.policies:
+        for rule in p.rules:
+            for src in rule.froms or ():
+                for v in src.get("principals", ()):
+                    parts = v.split("/")
+                    if len(parts) == 5 and "*" not in v and parts[0] == trust_domain and (
+                        parts[1],
+                        parts[3],
+                    ) == ("ns", "sa"):
+                        out[f"spiffe://{trust_domain}/ns/{parts[2]}/sa/{parts[4]}"] = None
+                for ns in (*src.get("namespaces", ()), *src.get("notNamespaces", ())):
+                    if "*" not in ns and ns:
+                        out[f"spiffe://{trust_domain}/ns/{ns}/sa/{PROBE_SERVICE_ACCOUNT}"] = None
+    return list(out)[:limit]
 
 
 # ---- requests from rules ---------------------------------------------------------------------
@@ -131,7 +158,8 @@ def attach(plan: Plan, identities: Sequence[str] | None = None) -> Plan:
         findings.extend(notes)
         targets.append(replace(t, authz=tuple(cases)) if cases else t)
     tf = replace(plan.targets_file, targets=tuple(targets))
-    return replace(plan, targets_file=tf, findings=[*plan.findings, *findings])
+    kept = [r for r in plan.findings if not r.evidence.get(_MARK)]
+    return replace(plan, targets_file=tf, findings=[*kept, *findings])
 
 
 def target_cases(
