@@ -95,7 +95,7 @@ def render_table(
             r.verdict.value.upper(),
             _visible(r.check),
             _visible(r.target),
-            _visible(r.endpoint or r.request or "-"),
+            _visible(r.endpoint or _case(r) or "-"),
             _truncate(_visible(" ".join(r.reason.split("\n"))), reason_width),
         )
         for r in results
@@ -115,6 +115,17 @@ def render_table(
         f"{counts['error']} error, {counts['skip']} skip"
     )
     return "\n".join(lines) + "\n"
+
+
+def _case(r: Result) -> str | None:
+    """An authz row's request and caller: ``GET /x by ns/sa`` (the SPIFFE path, short)."""
+    if r.request is None:
+        return None
+    who = r.source or "?"
+    parts = who.split("/")
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
+        who = f"{parts[4]}/{parts[6]}"
+    return f"{r.request} by {who}"
 
 
 def authz_matrix(results: Sequence[Result]) -> list[str]:

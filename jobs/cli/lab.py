@@ -45,7 +45,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FILE.yaml",
         help="your own manifests (Namespaces, Deployments/Pods, Services, PeerAuthentications, "
-        "DestinationRules); repeatable, all files form one mesh",
+        "DestinationRules, AuthorizationPolicies); repeatable, all files form one mesh",
     )
     p.add_argument(
         "--workloads",
