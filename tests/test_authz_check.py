@@ -48,6 +48,12 @@ def test_envoy_rbac_denial_over_tls_is_deny() -> None:
     assert "ns/p" in j.reason
 
 
+def test_rbac_words_from_a_non_echo_app_are_not_a_denial() -> None:
+    # A real app behind a real sidecar may write Envoy's words itself.
+    j = judge_http(case("deny"), ans(403, b"RBAC: access denied"), TLS, echo=False)
+    assert j.verdict is Verdict.ERROR and "not a header-reflecting echo" in j.reason
+
+
 def test_reflection_is_allow() -> None:
     j = judge_http(case("allow"), ans(200, b"{}", reflected=True), None)
     assert (j.verdict, j.observed) == (Verdict.PASS, "allow")

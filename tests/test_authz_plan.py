@@ -38,7 +38,7 @@ def ap(name: str, spec: dict[str, Any], ns: str = "shop") -> dict[str, Any]:
     }
 
 
-def mesh(*policies: dict[str, Any]) -> list[Any]:
+def mesh(*policies: dict[str, Any], echo: str = "mtlsprobe-echo") -> list[Any]:
     deploy = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -47,7 +47,7 @@ def mesh(*policies: dict[str, Any]) -> list[Any]:
             "replicas": 1,
             "selector": {"matchLabels": {"app": "api"}},
             "template": {
-                "metadata": {"labels": {"app": "api"}},
+                "metadata": {"labels": {"app": "api", "app.kubernetes.io/name": echo}},
                 "spec": {
                     "serviceAccountName": "api",
                     "containers": [
@@ -160,6 +160,12 @@ def test_undecidable_is_a_finding_not_a_case() -> None:
     assert all(not t.authz for t in plan.targets_file.targets)
     notes = [r for r in plan.findings if "ipBlocks" in r.reason]
     assert notes and notes[0].evidence["policy"] == "shop/by-ip"
+
+
+def test_non_echo_apps_get_a_finding_not_cases() -> None:
+    plan = build_plan(snap(mesh(ap("allow-nothing", {}), echo="shop-api")), Requirements())
+    assert all(not t.authz for t in plan.targets_file.targets)
+    assert any("does not reflect requests" in r.reason for r in plan.findings)
 
 
 def test_target_refs_reported_not_probed() -> None:

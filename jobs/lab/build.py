@@ -187,8 +187,11 @@ def _authz_identities(
     ps = PolicySet.from_objects(snap.authorizationpolicies, snap.root_namespace)
     named = identities_named(ps, plan.targets_file.trust_domain)
     extra = tuple(i for i in named if i != probe_identity)
-    if not extra:
-        return plan, ()
+    # The lab's apps all reflect requests (the echo responder): cases everywhere.
+    tf = plan.targets_file
+    plan = replace(
+        plan, targets_file=replace(tf, targets=tuple(replace(t, echo=True) for t in tf.targets))
+    )
     return attach(plan, [probe_identity, *extra]), extra
 
 

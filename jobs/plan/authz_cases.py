@@ -66,10 +66,16 @@ def identities_named(ps: PolicySet, trust_domain: str, limit: int = 4) -> list[s
             for src in rule.froms or ():
                 for v in src.get("principals", ()):
                     parts = v.split("/")
-                    if len(parts) == 5 and "*" not in v and parts[0] == trust_domain and (
-                        parts[1],
-                        parts[3],
-                    ) == ("ns", "sa"):
+                    if (
+                        len(parts) == 5
+                        and "*" not in v
+                        and parts[0] == trust_domain
+                        and (
+                            parts[1],
+                            parts[3],
+                        )
+                        == ("ns", "sa")
+                    ):
                         out[f"spiffe://{trust_domain}/ns/{parts[2]}/sa/{parts[4]}"] = None
                 for ns in (*src.get("namespaces", ()), *src.get("notNamespaces", ())):
                     if "*" not in ns and ns:
@@ -179,6 +185,19 @@ def target_cases(
         ]
     if any(e.client.outcome == "fail" for e in edges):
         return [], []  # the mesh call fails anyway: the mesh check reports it
+    if not t.echo:
+        if not any(ps.for_workload(Workload(e.pod.namespace, dict(e.pod.labels))) for e in edges):
+            return [], []
+        return [], [
+            _finding(
+                t.name,
+                Verdict.SKIP,
+                "authz not planned: the app does not reflect requests (no "
+                "app.kubernetes.io/name: mtlsprobe-echo label), so neither an allow nor the "
+                "sidecar's denial can be told apart from the app's own answers; place the echo "
+                "responder (k8s/components/echo) behind these policies",
+            )
+        ]
     workloads = {
         (e.pod.namespace, tuple(sorted(e.pod.labels.items())), e.target_port, e.client.mtls)
         for e in edges

@@ -8,7 +8,7 @@ from the sidecar's Envoy admin, not assumed); the others are ``skip``. Signature
   filter's local reply), on a call the probe's own sidecar counted as TLS on the target's
   outbound cluster: the answer came from behind a peer that proved the target's SPIFFE ID,
   not from an app without a sidecar (which would have been reached in plaintext, or not at
-  all).
+  all); and at an echo target (``echo: true``), whose app never answers that itself.
 - HTTP *allowed*: the app reflects this very request (probe.reflect, our marker header).
 - tcp *denied*: the connection closed right after our bytes with nothing back, over TLS
   (the counters), at an echo target (an echo app never closes silently; another app may
@@ -80,8 +80,11 @@ def _tls_note(seen: TransportSeen | None, ev: dict[str, Any]) -> tuple[bool, str
     return seen.transport is Transport.TLS, seen.how
 
 
-def judge_http(case: AuthzCase, ans: HttpAnswer, seen: TransportSeen | None) -> Judgement:
-    """Pure: an HTTP answer to one case."""
+def judge_http(
+    case: AuthzCase, ans: HttpAnswer, seen: TransportSeen | None, echo: bool = True
+) -> Judgement:
+    """Pure: an HTTP answer to one case. ``echo``: the target's app reflects requests
+    (only then is a 403 with Envoy's words known not to be the app's own answer)."""
     text = ans.body.decode("utf-8", "replace")
     ev: dict[str, Any] = {"status": ans.status, "policy": case.policy}
     if ans.reflected:
@@ -90,6 +93,14 @@ def judge_http(case: AuthzCase, ans: HttpAnswer, seen: TransportSeen | None) -> 
         )
     if ans.status == 403 and text.strip() == RBAC_BODY and not ans.truncated:
         tls, how = _tls_note(seen, ev)
+        if not echo:
+            return Judgement(
+                Verdict.ERROR,
+                "403 not attributable",
+                f"HTTP 403 {RBAC_BODY!r}, but the app is not a header-reflecting echo (echo: "
+                "false): it may answer these words itself, so a denial cannot be told apart",
+                ev,
+            )
         if not tls:
             return Judgement(
                 Verdict.ERROR,
@@ -297,7 +308,7 @@ class AuthzCheck(Check):
             j = judge_tcp(case, target, tcp_resp, seen)
         else:
             ans, seen = witnessed(ctx, target, False, lambda: http_call(ctx, target, case))
-            j = judge_http(case, ans, seen)
+            j = judge_http(case, ans, seen, echo=target.echo)
         return self._result(target, case, j)
 
     def _result(self, target: Target, case: AuthzCase, j: Judgement) -> Result:
