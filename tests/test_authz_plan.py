@@ -296,3 +296,32 @@ def test_contract_is_bounded() -> None:
     )
     with pytest.raises(TargetsFileError, match="at most 1024"):
         load(f"[{many}]")
+
+
+# ---- discovery through the fake API server ----------------------------------------------------
+
+
+def test_discovery_reads_authorization_policies_and_survives_forbidden() -> None:
+    from jobs.plan.discovery import discover
+    from tests import kubebuild as kb
+    from tests.fakekube import FakeKube, Resource
+
+    policy = {**ap("allow-nothing", {}), "apiVersion": "security.istio.io/v1beta1"}
+    with FakeKube() as kube:
+        kube.serve(
+            Resource(
+                "security.istio.io", ("v1beta1",), "authorizationpolicies", "AuthorizationPolicy"
+            )
+        )
+        kube.add_all([kb.namespace("shop"), policy])
+        snap = discover(kube.api_client())
+        assert [p["metadata"]["name"] for p in snap.authorizationpolicies] == ["allow-nothing"]
+        paths = kube.paths()
+        assert paths.index("/apis/security.istio.io/v1/authorizationpolicies") < paths.index(
+            "/apis/security.istio.io/v1beta1/authorizationpolicies"
+        )
+        # Not allowed to list them: the mTLS plan goes on, with a note.
+        kube.forbid("list", "authorizationpolicies", "security.istio.io")
+        snap = discover(kube.api_client())
+        assert snap.authorizationpolicies == []
+        assert any("AuthorizationPolicies not read" in n for n in snap.notes)
