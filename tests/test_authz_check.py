@@ -311,6 +311,16 @@ def test_liars_behind_real_envoy_never_pass(tmp_path: Path) -> None:
             results = [r for r in run_checks([load_check("authz")], ctx) if r.check == "authz"]
         finally:
             ctx.close()
+        # A targets file that says the probe is someone it is not: its sidecar holds `me`,
+        # so running OTHER's cases as OTHER would be a lie; every case is an error.
+        posing = replace(tf, source=replace(tf.source, identity=OTHER))
+        ctx = RunContext(posing, Settings(timeout=3, concurrency=8))
+        try:
+            posed = [r for r in run_checks([load_check("authz")], ctx) if r.check == "authz"]
+        finally:
+            ctx.close()
+    assert posed and all(r.verdict is Verdict.ERROR for r in posed), posed
+    assert f"not source.identity {OTHER}" in posed[0].reason
     assert len(results) == 3 * len(workloads), results
     mine = {}
     for r in results:
