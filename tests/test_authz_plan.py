@@ -38,7 +38,9 @@ def ap(name: str, spec: dict[str, Any], ns: str = "shop") -> dict[str, Any]:
     }
 
 
-def mesh(*policies: dict[str, Any], echo: str = "mtlsprobe-echo") -> list[Any]:
+def mesh(
+    *policies: dict[str, Any], echo: str = "mtlsprobe-echo", mode: str = "STRICT"
+) -> list[Any]:
     deploy = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -77,7 +79,7 @@ def mesh(*policies: dict[str, Any], echo: str = "mtlsprobe-echo") -> list[Any]:
         "apiVersion": "security.istio.io/v1",
         "kind": "PeerAuthentication",
         "metadata": {"name": "default", "namespace": "istio-system"},
-        "spec": {"mtls": {"mode": "STRICT"}},
+        "spec": {"mtls": {"mode": mode}},
     }
     return [strict, _ns("shop"), deploy, svc, *policies]
 
@@ -160,6 +162,26 @@ def test_undecidable_is_a_finding_not_a_case() -> None:
     assert all(not t.authz for t in plan.targets_file.targets)
     notes = [r for r in plan.findings if "ipBlocks" in r.reason]
     assert notes and notes[0].evidence["policy"] == "shop/by-ip"
+
+
+def test_permissive_plaintext_caller_has_no_principal() -> None:
+    # CONCEPT "Dependency on mutual TLS": the probe's sidecar sends plaintext (a
+    # DestinationRule DISABLE to a PERMISSIVE server): an ALLOW by principal cannot match.
+    dr = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "plain", "namespace": "shop"},
+        "spec": {
+            "host": "api.shop.svc.cluster.local",
+            "trafficPolicy": {"tls": {"mode": "DISABLE"}},
+        },
+    }
+    allow = ap("by-principal", {"rules": [{"from": [{"source": {"principals": ["*"]}}]}]})
+    by = cases(mesh(allow, dr, mode="PERMISSIVE"))
+    http = {c.request: (c.expect, c.policy) for c in by["shop/api:80"].authz}
+    assert http["GET /headers"] == (AuthzExpect.DENY, "shop/by-principal")
+    by = cases(mesh(allow, mode="PERMISSIVE"))  # auto-mTLS: the principal is there
+    assert by["shop/api:80"].authz[0].expect is AuthzExpect.ALLOW
 
 
 def test_non_echo_apps_get_a_finding_not_cases() -> None:
