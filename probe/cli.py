@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from probe.checks import REGISTRY, load_check, parse_check_list
+from probe.checks import DEFAULT_CHECKS, REGISTRY, load_check, parse_check_list
 from probe.cliargs import (
     UsageError,
     add_checks_flag,
@@ -42,7 +42,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="TARGETS.yaml",
         help="targets file (the stable contract; see README)",
     )
-    add_checks_flag(p, tuple(REGISTRY))
+    add_checks_flag(
+        p,
+        DEFAULT_CHECKS,
+        extra=", and authz when the targets file has authz cases",
+        known=tuple(REGISTRY),
+    )
     add_report_flags(p)
     p.add_argument(
         "--timing",
@@ -145,13 +150,17 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
     from probe.model import TargetsFileError, load_targets
 
     try:
-        names = parse_check_list(args.checks)
+        names = parse_check_list(args.checks) if args.checks is not None else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         targets = load_targets(args.file)
     except TargetsFileError as exc:
         raise UsageError(str(exc)) from None
+    if names is None:
+        names = list(DEFAULT_CHECKS)
+        if any(t.authz for t in targets.targets):
+            names.append("authz")
     targets = _shard(args, targets, names)
     from probe.evidence import from_args
 
@@ -215,19 +224,22 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
     """Nothing observed through a sidecar that never came up: every planned check is
     an error with that reason (skips decided from the targets alone stay skips)."""
     from probe.checks.base import make_result
-    from probe.engine import plan_work
+    from probe.engine import plan_work, with_case
     from probe.results import Verdict
 
     work, skips = plan_work(checks, ctx)
     errors = [
-        make_result(
-            w.check.name,
-            w.target,
-            w.endpoint,
-            Verdict.ERROR,
-            reason,
-            observed="sidecar-not-ready",
-            evidence={"error": "sidecar-not-ready"},
+        with_case(
+            w,
+            make_result(
+                w.check.name,
+                w.target,
+                w.endpoint,
+                Verdict.ERROR,
+                reason,
+                observed="sidecar-not-ready",
+                evidence={"error": "sidecar-not-ready"},
+            ),
         )
         for w in work
     ]

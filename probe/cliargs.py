@@ -202,12 +202,19 @@ def span(value: timedelta) -> str:
     return f"{total:.6f}".rstrip("0").rstrip(".") + "s"  # never an exponent
 
 
-def add_checks_flag(group: Group, names: Sequence[str], *, extra: str = "") -> None:
+def add_checks_flag(
+    group: Group, names: Sequence[str], *, extra: str = "", known: Sequence[str] = ()
+) -> None:
+    """``--checks``; with ``known`` (more checks than the default), the default is None
+    and the command decides (``check`` adds authz when the targets file has cases)."""
+    default = ",".join(names)
+    shown = f"all: {default}" if not known else default
+    more = f"; known: {','.join(known)}" if known else ""
     group.add_argument(
         "--checks",
-        default=",".join(names),
+        default=None if known else default,
         metavar="LIST",
-        help=f"comma-separated checks to run (default: all: {','.join(names)}){extra}",
+        help=f"comma-separated checks to run (default: {shown}){extra}{more}",
     )
 
 

@@ -157,7 +157,7 @@ def render_table(
             r.verdict.value.upper(),
             _visible(r.check),
             _visible(r.shown_target),
-            _visible(r.endpoint or "-"),
+            _visible(r.endpoint or _case(r) or "-"),
             _truncate(_visible(" ".join(r.reason.split("\n"))), reason_width),
         )
         for r in results
@@ -169,6 +169,7 @@ def render_table(
         if colour:
             cells[0] = f"{_COLOURS[r.verdict]}{cells[0]}{_RESET}"
         lines.append("  ".join(cells) + "  " + row[-1])
+    lines.extend(authz_matrix(results))
     counts = summarize(results)
     lines.append("")
     lines.append(
@@ -176,6 +177,48 @@ def render_table(
         f"{counts['error']} error, {counts['skip']} skip"
     )
     return "\n".join(lines) + "\n"
+
+
+def _case(r: Result) -> str | None:
+    """An authz row's request and caller: ``GET /x by ns/sa`` (the SPIFFE path, short)."""
+    if r.request is None:
+        return None
+    who = r.source or "?"
+    parts = who.split("/")
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
+        who = f"{parts[4]}/{parts[6]}"
+    return f"{r.request} by {who}"
+
+
+def authz_matrix(results: Sequence[Result]) -> list[str]:
+    """``authz`` results as a matrix, source identity x target: per cell what was observed
+    (allow/deny counts) and how many did not pass, so a person sees who can reach what.
+    Cases left to another probe (skips) are not in it."""
+    cells: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        if r.check == "authz" and r.source is not None and r.verdict is not Verdict.SKIP:
+            cells.setdefault((r.source, r.target), []).append(r)
+    if not cells:
+        return []
+    sources = list(dict.fromkeys(s for s, _ in cells))
+    targets = list(dict.fromkeys(t for _, t in cells))
+
+    def cell(rs: list[Result] | None) -> str:
+        if not rs:
+            return "-"
+        seen = [r.observed for r in rs]
+        parts = [f"{seen.count(o)} {o}" for o in ("allow", "deny") if o in seen]
+        bad = {v: sum(r.verdict is v for r in rs) for v in (Verdict.FAIL, Verdict.ERROR)}
+        parts += [f"{n} {v.value.upper()}" for v, n in bad.items() if n]
+        return ", ".join(parts) or "-"
+
+    head = ["SOURCE \\ TARGET", *(_visible(t) for t in targets)]
+    rows = [[_visible(s), *(cell(cells.get((s, t))) for t in targets)] for s in sources]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    out = ["", "authz (observed per source identity and target; FAIL/ERROR: cases not passing)"]
+    for row in [head, *rows]:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return out
 
 
 def render_junit(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:

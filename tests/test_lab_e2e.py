@@ -17,7 +17,7 @@ import pytest
 from jobs.lab.runner import LabRun, run_scenario
 from jobs.lab.scenarios import builtin
 from jobs.lab.supervisor import pid_alive
-from probe.checks import REGISTRY
+from probe.checks import DEFAULT_CHECKS, REGISTRY
 from probe.checks.base import Settings
 from probe.results import Verdict
 
@@ -70,7 +70,7 @@ def test_healthy_everything_passes(healthy: LabRun) -> None:
     assert _verdicts(healthy, Verdict.FAIL) == set()
     assert _verdicts(healthy, Verdict.ERROR) == set()
     checks = {r.check for r in healthy.results if r.verdict is Verdict.PASS}
-    assert set(REGISTRY) <= checks
+    assert set(DEFAULT_CHECKS) <= checks  # authz: no AuthorizationPolicy in this scenario
 
 
 def test_healthy_probes_every_endpoint_including_replicas_and_tcp(healthy: LabRun) -> None:

@@ -48,7 +48,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="built-in scenario(s): healthy, migration, broken, blinded",
+        help="built-in scenario(s): healthy, migration, broken, blinded, authz",
     )
     p.add_argument(
         "-f",
@@ -58,7 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FILE.yaml",
         help="your own manifests (Namespaces, Deployments/Pods, Services, PeerAuthentications, "
-        "DestinationRules); repeatable, all files form one mesh",
+        "DestinationRules, AuthorizationPolicies); repeatable, all files form one mesh",
     )
     p.add_argument(
         "--workloads",
