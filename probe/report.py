@@ -242,6 +242,8 @@ def render_junit(results: Sequence[Result], *, controls: ControlMap | None = Non
         if suite is None:
             suite = suites[r.check] = TestSuite(f"mtlsprobe.{r.check}")
         name = r.shown_target if r.endpoint is None else f"{r.shown_target} {r.endpoint}"
+        if r.request is not None:
+            name = f"{r.shown_target} {r.request} from {r.source}"
         case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
         labels = controls.labels(r.check) if controls is not None else []
