@@ -17,8 +17,8 @@ import yaml
 from jobs.cli.main import build_parser
 from jobs.launch.cluster import RUN_API_CALLS
 from jobs.plan.discovery import Options, discover
+from tests import kubebuild as kb
 from tests.fakekube import FakeKube
-from tests.test_discovery import _mesh
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
 KUSTOMIZATIONS = ["base", "overlays/smoke", "overlays/continuous", "overlays/echo-example"]
@@ -186,7 +186,7 @@ def test_discovery_calls_are_allowed_for_orchestrator_and_agent(options: Options
     kube = FakeKube()
     kube.start()
     try:
-        _mesh(kube)
+        kube.add_all(kb.small_mesh())
         discover(kube.api_client(), options)
         calls = [parse_call(c.method, c.path, c.query) for c in kube.calls]
     finally:

@@ -12,7 +12,6 @@ import pytest
 from probe.checks.base import Check, RunContext, Settings
 from probe.checks.mesh import MeshCheck
 from probe.checks.xfcc_spoof import XfccSpoofCheck
-from probe.echo import EchoServer, Listen
 from probe.engine import run_checks
 from probe.model import Expect, Protocol, Source, Target, TargetsFile
 from probe.results import Result, Verdict
@@ -28,18 +27,6 @@ from tests.tlsservers import nothing_listening
 TD = "cluster.local"
 SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
 ECHO = f"spiffe://{TD}/ns/ns-a/sa/echo"
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[tuple[str, int]]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
-        yield srv.addresses[0]
-
-
-@pytest.fixture(scope="module")
-def tcp_echo() -> Iterator[tuple[str, int]]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/db", tcp=True)]) as srv:
-        yield srv.addresses[0]
 
 
 def run(

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -24,7 +23,6 @@ from probe.checks.base import Check, RunContext, Settings
 from probe.checks.mesh import MeshCheck
 from probe.checks.meshcall import MeshResponse
 from probe.checks.xfcc_spoof import XfccSpoofCheck
-from probe.echo import EchoServer, Listen
 from probe.engine import run_checks
 from probe.errors import ObservationError
 from probe.model import Expect, Source, Target, TargetsFile
@@ -168,12 +166,6 @@ def test_spoof_requires_the_genuine_element_to_carry_our_hash() -> None:
 def probe_cert() -> Issued:
     ca = CertificateAuthority.create_root(TD, key_type="ec")
     return ca.issue_workload(SRC, key_type="ec")
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[tuple[str, int]]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
-        yield srv.addresses[0]
 
 
 def der_hash(issued: Issued) -> str:

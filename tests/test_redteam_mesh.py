@@ -17,8 +17,8 @@ from probe.model import Expect, Source, Target, TargetsFile
 from probe.reflect import App
 from probe.results import Verdict
 from tests.reflect_apps import render, serving
+from tests.runone import ECHO_ID, SRC, TD, run_app
 from tests.sidecar_standin import SidecarBehaviour
-from tests.test_mesh_apps import ECHO, SRC, TD, run
 
 
 def _truncating(app: App, width: int) -> type[BaseHTTPRequestHandler]:
@@ -47,7 +47,7 @@ def test_forged_xfcc_hidden_by_a_truncating_app_never_passes() -> None:
     the trusted one), but the app shows values cut short, so the marker is gone. What
     is left is not the genuine element the server sidecar writes: not a pass."""
     for app in App:
-        r = run(XfccSpoofCheck(), _truncating(app, 40), SidecarBehaviour(mode="trusting"))
+        r = run_app(XfccSpoofCheck(), _truncating(app, 40), SidecarBehaviour(mode="trusting"))
         assert r.verdict is not Verdict.PASS, (app, r)
 
 
@@ -56,7 +56,7 @@ def test_xfcc_of_another_identity_is_no_genuine_element_for_spoof() -> None:
     the genuine element of the target's sidecar is not shown, so nothing proves the
     forged one was dropped by the mesh rather than hidden."""
     raw = "By=spiffe://cluster.local/ns/edge/sa/proxy;URI=spiffe://cluster.local/ns/x/sa/y"
-    r = run(
+    r = run_app(
         XfccSpoofCheck(),
         _truncating(App.HTTPBIN, 10_000),
         SidecarBehaviour(mode="raw", raw_xfcc=raw),
@@ -65,7 +65,7 @@ def test_xfcc_of_another_identity_is_no_genuine_element_for_spoof() -> None:
 
 
 def test_genuine_element_still_passes_spoof() -> None:
-    r = run(XfccSpoofCheck(), _truncating(App.HTTPBIN, 10_000))
+    r = run_app(XfccSpoofCheck(), _truncating(App.HTTPBIN, 10_000))
     assert r.verdict is Verdict.PASS, r
 
 
@@ -99,7 +99,7 @@ def _ctx(proxy: str) -> RunContext:
         host="echo.ns-a.svc.cluster.local",
         port=8080,
         expect=Expect.STRICT,
-        identity=ECHO,
+        identity=ECHO_ID,
         echo=True,
     )
     tf = TargetsFile(TD, (target,), Source(identity=SRC, sidecar_proxy=proxy))
@@ -121,7 +121,7 @@ def test_slowloris_reflection_is_bounded_and_not_a_pass() -> None:
             assert r.verdict is Verdict.ERROR, r
 
 
-GENUINE = f"By={ECHO};URI={SRC}"
+GENUINE = f"By={ECHO_ID};URI={SRC}"
 WRONG_LAST = f"{GENUINE},By=spiffe://cluster.local/ns/evil/sa/x;URI={SRC}"
 
 

@@ -27,7 +27,7 @@ from probe.model import (
     load_targets,
     parse_targets_text,
 )
-from tests.test_yamlload import billion_laughs
+from tests.hostile_yaml import billion_laughs
 
 GOOD = """
 trustDomain: cluster.local

@@ -76,11 +76,6 @@ def check(
     )
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.fixture
 def mesh(pki: MeshPKI, tmp_path: Path) -> Iterator[Path]:
     """A STRICT sidecar-like TLS server, a plaintext server that should be STRICT, a
