@@ -25,9 +25,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.lab.addresses import acquire_slot
@@ -158,22 +157,9 @@ def strict_targets(pods: int, endpoints: int, key_type: KeyType, workdir: Path) 
     """``endpoints`` sidecar-less-probed STRICT endpoints on one real Envoy: ``pods``
     listeners (tests/strict_envoy.py), target i on listener i mod pods. Every check is a
     real connection and handshake; the agent cannot tell a reused listener from a pod."""
-    from benchmarks.bench_checks import PORT, TD, identity, targets_file
-    from probe.model import Endpoint
-    from probe.pki import CertificateAuthority
-    from tests.strict_envoy import Pod, strict_envoy
+    from benchmarks.bench_checks import bench_envoy, identity, targets_file, write_targets
 
-    ca = CertificateAuthority.create_root(TD, key_type="rsa")
-    root = workdir / "root-cert.pem"
-    root.write_bytes(ca.root_pem())
-
-    def make(slot: Any) -> list[Pod]:
-        return [
-            Pod(Endpoint(slot.pod_ip(i), PORT), ca.issue_workload(identity(i), key_type=key_type))
-            for i in range(pods)
-        ]
-
-    with strict_envoy(make, root, TD, workdir, concurrency=1) as (_, started):
+    with bench_envoy(pods, key_type, workdir) as (_, started, root):
         tf = targets_file([started[i % pods] for i in range(endpoints)], root)
         # Same identity per listener: target i expects listener (i mod pods)'s SVID.
         tf = replace(
@@ -182,9 +168,7 @@ def strict_targets(pods: int, endpoints: int, key_type: KeyType, workdir: Path) 
                 replace(t, identity=identity(i % pods)) for i, t in enumerate(tf.targets)
             ),
         )
-        path = workdir / f"targets-{endpoints}.yaml"
-        path.write_text(yaml.safe_dump(tf.to_dict(), sort_keys=False), encoding="utf-8")
-        yield path
+        yield write_targets(tf, workdir / f"targets-{endpoints}.yaml")
 
 
 def scale_main(args: argparse.Namespace) -> int:
