@@ -4,12 +4,10 @@ Envoy and a hand-made mesh spec; and teardown leaves no process behind."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from jobs.lab.runtime import Lab
 from jobs.lab.spec import PodSpec
 from jobs.lab.supervisor import LabError, pid_alive, stop_pids_file
 from tests.labmesh import PROBE_ID, TD, build_mesh, small_mesh
+from tests.procs import all_gone, kill_groups
 
 pytestmark = pytest.mark.envoy
 
@@ -198,9 +197,7 @@ def test_keep_survives_then_down_stops_everything(tmp_path: Path) -> None:
         assert stop_pids_file(tmp_path) == pids
         assert not any(pid_alive(p) for p in pids)
     finally:
-        for p in pids:
-            if pid_alive(p):
-                os.killpg(p, signal.SIGKILL)
+        kill_groups(pids)
 
 
 _CHILD = """
@@ -241,16 +238,11 @@ def test_no_process_survives_the_parent_dying(tmp_path: Path, how: str) -> None:
         assert all(pid_alive(p) for p in pids)
         child.send_signal(getattr(signal, how))
         child.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-            time.sleep(0.05)
-        assert not any(pid_alive(p) for p in pids), f"left running after {how}"
+        assert all_gone(pids), f"left running after {how}"
     finally:
         if child.poll() is None:
             child.kill()
-        for p in pids:
-            if pid_alive(p):
-                os.killpg(p, signal.SIGKILL)
+        kill_groups(pids)
 
 
 def test_configs_are_json_envoy_reads(lab: Lab) -> None:
