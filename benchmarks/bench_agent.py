@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -29,12 +28,11 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.lab.addresses import acquire_slot
-from jobs.lab.build import build_lab
-from jobs.lab.runner import write_targets
-from jobs.lab.runtime import Lab
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script too
+
+from jobs.lab.runner import running
 from jobs.lab.scenarios import generated
-from probe.model import Source
+from tests.procs import terminate
 
 if TYPE_CHECKING:
     from probe.pki import KeyType
@@ -85,25 +83,8 @@ def _scrape(port: int) -> tuple[int, float]:
 
 @contextlib.contextmanager
 def lab_targets(workloads: int, workdir: Path) -> Iterator[Path]:
-    slot = acquire_slot()
-    try:
-        build = build_lab(generated(workloads), slot, require=())
-    except BaseException:
-        slot.release()
-        raise
-    with Lab(build.mesh, slot, workdir / "lab", ready_timeout=300) as lab:
-        targets = replace(
-            build.targets,
-            root_cert_file=lab.root_cert,
-            source=Source(
-                identity=build.mesh.probe_identity,
-                sidecar_proxy=lab.proxy_url,
-                sidecar_admin=lab.admin_url,
-            ),
-        )
-        path = workdir / f"targets-{workloads}.yaml"
-        write_targets(targets, path)
-        yield path
+    with running(generated(workloads), workdir / f"lab-{workloads}", ready_timeout=300) as up:
+        yield up.targets_path
 
 
 def run_agent(
@@ -143,12 +124,7 @@ def run_agent(
                 pending.pop(0)
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
     return samples
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from probe.engine import run_checks
 from probe.model import Source, TargetsFile
 from probe.pki import CertificateAuthority
 from probe.results import Result, Verdict
+from tests.procs import terminate
 from tests.sidecar_standin import DUMP, admin_handler, b64, certs_doc, dump_doc, http_server
 from tests.tlsservers import nothing_listening
 
@@ -357,12 +357,7 @@ def envoy_admin(
             time.sleep(0.05)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 5)
 
 
 def test_real_envoy_config_dump(envoy_admin: str, mesh: tuple[CertificateAuthority, Path]) -> None:

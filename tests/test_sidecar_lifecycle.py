@@ -14,6 +14,7 @@ import pytest
 
 from probe import shard
 from probe.model import Endpoint, Expect, Target, TargetsFile
+from tests.procs import mtlsprobe
 from tests.sidecar_standin import Agent
 from tests.tlsservers import nothing_listening
 
@@ -35,14 +36,7 @@ def _check(agent: Agent, targets: Path, *extra: str) -> subprocess.CompletedProc
     env = dict(os.environ)
     env["MTLSPROBE_SIDECAR_READY_URL"] = agent.url + "/healthz/ready"
     env["MTLSPROBE_SIDECAR_QUIT_URL"] = agent.url + "/quitquitquit"
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(targets), "-o", "jsonl", *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
+    return mtlsprobe("check", "-f", str(targets), "-o", "jsonl", *extra, env=env, cwd=ROOT)
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ import pytest
 from probe.model import Endpoint, Expect, Target, TargetsFile
 from probe.results import Result, Verdict
 from tests.otlp_receiver import Received, attrs_of, otlp_receiver
-from tests.procs import reaped, sigterm
+from tests.procs import mtlsprobe, reaped, sigterm
 from tests.tlsservers import (
     MeshPKI,
     Server,
@@ -68,13 +68,7 @@ def cli_env(**otel: str) -> dict[str, str]:
 def check(
     path: Path, *extra: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(path), "-o", "json", *extra],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return mtlsprobe("check", "-f", str(path), "-o", "json", *extra, env=env, timeout=timeout)
 
 
 @pytest.fixture
