@@ -1,10 +1,14 @@
-"""One target through the real engine, as the check tests drive it: sidecar-less
-against an endpoint (plaintext, peer-cert, foreign-client), or through the sidecar
-stand-in in front of an HTTP app (mesh, xfcc-spoof)."""
+"""One target through the real engine, as the check tests drive it: ns-a/echo as a
+targets file names it, run sidecar-less against an endpoint (plaintext, peer-cert,
+foreign-client), through a sidecar (stand-in) in front of an HTTP app (mesh,
+xfcc-spoof), or from any source the test builds."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
 
 from probe.checks.base import Check, RunContext, Settings
 from probe.engine import run_checks
@@ -17,9 +21,32 @@ from tests.tlsservers import MeshPKI
 TD = "cluster.local"
 SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
 ECHO_ID = f"spiffe://{TD}/ns/ns-a/sa/echo"
+_ECHO = Target(
+    name="ns-a/echo",
+    host="echo.ns-a.svc.cluster.local",
+    port=8080,
+    expect=Expect.STRICT,
+    identity=ECHO_ID,
+    echo=True,
+)
 
 
-def _one(check: object, tf: TargetsFile, timeout: float) -> Result:
+def echo_target(**changes: Any) -> Target:
+    """ns-a/echo on port 8080, STRICT, identity ``ECHO_ID``, an echo responder; with
+    ``changes`` to any field."""
+    return replace(_ECHO, **changes)
+
+
+def run_target(
+    check: object,
+    target: Target,
+    source: Source,
+    *,
+    root_cert_file: Path | None = None,
+    timeout: float = 2.0,
+) -> Result:
+    """The one result of ``check`` on ``target`` probed from ``source``."""
+    tf = TargetsFile(TD, (target,), source, root_cert_file=root_cert_file)
     ctx = RunContext(tf, Settings(timeout=timeout))
     try:
         (result,) = run_checks([check], ctx)  # type: ignore[list-item]
@@ -39,23 +66,9 @@ def run_one(
     timeout: float = 2.0,
 ) -> Result:
     """``check`` against ns-a/echo served at ``endpoint``, no sidecar in the probe."""
-    target = Target(
-        name="ns-a/echo",
-        host="echo.ns-a.svc.cluster.local",
-        port=8080,
-        expect=expect,
-        endpoints=(endpoint,),
-        identity=identity,
-        protocol=protocol,
-        echo=True,
-    )
-    tf = TargetsFile(
-        trust_domain=TD,
-        targets=(target,),
-        source=Source(identity=SRC),
-        root_cert_file=pki.root_file if pki else None,
-    )
-    return _one(check, tf, timeout)
+    target = echo_target(expect=expect, endpoints=(endpoint,), identity=identity, protocol=protocol)
+    root = pki.root_file if pki else None
+    return run_target(check, target, Source(identity=SRC), root_cert_file=root, timeout=timeout)
 
 
 def run_app(
@@ -72,14 +85,5 @@ def run_app(
         b = b or SidecarBehaviour()
         b.upstream = upstream
         with sidecar(b) as proxy:
-            target = Target(
-                name="ns-a/echo",
-                host="echo.ns-a.svc.cluster.local",
-                port=8080,
-                expect=expect,
-                identity=ECHO_ID,
-                echo=True,
-                echo_path=echo_path,
-            )
-            tf = TargetsFile(TD, (target,), Source(identity=SRC, sidecar_proxy=proxy))
-            return _one(check, tf, 2)
+            target = echo_target(expect=expect, echo_path=echo_path)
+            return run_target(check, target, Source(identity=SRC, sidecar_proxy=proxy))

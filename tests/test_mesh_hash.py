@@ -30,6 +30,7 @@ from probe.pki import CertificateAuthority, Issued
 from probe.reflect import MARKER_HEADER, App, Reflection
 from probe.results import Result, Verdict
 from probe.xfcc import HashOutcome, OwnCerts, compare_hash, parse_element
+from tests.runone import echo_target
 from tests.sidecar_standin import SidecarBehaviour, http_server, sidecar
 
 TD = "cluster.local"
@@ -37,14 +38,7 @@ SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
 ECHO = f"spiffe://{TD}/ns/ns-a/sa/echo"
 OURS = "ab" * 32
 OTHER = "cd" * 32
-TARGET = Target(
-    name="ns-a/echo",
-    host="echo.ns-a.svc",
-    port=8080,
-    expect=Expect.STRICT,
-    identity=ECHO,
-    echo=True,
-)
+TARGET = echo_target(host="echo.ns-a.svc", identity=ECHO)
 
 
 def element(hash_part: str) -> str:

@@ -8,16 +8,14 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from probe.checks.base import RunContext, Settings
 from probe.checks.mesh import MeshCheck
 from probe.checks.meshcall import MAX_BODY
 from probe.checks.xfcc_spoof import XfccSpoofCheck
-from probe.engine import run_checks
-from probe.model import Expect, Source, Target, TargetsFile
+from probe.model import Source
 from probe.reflect import App
 from probe.results import Verdict
 from tests.reflect_apps import render, serving
-from tests.runone import ECHO_ID, SRC, TD, run_app
+from tests.runone import ECHO_ID, SRC, echo_target, run_app, run_target
 from tests.sidecar_standin import SidecarBehaviour
 
 
@@ -93,29 +91,13 @@ class _DripProxy(BaseHTTPRequestHandler):
             return
 
 
-def _ctx(proxy: str) -> RunContext:
-    target = Target(
-        name="ns-a/echo",
-        host="echo.ns-a.svc.cluster.local",
-        port=8080,
-        expect=Expect.STRICT,
-        identity=ECHO_ID,
-        echo=True,
-    )
-    tf = TargetsFile(TD, (target,), Source(identity=SRC, sidecar_proxy=proxy))
-    return RunContext(tf, Settings(timeout=2))
-
-
 def test_slowloris_reflection_is_bounded_and_not_a_pass() -> None:
     """Timeout is 2 s: the whole call must end within a few timeouts, as an error."""
     with serving(_DripProxy) as (host, port):
         for check in (MeshCheck(), XfccSpoofCheck()):
-            ctx = _ctx(f"http://{host}:{port}")
+            source = Source(identity=SRC, sidecar_proxy=f"http://{host}:{port}")
             t0 = time.monotonic()
-            try:
-                (r,) = run_checks([check], ctx)
-            finally:
-                ctx.close()
+            r = run_target(check, echo_target(), source)
             took = time.monotonic() - t0
             assert took < 12, (check.name, took)
             assert r.verdict is Verdict.ERROR, r
@@ -156,9 +138,6 @@ class _CutAtTheCap(BaseHTTPRequestHandler):
 
 def test_reflection_cut_at_the_size_cap_is_not_read_as_one() -> None:
     with serving(_CutAtTheCap) as (host, port):
-        ctx = _ctx(f"http://{host}:{port}")
-        try:
-            (r,) = run_checks([MeshCheck()], ctx)
-        finally:
-            ctx.close()
+        source = Source(identity=SRC, sidecar_proxy=f"http://{host}:{port}")
+        r = run_target(MeshCheck(), echo_target(), source)
     assert r.verdict is not Verdict.PASS, r
