@@ -7,6 +7,14 @@ deadline and "too slow" health check measure wall time, which on a loaded machin
 nothing about the code. ``HYPOTHESIS_PROFILE=explore`` searches with fresh randomness.
 
 Fixtures that start a server stop it when the test (or module) ends, failed or not.
+Test modules import helpers, never each other:
+
+- tlsservers, hostile_tls: real sockets and TLS servers, honest and lying;
+- sidecar_standin: the sidecar, Envoy admin (and its documents) and pilot-agent stand-ins;
+- strict_envoy: a real Envoy with STRICT listeners; ``envoy_running`` for any config;
+- runone: ns-a/echo through the real engine; meshlab, labmesh: scenarios on the lab;
+- kubebuild, fakekube, fakekube_jobs: Kubernetes objects and the fake API server;
+- runcase, plancase: ``mtlsprobe run`` and plan-both-ways cases; procs: child processes.
 """
 
 from __future__ import annotations

@@ -147,17 +147,11 @@ def endpoint_slice(
     ports: list[tuple[str, int]],
 ) -> Obj:
     """``endpoints``: (ip, pod name, ready); ``ports``: (service port name, target port)."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service_name},
-            "creationTimestamp": T0,
-        },
-        "addressType": "IPv4",
-        "endpoints": [
+    return slice_of(
+        name,
+        ns,
+        service_name,
+        [
             {
                 "addresses": [ip],
                 "conditions": {"ready": ready, "serving": ready, "terminating": False},
@@ -165,6 +159,35 @@ def endpoint_slice(
             }
             for ip, pod_name, ready in endpoints
         ],
+        ports,
+    )
+
+
+def slice_of(
+    name: str,
+    ns: str,
+    service_name: str,
+    endpoints: list[Obj],
+    ports: list[tuple[str, int]],
+    *,
+    address_type: str = "IPv4",
+    created: str | None = T0,
+) -> Obj:
+    """An EndpointSlice of ``endpoints`` as written (any shape); ``created=None``
+    leaves out the creationTimestamp."""
+    metadata: Obj = {
+        "name": name,
+        "namespace": ns,
+        "labels": {"kubernetes.io/service-name": service_name},
+    }
+    if created is not None:
+        metadata["creationTimestamp"] = created
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": metadata,
+        "addressType": address_type,
+        "endpoints": endpoints,
         "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
     }
 

@@ -36,20 +36,8 @@ def slice_(
     ports: list[tuple[str, int]] | None = None,
     address_type: str = "IPv4",
 ) -> Obj:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": address_type,
-        "endpoints": endpoints,
-        "ports": [
-            {"name": n, "port": p, "protocol": "TCP"} for n, p in (ports or [("http", 8080)])
-        ],
-    }
+    ports = ports or [("http", 8080)]
+    return kb.slice_of(name, ns, service, endpoints, ports, address_type=address_type, created=None)
 
 
 def ep(address: str, pod: str | None = None, ns: str | None = None, kind: str = "Pod") -> Obj:
