@@ -4,7 +4,7 @@ Brings up the built-in ``healthy`` scenario, then runs ``mesh`` and ``xfcc-spoof
 over its HTTP echo targets, sequentially (concurrency 1) and concurrently, many
 rounds, through one RunContext (one httpx client per run, as in production), and
 prints wall time per call and the probe's own CPU per call. Reference from
-istio-facts.md: a mesh request with XFCC ≈ 1.8 ms sequential through a reused client.
+docs/istio-behaviour.md: a mesh request with XFCC ≈ 1.8 ms sequential through a reused client.
 
     .venv/bin/python benchmarks/bench_mesh.py --calls 400
 """

@@ -3,57 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import re
 import signal
-import sys
 import threading
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from probe.checks import REGISTRY, load_check, parse_check_list
+from probe.cliargs import (
+    UsageError,
+    add_checks_flag,
+    add_probe_flags,
+    add_report_flags,
+    emit_report,
+    probe_settings,
+    seconds,
+)
 from probe.results import EXIT_USAGE, Result, exit_code
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
     from probe.model import TargetsFile
-
-DEFAULT_CONCURRENCY = 32
-
-
-class UsageError(Exception):
-    """Bad flags or configuration: one line, exit 64."""
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90d``, ``6h``, ``30m``, ``45s`` or plain seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 6h, 90d, 30m, 45s)")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
-    return int(text)
+    from probe.sidecar import SidecarOptions
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -69,72 +41,102 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="TARGETS.yaml",
         help="targets file (the stable contract; see README)",
     )
+    add_checks_flag(p, tuple(REGISTRY))
+    add_report_flags(p)
     p.add_argument(
-        "--checks",
-        default=",".join(REGISTRY),
-        metavar="LIST",
-        help=f"comma-separated checks to run (default: all: {','.join(REGISTRY)})",
+        "--timing",
+        action="store_true",
+        help="add each result's start, end and duration (key timing) to json/jsonl output "
+        "(what mtlsprobe run's probe pods print, for its traces)",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        default="table",
-        choices=("table", "json", "jsonl", "junit"),
-        help="report format on stdout (default: table)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        metavar="FILE",
-        help="also write the report to FILE (format from -o, or by suffix .json/.jsonl/.xml)",
-    )
-    p.add_argument(
-        "--timeout",
-        type=_positive_float,
-        default=5.0,
+    add_probe_flags(p)
+    _add_sidecar_flags(p)
+    _add_shard_flags(p)
+
+
+def _add_sidecar_flags(p: argparse.ArgumentParser) -> None:
+    from probe.sidecar import DEFAULT_WAIT, QUIT_URL, READY_URL
+
+    g = p.add_argument_group("probe pod sidecar")
+    g.add_argument(
+        "--wait-for-sidecar",
+        nargs="?",
+        type=seconds,
+        const=DEFAULT_WAIT,
+        default=None,
         metavar="SECONDS",
-        help="per-operation network timeout (default: 5)",
+        help="wait (bounded; default %(const)s s) for the pod's sidecar to be ready before "
+        "probing; if it never is, every check is an error",
     )
-    p.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=DEFAULT_CONCURRENCY,
-        metavar="N",
-        help=f"checks in flight at once (default: {DEFAULT_CONCURRENCY})",
+    g.add_argument(
+        "--quit-sidecar",
+        action="store_true",
+        help="on exit, ask a classic sidecar to stop (POST quitquitquit) so the Job completes; "
+        "not needed for native sidecars",
     )
-    p.add_argument(
-        "--min-remaining",
-        type=parse_duration,
-        default=timedelta(hours=6),
-        metavar="DURATION",
-        help="fail certificates expiring sooner (default: 6h)",
+    g.add_argument(
+        "--sidecar-ready-url",
+        default=os.environ.get("MTLSPROBE_SIDECAR_READY_URL", READY_URL),
+        metavar="URL",
+        help=f"readiness endpoint (default: $MTLSPROBE_SIDECAR_READY_URL or {READY_URL})",
     )
-    p.add_argument(
-        "--max-lifetime",
-        type=parse_duration,
-        default=timedelta(days=90),
-        metavar="DURATION",
-        help="fail certificates valid for longer (default: 90d)",
+    g.add_argument(
+        "--sidecar-quit-url",
+        default=os.environ.get("MTLSPROBE_SIDECAR_QUIT_URL", QUIT_URL),
+        metavar="URL",
+        help=f"quit endpoint (default: $MTLSPROBE_SIDECAR_QUIT_URL or {QUIT_URL})",
     )
-    from probe import shard, sidecar
-
-    sidecar.add_flags(p)
-    shard.add_flags(p)
 
 
-def _format_for_file(path: Path, default: str) -> str:
-    return {".json": "json", ".jsonl": "jsonl", ".xml": "junit"}.get(path.suffix.lower(), default)
+def _shard_arg(text: str) -> tuple[int, int]:
+    from probe.shard import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_shard_flags(p: argparse.ArgumentParser) -> None:
+    from probe.shard import INDEX_ENV
+
+    g = p.add_argument_group("sharding (Indexed Jobs)")
+    g.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="INDEX/COUNT",
+        help="probe only shard INDEX of COUNT (a stable hash of each target/endpoint picks "
+        "its shard; every pod may read the same file)",
+    )
+    g.add_argument(
+        "--shards",
+        type=int,
+        metavar="COUNT",
+        help=f"probe shard ${INDEX_ENV} of COUNT (for an Indexed Job's pods)",
+    )
+
+
+def _sidecar_options(args: argparse.Namespace) -> SidecarOptions:
+    from probe.sidecar import SidecarOptions
+
+    return SidecarOptions(
+        wait=args.wait_for_sidecar,
+        ready_url=args.sidecar_ready_url,
+        quit=args.quit_sidecar,
+        quit_url=args.sidecar_quit_url,
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from probe.sidecar import quitting
 
-    with quitting(args):  # a classic sidecar must stop however the probe ends
-        return _main(args)
+    sidecar = _sidecar_options(args)
+    with quitting(sidecar):  # a classic sidecar must stop however the probe ends
+        return _main(args, sidecar)
 
 
-def _main(args: argparse.Namespace) -> int:
-    from probe.checks.base import RunContext, Settings
+def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
+    from probe.checks.base import RunContext
     from probe.engine import run_checks
     from probe.model import TargetsFileError, load_targets
 
@@ -148,19 +150,13 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     targets = _shard(args, targets, names)
 
-    settings = Settings(
-        timeout=args.timeout,
-        concurrency=args.concurrency,
-        min_remaining=args.min_remaining,
-        max_lifetime=args.max_lifetime,
-    )
-    ctx = RunContext(targets, settings)
+    ctx = RunContext(targets, probe_settings(args))
     stop = threading.Event()
     previous = _install_stop_handler(stop)
     try:
         try:
             checks = [load_check(n) for n in names]
-            not_ready = _sidecar_not_ready(args, stop)
+            not_ready = _sidecar_not_ready(sidecar, stop)
             if not_ready is None:
                 results = run_checks(checks, ctx, stop=stop)
             else:
@@ -169,7 +165,7 @@ def _main(args: argparse.Namespace) -> int:
             ctx.close()
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
         # flush must not kill the process before the partial report and spans are out.
-        emit_report(results, args.output, args.out)
+        emit_report(results, args.output, args.out, timing=args.timing)
         _export_telemetry(results, targets)
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -181,21 +177,21 @@ def _shard(args: argparse.Namespace, targets: TargetsFile, names: list[str]) -> 
     from probe import shard
 
     try:
-        chosen = shard.from_args(args)
+        chosen = shard.chosen(shard.ShardOptions(shard=args.shard, shards=args.shards))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if chosen is None:
         return targets
-    scopes = [load_check(n).scope.value for n in names]
+    scopes = [load_check(n).scope for n in names]
     return shard.select(targets, *chosen, by_endpoint=shard.by_endpoint(scopes))
 
 
-def _sidecar_not_ready(args: argparse.Namespace, stop: threading.Event) -> str | None:
-    if args.wait_for_sidecar is None:
+def _sidecar_not_ready(sidecar: SidecarOptions, stop: threading.Event) -> str | None:
+    if sidecar.wait is None:
         return None
     from probe.sidecar import wait_ready
 
-    return wait_ready(args.sidecar_ready_url, args.wait_for_sidecar, stop=stop)
+    return wait_ready(sidecar.ready_url, sidecar.wait, stop=stop)
 
 
 def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Result]:
@@ -221,28 +217,6 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
     return errors + skips
 
 
-def emit_report(results: list[Result], fmt: str, out: Path | None) -> None:
-    from probe.report import render
-
-    # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
-    colour = (
-        fmt == "table"
-        and sys.stdout.isatty()
-        and not os.environ.get("NO_COLOR")
-        and os.environ.get("TERM") != "dumb"
-    )
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
-        sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout.write(render(results, fmt, colour=colour))
-    sys.stdout.flush()
-    if out is not None:
-        try:
-            out.write_text(render(results, _format_for_file(out, fmt)), encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
-
-
 def _export_telemetry(results: list[Result], targets: TargetsFile) -> None:
     if not any(k.startswith("OTEL_") for k in os.environ):
         return  # OTLP is configured by OTEL_* only: skip importing telemetry (logging)
@@ -263,4 +237,4 @@ def _install_stop_handler(stop: threading.Event) -> signal._HANDLER:
     return signal.getsignal(signal.SIGTERM)
 
 
-__all__ = ["EXIT_USAGE", "UsageError", "configure", "main", "parse_duration"]
+__all__ = ["EXIT_USAGE", "configure", "main"]

@@ -382,7 +382,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from probe.cli import UsageError
+    from probe.cliargs import UsageError
 
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be at least 1")

@@ -1,4 +1,4 @@
-"""A small CA that issues what istiod issues (istio-facts.md, Workload certificates).
+"""A small CA that issues what istiod issues (docs/istio-behaviour.md, Workload certificates).
 
 Used by the foreign-client check (a CA made at run time that the mesh must not
 trust), by the lab's mesh CA, and by tests that need every kind of bad certificate:

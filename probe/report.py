@@ -58,11 +58,14 @@ def _json_default(value: object) -> str:
     return str(utf8_safe(str(value)))
 
 
-def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
+def render(
+    results: Sequence[Result], fmt: str, *, colour: bool = False, timing: bool = False
+) -> str:
+    """``timing`` adds each result's start/end to json and jsonl (``check --timing``)."""
     if fmt == "json":
-        return render_json(results)
+        return render_json(results, timing=timing)
     if fmt == "jsonl":
-        return render_jsonl(results)
+        return render_jsonl(results, timing=timing)
     if fmt == "junit":
         return render_junit(results)
     if fmt == "table":
@@ -70,14 +73,20 @@ def render(results: Sequence[Result], fmt: str, *, colour: bool = False) -> str:
     raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def render_json(results: Sequence[Result]) -> str:
-    doc = {"results": [utf8_safe(r.to_dict()) for r in results], "summary": summarize(results)}
+def render_json(results: Sequence[Result], *, timing: bool = False) -> str:
+    doc = {
+        "results": [utf8_safe(r.to_dict(timing=timing)) for r in results],
+        "summary": summarize(results),
+    }
     return json.dumps(doc, indent=2, default=_json_default) + "\n"
 
 
-def render_jsonl(results: Sequence[Result]) -> str:
+def render_jsonl(results: Sequence[Result], *, timing: bool = False) -> str:
     return "".join(
-        json.dumps(utf8_safe(r.to_dict()), default=_json_default, separators=(",", ":")) + "\n"
+        json.dumps(
+            utf8_safe(r.to_dict(timing=timing)), default=_json_default, separators=(",", ":")
+        )
+        + "\n"
         for r in results
     )
 
@@ -94,7 +103,7 @@ def render_table(
         (
             r.verdict.value.upper(),
             _visible(r.check),
-            _visible(r.target),
+            _visible(r.shown_target),
             _visible(r.endpoint or "-"),
             _truncate(_visible(" ".join(r.reason.split("\n"))), reason_width),
         )
@@ -126,7 +135,7 @@ def render_junit(results: Sequence[Result]) -> str:
         suite = suites.get(r.check)
         if suite is None:
             suite = suites[r.check] = TestSuite(f"mtlsprobe.{r.check}")
-        name = r.target if r.endpoint is None else f"{r.target} {r.endpoint}"
+        name = r.shown_target if r.endpoint is None else f"{r.shown_target} {r.endpoint}"
         case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
         detail = json.dumps(utf8_safe(r.to_dict()), indent=2, default=_json_default)

@@ -22,14 +22,14 @@ unit either way (its "no endpoints" result is reported once).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # not at run time: ``check --help`` adds our flags without the YAML stack
+    from probe.checks.base import Scope
     from probe.model import Endpoint, Target, TargetsFile
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
@@ -83,56 +83,50 @@ def split(targets: TargetsFile, count: int, *, by_endpoint: bool) -> tuple[Targe
     return tuple(replace(targets, targets=tuple(k)) for k in kept)
 
 
-def by_endpoint(scopes: Iterable[str]) -> bool:
-    """Shard by endpoint only when every check is per endpoint (scope values)."""
+def by_endpoint(scopes: Iterable[Scope]) -> bool:
+    """Shard by endpoint only when every check is per endpoint."""
+    from probe.checks.base import Scope
+
     scopes = list(scopes)
-    return bool(scopes) and all(s == "endpoint" for s in scopes)
+    return bool(scopes) and all(s is Scope.ENDPOINT for s in scopes)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``INDEX/COUNT`` with 0 <= INDEX < COUNT."""
+    """``INDEX/COUNT`` with 0 <= INDEX < COUNT; ValueError with one line otherwise."""
     idx, sep, cnt = text.partition("/")
     if not sep or not idx.strip().isdigit() or not cnt.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not INDEX/COUNT (e.g. 0/4)")
+        raise ValueError(f"{text!r} is not INDEX/COUNT (e.g. 0/4)")
     i, n = int(idx), int(cnt)
     if n < 1 or i >= n:
-        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= INDEX < COUNT")
+        raise ValueError(f"{text!r}: need 0 <= INDEX < COUNT")
     return i, n
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sharding (Indexed Jobs)")
-    g.add_argument(
-        "--shard",
-        type=parse_shard,
-        metavar="INDEX/COUNT",
-        help="probe only shard INDEX of COUNT (a stable hash of each target/endpoint picks "
-        "its shard; every pod may read the same file)",
-    )
-    g.add_argument(
-        "--shards",
-        type=int,
-        metavar="COUNT",
-        help=f"probe shard ${INDEX_ENV} of COUNT (for an Indexed Job's pods)",
-    )
+@dataclass(frozen=True)
+class ShardOptions:
+    """Which part of the targets this process probes: ``shard`` (INDEX, COUNT) named
+    outright, or ``shards`` COUNT with the index from the Indexed Job's environment."""
+
+    shard: tuple[int, int] | None = None
+    shards: int | None = None
 
 
-def from_args(args: argparse.Namespace) -> tuple[int, int] | None:
-    """The shard the flags/environment name, or None for everything. Raises ValueError
+def chosen(opts: ShardOptions, environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """The shard the options/environment name, or None for everything. Raises ValueError
     with one line for inconsistent input."""
-    if args.shard is not None:
-        if args.shards is not None:
+    if opts.shard is not None:
+        if opts.shards is not None:
             raise ValueError("--shard and --shards are exclusive")
-        i, n = args.shard
+        i, n = opts.shard
         return int(i), int(n)
-    if args.shards is None:
+    if opts.shards is None:
         return None
-    if args.shards < 1:
-        raise ValueError(f"--shards {args.shards}: must be >= 1")
-    raw = os.environ.get(INDEX_ENV)
+    if opts.shards < 1:
+        raise ValueError(f"--shards {opts.shards}: must be >= 1")
+    raw = environ.get(INDEX_ENV)
     if raw is None or not raw.strip().isdigit():
         raise ValueError(f"--shards needs ${INDEX_ENV} (set by an Indexed Job), got {raw!r}")
     index = int(raw)
-    if index >= args.shards:
-        raise ValueError(f"${INDEX_ENV}={index} is not below --shards {args.shards}")
-    return index, args.shards
+    if index >= opts.shards:
+        raise ValueError(f"${INDEX_ENV}={index} is not below --shards {opts.shards}")
+    return index, opts.shards

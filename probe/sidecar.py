@@ -10,12 +10,11 @@ for classic sidecars. Plain HTTP on localhost; no Kubernetes here.
 
 from __future__ import annotations
 
-import argparse
-import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 READY_URL = "http://localhost:15021/healthz/ready"
@@ -24,36 +23,14 @@ DEFAULT_WAIT = 60.0
 NOT_READY = "sidecar never became ready"
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("probe pod sidecar")
-    g.add_argument(
-        "--wait-for-sidecar",
-        nargs="?",
-        type=float,
-        const=DEFAULT_WAIT,
-        default=None,
-        metavar="SECONDS",
-        help="wait (bounded; default %(const)s s) for the pod's sidecar to be ready before "
-        "probing; if it never is, every check is an error",
-    )
-    g.add_argument(
-        "--quit-sidecar",
-        action="store_true",
-        help="on exit, ask a classic sidecar to stop (POST quitquitquit) so the Job completes; "
-        "not needed for native sidecars",
-    )
-    g.add_argument(
-        "--sidecar-ready-url",
-        default=os.environ.get("MTLSPROBE_SIDECAR_READY_URL", READY_URL),
-        metavar="URL",
-        help=f"readiness endpoint (default: $MTLSPROBE_SIDECAR_READY_URL or {READY_URL})",
-    )
-    g.add_argument(
-        "--sidecar-quit-url",
-        default=os.environ.get("MTLSPROBE_SIDECAR_QUIT_URL", QUIT_URL),
-        metavar="URL",
-        help=f"quit endpoint (default: $MTLSPROBE_SIDECAR_QUIT_URL or {QUIT_URL})",
-    )
+@dataclass(frozen=True)
+class SidecarOptions:
+    """The probe pod's sidecar as the ``check`` flags describe it."""
+
+    wait: float | None = None  # seconds to wait for readiness; None: do not wait
+    ready_url: str = READY_URL
+    quit: bool = False  # ask a classic sidecar to stop on exit
+    quit_url: str = QUIT_URL
 
 
 def _request(method: str, url: str, timeout: float) -> int:
@@ -118,17 +95,17 @@ def quit_sidecar(url: str, timeout: float = 3.0) -> str | None:
 
 
 @contextmanager
-def quitting(args: argparse.Namespace) -> Iterator[None]:
+def quitting(opts: SidecarOptions) -> Iterator[None]:
     """Stop the sidecar when the block exits, however it exits (results, usage error,
-    crash), when ``--quit-sidecar`` was given."""
+    crash), when ``opts.quit`` (``--quit-sidecar``) is set."""
     try:
         yield
     finally:
-        if getattr(args, "quit_sidecar", False):
+        if opts.quit:
             import sys
 
-            why = quit_sidecar(args.sidecar_quit_url)
+            why = quit_sidecar(opts.quit_url)
             if why is not None:
                 sys.stderr.write(
-                    f"mtlsprobe: could not stop the sidecar ({args.sidecar_quit_url}): {why}\n"
+                    f"mtlsprobe: could not stop the sidecar ({opts.quit_url}): {why}\n"
                 )

@@ -1,7 +1,9 @@
 """SPIFFE IDs (spiffe/spiffe standards/SPIFFE-ID.md) and Istio's ns/sa path shape.
 
 Parsing never raises anything but SpiffeIdError, whatever the input: the IDs come
-from certificates and headers that a hostile server controls.
+from certificates and headers that a hostile server controls. Building is here too,
+once: every ``spiffe://`` string the code makes comes from ``SpiffeId.__str__``, via
+``istio_identity`` (a workload's ID) or ``trust_domain_prefix`` (a SAN prefix match).
 """
 
 from __future__ import annotations
@@ -77,5 +79,13 @@ def parse_spiffe_id(text: str) -> SpiffeId:
 
 
 def istio_identity(trust_domain: str, namespace: str, service_account: str) -> str:
-    """The identity Istio gives a workload: ``spiffe://<td>/ns/<ns>/sa/<sa>``."""
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+    """The identity Istio gives a workload: ``spiffe://<td>/ns/<ns>/sa/<sa>``
+    (Istio pkg/spiffe/spiffe.go). Not validated: callers that take the
+    parts from untrusted input parse the result."""
+    return str(SpiffeId(trust_domain, f"/ns/{namespace}/sa/{service_account}"))
+
+
+def trust_domain_prefix(trust_domain: str) -> str:
+    """``spiffe://<td>/``: what every ID of the trust domain starts with (the prefix
+    Istio's inbound listener matches a client certificate's URI SAN against)."""
+    return str(SpiffeId(trust_domain, "/"))

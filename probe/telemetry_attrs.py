@@ -60,6 +60,20 @@ def spiffe_namespace(spiffe_id: str | None) -> str | None:
         return None
 
 
+def source_identity_of(result: Result, source_identity: str | None) -> str | None:
+    """The probe that observed ``result``: its own ``origin`` (``mtlsprobe run``
+    collects from probe pods), else the run's ``source_identity``."""
+    if result.origin is not None and result.origin.identity:
+        return result.origin.identity
+    return source_identity
+
+
+def source_namespace_of(result: Result, source_identity: str | None) -> str | None:
+    if result.origin is not None:
+        return result.origin.namespace
+    return spiffe_namespace(source_identity)
+
+
 def destination_namespace(
     result: Result, target: Target | None, source_identity: str | None = None
 ) -> str:
@@ -67,7 +81,7 @@ def destination_namespace(
     the ``<ns>/<name>`` target name the planner writes, else ``-``. Run-scoped checks
     (``self``: target ``source``) are about the probe itself: its own namespace."""
     if target is None and result.target == "source" and result.endpoint is None:
-        return spiffe_namespace(source_identity) or "-"
+        return source_namespace_of(result, source_identity) or "-"
     ns = spiffe_namespace(target.identity if target is not None else None)
     if ns:
         return ns
@@ -191,8 +205,13 @@ def span_attributes(
     result: Result, source_identity: str | None = None, target: Target | None = None
 ) -> dict[str, Any]:
     """Attributes of one check span. ``target`` (from the targets file) adds the
-    destination's expected SPIFFE ID and, for per-target checks, the service address."""
-    case = f"{result.check} {result.target}" + (f" {result.endpoint}" if result.endpoint else "")
+    destination's expected SPIFFE ID and, for per-target checks, the service address.
+    The source is the result's ``origin`` when it has one, else ``source_identity``."""
+    source_ns = source_namespace_of(result, source_identity)
+    source_identity = source_identity_of(result, source_identity)
+    case = f"{result.check} {result.shown_target}" + (
+        f" {result.endpoint}" if result.endpoint else ""
+    )
     attrs: dict[str, Any] = {
         test.TEST_SUITE_NAME: SUITE_NAME,
         test.TEST_CASE_NAME: _clip(case),
@@ -211,9 +230,8 @@ def span_attributes(
         attrs["mtlsprobe.observed"] = _clip(result.observed)
     if source_identity:
         attrs["mtlsprobe.source.spiffe_id"] = _clip(source_identity)
-        src_ns = spiffe_namespace(source_identity)
-        if src_ns:
-            attrs["mtlsprobe.source.namespace"] = src_ns
+    if source_ns:
+        attrs["mtlsprobe.source.namespace"] = clean(source_ns, 64)
     if target is not None and target.identity:
         attrs["mtlsprobe.destination.spiffe_id"] = _clip(target.identity)
     if result.endpoint:
@@ -252,7 +270,11 @@ def _evidence_attrs(result: Result) -> dict[str, Any]:
 
 
 def run_attributes(results: Sequence[Result], source_identity: str | None = None) -> dict[str, Any]:
-    """Attributes of the root span ``mtlsprobe.run``."""
+    """Attributes of the root span ``mtlsprobe.run``. Without a ``source_identity``, the
+    results' own origins name it when they agree on one probe."""
+    if source_identity is None:
+        seen = {r.origin.identity for r in results if r.origin is not None and r.origin.identity}
+        source_identity = seen.pop() if len(seen) == 1 else None
     counts = {v: 0 for v in Verdict}
     for r in results:
         counts[r.verdict] += 1
@@ -274,6 +296,7 @@ def check_labels(
     result: Result, target: Target | None, source_identity: str | None = None
 ) -> dict[str, str]:
     """Labels of the checks counter: bounded (no endpoints, reasons or targets)."""
+    source_identity = source_identity_of(result, source_identity)
     return {
         "mtlsprobe.check": result.check,
         "mtlsprobe.verdict": result.verdict.value,
@@ -296,7 +319,8 @@ def certificate_expiry(
         when = _expires_at(r)
         if when is None:
             continue
-        key = (r.check, r.target, destination_namespace(r, targets.get(r.target), source_identity))
+        ns = destination_namespace(r, targets.get(r.target), source_identity_of(r, source_identity))
+        key = (r.check, r.target, ns)
         out[key] = min(when, out.get(key, when))
     return out
 

@@ -1,7 +1,7 @@
 """TLS straight to a pod port with pyOpenSSL: capture the server chain, record how
 far the handshake got, and see whether the server rejects a client certificate.
 
-Facts this relies on (istio-facts.md): a handshake with an Istio ALPN shows the
+Facts this relies on (docs/istio-behaviour.md): a handshake with an Istio ALPN shows the
 server chain even without a client certificate (TLS 1.2 and 1.3); in TLS 1.3 the
 client handshake "succeeds" and the rejection arrives as an alert on the first
 read, so we read before we write.
@@ -122,6 +122,11 @@ class Trail:
     #: anything of ours (no legitimate server sends more before our flight): whatever
     #: they say, they were sent before the server could have read our certificate.
     early_bytes: bool = False
+    #: Hold our flight briefly after the server's ends (``connect_tls(hold_flight=True)``):
+    #: an answer that arrives while we hold was sent without our certificate. Without the
+    #: hold, a pre-emptive alert that is merely a little late looks like a rejection.
+    hold: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 def _on_info(conn: SSL.Connection, where: int, ret: int) -> None:
@@ -140,15 +145,24 @@ def _on_info(conn: SSL.Connection, where: int, ret: int) -> None:
         if not trail.states or trail.states[-1] != state:
             trail.states.append(state)
             if state in _END_OF_SERVER_FLIGHT and ST_WRITE_CLIENT_CERT not in trail.states:
-                trail.early_bytes = trail.early_bytes or _readable(conn)
+                wait = _hold_for(trail) if ST_READ_CERT_REQUEST in trail.states else 0.0
+                trail.early_bytes = trail.early_bytes or _readable(conn, wait)
 
 
-def _readable(conn: SSL.Connection) -> bool:
-    """Whether the socket under ``conn`` has bytes (or an end) waiting right now."""
+def _hold_for(trail: Trail) -> float:
+    """How long to hold our flight: twice what the server's flight took, so a server as
+    slow to send its alert as to send its flight is still caught; 50 ms to 0.5 s."""
+    if not trail.hold:
+        return 0.0
+    return min(0.5, max(0.05, 2 * (time.monotonic() - trail.started)))
+
+
+def _readable(conn: SSL.Connection, wait: float = 0.0) -> bool:
+    """Whether the socket under ``conn`` has bytes (or an end) waiting, within ``wait`` s."""
     try:
         poller = select.poll()
         poller.register(conn.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+        return bool(poller.poll(int(wait * 1000)))
     except (OSError, ValueError):
         return False
 
@@ -272,10 +286,12 @@ def connect_tls(
     context: SSL.Context,
     timeout: float,
     server_name: str | None = None,
+    *,
+    hold_flight: bool = False,
 ) -> tuple[TLSConnection, Handshake]:
     """TCP + TLS handshake. Returns the live connection (caller closes it) and what
     it showed. A failed handshake is recorded in ``failure``, with the chain if the
-    server sent it; timeouts raise (inconclusive)."""
+    server sent it; timeouts raise (inconclusive). ``hold_flight``: see ``Trail.hold``."""
     sock = netio.connect(endpoint, timeout)
     try:
         conn = SSL.Connection(context, sock)
@@ -284,6 +300,8 @@ def connect_tls(
         if sni:
             conn.set_tlsext_host_name(sni)
         hs = Handshake()
+        hs.trail.hold = hold_flight
+        hs.trail.started = time.monotonic()
         conn.set_app_data(hs.trail)
         try:
             _handshake(conn, sock, endpoint, timeout)

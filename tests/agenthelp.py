@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from jobs.agent.main import Assembled, assemble
+from jobs.cli.agent import options
 from jobs.cli.main import build_parser
 from probe.model import Endpoint
 
@@ -26,7 +27,7 @@ def agent_args(*argv: str) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def running_agent(*argv: str, start_rounds: bool = True) -> Iterator[Assembled]:
-    built = assemble(agent_args("--listen", "127.0.0.1:0", *argv))
+    built = assemble(options(agent_args("--listen", "127.0.0.1:0", *argv)))
     try:
         built.server.start()
         if start_rounds:

@@ -129,6 +129,9 @@ class FakeKube:
     encode_once: bool = False
     # The next request carrying a continue token gets 410 Expired, with a fresh token.
     expire_next_continue: bool = False
+    # The next N requests carrying a continue token get 410 Expired with no token to go on
+    # with (as after a compaction when the API server offers none): the list must start over.
+    expire_continues: int = 0
     calls: list[Call] = field(default_factory=list)
     resources: dict[tuple[str, str], Resource] = field(default_factory=dict)
     # (group, plural) -> namespace ("" for cluster-scoped) -> name -> object
@@ -263,9 +266,9 @@ class FakeKube:
             self.calls.append(Call(method, parts.path, query))
         if self.delay:
             self._stop.wait(self.delay)
-        for f in self._faults:
-            if parts.path.startswith(f.path) and f.method in (None, method):
-                return f.status, _fault_status(f)
+        fault = self.fault_for(method, parts.path)
+        if fault is not None:
+            return fault
         route = self._route(parts.path)
         if route is None:
             return 404, status_body(
@@ -317,6 +320,13 @@ class FakeKube:
                 self._sorted.clear()
             return 200, self._out(r, version, gone, keep_type=True)
         return 405, status_body(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def fault_for(self, method: str, path: str) -> tuple[int, Obj] | None:
+        """The (status, Status body) ``fail`` set up for this request, if any."""
+        for f in self._faults:
+            if path.startswith(f.path) and f.method in (None, method):
+                return f.status, _fault_status(f)
+        return None
 
     def _route(self, path: str) -> tuple[Resource, str, str | None, str | None] | None:
         seg = [s for s in path.split("/") if s]
@@ -380,6 +390,9 @@ class FakeKube:
         token = query.get("continue")
         if token:
             start = int(json.loads(base64.urlsafe_b64decode(token))["start"])
+            if self.expire_continues > 0:
+                self.expire_continues -= 1
+                return status_body(410, "Expired", _EXPIRED)
             if self.expire_next_continue:
                 self.expire_next_continue = False
                 fresh = base64.urlsafe_b64encode(

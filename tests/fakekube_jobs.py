@@ -25,7 +25,9 @@ Jobs get Complete / Failed conditions as the Job controller sets them (and Faile
 DeadlineExceeded past ``activeDeadlineSeconds``, or past ``active_deadline(job)``).
 List paths also answer ``?watch=true`` with a chunked stream of
 ``ADDED``/``MODIFIED``/``DELETED`` events after ``resourceVersion``, filtered by
-``labelSelector``, ended after ``timeoutSeconds``.
+``labelSelector``, ended after ``timeoutSeconds`` (or one ``ERROR`` 410 event when the
+resourceVersion is below ``compacted_before``); ``fail`` and ``forbid("watch", ...)``
+apply to watches too.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class JobKube(FakeKube):
     _workers: list[threading.Thread] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
     _changes: threading.Condition = field(default_factory=threading.Condition)
+    # A watch from a resourceVersion below this gets one ERROR event (410 Gone) and ends,
+    # as the API server answers a watch from a version etcd has compacted away.
+    compacted_before: int = 0
     # (resourceVersion, type, group, plural, namespace, object)
     _events: list[tuple[int, str, str, str, str, Obj]] = field(default_factory=list)
 
@@ -129,15 +134,35 @@ class JobKube(FakeKube):
             h.end_headers()
             return
         r, _, ns, _ = route
+        failed = self.fault_for("GET", path)
+        if failed is None and ("watch", r.group, r.plural) in self._forbidden:
+            failed = 403, self._forbidden_status("watch", r, ns)
+        if failed is not None:
+            code, doc = failed
+            data = json.dumps(doc).encode()
+            h.send_response(code)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            return
         since = int(query.get("resourceVersion") or 0)
         end = time.monotonic() + float(query.get("timeoutSeconds") or 30)
         sel = query.get("labelSelector") or ""
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Transfer-Encoding", "chunked")
+        # Said, not only done: a client that pooled this connection would send its next
+        # request into a socket being closed (a race that fails under load).
+        h.send_header("Connection", "close")
         h.end_headers()
         h.close_connection = True
         try:
+            if since < self.compacted_before:
+                gone = status_body(410, "Expired", f"too old resource version: {since}")
+                data = json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n"
+                h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                end = 0.0
             while not self._stop.is_set():
                 left = end - time.monotonic()
                 if left <= 0:

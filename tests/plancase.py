@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 
-from jobs.cli.plan import targets_yaml
 from jobs.plan.discovery import Options, discover
 from jobs.plan.manifests import load_manifests
 from jobs.plan.planner import Plan, Requirements, build_plan
 from probe.model import TargetsFile, load_targets
 from probe.results import Verdict
+from probe.targetsyaml import targets_yaml
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube
 

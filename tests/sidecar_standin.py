@@ -1,7 +1,8 @@
 """A stand-in for the probe's sidecar (an HTTP forward proxy, CONNECT included) and
 for an Envoy admin API (and the documents it serves), for tests of the mesh-side
 checks without Envoy; and one for pilot-agent's readiness and quit endpoints. Real
-sockets, real HTTP; the error bodies are the ones Envoy 1.40 sends (istio-facts.md)."""
+sockets, real HTTP; the error bodies are the ones Envoy 1.40 sends
+(docs/istio-behaviour.md)."""
 
 from __future__ import annotations
 

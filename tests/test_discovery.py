@@ -253,7 +253,7 @@ def test_cli_unreachable_api_exits_64_naming_the_server(
             }
         )
     )
-    assert cli_main(["plan", "--kubeconfig", str(cfg), "--timeout", "2"]) == 64
+    assert cli_main(["plan", "--kubeconfig", str(cfg), "--request-timeout", "2"]) == 64
     err = capsys.readouterr().err.strip()
     assert f"cannot reach the Kubernetes API at http://127.0.0.1:{port}" in err
     assert "connection refused" in err and "\n" not in err

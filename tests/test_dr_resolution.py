@@ -321,7 +321,8 @@ def test_destination_rule_resolution(case: Case) -> None:
 def test_probe_labels_are_the_probe_pods() -> None:
     """The labels a client-namespace workloadSelector is matched against are the ones the
     probe's sidecar pod really carries (jobs/launch/jobspec.py)."""
-    from jobs.launch.jobspec import INJECT_LABEL, RunSpec, labels
+    from jobs.launch.jobspec import RunSpec, labels
+    from probe.constants import INJECT_LABEL
 
     spec = RunSpec(run_id="r1", image="mtlsprobe:test")
     pod_labels = {**labels(spec, "sidecar"), INJECT_LABEL: "true"}

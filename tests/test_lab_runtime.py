@@ -1,4 +1,4 @@
-"""The lab's Envoy configuration against the wire facts (istio-facts.md), with real
+"""The lab's Envoy configuration against the wire facts (docs/istio-behaviour.md), with real
 Envoy and a hand-made mesh spec; and teardown leaves no process behind."""
 
 from __future__ import annotations

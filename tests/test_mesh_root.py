@@ -192,7 +192,8 @@ def test_a_bad_control_plane_name_is_one_line(
 
 def test_the_agent_plans_from_the_named_control_plane(tmp_path: Path) -> None:
     from jobs.agent.discovery import discovery_source
-    from probe.cli import UsageError
+    from jobs.cli.agent import options
+    from probe.cliargs import UsageError
 
     objs = _cluster(
         kb.configmap("istio-canary", "istio-control", {"mesh": "trustDomain: canary.org\n"}),
@@ -214,11 +215,13 @@ def test_the_agent_plans_from_the_named_control_plane(tmp_path: Path) -> None:
             "istio-control",
         ]
         args = build_parser(argv).parse_args([*argv, "--revision", "canary"])
-        tf = discovery_source(args).load()
+        config = options(args).discovery
+        assert config is not None
+        tf = discovery_source(config).load()
         assert tf.trust_domain == "canary.org"
         assert tf.root_cert_file is not None
         assert Path(tf.root_cert_file).read_text() == TRUSTED
         Path(tf.root_cert_file).unlink()
         bad = build_parser(argv).parse_args([*argv, "--revision", "../x"])
         with pytest.raises(UsageError, match=re.escape("--revision '../x': not a Kubernetes name")):
-            discovery_source(bad)
+            options(bad)

@@ -121,7 +121,7 @@ def test_cli_table_survives_a_non_utf8_terminal(tmp_path: Path) -> None:
     """A table with non-ASCII names printed where stdout is ASCII: escaped, no crash."""
     code = (
         "import sys\n"
-        "from probe.cli import emit_report\n"
+        "from probe.cliargs import emit_report\n"
         "from probe.results import Result, Verdict\n"
         "r = Result(check='mesh', target='ns/caf\\u00e9', verdict=Verdict.PASS, reason='ok')\n"
         "emit_report([r], 'table', None)\n"

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jobs.cli.main import main as cli_main
-from jobs.cli.plan import targets_yaml
 from jobs.plan.manifests import expand_workload, load_manifests, snapshot_from_documents
 from jobs.plan.objects import ClusterSnapshot, set_pod_ip
 from jobs.plan.planner import Requirements, build_plan
 from probe.model import Expect, Protocol, load_targets
 from probe.results import Verdict
+from probe.targetsyaml import targets_yaml
 from tests.kubebuild import (
     dest_rule,
     endpoint_slice,

@@ -14,11 +14,11 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from jobs.cli.plan import targets_yaml
 from jobs.plan.objects import ClusterSnapshot
 from jobs.plan.planner import Requirements, build_plan
 from probe.model import load_targets
 from probe.spiffe import parse_spiffe_id
+from probe.targetsyaml import targets_yaml
 
 # Mostly well-formed values (so plans have endpoints to check), some hostile ones.
 NAMESPACES = ["a", "a", "a", "b", "A/../b", ""]

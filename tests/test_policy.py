@@ -1,5 +1,5 @@
-"""Istio's policy semantics, one case per documented rule (istio-facts.md, Policy
-semantics; istio.io PeerAuthentication / DestinationRule reference)."""
+"""Istio's policy semantics, one case per documented rule (docs/istio-behaviour.md,
+Policy; istio.io PeerAuthentication / DestinationRule reference)."""
 
 from __future__ import annotations
 

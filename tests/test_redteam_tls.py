@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import time
 from collections.abc import Callable
 
+import pytest
 from OpenSSL import SSL
 
 from probe import netio
@@ -22,9 +24,10 @@ from tests.runone import ECHO_ID, run_one
 from tests.tlsservers import MeshPKI, serving
 
 
-def _preemptive_12(issued: Issued) -> Callable[[socket.socket], None]:
+def _preemptive_12(issued: Issued, delay: float = 0.0) -> Callable[[socket.socket], None]:
     """TLS 1.2, asks for a client certificate, and right after its ServerHelloDone (before
-    the client's flight can arrive) writes a plaintext fatal unknown_ca alert, then drains."""
+    the client's flight can arrive; ``delay`` s later for a slow liar) writes a plaintext
+    fatal unknown_ca alert without reading anything of the client's, then drains."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
     ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
@@ -50,6 +53,7 @@ def _preemptive_12(issued: Issued) -> Callable[[socket.socket], None]:
                 return
         conn.setblocking(True)
         netio.set_io_timeout(conn, 5)
+        time.sleep(delay)
         conn.sendall(h.alert_record(48))  # before reading anything of the client's flight
         with contextlib.suppress(OSError):
             while conn.recv(65536):
@@ -58,8 +62,12 @@ def _preemptive_12(issued: Issued) -> Callable[[socket.socket], None]:
     return handle
 
 
-def test_preemptive_certificate_alert_is_not_a_rejection(pki: MeshPKI) -> None:
+@pytest.mark.parametrize("delay", [0.0, 0.02], ids=["at-once", "20ms-late"])
+def test_preemptive_certificate_alert_is_not_a_rejection(pki: MeshPKI, delay: float) -> None:
+    """The client holds its flight (at least 50 ms) after the server's ends: an alert
+    that arrives meanwhile was written without our certificate, even a little late
+    (a loaded machine delays the liar's write past the moment its flight is read)."""
     issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
-    with serving(_preemptive_12(issued)) as srv:
+    with serving(_preemptive_12(issued, delay)) as srv:
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki, timeout=2.0)
     assert r.verdict is not Verdict.PASS, r

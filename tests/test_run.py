@@ -4,6 +4,7 @@ probe Job specs, and pod logs that are real ``mtlsprobe check -o jsonl`` output.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -247,7 +248,7 @@ def test_logs_unreadable(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
 def test_sidecar_never_ready(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     env.kube.agent = "http://127.0.0.1:9"  # nothing listens: never ready
     code, doc, _err = run(
-        env, capsys, "--checks", "mesh", "--deadline", "20", "--sidecar-wait", "0.5"
+        env, capsys, "--checks", "mesh", "--deadline", "20", "--wait-for-sidecar", "0.5"
     )
     (r,) = probe_results(doc)
     assert r["verdict"] == "error"
@@ -558,3 +559,51 @@ def test_a_failing_shard_does_not_take_the_others_down(
         jobs = [c for c in kube.calls if c.method == "POST" and c.path.endswith("/jobs")]
         assert len(jobs) == 1
         assert kube.run_objects() == []
+
+
+def test_traces_keep_each_probe_pods_timings_and_source(
+    env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run`` exports one trace from the orchestrator: each check span starts and ends
+    when the probe pod's check did (as its log says, to the nanosecond), not at export,
+    and names the probe that observed it."""
+    from probe.results import parse_rfc3339_ns
+    from tests.otlp_receiver import otlp_receiver
+
+    with otlp_receiver() as (url, got):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+        _code, doc, err = run(env, capsys, "--checks", "plaintext,peer-cert", "--deadline", "30")
+    assert doc is not None, err
+    assert all("timing" not in r for r in doc["results"])  # the report is as before
+    logged: dict[str, tuple[int, int]] = {}  # test.case.name -> (start, end) in the pod log
+    for text in env.kube.logs.values():
+        for line in text.splitlines():
+            if line.startswith('{"check"'):
+                r = json.loads(line)
+                case = " ".join(x for x in (r["check"], r["target"], r.get("endpoint")) if x)
+                start = parse_rfc3339_ns(r["timing"]["start"])
+                end = parse_rfc3339_ns(r["timing"]["end"])
+                assert start is not None and end is not None, r
+                logged[case] = (start, end)
+    # The pods export their own traces too (OTEL_* reaches them); run's spans are the
+    # ones whose evidence names the probe pod.
+    spans = [s for s in got.spans if "mtlsprobe.evidence.probePod" in got.span_attrs(s)]
+    assert len(spans) == len(probe_results(doc)) == len(logged) >= 2
+    for s in spans:
+        attrs = got.span_attrs(s)
+        assert (s.start_time_unix_nano, s.end_time_unix_nano) == logged[attrs["test.case.name"]]
+        assert 0 < s.start_time_unix_nano <= s.end_time_unix_nano
+        if attrs["mtlsprobe.verdict"] != "skip":
+            assert s.start_time_unix_nano < s.end_time_unix_nano  # a check takes time
+        assert (
+            attrs["mtlsprobe.source.spiffe_id"]
+            == "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
+        )
+        assert attrs["mtlsprobe.source.namespace"] == "mtlsprobe"
+        assert attrs["mtlsprobe.target"] == "ns-a/echo:80"
+    (root,) = [
+        s for s in got.spans if s.name == "mtlsprobe.run" and s.trace_id == spans[0].trace_id
+    ]
+    assert root.start_time_unix_nano <= min(s.start_time_unix_nano for s in spans)
+    assert got.span_attrs(root)["mtlsprobe.source.namespace"] == "mtlsprobe"

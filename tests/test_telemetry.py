@@ -587,3 +587,34 @@ def _exporter(url: str) -> Any:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(endpoint=f"{url}/v1/traces", timeout=2)
+
+
+def test_each_result_keeps_the_probe_that_observed_it() -> None:
+    """``mtlsprobe run`` from two source namespaces: every span names its own source,
+    the target stays the planned one (destination lookups work), and the case name
+    tells the two probes of one edge apart as the report does."""
+    from dataclasses import replace
+
+    from probe.results import Origin
+    from probe.telemetry_attrs import check_labels, run_attributes, span_attributes
+
+    target = Target("shop/echo", "echo.shop", 8080, Expect.STRICT, identity=ECHO_ID)
+    base = result("mesh", "shop/echo", Verdict.PASS)
+    here = replace(base, origin=Origin("mtlsprobe", SOURCE_ID, shown=True))
+    there_id = "spiffe://cluster.local/ns/ns-b/sa/mtlsprobe"
+    there = replace(base, origin=Origin("ns-b", there_id, shown=True))
+    a, b = span_attributes(here, None, target), span_attributes(there, None, target)
+    assert a["mtlsprobe.source.spiffe_id"] == SOURCE_ID
+    assert a["mtlsprobe.source.namespace"] == "mtlsprobe"
+    assert b["mtlsprobe.source.spiffe_id"] == there_id
+    assert b["mtlsprobe.source.namespace"] == "ns-b"
+    assert a["mtlsprobe.target"] == b["mtlsprobe.target"] == "shop/echo"
+    assert a["mtlsprobe.destination.spiffe_id"] == ECHO_ID  # found by the planned name
+    assert a["test.case.name"] == "mesh shop/echo (from mtlsprobe)"
+    assert b["test.case.name"] == "mesh shop/echo (from ns-b)"
+    # the probe's own certificate is about the probe: its own namespace
+    own = replace(result("self", "source", Verdict.PASS), origin=Origin("ns-b", there_id))
+    assert check_labels(own, None)["k8s.namespace.name"] == "ns-b"
+    # the root names the source only when every result agrees on one
+    assert run_attributes([here, base])["mtlsprobe.source.spiffe_id"] == SOURCE_ID
+    assert "mtlsprobe.source.spiffe_id" not in run_attributes([here, there])

@@ -8,56 +8,36 @@ or a mounted file) for chain checks.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.agent.sources import CallableSource, SourceError, TargetSource
-from jobs.cli.flags import add_control_plane_flags, control_plane_problem
+from probe.cliargs import UsageError
+from probe.constants import ENVOY_ADMIN, PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT
 from probe.model import Source, TargetsFile
+from probe.spiffe import istio_identity
 
-DEFAULT_SIDECAR_ADMIN = "http://127.0.0.1:15000"
+if TYPE_CHECKING:
+    from jobs.plan.discovery import Options
+
+DEFAULT_SIDECAR_ADMIN = ENVOY_ADMIN
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--kubeconfig", metavar="FILE", help="default: in-cluster, else ~/.kube")
-    group.add_argument("--context", metavar="NAME", help="kubeconfig context")
-    group.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        default=[],
-        metavar="NS",
-        help="probe only these namespaces (repeatable; default: every non-system namespace)",
-    )
-    group.add_argument(
-        "--namespace-selector", metavar="LABELS", help="probe namespaces with these labels"
-    )
-    group.add_argument("--trust-domain", metavar="TD", help="override the mesh's trust domain")
-    add_control_plane_flags(group)
-    group.add_argument(
-        "--root-cert",
-        type=Path,
-        metavar="FILE",
-        help="mesh root PEM (e.g. the istio-ca-root-cert ConfigMap mounted); default: "
-        "read that ConfigMap in --istio-namespace each round, into a temporary file",
-    )
-    group.add_argument(
-        "--source-identity",
-        metavar="SPIFFE_ID",
-        help="this agent's sidecar SPIFFE ID (default: spiffe://<td>/ns/$POD_NAMESPACE/"
-        "sa/$SERVICE_ACCOUNT, service account mtlsprobe)",
-    )
-    group.add_argument(
-        "--sidecar-admin",
-        default=DEFAULT_SIDECAR_ADMIN,
-        metavar="URL",
-        help=f"the sidecar's Envoy admin for the self check (default: {DEFAULT_SIDECAR_ADMIN})",
-    )
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Where each round's targets come from when the agent discovers them."""
+
+    options: Options  # what discovery reads; its timeout bounds every API request
+    kind: str  # the agent's kind: only a sidecar agent has a sidecar admin to check
+    kubeconfig: str | None = None  # None: in-cluster, else $KUBECONFIG / ~/.kube/config
+    context: str | None = None
+    root_cert: Path | None = None  # a mounted mesh root instead of reading it each round
+    source_identity: str | None = None  # default: from $POD_NAMESPACE / $SERVICE_ACCOUNT
+    sidecar_admin: str = DEFAULT_SIDECAR_ADMIN
 
 
 @dataclass
@@ -82,39 +62,23 @@ class _RootFile:
         return self.path
 
 
-def discovery_source(args: argparse.Namespace) -> TargetSource:
-    from jobs.plan.discovery import DiscoveryError, Options, api_client
-    from probe.cli import UsageError
+def discovery_source(config: DiscoveryConfig) -> TargetSource:
+    from jobs.plan.discovery import DiscoveryError, api_client
 
-    problem = control_plane_problem(args)
-    if problem:
-        raise UsageError(problem)
     try:
-        api = api_client(args.kubeconfig, args.context, timeout=min(10.0, args.interval))
+        api = api_client(config.kubeconfig, config.context, timeout=config.options.timeout)
     except DiscoveryError as exc:
         raise UsageError(str(exc)) from None
-    options = Options(
-        namespaces=tuple(args.namespace),
-        namespace_selector=args.namespace_selector,
-        trust_domain=args.trust_domain,
-        istio_namespace=args.istio_namespace,
-        revision=args.revision,
-        timeout=min(10.0, args.interval),
-    )
     return CallableSource(
         f"the Kubernetes API at {api.configuration.host}",
-        _Planner(api, options, args.kind, args.root_cert, args.source_identity, args.sidecar_admin),
+        _Planner(api, config),
     )
 
 
 @dataclass
 class _Planner:
     api: Any
-    options: Any  # jobs.plan.discovery.Options
-    kind: str
-    root_cert: Path | None
-    source_identity: str | None
-    sidecar_admin: str
+    config: DiscoveryConfig
 
     def __post_init__(self) -> None:
         self._root = _RootFile()
@@ -124,21 +88,22 @@ class _Planner:
         from jobs.plan.planner import build_plan
 
         try:
-            snapshot = discover(self.api, self.options)
+            snapshot = discover(self.api, self.config.options)
         except DiscoveryError as exc:
             raise SourceError(str(exc)) from None
         tf = build_plan(snapshot).targets_file
-        root = self.root_cert or self._root.update(snapshot.root_cert_pem)
-        identity = self.source_identity or own_spiffe_id(tf.trust_domain)
+        config = self.config
+        root = config.root_cert or self._root.update(snapshot.root_cert_pem)
+        identity = config.source_identity or own_spiffe_id(tf.trust_domain)
         source = Source(
             identity=identity,
-            sidecar_admin=self.sidecar_admin if self.kind == "sidecar" else None,
+            sidecar_admin=config.sidecar_admin if config.kind == "sidecar" else None,
         )
         return replace(tf, source=source, root_cert_file=root)
 
 
 def own_spiffe_id(trust_domain: str) -> str:
     """What istiod issues to this pod: its namespace and service account (downward API)."""
-    ns = os.environ.get("POD_NAMESPACE", "mtlsprobe")
-    sa = os.environ.get("SERVICE_ACCOUNT", "mtlsprobe")
-    return f"spiffe://{trust_domain}/ns/{ns}/sa/{sa}"
+    ns = os.environ.get("POD_NAMESPACE", PROBE_NAMESPACE)
+    sa = os.environ.get("SERVICE_ACCOUNT", PROBE_SERVICE_ACCOUNT)
+    return istio_identity(trust_domain, ns, sa)

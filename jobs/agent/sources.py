@@ -6,7 +6,6 @@ that becomes the round's ``error`` result, never an exception out of the agent.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from probe.model import TargetsFile, TargetsFileError, load_targets
 # Connect and read timeouts for every Kubernetes API call (seconds): a dead API
 # server costs a round a few seconds, not the interval.
 API_TIMEOUT = (3.0, 10.0)
-PAGE_SIZE = 500
 
 
 class SourceError(Exception):
@@ -112,12 +110,15 @@ class StaticPeers:
 class KubePeers:
     """Ready pods of the agent DaemonSet (a label selector in the agent's namespace).
 
-    Lists pods with raw JSON paging rather than the client's models: a DaemonSet on a
-    large cluster has thousands of pods and this runs every round.
+    Lists pods as raw JSON pages (``jobs.kube``): a DaemonSet on a large cluster has
+    thousands of pods and this runs every round.
     """
 
     def __init__(self, api_client: Any, namespace: str, selector: str) -> None:
-        self._api = api_client
+        from jobs.kube.client import Client
+
+        connect, read = API_TIMEOUT
+        self._client = Client(api_client, timeout=read, connect_timeout=connect)
         self.namespace = namespace
         self.selector = selector
 
@@ -125,29 +126,22 @@ class KubePeers:
         return f"pods {self.selector!r} in namespace {self.namespace}"
 
     def agents(self) -> list[str]:
-        from kubernetes import client
+        from jobs.kube.errors import KubeError
 
-        core = client.CoreV1Api(self._api)
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        query = [("labelSelector", self.selector)]
         names: list[str] = []
-        cont: str | None = None
         try:
-            while True:
-                kwargs: dict[str, Any] = {
-                    "label_selector": self.selector,
-                    "limit": PAGE_SIZE,
-                    "_preload_content": False,
-                    "_request_timeout": API_TIMEOUT,
-                }
-                if cont:
-                    kwargs["_continue"] = cont
-                resp: Any = core.list_namespaced_pod(self.namespace, **kwargs)
-                doc = json.loads(resp.data)
-                names.extend(p["metadata"]["name"] for p in doc.get("items") or [] if _pod_ready(p))
-                cont = (doc.get("metadata") or {}).get("continue")
-                if not cont:
-                    return names
-        except Exception as exc:
-            raise SourceError(f"listing agent pods ({self.describe()}): {_one_line(exc)}") from None
+            for pod in self._client.pages(f"list pods in {self.namespace}", path, query):
+                md = pod.get("metadata") if isinstance(pod, dict) else None
+                name = md.get("name") if isinstance(md, dict) else None
+                if not isinstance(name, str):  # a peer we cannot name would skew the shards
+                    raise SourceError(f"listing agent pods ({self.describe()}): a pod has no name")
+                if _pod_ready(pod):
+                    names.append(name)
+        except KubeError as exc:
+            raise SourceError(f"listing agent pods ({self.describe()}): {exc}") from None
+        return names
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:

@@ -9,17 +9,28 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, TextIO
+
+from jobs.cli import flags
+from jobs.cli.signals import raising_on
+from probe.checks import REGISTRY
+from probe.cliargs import (
+    UsageError,
+    add_checks_flag,
+    add_probe_flags,
+    add_report_flags,
+    positive_int,
+    probe_settings,
+    words,
+    write_report,
+)
 
 if TYPE_CHECKING:
     from jobs.lab.runner import LabRun
     from jobs.lab.runtime import Lab
     from jobs.lab.scenarios import Scenario
+    from probe.results import Result
 
 DEFAULT_SCENARIOS = ("healthy", "broken", "blinded")
 
@@ -53,19 +64,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="generate a STRICT mesh of N workloads (scale runs)",
     )
-    p.add_argument(
-        "--require",
-        metavar="LIST",
-        help="compliance requirements: strict,sidecar (default: the scenario's own, else none)",
-    )
-    p.add_argument("--checks", metavar="LIST", help="checks to run (default: all)")
-    p.add_argument(
-        "-o",
-        "--output",
-        default="table",
-        choices=("table", "json", "jsonl", "junit"),
-        help="report format on stdout (default: table)",
-    )
+    flags.add_require_flag(p, note=" (default: the scenario's own)")
+    add_checks_flag(p, tuple(REGISTRY))
+    add_report_flags(p)
     p.add_argument(
         "--keep",
         action="store_true",
@@ -79,30 +80,21 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="where certificates, Envoy configs, logs and the targets file go "
         "(default: a temporary directory, removed afterwards unless --keep or a failure)",
     )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="per-operation network timeout of the checks (default: 5)",
-    )
-    p.add_argument(
-        "--concurrency", type=int, default=32, metavar="N", help="checks in flight (default: 32)"
-    )
+    add_probe_flags(p)
     p.add_argument(
         "--envoys",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="Envoy processes hosting the workload sidecars (default: one per 250 pods, max 2)",
     )
 
 
-def _parse_list(text: str | None, known: tuple[str, ...], flag: str) -> list[str] | None:
-    from probe.cli import UsageError
-
-    if text is None:
+def _parse_list(
+    given: list[str] | str | None, known: tuple[str, ...], flag: str
+) -> list[str] | None:
+    if not given:
         return None
-    items = [x.strip() for x in text.split(",") if x.strip()]
+    items = list(words(given))
     for x in items:
         if x not in known:
             raise UsageError(f"{flag}: unknown {x!r} (known: {', '.join(known)})")
@@ -112,7 +104,6 @@ def _parse_list(text: str | None, known: tuple[str, ...], flag: str) -> list[str
 def _scenarios(args: argparse.Namespace) -> tuple[list[Scenario], bool]:
     """The scenarios to run, and whether this is the guided demo (no arguments)."""
     from jobs.lab import scenarios as sc
-    from probe.cli import UsageError
 
     chosen: list[Scenario] = []
     try:
@@ -130,29 +121,9 @@ def _scenarios(args: argparse.Namespace) -> tuple[list[Scenario], bool]:
     return [sc.builtin(n) for n in DEFAULT_SCENARIOS], True
 
 
-@contextmanager
-def _signals_end_the_run() -> Iterator[None]:
-    """SIGTERM/SIGHUP unwind like Ctrl-C does, so every ``finally`` tears the mesh down."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def main(args: argparse.Namespace) -> int:
     from jobs.lab.scenarios import REQUIREMENTS, ScenarioError
     from jobs.lab.supervisor import LabError, stop_pids_file
-    from probe.checks import REGISTRY
-    from probe.cli import UsageError
     from probe.results import EXIT_ERROR
 
     if args.down is not None:
@@ -168,8 +139,6 @@ def main(args: argparse.Namespace) -> int:
     scenarios, demo = _scenarios(args)
     if args.keep and len(scenarios) > 1:
         raise UsageError("--keep needs exactly one scenario (e.g. mtlsprobe lab healthy --keep)")
-    if args.timeout <= 0 or args.concurrency < 1:
-        raise UsageError("--timeout and --concurrency must be positive")
 
     temp = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="mtlsprobe-lab-")) if temp else args.workdir
@@ -178,7 +147,8 @@ def main(args: argparse.Namespace) -> int:
     runs: list[LabRun] = []
     failed_bringup = False
     try:
-        with _signals_end_the_run():
+        # SIGTERM/SIGHUP unwind like Ctrl-C does, so every ``finally`` tears the mesh down.
+        with raising_on((signal.SIGTERM, signal.SIGHUP), lambda signum: SystemExit(128 + signum)):
             if demo:
                 _print_intro(out)
             for i, scenario in enumerate(scenarios):
@@ -208,7 +178,9 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
     if not human:
         _emit_machine(runs, args.output)
-    elif demo:
+    if args.out is not None:
+        write_report(_all_results(runs), args.output, args.out)
+    if human and demo:
         _print_closing(runs, out)
     if failed_bringup:
         sys.stderr.write(f"mtlsprobe lab: logs kept in {root}\n")
@@ -228,7 +200,6 @@ def _run_one(
     total: int,
 ) -> LabRun:
     from jobs.lab.runner import run_scenario
-    from probe.checks.base import Settings
 
     reqs = list(scenario.require) if require is None else require
     label = f"Scenario {index + 1}/{total}: " if total > 1 else "Scenario: "
@@ -260,7 +231,7 @@ def _run_one(
         workdir,
         require=reqs,
         checks=checks,
-        settings=Settings(timeout=args.timeout, concurrency=args.concurrency),
+        settings=probe_settings(args),
         keep=args.keep,
         envoys=args.envoys,
         on_ready=ready,
@@ -361,10 +332,9 @@ def _print_closing(runs: list[LabRun], out: TextIO) -> None:
     out.flush()
 
 
-def _emit_machine(runs: list[LabRun], fmt: str) -> None:
+def _all_results(runs: list[LabRun]) -> list[Result]:
+    """Every run's results; targets prefixed with the scenario when several ran."""
     from dataclasses import replace
-
-    from probe.report import render
 
     results = []
     for run in runs:
@@ -372,7 +342,13 @@ def _emit_machine(runs: list[LabRun], fmt: str) -> None:
             results.append(
                 replace(r, target=f"{run.scenario.name}/{r.target}") if len(runs) > 1 else r
             )
-    sys.stdout.write(render(results, fmt))
+    return results
+
+
+def _emit_machine(runs: list[LabRun], fmt: str) -> None:
+    from probe.report import render
+
+    sys.stdout.write(render(_all_results(runs), fmt))
     sys.stdout.flush()
 
 

@@ -18,12 +18,32 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("jobs.cli.plan", "discover the mesh and print what every edge must do (no probing)"),
     "lab": ("jobs.cli.lab", "bring up a local mesh of real Envoy sidecars and verify it"),
     "run": ("jobs.cli.run", "launch probe Jobs in the cluster and aggregate one verdict"),
-    "agent": ("jobs.agent.main", "continuous probing on an interval, with metrics and health"),
+    "agent": ("jobs.cli.agent", "continuous probing on an interval, with metrics and health"),
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help, wrapped without breaking a flag or a label at its hyphens."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 64 (product.md), with one line."""
+    """Usage errors exit 64 (README: exit codes), with one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -51,7 +71,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     chosen = _chosen(argv)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
         if name == chosen:
             importlib.import_module(module).configure(p)
     return parser
@@ -65,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     module = importlib.import_module(COMMANDS[args.command][0])
-    from probe.cli import UsageError
+    from probe.cliargs import UsageError
     from probe.textsafe import line
 
     try:

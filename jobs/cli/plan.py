@@ -13,26 +13,17 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.cli.flags import add_control_plane_flags, control_plane_problem
+from jobs.cli import flags
+from probe.cliargs import UsageError, old_spelling
+from probe.targetsyaml import targets_yaml
 
 if TYPE_CHECKING:
     from jobs.plan.objects import ClusterSnapshot
     from jobs.plan.planner import Plan
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return v
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -50,67 +41,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="YAML files or directories instead of a cluster (Deployments become pods)",
     )
-    src.add_argument(
-        "--kubeconfig",
-        metavar="FILE",
-        help="kubeconfig (default: in-cluster, then $KUBECONFIG / ~/.kube/config)",
-    )
-    src.add_argument("--context", metavar="NAME", help="kubeconfig context")
-    src.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="per API request (default: 10)",
-    )
+    flags.add_cluster_flags(src)
     sel = p.add_argument_group("what to plan")
-    sel.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        default=[],
-        metavar="NS[,NS]",
-        help="only these namespaces (repeatable)",
-    )
-    sel.add_argument(
-        "-A",
-        "--all-namespaces",
-        action="store_true",
-        help="every namespace except system ones (the default)",
-    )
-    sel.add_argument(
-        "--selector",
-        metavar="LABELS",
-        help="namespaces matching this label selector (e.g. istio-injection=enabled)",
-    )
-    sel.add_argument(
-        "--include-system",
-        action="store_true",
-        help="plan kube-system, kube-public, kube-node-lease and istio-system too",
-    )
+    flags.add_scope_flags(sel)
     mesh = p.add_argument_group("mesh")
-    mesh.add_argument("--trust-domain", metavar="TD", help="override the mesh's trust domain")
-    mesh.add_argument(
-        "--root-namespace",
-        metavar="NS",
-        help="override the mesh root namespace (default: from the mesh config)",
-    )
-    add_control_plane_flags(mesh)
-    mesh.add_argument(
-        "--client-namespace",
-        default=None,
-        metavar="NS",
-        help="namespace the probe's sidecar client runs in, for DestinationRule "
-        "lookup (default: mtlsprobe)",
-    )
-    p.add_argument(
-        "--require",
-        action="append",
-        default=[],
-        metavar="strict,sidecar",
-        help="compliance to judge: strict (every port STRICT), sidecar (every "
-        "workload injected); failures exit 1",
-    )
+    flags.add_mesh_flags(mesh)
+    flags.add_probe_namespace_flag(mesh)
+    flags.add_require_flag(p)
     p.add_argument(
         "-o",
         "--output",
@@ -124,27 +61,24 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write the discovered mesh root here and reference it as rootCertFile",
     )
-
-
-def _namespaces(args: argparse.Namespace) -> tuple[str, ...]:
-    out: list[str] = []
-    for item in args.namespace:
-        out.extend(n.strip() for n in item.split(",") if n.strip())
-    return tuple(dict.fromkeys(out))
+    old_spelling(p, "--timeout", "--request-timeout")
+    old_spelling(p, "--selector", "--namespace-selector")
+    old_spelling(p, "--client-namespace", "--probe-namespace")
 
 
 def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
     """The snapshot the flags describe; every failure is a UsageError (exit 64)."""
-    from probe.cli import UsageError
-
-    namespaces = _namespaces(args)
-    if namespaces and (args.all_namespaces or args.selector):
-        raise UsageError("-n cannot be combined with --all-namespaces or --selector")
+    problem = flags.mesh_problem(args)
+    if problem:
+        raise UsageError(problem)
+    namespaces = flags.namespaces(args)
     if args.from_manifests:
         from jobs.plan.manifests import ManifestError, load_manifests, planned_namespaces
 
-        if args.kubeconfig or args.context:
-            raise UsageError("--from-manifests reads no cluster: drop --kubeconfig/--context")
+        if args.kubeconfig or args.context or args.in_cluster:
+            raise UsageError(
+                "--from-manifests reads no cluster: drop --kubeconfig/--context/--in-cluster"
+            )
         try:
             snap = load_manifests(
                 args.from_manifests, istio_namespace=args.istio_namespace, revision=args.revision
@@ -158,22 +92,14 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
         snap.trust_domain = args.trust_domain or snap.trust_domain
         snap.root_namespace = args.root_namespace or snap.root_namespace
         return snap
-    from jobs.plan.discovery import DiscoveryError, Options, api_client, discover
+    from jobs.plan.discovery import DiscoveryError, api_client, discover
 
-    opts = Options(
-        namespaces=namespaces,
-        namespace_selector=args.selector,
-        include_system=args.include_system,
-        trust_domain=args.trust_domain,
-        root_namespace=args.root_namespace,
-        istio_namespace=args.istio_namespace,
-        revision=args.revision,
-        timeout=args.timeout,
-    )
+    options = flags.discovery_options(args)
+    access = flags.cluster_access(args)
     try:
-        api = api_client(args.kubeconfig, args.context, args.timeout)
+        api = api_client(access.kubeconfig, access.context, access.request_timeout)
         try:
-            return discover(api, opts)
+            return discover(api, options)
         finally:
             api.close()
     except DiscoveryError as exc:
@@ -182,26 +108,11 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
 
 def main(args: argparse.Namespace) -> int:
     from jobs.plan.planner import Requirements, build_plan
-    from probe.cli import UsageError
 
     try:
-        req = Requirements.parse(args.require, args.client_namespace)
+        req = Requirements.parse(args.require, args.probe_namespace)
     except ValueError as exc:
         raise UsageError(f"--require: {exc}") from None
-    if args.trust_domain is not None:
-        from jobs.plan.objects import ClusterSnapshot
-        from jobs.plan.planner import mesh_names_problem
-
-        if not args.trust_domain or mesh_names_problem(
-            ClusterSnapshot(trust_domain=args.trust_domain)
-        ):
-            raise UsageError(
-                f"--trust-domain {args.trust_domain!r}: lowercase letters, digits, '.', '-' "
-                "and '_' only (no port or path)"
-            )
-    problem = control_plane_problem(args)
-    if problem:
-        raise UsageError(problem)
     # Snapshot and plan are large trees of fresh objects with no cycles; the cyclic
     # GC's passes over them are pure cost (about a tenth of the time at 10,000 pods).
     gc.disable()
@@ -225,8 +136,6 @@ def main(args: argparse.Namespace) -> int:
 
 def _with_root_cert(plan: Plan, pem: str | None, path: Path) -> Plan:
     from dataclasses import replace
-
-    from probe.cli import UsageError
 
     if pem is None:
         raise UsageError(f"--root-cert-file {path}: no mesh root found (istio-ca-root-cert)")
@@ -254,50 +163,6 @@ def render_yaml(plan: Plan) -> str:
             text = f"{r.verdict.value.upper()} {r.check} {r.target}: {r.reason}"
             lines.append("# " + " ".join(text.split()))
     return "\n".join(lines) + "\n" + targets_yaml(plan.targets_file.to_dict())
-
-
-# Plain (unquoted) only for what can't read as another type: starts with a letter, no
-# ": " or " #", no trailing ":", not a YAML 1.1 boolean/null word.
-_PLAIN = re.compile(r"[A-Za-z](?:[A-Za-z0-9._/:@-]*[A-Za-z0-9._/@-])?")
-_YAML_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"})
-
-
-def _scalar(v: object) -> str:
-    """A YAML scalar: strings double-quoted with JSON escapes (valid YAML), so no value
-    can turn into another type or break the structure."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    text = str(v)
-    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
-        return text
-    return json.dumps(text)
-
-
-def targets_yaml(doc: dict[str, Any]) -> str:
-    """The targets document as block YAML. Written directly: PyYAML's representer takes
-    seconds for 6,000 targets; this shape is fixed (scalars, one mapping, lists)."""
-    out: list[str] = []
-    for key, val in doc.items():
-        if key in ("targets", "controls"):
-            out.append(f"{key}:" if val else f"{key}: []")
-            for t in val:
-                first = True
-                for k, v in t.items():
-                    lead = "- " if first else "  "
-                    first = False
-                    if isinstance(v, list):
-                        items = ", ".join(_scalar(x) for x in v)
-                        out.append(f"{lead}{k}: [{items}]")
-                    else:
-                        out.append(f"{lead}{k}: {_scalar(v)}")
-        elif isinstance(val, dict):
-            out.append(f"{key}:")
-            out.extend(f"  {k}: {_scalar(v)}" for k, v in val.items())
-        else:
-            out.append(f"{key}: {_scalar(val)}")
-    return "\n".join(out) + "\n"
 
 
 def edge_dict(e: Any) -> dict[str, Any]:

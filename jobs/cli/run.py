@@ -16,32 +16,43 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.cli.flags import add_control_plane_flags, control_plane_problem
-from jobs.launch.jobspec import ROLES
-
-if TYPE_CHECKING:
-    from jobs.launch.jobspec import RunSpec
-    from jobs.plan.planner import Plan
-    from probe.results import Result
+from jobs.cli import flags
+from jobs.cli.signals import raising_on
 from jobs.launch.cluster import Cluster
+from jobs.launch.jobspec import ROLES
 from jobs.launch.launcher import (
+    DEFAULT_PARALLELISM,
     DEFAULT_SHARD_THRESHOLD,
     Launched,
-    _from,
-    _Terminated,
+    LaunchOptions,
     cleanup,
     collect,
     jobspec_selector,
     launch,
     new_run_id,
 )
+from probe.cliargs import (
+    UsageError,
+    add_checks_flag,
+    add_probe_flags,
+    add_report_flags,
+    emit_report,
+    old_spelling,
+    positive_int,
+    positive_seconds,
+    words,
+)
 
-DEFAULT_NAMESPACE = "mtlsprobe"
+if TYPE_CHECKING:
+    from jobs.launch.jobspec import RunSpec
+    from jobs.plan.planner import Plan
+    from probe.results import Result
+
 IMAGE_ENV = "MTLSPROBE_IMAGE"
 
 
@@ -51,84 +62,23 @@ def default_image() -> str:
     return os.environ.get(IMAGE_ENV) or f"ghcr.io/mtlsprobe/mtlsprobe:{__version__}"
 
 
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return v
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
-    return int(text)
-
-
 def configure(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Discover and plan, launch a sidecar and a sidecar-less probe Job in the cluster, "
         "wait for them, and print one report with one exit code (plan findings included)."
     )
-    c = p.add_argument_group("cluster")
-    c.add_argument(
-        "--kubeconfig", metavar="FILE", help="kubeconfig (default: $KUBECONFIG, ~/.kube/config)"
-    )
-    c.add_argument("--context", metavar="NAME", help="kubeconfig context")
-    c.add_argument(
-        "--in-cluster",
-        action="store_true",
-        help="use the pod's service account (what the CronJob runs); report to stdout",
-    )
-    c.add_argument(
-        "--request-timeout",
-        type=_seconds,
-        default=10.0,
-        metavar="SECONDS",
-        help="client-side timeout of every API request (default: 10)",
-    )
+    flags.add_cluster_flags(p.add_argument_group("cluster"))
     sel = p.add_argument_group("what to probe (as in `mtlsprobe plan`)")
-    sel.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        default=[],
-        metavar="NS[,NS]",
-        help="only targets in these namespaces (repeatable)",
-    )
-    sel.add_argument(
-        "-A",
-        "--all-namespaces",
-        action="store_true",
-        help="every namespace except system ones (the default)",
-    )
-    sel.add_argument("--selector", metavar="LABELS", help="namespaces matching this label selector")
-    sel.add_argument("--include-system", action="store_true", help="probe system namespaces too")
-    sel.add_argument("--trust-domain", metavar="TD", help="override the mesh's trust domain")
-    sel.add_argument("--root-namespace", metavar="NS", help="override the mesh root namespace")
-    add_control_plane_flags(sel)
-    sel.add_argument(
-        "--require",
-        action="append",
-        default=[],
-        metavar="strict,sidecar",
-        help="compliance to judge (plan findings; failures exit 1)",
-    )
-    sel.add_argument(
-        "--checks",
-        default=",".join(c for r in ROLES for c in r.checks),
-        metavar="LIST",
-        help="checks to run (default: all); each goes to the Job that can run it",
+    flags.add_scope_flags(sel)
+    flags.add_mesh_flags(sel)
+    flags.add_require_flag(sel)
+    add_checks_flag(
+        sel,
+        tuple(c for r in ROLES for c in r.checks),
+        extra="; each goes to the Job that can run it",
     )
     j = p.add_argument_group("probe Jobs")
-    j.add_argument(
-        "--probe-namespace",
-        default=os.environ.get("MTLSPROBE_NAMESPACE", DEFAULT_NAMESPACE),
-        metavar="NS",
-        help=f"where the Jobs run (default: $MTLSPROBE_NAMESPACE or {DEFAULT_NAMESPACE})",
-    )
+    flags.add_probe_namespace_flag(j)
     j.add_argument(
         "--source-namespaces",
         default="",
@@ -154,29 +104,23 @@ def configure(p: argparse.ArgumentParser) -> None:
         "sidecar.istio.io/nativeSidecar) instead of quitting it on exit",
     )
     j.add_argument(
-        "--sidecar-wait",
-        type=_seconds,
+        "--wait-for-sidecar",
+        type=positive_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how long the sidecar probe waits for its proxy (default: 60)",
     )
     j.add_argument(
         "--deadline",
-        type=_seconds,
+        type=positive_seconds,
         default=300.0,
         metavar="SECONDS",
         help="the Jobs' activeDeadlineSeconds and how long to wait for them (default: 300)",
     )
-    j.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="per network operation inside the probe (default: 5)",
-    )
+    add_probe_flags(j)
     j.add_argument(
         "--shard-threshold",
-        type=_count,
+        type=positive_int,
         default=DEFAULT_SHARD_THRESHOLD,
         metavar="N",
         help="above N units of work (endpoints for the plain Job, targets for the sidecar "
@@ -184,14 +128,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     j.add_argument(
         "--parallelism",
-        type=_count,
-        default=4,
+        type=positive_int,
+        default=DEFAULT_PARALLELISM,
         metavar="N",
-        help="shards running at once (default: 4)",
+        help=f"shards running at once (default: {DEFAULT_PARALLELISM})",
     )
     j.add_argument(
         "--ttl",
-        type=_count,
+        type=positive_int,
         default=600,
         metavar="SECONDS",
         help="ttlSecondsAfterFinished: the cluster's own clean-up if ours cannot run",
@@ -199,37 +143,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     j.add_argument("--keep", action="store_true", help="leave the Jobs, pods and ConfigMaps")
     j.add_argument(
         "--poll-interval",
-        type=_seconds,
+        type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
         help="longest wait between looks at the Jobs and pods; a watch on the run's pods "
         "wakes earlier on any change (default: 10)",
     )
-    o = p.add_argument_group("report")
-    o.add_argument(
-        "-o",
-        "--output",
-        default="table",
-        choices=("table", "json", "jsonl", "junit"),
-        help="report format on stdout (default: table)",
-    )
-    o.add_argument("--out", type=Path, metavar="FILE", help="also write the report to FILE")
+    add_report_flags(p.add_argument_group("report"))
+    old_spelling(p, "--selector", "--namespace-selector")
+    old_spelling(p, "--sidecar-wait", "--wait-for-sidecar")
 
 
 # ---- main ----------------------------------------------------------------------------------------
 
 
-def _words(items: list[str] | str) -> list[str]:
-    raw = [items] if isinstance(items, str) else items
-    return list(dict.fromkeys(w.strip() for i in raw for w in i.split(",") if w.strip()))
-
-
 def main(args: argparse.Namespace) -> int:
     from jobs.launch import jobspec
-    from jobs.plan.discovery import DiscoveryError, Options, Reader, api_client, discover
+    from jobs.plan.discovery import DiscoveryError, Reader, api_client, discover
     from jobs.plan.planner import Requirements, build_plan
     from probe.checks import parse_check_list
-    from probe.cli import UsageError, emit_report
     from probe.results import exit_code
 
     try:
@@ -240,37 +172,14 @@ def main(args: argparse.Namespace) -> int:
         req = Requirements.parse(args.require, args.probe_namespace)
     except ValueError as exc:
         raise UsageError(f"--require: {exc}") from None
-    namespaces = tuple(_words(args.namespace))
-    if namespaces and (args.all_namespaces or args.selector):
-        raise UsageError("-n cannot be combined with --all-namespaces or --selector")
-    problem = control_plane_problem(args)
-    if problem:
-        raise UsageError(problem)
-    if args.in_cluster:
-        if args.kubeconfig or args.context:
-            raise UsageError(
-                "--in-cluster uses the pod's service account: drop --kubeconfig/--context"
-            )
-        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            raise UsageError(
-                "--in-cluster: not running in a pod (KUBERNETES_SERVICE_HOST is unset)"
-            )
-    sources = [
+    opts = flags.discovery_options(args)
+    access = flags.cluster_access(args)
+    sources = (
         args.probe_namespace,
-        *(n for n in _words(args.source_namespaces) if n != args.probe_namespace),
-    ]
-    opts = Options(
-        namespaces=namespaces,
-        namespace_selector=args.selector,
-        include_system=args.include_system,
-        trust_domain=args.trust_domain,
-        root_namespace=args.root_namespace,
-        istio_namespace=args.istio_namespace,
-        revision=args.revision,
-        timeout=args.request_timeout,
+        *(n for n in words(args.source_namespaces) if n != args.probe_namespace),
     )
     try:
-        api = api_client(args.kubeconfig, args.context, args.request_timeout)
+        api = api_client(access.kubeconfig, access.context, access.request_timeout)
     except DiscoveryError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -285,13 +194,22 @@ def main(args: argparse.Namespace) -> int:
             service_account=args.service_account,
             deadline=max(1, int(args.deadline)),
             ttl=args.ttl,
-            sidecar_wait=args.sidecar_wait,
+            sidecar_wait=args.wait_for_sidecar,
             native_sidecar=args.native_sidecar,
             timeout=args.timeout,
+            concurrency=args.concurrency,
+            min_remaining=args.min_remaining,
+            max_lifetime=args.max_lifetime,
             root_cert=snap.root_cert_pem is not None,
         )
         cluster = Cluster(Reader(api, opts))
-        results = _run(cluster, plan, spec, sources, names, args)
+        launch_opts = LaunchOptions(
+            sources=sources,
+            checks=tuple(names),
+            shard_threshold=args.shard_threshold,
+            parallelism=args.parallelism,
+        )
+        results = _run(cluster, plan, spec, launch_opts, args)
     finally:
         api.close()
     everything = [*plan.findings, *results]
@@ -307,18 +225,18 @@ def _run(
     cluster: Cluster,
     plan: Plan,
     spec: RunSpec,
-    sources: list[str],
-    names: list[str],
+    options: LaunchOptions,
     args: argparse.Namespace,
 ) -> list[Result]:
     from jobs.plan.discovery import DiscoveryError
-    from probe.cli import UsageError
 
+    sources = options.sources
     launched = Launched()
-    with _Terminated():
+    # SIGTERM (the CronJob's deadline, a deleted pod) unwinds like Ctrl-C: clean-up runs.
+    with raising_on((signal.SIGTERM,), lambda signum: KeyboardInterrupt()):
         try:
             try:
-                launch(cluster, plan, spec, sources, names, args, launched)
+                launch(cluster, plan, spec, options, launched)
             except DiscoveryError as exc:  # 403 names verb/resource/namespace: exit 64
                 raise UsageError(f"launching the probe Jobs: {exc}") from None
             sys.stderr.write(
@@ -337,5 +255,13 @@ def _run(
                 for line in cleanup(cluster, launched):
                     sys.stderr.write(f"mtlsprobe run: {line}\n")
     if len(sources) > 1:
-        results = [_from(r) for r in results]
+        results = [_from_source(r) for r in results]
     return results
+
+
+def _from_source(r: Result) -> Result:
+    """With several source namespaces the same edge is probed once per source: reports
+    name the source after the target; the target itself stays as planned."""
+    from dataclasses import replace
+
+    return replace(r, origin=replace(r.origin, shown=True)) if r.origin is not None else r

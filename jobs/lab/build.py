@@ -24,8 +24,10 @@ from jobs.lab.spec import (
 from jobs.plan.manifests import snapshot_from_documents
 from jobs.plan.objects import KubeObject, annotations_of, name, namespace, set_pod_ip
 from jobs.plan.planner import Edge, Plan, PodInfo, Requirements, build_plan
+from probe.constants import PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT
 from probe.model import Expect, Protocol, Target, TargetsFile
 from probe.results import Result
+from probe.spiffe import istio_identity
 
 PREFIX = "lab.mtlsprobe.dev/"
 CLAIM_MODE = PREFIX + "claim-mode"
@@ -42,8 +44,6 @@ LAB_ANNOTATIONS = {
     NETWORK: "'reset': a NetworkPolicy or CNI resets every connection to this pod; the lab "
     "stands a resetting listener in front of its app (pod)",
 }
-PROBE_NAMESPACE = "mtlsprobe"
-PROBE_SERVICE_ACCOUNT = "mtlsprobe"
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
                 ip=info.ip,
                 app_ip=app_ips[key],
                 sidecar=info.has_sidecar or reset,
-                identity=f"spiffe://{td}/ns/{info.namespace}/sa/{sa}",
+                identity=istio_identity(td, info.namespace, sa),
                 ports=pod_ports,
                 cert=CertKind(ann.get(CERT, CertKind.VALID.value)),
                 xfcc=XfccMode(ann.get(XFCC, XfccMode.APPEND.value)),
@@ -153,7 +153,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
     targets = _targets(plan, service_claims, pod_ann)
     mesh = MeshSpec(
         trust_domain=td,
-        probe_identity=f"spiffe://{td}/ns/{PROBE_NAMESPACE}/sa/{PROBE_SERVICE_ACCOUNT}",
+        probe_identity=istio_identity(td, PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT),
         pods=tuple(pods),
         upstreams=upstreams,
     )

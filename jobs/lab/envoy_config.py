@@ -1,4 +1,4 @@
-"""Envoy bootstraps shaped like the sidecars Istio configures (istio-facts.md).
+"""Envoy bootstraps shaped like the sidecars Istio configures (docs/istio-behaviour.md).
 
 Pure functions from the lab's spec to JSON-ready dicts. Two kinds of Envoy:
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from jobs.lab.meshca import CertFiles, MeshCerts
 from jobs.lab.spec import InboundPort, PodSpec, ServerMode, Upstream
+from probe.spiffe import trust_domain_prefix
 
 Json = dict[str, Any]
 _T = "type.googleapis.com/envoy."
@@ -95,7 +96,7 @@ def _downstream_tls(pod: PodSpec, trust_domain: str, http: bool) -> Json:
         "tls_certificate_sds_secret_configs": [{"name": pod_secret_name(pod)}],
         # Inbound checks only that the client is in the mesh's trust domain.
         "combined_validation_context": _validation(
-            {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}
+            {"san_type": "URI", "matcher": {"prefix": trust_domain_prefix(trust_domain)}}
         ),
     }
     if http:
@@ -316,7 +317,7 @@ def _virtual_inbound(address: tuple[str, int], trust_domain: str) -> Json:
         "tls_params": _TLS_PARAMS,
         "tls_certificate_sds_secret_configs": [{"name": PROBE_SECRET}],
         "combined_validation_context": _validation(
-            {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}
+            {"san_type": "URI", "matcher": {"prefix": trust_domain_prefix(trust_domain)}}
         ),
     }
     hcm: Json = {

@@ -22,26 +22,37 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from probe.checks.base import Settings
+from probe.cliargs import span
+from probe.constants import (
+    ENVOY_ADMIN,
+    INJECT_LABEL,
+    PROBE_POD_LABELS,
+    PROBE_SERVICE_ACCOUNT,
+    ROLE_LABEL,
+    ROOT_CERT_CONFIGMAP,
+    ROOT_CERT_KEY,
+)
 from probe.model import Source, TargetsFile
+from probe.spiffe import istio_identity
+
+_PROBE = Settings()  # the probe's own defaults: flags are passed only to differ from them
 
 Obj = dict[str, Any]
 
 LABEL_RUN = "mtlsprobe.dev/run-id"
-LABEL_ROLE = "mtlsprobe.dev/role"
+LABEL_ROLE = ROLE_LABEL
 LABEL_SHARDS = "mtlsprobe.dev/shards"
-INJECT_LABEL = "sidecar.istio.io/inject"
 NATIVE_ANNOTATION = "sidecar.istio.io/nativeSidecar"
 CONTAINER = "probe"
 TARGETS_KEY = "targets.yaml"
 TARGETS_DIR = "/etc/mtlsprobe"
 TARGETS_PATH = f"{TARGETS_DIR}/{TARGETS_KEY}"
-ROOT_CONFIGMAP = "istio-ca-root-cert"
-ROOT_KEY = "root-cert.pem"
 ROOT_DIR = f"{TARGETS_DIR}/root"
-ENVOY_ADMIN = "http://127.0.0.1:15000"
 TMP = "/tmp"  # noqa: S108  # an emptyDir: the root filesystem is read-only
 RUN_AS = 65532  # "nonroot" in distroless-style images; numeric so kubelet can verify it
 PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"
@@ -79,12 +90,15 @@ class RunSpec:
 
     run_id: str
     image: str
-    service_account: str = "mtlsprobe"
+    service_account: str = PROBE_SERVICE_ACCOUNT
     deadline: int = 300  # activeDeadlineSeconds of each Job
     ttl: int = 600  # ttlSecondsAfterFinished: the cluster cleans up if we cannot
     sidecar_wait: float = 60.0
     native_sidecar: bool = False
     timeout: float = 5.0  # per network operation in the probe
+    concurrency: int = _PROBE.concurrency  # the probe's checks in flight
+    min_remaining: timedelta = _PROBE.min_remaining  # the probe's certificate window
+    max_lifetime: timedelta = _PROBE.max_lifetime
     root_cert: bool = True  # mount istio-ca-root-cert and chain-check against it
     cpu_request: str = "50m"
     cpu_limit: str = "500m"
@@ -113,9 +127,7 @@ def job_name(run_id: str, role: str) -> str:
 
 def labels(spec: RunSpec, role: str | None = None) -> dict[str, str]:
     out = {
-        "app.kubernetes.io/name": "mtlsprobe",
-        "app.kubernetes.io/component": "probe",
-        "app.kubernetes.io/managed-by": "mtlsprobe-run",
+        **PROBE_POD_LABELS,
         LABEL_RUN: spec.run_id,
     }
     if role is not None:
@@ -130,8 +142,8 @@ def run_selector(run_id: str) -> str:
 def pod_targets(plan: TargetsFile, namespace: str, spec: RunSpec) -> TargetsFile:
     """The plan as the probe pods in ``namespace`` see it: their own SPIFFE ID (the
     mesh checks match it against XFCC), their sidecar's admin for ``self``, the root."""
-    identity = f"spiffe://{plan.trust_domain}/ns/{namespace}/sa/{spec.service_account}"
-    root = Path(ROOT_DIR, ROOT_KEY) if spec.root_cert else None  # a path inside the pod
+    identity = istio_identity(plan.trust_domain, namespace, spec.service_account)
+    root = Path(ROOT_DIR, ROOT_CERT_KEY) if spec.root_cert else None  # a path inside the pod
     return replace(
         plan, source=Source(identity=identity, sidecar_admin=ENVOY_ADMIN), root_cert_file=root
     )
@@ -188,8 +200,15 @@ def shard_count(work: int, threshold: int) -> int:
 
 def probe_args(role: Role, checks: tuple[str, ...], spec: RunSpec, shards: int) -> list[str]:
     path = shard_path(INDEX_VAR) if shards > 1 else TARGETS_PATH
-    args = ["check", "-f", path, "--checks", ",".join(checks), "-o", "jsonl"]
+    # --timing: each line carries the check's real start and end, for run's traces.
+    args = ["check", "-f", path, "--checks", ",".join(checks), "-o", "jsonl", "--timing"]
     args += ["--timeout", f"{spec.timeout:g}"]
+    if spec.concurrency != _PROBE.concurrency:
+        args += ["--concurrency", str(spec.concurrency)]
+    if spec.min_remaining != _PROBE.min_remaining:
+        args += ["--min-remaining", span(spec.min_remaining)]
+    if spec.max_lifetime != _PROBE.max_lifetime:
+        args += ["--max-lifetime", span(spec.max_lifetime)]
     if role.sidecar:
         args += ["--wait-for-sidecar", f"{spec.sidecar_wait:g}"]
         if not spec.native_sidecar:
@@ -259,8 +278,8 @@ def job(
             {
                 "name": "mesh-root",
                 "configMap": {
-                    "name": ROOT_CONFIGMAP,
-                    "items": [{"key": ROOT_KEY, "path": ROOT_KEY}],
+                    "name": ROOT_CERT_CONFIGMAP,
+                    "items": [{"key": ROOT_CERT_KEY, "path": ROOT_CERT_KEY}],
                 },
             }
         )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from probe.checks.base import Scope
 from probe.model import TargetsFile
-from probe.results import Result, Verdict
+from probe.results import TIMING_KEY, Result, Verdict, parse_rfc3339_ns
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str | None]  # (check, target, endpoint)
@@ -47,6 +48,11 @@ class PodView:
     @property
     def finished(self) -> bool:
         return self.exit_code is not None
+
+    @property
+    def live(self) -> bool:
+        """Still pending or running (not on its way out)."""
+        return not self.deleting and self.phase in ("Pending", "Running")
 
     @property
     def fatal(self) -> str | None:
@@ -175,6 +181,7 @@ def _result(line: str) -> Result | None:
         return None
     endpoint = doc.get("endpoint")
     evidence = doc.get("evidence")
+    start_ns, end_ns = _timing(doc.get(TIMING_KEY))
     return Result(
         check=check,
         target=target,
@@ -184,22 +191,40 @@ def _result(line: str) -> Result | None:
         expected=_opt_str(doc.get("expected")),
         observed=_opt_str(doc.get("observed")),
         evidence=evidence if isinstance(evidence, dict) else {},
+        start_ns=start_ns,
+        end_ns=end_ns,
     )
+
+
+def _timing(raw: object) -> tuple[int, int]:
+    """(start, end) in epoch nanoseconds from ``check --timing``'s ``timing`` object;
+    (0, 0) when absent or not a sane interval (the result itself still counts)."""
+    if not isinstance(raw, dict):
+        return 0, 0
+    start, end = raw.get("start"), raw.get("end")
+    if not isinstance(start, str) or not isinstance(end, str):
+        return 0, 0
+    s, e = parse_rfc3339_ns(start), parse_rfc3339_ns(end)
+    if s is None or e is None or not 0 < s <= e:
+        return 0, 0
+    return s, e
 
 
 def _opt_str(v: object) -> str | None:
     return v if isinstance(v, str) else None
 
 
-def expected_keys(targets: TargetsFile, checks: Sequence[tuple[str, str]]) -> list[Key]:
-    """What a probe over ``targets`` owes, per (check name, scope value)."""
+def expected_keys(targets: TargetsFile, checks: Sequence[tuple[str, Scope | str]]) -> list[Key]:
+    """What a probe over ``targets`` owes, per (check name, scope). A scope may also be
+    given by its value (``"endpoint"``); it is compared as the enum."""
     keys: list[Key] = []
-    for name, scope in checks:
-        if scope == "run":
+    for name, raw in checks:
+        scope = Scope(raw)
+        if scope is Scope.RUN:
             keys.append((name, "source", None))
             continue
         for t in targets.targets:
-            if scope == "endpoint" and t.endpoints:
+            if scope is Scope.ENDPOINT and t.endpoints:
                 keys.extend((name, t.name, str(ep)) for ep in t.endpoints)
             else:
                 keys.append((name, t.name, None))
@@ -224,6 +249,29 @@ def missing(owed: Iterable[Key], got: Iterable[Result]) -> list[Key]:
             continue
         out.append(key)
     return out
+
+
+def from_log(owed: Sequence[Key], pod: PodView, text: str, **evidence: str) -> list[Result]:
+    """What a finished probe pod reported: the results in its log (with ``evidence``
+    added), and an error per owed key it did not report, naming why (crash, OOM, exit
+    code, the last non-result line)."""
+    parsed = parse_log(text)
+    got = [replace(r, evidence={**r.evidence, **evidence}) for r in parsed.results]
+    lacking = missing(owed, got)
+    if lacking:
+        cause = pod.crash()
+        if cause is None:
+            cause = f"probe pod {pod.name} exited {pod.exit_code} without reporting this result"
+        if parsed.last_text:
+            cause += f" (last log line: {parsed.last_text})"
+        if parsed.ignored:
+            cause += f"; {parsed.ignored} non-result log lines ignored"
+        got += errors_for(lacking, cause, "probe-incomplete", **evidence)
+    return got
+
+
+def log_unreadable(owed: Sequence[Key], problem: str, **evidence: str) -> list[Result]:
+    return errors_for(owed, f"probe logs unreadable: {problem}", "logs-unreadable", **evidence)
 
 
 def errors_for(keys: Iterable[Key], reason: str, cause: str, **evidence: str) -> list[Result]:

@@ -4,26 +4,26 @@ results naming the cause."""
 
 from __future__ import annotations
 
-import argparse
 import secrets
-import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from jobs.launch.jobspec import ROLES, Role
 
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
+    from jobs.launch.judge import Key, PodView
+    from jobs.launch.wait import Board, Slot
     from jobs.plan.planner import Plan
+    from probe.checks.base import Scope
     from probe.model import TargetsFile
     from probe.results import Result
 from jobs.launch.cluster import Cluster
 
 DEFAULT_SHARD_THRESHOLD = 200
+DEFAULT_PARALLELISM = 4
 CONFIGMAP_MAX = 1_000_000  # the API server's limit is 1 MiB for the whole object
 
 # ---- what was launched ---------------------------------------------------------------------------
@@ -35,7 +35,7 @@ class Unit:
 
     namespace: str
     role: Role
-    checks: tuple[tuple[str, str], ...]  # (name, scope value)
+    checks: tuple[tuple[str, Scope], ...]  # (name, scope)
     parts: tuple[TargetsFile, ...]  # index i was given parts[i], exactly as written
     job: str
     done: dict[int, list[Result]] = field(default_factory=dict)
@@ -44,14 +44,10 @@ class Unit:
     def shards(self) -> int:
         return len(self.parts)
 
-    def owed(self, index: int) -> list[tuple[str, str, str | None]]:
+    def owed(self, index: int) -> list[Key]:
         from jobs.launch.judge import expected_keys
 
         return expected_keys(self.parts[index], self.checks)
-
-    @property
-    def complete(self) -> bool:
-        return len(self.done) == self.shards
 
 
 @dataclass
@@ -61,16 +57,16 @@ class Launched:
     units: list[Unit] = field(default_factory=list)
 
 
-def _scopes(names: list[str]) -> dict[str, str]:
+def _scopes(names: tuple[str, ...]) -> dict[str, Scope]:
     from probe.checks import load_check
 
-    return {n: load_check(n).scope.value for n in names}
+    return {n: load_check(n).scope for n in names}
 
 
 def _too_big(text: str, what: str, lower: bool = False) -> NoReturn:
-    from probe.cli import UsageError
+    from probe.cliargs import UsageError
 
-    fix = "lower --shard-threshold" if lower else "narrow the run with -n or --selector"
+    fix = "lower --shard-threshold" if lower else "narrow the run with -n or --namespace-selector"
     raise UsageError(
         f"the targets file for {what} is {len(text.encode())} bytes; a ConfigMap holds at "
         f"most 1 MiB: {fix}"
@@ -81,23 +77,28 @@ def _endpoints(tf: TargetsFile) -> int:
     return sum(max(1, len(t.endpoints)) for t in tf.targets)
 
 
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What to launch besides the plan and the pod spec (``mtlsprobe run``'s flags)."""
+
+    sources: tuple[str, ...]  # namespaces probed from, each gets its Jobs
+    checks: tuple[str, ...]  # check names; each goes to the role that can run it
+    shard_threshold: int = DEFAULT_SHARD_THRESHOLD  # units of work above which a Job shards
+    parallelism: int = DEFAULT_PARALLELISM  # shards of an Indexed Job running at once
+
+
 def launch(
-    cluster: Cluster,
-    plan: Plan,
-    spec: RunSpec,
-    sources: list[str],
-    names: list[str],
-    args: argparse.Namespace,
-    out: Launched,
+    cluster: Cluster, plan: Plan, spec: RunSpec, options: LaunchOptions, out: Launched
 ) -> None:
     """Create the ConfigMap and Jobs in every source namespace (recorded in ``out`` as
     they are created, so an interrupted launch is still cleaned up)."""
-    from jobs.cli.plan import targets_yaml
     from jobs.launch import jobspec
     from probe import shard
+    from probe.targetsyaml import targets_yaml
 
+    names = options.checks
     scopes = _scopes(names)
-    for ns in sources:
+    for ns in options.sources:
         tf = jobspec.pod_targets(plan.targets_file, ns, spec)
         roles: list[tuple[Role, tuple[str, ...], bool, int]] = []
         for role in ROLES:
@@ -105,7 +106,8 @@ def launch(
             if checks:
                 by_ep = shard.by_endpoint(scopes[c] for c in checks)
                 work = _endpoints(tf) if by_ep else len(tf.targets)
-                roles.append((role, checks, by_ep, jobspec.shard_count(work, args.shard_threshold)))
+                shards = jobspec.shard_count(work, options.shard_threshold)
+                roles.append((role, checks, by_ep, shards))
         text = targets_yaml(tf.to_dict())
         if len(text.encode()) > CONFIGMAP_MAX:
             if any(n == 1 for *_, n in roles):
@@ -126,7 +128,7 @@ def launch(
                 )
                 out.configmaps.append((ns, made["metadata"]["name"]))
             jb = jobspec.job(
-                spec, ns, role, checks, cm, shards=shards, parallelism=args.parallelism
+                spec, ns, role, checks, cm, shards=shards, parallelism=options.parallelism
             )
             created = cluster.create_job(ns, jb)
             out.jobs.append((ns, created["metadata"]["name"]))
@@ -152,145 +154,124 @@ def collect(
     poll: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[Result]:
-    """Poll Jobs and pods until every shard of every Job reported or failed, or the
-    deadline passed; then everything still owed is an error naming why."""
-    from jobs.launch import judge
-    from jobs.launch.jobspec import CONTAINER, LABEL_ROLE, run_selector
+    """Look at the run's Jobs and pods until every shard of every Job reported or
+    failed, or the deadline passed (the states: ``jobs.launch.wait``); then everything
+    still owed is an error naming why."""
+    from jobs.launch.jobspec import run_selector
+    from jobs.launch.judge import errors_for
+    from jobs.launch.wait import OVERDUE, Board, Slot
     from jobs.plan.discovery import DiscoveryError
 
     selector = run_selector(run_id)
-    namespaces = sorted({u.namespace for u in launched.units})
-    last_view: dict[tuple[str, str, int], judge.PodView] = {}
-    failures: dict[tuple[str, str], str] = {}
-    versions: dict[str, str] = {}
-    api_error = ""
-
-    def finish(u: Unit, index: int, results: list[Result]) -> None:
-        u.done[index] = [
-            replace(r, evidence={**r.evidence, "sourceNamespace": u.namespace}) for r in results
-        ]
-
-    def from_pod(u: Unit, view: judge.PodView) -> None:
-        owed = u.owed(view.index)
-        ev = {"probePod": f"{u.namespace}/{view.name}", "probeJob": u.job}
-        try:
-            text = cluster.log(u.namespace, view.name, CONTAINER)
-        except DiscoveryError as exc:
-            finish(
-                u,
-                view.index,
-                judge.errors_for(owed, f"probe logs unreadable: {exc}", "logs-unreadable", **ev),
-            )
-            return
-        parsed = judge.parse_log(text)
-        got = [replace(r, evidence={**r.evidence, **ev}) for r in parsed.results]
-        lacking = judge.missing(owed, got)
-        if lacking:
-            cause = view.crash()
-            if cause is None:
-                cause = (
-                    f"probe pod {view.name} exited {view.exit_code} without reporting this result"
-                )
-            if parsed.last_text:
-                cause += f" (last log line: {parsed.last_text})"
-            if parsed.ignored:
-                cause += f"; {parsed.ignored} non-result log lines ignored"
-            got += judge.errors_for(lacking, cause, "probe-incomplete", **ev)
-        finish(u, view.index, got)
-
+    board = Board.of(Slot(u.namespace, u.job, i) for u in launched.units for i in range(u.shards))
+    versions: dict[str, str] = {}  # namespace -> resourceVersion of its last pod list
     while True:
         try:
-            for ns in namespaces:
-                for jb in cluster.jobs(ns, selector):
-                    why = judge.job_failure(jb)
-                    if why:
-                        failures[(ns, jb["metadata"]["name"])] = why
-                pods, versions[ns] = cluster.pods(ns, selector)
-                for u in (u for u in launched.units if u.namespace == ns):
-                    role_pods = [
-                        judge.pod_view(p, CONTAINER)
-                        for p in pods
-                        if (p["metadata"].get("labels") or {}).get(LABEL_ROLE) == u.role.name
-                    ]
-                    for index in range(u.shards):
-                        if index in u.done:
-                            continue
-                        views = [v for v in role_pods if v.index == index]
-                        finished = [v for v in views if v.finished]
-                        if finished:
-                            from_pod(u, finished[0])
-                            continue
-                        if views:
-                            last_view[(ns, u.job, index)] = views[-1]
-                            fatal = views[-1].fatal
-                            if fatal:
-                                finish(
-                                    u,
-                                    index,
-                                    judge.errors_for(
-                                        u.owed(index), fatal, "probe-not-started", probeJob=u.job
-                                    ),
-                                )
-                                continue
-                        failed = failures.get((ns, u.job))
-                        if failed and not any(
-                            not v.deleting and v.phase in ("Pending", "Running") for v in views
-                        ):
-                            seen = last_view.get((ns, u.job, index))
-                            why = f"{failed}; " + (
-                                seen.stuck() if seen is not None else "no probe pod was seen"
-                            )
-                            owed = u.owed(index)
-                            finish(
-                                u, index, judge.errors_for(owed, why, "job-failed", probeJob=u.job)
-                            )
-            api_error = ""
+            for ns in sorted({u.namespace for u in launched.units}):
+                versions[ns] = _look(cluster, ns, selector, launched.units, board)
+            board.api_error = ""
         except DiscoveryError as exc:  # a blip is retried until the deadline
-            api_error = str(exc)
-        if all(u.complete for u in launched.units):
-            break
+            board.api_error = str(exc)
         left = deadline - clock()
-        if left <= 0:
+        if board.settled or left <= 0:
             break
-        # Sleep until a pod of the run changes (a watch), at most ``poll`` seconds; then
-        # look at everything again. Lists decide; the watch only wakes us early.
-        pending = [u.namespace for u in launched.units if not u.complete]
-        wait = min(poll, left)
-        if pending and versions.get(pending[0]) and wait >= 1:
-            try:
-                cluster.wait_for_change(pending[0], selector, versions[pending[0]], int(wait))
-            except DiscoveryError as exc:
-                api_error = str(exc)
-                time.sleep(min(1.0, max(0.0, deadline - clock())))
-        else:
-            time.sleep(wait)
-    out: list[Result] = []
-    for u in launched.units:
+        _pause(cluster, board, selector, versions, min(poll, left), deadline, clock)
+    for slot, why in board.overdue().items():
+        u = _unit(launched.units, slot)
+        owed = u.owed(slot.index)
+        _settle(u, slot.index, errors_for(owed, why, OVERDUE, probeJob=u.job))
+    return [r for u in launched.units for index in range(u.shards) for r in u.done[index]]
+
+
+def _look(cluster: Cluster, ns: str, selector: str, units: list[Unit], board: Board) -> str:
+    """One look at a namespace: its Jobs' failures, then each waiting slot's pods.
+    Returns the pod list's resourceVersion (where the next watch starts)."""
+    from jobs.launch import judge
+    from jobs.launch.jobspec import CONTAINER, LABEL_ROLE
+    from jobs.launch.wait import Collect, GiveUp, Slot
+
+    board.jobs_seen(ns, cluster.jobs(ns, selector))
+    pods, version = cluster.pods(ns, selector)
+    views = [
+        ((p["metadata"].get("labels") or {}).get(LABEL_ROLE), judge.pod_view(p, CONTAINER))
+        for p in pods
+    ]
+    for u in (u for u in units if u.namespace == ns):
         for index in range(u.shards):
-            if index in u.done:
-                out.extend(u.done[index])
+            slot = Slot(ns, u.job, index)
+            if slot not in board.waiting:
                 continue
-            view = last_view.get((u.namespace, u.job, index))
-            if view is not None:
-                why = view.stuck()
-            elif api_error:
-                why = f"could not watch the probe Job: {api_error}"
-            else:
-                why = (
-                    f"no probe pod appeared for job {u.job} in {u.namespace} "
-                    "(service account missing, quota or admission? kubectl describe job)"
-                )
-            why = (
-                failures.get((u.namespace, u.job), "")
-                + ("; " if (u.namespace, u.job) in failures else "")
-                + why
-            )
-            out.extend(
-                judge.errors_for(
-                    u.owed(index), why, "deadline", probeJob=u.job, sourceNamespace=u.namespace
-                )
-            )
-    return out
+            mine = [v for role, v in views if role == u.role.name and v.index == index]
+            step = board.observe(slot, mine)
+            if isinstance(step, Collect):
+                _settle(u, index, _from_pod(cluster, u, step.pod))
+            elif isinstance(step, GiveUp):
+                owed = u.owed(index)
+                _settle(u, index, judge.errors_for(owed, step.reason, step.cause, probeJob=u.job))
+    return version
+
+
+def _from_pod(cluster: Cluster, u: Unit, pod: PodView) -> list[Result]:
+    """A finished pod's results: its log, judged (``judge.from_log``)."""
+    from jobs.launch import judge
+    from jobs.launch.jobspec import CONTAINER
+    from jobs.plan.discovery import DiscoveryError
+
+    owed = u.owed(pod.index)
+    ev = {"probePod": f"{u.namespace}/{pod.name}", "probeJob": u.job}
+    try:
+        text = cluster.log(u.namespace, pod.name, CONTAINER)
+    except DiscoveryError as exc:
+        return judge.log_unreadable(owed, str(exc), **ev)
+    return judge.from_log(owed, pod, text, **ev)
+
+
+def _settle(u: Unit, index: int, results: list[Result]) -> None:
+    """Index ``index`` of ``u`` is done: its results, each knowing which probe saw it
+    (``origin``: source namespace and the probe's SPIFFE ID, for reports and traces).
+    A result with no time of its own (an error decided here) is an instant now."""
+    from probe.results import Origin
+
+    origin = Origin(u.namespace, u.parts[index].source.identity)
+    now = time.time_ns()
+    u.done[index] = [
+        replace(
+            r,
+            evidence={**r.evidence, "sourceNamespace": u.namespace},
+            origin=origin,
+            end_ns=r.end_ns or now,
+        )
+        for r in results
+    ]
+
+
+def _unit(units: list[Unit], slot: Slot) -> Unit:
+    return next(u for u in units if (u.namespace, u.job) == slot.job_key)
+
+
+def _pause(
+    cluster: Cluster,
+    board: Board,
+    selector: str,
+    versions: dict[str, str],
+    wait: float,
+    deadline: float,
+    clock: Callable[[], float],
+) -> None:
+    """Sleep until a pod of the run changes (a watch), at most ``wait`` seconds. Lists
+    decide; the watch only wakes us early."""
+    from jobs.plan.discovery import DiscoveryError
+
+    first = board.first_waiting()
+    version = versions.get(first.namespace) if first is not None else None
+    if first is None or not version or wait < 1:
+        time.sleep(wait)
+        return
+    try:
+        cluster.wait_for_change(first.namespace, selector, version, int(wait))
+    except DiscoveryError as exc:
+        board.api_error = str(exc)
+        time.sleep(min(1.0, max(0.0, deadline - clock())))
 
 
 def cleanup(cluster: Cluster, launched: Launched) -> list[str]:
@@ -304,13 +285,14 @@ def cleanup(cluster: Cluster, launched: Launched) -> list[str]:
 
 
 def _delete(cluster: Cluster, ns: str, plural: str, name: str) -> list[str]:
-    from jobs.plan.discovery import DiscoveryError
+    from jobs.kube.errors import KubeError, NotFound
 
     try:
         cluster.delete(ns, plural, name)
-    except DiscoveryError as exc:
-        if "HTTP 404" not in str(exc):  # already gone (ttlSecondsAfterFinished, a person)
-            return [f"could not delete {plural} {ns}/{name}: {exc}"]
+    except NotFound:  # already gone (ttlSecondsAfterFinished, a person)
+        pass
+    except KubeError as exc:
+        return [f"could not delete {plural} {ns}/{name}: {exc}"]
     return []
 
 
@@ -319,33 +301,7 @@ def new_run_id() -> str:
     return f"{int(time.time()) % 10**8:08d}{secrets.token_hex(2)}"
 
 
-@dataclass
-class _Terminated:
-    previous: Any = None
-
-    def __enter__(self) -> None:
-        if sys.platform != "win32":
-            import threading
-
-            if threading.current_thread() is threading.main_thread():
-
-                def handler(signum: int, frame: FrameType | None) -> None:
-                    raise KeyboardInterrupt  # the finally blocks clean up
-
-                self.previous = signal.signal(signal.SIGTERM, handler)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-
-
 def jobspec_selector(spec: RunSpec) -> str:
     from jobs.launch.jobspec import run_selector
 
     return run_selector(spec.run_id)
-
-
-def _from(r: Result) -> Result:
-    """With several source namespaces the same edge is probed once per source."""
-    ns = r.evidence.get("sourceNamespace")
-    return replace(r, target=f"{r.target} (from {ns})") if ns else r

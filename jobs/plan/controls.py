@@ -21,16 +21,17 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from jobs.plan.model import finding
 from jobs.plan.policy import Outcome
+from probe.constants import COMPONENT_LABEL
 from probe.model import Control, ControlKind, Expect, Protocol, Target
 from probe.results import Result, Verdict
 
 if TYPE_CHECKING:
-    from jobs.plan.planner import Edge, Plan
+    from jobs.plan.model import Edge, Plan
 
-CONTROL_LABEL = ("app.kubernetes.io/component", "mtlsprobe-control")
+CONTROL_LABEL = (COMPONENT_LABEL, "mtlsprobe-control")
 _FINDING_TARGET = "controls"
-_FINDING_CHECK = "policy"  # the planner's static findings (jobs.plan.planner.CHECK_POLICY)
 
 
 def _is_control_pod(e: Edge) -> bool:
@@ -38,7 +39,7 @@ def _is_control_pod(e: Edge) -> bool:
 
 
 def _finding(reason: str) -> Result:
-    return Result(check=_FINDING_CHECK, target=_FINDING_TARGET, verdict=Verdict.SKIP, reason=reason)
+    return finding(_FINDING_TARGET, Verdict.SKIP, reason)
 
 
 def attach(plan: Plan) -> Plan:

@@ -1,30 +1,26 @@
-"""Read a ``ClusterSnapshot`` from a live cluster with the official ``kubernetes`` client.
+"""Read a ``ClusterSnapshot`` from a live cluster: what to list, in which namespaces, and
+what of each object to keep. The HTTP is ``jobs.kube.client.Client``'s (paged raw-JSON
+lists, a client-side timeout on every call, one-line errors).
 
-All Kubernetes HTTP of ``mtlsprobe plan`` goes through ``Reader`` here: paginated
-lists (``limit``/``continue``), a client-side ``_request_timeout`` on every call, and
-one-line errors. Lists are read as raw JSON (``_preload_content=False``): the
-snapshot wants the API server's dicts anyway, and the generated models cost several
-times more to build (benchmarks/bench_plan.py measures both).
-
-Errors: a 403 names the verb, resource, API group and the user from the API
-server's Status; an unreachable or silent server names the server; both raise
-``DiscoveryError`` (the CLI turns it into exit 64). Istio APIs that are not served
-(404) are not errors: the snapshot records that and the plan falls back to Istio's
-default PERMISSIVE with a finding.
+Errors: every failure is a ``jobs.kube.errors.KubeError`` (``DiscoveryError`` here, for the
+callers; the CLI turns it into exit 64). A 403 names the verb, resource, API group and
+user. Istio APIs that are not served (``NotServed``) are not errors: the snapshot records
+that and the plan falls back to Istio's default PERMISSIVE with a finding. A forbidden
+optional read (the mesh ConfigMap, the root certificate) becomes a note.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from jobs.kube.client import Client
+from jobs.kube.config import api_client
+from jobs.kube.errors import Denied, KubeError, NotFound, NotServed
 from jobs.plan.meshroot import ROOT_CERT_CONFIGMAP, no_root_note, root_cert_of
 from jobs.plan.objects import (
     ClusterSnapshot,
@@ -38,16 +34,12 @@ from jobs.plan.objects import (
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
 PEER_AUTH_VERSIONS = ("v1", "v1beta1")
 DEST_RULE_VERSIONS = ("v1", "v1beta1", "v1alpha3")
-MESH_CONFIGMAP = "istio"
-SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
+# Discovery cannot go on; the message is the one line users see. Every Kubernetes failure
+# is one (plan, run and the agent catch this name).
+DiscoveryError = KubeError
 
-class DiscoveryError(Exception):
-    """Discovery cannot go on; the message is the one line users see."""
-
-
-class Forbidden(DiscoveryError):
-    """401/403: the message names the missing permission and who lacks it."""
+__all__ = ["DiscoveryError", "Options", "Reader", "api_client", "discover", "slim_pod"]
 
 
 @dataclass(frozen=True)
@@ -67,221 +59,13 @@ class Options:
     policy_namespaces: tuple[str, ...] = ()
 
 
-@dataclass
-class Reader:
-    """The only place that talks to the API server (kopf-style: one edge for HTTP).
+class Reader(Client):
+    """The ``jobs.kube`` client as ``Options`` configure it (timeout, page size, models)."""
 
-    Requests go through the client's ``ApiClient`` (configuration, credentials, TLS,
-    connection pool) by resource path. The generated ``CoreV1Api`` & co. are not
-    used on the raw path: importing ``CoreV1Api`` alone costs over a second of CPU
-    (pydantic validators for every method), a third of the plan's time budget.
-    """
-
-    api: Any  # kubernetes.client.ApiClient
-    options: Options = field(default_factory=Options)
-
-    @property
-    def server(self) -> str:
-        return str(self.api.configuration.host)
-
-    def _timeout(self) -> tuple[float, float]:
-        return (min(self.options.timeout, 5.0), self.options.timeout)
-
-    def _call(self, what: str, path: str, query: list[tuple[str, Any]]) -> bytes:
-        """GET one path; failures become DiscoveryError, or ``_NotServed``/``_NotFound``
-        for the caller to decide."""
-        from kubernetes.client import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            params = self.api.param_serialize(
-                method="GET",
-                resource_path=path,
-                query_params=query,
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-            )
-            resp = self.api.call_api(*params, _request_timeout=self._timeout())
-            data: bytes = resp.read()
-            code, reason = resp.status, resp.reason
-        except ApiException as exc:  # the REST layer wraps TLS and protocol failures
-            raise DiscoveryError(
-                f"cannot reach the Kubernetes API at {self.server} ({what}): "
-                f"{str(exc.reason).split(': ', 1)[-1][:200]}"
-            ) from None
-        except HTTPError as exc:
-            raise DiscoveryError(
-                f"cannot reach the Kubernetes API at {self.server} ({what}): {_transport(exc)}"
-            ) from None
-        except OSError as exc:
-            raise DiscoveryError(
-                f"cannot reach the Kubernetes API at {self.server} ({what}): {exc}"
-            ) from None
-        if 200 <= code <= 299:
-            return data
-        status = _status(data)
-        if code == 404:
-            if (status.get("details") or {}).get("name"):
-                raise _NotFound()
-            raise _NotServed()
-        if code == 410 and any(k == "continue" for k, _ in query):
-            token = (status.get("metadata") or {}).get("continue")
-            raise _Expired(token if isinstance(token, str) and token else None)
-        if code in (401, 403):
-            raise Forbidden(_forbidden_line(what, code, status))
-        msg = " ".join(str(status.get("message") or reason or "no message").split())
-        raise DiscoveryError(f"{what}: the API server at {self.server} answered HTTP {code}: {msg}")
-
-    def _decode(self, what: str, data: bytes, model: str | None) -> Any:
-        try:
-            if self.options.raw or model is None:
-                return _loads(data)
-            obj = self.api.deserialize(data.decode("utf-8"), model, "application/json")
-            return self.api.sanitize_for_serialization(obj)
-        except ValueError:
-            raise DiscoveryError(
-                f"{what}: the API server at {self.server} sent a body that is not JSON"
-            ) from None
-
-    def pages(
-        self, what: str, path: str, model: str | None = None, **query: str
-    ) -> Iterator[KubeObject]:
-        """Every item of a list, one page (``limit``) at a time. ``model``: the generated
-        class to decode into when ``Options.raw`` is off (the benchmark's comparison)."""
-        token: str | None = None
-        while True:
-            q: list[tuple[str, Any]] = [*query.items(), ("limit", self.options.page_size)]
-            if token:
-                q.append(("continue", token))
-            try:
-                data = self._call(what, path, q)
-            except _Expired as exp:
-                # A token older than etcd's compaction: the API server hands out one that
-                # continues after the last key seen (no repeats; newer changes may show).
-                if not token or not exp.token or exp.token == token:
-                    raise DiscoveryError(
-                        f"{what}: the list expired on {self.server} (HTTP 410); run again"
-                    ) from None
-                token = exp.token
-                continue
-            doc = self._decode(what, data, model)
-            if not isinstance(doc, dict) or not isinstance(doc.get("items", []), list):
-                raise DiscoveryError(f"{what}: the API server sent a body that is not a List")
-            yield from doc.get("items") or []
-            meta: dict[str, Any] = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
-            token = meta.get("continue") or None
-            if not token:
-                return
-
-    def get(self, what: str, path: str, model: str | None = None) -> KubeObject | None:
-        """One object; None when it does not exist."""
-        try:
-            doc = self._decode(what, self._call(what, path, []), model)
-        except (_NotFound, _NotServed):
-            return None
-        return doc if isinstance(doc, dict) else None
-
-
-def _loads(data: bytes) -> Any:
-    import orjson
-
-    return orjson.loads(data)  # orjson.JSONDecodeError is a ValueError
-
-
-class _NotServed(Exception):
-    """404 without a name: the API (group/version/resource) is not served."""
-
-
-class _NotFound(Exception):
-    """404 for a named object."""
-
-
-class _Expired(Exception):
-    """410: a continue token expired; ``token`` continues inconsistently, if given."""
-
-    def __init__(self, token: str | None) -> None:
-        super().__init__(token)
-        self.token = token
-
-
-def _status(body: object) -> dict[str, Any]:
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if not isinstance(body, str):
-        return {}
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) and doc.get("kind") == "Status" else {}
-
-
-def _token_subject() -> str | None:
-    """The service account from the pod's token (a JWT; read, not verified)."""
-    try:
-        with open(SA_TOKEN, encoding="ascii") as f:
-            payload = f.read().split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (OSError, IndexError, ValueError):
-        return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
-    return sub if isinstance(sub, str) else None
-
-
-def _forbidden_line(what: str, code: int, status: dict[str, Any]) -> str:
-    import re
-
-    msg = str(status.get("message") or "")
-    if code == 401:
-        return f"{what}: the API server rejected our credentials (401 Unauthorized): {msg}"
-    m = re.search(
-        r'User "([^"]*)" cannot (\S+) resource "([^"]*)" in API group "([^"]*)"(.*)$', msg
-    )
-    if m:
-        user, verb, res, group, scope = m.groups()
-        scope = scope.strip() or "at the cluster scope"
-    else:
-        details = status.get("details") or {}
-        user = _token_subject() or "this client"
-        verb, res, group = "list", str(details.get("kind", "?")), str(details.get("group", ""))
-        scope = ""
-    grant = f"{verb} on {res} (API group {group or 'core'!r})"
-    tail = f" {scope}" if scope else ""
-    return f"forbidden: {user} may not {verb} {res} in API group {group!r}{tail}; grant {grant}"
-
-
-def _transport(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    text = str(reason or exc)
-    if "timed out" in text.lower() or "timeout" in type(reason or exc).__name__.lower():
-        return "no answer within the request timeout"
-    if "refused" in text.lower():
-        return "connection refused"
-    return text.split(": ", 1)[-1][:200]
-
-
-# ---- configuration ----------------------------------------------------------------------------
-
-
-def api_client(kubeconfig: str | None, context: str | None, timeout: float = 10.0) -> Any:
-    """In-cluster configuration when running in a pod (and no kubeconfig was named),
-    else the kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``)."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    try:
-        if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, client_configuration=cfg
-            )
-    except config.ConfigException as exc:
-        raise DiscoveryError(f"no usable Kubernetes configuration: {exc}") from None
-    except OSError as exc:
-        raise DiscoveryError(f"cannot read kubeconfig: {exc}") from None
-    cfg.retries = False  # bounded: one attempt per request, the timeout is the budget
-    return client.ApiClient(cfg)
+    def __init__(self, api: Any, options: Options | None = None) -> None:
+        opts = options or Options()
+        super().__init__(api, timeout=opts.timeout, page_size=opts.page_size, models=not opts.raw)
+        self.options = opts
 
 
 # ---- discovery --------------------------------------------------------------------------------
@@ -312,15 +96,15 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
                     shape(_with_ns(obj, ns))
                     for ns in sorted(targets)
                     for obj in r.pages(
-                        f"list {what} in {ns}", f"{prefix}/namespaces/{ns}/{plural}", model
+                        f"list {what} in {ns}", f"{prefix}/namespaces/{ns}/{plural}", model=model
                     )
                 ]
             return [
                 shape(o)
-                for o in r.pages(f"list {what}", f"{prefix}/{plural}", model)
+                for o in r.pages(f"list {what}", f"{prefix}/{plural}", model=model)
                 if namespace(o) in targets
             ]
-        except _NotServed:
+        except NotServed:
             return None
 
     # Policy is listed cluster-wide even with -n: the root namespace's mesh policy and
@@ -454,13 +238,21 @@ def _with_ns(obj: KubeObject, ns: str) -> KubeObject:
     return obj
 
 
+def _get(r: Reader, what: str, path: str, model: str | None = None) -> KubeObject | None:
+    """One object; None when it (or its API) does not exist."""
+    try:
+        return r.get(what, path, model)
+    except NotFound:
+        return None
+
+
 def _optional_get(
     r: Reader, snap: ClusterSnapshot, what: str, path: str, model: str | None = None
 ) -> KubeObject | None:
     """A read the plan can do without: forbidden becomes a note, not the end."""
     try:
-        return r.get(what, path, model)
-    except Forbidden as exc:
+        return _get(r, what, path, model)
+    except Denied as exc:
         snap.notes.append(f"{exc} (planned without it)")
         return None
 
@@ -493,16 +285,14 @@ def _namespaces(r: Reader, snap: ClusterSnapshot, opts: Options) -> set[str]:
     allowed only there still gets a plan."""
     if opts.namespaces:
         for ns in opts.namespaces:
-            obj = r.get(f"get namespace {ns}", f"/api/v1/namespaces/{ns}", "V1Namespace")
+            obj = _get(r, f"get namespace {ns}", f"/api/v1/namespaces/{ns}", "V1Namespace")
             if obj is None:
                 raise DiscoveryError(f"namespace {ns!r} does not exist on {r.server}")
             snap.add("Namespace", obj)
         return set(opts.namespaces)
-    query: dict[str, str] = {}
-    if opts.namespace_selector:
-        query["labelSelector"] = opts.namespace_selector
+    query = [("labelSelector", opts.namespace_selector)] if opts.namespace_selector else []
     targets: set[str] = set()
-    for obj in r.pages("list namespaces", "/api/v1/namespaces", "V1NamespaceList", **query):
+    for obj in r.pages("list namespaces", "/api/v1/namespaces", query, "V1NamespaceList"):
         if not snap.add("Namespace", obj):
             continue
         ns = name(obj)
@@ -524,15 +314,17 @@ def _istio_list(
         base = f"/apis/{group}/{version}"
         try:
             if namespaces is None:
-                return list(r.pages(f"list {plural}.{group}", f"{base}/{plural}", "object"))
+                return list(r.pages(f"list {plural}.{group}", f"{base}/{plural}", model="object"))
             return [
                 _with_ns(obj, ns)
                 for ns in namespaces
                 for obj in r.pages(
-                    f"list {plural}.{group} in {ns}", f"{base}/namespaces/{ns}/{plural}", "object"
+                    f"list {plural}.{group} in {ns}",
+                    f"{base}/namespaces/{ns}/{plural}",
+                    model="object",
                 )
             ]
-        except _NotServed:
+        except NotServed:
             continue
     return None
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.plan.objects import (
+from jobs.plan.fields import (
     KubeObject,
     labels_of,
     meta,

@@ -33,16 +33,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.plan.objects import KubeObject, annotations_of, labels_of, namespace, spec
+from jobs.plan.fields import KubeObject, annotations_of, labels_of, namespace, spec
 
-INJECT_KEY = "sidecar.istio.io/inject"  # label (current API) and annotation (deprecated)
+# INJECT_LABEL: read as a label (current API), else as the deprecated annotation.
+from probe.constants import AMBIENT_REDIRECTION, INJECT_LABEL, PROXY_CONTAINER, TLS_MODE_LABEL
+
 REVISION_LABEL = "istio.io/rev"
 NAMESPACE_INJECTION_LABEL = "istio-injection"
 SIDECAR_STATUS = "sidecar.istio.io/status"
-TLS_MODE_LABEL = "security.istio.io/tlsMode"
 DATAPLANE_MODE = "istio.io/dataplane-mode"
-AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
-PROXY_NAME = "istio-proxy"
 # pkg/kube/inject/webhook.go IgnoredNamespaces.
 NEVER_INJECTED_NAMESPACES = frozenset(
     {"kube-system", "kube-public", "kube-node-lease", "local-path-storage"}
@@ -57,10 +56,14 @@ def has_sidecar(pod: Mapping[str, Any]) -> bool:
     labels alone never count: anyone can copy them."""
     s = spec(pod)
     for c in s.get("containers") or ():
-        if type(c) is dict and c.get("name") == PROXY_NAME:
+        if type(c) is dict and c.get("name") == PROXY_CONTAINER:
             return True
     for c in s.get("initContainers") or ():
-        if type(c) is dict and c.get("name") == PROXY_NAME and c.get("restartPolicy") == "Always":
+        if (
+            type(c) is dict
+            and c.get("name") == PROXY_CONTAINER
+            and c.get("restartPolicy") == "Always"
+        ):
             return True
     return False
 
@@ -71,7 +74,7 @@ def inject_choice(pod: Mapping[str, Any]) -> bool | None:
     over the annotation when present, even when empty."""
     labels = labels_of(pod)
     raw: object = (
-        labels[INJECT_KEY] if INJECT_KEY in labels else annotations_of(pod).get(INJECT_KEY)
+        labels[INJECT_LABEL] if INJECT_LABEL in labels else annotations_of(pod).get(INJECT_LABEL)
     )
     value = raw if isinstance(raw, str) else ""
     if value == "":
@@ -83,7 +86,7 @@ def webhook_called(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool
     """Whether one of the stock injection webhooks' selectors matches the pod at all
     (mutatingwebhook.yaml: namespace., object., rev.namespace., rev.object.)."""
     labels = labels_of(pod)
-    opted_out = labels.get(INJECT_KEY) == "false"  # NotIn ["false"]: exact, labels only
+    opted_out = labels.get(INJECT_LABEL) == "false"  # NotIn ["false"]: exact, labels only
     if NAMESPACE_INJECTION_LABEL in ns_labels:
         return ns_labels[NAMESPACE_INJECTION_LABEL] == "enabled" and not opted_out
     # A revision label names the revision's webhook (``In [<rev>]``); an empty one names
@@ -92,7 +95,7 @@ def webhook_called(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool
         return ns_labels[REVISION_LABEL] != "" and not opted_out
     if REVISION_LABEL in labels:
         return labels[REVISION_LABEL] != "" and not opted_out
-    return labels.get(INJECT_KEY) == "true"
+    return labels.get(INJECT_LABEL) == "true"
 
 
 def would_inject(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
@@ -117,7 +120,7 @@ def injected(pod: KubeObject) -> KubeObject:
     md["labels"] = {**labels_of(pod), TLS_MODE_LABEL: "istio"}
     out["metadata"] = md
     s = dict(spec(pod))
-    s["containers"] = [*(s.get("containers") or []), {"name": PROXY_NAME, "image": "proxyv2"}]
+    s["containers"] = [*(s.get("containers") or []), {"name": PROXY_CONTAINER, "image": "proxyv2"}]
     out["spec"] = s
     return out
 

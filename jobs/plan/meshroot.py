@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
-ROOT_CERT_KEY = "root-cert.pem"
+from probe.constants import ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY
+
+__all__ = ["ROOT_CERT_CONFIGMAP", "ROOT_CERT_KEY", "no_root_note", "pick_root_cert", "root_cert_of"]
+
 _SHOWN = 5  # namespaces named in a note; the rest are counted
 
 

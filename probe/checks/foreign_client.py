@@ -21,6 +21,7 @@ from probe.checks.plaintext import TCP_PAYLOAD, http_request
 from probe.errors import ObservationError
 from probe.model import Protocol
 from probe.results import Result, Verdict
+from probe.spiffe import istio_identity
 
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
@@ -58,11 +59,11 @@ def foreign_material(ctx: RunContext) -> ForeignMaterial:
         ca = CertificateAuthority.create_root(
             td, key_type="ec", organization="mtlsprobe run-time foreign CA"
         )
-        ident = ctx.targets.source.identity or f"spiffe://{td}/ns/mtlsprobe/sa/mtlsprobe-foreign"
+        ident = ctx.targets.source.identity or istio_identity(td, "mtlsprobe", "mtlsprobe-foreign")
         return ForeignMaterial(
             same_domain=ca.issue_workload(ident, key_type="ec"),
             wrong_domain=ca.issue_workload(
-                f"spiffe://{FOREIGN_TRUST_DOMAIN}/ns/mtlsprobe/sa/mtlsprobe", key_type="ec"
+                istio_identity(FOREIGN_TRUST_DOMAIN, "mtlsprobe", "mtlsprobe"), key_type="ec"
             ),
         )
 
@@ -135,7 +136,9 @@ class ForeignClientCheck(Check):
         timeout = ctx.settings.timeout
         context = tls_context(ctx, target, client, label)
         try:
-            conn, hs = tls.connect_tls(endpoint, context, timeout, istio_sni(target))
+            conn, hs = tls.connect_tls(
+                endpoint, context, timeout, istio_sni(target), hold_flight=True
+            )
         except ObservationError as exc:
             return Attempt(label, "error", exc.reason)
         try:

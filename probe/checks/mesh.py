@@ -34,14 +34,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import (
-    MeshResponse,
-    TcpMeshResponse,
-    call,
-    own_certs_for,
-    tcp_call,
-    witnessed,
-)
+from probe.checks.meshcall import MeshResponse, call, witnessed
+from probe.checks.meshtcp import TcpMeshResponse, tcp_call
+from probe.checks.owncerts import own_certs_for
 from probe.clusterstats import Transport, TransportSeen
 from probe.model import DEFAULT_ECHO_PATH, Expect, Protocol
 from probe.reflect import MARKER_HEADER

@@ -4,12 +4,14 @@ Shared by ``mesh`` and ``xfcc-spoof``. The sidecar's own answers (Envoy's local
 replies: ``upstream connect error … reset reason: …``, ``no healthy upstream``,
 ``RBAC: access denied``) are told apart from the application's, because they mean
 opposite things: the call never reached the app.
+
+Also what every call through the sidecar shares (``meshtcp`` too): that a sidecar is
+there at all, one call per outbound cluster at a time, and the sidecar's counters read
+around a call (``witnessed``). The probe's own certificates: ``owncerts``.
 """
 
 from __future__ import annotations
 
-import datetime
-import errno
 import secrets
 import socket
 import threading
@@ -28,6 +30,7 @@ from probe.clusterstats import (
     parse_counters,
     stats_params,
 )
+from probe.constants import ENVOY_ADMIN
 from probe.errors import (
     ConnectTimedOut,
     DNSFailure,
@@ -38,7 +41,6 @@ from probe.errors import (
 )
 from probe.model import DEFAULT_ECHO_PATH
 from probe.reflect import MARKER_HEADER, Reflection, parse_reflection
-from probe.xfcc import OwnCerts, XfccError, trusted_element
 
 if TYPE_CHECKING:
     from probe.checks.base import RunContext
@@ -117,16 +119,17 @@ def sidecar_reply(status: int, server: str | None, text: str) -> tuple[str, str]
     low = text.lower()
     for marker, meaning in _LOCAL_REPLIES:
         if marker in low:
-            return _clip(text), meaning
+            return one_line(text), meaning
     from_envoy = server is not None and "envoy" in server.lower()
     if from_envoy and not text.strip() and status != 403:
         return f"HTTP {status} with an empty body", "the sidecar could not reach the server"
     return None
 
 
-def _clip(text: str) -> str:
-    one_line = " ".join(text.split())
-    return one_line[:300] + ("…" if len(one_line) > 300 else "")
+def one_line(text: str) -> str:
+    """``text`` on one line, at most 300 characters: for a reason."""
+    flat = " ".join(text.split())
+    return flat[:300] + ("…" if len(flat) > 300 else "")
 
 
 def require_sidecar(ctx: RunContext) -> None:
@@ -153,9 +156,7 @@ class _Presence:
 def _sidecar_problem(ctx: RunContext) -> str:
     import httpx
 
-    from probe.checks.self_cert import DEFAULT_ADMIN
-
-    admin = (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+    admin = (ctx.targets.source.sidecar_admin or ENVOY_ADMIN).rstrip("/")
     try:
         status = http_client(ctx, via_sidecar=False).get(admin + "/ready").status_code
     except httpx.HTTPError as exc:
@@ -219,101 +220,6 @@ def _call(ctx: RunContext, target: Target, extra_headers: dict[str, str] | None)
     return out
 
 
-#: A certificate issued this long after the sidecar started is a renewal (the first one
-#: arrives within seconds of start; Istio's CA may backdate notBefore a little).
-RENEWAL_SLACK = 300.0
-
-
-class _OwnCertsCache:
-    """The probe's own certificates, fetched once per run from its sidecar's admin, and
-    at most once more after a mismatch. Its own lock: no I/O under ctx.shared's lock."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.first: OwnCerts | None = None
-        self.again: OwnCerts | None = None
-
-
-def own_certs_for(ctx: RunContext, resp: MeshResponse) -> OwnCerts:
-    """The certificates the trusted XFCC element of ``resp`` must be bound to. Fetched
-    lazily (only once a response shows XFCC); when its ``Hash=`` is none of them, the
-    sidecar is asked once more per run, since it may have renewed meanwhile."""
-    if not resp.xfcc:
-        return OwnCerts(unknown="no XFCC to compare")
-    cache = ctx.shared("own-certs", _OwnCertsCache)
-    with cache.lock:
-        if cache.first is None:
-            cache.first = _fetch_own(ctx, None)
-        own = cache.again or cache.first
-        if own.unknown is not None or own.refreshed:
-            return own
-        try:
-            el = trusted_element(resp.xfcc)
-        except XfccError:
-            return own
-        value = (el.hash or "").strip().lower() if el is not None else ""
-        if value and value not in own.hashes:
-            cache.again = _fetch_own(ctx, own)
-            return cache.again
-        return own
-
-
-def _fetch_own(ctx: RunContext, before: OwnCerts | None) -> OwnCerts:
-    import hashlib
-
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from probe.checks.self_cert import admin_url, fetch_secrets, uri_sans
-    from probe.errors import ObservationError
-
-    source_id = ctx.targets.source.identity
-    if source_id is None:
-        return OwnCerts(unknown="no source.identity: the probe's own certificate is not known")
-    try:
-        secrets = fetch_secrets(ctx)
-    except ObservationError as exc:
-        return OwnCerts(unknown=f"the probe's own certificate is not known ({exc.reason})")
-    leaves = [chain[0] for chain in secrets.chains if source_id in uri_sans(chain[0])]
-    if not leaves:
-        return OwnCerts(
-            unknown=f"the probe's sidecar ({admin_url(ctx)}) shows no certificate for {source_id}"
-        )
-    hashes = frozenset(hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in leaves)
-    if before is None:
-        return OwnCerts(hashes=hashes)
-    newest = max(c.not_valid_before_utc for c in leaves)
-    return OwnCerts(
-        hashes=hashes | before.hashes, refreshed=True, retired_possible=_renewal(ctx, newest)
-    )
-
-
-def _renewal(ctx: RunContext, newest: datetime.datetime) -> str | None:
-    """Why a certificate the sidecar no longer holds may still be in use, or None when
-    its newest certificate is the first it ever had (issued before it started)."""
-    from probe.checks.self_cert import admin_url, get_admin_json
-    from probe.errors import ObservationError
-
-    try:
-        status, doc = get_admin_json(ctx, admin_url(ctx) + "/server_info")
-    except ObservationError as exc:
-        return f"the sidecar's start time is unknown ({exc.reason})"
-    uptime = doc.get("uptime_current_epoch") if isinstance(doc, dict) else None
-    text = uptime.removesuffix("s") if isinstance(uptime, str) else ""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < 1e9:  # also NaN and infinities
-        return f"the sidecar's start time is unknown (/server_info answered HTTP {status})"
-    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds)
-    if (newest - started).total_seconds() > RENEWAL_SLACK:
-        return (
-            f"the sidecar renewed its certificate ({newest.isoformat()}) after it started "
-            f"({started.isoformat(timespec='seconds')})"
-        )
-    return None
-
-
 class _ClusterLock:
     """Calls from this run to one outbound cluster, one at a time: the sidecar's
     counters around a witnessed call must count that call alone. Re-entrant: a
@@ -349,9 +255,7 @@ def witnessed(
 def _read_counters(ctx: RunContext, cluster: str) -> tuple[Counters | None, str]:
     import httpx
 
-    from probe.checks.self_cert import DEFAULT_ADMIN
-
-    admin = (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+    admin = (ctx.targets.source.sidecar_admin or ENVOY_ADMIN).rstrip("/")
     try:
         resp = http_client(ctx, via_sidecar=False).get(
             admin + "/stats", params=stats_params(cluster)
@@ -399,129 +303,3 @@ def _route(ctx: RunContext, target: Target) -> str:
     proxy = ctx.targets.source.sidecar_proxy
     dest = f"{target.host}:{target.port}"
     return f"{dest} via {proxy}" if proxy else dest
-
-
-TCP_MESH_PAYLOAD = b"mtlsprobe mesh tcp "
-_MAX_CONNECT_HEAD = 16 * 1024
-
-
-@dataclass
-class TcpMeshResponse:
-    """A tcp round trip through the sidecar: what came back for our bytes."""
-
-    sent: bytes
-    reply: bytes = b""
-    closed: bool = False  # reset or EOF right after our bytes, nothing back
-    connect_status: int | None = None  # the sidecar's answer to CONNECT (lab proxy)
-    sidecar_error: str | None = None
-    sidecar_meaning: str | None = None
-
-    @property
-    def echoed(self) -> bool:
-        return self.reply == self.sent
-
-
-def tcp_call(ctx: RunContext, target: Target) -> TcpMeshResponse:
-    """Write bytes to the service through the sidecar and read what comes back."""
-    with cluster_gate(ctx, target):
-        return _tcp_call(ctx, target)
-
-
-def _tcp_call(ctx: RunContext, target: Target) -> TcpMeshResponse:
-    """In a pod the sidecar captures the connection transparently; with an explicit
-    ``sidecarProxy`` (the lab) an HTTP CONNECT tunnel stands in for that capture."""
-    import secrets
-
-    from probe.errors import ObservationError, ResetAfterRequest
-    from probe.model import Endpoint
-    from probe.netio import connect, exchange
-
-    require_sidecar(ctx)
-    timeout = ctx.settings.timeout
-    out = TcpMeshResponse(sent=TCP_MESH_PAYLOAD + secrets.token_hex(8).encode() + b"\n")
-    dest = Endpoint(target.host, target.port)
-    proxy = ctx.targets.source.sidecar_proxy
-    early = b""
-    if proxy is not None:
-        try:
-            sock = connect(Endpoint.parse(proxy.split("://", 1)[-1].rstrip("/")), timeout)
-        except ObservationError as exc:
-            raise SidecarUnavailable(
-                f"the probe's sidecar proxy {proxy} is unreachable ({exc.reason})"
-            ) from None
-        except ValueError:
-            raise SidecarUnavailable(f"sidecarProxy {proxy!r} is not http://HOST:PORT") from None
-    else:
-        sock = connect(dest, timeout)
-    try:
-        if proxy is not None:
-            status, server, early, body = _connect_tunnel(sock, f"{dest}", timeout)
-            out.connect_status = status
-            if status != 200:
-                local = sidecar_reply(status, server, body.decode("utf-8", "replace"))
-                out.sidecar_error, out.sidecar_meaning = local or (
-                    _clip(body.decode("utf-8", "replace")) or f"HTTP {status}",
-                    f"the sidecar refused the tunnel to {dest}",
-                )
-                return out
-        try:
-            out.reply = early + exchange(sock, out.sent, dest, timeout, want=len(out.sent))
-        except ResetAfterRequest:
-            if early:
-                out.reply = early
-            else:
-                out.closed = True
-        return out
-    finally:
-        sock.close()
-
-
-def _connect_tunnel(
-    sock: socket.socket, authority: str, timeout: float
-) -> tuple[int, str | None, bytes, bytes]:
-    """CONNECT through the lab's explicit proxy: (status, server, bytes after the head,
-    response body when not 200)."""
-    import time
-
-    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    head = b""
-    deadline = time.monotonic() + timeout
-    while b"\r\n\r\n" not in head:
-        if len(head) > _MAX_CONNECT_HEAD or time.monotonic() > deadline:
-            raise ProtocolViolation(
-                f"the sidecar proxy sent no valid answer to CONNECT {authority}"
-            )
-        try:
-            chunk = sock.recv(4096)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise ReadTimedOut(
-                    f"the sidecar proxy did not answer CONNECT {authority} within {timeout:g}s"
-                ) from None
-            raise ProtocolViolation(
-                f"the sidecar proxy broke the CONNECT to {authority} ({exc})"
-            ) from None
-        if not chunk:
-            raise ProtocolViolation(f"the sidecar proxy closed the CONNECT to {authority}")
-        head += chunk
-    head, _, rest = head.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ProtocolViolation(f"the sidecar proxy answered CONNECT with {lines[0][:80]!r}")
-    status = int(parts[1])
-    fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    if status == 200:
-        return status, fields.get("server"), rest, b""
-    length = fields.get("content-length", "")
-    want = min(int(length), MAX_BODY) if length.isdigit() else 0
-    body = rest
-    while len(body) < want and time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        body += chunk
-    return status, fields.get("server"), b"", body[:want]

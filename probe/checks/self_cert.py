@@ -31,6 +31,7 @@ from cryptography import x509
 
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.checks.common import http_client, mesh_roots
+from probe.constants import ENVOY_ADMIN
 from probe.errors import ProtocolViolation, SidecarUnavailable
 from probe.results import Result, Verdict
 from probe.svid import judge_svid
@@ -38,7 +39,6 @@ from probe.svid import judge_svid
 if TYPE_CHECKING:
     from probe.model import Endpoint, Target
 
-DEFAULT_ADMIN = "http://127.0.0.1:15000"
 ROTATION_POINT = 0.5
 ROTATION_LATE = 0.6
 ROTATION_OVERDUE = 0.8
@@ -382,7 +382,7 @@ class SelfCheck(Check):
 
 def admin_url(ctx: RunContext) -> str:
     """The probe's own sidecar admin: ``source.sidecarAdmin`` or the in-pod default."""
-    return (ctx.targets.source.sidecar_admin or DEFAULT_ADMIN).rstrip("/")
+    return (ctx.targets.source.sidecar_admin or ENVOY_ADMIN).rstrip("/")
 
 
 def fetch_secrets(ctx: RunContext) -> DumpedSecrets:

@@ -26,12 +26,13 @@ import secrets
 from typing import TYPE_CHECKING, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, call, own_certs_for
+from probe.checks.meshcall import MeshResponse, call
+from probe.checks.owncerts import own_certs_for
 from probe.errors import ObservationError, ProtocolViolation
 from probe.model import Expect, Protocol
 from probe.reflect import MARKER_HEADER
 from probe.results import Result, Verdict
-from probe.spiffe import SpiffeIdError, parse_spiffe_id
+from probe.spiffe import SpiffeIdError, istio_identity, parse_spiffe_id
 from probe.xfcc import (
     HashOutcome,
     OwnCerts,
@@ -59,10 +60,10 @@ def forged_element(trust_domain: str, target: Target, marker: str) -> XfccElemen
     elif "/" in target.name:
         ns = target.name.split("/", 1)[0]
     return XfccElement(
-        by=(f"spiffe://{trust_domain}/ns/{ns}/sa/forged-{marker}",),
+        by=(istio_identity(trust_domain, ns, f"forged-{marker}"),),
         hash=secrets.token_hex(32),
         subject="",
-        uri=(f"spiffe://{trust_domain}/ns/{FORGED_NS}/sa/{marker}",),
+        uri=(istio_identity(trust_domain, FORGED_NS, marker),),
     )
 
 

@@ -1,0 +1,455 @@
+"""Building a plan: from the snapshot's Services, EndpointSlices and pods to targets
+and edges - one ``Edge`` per (target, pod, target port), with the server's mode from
+PeerAuthentication, the client's view from DestinationRules and what the wire must show.
+
+Only pods of the Service itself are planned (``jobs.plan.endpoints`` decides which
+addresses are mesh workloads); everything else behind a Service becomes a finding that
+names the object (evidence ``notProbed``), and a port with nothing probed behind it gets
+no target, only a ``PortCoverage`` that says why (``jobs.plan.compliance`` never passes
+there). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from jobs.plan.endpoints import (
+    SLICE_SERVICE_LABEL,
+    Backend,
+    Excluded,
+    PodIndex,
+    ServiceBackends,
+    dns_label,
+    known_addresses,
+    pod_ips,
+    service_backends,
+)
+from jobs.plan.fields import (
+    KubeObject,
+    annotations_of,
+    labels_of,
+    name,
+    namespace,
+    pod_ready,
+    ref,
+    service_account,
+    spec,
+)
+from jobs.plan.injection import (
+    AMBIENT_BYPASS_INBOUND,
+    ambient_enrolled,
+    ambient_inbound_bypassed,
+    has_sidecar,
+    inbound_uncaptured,
+)
+from jobs.plan.model import (
+    ECHO_LABEL,
+    Edge,
+    Inbound,
+    PodInfo,
+    PortCoverage,
+    Requirements,
+    finding,
+)
+from jobs.plan.objects import ClusterSnapshot
+from jobs.plan.policy import (
+    ClientView,
+    DestinationRuleIndex,
+    ModeDecision,
+    PeerAuthIndex,
+    WorkloadPolicy,
+    client_view,
+    container_ports,
+    expect_for,
+    port_protocol,
+    resolve_target_port,
+    service_ports,
+)
+from probe.constants import TLS_MODE_LABEL
+from probe.model import Endpoint, Expect, Target
+from probe.results import Result, Verdict
+from probe.spiffe import istio_identity
+
+# A group of pods behind one port that must behave alike: (service account, what the
+# wire must show, echo app) - one target each.
+_GroupKey = tuple[str, Expect, bool]
+
+
+class Builder:
+    """The state of one plan being built: indexes over the snapshot, per-pod caches, and
+    the findings, edges and port coverage gathered so far."""
+
+    def __init__(self, snap: ClusterSnapshot, req: Requirements) -> None:
+        self.snap = snap
+        self.req = req
+        self.pa = PeerAuthIndex(snap.peerauthentications, snap.root_namespace)
+        self.dr = DestinationRuleIndex(
+            snap.destinationrules,
+            snap.root_namespace,
+            snap.cluster_domain,
+            default_export_to=snap.default_dr_export_to,
+            auto_mtls=snap.enable_auto_mtls,
+        )
+        self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
+        self.pods: dict[str, KubeObject] = {}
+        self.pods_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
+        for p in snap.pods:
+            ns = namespace(p)
+            if snap.is_target_namespace(ns):
+                self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
+                self.pods_by_ns[ns].append(p)
+        self.index = PodIndex(
+            self.pods.values(),
+            known_addresses(snap.pods, snap.services),
+            loopback_ok=snap.loopback_pods,
+        )
+        self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
+        for s in snap.endpointslices:
+            svc = labels_of(s).get(SLICE_SERVICE_LABEL)
+            if svc:
+                self.slices[(namespace(s), svc)].append(s)
+        self._info: dict[int, PodInfo] = {}  # by id(): pods are not hashable, refs cost
+        self._policy: dict[int, WorkloadPolicy] = {}
+        self.findings: list[Result] = []
+        self.edges: list[Edge] = []
+        self.ports: list[PortCoverage] = []
+
+    def policy(self, pod: KubeObject) -> WorkloadPolicy:
+        got = self._policy.get(id(pod))
+        if got is None:
+            pi = self.info(pod)
+            got = self.pa.for_workload(pi.namespace, pi.labels)
+            self._policy[id(pod)] = got
+        return got
+
+    def info(self, pod: KubeObject) -> PodInfo:
+        key = id(pod)
+        got = self._info.get(key)
+        if got is None:
+            ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
+            ns_lbl = self.ns_labels.get(ns, {})
+            ips, _ = pod_ips(pod)
+            got = PodInfo(
+                name=name(pod),
+                namespace=ns,
+                service_account=sa,
+                identity=istio_identity(self.snap.trust_domain, ns, sa),
+                ip=ips[0] if ips else None,
+                ready=pod_ready(pod),
+                labels=lbl,
+                annotations=annotations_of(pod),
+                has_sidecar=has_sidecar(pod),
+                ambient=ambient_enrolled(pod, ns_lbl),
+                tls_mode_label=lbl.get(TLS_MODE_LABEL),
+                echo=lbl.get(ECHO_LABEL[0]) == ECHO_LABEL[1],
+            )
+            self._info[key] = got
+        return got
+
+    def _excluded_findings(self, svc_ref: str, excluded: Sequence[Excluded]) -> None:
+        seen: set[tuple[str, str | None, str]] = set()
+        for e in excluded:
+            key = (e.obj, e.address, e.reason)
+            if key in seen:
+                continue
+            seen.add(key)
+            self.findings.append(
+                finding(
+                    f"Service {svc_ref}",
+                    Verdict.ERROR if e.inconsistent else Verdict.SKIP,
+                    e.text(),
+                    object=e.obj,
+                    address=e.address,
+                    notProbed=True,
+                )
+            )
+
+    def _no_target(self, base: str, why: str, routed: Sequence[Excluded] = ()) -> None:
+        """A TCP Service port that gets no target: its coverage and a finding say why."""
+        self.ports.append(PortCoverage(base, (), tuple(routed), why))
+        self.findings.append(
+            finding(
+                base,
+                Verdict.SKIP,
+                f"not planned: nothing can be verified here: {why}",
+                notProbed=True,
+            )
+        )
+
+    def _unverifiable(self, svc: KubeObject, why: str, routed: Sequence[Excluded] = ()) -> None:
+        for sp in self._tcp_ports(svc):
+            self._no_target(f"{namespace(svc)}/{name(svc)}:{sp['port']}", why, routed)
+
+    def _tcp_ports(self, svc: KubeObject) -> Iterator[Mapping[str, Any]]:
+        """The Service's TCP ports; the others are recorded on the way (``_not_captured``)."""
+        for sp in service_ports(svc):
+            if (sp.get("protocol") or "TCP") == "TCP":
+                yield sp
+            else:
+                self._not_captured(svc, sp)
+
+    def _not_captured(self, svc: KubeObject, sp: Mapping[str, Any]) -> None:
+        """A UDP or SCTP Service port: Istio's sidecar captures TCP only (the
+        ``-p tcp`` rules of tools/istio-iptables/pkg/capture/run.go; ztunnel proxies
+        TCP too) and pkg/config/kube/conversion.go ``ConvertProtocol`` makes a UDP port
+        protocol UDP, which no mTLS listener serves. Its traffic is never mutual TLS
+        whatever PeerAuthentication says: not probed, and compliance fails there. Named
+        ``<ns>/<svc>:<port>/<proto>`` so it never collides with a TCP port of the same
+        number (DNS publishes 53/TCP and 53/UDP)."""
+        proto = str(sp.get("protocol"))[:16]
+        excl = Excluded(
+            f"Service {ref(svc)} port {sp['port']}/{proto}",
+            None,
+            f"protocol {proto!r}: Istio's sidecar and ztunnel capture TCP only, so this "
+            "traffic is never mutual TLS whatever the PeerAuthentication says",
+        )
+        self._excluded_findings(ref(svc), [excl])
+        name_ = f"{namespace(svc)}/{name(svc)}:{sp['port']}/{proto.lower()}"
+        self.ports.append(PortCoverage(name_, (), (excl,), None))
+
+    # -- targets and edges ----------------------------------------------------------------------
+
+    def plan_service(self, svc: KubeObject) -> list[Target]:
+        ns, svc_name = namespace(svc), name(svc)
+        if not (dns_label(ns) and dns_label(svc_name)):
+            self.findings.append(
+                finding(
+                    f"Service {ref(svc)}"[:200],
+                    Verdict.ERROR,
+                    "namespace or name is not a Kubernetes DNS label: no host or identity "
+                    "can be derived; not planned",
+                )
+            )
+            self._unverifiable(svc, "the Service's name is not a valid DNS label")
+            return []
+        if spec(svc).get("type") == "ExternalName":
+            ext = Excluded(
+                f"Service {ref(svc)}",
+                None,
+                f"type ExternalName (to {str(spec(svc).get('externalName'))[:100]!r}): "
+                "traffic leaves the mesh",
+            )
+            self._excluded_findings(ref(svc), [ext])
+            self._unverifiable(svc, "an ExternalName Service has no pods", [ext])
+            return []
+        backends = service_backends(svc, self.index, self.slices.get((ns, svc_name), ()))
+        self._excluded_findings(ref(svc), backends.excluded)
+        targets: list[Target] = []
+        planned_ports: set[int] = set()
+        for sp in self._tcp_ports(svc):
+            if sp["port"] in planned_ports:  # the API server rejects this; YAML may hold it
+                self.findings.append(
+                    finding(
+                        f"{ns}/{svc_name}:{sp['port']}",
+                        Verdict.ERROR,
+                        "port listed twice: the first is planned",
+                    )
+                )
+                continue
+            planned_ports.add(sp["port"])
+            targets.extend(self._plan_port(svc, sp, backends))
+        return targets
+
+    def _plan_port(
+        self, svc: KubeObject, sp: Mapping[str, Any], backends: ServiceBackends
+    ) -> list[Target]:
+        """The edges of one TCP Service port, grouped into targets (``_targets``)."""
+        ns, svc_name, port = namespace(svc), name(svc), sp["port"]
+        base = f"{ns}/{svc_name}:{port}"
+        host = f"{svc_name}.{ns}.svc.{self.snap.cluster_domain}"
+        protocol = port_protocol(sp)
+        found, unresolved = _port_backends(backends.backends, sp)
+        dr = self.dr.tls_for(
+            host,
+            ns,
+            port,
+            self.req.client_namespace,
+            service_mode=self.pa.namespace_mode(ns).mode,
+            passthrough_labels=[self.info(p).tls_mode_label for p, _, _ in found]
+            if spec(svc).get("clusterIP") == "None"
+            else None,
+        )
+        groups: dict[_GroupKey, list[Endpoint]] = {}
+        group_edges: dict[_GroupKey, list[Edge]] = defaultdict(list)
+        # One port's edges share the DestinationRule view; the client's view depends
+        # only on these few facts of the pod, so it is computed once per combination.
+        views: dict[tuple[Expect, bool, str | None, bool, str | None], ClientView] = {}
+        infos, policies = self._info, self._policy  # the caches, read inline: 100k edges
+        for pod, ip, tport in found:
+            pi = infos.get(id(pod)) or self.info(pod)
+            decision = (policies.get(id(pod)) or self.policy(pod)).at(tport)
+            vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient, pi.identity)
+            view = views.get(vkey)
+            if view is None:
+                view = views[vkey] = client_view(
+                    dr,
+                    decision.mode,
+                    pi.has_proxy,
+                    pi.tls_mode_label,
+                    ambient=pi.ambient,
+                    identity=pi.identity,
+                )
+            expect, decision = on_the_wire(pi, tport, decision)
+            key = (pi.service_account, expect, pi.echo)
+            eps = groups.setdefault(key, [])
+            if ip is not None:
+                eps.append(Endpoint(ip, tport))
+            group_edges[key].append(
+                Edge(
+                    target=base,
+                    service=svc_name,
+                    namespace=ns,
+                    host=host,
+                    service_port=port,
+                    protocol=protocol,
+                    pod=pi,
+                    target_port=tport,
+                    server_mode=decision.mode,
+                    expect=expect,
+                    mode_source=decision.source,
+                    dr_mode=dr.mode,
+                    dr_source=dr.source,
+                    client=view,
+                )
+            )
+        if unresolved:
+            self.findings.append(
+                finding(
+                    base,
+                    Verdict.SKIP,
+                    f"targetPort {sp.get('targetPort')!r} names no container port of pod(s) "
+                    f"{', '.join(sorted(unresolved)[:5])}: not planned there",
+                    pods=sorted(unresolved),
+                )
+            )
+        routed = tuple(backends.routed_elsewhere)
+        if not groups:
+            why = backends.why_none or "no backend pod serves this port"
+            if unresolved:
+                why = f"targetPort {sp.get('targetPort')!r} resolves on no backend pod"
+            self._no_target(base, why, routed)
+            return []
+        targets = self._targets(base, groups, group_edges)
+        self.ports.append(PortCoverage(base, tuple(t.name for t in targets), routed, None))
+        return targets
+
+    def _targets(
+        self,
+        base: str,
+        groups: Mapping[_GroupKey, list[Endpoint]],
+        group_edges: Mapping[_GroupKey, list[Edge]],
+    ) -> list[Target]:
+        """One target per group of pods that must behave alike (service account, what the
+        wire shows, echo); named ``base`` when there is one group."""
+        split = len(groups) > 1
+        if split:
+            sas = sorted({k[0] for k in groups})
+            self.findings.append(
+                finding(
+                    base,
+                    Verdict.SKIP,
+                    f"pods behind this port differ (service accounts {', '.join(sas)}, or "
+                    "sidecar/policy): split into one target per group",
+                    groups=len(groups),
+                )
+            )
+        both_echo = {(k[0], k[1]) for k in groups if k[2]} & {
+            (k[0], k[1]) for k in groups if not k[2]
+        }
+        targets: list[Target] = []
+        for key, eps in groups.items():
+            sa, expect, echo = key
+            tname = f"{base}@{sa}/{expect.value}" if split else base
+            if echo and (sa, expect) in both_echo:
+                tname += "/echo"  # target names must stay unique
+            edges = group_edges[key]
+            if split:
+                edges = [replace(e, target=tname) for e in edges]
+            self.edges.extend(edges)
+            first = edges[0]
+            targets.append(
+                Target(
+                    name=tname,
+                    host=first.host,
+                    port=first.service_port,
+                    expect=expect,
+                    endpoints=tuple(sorted(set(eps), key=_endpoint_order)),
+                    identity=istio_identity(self.snap.trust_domain, first.namespace, sa),
+                    protocol=first.protocol,
+                    echo=echo,
+                )
+            )
+        return targets
+
+    def inbound(self) -> list[Inbound]:
+        """One ``Inbound`` per (pod, port) of every planned pod: declared TCP container
+        ports and the target ports Services send to."""
+        ports: dict[str, set[int]] = defaultdict(set)
+        for e in self.edges:
+            ports[e.pod.key].add(e.target_port)
+        out: list[Inbound] = []
+        for key, pod in sorted(self.pods.items()):
+            pi = self.info(pod)
+            declared = {
+                p["containerPort"]
+                for p in container_ports(pod)
+                if (p.get("protocol") or "TCP") == "TCP"
+            }
+            for port in sorted(declared | ports.get(key, set())):
+                expect, d = on_the_wire(pi, port, self.policy(pod).at(port))
+                out.append(Inbound(pi, port, d.mode, expect, d.source))
+        return out
+
+
+def on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect, ModeDecision]:
+    """What inbound ``port`` of the pod must show, and the decision behind it. A port
+    its proxy does not capture - a sidecar whose iptables leave it alone
+    (``jobs.plan.injection.inbound_uncaptured``), an ambient pod in ingress mode
+    (``ambient_inbound_bypassed``) - has no proxy in front of it: plaintext reaches
+    the app whatever the PeerAuthentication says (``NONE``; the source says why)."""
+    why: str | None = None
+    if pi.ambient and ambient_inbound_bypassed(pi.annotations):
+        why = f"ztunnel does not capture its inbound traffic ({AMBIENT_BYPASS_INBOUND})"
+    elif pi.has_sidecar and not pi.ambient:
+        uncaptured = inbound_uncaptured(pi.annotations, port)
+        if uncaptured is not None:
+            why = f"the sidecar does not capture inbound port {port}: {uncaptured}"
+    if why is not None:
+        return Expect.NONE, ModeDecision(decision.mode, f"{decision.source}, but {why}")
+    return expect_for(decision.mode, pi.has_sidecar, pi.ambient), decision
+
+
+def _port_backends(
+    backends: Sequence[Backend], sp: Mapping[str, Any]
+) -> tuple[list[tuple[KubeObject, str | None, int]], list[str]]:
+    """(pod, address, target port) of every backend serving service port ``sp`` -
+    the slice's port for that port name, else the Service's targetPort resolved on the
+    pod - and the pods on which it resolves to no port."""
+    found: list[tuple[KubeObject, str | None, int]] = []
+    seen: set[tuple[int, str | None, int]] = set()
+    unresolved: list[str] = []
+    for be in backends:
+        tport: int | None
+        if be.slice_ports is not None:
+            want = str(sp.get("name") or "")
+            if want not in be.slice_ports:
+                continue  # this slice does not carry this port
+            tport = be.slice_ports[want]
+            if tport is None:  # "all ports"
+                tport = resolve_target_port(sp, be.pod)
+        else:
+            tport = resolve_target_port(sp, be.pod)
+        if tport is None or not 0 < tport < 65536:
+            unresolved.append(ref(be.pod))
+            continue
+        if (id(be.pod), be.ip, tport) not in seen:
+            seen.add((id(be.pod), be.ip, tport))
+            found.append((be.pod, be.ip, tport))
+    return found, unresolved
+
+
+def _endpoint_order(e: Endpoint) -> tuple[str, int]:
+    return (e.host, e.port)
