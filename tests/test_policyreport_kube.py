@@ -31,8 +31,8 @@ from probe.results import Result, Verdict
 from tests.agenthelp import running_agent, target, wait_for, write_targets
 from tests.fakekube_jobs import JobKube
 from tests.fakekube_reports import ReportKube, validate
-from tests.test_run import _cluster, echo, proxy  # noqa: F401  # fixtures
-from tests.test_sidecar_lifecycle import Agent, agent  # noqa: F401  # the pilot-agent stand-in
+from tests.runcase import echo_cluster
+from tests.sidecar_standin import Agent
 from tests.tlsservers import plaintext_http, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,9 +208,9 @@ class _RunReportKube(ReportKube, JobKube):
 
 def test_run_writes_reports_with_service_and_pod(
     tmp_path: Path,
-    echo: int,  # noqa: F811
-    proxy: str,  # noqa: F811
-    agent: Agent,  # noqa: F811
+    echo_port: int,
+    proxy: str,
+    agent: Agent,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Also signs the run (``--attest``): subject = the API server and the run id."""
@@ -235,7 +235,7 @@ def test_run_writes_reports_with_service_and_pod(
     )
     evidence = tmp_path / "run.intoto.json"
     kube = _RunReportKube(proxy=proxy, agent=agent.url)
-    _cluster(kube, echo)
+    echo_cluster(kube, echo_port)
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
@@ -363,7 +363,7 @@ needs_kubectl = pytest.mark.skipif(
 
 @needs_kubectl
 def test_rbac_component_allows_exactly_the_report_calls() -> None:
-    from tests.test_k8s_manifests import allowed, render, rules_by_subject
+    from tests.k8srender import allowed, render, rules_by_subject
 
     objs = render("overlays/evidence")
     subjects = rules_by_subject(objs)
@@ -396,7 +396,7 @@ def test_rbac_component_allows_exactly_the_report_calls() -> None:
 @needs_kubectl
 def test_evidence_overlay_commands_parse_and_mount_the_key_from_a_secret() -> None:
     from jobs.cli.main import build_parser
-    from tests.test_k8s_manifests import pod_spec, render
+    from tests.k8srender import pod_spec, render
 
     objs = render("overlays/evidence")
     seen = {}
