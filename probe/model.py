@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from probe import syntax, yamlload
-from probe.spiffe import SpiffeIdError, parse_spiffe_id
+from probe.authzmodel import AuthzCase, parse_authz
+from probe.fields import MAX_ECHO_PATH, is_request_path, key_name, spiffe_field
 from probe.textsafe import bounded, line
 
 #: Bounds for a targets file: a plan of 50,000 pods is ~5 MB.
@@ -23,7 +24,6 @@ MAX_MESSAGE_CHARS = 600
 #: Where header-reflecting apps answer (httpbin, go-httpbin; Istio's echo and
 #: ``mtlsprobe serve`` answer any path). A target's ``echoPath`` overrides it.
 DEFAULT_ECHO_PATH = "/headers"
-MAX_ECHO_PATH = 1024
 
 
 class Expect(StrEnum):
@@ -185,12 +185,6 @@ def _origin(origin: str) -> str:
     return line(origin, MAX_ORIGIN_CHARS)
 
 
-def _key_name(keys: set[Any]) -> str:
-    """The first unknown key, for a message: bounded and escaped, strings unquoted."""
-    key = sorted(keys, key=lambda k: (type(k).__name__, str(k)[:100]))[0]
-    return line(key, 60) if isinstance(key, str) else bounded(key, 60)
-
-
 def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> TargetsFile:
     """Validate a decoded targets document; ``origin`` names it in error messages."""
     origin = _origin(origin)
@@ -204,7 +198,7 @@ def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> Tar
         )
     unknown = set(doc) - _TOP_KEYS
     if unknown:
-        raise fail(f"key {_key_name(unknown)}", "unknown key")
+        raise fail(f"key {key_name(unknown)}", "unknown key")
     try:
         td = syntax.trust_domain(doc.get("trustDomain"))
     except ValueError as exc:
@@ -263,10 +257,10 @@ def _parse_source(raw: object, fail: Any, trust_domain: str | None = None) -> So
         raise fail("source", "must be a mapping")
     unknown = set(raw) - _SOURCE_KEYS
     if unknown:
-        raise fail(f"source.{_key_name(unknown)}", "unknown key")
+        raise fail(f"source.{key_name(unknown)}", "unknown key")
     identity = raw.get("identity")
     if identity is not None:
-        identity = _spiffe_field(identity, "source.identity", fail, trust_domain)
+        identity = spiffe_field(identity, "source.identity", fail, trust_domain)
     urls: dict[str, str | None] = {}
     for key in ("sidecarProxy", "sidecarAdmin"):
         val = raw.get(key)
@@ -279,22 +273,6 @@ def _parse_source(raw: object, fail: Any, trust_domain: str | None = None) -> So
     return Source(
         identity=identity, sidecar_proxy=urls["sidecarProxy"], sidecar_admin=urls["sidecarAdmin"]
     )
-
-
-def _spiffe_field(value: object, where: str, fail: Any, trust_domain: str | None = None) -> str:
-    if not isinstance(value, str):
-        raise fail(where, f"{bounded(value)} must be a SPIFFE ID string")
-    try:
-        sid = parse_spiffe_id(value)
-    except SpiffeIdError as exc:
-        raise fail(where, f"{bounded(value)} is not a SPIFFE ID: {exc}") from None
-    if trust_domain is not None and sid.trust_domain != trust_domain:
-        raise fail(
-            where,
-            f"{bounded(value)} is in trust domain {bounded(sid.trust_domain)}, "
-            f"not trustDomain {bounded(trust_domain)}",
-        )
-    return value
 
 
 def _enum_field(raw: object, where: str, enum: type[Expect] | type[Protocol], fail: Any) -> Any:
@@ -318,7 +296,7 @@ def _parse_target(raw: object, i: int, fail: Any, *, trust_domain: str | None = 
     where = f"{where} ({line(name, 80)})"
     unknown = set(raw) - _TARGET_KEYS
     if unknown:
-        raise fail(f"{where}.{_key_name(unknown)}", "unknown key")
+        raise fail(f"{where}.{key_name(unknown)}", "unknown key")
     if raw.get("host") is None:
         raise fail(f"{where}.host", "required, a host name")
     try:
@@ -343,19 +321,21 @@ def _parse_target(raw: object, i: int, fail: Any, *, trust_domain: str | None = 
             raise fail(f"{where}.endpoints[{j}]", str(exc)) from None
     identity = raw.get("identity")
     if identity is not None:
-        identity = _spiffe_field(identity, f"{where}.identity", fail, trust_domain)
+        identity = spiffe_field(identity, f"{where}.identity", fail, trust_domain)
     protocol = _enum_field(raw.get("protocol", "http"), f"{where}.protocol", Protocol, fail)
     echo = raw.get("echo", False)
     if not isinstance(echo, bool):
         raise fail(f"{where}.echo", f"{bounded(echo)}: want true or false")
     echo_path = raw.get("echoPath")
-    if echo_path is not None and not _is_request_path(echo_path):
+    if echo_path is not None and not is_request_path(echo_path):
         raise fail(
             f"{where}.echoPath",
             f"want an absolute request path like /headers (printable ASCII, no spaces or #, at "
             f"most {MAX_ECHO_PATH} characters)",
         )
-    authz = _parse_authz(raw.get("authz"), f"{where}.authz", fail, trust_domain, protocol)
+    authz = parse_authz(
+        raw.get("authz"), f"{where}.authz", fail, trust_domain, tcp=protocol is Protocol.TCP
+    )
     return Target(
         name=name,
         host=host,
@@ -367,17 +347,6 @@ def _parse_target(raw: object, i: int, fail: Any, *, trust_domain: str | None = 
         echo=echo,
         echo_path=echo_path,
         authz=authz,
-    )
-
-
-def _is_request_path(value: object) -> bool:
-    """An origin-form request target: starts with one slash, printable ASCII only."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_ECHO_PATH
-        and value.startswith("/")
-        and not value.startswith("//")
-        and all("!" <= c <= "~" and c != "#" for c in value)
     )
 
 
@@ -465,101 +434,3 @@ def _control_problem(kind: ControlKind, t: Target) -> tuple[str, str] | None:
     if t.identity is None:
         return "identity", "a mesh control needs the server's SPIFFE ID"
     return None
-
-
-# ---- AuthorizationPolicy cases (``authz:`` per target) --------------------------------------
-
-
-class AuthzExpect(StrEnum):
-    ALLOW = "allow"
-    DENY = "deny"
-
-
-#: Bound per target: a plan picks a few requests per rule and probe identity.
-MAX_AUTHZ_CASES = 1024
-MAX_POLICY_CHARS = 317  # "<namespace (63)>/<name (253)>"
-_METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_AUTHZ_KEYS = {"source", "method", "path", "expect", "policy"}
-
-
-@dataclass(frozen=True)
-class AuthzCase:
-    """One request the probe whose identity is ``source`` makes to a target, and what
-    the target's sidecar must do with it; ``policy`` names the AuthorizationPolicy
-    expected to decide (``<ns>/<name>``, or ``default`` when none applies)."""
-
-    source: str
-    expect: AuthzExpect
-    policy: str
-    method: str | None = None  # None (with path) on tcp ports
-    path: str | None = None
-
-    @property
-    def request(self) -> str:
-        """``GET /x``, or ``tcp``: how reports name the request."""
-        return f"{self.method} {self.path}" if self.method is not None else "tcp"
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"source": self.source}
-        if self.method is not None:
-            out["method"] = self.method
-            out["path"] = self.path
-        out["expect"] = self.expect.value
-        out["policy"] = self.policy
-        return out
-
-
-def _parse_authz(
-    raw: object, where: str, fail: Any, trust_domain: str | None, protocol: Protocol
-) -> tuple[AuthzCase, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise fail(where, "must be a list of {source, method, path, expect, policy}")
-    if len(raw) > MAX_AUTHZ_CASES:
-        raise fail(where, f"{len(raw)} cases: at most {MAX_AUTHZ_CASES} per target")
-    out: list[AuthzCase] = []
-    seen: set[tuple[str, str | None, str | None]] = set()
-    for i, item in enumerate(raw):
-        at = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise fail(at, "must be a mapping")
-        unknown = set(item) - _AUTHZ_KEYS
-        if unknown:
-            raise fail(f"{at}.{_key_name(unknown)}", "unknown key")
-        if item.get("source") is None:
-            raise fail(f"{at}.source", "required, the SPIFFE ID of the probe that calls")
-        source = _spiffe_field(item["source"], f"{at}.source", fail, trust_domain)
-        expect = next((e for e in AuthzExpect if e.value == item.get("expect")), None)
-        if expect is None:
-            raise fail(f"{at}.expect", f"{bounded(item.get('expect'))}: want allow or deny")
-        policy = item.get("policy")
-        if not (
-            isinstance(policy, str)
-            and 0 < len(policy) <= MAX_POLICY_CHARS
-            and policy.isprintable()
-            and " " not in policy
-            and (policy == "default" or policy.count("/") == 1)
-        ):
-            raise fail(f"{at}.policy", "want <namespace>/<name> of a policy, or default")
-        method, path = item.get("method"), item.get("path")
-        if protocol is Protocol.TCP:
-            if method is not None or path is not None:
-                raise fail(at, "a tcp target's case has no method or path")
-        else:
-            if not (
-                isinstance(method, str) and 0 < len(method) <= 20 and set(method) <= _METHOD_CHARS
-            ):
-                raise fail(f"{at}.method", "required on http targets: an upper-case HTTP method")
-            if not _is_request_path(path):
-                raise fail(
-                    f"{at}.path",
-                    "required on http targets: an absolute request path (printable ASCII, no "
-                    f"spaces or #, at most {MAX_ECHO_PATH} characters)",
-                )
-        key = (source, method, path)
-        if key in seen:
-            raise fail(at, "duplicate case (same source, method and path)")
-        seen.add(key)
-        out.append(AuthzCase(source, expect, policy, method, path))
-    return tuple(out)

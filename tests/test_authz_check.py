@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from probe.authzmodel import AuthzCase, AuthzExpect
 from probe.checks import DEFAULT_CHECKS, load_check
 from probe.checks.authz import HttpAnswer, judge_http, judge_tcp
 from probe.checks.base import RunContext, Settings
 from probe.checks.meshtcp import TcpMeshResponse
 from probe.clusterstats import Transport, TransportSeen
 from probe.engine import plan_work, run_checks
-from probe.model import AuthzCase, AuthzExpect, Expect, Protocol, Target, TargetsFile
+from probe.model import Expect, Protocol, Target, TargetsFile
 from probe.report import render_json, render_jsonl, render_junit, render_table
 from probe.results import Result, Verdict
 

@@ -15,7 +15,8 @@ from jobs.plan.authz_cases import methods_around, paths_around
 from jobs.plan.manifests import snapshot_from_documents
 from jobs.plan.objects import ClusterSnapshot, set_pod_ip
 from jobs.plan.planner import Requirements, build_plan
-from probe.model import AuthzExpect, TargetsFileError, load_targets, parse_targets_text
+from probe.authzmodel import AuthzExpect
+from probe.model import TargetsFileError, load_targets, parse_targets_text
 
 PROBE = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
 OTHER = "spiffe://cluster.local/ns/other/sa/mtlsprobe"

@@ -25,7 +25,8 @@ from jobs.plan.authz import (
     Workload,
     decide,
 )
-from probe.model import DEFAULT_ECHO_PATH, AuthzCase, AuthzExpect, Expect, Protocol, Target
+from probe.authzmodel import AuthzCase, AuthzExpect
+from probe.model import DEFAULT_ECHO_PATH, Expect, Protocol, Target
 from probe.results import Result, Verdict
 
 if TYPE_CHECKING:

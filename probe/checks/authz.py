@@ -26,10 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from probe.authzmodel import AuthzCase, AuthzExpect
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.clusterstats import Transport, TransportSeen
 from probe.errors import ObservationError, SidecarUnavailable
-from probe.model import AuthzCase, AuthzExpect, Protocol
+from probe.model import Protocol
 from probe.results import Result, Verdict
 
 if TYPE_CHECKING:
