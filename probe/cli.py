@@ -21,6 +21,7 @@ from probe.cliargs import (
     seconds,
 )
 from probe.results import EXIT_USAGE, Result, exit_code
+from probe.wire.options import add_wire_flags, install_wire_options
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
@@ -50,6 +51,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "(what mtlsprobe run's probe pods print, for its traces)",
     )
     add_probe_flags(p)
+    add_wire_flags(p)
     _add_sidecar_flags(p)
     _add_shard_flags(p)
 
@@ -151,6 +153,7 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
     targets = _shard(args, targets, names)
 
     ctx = RunContext(targets, probe_settings(args))
+    install_wire_options(ctx, args)
     stop = threading.Event()
     previous = _install_stop_handler(stop)
     try:

@@ -128,7 +128,12 @@ class Tracker:
             )
 
     def observation(
-        self, interface: str, netns: str | None, kernel_drops: int, stopped: str
+        self,
+        interface: str,
+        netns: str | None,
+        kernel_drops: int,
+        stopped: str,
+        window: tuple[float, float],
     ) -> Observation:
         flows = tuple(
             FlowStat(
@@ -141,6 +146,7 @@ class Tracker:
                 tls_records=d.tls.records,
                 handshakes=d.tls.handshakes,
                 app_after_handshake=d.tls.app_after_handshake,
+                app_records=d.tls.app_records,
                 not_tls_at=d.tls.not_tls_at,
                 encap=d.encap,
             )
@@ -149,6 +155,8 @@ class Tracker:
         summary = Summary(
             interface=interface,
             netns=netns,
+            started=window[0],
+            ended=window[1],
             packets=self.packets,
             bytes=self.bytes,
             kernel_drops=kernel_drops,
@@ -172,9 +180,11 @@ class Capture:
         self._thread: threading.Thread | None = None
         self._stopped = "stopped"
         self._drops = 0
+        self._started = 0.0
 
     def start(self) -> Capture:
         self._sock = open_socket(self.options.interface, self.options.netns)
+        self._started = time.time()
         self._thread = threading.Thread(target=self._loop, name="mtlsprobe-wire", daemon=True)
         self._thread.start()
         return self
@@ -198,7 +208,11 @@ class Capture:
             self._sock.close()
             self._sock = None
         return self._tracker.observation(
-            self.options.interface, self.options.netns, self._drops, self._stopped
+            self.options.interface,
+            self.options.netns,
+            self._drops,
+            self._stopped,
+            (self._started, time.time()),
         )
 
     def _loop(self) -> None:
@@ -259,9 +273,7 @@ class _Pcap:
     def write(self, frame: memoryview, wire_len: int) -> None:
         now = time.time()
         sec = int(now)
-        self._out.write(
-            struct.pack("<IIII", sec, int((now - sec) * 1e6), len(frame), wire_len)
-        )
+        self._out.write(struct.pack("<IIII", sec, int((now - sec) * 1e6), len(frame), wire_len))
         self._out.write(frame)
 
     def close(self) -> None:

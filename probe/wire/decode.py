@@ -118,16 +118,24 @@ def _ip(
         frag = _H.unpack_from(frame, off + 6)[0]
         if ihl < 20 or frag & 0x3FFF:  # a fragment: its TCP header may be elsewhere
             return None
-        return frame[off + 9], bytes(frame[off + 12 : off + 16]), bytes(
-            frame[off + 16 : off + 20]
-        ), off + ihl, off + total
+        return (
+            frame[off + 9],
+            bytes(frame[off + 12 : off + 16]),
+            bytes(frame[off + 16 : off + 20]),
+            off + ihl,
+            off + total,
+        )
     if etype == _ETH_IPV6:
         if length < off + 40:
             return None
         plen = _H.unpack_from(frame, off + 4)[0]
-        return frame[off + 6], bytes(frame[off + 8 : off + 24]), bytes(
-            frame[off + 24 : off + 40]
-        ), off + 40, off + 40 + plen
+        return (
+            frame[off + 6],
+            bytes(frame[off + 8 : off + 24]),
+            bytes(frame[off + 24 : off + 40]),
+            off + 40,
+            off + 40 + plen,
+        )
     return None
 
 

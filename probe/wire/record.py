@@ -38,6 +38,7 @@ class FlowStat:
     tls_records: int
     handshakes: int
     app_after_handshake: int  # application_data records after a handshake record
+    app_records: int  # application_data records (also on a stream joined mid-way)
     not_tls_at: int | None  # stream offset where bytes stopped being TLS records
     encap: str
 
@@ -59,6 +60,8 @@ class MarkerSeen:
 class Summary:
     interface: str
     netns: str | None
+    started: float  # unix seconds
+    ended: float
     packets: int  # frames the filter let through
     bytes: int
     kernel_drops: int
@@ -158,6 +161,7 @@ def _build(cls: Any, doc: dict[str, Any], where: str) -> Any:
             "bool": isinstance(v, bool),
             "int | None": v is None or (isinstance(v, int) and not isinstance(v, bool)),
             "str | None": v is None or isinstance(v, str),
+            "float": isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         }.get(want, False)
         if not ok or (isinstance(v, str) and len(v) > 300):
             raise ValueError(f"{where}: {f.name} is not a valid {want}")

@@ -31,8 +31,16 @@ class TlsWalk:
     """Walks TLS record headers over a stream. ``synced``: record boundaries are known
     (from the stream's first byte, or found at a segment start when joined mid-stream)."""
 
-    __slots__ = ("app_after_handshake", "handshakes", "hdr", "not_tls_at", "records", "skip",
-                 "synced")
+    __slots__ = (
+        "app_after_handshake",
+        "app_records",
+        "handshakes",
+        "hdr",
+        "not_tls_at",
+        "records",
+        "skip",
+        "synced",
+    )
 
     def __init__(self, synced: bool) -> None:
         self.synced = synced
@@ -41,6 +49,7 @@ class TlsWalk:
         self.records = 0
         self.handshakes = 0
         self.app_after_handshake = 0
+        self.app_records = 0
         self.not_tls_at: int | None = None
 
     def feed(self, data: bytes, offset: int) -> None:
@@ -71,8 +80,10 @@ class TlsWalk:
             self.records += 1
             if hdr[0] == HANDSHAKE:
                 self.handshakes += 1
-            elif hdr[0] == APPLICATION_DATA and self.handshakes:
-                self.app_after_handshake += 1
+            elif hdr[0] == APPLICATION_DATA:
+                self.app_records += 1
+                if self.handshakes:
+                    self.app_after_handshake += 1
             self.skip = (hdr[3] << 8) | hdr[4]
 
     def lost(self) -> None:
