@@ -5,6 +5,7 @@ judge, including the servers that would make it lie."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import pytest
 
@@ -38,8 +39,8 @@ def feed(tracker: Tracker, frames: list[bytes]) -> None:
 
 
 def conversation(
-    client_bytes: list[bytes], server_bytes: list[bytes] = (), port: int = 443
-) -> list[bytes]:  # type: ignore[assignment]
+    client_bytes: Sequence[bytes], server_bytes: Sequence[bytes] = (), port: int = 443
+) -> list[bytes]:
     """A TCP connection from its SYN: client segments, then server segments."""
     frames = [
         v4_segment(C, S, 40000, port, 999, b"", SYN),
@@ -214,7 +215,7 @@ def test_joined_mid_stream_tls_passes_with_note() -> None:
 def test_retransmission_is_not_a_hole_nor_a_second_sighting() -> None:
     m = new_marker()
     frames = conversation([f"GET /?{m}".encode()])
-    obs = observe(frames + [frames[-1]])
+    obs = observe([*frames, frames[-1]])
     assert len(obs.markers) == 1
     assert all(f.gaps == 0 for f in obs.flows)
 
@@ -260,7 +261,7 @@ def test_encapsulations_are_opened(wrap: str) -> None:
         )
     seg = decode(frame, len(frame), True)
     assert seg is not None
-    assert seg.encap == wrap.split("-")[0].replace("ipv6", "vxlan")
+    assert seg.encap == wrap.split("-", maxsplit=1)[0].replace("ipv6", "vxlan")
     obs = observe([frame])
     assert [s.marker for s in obs.markers] == [m]
     if wrap == "ipv6-inner":
@@ -293,7 +294,7 @@ def test_report_round_trips_and_rejects_junk() -> None:
         from_jsonl(lines[:-1], "r.jsonl")
     with pytest.raises(ValueError, match=r"r.jsonl:1: packet is not a valid int"):
         from_jsonl([lines[0].replace('"packet":', '"packet":-', 1), *lines[1:]], "r.jsonl")
-    with pytest.raises(ValueError, match="r.jsonl:1: not JSON"):
+    with pytest.raises(ValueError, match=r"r\.jsonl:1: not JSON"):
         from_jsonl(["{", *lines], "r.jsonl")
     with pytest.raises(ValueError, match="unknown line type"):
         from_jsonl(['{"type":"x"}'], "r.jsonl")
