@@ -162,6 +162,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.plan.discovery import DiscoveryError, Reader, api_client, discover
     from jobs.plan.planner import Requirements, build_plan
     from probe.checks import parse_check_list
+    from probe.checks.wire import not_launched, wire_skips
     from probe.results import exit_code
 
     try:
@@ -203,16 +204,17 @@ def main(args: argparse.Namespace) -> int:
             root_cert=snap.root_cert_pem is not None,
         )
         cluster = Cluster(Reader(api, opts))
+        launched_checks = not_launched(names)
         launch_opts = LaunchOptions(
             sources=sources,
-            checks=tuple(names),
+            checks=tuple(launched_checks),
             shard_threshold=args.shard_threshold,
             parallelism=args.parallelism,
         )
-        results = _run(cluster, plan, spec, launch_opts, args)
+        results = _run(cluster, plan, spec, launch_opts, args) if launched_checks else []
     finally:
         api.close()
-    everything = [*plan.findings, *results]
+    everything = [*plan.findings, *results, *wire_skips(names, plan.targets_file)]
     emit_report(everything, args.output, args.out)
     from probe import telemetry
 

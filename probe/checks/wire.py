@@ -26,7 +26,7 @@ from probe.wire.options import INSTALL_HINT, WireOptions, options
 
 if TYPE_CHECKING:
     from probe.checks.base import RunContext
-    from probe.model import Target
+    from probe.model import Target, TargetsFile
     from probe.wire.record import Observation
 
 SETTLE = 0.3  # seconds the capture keeps running after the last call (packets in flight)
@@ -247,3 +247,27 @@ def _tcp_call(ctx: RunContext, t: Target, marker: str, via_sidecar: bool) -> int
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+# ---- mtlsprobe run: the capture agent is opt-in -----------------------------------------------
+
+RUN_SKIP = (
+    "wire needs the node capture agent, which run neither deploys nor reads yet: install it "
+    "with `kubectl apply -k k8s/overlays/wire`, then judge with `mtlsprobe check --checks wire "
+    "--wire-report FILE` (the agent's report)"
+)
+
+
+def not_launched(names: list[str]) -> list[str]:
+    """The checks ``run`` hands to its probe Jobs: all but ``wire`` (no Job runs it)."""
+    return [n for n in names if n != WireCheck.name]
+
+
+def wire_skips(names: list[str], targets: TargetsFile) -> list[Result]:
+    """``run --checks wire``: one ``skip`` per target, naming how to install the agent;
+    nothing is deployed for it."""
+    if WireCheck.name not in names:
+        return []
+    return [
+        make_result(WireCheck.name, t, None, Verdict.SKIP, RUN_SKIP) for t in targets.targets
+    ]
