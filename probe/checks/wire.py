@@ -268,6 +268,4 @@ def wire_skips(names: list[str], targets: TargetsFile) -> list[Result]:
     nothing is deployed for it."""
     if WireCheck.name not in names:
         return []
-    return [
-        make_result(WireCheck.name, t, None, Verdict.SKIP, RUN_SKIP) for t in targets.targets
-    ]
+    return [make_result(WireCheck.name, t, None, Verdict.SKIP, RUN_SKIP) for t in targets.targets]

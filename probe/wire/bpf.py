@@ -2,8 +2,8 @@
 
 Written by hand because it is a dozen instructions: the kept capture libraries (libpcap
 bindings) would add a C library to the probe image for one compiled expression. The
-filter keeps TCP over IPv4/IPv6 and UDP to the VXLAN and Geneve ports, drops the rest in
-the kernel, and loads relative to the network header (``SKF_NET_OFF``) and the skb's
+filter keeps TCP over IPv4/IPv6 and UDP to the VXLAN (4789, 8472) and Geneve ports, drops
+the rest in the kernel, and loads relative to the network header (``SKF_NET_OFF``) and the skb's
 protocol, so it works on Ethernet, loopback and raw-IP devices alike.
 """
 
@@ -18,7 +18,8 @@ SO_ATTACH_FILTER = 26
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 
-VXLAN_PORT = 4789
+VXLAN_PORT = 4789  # IANA
+VXLAN_LINUX_PORT = 8472  # the Linux kernel's default, used by flannel and Cilium
 GENEVE_PORT = 6081
 
 # Opcodes (linux/filter.h).
@@ -73,12 +74,14 @@ def program(snaplen: int) -> list[tuple[str | None, Insn]]:
         (None, Insn(_MISC | _TAX)),
         (None, Insn(_LD | _H | _IND, _net(2))),  # UDP destination port
         (None, Insn(jeq, VXLAN_PORT, "accept", 0)),
+        (None, Insn(jeq, VXLAN_LINUX_PORT, "accept", 0)),
         (None, Insn(jeq, GENEVE_PORT, "accept", "drop")),
         ("v6", Insn(ldb, _net(6))),  # next header (extension headers are not followed)
         (None, Insn(jeq, socket.IPPROTO_TCP, "accept", 0)),
         (None, Insn(jeq, socket.IPPROTO_UDP, 0, "drop")),
         (None, Insn(ldh, _net(42))),
         (None, Insn(jeq, VXLAN_PORT, "accept", 0)),
+        (None, Insn(jeq, VXLAN_LINUX_PORT, "accept", 0)),
         (None, Insn(jeq, GENEVE_PORT, "accept", "drop")),
         ("accept", Insn(_RET, snaplen)),
         ("drop", Insn(_RET, 0)),

@@ -28,6 +28,7 @@ from probe.wire.stream import Direction
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+ANY = "any"  # every interface of the namespace (a node: veths, bridge, uplink)
 SNAPLEN = 262_144  # a GSO super-frame fits whole; a longer one counts as truncated
 
 
@@ -55,7 +56,8 @@ def open_socket(interface: str, netns: str | None = None) -> socket.socket:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
             bpf.attach(sock, bpf.DROP_ALL)
-            sock.bind((interface, ETH_P_ALL))
+            if interface != ANY:  # unbound, a packet socket sees every interface
+                sock.bind((interface, ETH_P_ALL))
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 while True:

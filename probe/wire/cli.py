@@ -16,7 +16,13 @@ from probe.cliargs import UsageError, positive_int, positive_seconds
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--interface", required=True, metavar="IF", help="interface to capture")
+    p.add_argument(
+        "-i",
+        "--interface",
+        required=True,
+        metavar="IF",
+        help="interface to capture, or 'any' for every interface of the namespace",
+    )
     p.add_argument("--netns", metavar="NAME", help="the interface is in network namespace NAME")
     p.add_argument(
         "--seconds",
@@ -31,6 +37,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=512 << 20,
         metavar="N",
         help="stop after N captured bytes (default 512 MiB; the report then says so)",
+    )
+    p.add_argument(
+        "--repeat",
+        action="store_true",
+        help="capture window after window until SIGTERM, one report per window (the node "
+        "agent: its pod log is the report stream)",
     )
     p.add_argument(
         "--out",
@@ -48,6 +60,25 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    done = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        done.set()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            _window(args, done)
+            if not args.repeat or done.is_set():
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _window(args: argparse.Namespace, done: threading.Event) -> None:
+    """One bounded capture, then its report (stdout, or FILE replaced atomically)."""
     from probe.wire.capture import Capture, CaptureError, CaptureOptions
 
     cap = Capture(
@@ -63,22 +94,18 @@ def main(args: argparse.Namespace) -> int:
         cap.start()
     except CaptureError as exc:
         raise UsageError(str(exc)) from None
-    done = threading.Event()
+    ended = threading.Event()
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        done.set()
+    def waiter() -> None:
+        cap.wait()
+        ended.set()
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=waiter, daemon=True).start()
     try:
-        waiter = threading.Thread(target=lambda: (cap.wait(), done.set()), daemon=True)
-        waiter.start()
-        while not done.wait(0.2):
+        while not ended.wait(0.2) and not done.is_set():
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    obs = cap.stop()
+        obs = cap.stop()
     text = "".join(line + "\n" for line in obs.to_jsonl())
     if args.out is None:
         sys.stdout.write(text)
@@ -87,4 +114,3 @@ def main(args: argparse.Namespace) -> int:
         tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         os.replace(tmp, args.out)
-    return 0

@@ -1,5 +1,6 @@
 """Frames to TCP segments: Ethernet (802.1Q tags skipped) or raw IP, IPv4/IPv6, TCP,
-and inside VXLAN (UDP 4789) and Geneve (UDP 6081) to the inner frame or IP header.
+and inside VXLAN (UDP 4789, or 8472 as Linux, flannel and Cilium use) and Geneve (UDP 6081)
+to the inner frame or IP header.
 
 Addresses stay bytes (formatting them per packet costs CPU); ``record`` formats them.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from probe.wire.bpf import GENEVE_PORT, VXLAN_PORT
+from probe.wire.bpf import GENEVE_PORT, VXLAN_LINUX_PORT, VXLAN_PORT
 
 ARPHRD_ETHER = 1
 ARPHRD_LOOPBACK = 772
@@ -83,7 +84,7 @@ def decode(frame: bytes | memoryview, length: int, ethernet: bool) -> Segment | 
             return None
         dport = _UDP_PORTS.unpack_from(frame, l4)[1]
         inner = l4 + 8
-        if dport == VXLAN_PORT:
+        if dport in (VXLAN_PORT, VXLAN_LINUX_PORT):
             if inner + 8 > length or not frame[inner] & 0x08:  # the I flag: a valid VNI
                 return None
             off, ethernet = inner + 8, True
