@@ -8,7 +8,7 @@ Addresses stay bytes (formatting them per packet costs CPU); ``record`` formats 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from probe.wire.bpf import GENEVE_PORT, VXLAN_LINUX_PORT, VXLAN_PORT
 
@@ -25,11 +25,13 @@ _MAX_DEPTH = 3  # outer + two encapsulations
 
 _H = struct.Struct("!H")
 _TCP = struct.Struct("!HHIIBB")
+# version/IHL, total length, flags/fragment offset, protocol, src, dst
+_IPV4 = struct.Struct("!BxHxxHxB2x4s4s")
+_IPV6 = struct.Struct("!4xHBx16s16s")  # payload length, next header, src, dst
 _UDP_PORTS = struct.Struct("!HH")
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
     """One TCP segment: addresses as bytes, payload as [start, end) of the frame."""
 
     src: bytes
@@ -114,29 +116,16 @@ def _ip(
     if etype == _ETH_IPV4:
         if length < off + 20:
             return None
-        ihl = (frame[off] & 0x0F) * 4
-        total = _H.unpack_from(frame, off + 2)[0]
-        frag = _H.unpack_from(frame, off + 6)[0]
+        vihl, total, frag, proto, src, dst = _IPV4.unpack_from(frame, off)
+        ihl = (vihl & 0x0F) * 4
         if ihl < 20 or frag & 0x3FFF:  # a fragment: its TCP header may be elsewhere
             return None
-        return (
-            frame[off + 9],
-            bytes(frame[off + 12 : off + 16]),
-            bytes(frame[off + 16 : off + 20]),
-            off + ihl,
-            off + total,
-        )
+        return proto, src, dst, off + ihl, off + total
     if etype == _ETH_IPV6:
         if length < off + 40:
             return None
-        plen = _H.unpack_from(frame, off + 4)[0]
-        return (
-            frame[off + 6],
-            bytes(frame[off + 8 : off + 24]),
-            bytes(frame[off + 24 : off + 40]),
-            off + 40,
-            off + 40 + plen,
-        )
+        plen, nxt, src, dst = _IPV6.unpack_from(frame, off)
+        return nxt, src, dst, off + 40, off + 40 + plen
     return None
 
 
