@@ -29,7 +29,14 @@ from probe.wire.judge import BLIND, Marked, control_seen, judge
 from probe.wire.markers import HEADER, new_marker
 from probe.wire.netns import in_netns
 from probe.wire.record import Observation
-from tests.tlsservers import MeshPKI, Server, plaintext_http, read_request, tls_handler
+from tests.tlsservers import (
+    MeshPKI,
+    Server,
+    plaintext_http,
+    read_request,
+    tcp_echo,
+    tls_handler,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
@@ -328,22 +335,48 @@ def mini_sidecar(ns: str, tls_ports: set[int]) -> type[BaseHTTPRequestHandler]:
             self.send_header("content-length", "0")
             self.end_headers()
 
+        def do_CONNECT(self) -> None:
+            host, _, port = self.path.rpartition(":")
+            sock: socket.socket = in_netns(
+                ns, lambda: socket.create_connection((host, int(port)), timeout=5)
+            )
+            if int(port) in tls_ports:
+                sock = ctx.wrap_socket(sock)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.flush()
+            line = self.rfile.readline(4096)
+            sock.sendall(line)
+            reply = sock.recv(4096)
+            sock.close()
+            self.wfile.write(reply)
+            self.wfile.flush()
+
         def log_message(self, *a: object) -> None:
             pass
 
     return Handler
 
 
+def tcp_echo_app(conn: ssl.SSLSocket) -> None:
+    conn.sendall(conn.recv(4096))
+
+
 def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
+    issued = pki.ca.issue_workload(pki.identity("ns-a", "tcp"), key_type="ec")
+    tls_echo = tls_handler(pki, issued, require_client=False, app=tcp_echo_app)
     with (
         netns_pair() as p,
         server_in(p.server_ns, tls_server(pki), SERVER_IP) as tls_srv,
         server_in(p.server_ns, plaintext_http, SERVER_IP) as plain_srv,
+        server_in(p.server_ns, tls_echo, SERVER_IP) as tcp_tls,
+        server_in(p.server_ns, tcp_echo, SERVER_IP) as tcp_plain,
     ):
         proxy = in_netns(
             p.client_ns,
             lambda: ThreadingHTTPServer(
-                ("127.0.0.1", 0), mini_sidecar(p.client_ns, {tls_srv.endpoint.port})
+                ("127.0.0.1", 0),
+                mini_sidecar(p.client_ns, {tls_srv.endpoint.port, tcp_tls.endpoint.port}),
             ),
         )
         t = threading.Thread(target=proxy.serve_forever, daemon=True)
@@ -369,6 +402,22 @@ def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
                                 "port": plain_srv.endpoint.port,
                                 "endpoints": [str(plain_srv.endpoint)],
                                 "expect": "STRICT",
+                            },
+                            {
+                                "name": "ns-a/tcp-tls",
+                                "host": SERVER_IP,
+                                "port": tcp_tls.endpoint.port,
+                                "endpoints": [str(tcp_tls.endpoint)],
+                                "expect": "STRICT",
+                                "protocol": "tcp",
+                            },
+                            {
+                                "name": "ns-a/tcp-disabled",
+                                "host": SERVER_IP,
+                                "port": tcp_plain.endpoint.port,
+                                "endpoints": [str(tcp_plain.endpoint)],
+                                "expect": "STRICT",
+                                "protocol": "tcp",
                             },
                             {
                                 "name": "ns-b/naked",
@@ -425,10 +474,13 @@ def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
             assert by["ns-a/tls"]["verdict"] == "pass", by["ns-a/tls"]
             assert by["ns-a/disabled"]["verdict"] == "fail", by["ns-a/disabled"]
             assert "in cleartext" in by["ns-a/disabled"]["reason"]
+            assert by["ns-a/tcp-tls"]["verdict"] == "pass", by["ns-a/tcp-tls"]
+            assert by["ns-a/tcp-disabled"]["verdict"] == "fail", by["ns-a/tcp-disabled"]
             assert by["ns-b/naked"]["verdict"] == "skip"
             assert code == 1
             code, by = check("lo")
-            assert {by[n]["verdict"] for n in ("ns-a/tls", "ns-a/disabled")} == {"error"}
+            meshed = ("ns-a/tls", "ns-a/disabled", "ns-a/tcp-tls", "ns-a/tcp-disabled")
+            assert {by[n]["verdict"] for n in meshed} == {"error"}
             assert code == 2
         finally:
             proxy.shutdown()

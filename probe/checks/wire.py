@@ -219,7 +219,6 @@ def _http_call(ctx: RunContext, t: Target, marker: str, via_sidecar: bool) -> in
 
 
 def _tcp_call(ctx: RunContext, t: Target, marker: str, via_sidecar: bool) -> int:
-    from probe.checks.meshtcp import _connect_tunnel
     from probe.netio import connect
 
     timeout = ctx.settings.timeout
@@ -230,10 +229,8 @@ def _tcp_call(ctx: RunContext, t: Target, marker: str, via_sidecar: bool) -> int
     else:
         sock = connect(dest, timeout)
     try:
-        if proxy is not None:
-            status, _server, _early, _body = _connect_tunnel(sock, str(dest), timeout)
-            if status != 200:
-                return 0
+        if proxy is not None and not _tunnel(sock, str(dest)):
+            return 0
         sock.sendall(f"{marker}\n".encode())
         got = b""
         with contextlib.suppress(OSError):
@@ -247,6 +244,20 @@ def _tcp_call(ctx: RunContext, t: Target, marker: str, via_sidecar: bool) -> int
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+def _tunnel(sock: socket.socket, authority: str) -> bool:
+    """HTTP CONNECT through the lab's explicit sidecar proxy (in a pod the sidecar captures
+    the connection): True when the proxy answered 200. ``sock`` has an I/O timeout."""
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head and len(head) < 16384:
+        chunk = sock.recv(1)  # byte by byte: what follows the head is the tunnel's
+        if not chunk:
+            return False
+        head += chunk
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    return len(parts) >= 2 and parts[1] == b"200"
 
 
 # ---- mtlsprobe run: the capture agent is opt-in -----------------------------------------------
