@@ -150,6 +150,12 @@ def _observe(ctx: RunContext, opts: WireOptions, calls: list[_Call]) -> Observat
             time.sleep(SETTLE)
         finally:
             obs = cap.stop()
+        if obs.summary.stopped != "stopped":
+            # A deadline or budget ended it while calls were still being made.
+            raise _NoObservation(
+                f"the capture on {opts.interface} ended before the calls did "
+                f"({obs.summary.stopped}): their packets were not all seen"
+            )
         return obs
     assert opts.report is not None
     t0 = time.time()
