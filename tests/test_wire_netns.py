@@ -440,7 +440,7 @@ def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
                 )
             )
 
-            def check(interface: str) -> tuple[int, dict[str, dict[str, str]]]:
+            def check(*wire: str) -> tuple[int, dict[str, dict[str, str]]]:
                 proc = subprocess.run(
                     [
                         "ip",
@@ -455,12 +455,11 @@ def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
                         str(targets),
                         "--checks",
                         "wire",
-                        "--wire-interface",
-                        interface,
+                        *wire,
                         "-o",
                         "json",
                         "--timeout",
-                        "5",
+                        "10",
                     ],
                     capture_output=True,
                     text=True,
@@ -470,7 +469,7 @@ def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
                 doc = json.loads(proc.stdout)
                 return proc.returncode, {r["target"]: r for r in doc["results"]}
 
-            code, by = check(p.client_if)
+            code, by = check("--wire-interface", p.client_if)
             assert by["ns-a/tls"]["verdict"] == "pass", by["ns-a/tls"]
             assert by["ns-a/disabled"]["verdict"] == "fail", by["ns-a/disabled"]
             assert "in cleartext" in by["ns-a/disabled"]["reason"]
@@ -478,10 +477,45 @@ def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
             assert by["ns-a/tcp-disabled"]["verdict"] == "fail", by["ns-a/tcp-disabled"]
             assert by["ns-b/naked"]["verdict"] == "skip"
             assert code == 1
-            code, by = check("lo")
+            code, by = check("--wire-interface", "lo")
             meshed = ("ns-a/tls", "ns-a/disabled", "ns-a/tcp-tls", "ns-a/tcp-disabled")
             assert {by[n]["verdict"] for n in meshed} == {"error"}
             assert code == 2
+
+            # The agent's way: a separate wire-capture process writes its report; the check
+            # judges from it (the report's window must cover the calls).
+            report = tmp_path / "report.jsonl"
+            agent = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    p.client_ns,
+                    sys.executable,
+                    "-m",
+                    "jobs.cli.main",
+                    "wire-capture",
+                    "-i",
+                    p.client_if,
+                    "--seconds",
+                    "8",
+                    "--out",
+                    str(report),
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).parent.parent,
+            )
+            try:
+                assert agent.stderr is not None
+                assert "capturing on" in agent.stderr.readline()
+                code, by = check("--wire-report", str(report))
+            finally:
+                agent.terminate()
+                agent.wait(timeout=20)
+            assert by["ns-a/tls"]["verdict"] == "pass", by["ns-a/tls"]
+            assert by["ns-a/tcp-disabled"]["verdict"] == "fail", by["ns-a/tcp-disabled"]
+            assert code == 1
         finally:
             proxy.shutdown()
             proxy.server_close()

@@ -94,6 +94,10 @@ def _window(args: argparse.Namespace, done: threading.Event) -> None:
         cap.start()
     except CaptureError as exc:
         raise UsageError(str(exc)) from None
+    # The socket is open: a caller may start its traffic now.
+    where = args.interface + (f" in {args.netns}" if args.netns else "")
+    sys.stderr.write(f"mtlsprobe wire-capture: capturing on {where} for {args.seconds:g}s\n")
+    sys.stderr.flush()
     ended = threading.Event()
 
     def waiter() -> None:
