@@ -296,6 +296,9 @@ def test_report_round_trips_and_rejects_junk() -> None:
         from_jsonl([lines[0].replace('"packet":', '"packet":-', 1), *lines[1:]], "r.jsonl")
     with pytest.raises(ValueError, match=r"r\.jsonl:1: not JSON"):
         from_jsonl(["{", *lines], "r.jsonl")
+    hostile = lines[0].replace(f'"marker":"{m}"', '"marker":"\\u001b[2Jx"')
+    with pytest.raises(ValueError, match="marker is not a valid str"):
+        from_jsonl([hostile, *lines[1:]], "r.jsonl")
     with pytest.raises(ValueError, match="unknown line type"):
         from_jsonl(['{"type":"x"}'], "r.jsonl")
 

@@ -165,15 +165,18 @@ def _observe(ctx: RunContext, opts: WireOptions, calls: list[_Call]) -> Observat
 
 
 def _read_report(opts: WireOptions, timeout: float, t0: float, t1: float) -> Observation:
-    from probe.wire.record import from_jsonl
+    from probe.wire.record import MAX_BYTES, from_jsonl
 
     assert opts.report is not None
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         try:
-            text = opts.report.read_text(errors="replace")
-            obs = from_jsonl(text.splitlines(), str(opts.report))
+            with opts.report.open("rb") as f:
+                raw = f.read(MAX_BYTES + 1)
+            if len(raw) > MAX_BYTES:
+                raise _NoObservation(f"the capture report {opts.report} is over {MAX_BYTES} bytes")
+            obs = from_jsonl(raw.decode(errors="replace").splitlines(), str(opts.report))
             break
         except (OSError, ValueError) as exc:
             last = str(exc)

@@ -16,6 +16,7 @@ from typing import Any
 FORMAT = "mtlsprobe.wire/v1"
 MAX_LINES = 200_000
 MAX_LINE = 4096
+MAX_BYTES = 64 << 20  # a report file larger than this is not read
 
 
 def addr(ip: bytes, port: int) -> str:
@@ -163,7 +164,7 @@ def _build(cls: Any, doc: dict[str, Any], where: str) -> Any:
             "str | None": v is None or isinstance(v, str),
             "float": isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         }.get(want, False)
-        if not ok or (isinstance(v, str) and len(v) > 300):
+        if not ok or (isinstance(v, str) and (len(v) > 300 or not v.isprintable())):
             raise ValueError(f"{where}: {f.name} is not a valid {want}")
         values[f.name] = v
     return cls(**values)
