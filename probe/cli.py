@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from probe.checks import REGISTRY, load_check, parse_check_list
+from probe.checks import OPT_IN, REGISTRY, load_check, parse_check_list
 from probe.cliargs import (
     UsageError,
     add_checks_flag,
@@ -42,7 +42,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="TARGETS.yaml",
         help="targets file (the stable contract; see README)",
     )
-    add_checks_flag(p, tuple(REGISTRY))
+    add_checks_flag(p, tuple(REGISTRY), extra="; opt-in: " + ",".join(OPT_IN))
     add_report_flags(p)
     p.add_argument(
         "--timing",
