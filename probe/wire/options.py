@@ -65,6 +65,12 @@ def install_wire_options(ctx: RunContext, args: argparse.Namespace) -> None:
         report=getattr(args, "wire_report", None),
         pcap_dir=getattr(args, "wire_pcap", None),
     )
+    from probe.cliargs import UsageError
+
+    if opts.interface is not None and opts.report is not None:
+        raise UsageError("--wire-interface and --wire-report exclude each other: capture or read")
+    if opts.netns is not None and opts.interface is None:
+        raise UsageError("--wire-netns needs --wire-interface (the interface in that namespace)")
     ctx.shared(_KEY, lambda: opts)
 
 
