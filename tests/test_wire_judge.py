@@ -308,3 +308,12 @@ def test_filter_assembles() -> None:
 
     code = bpf.assemble(bpf.program(1000))
     assert len(code) % 8 == 0 and len(code) // 8 == len(bpf.program(1000))
+
+
+def test_endpoints_are_matched_in_one_spelling() -> None:
+    from probe.wire.record import canonical
+
+    assert canonical("[fd00:0:0::1]:443") == "[fd00::1]:443"
+    assert canonical("[FD00::A]:80") == "[fd00::a]:80"
+    assert canonical("10.0.0.2:443") == "10.0.0.2:443"
+    assert canonical("echo.ns-a:80") == "echo.ns-a:80"

@@ -23,6 +23,7 @@ from probe.results import Result, Verdict
 from probe.wire.judge import BLIND, Marked, WireVerdict, control_seen, judge
 from probe.wire.markers import HEADER, new_marker
 from probe.wire.options import INSTALL_HINT, WireOptions, options
+from probe.wire.record import canonical
 
 if TYPE_CHECKING:
     from probe.checks.base import RunContext
@@ -93,7 +94,7 @@ class _Session:
         ctx = self._ctx
         targets = [t for t in ctx.targets.targets if self._check.skip_reason(ctx, t) is None]
         calls = [
-            _Call(Marked(t.name, tuple(str(e) for e in t.endpoints), new_marker()), t)
+            _Call(Marked(t.name, tuple(canonical(str(e)) for e in t.endpoints), new_marker()), t)
             for t in targets
         ]
         control = _control(ctx)
@@ -127,7 +128,7 @@ class _NoObservation(Exception):
 def _control(ctx: RunContext) -> _Call | None:
     for c in ctx.targets.controls:
         if c.kind is ControlKind.PLAINTEXT and c.target.endpoints:
-            eps = tuple(str(e) for e in c.target.endpoints[:1])
+            eps = tuple(canonical(str(e)) for e in c.target.endpoints[:1])
             return _Call(Marked(c.target.name, eps, new_marker()), c.target)
     return None
 

@@ -26,6 +26,19 @@ def addr(ip: bytes, port: int) -> str:
     return f"[{ipaddress.IPv6Address(ip)}]:{port}"
 
 
+def canonical(endpoint: str) -> str:
+    """``endpoint`` (``ip:port`` / ``[v6]:port``) spelled as ``addr`` spells captured
+    addresses, so a targets file's ``[fd00:0::1]:80`` matches; other text is unchanged."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit():
+        return endpoint
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return endpoint
+    return addr(ip.packed, int(port))
+
+
 @dataclass(frozen=True)
 class FlowStat:
     """One TCP direction src -> dst as the capture followed it."""
