@@ -521,3 +521,67 @@ def test_check_end_to_end(pki: MeshPKI, tmp_path: Path) -> None:
         finally:
             proxy.shutdown()
             proxy.server_close()
+
+
+def test_ipv6_flows_are_followed(pki: MeshPKI) -> None:
+    """IPv6 on the veth: a TLS flow passes, a plaintext marker fails, with v6 addresses."""
+    m, cm, mt = new_marker(), new_marker(), new_marker()
+    with netns_pair() as p:
+        for ns, dev, addr in (
+            (p.client_ns, p.client_if, "fd00:231::1"),
+            (p.server_ns, p.server_if, "fd00:231::2"),
+        ):
+            ip("-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        issued = pki.ca.issue_workload(pki.identity("ns-a", "v6"), key_type="ec")
+        cert, key = pki.files(issued, str(pki.tmp / "v6"))
+        ctx.load_cert_chain(cert, key)
+
+        def listener() -> socket.socket:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            s.bind(("fd00:231::2", 0))
+            s.listen(8)
+            return s
+
+        tls_l, plain_l = in_netns(p.server_ns, listener), in_netns(p.server_ns, listener)
+
+        def serve(sock: socket.socket, use_tls: bool, count: int) -> None:
+            for _ in range(count):
+                c, _ = sock.accept()
+                conn: socket.socket = ctx.wrap_socket(c, server_side=True) if use_tls else c
+                read_request(conn)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                conn.close()
+
+        threads = [
+            threading.Thread(target=serve, args=(tls_l, True, 1), daemon=True),
+            threading.Thread(target=serve, args=(plain_l, False, 2), daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        tls_ep = f"[fd00:231::2]:{tls_l.getsockname()[1]}"
+        plain_ep = f"[fd00:231::2]:{plain_l.getsockname()[1]}"
+        cap = capture(p)
+        try:
+            client_call(
+                p.client_ns, "fd00:231::2", tls_l.getsockname()[1], [request(mt)], use_tls=True
+            )
+            client_call(
+                p.client_ns, "fd00:231::2", plain_l.getsockname()[1], [request(m)], use_tls=False
+            )
+            client_call(
+                p.client_ns, "fd00:231::2", plain_l.getsockname()[1], [request(cm)], use_tls=False
+            )
+        finally:
+            obs = settle(cap)
+            for t in threads:
+                t.join(timeout=5)
+            tls_l.close()
+            plain_l.close()
+    (tls, plain) = judged(
+        obs,
+        Marked("c", (plain_ep,), cm),
+        [Marked("tls", (tls_ep,), mt), Marked("plain", (plain_ep,), m)],
+    )
+    assert tls[0] is Verdict.PASS, tls[1]
+    assert plain[0] is Verdict.FAIL and "[fd00:231::1]:" in plain[1], plain[1]
