@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from probe.checks import DEFAULT_CHECKS, REGISTRY, load_check, parse_check_list
+from probe.checks import DEFAULT_CHECKS, KNOWN, OPT_IN, load_check, parse_check_list
 from probe.cliargs import (
     UsageError,
     add_checks_flag,
@@ -21,6 +21,7 @@ from probe.cliargs import (
     seconds,
 )
 from probe.results import EXIT_USAGE, Result, exit_code
+from probe.wire.options import add_wire_flags, install_wire_options
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
@@ -45,8 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_checks_flag(
         p,
         DEFAULT_CHECKS,
-        extra=", and authz when the targets file has authz cases",
-        known=tuple(REGISTRY),
+        extra=", and authz when the targets file has authz cases; opt-in: " + ",".join(OPT_IN),
+        known=tuple(KNOWN),
     )
     add_report_flags(p)
     p.add_argument(
@@ -56,6 +57,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "(what mtlsprobe run's probe pods print, for its traces)",
     )
     add_probe_flags(p)
+    add_wire_flags(p)
     _add_sidecar_flags(p)
     _add_shard_flags(p)
     from probe import evidence
@@ -169,6 +171,7 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
         ev.add_material(f"targets:{args.file.name}", args.file.read_bytes())
 
     ctx = RunContext(targets, probe_settings(args))
+    install_wire_options(ctx, args)
     stop = threading.Event()
     previous = _install_stop_handler(stop)
     try:

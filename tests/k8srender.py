@@ -11,6 +11,9 @@ from typing import Any
 import yaml
 
 K8S = Path(__file__).resolve().parent.parent / "k8s"
+# Kubernetes versions the built-in kinds are validated against.
+K8S_VERSIONS = ["1.30.0", "1.34.0"]
+POD_KINDS = {"Deployment", "DaemonSet", "Job", "CronJob"}
 
 
 def render(path: str) -> list[dict[str, Any]]:

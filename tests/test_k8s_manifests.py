@@ -17,14 +17,20 @@ from jobs.launch.cluster import RUN_API_CALLS
 from jobs.plan.discovery import Options, discover
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube
-from tests.k8srender import K8S, allowed, parse_call, pod_spec, render, rules_by_subject
+from tests.k8srender import (
+    K8S,
+    K8S_VERSIONS,
+    POD_KINDS,
+    allowed,
+    parse_call,
+    pod_spec,
+    render,
+    rules_by_subject,
+)
 
 KUSTOMIZATIONS = ["base", "overlays/smoke", "overlays/continuous", "overlays/echo-example"]
 OWN_NS = "mtlsprobe"
-# Kubernetes versions the built-in kinds are validated against.
-K8S_VERSIONS = ["1.30.0", "1.34.0"]
 CUSTOM_KINDS = {"PrometheusRule"}
-POD_KINDS = {"Deployment", "DaemonSet", "Job", "CronJob"}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None,

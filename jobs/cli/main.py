@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("jobs.cli.run", "launch probe Jobs in the cluster and aggregate one verdict"),
     "agent": ("jobs.cli.agent", "continuous probing on an interval, with metrics and health"),
     "evidence": ("jobs.cli.evidence", "verify a signed attestation written by --attest"),
+    "wire-capture": ("probe.wire.cli", "capture packets; report markers seen in cleartext"),
 }
 
 

@@ -168,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.plan.discovery import DiscoveryError, Reader, api_client, discover
     from jobs.plan.planner import Requirements, build_plan
     from probe.checks import parse_check_list
+    from probe.checks.wire import not_launched, wire_skips
     from probe.html_report import RunInfo, pem_fingerprints
     from probe.results import exit_code
 
@@ -213,14 +214,15 @@ def main(args: argparse.Namespace) -> int:
             root_cert=snap.root_cert_pem is not None,
         )
         cluster = Cluster(Reader(api, opts))
+        launched_checks = not_launched(names)
         launch_opts = LaunchOptions(
             sources=sources,
-            checks=tuple(names),
+            checks=tuple(launched_checks),
             shard_threshold=args.shard_threshold,
             parallelism=args.parallelism,
         )
-        results = _run(cluster, plan, spec, launch_opts, args)
-        everything = [*plan.findings, *results]
+        results = _run(cluster, plan, spec, launch_opts, args) if launched_checks else []
+        everything = [*plan.findings, *results, *wire_skips(names, plan.targets_file)]
         if args.policy_reports:
             scope = snap.target_namespaces
             if scope is not None:

@@ -21,12 +21,16 @@ REGISTRY: dict[str, str] = {
 #: Run unless --checks says otherwise; ``authz`` joins them when the targets file has cases.
 DEFAULT_CHECKS = tuple(n for n in REGISTRY if n != "authz")
 
+# Opt-in checks: known, never in the default set (``wire`` needs a packet capture).
+OPT_IN: dict[str, str] = {"wire": "probe.checks.wire:WireCheck"}
+KNOWN: dict[str, str] = {**REGISTRY, **OPT_IN}
+
 SIDECAR_CHECKS = ("mesh", "xfcc-spoof", "self")
 PLAIN_CHECKS = ("plaintext", "peer-cert", "foreign-client")
 
 
 def load_check(name: str) -> Check:
-    module_name, _, cls_name = REGISTRY[name].partition(":")
+    module_name, _, cls_name = KNOWN[name].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     check: Check = cls()
     return check
@@ -38,6 +42,6 @@ def parse_check_list(text: str) -> list[str]:
     if not names:
         raise ValueError("--checks is empty")
     for n in names:
-        if n not in REGISTRY:
-            raise ValueError(f"unknown check {n!r} (known: {', '.join(REGISTRY)})")
+        if n not in KNOWN:
+            raise ValueError(f"unknown check {n!r} (known: {', '.join(KNOWN)})")
     return list(dict.fromkeys(names))
