@@ -129,9 +129,11 @@ def write_manifests(kube: FakeKube, root: Path) -> tuple[int, int]:
 
 
 def run_cli(
-    source: list[str], out: Path, *, c_loader: bool = False
+    source: list[str], out: Path, *, c_loader: bool = False, tree: Path | None = None
 ) -> tuple[float, float, int, float]:
-    """(wall s, peak RSS MB, exit code, CPU s) of ``mtlsprobe plan`` in a child process."""
+    """(wall s, peak RSS MB, exit code, CPU s) of ``mtlsprobe plan`` in a child process
+    (CPU and peak RSS from ``wait4``: the child and any workers it waited for). With
+    ``tree``, the child runs that checkout's code (``-m`` from its directory)."""
     start = time.perf_counter()
     head = ["-c", _C_LOADER_CHILD] if c_loader else ["-m", "jobs.cli.main"]
     with out.open("w") as f:
@@ -139,6 +141,7 @@ def run_cli(
             [sys.executable, *head, "plan", *source, "-o", "yaml"],
             stdout=f,
             stderr=subprocess.PIPE,
+            cwd=tree,
         )
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -172,6 +175,12 @@ def main() -> int:
     ap.add_argument("--source", choices=("api", "manifests", "both"), default="api")
     ap.add_argument("--max-wall", type=float, default=3.0, help="budget, seconds (best run)")
     ap.add_argument("--max-rss", type=float, default=300.0, help="budget, MB (worst run)")
+    ap.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run this checkout's plan (e.g. `git archive main`), alternating runs, "
+        "and print the CPU and wall ratios",
+    )
     ap.add_argument(
         "--models", action="store_true", help="also time discovery with the generated models"
     )
@@ -213,8 +222,24 @@ def main() -> int:
             )
         met = True
         for label, source, c_loader in sources:
-            runs = [run_cli(source, out, c_loader=c_loader) for _ in range(args.runs)]
-            ok = report(label, runs, out)
+            if args.baseline_tree is not None:
+                runs, base = [], []
+                for _ in range(args.runs):
+                    base_out = out.with_suffix(".baseline.yaml")
+                    base.append(run_cli(source, base_out, tree=args.baseline_tree.resolve()))
+                    print(f"  (load average {os.getloadavg()[0]:.1f})")
+                    runs.append(run_cli(source, out, c_loader=c_loader))
+                    print(f"  (load average {os.getloadavg()[0]:.1f})")
+                report(f"{label} [baseline {args.baseline_tree}]", base, base_out)
+                ok = report(label, runs, out)
+                same = base_out.read_bytes() == out.read_bytes()
+                print(f"  output identical to the baseline's: {'yes' if same else 'NO'}")
+                cpu = min(r[3] for r in runs) / min(r[3] for r in base)
+                wall = min(r[0] for r in runs) / min(r[0] for r in base)
+                print(f"  this tree / baseline, best of each: CPU {cpu:.2f}x, wall {wall:.2f}x")
+            else:
+                runs = [run_cli(source, out, c_loader=c_loader) for _ in range(args.runs)]
+                ok = report(label, runs, out)
             best = min(r[0] for r in runs)
             rss = max(r[1] for r in runs)
             within = ok and best <= args.max_wall and rss <= args.max_rss

@@ -63,6 +63,10 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = Resolver.DEFAULT_SCALAR_TAG
 _SEQ_TAG = Resolver.DEFAULT_SEQUENCE_TAG
 _MAP_TAG = Resolver.DEFAULT_MAPPING_TAG
+_COLLECTION_TAGS = frozenset(
+    "tag:yaml.org,2002:" + t for t in ("set", "omap", "pairs", "seq", "map")
+)
+_PLAIN_TAGS_CAP = 4096  # distinct plain scalars whose resolved tag is remembered
 
 
 def _composer_error(problem: str, mark: Any) -> ComposerError:
@@ -123,6 +127,7 @@ class _Builder:
     check_event: Any
     resolve: Any
     yaml_constructors: dict[Any, Any]
+    yaml_implicit_resolvers: dict[Any, Any]
 
     def _start_bounds(self, limits: Limits) -> None:
         self.limits = limits
@@ -131,7 +136,16 @@ class _Builder:
         self._expanded = 0  # running expanded count, to size anchored nodes
         # anchor -> (value, expanded size); the size is None while the node is open.
         self._anchors: dict[str, tuple[Any, int | None]] = {}
-        self._plain_tags: dict[str, str] = {}  # plain scalar -> resolved tag (keys repeat)
+        # plain scalar -> resolved tag (keys repeat); bounded, unique values skip it.
+        self._plain_tags: dict[str, str] = {}
+        # First characters for which an implicit resolver exists (YAML 1.1: bools, null,
+        # numbers, timestamps, merge, value): a plain scalar starting otherwise is a str
+        # without asking the resolver - unless a wildcard or path resolver is registered.
+        resolvers = self.yaml_implicit_resolvers
+        wildcard = None in resolvers or bool(getattr(self, "yaml_path_resolvers", None))
+        self._resolved_first: frozenset[str] | None = (
+            None if wildcard else frozenset(k for k in resolvers if k)
+        )
 
     def documents(self) -> list[object]:
         self.get_event()  # STREAM-START
@@ -151,11 +165,20 @@ class _Builder:
                 return value
             tag = self._plain_tags.get(value)
             if tag is None:
-                tag = self._plain_tags[value] = self.resolve(ScalarNode, value, event.implicit)
+                first = self._resolved_first
+                if first is not None and value and value[0] not in first:
+                    return value  # no implicit resolver starts with this character
+                tag = self.resolve(ScalarNode, value, event.implicit)
+                if len(self._plain_tags) < _PLAIN_TAGS_CAP:
+                    self._plain_tags[value] = tag
         if tag == _STR_TAG:
             return event.value
         if tag == _MERGE_TAG:
             return _MERGE
+        if tag in _COLLECTION_TAGS:  # their constructors are generators over a collection
+            raise _constructor_error(
+                f"tag {_name(tag)} is not supported on a scalar", event.start_mark
+            )
         construct = self.yaml_constructors.get(tag) or self.yaml_constructors[None]
         mark: Any = event.start_mark  # a libyaml Mark or a pure-Python one
         return construct(self, ScalarNode(tag, event.value, mark, mark, event.style))
@@ -166,83 +189,118 @@ class _Builder:
         self._anchors[anchor] = (value, size)
 
     def _build(self) -> Any:
+        """One document. The hot loop: the open collection's state lives in locals
+        (``container``, ``is_map``, ``key``, ``waiting``) and is saved to its ``_Open``
+        only when a child collection opens; the node counters are locals, written back
+        before anything that reads them (aliases) and at the end."""
         get_event = self.get_event
         plain_tags = self._plain_tags
         max_depth = self.limits.max_depth
+        written = self._written
+        expanded = self._expanded
         stack: list[_Open] = []
-        while True:
-            event = get_event()
-            kind = type(event)
-            value: Any
-            if kind is ScalarEvent:
-                self._written += 1
-                self._expanded += 1
-                if event.anchor is not None:
-                    self._anchor(event.anchor, None, None, event)
-                value = event.value
-                # Inline fast path: most scalars are strings (quoted, or plain words).
-                if event.tag is not None or (
-                    event.implicit[0] and plain_tags.get(value) != _STR_TAG
-                ):
-                    value = self._scalar(event)
-                if event.anchor is not None:
-                    self._anchor(event.anchor, value, 1, event)
-            elif kind is MappingStartEvent or kind is SequenceStartEvent:
-                if len(stack) >= max_depth:
-                    raise _composer_error(
-                        f"nested deeper than {max_depth} levels", event.start_mark
-                    )
-                is_map = kind is MappingStartEvent
-                if event.tag not in (None, "!", _MAP_TAG if is_map else _SEQ_TAG):
-                    raise _constructor_error(
-                        f"tag {_name(event.tag)} is not supported here", event.start_mark
-                    )
-                if event.anchor is not None:
-                    self._anchor(event.anchor, None, None, event)
-                stack.append(_Open(is_map, event.anchor, self._expanded))
-                self._written += 1
-                self._expanded += 1
-                continue
-            elif kind is MappingEndEvent or kind is SequenceEndEvent:
-                top = stack.pop()
-                value = _merged(top, event) if top.merges else top.container
-                if top.anchor is not None:
-                    self._anchor(top.anchor, value, self._expanded - top.before, event)
-            elif kind is AliasEvent:
-                value = self._alias(event)
-            else:
-                raise _composer_error(f"unexpected {kind.__name__}", event.start_mark)
-            if not stack:
-                if value is _MERGE:
-                    raise _not_here(event)
-                return value
-            top = stack[-1]
-            if not top.is_map:
-                if value is _MERGE:
-                    raise _not_here(event)
-                top.container.append(value)
-            elif not top.waiting:
-                if value is not _MERGE:
-                    try:
-                        repeated = value in top.container
-                    except TypeError:
+        top: _Open | None = None
+        container: Any = None
+        is_map = False
+        key: Any = None
+        waiting = False
+        try:
+            while True:
+                event = get_event()
+                kind = type(event)
+                value: Any
+                if kind is ScalarEvent:
+                    written += 1
+                    expanded += 1
+                    anchor = event.anchor
+                    if anchor is not None:
+                        self._anchor(anchor, None, None, event)
+                    value = event.value
+                    # Inline fast path: most scalars are strings (quoted, or plain words).
+                    if event.tag is not None or (
+                        event.implicit[0] and plain_tags.get(value) is not _STR_TAG
+                    ):
+                        value = self._scalar(event)
+                        if value is _MERGE and not (is_map and not waiting):
+                            raise _not_here(event)
+                    if anchor is not None:
+                        self._anchor(anchor, value, 1, event)
+                elif kind is MappingStartEvent or kind is SequenceStartEvent:
+                    if len(stack) >= max_depth:
+                        raise _composer_error(
+                            f"nested deeper than {max_depth} levels", event.start_mark
+                        )
+                    is_map = kind is MappingStartEvent
+                    if event.tag not in (None, "!", _MAP_TAG if is_map else _SEQ_TAG):
                         raise _constructor_error(
-                            "found unhashable key (a list or mapping as a key)", event.start_mark
-                        ) from None
-                    if repeated:
-                        raise _constructor_error(f"duplicate key {_short(value)}", event.start_mark)
-                top.key = value
-                top.waiting = True
-            else:
-                if value is _MERGE:
-                    raise _not_here(event)
-                if top.key is _MERGE:
-                    if top.merges is None:
-                        top.merges = []
-                    top.merges.append((value, event.start_mark))
+                            f"tag {_name(event.tag)} is not supported here", event.start_mark
+                        )
+                    if event.anchor is not None:
+                        self._anchor(event.anchor, None, None, event)
+                    if top is not None:
+                        top.key = key
+                        top.waiting = waiting
+                    top = _Open(is_map, event.anchor, expanded)
+                    stack.append(top)
+                    container = top.container
+                    key = None
+                    waiting = False
+                    written += 1
+                    expanded += 1
+                    continue
+                elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                    closed = stack.pop()
+                    value = _merged(closed, event) if closed.merges else container
+                    if closed.anchor is not None:
+                        self._anchor(closed.anchor, value, expanded - closed.before, event)
+                    if not stack:
+                        return value
+                    top = stack[-1]
+                    container = top.container
+                    is_map = top.is_map
+                    key = top.key
+                    waiting = top.waiting
+                elif kind is AliasEvent:
+                    self._written = written
+                    self._expanded = expanded
+                    value = self._alias(event)
+                    expanded = self._expanded
+                    if value is _MERGE and not (is_map and not waiting):
+                        raise _not_here(event)
                 else:
-                    top.container[top.key] = value
-                top.waiting = False
+                    raise _composer_error(f"unexpected {kind.__name__}", event.start_mark)
+                if top is None:
+                    if value is _MERGE:
+                        raise _not_here(event)
+                    return value
+                if not is_map:
+                    container.append(value)
+                elif waiting:
+                    if key is _MERGE:
+                        if top.merges is None:
+                            top.merges = []
+                        top.merges.append((value, event.start_mark))
+                    else:
+                        container[key] = value
+                    waiting = False
+                else:
+                    if value is not _MERGE:
+                        try:
+                            repeated = value in container
+                        except TypeError:
+                            raise _constructor_error(
+                                "found unhashable key (a list or mapping as a key)",
+                                event.start_mark,
+                            ) from None
+                        if repeated:
+                            raise _constructor_error(
+                                f"duplicate key {_short(value)}", event.start_mark
+                            )
+                    key = value
+                    waiting = True
+        finally:
+            self._written = written
+            self._expanded = expanded
 
     def _alias(self, event: AliasEvent) -> Any:
         anchor = str(event.anchor)

@@ -342,3 +342,22 @@ def test_shared_objects_stay_shared() -> None:
     doc = load_one(text, LIMITS)
     assert isinstance(doc, dict)
     assert doc["a"] is doc["b"] is doc["c"][0] and doc == yaml.safe_load(text)
+
+
+@PARSERS
+@pytest.mark.parametrize("tag", ["set", "omap", "pairs", "seq", "map"])
+def test_collection_tags_on_a_scalar_refused(pure_python: bool, tag: str) -> None:
+    # PyYAML's constructors for these are generators over a collection node: on a scalar
+    # they used to hand back a generator object as the value.
+    with pytest.raises(YamlLoadError, match="not supported on a scalar"):
+        load_all(f"a: !!{tag} x\n", LIMITS, pure_python=pure_python)
+
+
+@PARSERS
+def test_plain_scalars_resolve_like_safe_load_past_the_tag_cache(pure_python: bool) -> None:
+    # More distinct plain scalars than the resolved-tag cache holds: values past the cap
+    # resolve the same way (ints, bools, nulls, strings starting with any character).
+    words = [f"{c}{i}" for i in range(1500) for c in ("e", "n", "1", "y", "-", "~")]
+    words += ["yes", "no", "on", "null", "~", "12", "0x1F", "1.5", "2001-12-14", "-7", "<x", "=y"]
+    text = "".join(f"- {w}\n" for w in words)
+    assert load_one(text, LIMITS, pure_python=pure_python) == yaml.safe_load(text)
