@@ -1,0 +1,372 @@
+"""A scenario with every pod a network namespace, probed as in a cluster.
+
+The mesh comes from the same ``build_lab`` as the loopback lab (pod IPs from the
+namespace range); each pod gets a namespace, its app (``mtlsprobe serve`` on the pod
+IP) and, with a sidecar, Envoy under UID 1337 behind istio-init's rules. Two probe pods
+run ``mtlsprobe check`` with the Job spec's own arguments (jobs.launch.jobspec): the
+sidecar probe as UID 65532 behind capture, with no ``sidecarProxy`` in its targets and
+``--wait-for-sidecar``/``--quit-sidecar`` against its Envoy; the plain probe without
+one. Their JSON lines are judged the way ``mtlsprobe run`` judges pod logs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+
+from jobs.lab.build import LabBuild, build_lab
+from jobs.lab.meshca import MeshCerts, issue_mesh_certs
+from jobs.lab.netns import capture, envoy
+from jobs.lab.netns.net import (
+    STATE_FILE,
+    Network,
+    NetState,
+    PodAddresses,
+    PodNet,
+    hosts_file,
+    in_netns,
+    netns_argv,
+    preflight,
+    probe_ip,
+    service_ip,
+    teardown,
+)
+from jobs.lab.runner import LabRun, write_targets
+from jobs.lab.runtime import App, ServeArgv, default_serve_argv, envoy_path
+from jobs.lab.scenarios import Scenario, judge
+from jobs.lab.spec import MeshSpec
+from jobs.lab.supervisor import LabError, Managed, Supervisor, stop_pids_file
+from jobs.launch.jobspec import ROLES, RUN_AS, Role, RunSpec, probe_args
+from jobs.launch.judge import errors_for, expected_keys, missing, parse_log
+from probe.checks import load_check
+from probe.checks.base import Settings
+from probe.model import Source
+from probe.results import Result
+
+MAX_SIDECARS = 64  # one Envoy (~65 MiB) per sidecar pod here, unlike the loopback lab
+PROBE_DEADLINE = 300.0  # a probe Job's activeDeadlineSeconds
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class NetnsRun(LabRun):
+    """A lab run whose probes ran in namespaces: ``captured`` counts the connections
+    iptables redirected into the probe's sidecar (the proof of transparent capture)."""
+
+    captured: int = 0
+
+
+@dataclass
+class ProbePod:
+    role: Role
+    net: PodNet
+    checks: tuple[str, ...]
+
+
+@dataclass
+class Captured:
+    """iptables counters of the probe pod's capture rules after the run."""
+
+    outbound_packets: int = 0  # SYNs redirected to Envoy's 15001 (ISTIO_REDIRECT)
+    raw: str = ""
+
+
+@dataclass
+class NetnsLab:
+    """A scenario's mesh as namespaces; a context manager (teardown is guaranteed)."""
+
+    mesh: MeshSpec
+    workdir: Path
+    ready_timeout: float = 60.0
+    serve_argv: ServeArgv = default_serve_argv
+    net: Network = field(init=False)
+    supervisor: Supervisor = field(init=False)
+    certs: MeshCerts | None = None
+    pods: dict[str, PodNet] = field(default_factory=dict)  # pod key -> namespace
+    probes: dict[str, PodNet] = field(default_factory=dict)  # "sidecar"/"plain"
+    vips: dict[str, str] = field(default_factory=dict)  # service host -> virtual IP
+    envoy_procs: list[Managed] = field(default_factory=list)
+    ready_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.net = Network(self.workdir)
+        self.supervisor = Supervisor(self.workdir)
+
+    def __enter__(self) -> NetnsLab:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.supervisor.stop()
+        left = self.net.teardown()
+        if left:
+            raise LabError(f"teardown left {', '.join(left)}")
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    def start(self) -> None:
+        preflight()
+        sidecars = sum(1 for p in self.mesh.pods if p.sidecar)
+        if sidecars > MAX_SIDECARS:
+            raise LabError(
+                f"--netns runs one Envoy per sidecar pod: {sidecars} is more than "
+                f"{MAX_SIDECARS}; use the loopback lab for scale"
+            )
+        t0 = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Envoy (UID 1337) and the probe (65532) read their files from here.
+        self.workdir.chmod(0o755)
+        binary = envoy_path()
+        self.certs = issue_mesh_certs(self.mesh, self.workdir / "certs")
+        _chown_tree(self.workdir / "certs", capture.PROXY_UID)
+        # Keys stay 0600 (Envoy's); chains are public, and the probe's ``self`` check reads
+        # its own chain from the file its sidecar's config dump names.
+        (self.workdir / "certs").chmod(0o755)
+        hosts = sorted({u.host for u in self.mesh.upstreams})
+        self.vips = {h: service_ip(i) for i, h in enumerate(hosts)}
+        services = [(self.vips[h], h) for h in hosts]
+
+        self.net.create_bridge()
+        for i, pod in enumerate(self.mesh.pods):
+            hf = hosts_file((pod.ip, pod.name), services)
+            self.pods[pod.key] = self.net.add_pod(i, pod.ip, pod.name, hf)
+            if pod.sidecar:
+                capture.install(self.pods[pod.key].netns)
+        n = len(self.mesh.pods)
+        for j, role in enumerate(ROLES):
+            ip = probe_ip(j)
+            name = f"mtlsprobe-{role.name}"
+            self.probes[role.name] = self.net.add_pod(n + j, ip, name, hosts_file((ip, name), services))
+            if role.sidecar:
+                capture.install(self.probes[role.name].netns)
+
+        confdir = self.workdir / "envoy"
+        confdir.mkdir(exist_ok=True)
+        waits: list[tuple[str, Managed, Callable[[], bool]]] = []
+        for pod in self.mesh.pods:
+            pn = self.pods[pod.key]
+            apps = [App(pod.ip, p.port, pod.key, p.http) for p in pod.ports]
+            if apps:
+                proc = self.supervisor.start(f"app-{pn.netns}", netns_argv(pn.netns, self.serve_argv(apps)))
+                for a in apps:
+                    waits.append((pn.netns, proc, _listening(a.ip, a.port)))
+            if pod.sidecar:
+                boot = envoy.workload_sidecar(pod, self.certs, self.mesh.trust_domain)
+                proc = self._envoy(binary, confdir, pn.netns, boot)
+                waits.append((pn.netns, proc, _admin_ready))
+        for role in ROLES:
+            if role.sidecar:
+                pn = self.probes[role.name]
+                boot = envoy.probe_sidecar(
+                    self.mesh.upstreams, self.vips, self.certs, self.mesh.trust_domain
+                )
+                proc = self._envoy(binary, confdir, pn.netns, boot)
+                waits.append((pn.netns, proc, _admin_ready))
+        deadline = time.monotonic() + self.ready_timeout
+        for ns, proc, ready in waits:
+            while not in_netns(ns, ready):
+                self.supervisor.check_alive()
+                if time.monotonic() > deadline:
+                    raise LabError(f"{proc.name} not ready in time; log: {proc.log}")
+                time.sleep(0.02)
+        self.ready_seconds = time.monotonic() - t0
+
+    def _envoy(self, binary: str, confdir: Path, ns: str, boot: dict[str, object]) -> Managed:
+        import json
+
+        path = confdir / f"{ns}.json"
+        path.write_text(json.dumps(boot, separators=(",", ":")), encoding="utf-8")
+        argv = [binary, "-c", str(path), "--concurrency", "1", "--disable-hot-restart"]
+        argv += ["--log-level", "warning"]
+        proc = self.supervisor.start(
+            f"envoy-{ns}", netns_argv(ns, argv, uid=capture.PROXY_UID), env=_clean_env()
+        )
+        self.envoy_procs.append(proc)
+        return proc
+
+    def run_probes(
+        self,
+        build: LabBuild,
+        checks: Sequence[str],
+        settings: Settings,
+        stop: threading.Event | None = None,
+    ) -> list[Result]:
+        """Both probe pods at once, as the two Jobs of a run; their results in ``checks``
+        order, with an error for whatever a probe owed and did not report."""
+        assert self.certs is not None
+        pdir = self.workdir / "probe"
+        pdir.mkdir(exist_ok=True)
+        pdir.chmod(0o755)
+        root = pdir / "root-cert.pem"
+        shutil.copyfile(self.certs.root, root)
+        root.chmod(0o644)
+        # No sidecarProxy, no sidecarAdmin: the probe finds its sidecar as in a pod.
+        targets = replace(
+            build.targets,
+            root_cert_file=root,
+            source=Source(identity=self.mesh.probe_identity),
+        )
+        path = pdir / "targets.yaml"
+        write_targets(targets, path)
+        path.chmod(0o644)
+        spec = RunSpec(
+            run_id="lab",
+            image="lab",
+            timeout=settings.timeout,
+            concurrency=settings.concurrency,
+            min_remaining=settings.min_remaining,
+            max_lifetime=settings.max_lifetime,
+        )
+        started: list[tuple[ProbePod, Managed]] = []
+        for role in ROLES:
+            mine = tuple(c for c in role.checks if c in checks)
+            if not mine:
+                continue
+            args = probe_args(role, mine, spec, shards=1)
+            args[args.index("-f") + 1] = str(path)
+            argv = netns_argv(
+                self.probes[role.name].netns,
+                [sys.executable, "-m", "jobs.cli.main", *args],
+                uid=RUN_AS,
+            )
+            pod = ProbePod(role, self.probes[role.name], mine)
+            started.append((pod, self.supervisor.start(f"probe-{role.name}", argv, env=_clean_env())))
+        results: list[Result] = []
+        for pod, proc in started:
+            results += _collect(pod, proc, targets, stop)
+        order = {c: i for i, c in enumerate(checks)}
+        return sorted(results, key=lambda r: order.get(r.check, len(order)))
+
+    def captured(self) -> Captured:
+        """How many connections the probe pod's capture rules sent to its sidecar."""
+        text = capture.counters(self.probes["sidecar"].netns)
+        out = Captured(raw=text)
+        for line in text.splitlines():
+            if line.startswith("[") and "-A ISTIO_REDIRECT" in line:
+                out.outbound_packets += int(line[1:].split(":", 1)[0])
+        return out
+
+
+def _collect(
+    pod: ProbePod, proc: Managed, targets: object, stop: threading.Event | None
+) -> list[Result]:
+    from probe.model import TargetsFile
+
+    assert isinstance(targets, TargetsFile)
+    end = time.monotonic() + PROBE_DEADLINE
+    while proc.alive() and time.monotonic() < end and not (stop and stop.is_set()):
+        time.sleep(0.05)
+    cause = ""
+    if proc.alive():
+        proc.popen.kill()
+        proc.popen.wait(5)
+        cause = "probe stopped (deadline or interrupt)"
+    text = proc.log.read_text(encoding="utf-8", errors="replace")
+    parsed = parse_log(text)
+    owed = expected_keys(targets, [(c, load_check(c).scope) for c in pod.checks])
+    lacking = missing(owed, parsed.results)
+    got = list(parsed.results)
+    if lacking:
+        why = cause or f"probe {pod.role.name} exited {proc.popen.returncode} without this result"
+        if parsed.last_text:
+            why += f" (last log line: {parsed.last_text})"
+        got += errors_for(lacking, why, "probe-incomplete")
+    return got
+
+
+def _listening(ip: str, port: int) -> Callable[[], bool]:
+    import socket
+
+    def probe() -> bool:
+        try:
+            with socket.create_connection((ip, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return probe
+
+
+def _admin_ready() -> bool:
+    try:
+        with _DIRECT.open(f"http://127.0.0.1:{envoy.ADMIN_PORT}/ready", timeout=1.0) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _clean_env() -> dict[str, str]:
+    """A pod's environment, not the caller's: no proxy variables, no user settings."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": "/tmp"}
+
+
+def _chown_tree(path: Path, uid: int) -> None:
+    os.chown(path, uid, uid)
+    for p in path.rglob("*"):
+        os.chown(p, uid, uid)
+
+
+def run_scenario_netns(
+    scenario: Scenario,
+    workdir: Path,
+    *,
+    require: Sequence[str],
+    checks: Sequence[str],
+    settings: Settings,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[NetnsLab, NetnsRun], None] | None = None,
+) -> NetnsRun:
+    """``run_scenario`` with pods as namespaces (``mtlsprobe lab --netns``)."""
+    preflight()
+    built = build_lab(scenario, PodAddresses(), require)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with NetnsLab(built.mesh, workdir) as lab:
+        run = NetnsRun(scenario, built, workdir, workdir / "probe" / "targets.yaml")
+        run.ready_seconds = lab.ready_seconds
+        run.envoys = len(lab.envoy_procs)
+        run.pids = [p.pid for p in lab.supervisor.procs]
+        if on_ready is not None:
+            on_ready(lab, run)
+        t0 = time.monotonic()
+        results = lab.run_probes(built, checks, settings, stop)
+        run.check_seconds = time.monotonic() - t0
+        run.captured = lab.captured().outbound_packets
+    run.results = [*built.findings, *results]
+    if scenario.judged:
+        run.mismatches = judge(scenario, run.results)
+    return run
+
+
+def down(workdir: Path) -> tuple[int, list[str]]:
+    """``mtlsprobe lab --down`` for a namespace lab: its processes, then its network.
+    Returns (processes stopped, objects that could not be removed)."""
+    state = NetState.load(workdir)
+    stopped = 0
+    if (workdir / "pids").exists():
+        stopped = len(stop_pids_file(workdir))
+    if state is None:
+        return stopped, []
+    left = teardown(state)
+    if not left:
+        (workdir / STATE_FILE).unlink(missing_ok=True)
+    return stopped, left
