@@ -170,14 +170,18 @@ def virtual_inbound(per_port: Sequence[Json]) -> Json:
             chains.append(c)
     http_inspector: Json = {
         "name": _HTTP_INSPECTOR,
-        "typed_config": {"@type": _T + "extensions.filters.listener.http_inspector.v3.HttpInspector"},
+        "typed_config": {
+            "@type": _T + "extensions.filters.listener.http_inspector.v3.HttpInspector"
+        },
     }
     if tcp_ports:
         # As Istio does on ports it knows are not HTTP: no sniffing there.
         rules: list[Json] = [
             {"destination_port_range": {"start": p, "end": p + 1}} for p in sorted(tcp_ports)
         ]
-        http_inspector["filter_disabled"] = rules[0] if len(rules) == 1 else {"or_match": {"rules": rules}}
+        http_inspector["filter_disabled"] = (
+            rules[0] if len(rules) == 1 else {"or_match": {"rules": rules}}
+        )
     tls_inspector = {
         "name": _TLS_INSPECTOR,
         "typed_config": {"@type": _T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"},
@@ -265,11 +269,7 @@ def outbound_listeners(upstreams: Sequence[Upstream], vips: Mapping[str, str]) -
                 "address": _addr(vip, up.port),
                 "bind_to_port": False,
                 "filter_chains": [
-                    {
-                        "filters": [
-                            _tcp_proxy(outbound_cluster_name(up), outbound_cluster_name(up))
-                        ]
-                    }
+                    {"filters": [_tcp_proxy(outbound_cluster_name(up), outbound_cluster_name(up))]}
                 ],
             }
         )

@@ -28,8 +28,8 @@ from jobs.lab.meshca import MeshCerts, issue_mesh_certs
 from jobs.lab.netns import capture, envoy
 from jobs.lab.netns.net import (
     STATE_FILE,
-    Network,
     NetState,
+    Network,
     PodAddresses,
     PodNet,
     hosts_file,
@@ -156,7 +156,9 @@ class NetnsLab:
         for j, role in enumerate(ROLES):
             ip = probe_ip(j)
             name = f"mtlsprobe-{role.name}"
-            self.probes[role.name] = self.net.add_pod(n + j, ip, name, hosts_file((ip, name), services))
+            self.probes[role.name] = self.net.add_pod(
+                n + j, ip, name, hosts_file((ip, name), services)
+            )
             if role.sidecar:
                 capture.install(self.probes[role.name].netns)
 
@@ -167,7 +169,9 @@ class NetnsLab:
             pn = self.pods[pod.key]
             apps = [App(pod.ip, p.port, pod.key, p.http) for p in pod.ports]
             if apps:
-                proc = self.supervisor.start(f"app-{pn.netns}", netns_argv(pn.netns, self.serve_argv(apps)))
+                proc = self.supervisor.start(
+                    f"app-{pn.netns}", netns_argv(pn.netns, self.serve_argv(apps))
+                )
                 for a in apps:
                     waits.append((pn.netns, proc, _listening(a.ip, a.port)))
             if pod.sidecar:
@@ -250,7 +254,9 @@ class NetnsLab:
                 uid=RUN_AS,
             )
             pod = ProbePod(role, self.probes[role.name], mine)
-            started.append((pod, self.supervisor.start(f"probe-{role.name}", argv, env=_clean_env())))
+            started.append(
+                (pod, self.supervisor.start(f"probe-{role.name}", argv, env=_clean_env()))
+            )
         results: list[Result] = []
         for pod, proc in started:
             results += _collect(pod, proc, targets, stop)
@@ -317,7 +323,7 @@ def _admin_ready() -> bool:
 
 def _clean_env() -> dict[str, str]:
     """A pod's environment, not the caller's: no proxy variables, no user settings."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": "/tmp"}
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
 
 
 def _chown_tree(path: Path, uid: int) -> None:
