@@ -11,8 +11,10 @@ one. Their JSON lines are judged the way ``mtlsprobe run`` judges pod logs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -63,6 +65,10 @@ class NetnsRun(LabRun):
     iptables redirected into the probe's sidecar (the proof of transparent capture)."""
 
     captured: int = 0
+    # With a native sidecar (still up after the probe): the probe sidecar's Envoy counters
+    # for its outbound clusters and listeners, read once the probes are done.
+    sidecar_stats: dict[str, int] = field(default_factory=dict)
+    sidecar_quit: bool = False  # the probe's Envoy exited on its --quit-sidecar
 
 
 @dataclass
@@ -88,6 +94,7 @@ class NetnsLab:
     workdir: Path
     ready_timeout: float = 60.0
     serve_argv: ServeArgv = default_serve_argv
+    prefix: str | None = None  # names of everything created (default: a fresh one)
     net: Network = field(init=False)
     supervisor: Supervisor = field(init=False)
     certs: MeshCerts | None = None
@@ -95,10 +102,11 @@ class NetnsLab:
     probes: dict[str, PodNet] = field(default_factory=dict)  # "sidecar"/"plain"
     vips: dict[str, str] = field(default_factory=dict)  # service host -> virtual IP
     envoy_procs: list[Managed] = field(default_factory=list)
+    probe_envoy: Managed | None = None
     ready_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        self.net = Network(self.workdir)
+        self.net = Network(self.workdir, self.prefix)
         self.supervisor = Supervisor(self.workdir)
 
     def __enter__(self) -> NetnsLab:
@@ -134,19 +142,18 @@ class NetnsLab:
             )
         t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # Envoy (UID 1337) and the probe (65532) read their files from here.
-        self.workdir.chmod(0o755)
         binary = envoy_path()
-        self.certs = issue_mesh_certs(self.mesh, self.workdir / "certs")
-        _chown_tree(self.workdir / "certs", capture.PROXY_UID)
-        # Keys stay 0600 (Envoy's); chains are public, and the probe's ``self`` check reads
-        # its own chain from the file its sidecar's config dump names.
-        (self.workdir / "certs").chmod(0o755)
         hosts = sorted({u.host for u in self.mesh.upstreams})
         self.vips = {h: service_ip(i) for i, h in enumerate(hosts)}
         services = [(self.vips[h], h) for h in hosts]
 
         self.net.create_bridge()
+        share = self.net.share
+        self.certs = issue_mesh_certs(self.mesh, share / "certs")
+        _chown_tree(share / "certs", capture.PROXY_UID)
+        # Keys stay 0600 (Envoy's); chains are public, and the probe's ``self`` check reads
+        # its own chain from the file its sidecar's config dump names.
+        (share / "certs").chmod(0o755)
         for i, pod in enumerate(self.mesh.pods):
             hf = hosts_file((pod.ip, pod.name), services)
             self.pods[pod.key] = self.net.add_pod(i, pod.ip, pod.name, hf)
@@ -162,8 +169,8 @@ class NetnsLab:
             if role.sidecar:
                 capture.install(self.probes[role.name].netns)
 
-        confdir = self.workdir / "envoy"
-        confdir.mkdir(exist_ok=True)
+        confdir = share / "envoy"
+        confdir.mkdir(mode=0o755)
         waits: list[tuple[str, Managed, Callable[[], bool]]] = []
         for pod in self.mesh.pods:
             pn = self.pods[pod.key]
@@ -185,6 +192,7 @@ class NetnsLab:
                     self.mesh.upstreams, self.vips, self.certs, self.mesh.trust_domain
                 )
                 proc = self._envoy(binary, confdir, pn.netns, boot)
+                self.probe_envoy = proc
                 waits.append((pn.netns, proc, _admin_ready))
         deadline = time.monotonic() + self.ready_timeout
         for ns, proc, ready in waits:
@@ -214,13 +222,14 @@ class NetnsLab:
         checks: Sequence[str],
         settings: Settings,
         stop: threading.Event | None = None,
+        *,
+        native_sidecar: bool = False,
     ) -> list[Result]:
         """Both probe pods at once, as the two Jobs of a run; their results in ``checks``
         order, with an error for whatever a probe owed and did not report."""
         assert self.certs is not None
-        pdir = self.workdir / "probe"
-        pdir.mkdir(exist_ok=True)
-        pdir.chmod(0o755)
+        pdir = self.net.share / "probe"
+        pdir.mkdir(mode=0o755, exist_ok=True)
         root = pdir / "root-cert.pem"
         shutil.copyfile(self.certs.root, root)
         root.chmod(0o644)
@@ -233,6 +242,8 @@ class NetnsLab:
         path = pdir / "targets.yaml"
         write_targets(targets, path)
         path.chmod(0o644)
+        # The record of what the probes were given (the shared copy goes with the lab).
+        shutil.copyfile(path, self.workdir / "targets.yaml")
         spec = RunSpec(
             run_id="lab",
             image="lab",
@@ -240,6 +251,7 @@ class NetnsLab:
             concurrency=settings.concurrency,
             min_remaining=settings.min_remaining,
             max_lifetime=settings.max_lifetime,
+            native_sidecar=native_sidecar,
         )
         started: list[tuple[ProbePod, Managed]] = []
         for role in ROLES:
@@ -262,6 +274,25 @@ class NetnsLab:
             results += _collect(pod, proc, targets, stop)
         order = {c: i for i, c in enumerate(checks)}
         return sorted(results, key=lambda r: order.get(r.check, len(order)))
+
+    def sidecar_stats(self) -> dict[str, int]:
+        """The probe sidecar's outbound counters (empty when it has quit)."""
+
+        def read() -> dict[str, int]:
+            url = f"http://127.0.0.1:{envoy.ADMIN_PORT}/stats?filter=outbound|listener"
+            try:
+                with _DIRECT.open(url, timeout=2.0) as resp:
+                    text = resp.read().decode("utf-8", "replace")
+            except (urllib.error.URLError, OSError):
+                return {}
+            out: dict[str, int] = {}
+            for line in text.splitlines():
+                name, _, value = line.partition(": ")
+                if value.strip().isdigit():
+                    out[name] = int(value)
+            return out
+
+        return in_netns(self.probes["sidecar"].netns, read)
 
     def captured(self) -> Captured:
         """How many connections the probe pod's capture rules sent to its sidecar."""
@@ -341,22 +372,29 @@ def run_scenario_netns(
     settings: Settings,
     stop: threading.Event | None = None,
     on_ready: Callable[[NetnsLab, NetnsRun], None] | None = None,
+    native_sidecar: bool = False,
+    prefix: str | None = None,
 ) -> NetnsRun:
     """``run_scenario`` with pods as namespaces (``mtlsprobe lab --netns``)."""
     preflight()
     built = build_lab(scenario, PodAddresses(), require)
     workdir.mkdir(parents=True, exist_ok=True)
-    with NetnsLab(built.mesh, workdir) as lab:
-        run = NetnsRun(scenario, built, workdir, workdir / "probe" / "targets.yaml")
+    with NetnsLab(built.mesh, workdir, prefix=prefix) as lab:
+        run = NetnsRun(scenario, built, workdir, workdir / "targets.yaml")
         run.ready_seconds = lab.ready_seconds
         run.envoys = len(lab.envoy_procs)
         run.pids = [p.pid for p in lab.supervisor.procs]
         if on_ready is not None:
             on_ready(lab, run)
         t0 = time.monotonic()
-        results = lab.run_probes(built, checks, settings, stop)
+        results = lab.run_probes(built, checks, settings, stop, native_sidecar=native_sidecar)
         run.check_seconds = time.monotonic() - t0
         run.captured = lab.captured().outbound_packets
+        run.sidecar_stats = lab.sidecar_stats()
+        if lab.probe_envoy is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                lab.probe_envoy.popen.wait(timeout=0 if native_sidecar else 5)
+            run.sidecar_quit = not lab.probe_envoy.alive()
     run.results = [*built.findings, *results]
     if scenario.judged:
         run.mismatches = judge(scenario, run.results)

@@ -37,6 +37,9 @@ PODS_PER_OCTET = 250
 STATE_FILE = "netns.json"
 NETNS_DIR = Path("/var/run/netns")
 ETC_NETNS = Path("/etc/netns")
+# Files the pods' users (Envoy as 1337, the probe as 65532) read: a root-owned tmpfs
+# directory per run, since the workdir's parents may be closed to them (mkdtemp: 0700).
+RUN_DIR = Path("/run/mtlsprobe-lab")
 _CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -157,14 +160,24 @@ class Network:
     def __init__(self, workdir: Path, prefix: str | None = None) -> None:
         self.workdir = workdir
         p = prefix or new_prefix()
+        if not (p.isascii() and p.isalnum() and p.islower() and 2 <= len(p) <= 8):
+            # Link names are at most 15 bytes: prefix + "h" + pod index.
+            raise LabError(f"lab network prefix {p!r}: 2-8 lowercase letters/digits")
         self.state = NetState(prefix=p, bridge=f"{p}br")
 
     @property
     def prefix(self) -> str:
         return self.state.prefix
 
+    @property
+    def share(self) -> Path:
+        return RUN_DIR / self.prefix
+
     def create_bridge(self) -> None:
         self.state.save(self.workdir)
+        RUN_DIR.mkdir(mode=0o755, exist_ok=True)
+        self.share.mkdir(mode=0o755)
+        self.share.chmod(0o755)
         run(["ip", "link", "add", self.state.bridge, "type", "bridge"])
         run(["ip", "link", "set", self.state.bridge, "up"])
 
@@ -288,6 +301,7 @@ def teardown(state: NetState, grace: float = 3.0) -> list[str]:
         shutil.rmtree(ETC_NETNS / ns, ignore_errors=True)
     if state.bridge in links:
         run(["ip", "link", "del", state.bridge], check=False)
+    shutil.rmtree(RUN_DIR / state.prefix, ignore_errors=True)
     return leftovers(state.prefix)
 
 
@@ -311,4 +325,5 @@ def leftovers(prefix: str) -> list[str]:
     left = [f"netns {n}" for n in list_netns() if n.startswith(prefix)]
     left += [f"link {n}" for n in list_links() if n.startswith(prefix)]
     left += [f"dir {p}" for p in ETC_NETNS.glob(f"{prefix}-*")] if ETC_NETNS.exists() else []
+    left += [f"dir {RUN_DIR / prefix}"] if (RUN_DIR / prefix).exists() else []
     return left

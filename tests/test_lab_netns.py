@@ -1,0 +1,244 @@
+"""``mtlsprobe lab --netns``: pods as network namespaces, sidecars behind Istio's capture
+rules, the probes run as in a pod. Root only: skipped loudly otherwise.
+
+Every test names its lab objects with its own prefix and checks afterwards that no
+namespace, link, hosts directory, host iptables rule or process of it is left, also
+after the lab process is SIGKILLed and ``lab --down`` cleans up.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.lab.netns.lab import NetnsRun, run_scenario_netns
+from jobs.lab.netns.net import NetState, leftovers, list_links, list_netns, teardown
+from jobs.lab.runner import run_scenario
+from jobs.lab.scenarios import builtin
+from jobs.lab.supervisor import pid_alive
+from probe.checks import REGISTRY
+from probe.checks.base import Settings
+from probe.results import Verdict
+
+MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
+SETTINGS = Settings(timeout=5.0, concurrency=16)
+
+
+def _why_not() -> str | None:
+    if sys.platform != "linux":
+        return "network namespaces are Linux only"
+    if os.geteuid() != 0:
+        return "lab --netns needs root (namespaces, veths, a bridge, iptables)"
+    for tool in ("ip", "iptables-restore", "iptables-save", "setpriv"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' is missing: as root, `make netns-deps` installs it"
+    return None
+
+
+WHY_NOT = _why_not()
+needs_root = pytest.mark.skipif(WHY_NOT is not None, reason=f"SKIPPED LOUDLY: {WHY_NOT}")
+pytestmark = pytest.mark.envoy
+
+
+def _host_iptables() -> list[str]:
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
+    return [ln for ln in out.splitlines() if not ln.startswith("#")]
+
+
+class HostSnapshot:
+    """The host's namespaces, links and iptables rules, to compare after a test."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.netns = set(list_netns())
+        self.links = set(list_links())
+        self.iptables = _host_iptables()
+
+    def assert_clean(self) -> None:
+        assert leftovers(self.prefix) == []
+        # Other labs may come and go meanwhile (their own prefixes): nothing new may be ours.
+        assert not [n for n in set(list_netns()) - self.netns if n.startswith(self.prefix)]
+        assert not [n for n in set(list_links()) - self.links if n.startswith(self.prefix)]
+        new_rules = [r for r in _host_iptables() if r not in self.iptables]
+        # The lab never writes a host rule: its rules live in the pods' namespaces.
+        assert not [r for r in new_rules if "ISTIO" in r or "10.243." in r or "100.64." in r]
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> Iterator[str]:
+    """A fresh object prefix; whatever a failed test left under it is removed."""
+    p = "mpt" + secrets.token_hex(2)
+    snap = HostSnapshot(p)
+    yield p
+    teardown(
+        NetState(
+            p,
+            f"{p}br",
+            [n for n in list_netns() if n.startswith(p)],
+            [n for n in list_links() if n.startswith(f"{p}h")],
+        )
+    )
+    snap.assert_clean()
+
+
+def _netns(name: str, workdir: Path, prefix: str, **kw: object) -> NetnsRun:
+    scenario = builtin(name)
+    return run_scenario_netns(
+        scenario,
+        workdir,
+        require=list(scenario.require),
+        checks=list(REGISTRY),
+        settings=SETTINGS,
+        prefix=prefix,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _verdicts(results: object) -> collections.Counter[tuple[str, str, str]]:
+    """(check, target, verdict) counts: endpoints are pod IPs and differ between labs."""
+    assert isinstance(results, list)
+    return collections.Counter((r.check, r.target, r.verdict.value) for r in results)
+
+
+def test_refused_without_root_in_one_line() -> None:
+    argv = [*MTLSPROBE, "lab", "healthy", "--netns"]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("SKIPPED LOUDLY: setpriv missing, cannot drop root for this test")
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 64, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--netns needs root" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@needs_root
+def test_healthy_mesh_calls_go_through_capture(tmp_path: Path, prefix: str) -> None:
+    # A native sidecar (no --quit-sidecar) stays up, so its Envoy's stats can be read.
+    run = _netns("healthy", tmp_path / "w", prefix, native_sidecar=True)
+    assert run.pids and not any(pid_alive(p) for p in run.pids), "processes left running"
+    assert run.mismatches == []
+    assert all(r.verdict in (Verdict.PASS, Verdict.SKIP) for r in run.results), [
+        (r.check, r.target, r.reason) for r in run.results if r.verdict is not Verdict.PASS
+    ]
+    mesh = [r for r in run.results if r.check == "mesh"]
+    assert mesh and all(r.verdict is Verdict.PASS for r in mesh)
+    # The probe had no proxy setting: what it was given is the in-pod contract.
+    doc = yaml.safe_load((tmp_path / "w" / "targets.yaml").read_text())
+    assert "sidecarProxy" not in doc.get("source", {})
+    assert "sidecarAdmin" not in doc.get("source", {})
+    # Every service port was reached through the probe sidecar's outbound clusters:
+    # the kernel redirected the connections (iptables counters) and Envoy counted them.
+    ports = {(t["host"], t["port"]) for t in doc["targets"]}
+    assert run.captured >= len(ports)
+    for host, port in ports:
+        key = f"cluster.outbound|{port}||{host}.upstream_cx_total"
+        assert run.sidecar_stats.get(key, 0) >= 1, (key, sorted(run.sidecar_stats)[:20])
+    # Envoy handed each connection from virtualOutbound (15001, use_original_dst) to the
+    # listener of its original destination port, as in a pod; 15001 itself counts none.
+    for _, port in ports:
+        handed = [
+            v
+            for k, v in run.sidecar_stats.items()
+            if k.startswith("listener.") and k.endswith(f"_{port}.downstream_cx_total")
+        ]
+        assert sum(handed) >= 1, port
+    # The tcp service went straight through capture: no CONNECT tunnel was asked for.
+    tcp = [r for r in mesh if r.evidence.get("transport")]
+    assert tcp and all(r.evidence.get("connect_status") is None for r in tcp)
+
+
+@needs_root
+def test_broken_gives_the_loopback_labs_failures(tmp_path: Path, prefix: str) -> None:
+    scenario = builtin("broken")
+    netns = _netns("broken", tmp_path / "ns", prefix)
+    loop = run_scenario(
+        scenario,
+        tmp_path / "lo",
+        require=list(scenario.require),
+        checks=list(REGISTRY),
+        settings=SETTINGS,
+    )
+    assert netns.mismatches == [] and loop.mismatches == []
+    assert _verdicts(netns.results) == _verdicts(loop.results)
+    assert any(r.verdict is Verdict.FAIL for r in netns.results)
+    # The classic sidecar stopped when the probe asked (--quit-sidecar).
+    assert netns.sidecar_quit
+
+
+@needs_root
+def test_cli_exit_codes_and_nothing_left(tmp_path: Path, prefix: str) -> None:
+    healthy = subprocess.run(
+        [*MTLSPROBE, "lab", "healthy", "--netns", "-o", "jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert healthy.returncode == 0, healthy.stderr
+    broken = subprocess.run(
+        [*MTLSPROBE, "lab", "broken", "--netns", "-o", "jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert broken.returncode == 1, broken.stderr
+    fails = [json.loads(ln) for ln in broken.stdout.splitlines() if '"fail"' in ln]
+    assert fails and all(d["verdict"] == "fail" for d in fails)
+
+
+@needs_root
+def test_sigkill_then_down_removes_everything(tmp_path: Path, prefix: str) -> None:
+    workdir = tmp_path / "w"
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from jobs.lab.netns.lab import NetnsLab\n"
+        "from jobs.lab.netns.net import PodAddresses\n"
+        "from jobs.lab.build import build_lab\n"
+        "from jobs.lab.scenarios import builtin\n"
+        "b = build_lab(builtin('healthy'), PodAddresses(), [])\n"
+        f"lab = NetnsLab(b.mesh, Path({str(workdir)!r}), prefix={prefix!r})\n"
+        "lab.start(); print('up', flush=True); time.sleep(600)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.strip() == "up", child.stderr.read() if child.stderr else ""
+        assert [n for n in list_netns() if n.startswith(prefix)]
+        pids = [int(ln.split()[0]) for ln in (workdir / "pids").read_text().splitlines()]
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        # Namespaces, links and hosts files outlive the process; its children do not.
+        assert leftovers(prefix)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and any(pid_alive(p) for p in pids):
+            time.sleep(0.05)
+        assert not any(pid_alive(p) for p in pids), "PDEATHSIG did not stop the lab's children"
+        down = subprocess.run(
+            [*MTLSPROBE, "lab", "--down", str(workdir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert down.returncode == 0, down.stderr
+        assert leftovers(prefix) == []
+        assert not (workdir / "netns.json").exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
