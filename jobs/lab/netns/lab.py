@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -51,7 +52,7 @@ from jobs.launch.jobspec import ROLES, RUN_AS, Role, RunSpec, probe_args
 from jobs.launch.judge import errors_for, expected_keys, missing, parse_log
 from probe.checks import load_check
 from probe.checks.base import Settings
-from probe.model import Source
+from probe.model import Source, TargetsFile
 from probe.results import Result
 
 MAX_SIDECARS = 64  # one Envoy (~65 MiB) per sidecar pod here, unlike the loopback lab
@@ -154,20 +155,27 @@ class NetnsLab:
         # Keys stay 0600 (Envoy's); chains are public, and the probe's ``self`` check reads
         # its own chain from the file its sidecar's config dump names.
         (share / "certs").chmod(0o755)
-        for i, pod in enumerate(self.mesh.pods):
-            hf = hosts_file((pod.ip, pod.name), services)
-            self.pods[pod.key] = self.net.add_pod(i, pod.ip, pod.name, hf)
-            if pod.sidecar:
-                capture.install(self.pods[pod.key].netns)
+        # (index, ip, hostname, captured): the workload pods, then one pod per probe role.
+        plan = [(i, p.ip, p.name, p.sidecar) for i, p in enumerate(self.mesh.pods)]
         n = len(self.mesh.pods)
-        for j, role in enumerate(ROLES):
-            ip = probe_ip(j)
-            name = f"mtlsprobe-{role.name}"
-            self.probes[role.name] = self.net.add_pod(
-                n + j, ip, name, hosts_file((ip, name), services)
-            )
-            if role.sidecar:
-                capture.install(self.probes[role.name].netns)
+        plan += [
+            (n + j, probe_ip(j), f"mtlsprobe-{role.name}", role.sidecar)
+            for j, role in enumerate(ROLES)
+        ]
+
+        def make(index: int, ip: str, hostname: str, captured: bool) -> PodNet:
+            pn = self.net.add_pod(index, ip, hostname, hosts_file((ip, hostname), services))
+            if captured:
+                capture.install(pn.netns)  # istio-init, before the pod's containers
+            return pn
+
+        # A few `ip` commands per pod: in parallel, they cost one pod's time per core.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            made = list(pool.map(lambda args: make(*args), plan))
+        for pod, pn in zip(self.mesh.pods, made[:n], strict=True):
+            self.pods[pod.key] = pn
+        for role, pn in zip(ROLES, made[n:], strict=True):
+            self.probes[role.name] = pn
 
         confdir = share / "envoy"
         confdir.mkdir(mode=0o755)
@@ -305,11 +313,8 @@ class NetnsLab:
 
 
 def _collect(
-    pod: ProbePod, proc: Managed, targets: object, stop: threading.Event | None
+    pod: ProbePod, proc: Managed, targets: TargetsFile, stop: threading.Event | None
 ) -> list[Result]:
-    from probe.model import TargetsFile
-
-    assert isinstance(targets, TargetsFile)
     end = time.monotonic() + PROBE_DEADLINE
     while proc.alive() and time.monotonic() < end and not (stop and stop.is_set()):
         time.sleep(0.05)

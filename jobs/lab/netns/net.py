@@ -159,6 +159,7 @@ class Network:
 
     def __init__(self, workdir: Path, prefix: str | None = None) -> None:
         self.workdir = workdir
+        self._lock = threading.Lock()
         p = prefix or new_prefix()
         if not (p.isascii() and p.isalnum() and p.islower() and 2 <= len(p) <= 8):
             # Link names are at most 15 bytes: prefix + "h" + pod index.
@@ -175,8 +176,7 @@ class Network:
 
     def create_bridge(self) -> None:
         self.state.save(self.workdir)
-        RUN_DIR.mkdir(mode=0o755, exist_ok=True)
-        self.share.mkdir(mode=0o755)
+        _mkdirs(self.share)
         self.share.chmod(0o755)
         run(["ip", "link", "add", self.state.bridge, "type", "bridge"])
         run(["ip", "link", "set", self.state.bridge, "up"])
@@ -184,11 +184,12 @@ class Network:
     def add_pod(self, index: int, ip: str, hostname: str, hosts: str) -> PodNet:
         ns = f"{self.prefix}-{index}"
         link = f"{self.prefix}h{index}"
-        self.state.namespaces.append(ns)
-        self.state.links.append(link)
-        self.state.save(self.workdir)
+        with self._lock:  # pods are added from several threads
+            self.state.namespaces.append(ns)
+            self.state.links.append(link)
+            self.state.save(self.workdir)
         etc = ETC_NETNS / ns
-        etc.mkdir(parents=True, exist_ok=True)
+        _mkdirs(etc)
         (etc / "hosts").write_text(hosts, encoding="utf-8")
         # No name server inside the lab: unknown names fail at once, as NXDOMAIN would.
         (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
@@ -205,6 +206,18 @@ class Network:
 
     def teardown(self) -> list[str]:
         return teardown(self.state)
+
+
+def _mkdirs(path: Path) -> None:
+    """``mkdir -p`` (mode 0755) that survives another lab's teardown removing an empty
+    parent (/etc/netns, RUN_DIR) at the same moment."""
+    for attempt in range(5):
+        try:
+            path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
 
 
 def hosts_file(own: tuple[str, str], services: Iterable[tuple[str, str]]) -> str:
@@ -302,6 +315,9 @@ def teardown(state: NetState, grace: float = 3.0) -> list[str]:
     if state.bridge in links:
         run(["ip", "link", "del", state.bridge], check=False)
     shutil.rmtree(RUN_DIR / state.prefix, ignore_errors=True)
+    for parent in (ETC_NETNS, RUN_DIR):  # ours when empty; another lab's when not
+        with contextlib.suppress(OSError):
+            parent.rmdir()
     return leftovers(state.prefix)
 
 
