@@ -299,6 +299,7 @@ def _print_netns_ready(lab: NetnsLab, out: TextIO) -> None:
         f"namespaces ({sidecars} with a sidecar), {_n(len(mesh.upstreams), 'service port')}; "
         f"{_n(len(lab.envoy_procs), 'Envoy')} as UID 1337 behind Istio's capture rules; "
         "the probes run `mtlsprobe check` in their own pods.\n"
+        f"   (If this process is killed: mtlsprobe lab --down {lab.workdir})\n"
     )
     out.flush()
 
