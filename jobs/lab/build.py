@@ -22,7 +22,14 @@ from jobs.lab.spec import (
     XfccMode,
 )
 from jobs.plan.manifests import snapshot_from_documents
-from jobs.plan.objects import KubeObject, annotations_of, name, namespace, set_pod_ip
+from jobs.plan.objects import (
+    ClusterSnapshot,
+    KubeObject,
+    annotations_of,
+    name,
+    namespace,
+    set_pod_ip,
+)
 from jobs.plan.planner import Edge, Plan, PodInfo, Requirements, build_plan
 from probe.constants import PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT
 from probe.model import Expect, Protocol, Target, TargetsFile
@@ -52,6 +59,9 @@ class LabBuild:
     targets: TargetsFile
     findings: tuple[Result, ...]
     plan: Plan
+    # The objects as a cluster would serve them (pods with the lab's IPs): for tests that
+    # put the lab behind the fake API server.
+    snapshot: ClusterSnapshot | None = None
 
 
 def _lab_annotations(owner: str, annotations: dict[str, str]) -> dict[str, str]:
@@ -157,7 +167,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
         pods=tuple(pods),
         upstreams=upstreams,
     )
-    return LabBuild(mesh, targets, tuple(plan.findings), plan)
+    return LabBuild(mesh, targets, tuple(plan.findings), plan, snap)
 
 
 def _upstreams(

@@ -104,6 +104,9 @@ class NetnsLab:
     vips: dict[str, str] = field(default_factory=dict)  # service host -> virtual IP
     envoy_procs: list[Managed] = field(default_factory=list)
     probe_envoy: Managed | None = None
+    services: list[tuple[str, str]] = field(default_factory=list)  # (virtual IP, host)
+    _next_index: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     ready_seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -146,7 +149,7 @@ class NetnsLab:
         binary = envoy_path()
         hosts = sorted({u.host for u in self.mesh.upstreams})
         self.vips = {h: service_ip(i) for i, h in enumerate(hosts)}
-        services = [(self.vips[h], h) for h in hosts]
+        services = self.services = [(self.vips[h], h) for h in hosts]
 
         self.net.create_bridge()
         share = self.net.share
@@ -176,6 +179,7 @@ class NetnsLab:
             self.pods[pod.key] = pn
         for role, pn in zip(ROLES, made[n:], strict=True):
             self.probes[role.name] = pn
+        self._next_index = len(plan)
 
         confdir = share / "envoy"
         confdir.mkdir(mode=0o755)
@@ -223,6 +227,52 @@ class NetnsLab:
         )
         self.envoy_procs.append(proc)
         return proc
+
+    def add_probe_pod(self, sidecar: bool) -> PodNet:
+        """One more probe pod, up and ready: what a kubelet starts for each pod of a
+        probe Job (each with its own sidecar, quit by its own probe). Thread-safe."""
+        assert self.certs is not None
+        with self._lock:
+            index = self._next_index
+            self._next_index += 1
+        ip = probe_ip(index - len(self.mesh.pods))
+        name = f"mtlsprobe-pod-{index}"
+        pn = self.net.add_pod(index, ip, name, hosts_file((ip, name), self.services))
+        if sidecar:
+            capture.install(pn.netns)
+            boot = envoy.probe_sidecar(
+                self.mesh.upstreams, self.vips, self.certs, self.mesh.trust_domain
+            )
+            proc = self._envoy(envoy_path(), self.net.share / "envoy", pn.netns, boot)
+            deadline = time.monotonic() + self.ready_timeout
+            while not in_netns(pn.netns, _admin_ready):
+                if not proc.alive() or time.monotonic() > deadline:
+                    raise LabError(f"{proc.name} not ready; log: {proc.log}")
+                time.sleep(0.02)
+        return pn
+
+    def publish(self, src: Path, name: str) -> Path:
+        """A copy of ``src`` the probe's user can read (a pod's mounted volume)."""
+        d = self.net.share / "volumes"
+        d.mkdir(mode=0o755, exist_ok=True)
+        dst = d / name
+        shutil.copyfile(src, dst)
+        dst.chmod(0o644)
+        return dst
+
+    def exec_in(
+        self, pod: PodNet, argv: Sequence[str], env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``pod`` as the probe's user (UID 65532, as the Job spec says)
+        with only ``env`` (a container's environment): its output and exit code."""
+        return subprocess.run(
+            netns_argv(pod.netns, argv, uid=RUN_AS),
+            env={**_clean_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def run_probes(
         self,
