@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,42 @@ def test_sigkill_then_down_removes_everything(tmp_path: Path, prefix: str) -> No
         if child.poll() is None:
             child.kill()
             child.wait(10)
+
+
+@needs_root
+def test_without_capture_or_sidecar_mesh_checks_are_errors_never_passes(
+    tmp_path: Path, prefix: str
+) -> None:
+    """The liars: a probe pod whose capture rules are gone (its Envoy still up and
+    ready) and one with no sidecar at all. A mesh call then reaches nothing, and
+    every mesh verdict must be an error naming why, never a pass."""
+    from jobs.lab.build import build_lab
+    from jobs.lab.netns.lab import NetnsLab
+    from jobs.lab.netns.net import PodAddresses, netns_argv
+    from jobs.lab.netns.net import run as run_cmd
+    from jobs.lab.runner import write_targets
+    from probe.model import Source
+
+    built = build_lab(builtin("healthy"), PodAddresses(), [])
+    with NetnsLab(built.mesh, tmp_path / "lab", prefix=prefix) as lab:
+        uncaptured = lab.add_probe_pod(sidecar=True)
+        run_cmd(netns_argv(uncaptured.netns, ["iptables", "-t", "nat", "-F"]))
+        bare = lab.add_probe_pod(sidecar=False)
+        targets = tmp_path / "t.yaml"
+        source = Source(identity=built.mesh.probe_identity)
+        write_targets(replace(built.targets, source=source, root_cert_file=None), targets)
+        path = lab.publish(targets, "liar-targets.yaml")
+        for pod in (uncaptured, bare):
+            proc = lab.exec_in(
+                pod,
+                [*MTLSPROBE, "check", "-f", str(path), "--checks", "mesh", "-o", "jsonl"],
+                {},
+                120,
+            )
+            docs = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            mesh = [d for d in docs if d["check"] == "mesh"]
+            assert mesh, proc.stdout + proc.stderr
+            assert all(d["verdict"] == "error" for d in mesh), [
+                (d["target"], d["verdict"], d["reason"]) for d in mesh
+            ]
+            assert proc.returncode == 2, proc.stderr
