@@ -282,3 +282,38 @@ def test_without_capture_or_sidecar_mesh_checks_are_errors_never_passes(
                 (d["target"], d["verdict"], d["reason"]) for d in mesh
             ]
             assert proc.returncode == 2, proc.stderr
+
+
+@needs_root
+def test_cli_sigterm_mid_run_tears_everything_down(tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    before = HostSnapshot("")  # the prefix is the CLI's own: known once it is up
+    child = subprocess.Popen(
+        [*MTLSPROBE, "lab", "healthy", "--netns", "--workdir", str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    prefix = ""
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if "Mesh up in" in line:
+                break
+        state = NetState.load(workdir)
+        assert state is not None
+        prefix = state.prefix
+        assert [n for n in list_netns() if n.startswith(prefix)]
+        child.send_signal(signal.SIGTERM)
+        child.wait(60)
+        assert child.returncode != 0
+        assert leftovers(prefix) == []
+        assert not (workdir / "netns.json").exists()
+        before.prefix = prefix
+        before.assert_clean()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        if prefix and leftovers(prefix):
+            subprocess.run([*MTLSPROBE, "lab", "--down", str(workdir)], timeout=60, check=False)
