@@ -80,14 +80,6 @@ class ProbePod:
 
 
 @dataclass
-class Captured:
-    """iptables counters of the probe pod's capture rules after the run."""
-
-    outbound_packets: int = 0  # SYNs redirected to Envoy's 15001 (ISTIO_REDIRECT)
-    raw: str = ""
-
-
-@dataclass
 class NetnsLab:
     """A scenario's mesh as namespaces; a context manager (teardown is guaranteed)."""
 
@@ -352,14 +344,15 @@ class NetnsLab:
 
         return in_netns(self.probes["sidecar"].netns, read)
 
-    def captured(self) -> Captured:
-        """How many connections the probe pod's capture rules sent to its sidecar."""
+    def captured(self) -> int:
+        """Connections the probe pod's capture rules sent to its sidecar's 15001 (the nat
+        table sees the first packet of each connection)."""
         text = capture.counters(self.probes["sidecar"].netns)
-        out = Captured(raw=text)
-        for line in text.splitlines():
-            if line.startswith("[") and "-A ISTIO_REDIRECT" in line:
-                out.outbound_packets += int(line[1:].split(":", 1)[0])
-        return out
+        return sum(
+            int(line[1:].split(":", 1)[0])
+            for line in text.splitlines()
+            if line.startswith("[") and "-A ISTIO_REDIRECT" in line
+        )
 
 
 def _collect(
@@ -444,7 +437,7 @@ def run_scenario_netns(
         t0 = time.monotonic()
         results = lab.run_probes(built, checks, settings, stop, native_sidecar=native_sidecar)
         run.check_seconds = time.monotonic() - t0
-        run.captured = lab.captured().outbound_packets
+        run.captured = lab.captured()
         run.sidecar_stats = lab.sidecar_stats()
         if lab.probe_envoy is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

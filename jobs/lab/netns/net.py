@@ -291,7 +291,7 @@ def teardown(state: NetState, grace: float = 3.0) -> list[str]:
     present = set(list_netns())
     namespaces = [n for n in state.namespaces if n in present]
     # Anything still running inside (a process whose supervisor died with the lab).
-    pids = [p for ns in namespaces for p in _netns_pids(ns)]
+    pids = [p for ns in namespaces for p in _netns_pids(ns) if p != os.getpid()]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
