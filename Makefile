@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lab test lint bench clean netns-deps
+.PHONY: install lab test lint browser bench clean netns-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,26 @@ netns-deps:
 lab: $(STAMP)
 	$(BIN)/mtlsprobe lab
 
+# The HTML report's tests run it in Debian's headless Chromium. As root (CI, the
+# container) a missing browser is installed once; otherwise say so: those tests skip.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (Debian) for the HTML report's browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "WARNING: chromium/chromedriver missing and not root: the browser tests will SKIP" \
+		     "(as root: apt-get install chromium chromium-driver)" >&2; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 clean:

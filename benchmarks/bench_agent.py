@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -25,17 +24,15 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs.lab.addresses import acquire_slot
-from jobs.lab.build import build_lab
-from jobs.lab.runner import write_targets
-from jobs.lab.runtime import Lab
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script too
+
+from jobs.lab.runner import running
 from jobs.lab.scenarios import generated
-from probe.model import Source
+from tests.procs import terminate
 
 if TYPE_CHECKING:
     from probe.pki import KeyType
@@ -86,25 +83,8 @@ def _scrape(port: int) -> tuple[int, float]:
 
 @contextlib.contextmanager
 def lab_targets(workloads: int, workdir: Path) -> Iterator[Path]:
-    slot = acquire_slot()
-    try:
-        build = build_lab(generated(workloads), slot, require=())
-    except BaseException:
-        slot.release()
-        raise
-    with Lab(build.mesh, slot, workdir / "lab", ready_timeout=300) as lab:
-        targets = replace(
-            build.targets,
-            root_cert_file=lab.root_cert,
-            source=Source(
-                identity=build.mesh.probe_identity,
-                sidecar_proxy=lab.proxy_url,
-                sidecar_admin=lab.admin_url,
-            ),
-        )
-        path = workdir / f"targets-{workloads}.yaml"
-        write_targets(targets, path)
-        yield path
+    with running(generated(workloads), workdir / f"lab-{workloads}", ready_timeout=300) as up:
+        yield up.targets_path
 
 
 def run_agent(
@@ -144,12 +124,7 @@ def run_agent(
                 pending.pop(0)
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
     return samples
 
 
@@ -158,22 +133,9 @@ def strict_targets(pods: int, endpoints: int, key_type: KeyType, workdir: Path) 
     """``endpoints`` sidecar-less-probed STRICT endpoints on one real Envoy: ``pods``
     listeners (tests/strict_envoy.py), target i on listener i mod pods. Every check is a
     real connection and handshake; the agent cannot tell a reused listener from a pod."""
-    from benchmarks.bench_checks import PORT, TD, identity, targets_file
-    from probe.model import Endpoint
-    from probe.pki import CertificateAuthority
-    from tests.strict_envoy import Pod, strict_envoy
+    from benchmarks.bench_checks import bench_envoy, identity, targets_file, write_targets
 
-    ca = CertificateAuthority.create_root(TD, key_type="rsa")
-    root = workdir / "root-cert.pem"
-    root.write_bytes(ca.root_pem())
-
-    def make(slot: Any) -> list[Pod]:
-        return [
-            Pod(Endpoint(slot.pod_ip(i), PORT), ca.issue_workload(identity(i), key_type=key_type))
-            for i in range(pods)
-        ]
-
-    with strict_envoy(make, root, TD, workdir, concurrency=1) as (_, started):
+    with bench_envoy(pods, key_type, workdir) as (_, started, root):
         tf = targets_file([started[i % pods] for i in range(endpoints)], root)
         # Same identity per listener: target i expects listener (i mod pods)'s SVID.
         tf = replace(
@@ -182,9 +144,7 @@ def strict_targets(pods: int, endpoints: int, key_type: KeyType, workdir: Path) 
                 replace(t, identity=identity(i % pods)) for i, t in enumerate(tf.targets)
             ),
         )
-        path = workdir / f"targets-{endpoints}.yaml"
-        path.write_text(yaml.safe_dump(tf.to_dict(), sort_keys=False), encoding="utf-8")
-        yield path
+        yield write_targets(tf, workdir / f"targets-{endpoints}.yaml")
 
 
 def scale_main(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ also with as many processes in flight as the probe has threads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -21,9 +22,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import yaml
 
 from jobs.lab.addresses import Slot
 from probe.checks.base import Check, RunContext, Settings
@@ -33,7 +36,7 @@ from probe.engine import run_checks
 from probe.model import Endpoint, Expect, Protocol, Source, Target, TargetsFile
 from probe.pki import CertificateAuthority, KeyType
 from probe.results import Result, Verdict, summarize
-from tests.strict_envoy import Pod, strict_envoy
+from tests.strict_envoy import Pod, RunningEnvoy, strict_envoy
 
 TD = "cluster.local"
 PORT = 8080
@@ -63,6 +66,44 @@ def targets_file(pods: Sequence[Pod], root: Path) -> TargetsFile:
         source=Source(identity=f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"),
         root_cert_file=root,
     )
+
+
+@contextlib.contextmanager
+def bench_envoy(
+    n: int, key_type: KeyType, workdir: Path
+) -> Iterator[tuple[RunningEnvoy, list[Pod], Path]]:
+    """One real Envoy (tests/strict_envoy.py) with ``n`` STRICT listeners, listener i
+    presenting ``identity(i)`` on a ``key_type`` key from an RSA mesh root; with the
+    root's file. Envoy is stopped by PID when the block ends."""
+    ca = CertificateAuthority.create_root(TD, key_type="rsa")
+    root = workdir / "root-cert.pem"
+    root.write_bytes(ca.root_pem())
+
+    def pods(slot: Slot) -> list[Pod]:
+        return [
+            Pod(Endpoint(slot.pod_ip(i), PORT), ca.issue_workload(identity(i), key_type=key_type))
+            for i in range(n)
+        ]
+
+    with strict_envoy(pods, root, TD, workdir, concurrency=1) as (envoy, started):
+        yield envoy, started, root
+
+
+def write_targets(tf: TargetsFile, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(tf.to_dict(), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def append_report(path: Path, module: str, lines: Sequence[str], note: str = "") -> None:
+    """Append ``lines`` to ``path`` under the command that made them (``--append`` left out)."""
+    cmd = " ".join([".venv/bin/python", "-m", module, *sys.argv[1:]])
+    cmd = cmd.replace(f" --append {path}", "")
+    with path.open("a", encoding="utf-8") as f:
+        f.write(
+            f"\n`{cmd}` on {platform.machine()}, {dt.date.today().isoformat()}{note}:\n\n"
+            + "\n".join(lines)
+            + "\n"
+        )
 
 
 def cpu_self() -> float:
@@ -139,20 +180,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-checks-") as tmpdir:
         tmp = Path(tmpdir)
-        ca = CertificateAuthority.create_root(TD, key_type="rsa")
-        root = tmp / "root-cert.pem"
-        root.write_bytes(ca.root_pem())
-
-        def pods(slot: Slot) -> list[Pod]:
-            return [
-                Pod(
-                    Endpoint(slot.pod_ip(i), PORT),
-                    ca.issue_workload(identity(i), key_type=key_type),
-                )
-                for i in range(n)
-            ]
-
-        with strict_envoy(pods, root, TD, tmp, concurrency=1) as (envoy, started):
+        with bench_envoy(n, key_type, tmp) as (envoy, started, root):
             tf = targets_file(started, root)
             endpoints = [pod.endpoint for pod in started]
             load = os.getloadavg()[0]
@@ -230,14 +258,7 @@ def main() -> int:
     )
 
     if args.append:
-        cmd = " ".join([".venv/bin/python", "-m", "benchmarks.bench_checks", *sys.argv[1:]])
-        cmd = cmd.replace(f" --append {args.append}", "")
-        with args.append.open("a", encoding="utf-8") as f:
-            f.write(
-                f"\n`{cmd}` on {platform.machine()}, {dt.date.today().isoformat()}:\n\n"
-                + "\n".join(lines)
-                + "\n"
-            )
+        append_report(args.append, "benchmarks.bench_checks", lines)
     return 0
 
 

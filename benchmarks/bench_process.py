@@ -22,10 +22,8 @@ The Envoy and PKI set-up is benchmarks.bench_checks' (tests/strict_envoy.py).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import select
 import statistics
 import subprocess
@@ -36,14 +34,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from benchmarks.bench_checks import PORT, TD, baseline, cpu_of, curl, identity, s_client
+from benchmarks.bench_checks import (
+    append_report,
+    baseline,
+    bench_envoy,
+    cpu_of,
+    curl,
+    s_client,
+    write_targets,
+)
 from benchmarks.bench_checks import targets_file as make_targets
-from jobs.lab.addresses import Slot
-from probe.model import Endpoint, TargetsFile
-from probe.pki import CertificateAuthority, KeyType
-from tests.strict_envoy import Pod, strict_envoy
+from probe.pki import KeyType
 
 MTLSPROBE = str(Path(sys.executable).with_name("mtlsprobe"))
 
@@ -95,26 +96,11 @@ def verdicts(out: bytes) -> dict[str, int]:
     return counts
 
 
-def write_targets(tf: TargetsFile, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(tf.to_dict(), sort_keys=False), encoding="utf-8")
-    return path
-
-
 def bench_key_type(
     key_type: KeyType, n: int, reps: int, tmp: Path, env: dict[str, str], say: Callable[[str], None]
 ) -> None:
-    ca = CertificateAuthority.create_root(TD, key_type="rsa")
-    root = tmp / "root-cert.pem"
-    root.write_bytes(ca.root_pem())
-
-    def pods(slot: Slot) -> list[Pod]:
-        return [
-            Pod(Endpoint(slot.pod_ip(i), PORT), ca.issue_workload(identity(i), key_type=key_type))
-            for i in range(n)
-        ]
-
     label = {"rsa": "RSA 2048", "ec": "ECDSA P-256"}[key_type]
-    with strict_envoy(pods, root, TD, tmp, concurrency=1) as (envoy, started):
+    with bench_envoy(n, key_type, tmp) as (envoy, started, root):
         path = write_targets(make_targets(started, root), tmp / "targets.yaml")
         one = write_targets(make_targets(started[:1], root), tmp / "one.yaml")
         endpoints = [pod.endpoint for pod in started]
@@ -194,13 +180,7 @@ def main() -> int:
             bench_key_type(key_type, args.endpoints, args.reps, Path(tmpdir), env, say)
 
     if args.append:
-        cmd = " ".join([".venv/bin/python", "-m", "benchmarks.bench_process", *sys.argv[1:]])
-        cmd = cmd.replace(f" --append {args.append}", "")
-        with args.append.open("a", encoding="utf-8") as f:
-            f.write(
-                f"\n`{cmd}` on {platform.machine()}, {dt.date.today().isoformat()} "
-                f"(median of {args.reps}):\n\n" + "\n".join(lines) + "\n"
-            )
+        append_report(args.append, "benchmarks.bench_process", lines, f" (median of {args.reps})")
     return 0
 
 

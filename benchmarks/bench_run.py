@@ -36,24 +36,15 @@ PORT = 9  # discard: nothing listens on loopback here, refused at once
 def build(n: int) -> JobKube:
     kube = JobKube()
     root = CertificateAuthority.create_root().root_pem().decode()
+    ips = [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(n)]
     kube.add_all(
         [
             kb.namespace("mtlsprobe"),
             kb.namespace("ns-a"),
             kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
-            kb.service("echo", "ns-a", {"app": "echo"}, [kb.sport(80, PORT)]),
+            *kb.echo_service(PORT, ips),
         ]
     )
-    eps = []
-    for i in range(n):
-        ip = f"127.1.{i // 250}.{i % 250 + 1}"
-        kube.add(
-            kb.pod(
-                f"echo-{i}", "ns-a", {"app": "echo"}, ip=ip, sidecar=False, ports=[("http", PORT)]
-            )
-        )
-        eps.append((ip, f"echo-{i}", True))
-    kube.add(kb.endpoint_slice("echo-x", "ns-a", "echo", eps, [("http", PORT)]))
     return kube
 
 

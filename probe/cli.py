@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from probe.checks import REGISTRY, load_check, parse_check_list
+from probe.checks import DEFAULT_CHECKS, REGISTRY, load_check, parse_check_list
 from probe.cliargs import (
     UsageError,
     add_checks_flag,
@@ -24,6 +24,7 @@ from probe.results import EXIT_USAGE, Result, exit_code
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
+    from probe.html_report import RunInfo
     from probe.model import TargetsFile
     from probe.sidecar import SidecarOptions
 
@@ -41,7 +42,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="TARGETS.yaml",
         help="targets file (the stable contract; see README)",
     )
-    add_checks_flag(p, tuple(REGISTRY))
+    add_checks_flag(
+        p,
+        DEFAULT_CHECKS,
+        extra=", and authz when the targets file has authz cases",
+        known=tuple(REGISTRY),
+    )
     add_report_flags(p)
     p.add_argument(
         "--timing",
@@ -52,6 +58,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_probe_flags(p)
     _add_sidecar_flags(p)
     _add_shard_flags(p)
+    from probe import evidence
+
+    evidence.add_flags(p)
 
 
 def _add_sidecar_flags(p: argparse.ArgumentParser) -> None:
@@ -141,14 +150,23 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
     from probe.model import TargetsFileError, load_targets
 
     try:
-        names = parse_check_list(args.checks)
+        names = parse_check_list(args.checks) if args.checks is not None else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         targets = load_targets(args.file)
     except TargetsFileError as exc:
         raise UsageError(str(exc)) from None
+    if names is None:
+        names = list(DEFAULT_CHECKS)
+        if any(t.authz for t in targets.targets):
+            names.append("authz")
     targets = _shard(args, targets, names)
+    from probe.evidence import from_args
+
+    ev = from_args(args)
+    if ev.signer is not None:
+        ev.add_material(f"targets:{args.file.name}", args.file.read_bytes())
 
     ctx = RunContext(targets, probe_settings(args))
     stop = threading.Event()
@@ -165,7 +183,15 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
             ctx.close()
         # The handler stays until the end: a SIGTERM during the report or the (bounded)
         # flush must not kill the process before the partial report and spans are out.
-        emit_report(results, args.output, args.out, timing=args.timing)
+        emit_report(
+            results,
+            args.output,
+            args.out,
+            timing=args.timing,
+            evidence=ev,
+            cluster="local",
+            info=_run_info(targets, "check", results),
+        )
         _export_telemetry(results, targets)
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -198,23 +224,38 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
     """Nothing observed through a sidecar that never came up: every planned check is
     an error with that reason (skips decided from the targets alone stay skips)."""
     from probe.checks.base import make_result
-    from probe.engine import plan_work
+    from probe.engine import plan_work, with_case
     from probe.results import Verdict
 
     work, skips = plan_work(checks, ctx)
     errors = [
-        make_result(
-            w.check.name,
-            w.target,
-            w.endpoint,
-            Verdict.ERROR,
-            reason,
-            observed="sidecar-not-ready",
-            evidence={"error": "sidecar-not-ready"},
+        with_case(
+            w,
+            make_result(
+                w.check.name,
+                w.target,
+                w.endpoint,
+                Verdict.ERROR,
+                reason,
+                observed="sidecar-not-ready",
+                evidence={"error": "sidecar-not-ready"},
+            ),
         )
         for w in work
     ]
     return errors + skips
+
+
+def _run_info(targets: TargetsFile, command: str, results: list[Result]) -> RunInfo:
+    from probe.html_report import RunInfo, root_fingerprints
+
+    return RunInfo(
+        command=command,
+        trust_domain=targets.trust_domain,
+        root_fingerprints=root_fingerprints(targets.root_cert_file),
+        source_identity=targets.source.identity,
+        exit_code=exit_code(results),
+    )
 
 
 def _export_telemetry(results: list[Result], targets: TargetsFile) -> None:

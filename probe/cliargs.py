@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from probe.checks.base import Settings
+    from probe.evidence import Evidence
+    from probe.html_report import RunInfo
     from probe.results import Result
 
-REPORT_FORMATS = ("table", "json", "jsonl", "junit")
+REPORT_FORMATS = ("table", "json", "jsonl", "junit", "policyreport", "html")
 
 
 class UsageError(Exception):
@@ -200,12 +202,19 @@ def span(value: timedelta) -> str:
     return f"{total:.6f}".rstrip("0").rstrip(".") + "s"  # never an exponent
 
 
-def add_checks_flag(group: Group, names: Sequence[str], *, extra: str = "") -> None:
+def add_checks_flag(
+    group: Group, names: Sequence[str], *, extra: str = "", known: Sequence[str] = ()
+) -> None:
+    """``--checks``; with ``known`` (more checks than the default), the default is None
+    and the command decides (``check`` adds authz when the targets file has cases)."""
+    default = ",".join(names)
+    shown = f"all: {default}" if not known else default
+    more = f"; known: {','.join(known)}" if known else ""
     group.add_argument(
         "--checks",
-        default=",".join(names),
+        default=None if known else default,
         metavar="LIST",
-        help=f"comma-separated checks to run (default: all: {','.join(names)}){extra}",
+        help=f"comma-separated checks to run (default: {shown}){extra}{more}",
     )
 
 
@@ -227,11 +236,32 @@ def add_report_flags(group: Group, *, out: bool = True) -> None:
 
 
 def _format_for_file(path: Path, default: str) -> str:
-    return {".json": "json", ".jsonl": "jsonl", ".xml": "junit"}.get(path.suffix.lower(), default)
+    suffixes = {
+        ".json": "json",
+        ".jsonl": "jsonl",
+        ".xml": "junit",
+        ".yaml": "policyreport",
+        ".html": "html",
+    }
+    return suffixes.get(path.suffix.lower(), default)
 
 
-def emit_report(results: list[Result], fmt: str, out: Path | None, *, timing: bool = False) -> None:
-    """The report on stdout in ``fmt`` and, with ``--out``, in FILE too."""
+def emit_report(
+    results: list[Result],
+    fmt: str,
+    out: Path | None,
+    *,
+    timing: bool = False,
+    evidence: Evidence | None = None,
+    cluster: str = "local",
+    run_id: str | None = None,
+    info: RunInfo | None = None,
+    stdout: bool = True,
+) -> None:
+    """The report on stdout in ``fmt`` and, with ``--out``, in FILE too; with
+    ``evidence``, control IDs in it and the signed attestation after it. ``info`` is the
+    run's identity for the html page (time, cluster, roots); ``stdout=False`` writes
+    ``out`` only (the lab prints its own story there)."""
     from probe.report import render
 
     # no-color.org: a non-empty NO_COLOR disables colour; so does a dumb terminal.
@@ -244,16 +274,40 @@ def emit_report(results: list[Result], fmt: str, out: Path | None, *, timing: bo
     if isinstance(sys.stdout, io.TextIOWrapper):
         # A terminal or pipe in a non-UTF-8 locale must still get the report, not a crash.
         sys.stdout.reconfigure(errors="backslashreplace")
-    sys.stdout.write(render(results, fmt, colour=colour, timing=timing))
-    sys.stdout.flush()
+    if stdout:
+        text = render(
+            results, fmt, colour=colour, timing=timing, info=info, **_evidence_opts(evidence)
+        )
+        sys.stdout.write(text)
+        sys.stdout.flush()
     if out is not None:
-        write_report(results, fmt, out, timing=timing)
+        write_report(results, fmt, out, timing=timing, evidence=evidence, info=info)
+    if evidence is not None:
+        from probe.evidence import write_attestation
+
+        write_attestation(evidence, results, cluster=cluster, run_id=run_id)
 
 
-def write_report(results: list[Result], fmt: str, out: Path, *, timing: bool = False) -> None:
+def _evidence_opts(evidence: Evidence | None) -> dict[str, Any]:
+    if evidence is None:
+        return {}
+    return {"controls": evidence.controls, "report_kind": evidence.report_kind}
+
+
+def write_report(
+    results: list[Result],
+    fmt: str,
+    out: Path,
+    *,
+    timing: bool = False,
+    evidence: Evidence | None = None,
+    info: RunInfo | None = None,
+) -> None:
     from probe.report import render
 
     try:
-        out.write_text(render(results, _format_for_file(out, fmt), timing=timing), encoding="utf-8")
+        fmt = _format_for_file(out, fmt)
+        text = render(results, fmt, timing=timing, info=info, **_evidence_opts(evidence))
+        out.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--out {out}: cannot write: {exc.strerror or exc}") from None

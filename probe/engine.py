@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from probe import controls as ctl
 from probe.checks.base import Check, RunContext, Scope, make_result
@@ -26,6 +27,15 @@ class WorkItem:
     check: Check
     target: Target | None
     endpoint: Endpoint | None
+    case: Any = None  # Scope.CASE: the case (authz: probe.model.AuthzCase)
+
+
+def with_case(item: WorkItem, r: Result) -> Result:
+    """A case's result names its source and request, even an error the engine made."""
+    case = item.case
+    if case is None or r.source is not None:
+        return r
+    return replace(r, source=getattr(case, "source", None), request=getattr(case, "request", None))
 
 
 def plan_work(checks: Sequence[Check], ctx: RunContext) -> tuple[list[WorkItem], list[Result]]:
@@ -48,6 +58,16 @@ def plan_work(checks: Sequence[Check], ctx: RunContext) -> tuple[list[WorkItem],
                 continue
             if reason is None and check.scope is Scope.ENDPOINT and not target.endpoints:
                 reason = "no endpoints listed for this target"
+            if check.scope is Scope.CASE:
+                # A target without cases gets no result; a skip applies to each case.
+                for case in check.cases(ctx, target):
+                    item = WorkItem(check, target, None, case)
+                    if reason:
+                        skipped = make_result(check.name, target, None, Verdict.SKIP, reason)
+                        skips.append(with_case(item, skipped))
+                    else:
+                        work.append(item)
+                continue
             if reason:
                 skips.append(make_result(check.name, target, None, Verdict.SKIP, reason))
             elif check.scope is Scope.TARGET:
@@ -85,7 +105,10 @@ def _skip_reason(
 def _execute(item: WorkItem, ctx: RunContext) -> Result:
     start = time.time_ns()
     try:
-        result = item.check.run(ctx, item.target, item.endpoint)
+        if item.case is not None and item.target is not None:
+            result = item.check.run_case(ctx, item.target, item.case)
+        else:
+            result = item.check.run(ctx, item.target, item.endpoint)
     except ObservationError as exc:
         result = make_result(
             item.check.name,
@@ -117,7 +140,7 @@ def _execute(item: WorkItem, ctx: RunContext) -> Result:
             observed="probe-crash",
             evidence={"error": "probe-crash"},
         )
-    return replace(result, start_ns=start, end_ns=time.time_ns())
+    return replace(with_case(item, result), start_ns=start, end_ns=time.time_ns())
 
 
 def plan_controls(
@@ -209,6 +232,7 @@ def _run_items(
 
     def emit(i: int, r: Result) -> None:
         remaining.discard(i)
+        r = with_case(work[i], r)
         if post is not None:
             r = post(r)
         results[i] = r

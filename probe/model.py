@@ -89,6 +89,7 @@ class Target:
     protocol: Protocol = Protocol.HTTP
     echo: bool = False
     echo_path: str | None = None  # None: DEFAULT_ECHO_PATH
+    authz: tuple[AuthzCase, ...] = ()  # AuthorizationPolicy cases (see the authz block below)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,8 @@ def _target_to_dict(t: Target) -> dict[str, Any]:
     out["echo"] = t.echo
     if t.echo_path is not None:
         out["echoPath"] = t.echo_path
+    if t.authz:
+        out["authz"] = [c.to_dict() for c in t.authz]
     return out
 
 
@@ -153,6 +156,7 @@ _TARGET_KEYS = {
     "protocol",
     "echo",
     "echoPath",
+    "authz",
 }
 
 
@@ -351,6 +355,7 @@ def _parse_target(raw: object, i: int, fail: Any, *, trust_domain: str | None = 
             f"want an absolute request path like /headers (printable ASCII, no spaces or #, at "
             f"most {MAX_ECHO_PATH} characters)",
         )
+    authz = _parse_authz(raw.get("authz"), f"{where}.authz", fail, trust_domain, protocol)
     return Target(
         name=name,
         host=host,
@@ -361,6 +366,7 @@ def _parse_target(raw: object, i: int, fail: Any, *, trust_domain: str | None = 
         protocol=protocol,
         echo=echo,
         echo_path=echo_path,
+        authz=authz,
     )
 
 
@@ -459,3 +465,101 @@ def _control_problem(kind: ControlKind, t: Target) -> tuple[str, str] | None:
     if t.identity is None:
         return "identity", "a mesh control needs the server's SPIFFE ID"
     return None
+
+
+# ---- AuthorizationPolicy cases (``authz:`` per target) --------------------------------------
+
+
+class AuthzExpect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+#: Bound per target: a plan picks a few requests per rule and probe identity.
+MAX_AUTHZ_CASES = 1024
+MAX_POLICY_CHARS = 317  # "<namespace (63)>/<name (253)>"
+_METHOD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_AUTHZ_KEYS = {"source", "method", "path", "expect", "policy"}
+
+
+@dataclass(frozen=True)
+class AuthzCase:
+    """One request the probe whose identity is ``source`` makes to a target, and what
+    the target's sidecar must do with it; ``policy`` names the AuthorizationPolicy
+    expected to decide (``<ns>/<name>``, or ``default`` when none applies)."""
+
+    source: str
+    expect: AuthzExpect
+    policy: str
+    method: str | None = None  # None (with path) on tcp ports
+    path: str | None = None
+
+    @property
+    def request(self) -> str:
+        """``GET /x``, or ``tcp``: how reports name the request."""
+        return f"{self.method} {self.path}" if self.method is not None else "tcp"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source}
+        if self.method is not None:
+            out["method"] = self.method
+            out["path"] = self.path
+        out["expect"] = self.expect.value
+        out["policy"] = self.policy
+        return out
+
+
+def _parse_authz(
+    raw: object, where: str, fail: Any, trust_domain: str | None, protocol: Protocol
+) -> tuple[AuthzCase, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise fail(where, "must be a list of {source, method, path, expect, policy}")
+    if len(raw) > MAX_AUTHZ_CASES:
+        raise fail(where, f"{len(raw)} cases: at most {MAX_AUTHZ_CASES} per target")
+    out: list[AuthzCase] = []
+    seen: set[tuple[str, str | None, str | None]] = set()
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise fail(at, "must be a mapping")
+        unknown = set(item) - _AUTHZ_KEYS
+        if unknown:
+            raise fail(f"{at}.{_key_name(unknown)}", "unknown key")
+        if item.get("source") is None:
+            raise fail(f"{at}.source", "required, the SPIFFE ID of the probe that calls")
+        source = _spiffe_field(item["source"], f"{at}.source", fail, trust_domain)
+        expect = next((e for e in AuthzExpect if e.value == item.get("expect")), None)
+        if expect is None:
+            raise fail(f"{at}.expect", f"{bounded(item.get('expect'))}: want allow or deny")
+        policy = item.get("policy")
+        if not (
+            isinstance(policy, str)
+            and 0 < len(policy) <= MAX_POLICY_CHARS
+            and policy.isprintable()
+            and " " not in policy
+            and (policy == "default" or policy.count("/") == 1)
+        ):
+            raise fail(f"{at}.policy", "want <namespace>/<name> of a policy, or default")
+        method, path = item.get("method"), item.get("path")
+        if protocol is Protocol.TCP:
+            if method is not None or path is not None:
+                raise fail(at, "a tcp target's case has no method or path")
+        else:
+            if not (
+                isinstance(method, str) and 0 < len(method) <= 20 and set(method) <= _METHOD_CHARS
+            ):
+                raise fail(f"{at}.method", "required on http targets: an upper-case HTTP method")
+            if not _is_request_path(path):
+                raise fail(
+                    f"{at}.path",
+                    "required on http targets: an absolute request path (printable ASCII, no "
+                    f"spaces or #, at most {MAX_ECHO_PATH} characters)",
+                )
+        key = (source, method, path)
+        if key in seen:
+            raise fail(at, "duplicate case (same source, method and path)")
+        seen.add(key)
+        out.append(AuthzCase(source, expect, policy, method, path))
+    return tuple(out)

@@ -1,16 +1,21 @@
-"""Report formats: table (people), json (the contract), jsonl (pod logs), junit (CI UIs)."""
+"""Report formats: table (people), json (the contract), jsonl (pod logs), junit (CI UIs),
+html (the verdict matrix, ``probe.html_report``)."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probe.results import Result, Verdict, summarize
 from probe.textsafe import escape
 
-FORMATS = ("table", "json", "jsonl", "junit")
+if TYPE_CHECKING:
+    from probe.compliance import ControlMap
+    from probe.html_report import RunInfo
+
+FORMATS = ("table", "json", "jsonl", "junit", "policyreport", "html")
 
 _COLOURS = {
     Verdict.PASS: "\033[32m",
@@ -59,32 +64,80 @@ def _json_default(value: object) -> str:
 
 
 def render(
-    results: Sequence[Result], fmt: str, *, colour: bool = False, timing: bool = False
+    results: Sequence[Result],
+    fmt: str,
+    *,
+    colour: bool = False,
+    timing: bool = False,
+    controls: ControlMap | None = None,
+    report_kind: str = "policyreport",
+    info: RunInfo | None = None,
 ) -> str:
-    """``timing`` adds each result's start/end to json and jsonl (``check --timing``)."""
+    """``timing`` adds each result's start/end to json and jsonl (``check --timing``);
+    ``controls`` (a compliance mapping) adds control IDs to json/jsonl/junit/policyreport;
+    ``report_kind`` picks the policy report API (probe.policyreport.KINDS); ``info`` (the
+    run's identity) is only drawn by the html format."""
     if fmt == "json":
-        return render_json(results, timing=timing)
+        return render_json(results, timing=timing, controls=controls)
     if fmt == "jsonl":
-        return render_jsonl(results, timing=timing)
+        return render_jsonl(results, timing=timing, controls=controls)
     if fmt == "junit":
-        return render_junit(results)
+        return render_junit(results, controls=controls)
+    if fmt == "policyreport":
+        from probe.policyreport import render_reports
+
+        return render_reports(results, kind=report_kind, controls=controls)
     if fmt == "table":
         return render_table(results, colour=colour)
+    if fmt == "html":
+        from probe.html_report import render_html
+
+        return render_html(results, info)
     raise ValueError(f"unknown output format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def render_json(results: Sequence[Result], *, timing: bool = False) -> str:
-    doc = {
-        "results": [utf8_safe(r.to_dict(timing=timing)) for r in results],
+def _with_controls(r: Result, controls: ControlMap | None, timing: bool = False) -> dict[str, Any]:
+    """The contract's object; with a compliance mapping, plus ``controls`` (labels)."""
+    out = r.to_dict(timing=timing)
+    if controls is not None:
+        out["controls"] = controls.labels(r.check)
+    return out
+
+
+def _json_document(
+    results: Sequence[Result], controls: ControlMap | None, timing: bool = False
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "results": [utf8_safe(_with_controls(r, controls, timing)) for r in results],
         "summary": summarize(results),
     }
+    if controls is not None:
+        doc["compliance"] = utf8_safe({"name": controls.name, "controls": controls.status(results)})
+    return doc
+
+
+def render_json(
+    results: Sequence[Result], *, timing: bool = False, controls: ControlMap | None = None
+) -> str:
+    doc = _json_document(results, controls, timing)
     return json.dumps(doc, indent=2, default=_json_default) + "\n"
 
 
-def render_jsonl(results: Sequence[Result], *, timing: bool = False) -> str:
+def json_tree(results: Sequence[Result], *, controls: ControlMap | None = None) -> Any:
+    """What ``render_json`` prints, parsed back (plain JSON values only): for the
+    attestation, without the indented encoder's cost."""
+    text = json.dumps(_json_document(results, controls), default=_json_default)
+    return json.loads(text)
+
+
+def render_jsonl(
+    results: Sequence[Result], *, timing: bool = False, controls: ControlMap | None = None
+) -> str:
     return "".join(
         json.dumps(
-            utf8_safe(r.to_dict(timing=timing)), default=_json_default, separators=(",", ":")
+            utf8_safe(_with_controls(r, controls, timing)),
+            default=_json_default,
+            separators=(",", ":"),
         )
         + "\n"
         for r in results
@@ -104,7 +157,7 @@ def render_table(
             r.verdict.value.upper(),
             _visible(r.check),
             _visible(r.shown_target),
-            _visible(r.endpoint or "-"),
+            _visible(r.endpoint or _case(r) or "-"),
             _truncate(_visible(" ".join(r.reason.split("\n"))), reason_width),
         )
         for r in results
@@ -116,6 +169,7 @@ def render_table(
         if colour:
             cells[0] = f"{_COLOURS[r.verdict]}{cells[0]}{_RESET}"
         lines.append("  ".join(cells) + "  " + row[-1])
+    lines.extend(authz_matrix(results))
     counts = summarize(results)
     lines.append("")
     lines.append(
@@ -125,9 +179,61 @@ def render_table(
     return "\n".join(lines) + "\n"
 
 
-def render_junit(results: Sequence[Result]) -> str:
-    """One testsuite per check, one testcase per result."""
-    from junitparser import Error, Failure, JUnitXml, Skipped, TestCase, TestSuite
+def _case(r: Result) -> str | None:
+    """An authz row's request and caller: ``GET /x by ns/sa`` (the SPIFFE path, short)."""
+    if r.request is None:
+        return None
+    who = r.source or "?"
+    parts = who.split("/")
+    if len(parts) == 7 and parts[3] == "ns" and parts[5] == "sa":
+        who = f"{parts[4]}/{parts[6]}"
+    return f"{r.request} by {who}"
+
+
+def authz_matrix(results: Sequence[Result]) -> list[str]:
+    """``authz`` results as a matrix, source identity x target: per cell what was observed
+    (allow/deny counts) and how many did not pass, so a person sees who can reach what.
+    Cases left to another probe (skips) are not in it."""
+    cells: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        if r.check == "authz" and r.source is not None and r.verdict is not Verdict.SKIP:
+            cells.setdefault((r.source, r.target), []).append(r)
+    if not cells:
+        return []
+    sources = list(dict.fromkeys(s for s, _ in cells))
+    targets = list(dict.fromkeys(t for _, t in cells))
+
+    def cell(rs: list[Result] | None) -> str:
+        if not rs:
+            return "-"
+        seen = [r.observed for r in rs]
+        parts = [f"{seen.count(o)} {o}" for o in ("allow", "deny") if o in seen]
+        bad = {v: sum(r.verdict is v for r in rs) for v in (Verdict.FAIL, Verdict.ERROR)}
+        parts += [f"{n} {v.value.upper()}" for v, n in bad.items() if n]
+        return ", ".join(parts) or "-"
+
+    head = ["SOURCE \\ TARGET", *(_visible(t) for t in targets)]
+    rows = [[_visible(s), *(cell(cells.get((s, t))) for t in targets)] for s in sources]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    out = ["", "authz (observed per source identity and target; FAIL/ERROR: cases not passing)"]
+    for row in [head, *rows]:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return out
+
+
+def render_junit(results: Sequence[Result], *, controls: ControlMap | None = None) -> str:
+    """One testsuite per check, one testcase per result; control IDs as ``control``
+    properties of each testcase."""
+    from junitparser import (
+        Error,
+        Failure,
+        JUnitXml,
+        Properties,
+        Property,
+        Skipped,
+        TestCase,
+        TestSuite,
+    )
 
     xml = JUnitXml(name="mtlsprobe")
     suites: dict[str, TestSuite] = {}
@@ -136,8 +242,16 @@ def render_junit(results: Sequence[Result]) -> str:
         if suite is None:
             suite = suites[r.check] = TestSuite(f"mtlsprobe.{r.check}")
         name = r.shown_target if r.endpoint is None else f"{r.shown_target} {r.endpoint}"
+        if r.request is not None:
+            name = f"{r.shown_target} {r.request} from {r.source}"
         case = TestCase(_xml_safe(name), classname=_xml_safe(f"mtlsprobe.{r.check}"))
         case.time = max(0.0, (r.end_ns - r.start_ns) / 1e9) if r.start_ns else 0.0
+        labels = controls.labels(r.check) if controls is not None else []
+        if labels:
+            props = Properties()  # type: ignore[no-untyped-call]
+            for label in labels:
+                props.add_property(Property("control", _xml_safe(label)))
+            case.append(props)  # type: ignore[no-untyped-call]
         detail = json.dumps(utf8_safe(r.to_dict()), indent=2, default=_json_default)
         if r.verdict is Verdict.FAIL:
             fail = Failure(_xml_safe(r.reason), type_="fail")

@@ -50,6 +50,10 @@ class Origin:
     shown: bool = False  # reports write the target as "<target> (from <namespace>)"
 
 
+#: Added beside the contract's keys by ``authz`` results (after ``target``/``endpoint``).
+AUTHZ_KEYS = ("source", "request")
+
+
 @dataclass(frozen=True)
 class Result:
     check: str
@@ -60,6 +64,9 @@ class Result:
     expected: str | None = None
     observed: str | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    # ``authz`` results only (AUTHZ_KEYS): the caller's SPIFFE ID and "GET /x" or "tcp".
+    source: str | None = None
+    request: str | None = None
     # Epoch nanoseconds, for traces; in the JSON only with ``check --timing``.
     start_ns: int = 0
     end_ns: int = 0
@@ -78,6 +85,10 @@ class Result:
         out: dict[str, Any] = {"check": self.check, "target": self.shown_target}
         if self.endpoint is not None:
             out["endpoint"] = self.endpoint
+        if self.source is not None:
+            out["source"] = self.source
+        if self.request is not None:
+            out["request"] = self.request
         out["expected"] = self.expected
         out["observed"] = self.observed
         out["verdict"] = self.verdict.value

@@ -26,6 +26,11 @@ def _scalar(v: object) -> str:
     return json.dumps(text)
 
 
+def _flow(d: dict[str, Any]) -> str:
+    """A list item that is a mapping (a target's ``authz:`` case), as a flow mapping."""
+    return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in d.items()) + "}"
+
+
 def targets_yaml(doc: dict[str, Any]) -> str:
     """The targets document as block YAML. Written directly: PyYAML's representer takes
     seconds for 6,000 targets; this shape is fixed (scalars, one mapping, lists)."""
@@ -39,7 +44,9 @@ def targets_yaml(doc: dict[str, Any]) -> str:
                     lead = "- " if first else "  "
                     first = False
                     if isinstance(v, list):
-                        items = ", ".join(_scalar(x) for x in v)
+                        items = ", ".join(
+                            _flow(x) if isinstance(x, dict) else _scalar(x) for x in v
+                        )
                         out.append(f"{lead}{k}: [{items}]")
                     else:
                         out.append(f"{lead}{k}: {_scalar(v)}")

@@ -198,8 +198,11 @@ class FakeKube:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
+
     def start(self) -> FakeKube:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         server.kube = self  # type: ignore[attr-defined]
         self._server = server

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -87,15 +87,11 @@ class JobKube(FakeKube):
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        return _WatchHandler
+
     def start(self) -> JobKube:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _WatchHandler)
-        server.daemon_threads = True
-        server.kube = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="fakekube", daemon=True
-        )
-        self._thread.start()
+        super().start()
         self._tmp = tempfile.TemporaryDirectory(prefix="fakekubelet-")
         t = threading.Thread(target=self._controller, name="fake-job-controller", daemon=True)
         t.start()

@@ -147,17 +147,11 @@ def endpoint_slice(
     ports: list[tuple[str, int]],
 ) -> Obj:
     """``endpoints``: (ip, pod name, ready); ``ports``: (service port name, target port)."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service_name},
-            "creationTimestamp": T0,
-        },
-        "addressType": "IPv4",
-        "endpoints": [
+    return slice_of(
+        name,
+        ns,
+        service_name,
+        [
             {
                 "addresses": [ip],
                 "conditions": {"ready": ready, "serving": ready, "terminating": False},
@@ -165,6 +159,35 @@ def endpoint_slice(
             }
             for ip, pod_name, ready in endpoints
         ],
+        ports,
+    )
+
+
+def slice_of(
+    name: str,
+    ns: str,
+    service_name: str,
+    endpoints: list[Obj],
+    ports: list[tuple[str, int]],
+    *,
+    address_type: str = "IPv4",
+    created: str | None = T0,
+) -> Obj:
+    """An EndpointSlice of ``endpoints`` as written (any shape); ``created=None``
+    leaves out the creationTimestamp."""
+    metadata: Obj = {
+        "name": name,
+        "namespace": ns,
+        "labels": {"kubernetes.io/service-name": service_name},
+    }
+    if created is not None:
+        metadata["creationTimestamp"] = created
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": metadata,
+        "addressType": address_type,
+        "endpoints": endpoints,
         "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
     }
 
@@ -176,3 +199,45 @@ def configmap(name: str, ns: str, data: dict[str, str]) -> Obj:
         "metadata": {"name": name, "namespace": ns, "creationTimestamp": T0},
         "data": data,
     }
+
+
+FAKE_ROOT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def small_mesh() -> list[Obj]:
+    """A cluster wide-STRICT from istio-system, with an injected ``shop`` (Service cart,
+    three pods), a PERMISSIVE ``legacy`` without sidecars (Service rep) and kube-dns."""
+    objs = [
+        namespace("istio-system"),
+        namespace("kube-system"),
+        namespace("shop", {"istio-injection": "enabled"}),
+        namespace("legacy"),
+        configmap("istio", "istio-system", {"mesh": "trustDomain: example.org\n"}),
+        configmap("istio-ca-root-cert", "istio-system", {"root-cert.pem": FAKE_ROOT_PEM}),
+        peer_auth("default", "istio-system", "STRICT"),
+        peer_auth("default", "legacy", "PERMISSIVE"),
+        pod("coredns", "kube-system", {"k8s-app": "dns"}, ip="10.0.9.1", sidecar=False),
+        service("dns", "kube-system", {"k8s-app": "dns"}, [sport(53, 53, name="dns")]),
+    ]
+    objs += [
+        pod(f"cart-{i}", "shop", {"app": "cart"}, ip=f"10.0.1.{i + 1}", sa="cart") for i in range(3)
+    ]
+    objs.append(service("cart", "shop", {"app": "cart"}, [sport(80, 8080)]))
+    objs.append(pod("rep", "legacy", {"app": "rep"}, ip="10.0.2.1", sa="rep", sidecar=False))
+    objs.append(service("rep", "legacy", {"app": "rep"}, [sport(8080, 8080)]))
+    return objs
+
+
+def echo_service(port: int, ips: list[str]) -> list[Obj]:
+    """Service ns-a/echo on ``port`` backed by sidecar-less pods ``echo-<i>`` at
+    ``ips``, with its EndpointSlice."""
+    pods = [
+        pod(f"echo-{i}", "ns-a", {"app": "echo"}, ip=ip, sidecar=False, ports=[("http", port)])
+        for i, ip in enumerate(ips)
+    ]
+    endpoints = [(ip, f"echo-{i}", True) for i, ip in enumerate(ips)]
+    return [
+        service("echo", "ns-a", {"app": "echo"}, [sport(80, port)]),
+        *pods,
+        endpoint_slice("echo-x", "ns-a", "echo", endpoints, [("http", port)]),
+    ]

@@ -1,9 +1,13 @@
 """A stand-in for the probe's sidecar (an HTTP forward proxy, CONNECT included) and
-for an Envoy admin API, for tests of the mesh-side checks without Envoy. Real
-sockets, real HTTP; the error bodies are the ones Envoy 1.40 sends (docs/istio-behaviour.md)."""
+for an Envoy admin API (and the documents it serves), for tests of the mesh-side
+checks without Envoy; and one for pilot-agent's readiness and quit endpoints. Real
+sockets, real HTTP; the error bodies are the ones Envoy 1.40 sends
+(docs/istio-behaviour.md)."""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import http.client
 import json
 import select
@@ -15,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from probe.pki import Issued
 
 ENVOY_RESET = (
     "upstream connect error or disconnect/reset before headers. "
@@ -224,3 +230,110 @@ def admin_handler(routes: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
     return Handler
+
+
+DUMP = "/config_dump?resource=dynamic_active_secrets"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def dump_doc(issued: Issued, trusted_pem: bytes | None, *, key: bytes = b"[redacted]") -> Any:
+    """Envoy 1.40's dynamic_active_secrets shape (seen below on a real Envoy)."""
+    t = "type.googleapis.com/envoy."
+    configs: list[Any] = [
+        {
+            "@type": t + "admin.v3.SecretsConfigDump.DynamicSecret",
+            "name": "default",
+            "secret": {
+                "@type": t + "extensions.transport_sockets.tls.v3.Secret",
+                "name": "default",
+                "tls_certificate": {
+                    "certificate_chain": {"inline_bytes": b64(issued.chain_pem())},
+                    "private_key": {"inline_bytes": b64(key)},
+                },
+            },
+        }
+    ]
+    if trusted_pem is not None:
+        configs.append(
+            {
+                "name": "ROOTCA",
+                "secret": {
+                    "name": "ROOTCA",
+                    "validation_context": {"trusted_ca": {"inline_bytes": b64(trusted_pem)}},
+                },
+            }
+        )
+    return {"configs": configs}
+
+
+def certs_doc(
+    ca_serial: int, uri: str, nb: dt.datetime | None, na: dt.datetime | None
+) -> dict[str, object]:
+    """Envoy's /certs shape (serials in hex, days_until_expiration a string)."""
+    leaf: dict[str, object] = {
+        "path": "<inline>",
+        "serial_number": "39b32daddf1728fa451ac980f39d074983f5a057",
+        "subject_alt_names": [{"uri": uri}],
+    }
+    now = dt.datetime.now(dt.UTC)
+    if na is not None:
+        leaf["days_until_expiration"] = str((na - now).days)
+        leaf["expiration_time"] = na.isoformat().replace("+00:00", "Z")
+    else:
+        leaf["days_until_expiration"] = "2"
+    if nb is not None:
+        leaf["valid_from"] = nb.isoformat().replace("+00:00", "Z")
+    ca = {"path": "<inline>", "serial_number": "0" + format(ca_serial, "x")}
+    return {"certificates": [{"ca_cert": [ca], "cert_chain": [leaf]}]}
+
+
+@dataclass
+class Agent:
+    """pilot-agent stand-in: /healthz/ready turns 200 after ``ready_after`` seconds
+    (never when None), or after ``not_ready_polls`` answers of 503 when that is set (a
+    count, so no race with how fast the probe starts); POST /quitquitquit is recorded."""
+
+    ready_after: float | None = 0.0
+    not_ready_polls: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    ready_polls: int = 0
+    quits: list[str] = field(default_factory=list)
+    url: str = ""
+
+
+@contextmanager
+def pilot_agent() -> Iterator[Agent]:
+    """pilot-agent's 15021 readiness and 15020 quit endpoints, served until the end."""
+    a = Agent()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send(self, code: int) -> None:
+            self.send_response(code)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            if self.path != "/healthz/ready":
+                return self._send(404)
+            a.ready_polls += 1
+            if a.not_ready_polls is not None:
+                up = a.ready_polls > a.not_ready_polls
+            else:
+                up = a.ready_after is not None and time.monotonic() - a.started >= a.ready_after
+            self._send(200 if up else 503)
+
+        def do_POST(self) -> None:
+            if self.path != "/quitquitquit":
+                return self._send(404)
+            a.quits.append(self.command)
+            self._send(200)
+
+    with http_server(Handler) as url:
+        a.url = url
+        yield a

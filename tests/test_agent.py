@@ -8,7 +8,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.agent.sharding import ShardUnit, select_shard
@@ -18,11 +17,6 @@ from tests.tlsservers import MeshPKI, black_hole, plaintext_http, serving, tls_h
 
 TD = "cluster.local"
 ECHO_ID = f"spiffe://{TD}/ns/ns-a/sa/echo"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
 
 
 def test_fast_interval_runs_many_rounds_one_at_a_time(tmp_path: Path) -> None:

@@ -17,14 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.agent.main import Assembled
-from jobs.lab.addresses import WORKLOAD_ADMIN_BASE, acquire_slot
-from jobs.lab.build import build_lab
+from jobs.lab.addresses import WORKLOAD_ADMIN_BASE
 from jobs.lab.envoy_config import workload_bootstrap
-from jobs.lab.runner import write_targets
+from jobs.lab.runner import running
 from jobs.lab.runtime import Lab, envoy_path
 from jobs.lab.scenarios import builtin
 from jobs.lab.spec import InboundPort, PodSpec, ServerMode
-from probe.model import Source
 from tests.agenthelp import get, running_agent, wait_for
 
 pytestmark = pytest.mark.envoy
@@ -110,24 +108,8 @@ def counter(built: Assembled, check: str, verdict: str, ns: str) -> float:
 
 def test_agents_catch_a_sidecar_flipped_to_permissive(tmp_path: Path) -> None:
     scenario = builtin("healthy")
-    slot = acquire_slot()
-    try:
-        build = build_lab(scenario, slot, require=())
-    except BaseException:
-        slot.release()
-        raise
-    with Lab(build.mesh, slot, tmp_path / "lab", envoys=1, ready_timeout=60) as lab:
-        targets = replace(
-            build.targets,
-            root_cert_file=lab.root_cert,
-            source=Source(
-                identity=build.mesh.probe_identity,
-                sidecar_proxy=lab.proxy_url,
-                sidecar_admin=lab.admin_url,
-            ),
-        )
-        tf = tmp_path / "targets.yaml"
-        write_targets(targets, tf)
+    with running(scenario, tmp_path / "lab", envoys=1, ready_timeout=60) as up:
+        lab, tf = up.lab, up.targets_path
         common = ["--targets", str(tf), "--interval", "0.5", "--jitter", "0", "--timeout", "5"]
         with (
             running_agent("--kind", "plain", *common) as plain,

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from tests.procs import reaped, sigterm
+from tests.sidecar_standin import http_server
 from tests.tlsservers import reset_after_read, serving
 
 
@@ -34,14 +34,8 @@ def never_ready() -> Iterator[tuple[str, list[str]]]:
             self.send_header("content-length", "0")
             self.end_headers()
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/healthz/ready", hits
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with http_server(Handler) as url:
+        yield url + "/healthz/ready", hits
 
 
 def test_sigterm_while_waiting_for_the_sidecar_ends_the_wait(tmp_path: Path) -> None:
@@ -64,19 +58,12 @@ def test_sigterm_while_waiting_for_the_sidecar_ends_the_wait(tmp_path: Path) -> 
             text=True,
             env=env,
         )
-        try:
+        with reaped(proc):
             end = time.monotonic() + 60
             while not hits:  # the probe is polling the sidecar's readiness
                 assert time.monotonic() < end and proc.poll() is None, "never polled"
                 time.sleep(0.02)
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
-            took = time.monotonic() - t0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            out, err, took = sigterm(proc)
     assert took < 30, took  # not the 120 s budget
     assert proc.returncode == 2, err
     (r,) = [json.loads(x) for x in out.splitlines()]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +19,13 @@ from tests import kubebuild as kb
 from tests.fakekube import FakeKube, Resource
 from tests.tlsservers import nothing_listening
 
-ROOT_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-
-
-def _mesh(kube: FakeKube) -> None:
-    kube.add_all(
-        [
-            kb.namespace("istio-system"),
-            kb.namespace("kube-system"),
-            kb.namespace("shop", {"istio-injection": "enabled"}),
-            kb.namespace("legacy"),
-            kb.configmap("istio", "istio-system", {"mesh": "trustDomain: example.org\n"}),
-            kb.configmap("istio-ca-root-cert", "istio-system", {"root-cert.pem": ROOT_PEM}),
-            kb.peer_auth("default", "istio-system", "STRICT"),
-            kb.peer_auth("default", "legacy", "PERMISSIVE"),
-            kb.pod("coredns", "kube-system", {"k8s-app": "dns"}, ip="10.0.9.1", sidecar=False),
-            kb.service("dns", "kube-system", {"k8s-app": "dns"}, [kb.sport(53, 53, name="dns")]),
-        ]
-    )
-    for i in range(3):
-        kb_pod = kb.pod(f"cart-{i}", "shop", {"app": "cart"}, ip=f"10.0.1.{i + 1}", sa="cart")
-        kube.add(kb_pod)
-    kube.add(kb.service("cart", "shop", {"app": "cart"}, [kb.sport(80, 8080)]))
-    kube.add(kb.pod("rep", "legacy", {"app": "rep"}, ip="10.0.2.1", sa="rep", sidecar=False))
-    kube.add(kb.service("rep", "legacy", {"app": "rep"}, [kb.sport(8080, 8080)]))
+ROOT_PEM = kb.FAKE_ROOT_PEM
 
 
 @pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    k = FakeKube()
-    k.start()
-    try:
-        _mesh(k)
-        yield k
-    finally:
-        k.stop()
+def kube(fake_kube: FakeKube) -> FakeKube:
+    fake_kube.add_all(kb.small_mesh())
+    return fake_kube
 
 
 def _kubeconfig(kube: FakeKube, tmp_path: Path) -> str:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -19,12 +18,6 @@ from hypothesis import strategies as st
 
 import probe.echo
 from probe.echo import EchoServer, Listen, parse_listen
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[tuple[str, int]]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
-        yield srv.addresses[0]
 
 
 def raw(addr: tuple[str, int], payload: bytes, timeout: float = 3.0) -> bytes:

@@ -22,15 +22,10 @@ from probe.model import Expect
 from probe.pki import Issued
 from probe.results import Verdict
 from tests import hostile_tls as h
-from tests.test_plain_checks import ECHO_ID, run_one
+from tests.runone import ECHO_ID, run_one
 from tests.tlsservers import MeshPKI, serving
 
 V12, V13 = SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module", params=["ec", "rsa"])

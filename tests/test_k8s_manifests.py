@@ -7,8 +7,6 @@ API call the code makes is allowed by the rendered roles."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +15,10 @@ import yaml
 from jobs.cli.main import build_parser
 from jobs.launch.cluster import RUN_API_CALLS
 from jobs.plan.discovery import Options, discover
+from tests import kubebuild as kb
 from tests.fakekube import FakeKube
-from tests.test_discovery import _mesh
+from tests.k8srender import K8S, allowed, parse_call, pod_spec, render, rules_by_subject
 
-K8S = Path(__file__).resolve().parent.parent / "k8s"
 KUSTOMIZATIONS = ["base", "overlays/smoke", "overlays/continuous", "overlays/echo-example"]
 OWN_NS = "mtlsprobe"
 # Kubernetes versions the built-in kinds are validated against.
@@ -34,14 +32,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def render(path: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(K8S / path)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
-
-
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
     return {k: render(k) for k in KUSTOMIZATIONS}
@@ -49,12 +39,6 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 
 def all_objects(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [o for objs in rendered.values() for o in objs]
-
-
-def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    if obj["kind"] == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[no-any-return]
-    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
 
 
 def test_every_kustomization_renders(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -109,22 +93,6 @@ def test_tokens_only_where_the_api_is_used(rendered: dict[str, list[dict[str, An
             assert pod_spec(obj).get("automountServiceAccountToken") is False
 
 
-def rules_by_subject(objs: list[dict[str, Any]]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """service account -> [(namespace or '' for cluster-wide, rule)]"""
-    roles = {
-        (o["kind"], o["metadata"]["name"]): o for o in objs if o["kind"] in ("Role", "ClusterRole")
-    }
-    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for b in objs:
-        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
-            continue
-        role = roles[(b["roleRef"]["kind"], b["roleRef"]["name"])]
-        scope = b["metadata"].get("namespace", "") if b["kind"] == "RoleBinding" else ""
-        for s in b["subjects"]:
-            out.setdefault(s["name"], []).extend((scope, r) for r in role["rules"])
-    return out
-
-
 def test_rbac_is_narrow(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = render("overlays/continuous")
     for o in objs:
@@ -140,53 +108,12 @@ def test_rbac_is_narrow(rendered: dict[str, list[dict[str, Any]]]) -> None:
                 assert o["metadata"]["namespace"] == OWN_NS
 
 
-def allowed(
-    rules: list[tuple[str, dict[str, Any]]],
-    verb: str,
-    group: str,
-    resource: str,
-    ns: str,
-    name: str | None,
-) -> bool:
-    for scope, rule in rules:
-        if scope and scope != ns:
-            continue
-        if group not in rule.get("apiGroups", [""]) or resource not in rule["resources"]:
-            continue
-        if verb not in rule["verbs"]:
-            continue
-        names = rule.get("resourceNames")
-        if names and name not in names:
-            continue
-        return True
-    return False
-
-
-def parse_call(
-    method: str, path: str, query: dict[str, str]
-) -> tuple[str, str, str, str, str | None]:
-    seg = [s for s in path.split("/") if s]
-    group, rest = ("", seg[2:]) if seg[0] == "api" else (seg[1], seg[3:])
-    ns = ""
-    if rest[:1] == ["namespaces"] and len(rest) >= 3:
-        ns, rest = rest[1], rest[2:]
-    elif rest[:1] == ["namespaces"] and len(rest) == 2:
-        return ("get", "", "namespaces", "", rest[1])
-    resource, name = rest[0], (rest[1] if len(rest) > 1 else None)
-    if len(rest) > 2:
-        resource = f"{resource}/{rest[2]}"
-    verb = {"POST": "create", "DELETE": "delete"}.get(method)
-    if verb is None:
-        verb = "watch" if query.get("watch") in ("true", "1") else ("get" if name else "list")
-    return verb, group, resource, ns, name
-
-
 @pytest.mark.parametrize("options", [Options(), Options(namespaces=("shop",))])
 def test_discovery_calls_are_allowed_for_orchestrator_and_agent(options: Options) -> None:
     kube = FakeKube()
     kube.start()
     try:
-        _mesh(kube)
+        kube.add_all(kb.small_mesh())
         discover(kube.api_client(), options)
         calls = [parse_call(c.method, c.path, c.query) for c in kube.calls]
     finally:

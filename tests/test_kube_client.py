@@ -47,14 +47,9 @@ def _pods(kube: FakeKube) -> None:
 
 
 @pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    k = FakeKube()
-    k.start()
-    try:
-        _pods(k)
-        yield k
-    finally:
-        k.stop()
+def kube(fake_kube: FakeKube) -> FakeKube:
+    _pods(fake_kube)
+    return fake_kube
 
 
 def _client(kube: FakeKube, **kw: Any) -> Client:

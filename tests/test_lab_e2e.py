@@ -17,9 +17,10 @@ import pytest
 from jobs.lab.runner import LabRun, run_scenario
 from jobs.lab.scenarios import builtin
 from jobs.lab.supervisor import pid_alive
-from probe.checks import REGISTRY
+from probe.checks import DEFAULT_CHECKS, REGISTRY
 from probe.checks.base import Settings
 from probe.results import Verdict
+from tests.procs import all_gone, kill_groups
 
 pytestmark = pytest.mark.envoy
 
@@ -70,7 +71,7 @@ def test_healthy_everything_passes(healthy: LabRun) -> None:
     assert _verdicts(healthy, Verdict.FAIL) == set()
     assert _verdicts(healthy, Verdict.ERROR) == set()
     checks = {r.check for r in healthy.results if r.verdict is Verdict.PASS}
-    assert set(REGISTRY) <= checks
+    assert set(DEFAULT_CHECKS) <= checks  # authz: no AuthorizationPolicy in this scenario
 
 
 def test_healthy_probes_every_endpoint_including_replicas_and_tcp(healthy: LabRun) -> None:
@@ -317,9 +318,7 @@ def test_cli_keep_then_down(tmp_path: Path) -> None:
         assert down.returncode == 0
         assert not any(pid_alive(p) for p in pids)
     finally:
-        for p in pids:
-            if pid_alive(p):
-                os.killpg(p, signal.SIGKILL)
+        kill_groups(pids)
 
 
 def _sigint_default() -> None:
@@ -342,16 +341,11 @@ def test_cli_interrupted_leaves_nothing_running(tmp_path: Path, sig: signal.Sign
         child.send_signal(sig)
         child.wait(timeout=60)
         assert child.returncode != 0
-        end = time.monotonic() + 30
-        while time.monotonic() < end and any(pid_alive(p) for p in pids):
-            time.sleep(0.05)
-        assert not any(pid_alive(p) for p in pids)
+        assert all_gone(pids)
     finally:
         if child.poll() is None:
             child.kill()
-        for p in pids:
-            if pid_alive(p):
-                os.killpg(p, signal.SIGKILL)
+        kill_groups(pids)
 
 
 def test_user_manifest_bare_pod_statefulset_tcp_and_dr(tmp_path: Path) -> None:

@@ -4,97 +4,26 @@ Envoy and a hand-made mesh spec; and teardown leaves no process behind."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from jobs.lab.addresses import Slot, acquire_slot
+from jobs.lab.addresses import acquire_slot
 from jobs.lab.runtime import Lab
-from jobs.lab.spec import (
-    CertKind,
-    InboundPort,
-    MeshSpec,
-    PodSpec,
-    ServerMode,
-    Upstream,
-    UpstreamEndpoint,
-    XfccMode,
-)
+from jobs.lab.spec import PodSpec
 from jobs.lab.supervisor import LabError, pid_alive, stop_pids_file
+from tests.labmesh import PROBE_ID, TD, build_mesh, small_mesh
+from tests.procs import all_gone, kill_groups
 
 pytestmark = pytest.mark.envoy
 
-TD = "cluster.local"
-PROBE_ID = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
 FORGED = "By=spiffe://cluster.local/ns/shop/sa/api;URI=spiffe://cluster.local/ns/evil/sa/evil"
-
-
-def build_mesh(pod_ip: Callable[[int], str], app_ip: Callable[[int], str]) -> MeshSpec:
-    # name, mode, has sidecar, service account on its cert, cert kind, inbound XFCC
-    specs: list[tuple[str, ServerMode, bool, str | None, CertKind, XfccMode]] = [
-        ("strict", ServerMode.STRICT, True, None, CertKind.VALID, XfccMode.APPEND),
-        ("perm", ServerMode.PERMISSIVE, True, None, CertKind.VALID, XfccMode.APPEND),
-        ("off", ServerMode.DISABLE, True, None, CertKind.VALID, XfccMode.APPEND),
-        ("naked", ServerMode.STRICT, False, None, CertKind.VALID, XfccMode.APPEND),
-        ("fwd", ServerMode.STRICT, True, None, CertKind.VALID, XfccMode.FORWARD_UNTRUSTED),
-        ("imposter", ServerMode.STRICT, True, "other", CertKind.VALID, XfccMode.APPEND),
-        ("expired", ServerMode.STRICT, True, None, CertKind.EXPIRED, XfccMode.APPEND),
-    ]
-    pods: list[PodSpec] = []
-    ups: list[Upstream] = []
-    for i, (name, mode, sidecar, sa, cert, xfcc) in enumerate(specs):
-        pod = PodSpec(
-            namespace="a",
-            name=name,
-            ip=pod_ip(i),
-            app_ip=app_ip(i),
-            sidecar=sidecar,
-            identity=f"spiffe://{TD}/ns/a/sa/{sa or name}",
-            ports=(InboundPort(8080, True, mode), InboundPort(5432, False, mode)),
-            cert=cert,
-            xfcc=xfcc,
-        )
-        pods.append(pod)
-        mtls = sidecar and mode is not ServerMode.DISABLE
-        ups.append(
-            Upstream(
-                host=f"{name}.a.svc.cluster.local",
-                port=80,
-                http=True,
-                sans=(f"spiffe://{TD}/ns/a/sa/{name}",),
-                endpoints=(UpstreamEndpoint(pod.ip, 8080, mtls),),
-                forward_client_xfcc=name == "fwd",
-            )
-        )
-    # A DestinationRule DISABLE towards the STRICT pod: the client sends plaintext.
-    ups.append(
-        Upstream(
-            host="strict-dr.a.svc.cluster.local",
-            port=80,
-            http=True,
-            sans=(f"spiffe://{TD}/ns/a/sa/strict",),
-            endpoints=(UpstreamEndpoint(pods[0].ip, 8080, False),),
-        )
-    )
-    # A tcp service port on the STRICT pod: reached through a CONNECT tunnel, over mTLS.
-    ups.append(
-        Upstream(
-            host="strict-db.a.svc.cluster.local",
-            port=5432,
-            http=False,
-            sans=(f"spiffe://{TD}/ns/a/sa/strict",),
-            endpoints=(UpstreamEndpoint(pods[0].ip, 5432, True),),
-        )
-    )
-    return MeshSpec(TD, PROBE_ID, tuple(pods), tuple(ups))
 
 
 @pytest.fixture(scope="module")
@@ -225,17 +154,12 @@ def test_key_files_are_private(lab: Lab) -> None:
 # --- teardown -----------------------------------------------------------------
 
 
-def _small_mesh(slot: Slot) -> MeshSpec:
-    full = build_mesh(slot.pod_ip, slot.app_ip)
-    return MeshSpec(TD, PROBE_ID, full.pods[:2], full.upstreams[:2])
-
-
 def test_teardown_when_the_body_raises(tmp_path: Path) -> None:
     slot = acquire_slot()
     pids: list[int] = []
     with (
         pytest.raises(RuntimeError),
-        Lab(_small_mesh(slot), slot, tmp_path) as lab,
+        Lab(small_mesh(slot), slot, tmp_path) as lab,
     ):
         pids = lab.pids()
         assert len(pids) == 3 and all(pid_alive(p) for p in pids)
@@ -246,7 +170,7 @@ def test_teardown_when_the_body_raises(tmp_path: Path) -> None:
 
 def test_bringup_failure_names_the_log_and_cleans_up(tmp_path: Path) -> None:
     slot = acquire_slot()
-    mesh = _small_mesh(slot)
+    mesh = small_mesh(slot)
     # Something else already holds the first pod's inbound port: Envoy cannot bind.
     blocker = socket.socket()
     # SO_REUSEADDR: an earlier test's TIME_WAIT on this address must not fail the bind.
@@ -266,27 +190,25 @@ def test_bringup_failure_names_the_log_and_cleans_up(tmp_path: Path) -> None:
 
 def test_keep_survives_then_down_stops_everything(tmp_path: Path) -> None:
     slot = acquire_slot()
-    with Lab(_small_mesh(slot), slot, tmp_path, keep=True) as lab:
+    with Lab(small_mesh(slot), slot, tmp_path, keep=True) as lab:
         pids = lab.pids()
     try:
         assert all(pid_alive(p) for p in pids)
         assert stop_pids_file(tmp_path) == pids
         assert not any(pid_alive(p) for p in pids)
     finally:
-        for p in pids:
-            if pid_alive(p):
-                os.killpg(p, signal.SIGKILL)
+        kill_groups(pids)
 
 
 _CHILD = """
 import sys, time
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {repo!r})
 from pathlib import Path
 from jobs.lab.addresses import Slot, acquire_slot
 from jobs.lab.runtime import Lab
-from test_lab_runtime import _small_mesh
+from tests.labmesh import small_mesh
 slot = acquire_slot()
-with Lab(_small_mesh(slot), slot, Path({wd!r})) as lab:
+with Lab(small_mesh(slot), slot, Path({wd!r})) as lab:
     print("READY", *lab.pids(), flush=True)
     time.sleep(60)
 """
@@ -295,7 +217,7 @@ with Lab(_small_mesh(slot), slot, Path({wd!r})) as lab:
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_no_process_survives_the_parent_dying(tmp_path: Path, how: str) -> None:
     """Ctrl-C and SIGTERM unwind through teardown; SIGKILL is covered by PDEATHSIG."""
-    code = _CHILD.format(tests=str(Path(__file__).parent), wd=str(tmp_path))
+    code = _CHILD.format(repo=str(Path(__file__).parent.parent), wd=str(tmp_path))
     if how == "SIGTERM":
         code = (
             "import signal, sys\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n" + code
@@ -316,16 +238,11 @@ def test_no_process_survives_the_parent_dying(tmp_path: Path, how: str) -> None:
         assert all(pid_alive(p) for p in pids)
         child.send_signal(getattr(signal, how))
         child.wait(timeout=60)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-            time.sleep(0.05)
-        assert not any(pid_alive(p) for p in pids), f"left running after {how}"
+        assert all_gone(pids), f"left running after {how}"
     finally:
         if child.poll() is None:
             child.kill()
-        for p in pids:
-            if pid_alive(p):
-                os.killpg(p, signal.SIGKILL)
+        kill_groups(pids)
 
 
 def test_configs_are_json_envoy_reads(lab: Lab) -> None:

@@ -8,7 +8,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from jobs.plan.manifests import (
 from jobs.plan.planner import build_plan
 from tests import kubebuild as kb
 from tests.fakekube import FakeKube
-from tests.test_yamlload import billion_laughs
+from tests.hostile_yaml import billion_laughs
 
 
 def _cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -170,14 +169,9 @@ def _objects() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def kube() -> Iterator[FakeKube]:
-    k = FakeKube()
-    k.start()
-    try:
-        k.add_all(_objects())
-        yield k
-    finally:
-        k.stop()
+def kube(fake_kube: FakeKube) -> FakeKube:
+    fake_kube.add_all(_objects())
+    return fake_kube
 
 
 def _plan_names(*args: str) -> set[str]:

@@ -4,65 +4,30 @@ XFCC like a server sidecar, or forwards a forged one). Real Envoy: test_mesh_lab
 
 from __future__ import annotations
 
-from http.server import BaseHTTPRequestHandler
-
 import pytest
 
-from probe.checks.base import Check, RunContext, Settings
 from probe.checks.mesh import MeshCheck, judge
 from probe.checks.meshcall import MeshResponse
 from probe.checks.xfcc_spoof import XfccSpoofCheck
 from probe.clusterstats import Transport, TransportSeen
-from probe.engine import run_checks
-from probe.model import Expect, Source, Target, TargetsFile
+from probe.model import Expect, Target
 from probe.reflect import App
-from probe.results import Result, Verdict
-from tests.reflect_apps import CASES, handler, render, serving
-from tests.sidecar_standin import SidecarBehaviour, sidecar
-
-TD = "cluster.local"
-SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
-ECHO = f"spiffe://{TD}/ns/ns-a/sa/echo"
-
-
-def run(
-    check: Check,
-    app: type[BaseHTTPRequestHandler],
-    b: SidecarBehaviour | None = None,
-    *,
-    expect: Expect = Expect.STRICT,
-    echo_path: str | None = None,
-) -> Result:
-    with serving(app) as upstream:
-        b = b or SidecarBehaviour()
-        b.upstream = upstream
-        with sidecar(b) as proxy:
-            target = Target(
-                name="ns-a/echo",
-                host="echo.ns-a.svc.cluster.local",
-                port=8080,
-                expect=expect,
-                identity=ECHO,
-                echo=True,
-                echo_path=echo_path,
-            )
-            tf = TargetsFile(TD, (target,), Source(identity=SRC, sidecar_proxy=proxy))
-            ctx = RunContext(tf, Settings(timeout=2))
-            try:
-                (r,) = run_checks([check], ctx)
-            finally:
-                ctx.close()
-    return r
+from probe.results import Verdict
+from tests.reflect_apps import CASES, handler, render
+from tests.runone import ECHO_ID, SRC, TD, run_app
+from tests.sidecar_standin import SidecarBehaviour
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("app", list(App))
 def test_every_app_in_every_name_case_proves_mtls(app: App, case: str) -> None:
-    r = run(MeshCheck(), handler(app, case))
+    r = run_app(MeshCheck(), handler(app, case))
     assert r.verdict is Verdict.PASS, r
     assert r.evidence["app"] == app.value
-    assert r.evidence["xfcc_trusted"]["By"] == [ECHO] and r.evidence["xfcc_trusted"]["URI"] == [SRC]
-    s = run(XfccSpoofCheck(), handler(app, case))
+    assert r.evidence["xfcc_trusted"]["By"] == [ECHO_ID] and r.evidence["xfcc_trusted"]["URI"] == [
+        SRC
+    ]
+    s = run_app(XfccSpoofCheck(), handler(app, case))
     assert s.verdict is Verdict.PASS, s
 
 
@@ -76,21 +41,21 @@ def test_forged_xfcc_in_any_case_never_passes(app: App) -> None:
         (SidecarBehaviour(mode="trusting"), {"case": "lower"}),
         (SidecarBehaviour(mode="trusting"), {"xfcc_value_upper": True, "case": "upper"}),
     ):
-        r = run(XfccSpoofCheck(), handler(app, **kw), b)
+        r = run_app(XfccSpoofCheck(), handler(app, **kw), b)
         assert r.verdict is Verdict.FAIL, (b.mode, kw, r)
         assert r.observed in ("forged XFCC forwarded", "forged XFCC trusted")
 
 
 @pytest.mark.parametrize("expect", [Expect.STRICT, Expect.PERMISSIVE])
 def test_app_that_shows_no_xfcc_proves_nothing_for_spoof(expect: Expect) -> None:
-    r = run(XfccSpoofCheck(), handler(App.HTTPBIN, drop_xfcc=True), expect=expect)
+    r = run_app(XfccSpoofCheck(), handler(App.HTTPBIN, drop_xfcc=True), expect=expect)
     assert r.verdict is Verdict.ERROR and "no XFCC at all" in r.reason
-    m = run(MeshCheck(), handler(App.HTTPBIN, drop_xfcc=True), expect=expect)
+    m = run_app(MeshCheck(), handler(App.HTTPBIN, drop_xfcc=True), expect=expect)
     assert m.verdict is Verdict.FAIL and "no XFCC" in m.reason
 
 
 def test_no_xfcc_at_a_disable_target_with_our_marker_passes_spoof() -> None:
-    r = run(
+    r = run_app(
         XfccSpoofCheck(),
         handler(App.HTTPBIN),
         SidecarBehaviour(mode="plaintext"),
@@ -102,23 +67,23 @@ def test_no_xfcc_at_a_disable_target_with_our_marker_passes_spoof() -> None:
 def test_canned_reflection_of_another_request_proves_nothing() -> None:
     """A page that always shows a perfect XFCC (copied from a real call) is not a
     reflection of this request: our marker header is missing."""
-    canned = render(App.HTTPBIN, [("X-Forwarded-Client-Cert", f"By={ECHO};Hash=ab;URI={SRC}")])
+    canned = render(App.HTTPBIN, [("X-Forwarded-Client-Cert", f"By={ECHO_ID};Hash=ab;URI={SRC}")])
     for check in (MeshCheck(), XfccSpoofCheck()):
-        r = run(check, handler(App.HTTPBIN, canned=canned), SidecarBehaviour(mode="plaintext"))
+        r = run_app(check, handler(App.HTTPBIN, canned=canned), SidecarBehaviour(mode="plaintext"))
         assert r.verdict is Verdict.ERROR and "marker" in r.reason, r
 
 
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
-        (f"By={ECHO};URI={SRC};URI=spiffe://{TD}/ns/x/sa/y", "URI= appears 2 times"),
-        (f"By={ECHO};By=spiffe://{TD}/ns/x/sa/y;URI={SRC}", "By= appears 2 times"),
-        (f"by={ECHO};URI={SRC};uri={SRC}", "URI= appears 2 times"),
+        (f"By={ECHO_ID};URI={SRC};URI=spiffe://{TD}/ns/x/sa/y", "URI= appears 2 times"),
+        (f"By={ECHO_ID};By=spiffe://{TD}/ns/x/sa/y;URI={SRC}", "By= appears 2 times"),
+        (f"by={ECHO_ID};URI={SRC};uri={SRC}", "URI= appears 2 times"),
     ],
 )
 @pytest.mark.parametrize("app", [App.HTTPBIN, App.ISTIO_ECHO])
 def test_two_identities_in_the_trusted_element_fail(app: App, raw: str, words: str) -> None:
-    r = run(MeshCheck(), handler(app), SidecarBehaviour(mode="raw", raw_xfcc=raw))
+    r = run_app(MeshCheck(), handler(app), SidecarBehaviour(mode="raw", raw_xfcc=raw))
     assert r.verdict is Verdict.FAIL and words in r.reason and "X.509-SVID" in r.reason
 
 
@@ -136,10 +101,10 @@ def test_echo_path_is_where_the_call_goes() -> None:
                 return
             super().do_GET()
 
-    r = run(MeshCheck(), OnlyAtPath, echo_path="/anything/headers")
+    r = run_app(MeshCheck(), OnlyAtPath, echo_path="/anything/headers")
     assert r.verdict is Verdict.PASS and seen == ["/anything/headers"]
     seen.clear()
-    r = run(MeshCheck(), OnlyAtPath)
+    r = run_app(MeshCheck(), OnlyAtPath)
     assert r.verdict is Verdict.ERROR and seen == ["/headers"]
     assert "GET /headers" in r.reason and "echoPath" in r.reason
 
@@ -163,7 +128,7 @@ def test_echo_path_is_where_the_call_goes() -> None:
 def test_non_echo_verdict_rests_on_the_sidecars_counters(
     expect: Expect, transport: Transport, verdict: Verdict
 ) -> None:
-    target = Target("ns-a/web", "web.ns-a", 80, expect, identity=ECHO, echo=False)
+    target = Target("ns-a/web", "web.ns-a", 80, expect, identity=ECHO_ID, echo=False)
     seen = TransportSeen(transport, f"<{transport.value} evidence>", {"cluster": "c"})
     j = judge(target, SRC, MeshResponse(404, "istio-envoy", b"nope"), seen)
     assert j.verdict is verdict, j

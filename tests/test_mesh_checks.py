@@ -12,10 +12,10 @@ import pytest
 from probe.checks.base import Check, RunContext, Settings
 from probe.checks.mesh import MeshCheck
 from probe.checks.xfcc_spoof import XfccSpoofCheck
-from probe.echo import EchoServer, Listen
 from probe.engine import run_checks
 from probe.model import Expect, Protocol, Source, Target, TargetsFile
 from probe.results import Result, Verdict
+from tests.runone import echo_target, run_target
 from tests.sidecar_standin import (
     SidecarBehaviour,
     admin_handler,
@@ -28,18 +28,6 @@ from tests.tlsservers import nothing_listening
 TD = "cluster.local"
 SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
 ECHO = f"spiffe://{TD}/ns/ns-a/sa/echo"
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[tuple[str, int]]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
-        yield srv.addresses[0]
-
-
-@pytest.fixture(scope="module")
-def tcp_echo() -> Iterator[tuple[str, int]]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/db", tcp=True)]) as srv:
-        yield srv.addresses[0]
 
 
 def run(
@@ -56,26 +44,11 @@ def run(
     timeout: float = 2.0,
     admin: str | None = None,
 ) -> Result:
-    target = Target(
-        name="ns-a/echo",
-        host=host,
-        port=port,
-        expect=expect,
-        identity=identity,
-        echo=echo,
-        protocol=protocol,
+    target = echo_target(
+        host=host, port=port, expect=expect, identity=identity, echo=echo, protocol=protocol
     )
-    tf = TargetsFile(
-        trust_domain=TD,
-        targets=(target,),
-        source=Source(identity=source, sidecar_proxy=proxy, sidecar_admin=admin),
-    )
-    ctx = RunContext(tf, Settings(timeout=timeout))
-    try:
-        (r,) = run_checks([check], ctx)
-    finally:
-        ctx.close()
-    return r
+    probe = Source(identity=source, sidecar_proxy=proxy, sidecar_admin=admin)
+    return run_target(check, target, probe, timeout=timeout)
 
 
 def mesh_via(b: SidecarBehaviour, **kw: object) -> Result:

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -24,7 +23,6 @@ from probe.checks.base import Check, RunContext, Settings
 from probe.checks.mesh import MeshCheck
 from probe.checks.meshcall import MeshResponse
 from probe.checks.xfcc_spoof import XfccSpoofCheck
-from probe.echo import EchoServer, Listen
 from probe.engine import run_checks
 from probe.errors import ObservationError
 from probe.model import Expect, Source, Target, TargetsFile
@@ -32,6 +30,7 @@ from probe.pki import CertificateAuthority, Issued
 from probe.reflect import MARKER_HEADER, App, Reflection
 from probe.results import Result, Verdict
 from probe.xfcc import HashOutcome, OwnCerts, compare_hash, parse_element
+from tests.runone import echo_target
 from tests.sidecar_standin import SidecarBehaviour, http_server, sidecar
 
 TD = "cluster.local"
@@ -39,14 +38,7 @@ SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
 ECHO = f"spiffe://{TD}/ns/ns-a/sa/echo"
 OURS = "ab" * 32
 OTHER = "cd" * 32
-TARGET = Target(
-    name="ns-a/echo",
-    host="echo.ns-a.svc",
-    port=8080,
-    expect=Expect.STRICT,
-    identity=ECHO,
-    echo=True,
-)
+TARGET = echo_target(host="echo.ns-a.svc", identity=ECHO)
 
 
 def element(hash_part: str) -> str:
@@ -168,12 +160,6 @@ def test_spoof_requires_the_genuine_element_to_carry_our_hash() -> None:
 def probe_cert() -> Issued:
     ca = CertificateAuthority.create_root(TD, key_type="ec")
     return ca.issue_workload(SRC, key_type="ec")
-
-
-@pytest.fixture(scope="module")
-def echo() -> Iterator[tuple[str, int]]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
-        yield srv.addresses[0]
 
 
 def der_hash(issued: Issued) -> str:

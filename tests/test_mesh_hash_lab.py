@@ -6,18 +6,16 @@ reflection - our marker, an XFCC with the right, public, By=/URI= - do not pass.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from jobs.lab.runner import running
-from jobs.lab.runtime import App as LabApp
 from jobs.lab.scenarios import from_files
 from probe.model import Expect
-from tests.test_mesh_lab_liars import HEAD, PLAIN_DR, WORKLOAD, run
+from probe.reflect import App
+from tests.meshlab import PLAIN_DR, WORKLOAD, head, reflect_argv, run
 
 pytestmark = pytest.mark.envoy
 
@@ -30,19 +28,6 @@ metadata: {name: bare}
 PROBE = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
 
 
-def liar_argv(fabricate: str) -> object:
-    """httpbin-shaped apps that show ``fabricate`` as XFCC when none arrived."""
-
-    def argv(apps: Sequence[LabApp]) -> list[str]:
-        out = [sys.executable, "-m", "tests.reflect_apps", "--style", "httpbin"]
-        out += ["--fabricate", fabricate]
-        for a in apps:
-            out += ["--listen" if a.http else "--tcp-listen", f"{a.ip}:{a.port}={a.name}"]
-        return out
-
-    return argv
-
-
 @pytest.mark.parametrize(
     "hash_part", ["Hash=" + "5e" * 32 + ";", ""], ids=["made-up-hash", "no-hash"]
 )
@@ -50,7 +35,7 @@ def test_fabricated_reflections_do_not_pass_and_the_genuine_one_does(
     tmp_path: Path, hash_part: str
 ) -> None:
     web = {"port": 8080, "pn": "http"}
-    text = HEAD + WORKLOAD % {"name": "web", **web} + WORKLOAD % {"name": "web-plain", **web}
+    text = head() + WORKLOAD % {"name": "web", **web} + WORKLOAD % {"name": "web-plain", **web}
     text += PLAIN_DR % {"name": "web-plain"}
     text += BARE + (WORKLOAD % {"name": "liar", **web}).replace(
         "namespace: data", "namespace: bare"
@@ -59,7 +44,9 @@ def test_fabricated_reflections_do_not_pass_and_the_genuine_one_does(
     path.write_text(text)
     # service account = service name here, so the app can name the target's identity
     fabricate = f'By=spiffe://cluster.local/ns/{{ns}}/sa/{{svc}};{hash_part}Subject="";URI={PROBE}'
-    with running(from_files([path]), tmp_path / "lab", serve_argv=liar_argv(fabricate)) as lab:  # type: ignore[arg-type]
+    # httpbin-shaped apps that show ``fabricate`` as XFCC when none arrived
+    liar_argv = reflect_argv(App.HTTPBIN, "--fabricate", fabricate)
+    with running(from_files([path]), tmp_path / "lab", serve_argv=liar_argv) as lab:
         # the targets file says every one of them is mTLS with a sidecar
         targets = replace(
             lab.targets,

@@ -11,87 +11,18 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from jobs.lab.runner import running
-from jobs.lab.runtime import App as LabApp
 from jobs.lab.scenarios import from_files
-from probe.checks import load_check
-from probe.checks.base import RunContext, Settings
-from probe.engine import run_checks
-from probe.model import TargetsFile
 from probe.reflect import App
-from probe.results import Result, Verdict
+from probe.results import Verdict
+from tests.meshlab import manifest, reflect_argv, run
 
 pytestmark = pytest.mark.envoy
-
-HEAD = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: data, labels: {istio-injection: enabled}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: data}
-spec: {mtls: {mode: PERMISSIVE}}
-"""
-WORKLOAD = """
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %(name)s, namespace: data}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: %(name)s}}
-  template:
-    metadata: {labels: {app: %(name)s, app.kubernetes.io/name: mtlsprobe-echo}}
-    spec:
-      serviceAccountName: %(name)s
-      containers: [{name: app, image: x, ports: [{containerPort: %(port)d, name: %(pn)s}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: %(name)s, namespace: data}
-spec:
-  selector: {app: %(name)s}
-  ports: [{name: %(pn)s, port: %(port)d}]
-"""
-PLAIN_DR = """
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: %(name)s, namespace: data}
-spec:
-  host: %(name)s.data.svc.cluster.local
-  trafficPolicy: {tls: {mode: DISABLE}}
-"""
-
-
-def manifest(
-    tmp_path: Path, workloads: Sequence[tuple[str, int, str]], plain: Sequence[str]
-) -> Path:
-    text = HEAD + "".join(WORKLOAD % {"name": n, "port": p, "pn": pn} for n, p, pn in workloads)
-    text += "".join(PLAIN_DR % {"name": n} for n in plain)
-    path = tmp_path / "mesh.yaml"
-    path.write_text(text)
-    return path
-
-
-def run(
-    targets: TargetsFile, checks: Sequence[str] = ("mesh",), concurrency: int = 32
-) -> dict[str, Result]:
-    ctx = RunContext(targets, Settings(timeout=3, concurrency=concurrency))
-    try:
-        results = run_checks([load_check(c) for c in checks], ctx)
-    finally:
-        ctx.close()
-    # the lab adds its own negative controls (check "control"); they are not judged here
-    return {f"{r.check} {r.target.split(':')[0]}": r for r in results if r.check in checks}
 
 
 def test_reachable_is_not_mtls_and_the_sidecar_tells_which(tmp_path: Path) -> None:
@@ -146,17 +77,6 @@ def test_reachable_is_not_mtls_and_the_sidecar_tells_which(tmp_path: Path) -> No
     assert "reused a connection" in second["mesh data/web-plain"].reason
 
 
-def _argv(style: App, case: str, real: bool = False) -> object:
-    def argv(apps: Sequence[LabApp]) -> list[str]:
-        out = [sys.executable, "-m", "tests.reflect_apps", "--style", style.value, "--case", case]
-        out += ["--real"] if real else []
-        for a in apps:
-            out += ["--listen" if a.http else "--tcp-listen", f"{a.ip}:{a.port}={a.name}"]
-        return out
-
-    return argv
-
-
 @pytest.mark.parametrize(
     ("style", "case"),
     [(App.HTTPBIN, "title"), (App.GO_HTTPBIN, "title"), (App.ISTIO_ECHO, "upper")],
@@ -166,7 +86,7 @@ def test_real_envoy_in_front_of_the_apps_people_run(tmp_path: Path, style: App, 
     with running(
         from_files([path]),
         tmp_path / "lab",
-        serve_argv=_argv(style, case),  # type: ignore[arg-type]
+        serve_argv=reflect_argv(style, "--case", case),
     ) as lab:
         results = run(lab.targets, ("mesh", "xfcc-spoof"))
     ok = results["mesh data/web"]
@@ -185,8 +105,8 @@ def test_real_httpbin_behind_real_envoy(tmp_path: Path) -> None:
     when installed: `pip install httpbin`."""
     pytest.importorskip("httpbin")
     path = manifest(tmp_path, [("web", 8080, "http"), ("web-plain", 8080, "http")], ["web-plain"])
-    argv = _argv(App.HTTPBIN, "title", real=True)
-    with running(from_files([path]), tmp_path / "lab", serve_argv=argv) as lab:  # type: ignore[arg-type]
+    argv = reflect_argv(App.HTTPBIN, "--case", "title", real=True)
+    with running(from_files([path]), tmp_path / "lab", serve_argv=argv) as lab:
         results = run(lab.targets, ("mesh", "xfcc-spoof"))
     ok = results["mesh data/web"]
     assert ok.verdict is Verdict.PASS and ok.evidence["app"] == "httpbin", ok

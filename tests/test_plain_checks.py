@@ -15,14 +15,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 
-from probe.checks.base import RunContext, Settings
 from probe.checks.foreign_client import ForeignClientCheck
 from probe.checks.peer_cert import PeerCertCheck
 from probe.checks.plaintext import PlaintextCheck
-from probe.engine import run_checks
-from probe.model import Endpoint, Expect, Protocol, Source, Target, TargetsFile
+from probe.model import Expect, Protocol
 from probe.pki import ISTIO_KEY_USAGE, CertificateAuthority
-from probe.results import Result, Verdict
+from probe.results import Verdict
+from tests.runone import ECHO_ID, TD, run_one
 from tests.tlsservers import (
     MeshPKI,
     black_hole,
@@ -33,49 +32,6 @@ from tests.tlsservers import (
     tcp_echo,
     tls_handler,
 )
-
-TD = "cluster.local"
-ECHO_ID = f"spiffe://{TD}/ns/ns-a/sa/echo"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
-
-
-def run_one(
-    check: object,
-    endpoint: Endpoint,
-    expect: Expect,
-    pki: MeshPKI | None = None,
-    *,
-    identity: str | None = ECHO_ID,
-    protocol: Protocol = Protocol.HTTP,
-    timeout: float = 2.0,
-) -> Result:
-    target = Target(
-        name="ns-a/echo",
-        host="echo.ns-a.svc.cluster.local",
-        port=8080,
-        expect=expect,
-        endpoints=(endpoint,),
-        identity=identity,
-        protocol=protocol,
-        echo=True,
-    )
-    tf = TargetsFile(
-        trust_domain=TD,
-        targets=(target,),
-        source=Source(identity=f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"),
-        root_cert_file=pki.root_file if pki else None,
-    )
-    ctx = RunContext(tf, Settings(timeout=timeout))
-    try:
-        (result,) = run_checks([check], ctx)  # type: ignore[list-item]
-    finally:
-        ctx.close()
-    return result
-
 
 # --- plaintext ---------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from probe.errors import ReadTimedOut
 from probe.model import Expect, Protocol
 from probe.netio import Ending, Reply
 from probe.results import Verdict
-from tests.test_plain_checks import run_one
+from tests.runone import run_one
 from tests.tlsservers import HTTP_OK, black_hole, reset_after_read, serving
 
 

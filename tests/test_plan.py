@@ -4,8 +4,6 @@ and a targets file that ``mtlsprobe check`` loads unchanged."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from tests.kubebuild import (
     service,
     sport,
 )
+from tests.procs import mtlsprobe
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "jobs" / "lab" / "scenarios"
 
@@ -301,24 +300,8 @@ def test_plan_yaml_round_trips_through_check(
     # A plan never names a loopback address (tests/test_redteam_plan.py); check runs
     # against the same file pointed at this host, where nothing listens on ``port``.
     targets.write_text(out.replace(f"10.0.0.1:{port}", f"127.0.0.1:{port}"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.cli.main",
-            "check",
-            "-f",
-            str(targets),
-            "--checks",
-            "plaintext",
-            "-o",
-            "json",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = mtlsprobe(
+        *("check", "-f", str(targets), "--checks", "plaintext", "-o", "json", "--timeout", "1")
     )
     assert proc.returncode == 2, proc.stderr  # nothing listening: error, never pass
     assert json.loads(proc.stdout)["results"][0]["verdict"] == "error"

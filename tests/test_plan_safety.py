@@ -10,9 +10,7 @@ Kubernetes or Istio behaviour it encodes. Every emitted targets file is read bac
 from __future__ import annotations
 
 import copy
-import ipaddress
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +18,12 @@ import pytest
 import yaml
 
 from jobs.cli.main import main as cli_main
-from jobs.plan.discovery import Options, discover
 from jobs.plan.manifests import load_manifests
-from jobs.plan.planner import Plan, Requirements, build_plan
-from probe.model import Expect, TargetsFile, load_targets
+from jobs.plan.planner import build_plan
+from probe.model import Expect, load_targets
 from probe.results import Verdict
-from probe.targetsyaml import targets_yaml
 from tests import kubebuild as kb
-from tests.fakekube import FakeKube
-
-Obj = dict[str, Any]
-REQ = Requirements(strict=True, sidecar=True)
-
+from tests.plancase import REQ, Both, Obj, a_pod, base, round_trip
 
 # ---- builders for the odd objects ---------------------------------------------------------------
 
@@ -44,20 +36,8 @@ def slice_(
     ports: list[tuple[str, int]] | None = None,
     address_type: str = "IPv4",
 ) -> Obj:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": address_type,
-        "endpoints": endpoints,
-        "ports": [
-            {"name": n, "port": p, "protocol": "TCP"} for n, p in (ports or [("http", 8080)])
-        ],
-    }
+    ports = ports or [("http", 8080)]
+    return kb.slice_of(name, ns, service, endpoints, ports, address_type=address_type, created=None)
 
 
 def ep(address: str, pod: str | None = None, ns: str | None = None, kind: str = "Pod") -> Obj:
@@ -79,98 +59,13 @@ def with_spec(obj: Obj, **fields: Any) -> Obj:
     return obj
 
 
-def base(*extra_ns: str) -> list[Obj]:
-    return [
-        kb.namespace("shop", {"istio-injection": "enabled"}),
-        *(kb.namespace(n) for n in extra_ns),
-        kb.peer_auth("default", "shop", "STRICT"),
-    ]
-
-
 def svc(name: str = "a", selector: dict[str, str] | None = None, ns: str = "shop") -> Obj:
     return kb.service(
         name, ns, {"app": name} if selector is None else selector, [kb.sport(80, 8080)]
     )
 
 
-def a_pod(name: str = "a-0", ip: str = "10.0.0.1", **kw: Any) -> Obj:
-    kw.setdefault("sa", "a")
-    return kb.pod(name, kw.pop("ns", "shop"), {"app": "a"}, ip=ip, **kw)
-
-
 # ---- both paths ------------------------------------------------------------------------------
-
-
-@dataclass
-class Both:
-    manifests: Plan
-    live: Plan
-
-    def targets(self) -> dict[str, Any]:
-        return {t.name: t for t in self.live.targets_file.targets}
-
-    def endpoints(self) -> set[str]:
-        return {str(e) for t in self.live.targets_file.targets for e in t.endpoints}
-
-    def findings(self, check: str = "policy") -> list[Any]:
-        return [r for r in self.live.findings if r.check == check]
-
-    def reasons(self) -> str:
-        return " | ".join(r.reason for r in self.live.findings)
-
-    def required(self) -> dict[str, Verdict]:
-        return {
-            f"{r.check}:{r.target}": r.verdict
-            for r in self.live.findings
-            if r.check.startswith("require-")
-        }
-
-
-def _comparable(plan: Plan) -> tuple[Any, ...]:
-    # Discovery adds notes about what a live cluster lacks here (no root cert
-    # ConfigMap); everything about Services and pods must be identical.
-    findings = sorted(
-        (r.check, r.target, r.verdict.value, r.reason)
-        for r in plan.findings
-        if r.target not in ("cluster", "mesh")
-    )
-    edges = sorted((e.target, e.pod.key, e.target_port, e.expect.value) for e in plan.edges)
-    return plan.targets_file, findings, edges
-
-
-def round_trip(tf: TargetsFile, tmp_path: Path) -> None:
-    """The plan's output is a targets file `check` accepts, unchanged, with IP
-    literals only as endpoints."""
-    f = tmp_path / "targets.yaml"
-    f.write_text(targets_yaml(tf.to_dict()))
-    assert load_targets(f) == tf
-    for t in tf.targets:
-        for e in t.endpoints:
-            ipaddress.ip_address(e.host)  # never a host name
-
-
-@pytest.fixture
-def plan_both(tmp_path: Path) -> Iterator[Callable[..., Both]]:
-    kubes: list[FakeKube] = []
-
-    def run(objs: list[Obj], req: Requirements = REQ) -> Both:
-        f = tmp_path / f"m{len(kubes)}.yaml"
-        f.write_text(yaml.safe_dump_all(objs))
-        from_yaml = build_plan(load_manifests([f]), req)
-        kube = FakeKube()
-        kubes.append(kube)
-        kube.start()
-        kube.add_all(objs)
-        live = build_plan(discover(kube.api_client(), Options()), req)
-        assert _comparable(from_yaml) == _comparable(live), "live and --from-manifests disagree"
-        round_trip(live.targets_file, tmp_path)
-        return Both(from_yaml, live)
-
-    try:
-        yield run
-    finally:
-        for k in kubes:
-            k.stop()
 
 
 # ---- rule 1: only mesh workloads are probed ----------------------------------------------------

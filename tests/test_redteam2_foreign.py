@@ -25,13 +25,8 @@ from probe.model import Expect
 from probe.pki import Issued
 from probe.results import Verdict
 from tests import hostile_tls as h
-from tests.test_plain_checks import ECHO_ID, run_one
+from tests.runone import ECHO_ID, run_one
 from tests.tlsservers import HTTP_OK, MeshPKI, serving
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
 
 
 def _records(data: bytes) -> list[tuple[int, bytes]]:

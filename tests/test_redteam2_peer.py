@@ -20,13 +20,8 @@ from probe.checks.peer_cert import PeerCertCheck
 from probe.model import Expect
 from probe.pki import CertificateAuthority, Issued, cert_pem, key_pem
 from probe.results import Result, Verdict
-from tests.test_plain_checks import ECHO_ID, run_one
+from tests.runone import ECHO_ID, run_one
 from tests.tlsservers import MeshPKI, serving, tls_handler
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,15 @@ import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from probe.checks.base import RunContext, Settings
 from probe.checks.mesh import MeshCheck
 from probe.checks.meshcall import MAX_BODY
 from probe.checks.xfcc_spoof import XfccSpoofCheck
-from probe.engine import run_checks
-from probe.model import Expect, Source, Target, TargetsFile
+from probe.model import Source
 from probe.reflect import App
 from probe.results import Verdict
 from tests.reflect_apps import render, serving
+from tests.runone import ECHO_ID, SRC, echo_target, run_app, run_target
 from tests.sidecar_standin import SidecarBehaviour
-from tests.test_mesh_apps import ECHO, SRC, TD, run
 
 
 def _truncating(app: App, width: int) -> type[BaseHTTPRequestHandler]:
@@ -47,7 +45,7 @@ def test_forged_xfcc_hidden_by_a_truncating_app_never_passes() -> None:
     the trusted one), but the app shows values cut short, so the marker is gone. What
     is left is not the genuine element the server sidecar writes: not a pass."""
     for app in App:
-        r = run(XfccSpoofCheck(), _truncating(app, 40), SidecarBehaviour(mode="trusting"))
+        r = run_app(XfccSpoofCheck(), _truncating(app, 40), SidecarBehaviour(mode="trusting"))
         assert r.verdict is not Verdict.PASS, (app, r)
 
 
@@ -56,7 +54,7 @@ def test_xfcc_of_another_identity_is_no_genuine_element_for_spoof() -> None:
     the genuine element of the target's sidecar is not shown, so nothing proves the
     forged one was dropped by the mesh rather than hidden."""
     raw = "By=spiffe://cluster.local/ns/edge/sa/proxy;URI=spiffe://cluster.local/ns/x/sa/y"
-    r = run(
+    r = run_app(
         XfccSpoofCheck(),
         _truncating(App.HTTPBIN, 10_000),
         SidecarBehaviour(mode="raw", raw_xfcc=raw),
@@ -65,7 +63,7 @@ def test_xfcc_of_another_identity_is_no_genuine_element_for_spoof() -> None:
 
 
 def test_genuine_element_still_passes_spoof() -> None:
-    r = run(XfccSpoofCheck(), _truncating(App.HTTPBIN, 10_000))
+    r = run_app(XfccSpoofCheck(), _truncating(App.HTTPBIN, 10_000))
     assert r.verdict is Verdict.PASS, r
 
 
@@ -93,35 +91,19 @@ class _DripProxy(BaseHTTPRequestHandler):
             return
 
 
-def _ctx(proxy: str) -> RunContext:
-    target = Target(
-        name="ns-a/echo",
-        host="echo.ns-a.svc.cluster.local",
-        port=8080,
-        expect=Expect.STRICT,
-        identity=ECHO,
-        echo=True,
-    )
-    tf = TargetsFile(TD, (target,), Source(identity=SRC, sidecar_proxy=proxy))
-    return RunContext(tf, Settings(timeout=2))
-
-
 def test_slowloris_reflection_is_bounded_and_not_a_pass() -> None:
     """Timeout is 2 s: the whole call must end within a few timeouts, as an error."""
     with serving(_DripProxy) as (host, port):
         for check in (MeshCheck(), XfccSpoofCheck()):
-            ctx = _ctx(f"http://{host}:{port}")
+            source = Source(identity=SRC, sidecar_proxy=f"http://{host}:{port}")
             t0 = time.monotonic()
-            try:
-                (r,) = run_checks([check], ctx)
-            finally:
-                ctx.close()
+            r = run_target(check, echo_target(), source)
             took = time.monotonic() - t0
             assert took < 12, (check.name, took)
             assert r.verdict is Verdict.ERROR, r
 
 
-GENUINE = f"By={ECHO};URI={SRC}"
+GENUINE = f"By={ECHO_ID};URI={SRC}"
 WRONG_LAST = f"{GENUINE},By=spiffe://cluster.local/ns/evil/sa/x;URI={SRC}"
 
 
@@ -156,9 +138,6 @@ class _CutAtTheCap(BaseHTTPRequestHandler):
 
 def test_reflection_cut_at_the_size_cap_is_not_read_as_one() -> None:
     with serving(_CutAtTheCap) as (host, port):
-        ctx = _ctx(f"http://{host}:{port}")
-        try:
-            (r,) = run_checks([MeshCheck()], ctx)
-        finally:
-            ctx.close()
+        source = Source(identity=SRC, sidecar_proxy=f"http://{host}:{port}")
+        r = run_target(MeshCheck(), echo_target(), source)
     assert r.verdict is not Verdict.PASS, r

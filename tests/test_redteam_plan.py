@@ -1,9 +1,9 @@
 """Red-team cases for ``mtlsprobe plan`` not covered elsewhere (issue 17 follow-up).
 
 Each case is planned both ways - ``--from-manifests`` and the same objects served by
-the fake API server (tests/fakekube.py) - through ``tests.test_plan_safety``'s
-``plan_both`` fixture, which also asserts the two plans agree and that the targets
-file round-trips through ``check``'s loader. Each test names the Istio or
+the fake API server (tests/fakekube.py) - through the ``plan_both`` fixture
+(tests/conftest.py, tests/plancase.py), which also asserts the two plans agree and that
+the targets file round-trips through ``check``'s loader. Each test names the Istio or
 Kubernetes behaviour it encodes.
 """
 
@@ -19,10 +19,7 @@ from jobs.cli.main import main as cli_main
 from probe.model import Protocol
 from probe.results import Verdict
 from tests import kubebuild as kb
-from tests import test_plan_safety as safety
-from tests.test_plan_safety import Both, a_pod, base
-
-plan_both = safety.plan_both  # the fixture that plans both ways and compares
+from tests.plancase import Both, a_pod, base
 
 # ---- UDP / SCTP Service ports ----------------------------------------------------------------
 

@@ -20,13 +20,8 @@ from probe.model import Expect
 from probe.pki import Issued
 from probe.results import Verdict
 from tests import hostile_tls as h
-from tests.test_plain_checks import ECHO_ID, run_one
+from tests.runone import ECHO_ID, run_one
 from tests.tlsservers import MeshPKI, serving
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
 
 
 def _preemptive_12(issued: Issued, delay: float = 0.0) -> Callable[[socket.socket], None]:

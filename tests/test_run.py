@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,86 +16,15 @@ import yaml
 from jobs.cli import main as cli
 from jobs.launch.cluster import NS, RUN_API_CALLS
 from jobs.launch.jobspec import LABEL_ROLE, LABEL_RUN
-from probe.echo import EchoServer, Listen
 from probe.pki import CertificateAuthority
 from tests import kubebuild as kb
 from tests.fakekube_jobs import JobKube
-from tests.sidecar_standin import SidecarBehaviour, sidecar
-from tests.test_sidecar_lifecycle import Agent, agent  # noqa: F401  # the pilot-agent stand-in
+from tests.runcase import PLAIN, Env, echo_cluster, probe_results, run
+from tests.sidecar_standin import Agent
 
 pytestmark = pytest.mark.timeout(120)
 
-PLAIN = "plaintext,peer-cert,foreign-client"
 ALL_BUT_SELF = "plaintext,peer-cert,foreign-client,mesh,xfcc-spoof"
-
-
-@dataclass
-class Env:
-    kube: JobKube
-    kubeconfig: Path
-    echo_port: int
-    tmp: Path
-
-
-@pytest.fixture
-def echo() -> Iterator[int]:
-    with EchoServer([Listen("127.0.0.1", 0, "ns-a/echo")]) as srv:
-        yield srv.addresses[0][1]
-
-
-@pytest.fixture
-def proxy(echo: int) -> Iterator[str]:
-    with sidecar(SidecarBehaviour(mode="plaintext", upstream=("127.0.0.1", echo))) as url:
-        yield url
-
-
-def _cluster(
-    kube: JobKube, port: int, endpoints: int = 1, ca: CertificateAuthority | None = None
-) -> None:
-    root = (ca or CertificateAuthority.create_root()).root_pem().decode()
-    kube.add_all(
-        [
-            kb.namespace("mtlsprobe"),
-            kb.namespace("ns-a"),
-            kb.namespace("ns-b"),
-            # Trusted only from istiod's namespace (jobs.plan.meshroot); the pods mount their own.
-            kb.configmap("istio-ca-root-cert", "istio-system", {"root-cert.pem": root}),
-            kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
-            kb.configmap("istio-ca-root-cert", "ns-a", {"root-cert.pem": root}),
-            kb.service("echo", "ns-a", {"app": "echo"}, [kb.sport(80, port)]),
-        ]
-    )
-    pods = []
-    for i in range(endpoints):
-        ip = f"127.0.0.{1 + i}"
-        kube.add(
-            kb.pod(
-                f"echo-{i}", "ns-a", {"app": "echo"}, ip=ip, sidecar=False, ports=[("http", port)]
-            )
-        )
-        pods.append((ip, f"echo-{i}", True))
-    kube.add(kb.endpoint_slice("echo-x", "ns-a", "echo", pods, [("http", port)]))
-
-
-@pytest.fixture
-def env(tmp_path: Path, echo: int, proxy: str, agent: Agent) -> Iterator[Env]:  # noqa: F811
-    kube = JobKube(proxy=proxy, agent=agent.url)
-    _cluster(kube, echo)
-    with kube:
-        cfg = tmp_path / "kubeconfig"
-        cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-        yield Env(kube, cfg, echo, tmp_path)
-
-
-def run(env: Env, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any, str]:
-    argv = ["run", "--kubeconfig", str(env.kubeconfig), "-n", "ns-a", "--poll-interval", "5"]
-    code = cli.main([*argv, "-o", "json", *extra])
-    out, err = capsys.readouterr()
-    return code, json.loads(out) if out.strip() else None, err
-
-
-def probe_results(doc: Any) -> list[dict[str, Any]]:
-    return [r for r in doc["results"] if r["check"] != "policy"]
 
 
 def shard_endpoints(kube: JobKube, role: str) -> dict[int, list[str]]:
@@ -117,7 +44,7 @@ def shard_endpoints(kube: JobKube, role: str) -> dict[int, list[str]]:
 def test_happy_path_jobs_specs_report_and_cleanup(
     env: Env,
     capsys: pytest.CaptureFixture[str],
-    agent: Agent,  # noqa: F811
+    agent: Agent,
 ) -> None:
     seen_jobs: list[dict[str, Any]] = []
     original = env.kube.behaviour
@@ -345,10 +272,10 @@ def test_rbac_denied_at_start_is_one_line_exit_64(
 
 
 def test_sharded_indexed_job(
-    tmp_path: Path, echo: int, proxy: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, echo_port: int, proxy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kube = JobKube(proxy=proxy)
-    _cluster(kube, echo, endpoints=5)
+    echo_cluster(kube, echo_port, endpoints=5)
     owned: dict[int, list[str]] = {}
     original = kube.behaviour
 
@@ -360,12 +287,12 @@ def test_sharded_indexed_job(
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-        env = Env(kube, cfg, echo, tmp_path)
+        env = Env(kube, cfg, echo_port, tmp_path)
         _code, doc, err = run(
             env, capsys, "--checks", "plaintext", "--shard-threshold", "2", "--deadline", "30"
         )
         assert doc is not None, err
-        everything = sorted(f"127.0.0.{1 + i}:{echo}" for i in range(5))
+        everything = sorted(f"127.0.0.{1 + i}:{echo_port}" for i in range(5))
         eps = sorted(r["endpoint"] for r in probe_results(doc))
         assert eps == everything
         # An even split (2, 2, 1), disjoint and covering all five, whatever the port.
@@ -468,7 +395,7 @@ def test_api_failing_during_the_wait_is_an_error_not_a_hang(
 
 def test_targets_too_big_for_one_configmap_go_to_shards_only(
     tmp_path: Path,
-    echo: int,
+    echo_port: int,
     proxy: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -476,7 +403,7 @@ def test_targets_too_big_for_one_configmap_go_to_shards_only(
     from jobs.launch import launcher as run_mod
 
     kube = JobKube(proxy=proxy)
-    _cluster(kube, echo, endpoints=12)
+    echo_cluster(kube, echo_port, endpoints=12)
     seen: list[dict[str, Any]] = []
 
     def spy(job: dict[str, Any], index: int) -> str:
@@ -487,7 +414,7 @@ def test_targets_too_big_for_one_configmap_go_to_shards_only(
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-        env = Env(kube, cfg, echo, tmp_path)
+        env = Env(kube, cfg, echo_port, tmp_path)
         # ~690 bytes for all 12 endpoints, ~480 for one shard of 1
         monkeypatch.setattr(run_mod, "CONFIGMAP_MAX", 560)
         code, doc, err = run(
@@ -495,7 +422,7 @@ def test_targets_too_big_for_one_configmap_go_to_shards_only(
         )
         assert doc is not None, err
         eps = sorted(r["endpoint"] for r in probe_results(doc))
-        assert eps == sorted(f"127.0.0.{1 + i}:{echo}" for i in range(12))
+        assert eps == sorted(f"127.0.0.{1 + i}:{echo_port}" for i in range(12))
         main = [c for c in seen if c["metadata"]["name"].count("-") == 1]
         assert main and main[0]["data"]["targets.yaml"].startswith("# sharded")
         assert kube.run_objects() == []
@@ -520,9 +447,9 @@ def test_targets_too_big_for_one_configmap_go_to_shards_only(
 
 def test_default_checks_all_observed_through_the_pods_sidecar(
     tmp_path: Path,
-    echo: int,
+    echo_port: int,
     proxy: str,
-    agent: Agent,  # noqa: F811
+    agent: Agent,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Every default check, ``self`` included: the sidecar pod's Envoy admin is a
@@ -530,8 +457,7 @@ def test_default_checks_all_observed_through_the_pods_sidecar(
     the same mesh CA whose root the pods mount from istio-ca-root-cert."""
     import datetime as dt
 
-    from tests.sidecar_standin import admin_handler, http_server
-    from tests.test_self_check import DUMP, certs_doc, dump_doc
+    from tests.sidecar_standin import DUMP, admin_handler, certs_doc, dump_doc, http_server
 
     ca = CertificateAuthority.create_root("cluster.local", key_type="ec")
     me = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
@@ -545,11 +471,11 @@ def test_default_checks_all_observed_through_the_pods_sidecar(
     }
     with http_server(admin_handler(routes)) as admin:
         kube = JobKube(proxy=proxy, agent=agent.url, admin=admin)
-        _cluster(kube, echo, ca=ca)
+        echo_cluster(kube, echo_port, ca=ca)
         with kube:
             cfg = tmp_path / "kubeconfig"
             cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-            code, doc, err = run(Env(kube, cfg, echo, tmp_path), capsys, "--deadline", "30")
+            code, doc, err = run(Env(kube, cfg, echo_port, tmp_path), capsys, "--deadline", "30")
             assert doc is not None, err
             by_check = {r["check"]: r for r in probe_results(doc)}
             assert set(by_check) == {
@@ -582,15 +508,15 @@ def test_cleanup_forbidden_is_a_stderr_line_not_a_verdict(
 
 
 def test_a_failing_shard_does_not_take_the_others_down(
-    tmp_path: Path, echo: int, proxy: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, echo_port: int, proxy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """backoffLimitPerIndex: one index crashes, the others still report (with a
     Job-wide backoffLimit of 0 the Job controller would kill them). Which endpoints
     each index owns is read from the shard ConfigMaps the run wrote; the index made to
     crash is one that does not hold the echo, so a surviving shard must show a pass."""
     kube = JobKube(proxy=proxy)
-    _cluster(kube, echo, endpoints=6)
-    echo_ep = f"127.0.0.1:{echo}"
+    echo_cluster(kube, echo_port, endpoints=6)
+    echo_ep = f"127.0.0.1:{echo_port}"
     owned: dict[int, list[str]] = {}
     crashing: list[int] = []
 
@@ -604,13 +530,13 @@ def test_a_failing_shard_does_not_take_the_others_down(
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-        env = Env(kube, cfg, echo, tmp_path)
+        env = Env(kube, cfg, echo_port, tmp_path)
         argv = ["--checks", "plaintext", "--shard-threshold", "2", "--deadline", "30"]
         code, doc, err = run(env, capsys, *argv)
         assert doc is not None, err
         # Three shards of exactly two endpoints each (an even split), covering all six.
         assert sorted(owned) == [0, 1, 2] and all(len(v) == 2 for v in owned.values()), owned
-        everything = {f"127.0.0.{1 + i}:{echo}" for i in range(6)}
+        everything = {f"127.0.0.{1 + i}:{echo_port}" for i in range(6)}
         assert {ep for v in owned.values() for ep in v} == everything
         (bad,) = crashing
         results = probe_results(doc)

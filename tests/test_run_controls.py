@@ -1,14 +1,13 @@
 """``mtlsprobe run`` carries the plan's negative controls to the probe Jobs (through the
 targets ConfigMap) and reports their results, against the fake API server with the
-simulated Job controller and kubelet of tests/test_run.py."""
+simulated Job controller and kubelet of tests/runcase.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests import kubebuild as kb
-from tests.test_run import PLAIN, Env, echo, env, probe_results, proxy, run  # noqa: F401
-from tests.test_sidecar_lifecycle import agent  # noqa: F401  # the pilot-agent stand-in
+from tests.runcase import PLAIN, Env, probe_results, run
 from tests.tlsservers import nothing_listening
 
 pytestmark = pytest.mark.timeout(120)
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 CONTROL = {"app": "ctl", "app.kubernetes.io/component": "mtlsprobe-control"}
 
 
-def _add_control(env: Env, port: int) -> None:  # noqa: F811
+def _add_control(env: Env, port: int) -> None:
     env.kube.add(kb.service("ctl", "ns-a", {"app": "ctl"}, [kb.sport(80, port)]))
     env.kube.add(
         kb.pod("ctl-0", "ns-a", CONTROL, ip="127.0.0.1", sidecar=False, ports=[("http", port)])
@@ -24,7 +23,7 @@ def _add_control(env: Env, port: int) -> None:  # noqa: F811
 
 
 def test_control_reaches_the_probe_pod_and_the_report(
-    env: Env,  # noqa: F811
+    env: Env,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _add_control(env, env.echo_port)  # plaintext reaches the echo server: accepted
@@ -39,7 +38,7 @@ def test_control_reaches_the_probe_pod_and_the_report(
 
 
 def test_a_blind_control_is_an_error_in_the_run(
-    env: Env,  # noqa: F811
+    env: Env,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     _add_control(env, nothing_listening().port)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,14 +19,14 @@ from probe.checks.base import RunContext, Settings
 from probe.checks.self_cert import SelfCheck, judge_certs, parse_certs
 from probe.engine import run_checks
 from probe.model import Source, TargetsFile
-from probe.pki import CertificateAuthority, Issued
+from probe.pki import CertificateAuthority
 from probe.results import Result, Verdict
-from tests.sidecar_standin import admin_handler, http_server
+from tests.procs import terminate
+from tests.sidecar_standin import DUMP, admin_handler, b64, certs_doc, dump_doc, http_server
 from tests.tlsservers import nothing_listening
 
 TD = "cluster.local"
 SRC = f"spiffe://{TD}/ns/mtlsprobe/sa/mtlsprobe"
-DUMP = "/config_dump?resource=dynamic_active_secrets"
 STATIC = "/config_dump?resource=static_secrets"
 HOUR = dt.timedelta(hours=1)
 
@@ -38,61 +37,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> tuple[CertificateAuthority
     root = tmp_path_factory.mktemp("root") / "root-cert.pem"
     root.write_bytes(ca.root_pem())
     return ca, root
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def dump_doc(issued: Issued, trusted_pem: bytes | None, *, key: bytes = b"[redacted]") -> Any:
-    """Envoy 1.40's dynamic_active_secrets shape (seen below on a real Envoy)."""
-    t = "type.googleapis.com/envoy."
-    configs: list[Any] = [
-        {
-            "@type": t + "admin.v3.SecretsConfigDump.DynamicSecret",
-            "name": "default",
-            "secret": {
-                "@type": t + "extensions.transport_sockets.tls.v3.Secret",
-                "name": "default",
-                "tls_certificate": {
-                    "certificate_chain": {"inline_bytes": b64(issued.chain_pem())},
-                    "private_key": {"inline_bytes": b64(key)},
-                },
-            },
-        }
-    ]
-    if trusted_pem is not None:
-        configs.append(
-            {
-                "name": "ROOTCA",
-                "secret": {
-                    "name": "ROOTCA",
-                    "validation_context": {"trusted_ca": {"inline_bytes": b64(trusted_pem)}},
-                },
-            }
-        )
-    return {"configs": configs}
-
-
-def certs_doc(
-    ca_serial: int, uri: str, nb: dt.datetime | None, na: dt.datetime | None
-) -> dict[str, object]:
-    """Envoy's /certs shape (serials in hex, days_until_expiration a string)."""
-    leaf: dict[str, object] = {
-        "path": "<inline>",
-        "serial_number": "39b32daddf1728fa451ac980f39d074983f5a057",
-        "subject_alt_names": [{"uri": uri}],
-    }
-    now = dt.datetime.now(dt.UTC)
-    if na is not None:
-        leaf["days_until_expiration"] = str((na - now).days)
-        leaf["expiration_time"] = na.isoformat().replace("+00:00", "Z")
-    else:
-        leaf["days_until_expiration"] = "2"
-    if nb is not None:
-        leaf["valid_from"] = nb.isoformat().replace("+00:00", "Z")
-    ca = {"path": "<inline>", "serial_number": "0" + format(ca_serial, "x")}
-    return {"certificates": [{"ca_cert": [ca], "cert_chain": [leaf]}]}
 
 
 def run_self(admin: str | None, root: Path | None, identity: str | None = SRC) -> Result:
@@ -413,12 +357,7 @@ def envoy_admin(
             time.sleep(0.05)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 5)
 
 
 def test_real_envoy_config_dump(envoy_admin: str, mesh: tuple[CertificateAuthority, Path]) -> None:

@@ -7,77 +7,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from probe import shard
 from probe.model import Endpoint, Expect, Target, TargetsFile
+from tests.procs import mtlsprobe
+from tests.sidecar_standin import Agent
 from tests.tlsservers import nothing_listening
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Agent:
-    """pilot-agent stand-in: /healthz/ready turns 200 after ``ready_after`` seconds
-    (never when None), or after ``not_ready_polls`` answers of 503 when that is set (a
-    count, so no race with how fast the probe starts); POST /quitquitquit is recorded."""
-
-    ready_after: float | None = 0.0
-    not_ready_polls: int | None = None
-    started: float = field(default_factory=time.monotonic)
-    ready_polls: int = 0
-    quits: list[str] = field(default_factory=list)
-    url: str = ""
-
-
-@pytest.fixture
-def agent() -> Iterator[Agent]:
-    a = Agent()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, code: int) -> None:
-            self.send_response(code)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def do_GET(self) -> None:
-            if self.path != "/healthz/ready":
-                return self._send(404)
-            a.ready_polls += 1
-            if a.not_ready_polls is not None:
-                up = a.ready_polls > a.not_ready_polls
-            else:
-                up = a.ready_after is not None and time.monotonic() - a.started >= a.ready_after
-            self._send(200 if up else 503)
-
-        def do_POST(self) -> None:
-            if self.path != "/quitquitquit":
-                return self._send(404)
-            a.quits.append(self.command)
-            self._send(200)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    t.start()
-    a.url = f"http://127.0.0.1:{srv.server_address[1]}"
-    try:
-        yield a
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        t.join(timeout=2)
 
 
 def _targets(tmp: Path, port: int) -> Path:
@@ -95,14 +36,7 @@ def _check(agent: Agent, targets: Path, *extra: str) -> subprocess.CompletedProc
     env = dict(os.environ)
     env["MTLSPROBE_SIDECAR_READY_URL"] = agent.url + "/healthz/ready"
     env["MTLSPROBE_SIDECAR_QUIT_URL"] = agent.url + "/quitquitquit"
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(targets), "-o", "jsonl", *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
+    return mtlsprobe("check", "-f", str(targets), "-o", "jsonl", *extra, env=env, cwd=ROOT)
 
 
 def _free_port() -> int:

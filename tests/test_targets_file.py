@@ -27,7 +27,8 @@ from probe.model import (
     load_targets,
     parse_targets_text,
 )
-from tests.test_yamlload import billion_laughs
+from tests.hostile_yaml import billion_laughs
+from tests.procs import mtlsprobe
 
 GOOD = """
 trustDomain: cluster.local
@@ -95,12 +96,7 @@ def test_bad_yaml_names_line(tmp_path: Path) -> None:
 
 def test_cli_exit_64_one_line(tmp_path: Path) -> None:
     p = write(tmp_path, GOOD.replace("expect: STRICT", "expect: MAYBE"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(p)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = mtlsprobe("check", "-f", str(p))
     assert proc.returncode == 64
     assert proc.stderr.count("\n") == 1 and "expect" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -108,21 +104,7 @@ def test_cli_exit_64_one_line(tmp_path: Path) -> None:
 
 def test_unknown_check_is_usage_error(tmp_path: Path) -> None:
     p = write(tmp_path, GOOD)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.cli.main",
-            "check",
-            "-f",
-            str(p),
-            "--checks",
-            "plaintext,nope",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = mtlsprobe("check", "-f", str(p), "--checks", "plaintext,nope")
     assert proc.returncode == 64 and "unknown check 'nope'" in proc.stderr
 
 

@@ -20,6 +20,7 @@ import pytest
 from probe.model import Endpoint, Expect, Target, TargetsFile
 from probe.results import Result, Verdict
 from tests.otlp_receiver import Received, attrs_of, otlp_receiver
+from tests.procs import mtlsprobe, reaped, sigterm
 from tests.tlsservers import (
     MeshPKI,
     Server,
@@ -67,18 +68,7 @@ def cli_env(**otel: str) -> dict[str, str]:
 def check(
     path: Path, *extra: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "jobs.cli.main", "check", "-f", str(path), "-o", "json", *extra],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> MeshPKI:
-    return MeshPKI(tmp_path_factory.mktemp("pki"))
+    return mtlsprobe("check", "-f", str(path), "-o", "json", *extra, env=env, timeout=timeout)
 
 
 @pytest.fixture
@@ -317,20 +307,13 @@ def sigterm_run(
                 {"name": "a/hole", "endpoint": str(hole.endpoint)},
             ],
         )
-        proc = start_check(f, cli_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector_url, **otel))
-        try:
+        env = cli_env(OTEL_EXPORTER_OTLP_ENDPOINT=collector_url, **otel)
+        with reaped(start_check(f, env)) as proc:
             # Both checks in flight (the strict one then ends within the stop grace);
             # a worker not yet started when the stop comes would report it interrupted.
             wait_accepted(strict)
             wait_accepted(hole)
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=30)
-            took = time.monotonic() - t0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            out, err, took = sigterm(proc)
     return proc, out, err, took
 
 

@@ -23,17 +23,10 @@ from hypothesis import strategies as st
 
 from probe import yamlload
 from probe.yamlload import Limits, YamlLoadError, load_all, load_one, read_text
+from tests.hostile_yaml import billion_laughs
 
 LIMITS = Limits(max_bytes=1 << 20)
 PARSERS = pytest.mark.parametrize("pure_python", [False, True], ids=["libyaml", "python"])
-
-
-def billion_laughs(levels: int = 9, fan: int = 9) -> str:
-    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    for i in range(1, levels):
-        prev, cur = string.ascii_lowercase[i - 1], string.ascii_lowercase[i]
-        lines.append(f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * fan) + "]")
-    return "\n".join(lines) + "\n"
 
 
 def refused(fn: Callable[[], object], *, cpu_bound: float = 0.5) -> tuple[str, float]:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from jobs.agent.runtime import Agent
     from jobs.agent.server import AgentServer
     from jobs.agent.sources import PeerSource, TargetSource
+    from jobs.launch.policyreports import ReportOptions
     from probe.checks.base import Settings
 
 DEFAULT_LISTEN = "0.0.0.0:9090"
@@ -56,6 +57,7 @@ class AgentOptions:
     peers: tuple[str, ...] | None = None  # a fixed peer list instead of listing pods
     peer_selector: str | None = None
     settings: Settings | None = None  # None: the checks' defaults
+    policy_reports: ReportOptions | None = None  # write PolicyReports after each round
 
 
 def _target_source(opts: AgentOptions) -> TargetSource:
@@ -130,11 +132,17 @@ def assemble(opts: AgentOptions) -> Assembled:
         state, kind=opts.kind, node=os.environ.get("NODE_NAME"), otlp=telemetry.enabled()
     )
     runner = RoundRunner(kind=opts.kind, source=source, me=me, settings=settings, peers=peers)
+    hooks = []
+    if opts.policy_reports is not None:
+        from jobs.launch.policyreports import agent_hook
+
+        hooks.append(agent_hook(opts.policy_reports, opts.kind, me))
     agent = Agent(
         runner,
         state,
         metrics,
         Schedule(interval_s=opts.interval, jitter_s=jitter, max_rounds=opts.rounds),
+        after_round=hooks,
     )
     try:
         server = AgentServer(listen, Endpoints(state, metrics.prometheus_text, agent.results_json))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,8 +40,10 @@ class Agent:
         state: AgentState,
         metrics: AgentMetrics,
         schedule: Schedule,
+        after_round: Sequence[Callable[[RoundReport], None]] = (),
     ) -> None:
         self.runner = runner
+        self.after_round = tuple(after_round)  # e.g. writing policy reports
         self.state = state
         self.metrics = metrics
         self.schedule = schedule
@@ -100,6 +102,11 @@ class Agent:
             except Exception as exc:  # an exporter problem must not stop probing
                 log.warning("telemetry for round %d failed: %s", report.number, exc)
             _log_round(report)
+            for hook in self.after_round:
+                try:
+                    hook(report)
+                except Exception as exc:  # like telemetry: never stops probing
+                    log.warning("after round %d: %s", report.number, exc)
         finally:
             if report is None:
                 report = RoundReport(0, 0.0, 0.0, (), True, "round did not complete")

@@ -1,4 +1,5 @@
-"""The agent's HTTP port: /healthz, /readyz, /metrics, /results.
+"""The agent's HTTP port: /healthz, /readyz, /metrics, /results, and the verdict matrix
+of the last round at / and /report.html (with the trend of the rounds kept in memory).
 
 Read-only (GET/HEAD), small (a fixed set of paths, bodies rendered once per round),
 bounded (a cap on connections being served, a socket timeout per request). Nothing
@@ -8,6 +9,7 @@ secret is reachable: results carry certificate facts, never key material.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 import threading
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from jobs.agent.state import AgentState
+from jobs.agent.state import AgentState, RoundReport
+from probe.html_report import RunInfo, TrendPoint, content_security_policy, render_html
+from probe.html_report import root_fingerprints as _root_fingerprints
 
 MAX_CONNECTIONS = 16
 REQUEST_TIMEOUT_S = 5.0
@@ -32,12 +36,66 @@ class Endpoints:
     results_json: Callable[[], bytes | None]
 
 
+class HtmlPage:
+    """The page of the last round, rendered on the first request after the round (a
+    30,000-result page costs more than a request should) and served from then on."""
+
+    def __init__(self, state: AgentState) -> None:
+        self._state = state
+        self._lock = threading.Lock()
+        self._cached: tuple[RoundReport, bytes] | None = None
+        self._gzipped: tuple[RoundReport, bytes] | None = None
+
+    def body(self, *, gzipped: bool = False) -> bytes | None:
+        """The page, or gzip of it (a 5,000-target page is ~5 MB, ~0.3 MB gzipped)."""
+        last, trend = self._state.last_with_trend()
+        if last is None:
+            return None
+        with self._lock:
+            if self._cached is None or self._cached[0] is not last:
+                self._cached = (last, render_html(last.results, _info(last, trend)).encode())
+            if not gzipped:
+                return self._cached[1]
+            if self._gzipped is None or self._gzipped[0] is not last:
+                self._gzipped = (last, gzip.compress(self._cached[1], compresslevel=6, mtime=0))
+            return self._gzipped[1]
+
+
+def _info(last: RoundReport, trend: tuple[TrendPoint, ...]) -> RunInfo:
+    targets = last.targets
+    notes = [("Round duration", f"{last.duration_s:.2f}s")]
+    if last.total:
+        notes.append(("Work items", f"{last.assigned} of {last.total} (this agent's shard)"))
+    if last.agents:
+        notes.append((f"Agents ({len(last.agents)})", ", ".join(last.agents)))
+    if last.failure_reason:
+        notes.append(("Round failed", last.failure_reason))
+    return RunInfo(
+        command="agent",
+        trust_domain=targets.trust_domain if targets else None,
+        root_fingerprints=_root_fingerprints(targets.root_cert_file) if targets else (),
+        source_identity=last.source_identity,
+        round=last.number,
+        round_started=last.started,
+        trend=trend,
+        notes=tuple(notes),
+    )
+
+
+_NO_ROUND_PAGE = (
+    b"<!DOCTYPE html><html lang=en><meta charset=utf-8><title>mtlsprobe agent</title>"
+    b"<p>No round completed yet: the verdict matrix appears here after the first one.</p>"
+    b"</html>\n"
+)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, addr: tuple[str, int], endpoints: Endpoints) -> None:
         self.endpoints = endpoints
+        self.page = HtmlPage(endpoints.state)
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.address_family = family
@@ -94,14 +152,39 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(503, json.dumps(msg).encode(), "application/json", head)
             else:
                 self._send(200, body, "application/json", head)
+        elif path in ("/", "/report.html"):
+            gz = _accepts_gzip(self.headers.get("accept-encoding", ""))
+            page = self.server.page.body(gzipped=gz)
+            html = "text/html; charset=utf-8"
+            if page is None:
+                self._send(503, _NO_ROUND_PAGE, html, head, csp="default-src 'none'")
+            else:
+                csp = content_security_policy()
+                self._send(200, page, html, head, csp=csp, encoding="gzip" if gz else None)
         else:
-            self._send(404, b"not found: /healthz /readyz /metrics /results\n", "text/plain", head)
+            self._send(
+                404, b"not found: / /healthz /readyz /metrics /results\n", "text/plain", head
+            )
 
-    def _send(self, status: int, body: bytes, ctype: str, head: bool) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str,
+        head: bool,
+        csp: str | None = None,
+        encoding: str | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("content-type", ctype)
+        if encoding is not None:
+            self.send_header("content-encoding", encoding)
+            self.send_header("vary", "accept-encoding")
         self.send_header("content-length", str(len(body)))
         self.send_header("cache-control", "no-store")
+        self.send_header("x-content-type-options", "nosniff")
+        if csp is not None:
+            self.send_header("content-security-policy", csp)
         self.end_headers()
         if not head:
             self.wfile.write(body)
@@ -110,6 +193,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_error(405, "read-only: GET or HEAD")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+
+def _accepts_gzip(header: str) -> bool:
+    """``gzip`` listed without ``q=0`` (RFC 9110 content negotiation, simply)."""
+    for item in header.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip() == "gzip":
+            q = params.replace(" ", "")
+            return not (q.startswith("q=0") and q.strip("q=0.") == "")
+    return False
 
 
 class AgentServer:

@@ -1,4 +1,5 @@
-"""What the agent knows between rounds: the last round, and whether it is healthy.
+"""What the agent knows between rounds: the last round, the verdict counts of the
+recent ones (the trend its HTML page draws), and whether it is healthy.
 
 Written by the round thread, read by HTTP handler threads and metric callbacks, so
 every read returns an immutable snapshot taken under one lock.
@@ -8,10 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
+from probe.html_report import TrendPoint
 from probe.model import TargetsFile
-from probe.results import Result
+from probe.results import Result, summarize
+
+#: Rounds whose counts are kept: a day at the default 60s interval (~0.7 MB).
+TREND_ROUNDS = 1440
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class AgentState:
     _rounds_failed: int = 0
     _in_flight: int = 0
     _max_in_flight: int = 0
+    trend_rounds: int = TREND_ROUNDS
+    _trend: deque[TrendPoint] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._trend = deque(maxlen=self.trend_rounds)
 
     def round_started(self) -> None:
         with self._lock:
@@ -63,6 +74,9 @@ class AgentState:
         with self._lock:
             self._in_flight -= 1
             self._last = report
+            self._trend.append(
+                TrendPoint(report.number, report.started, summarize(report.results), report.failed)
+            )
             self._rounds_total += 1
             if report.failed:
                 self._rounds_failed += 1
@@ -74,6 +88,11 @@ class AgentState:
     def last(self) -> RoundReport | None:
         with self._lock:
             return self._last
+
+    def last_with_trend(self) -> tuple[RoundReport | None, tuple[TrendPoint, ...]]:
+        """The last round and the counts of the rounds kept, oldest first, read together."""
+        with self._lock:
+            return self._last, tuple(self._trend)
 
     @property
     def consecutive_failures(self) -> int:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.agent.discovery import DEFAULT_SIDECAR_ADMIN, DiscoveryConfig
 from jobs.agent.main import DEFAULT_LISTEN, PEER_SELECTOR, AgentOptions
 from jobs.cli import flags
 from probe.cliargs import (
+    UsageError,
     add_probe_flags,
     old_spelling,
     positive_int,
@@ -18,6 +20,9 @@ from probe.cliargs import (
     seconds,
     words,
 )
+
+if TYPE_CHECKING:
+    from jobs.launch.policyreports import ReportOptions
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -128,6 +133,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         f"(default: {PEER_SELECTOR.format(kind='<kind>')}); used when $POD_NAME is set",
     )
     add_probe_flags(p.add_argument_group("probing"))
+    flags.add_policy_report_flags(p.add_argument_group("evidence"), openreports=True)
     old_spelling(p, "--root-cert", "--root-cert-file")
 
 
@@ -166,6 +172,30 @@ def options(args: argparse.Namespace) -> AgentOptions:
         peers=peers,
         peer_selector=args.peer_selector,
         settings=probe_settings(args),
+        policy_reports=_report_options(args, access.kubeconfig, access.context),
+    )
+
+
+def _report_options(
+    args: argparse.Namespace, kubeconfig: str | None, context: str | None
+) -> ReportOptions | None:
+    if not args.policy_reports:
+        return None
+    from jobs.launch.policyreports import ReportOptions
+
+    controls = None
+    if args.compliance is not None:
+        from probe.compliance import ComplianceFileError, load_controls
+
+        try:
+            controls = load_controls(args.compliance)
+        except ComplianceFileError as exc:
+            raise UsageError(str(exc)) from None
+    return ReportOptions(
+        kind="openreports" if args.openreports else "policyreport",
+        controls=controls,
+        kubeconfig=kubeconfig,
+        context=context,
     )
 
 

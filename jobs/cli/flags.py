@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobs.plan.objects import DEFAULT_ISTIO_NAMESPACE
@@ -208,3 +209,29 @@ def add_probe_namespace_flag(group: Group) -> None:
         help="where the probes run: the probe Jobs' namespace and the client namespace of "
         f"DestinationRule lookup (default: ${PROBE_NAMESPACE_ENV} or {DEFAULT_PROBE_NAMESPACE})",
     )
+
+
+def add_policy_report_flags(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, *, openreports: bool = False
+) -> None:
+    """``--policy-reports`` (and, for the agent, where probe.evidence does not add them,
+    ``--openreports`` and ``--compliance``)."""
+    p.add_argument(
+        "--policy-reports",
+        action="store_true",
+        help="write the verdicts to the cluster as wgpolicyk8s.io/v1alpha2 PolicyReports "
+        "(openreports.io/v1alpha1 Reports with --openreports), one per target namespace; "
+        "needs the policy-reports RBAC component",
+    )
+    if openreports:
+        p.add_argument(
+            "--openreports",
+            action="store_true",
+            help="--policy-reports: openreports.io/v1alpha1 Report objects",
+        )
+        p.add_argument(
+            "--compliance",
+            type=Path,
+            metavar="FILE",
+            help="--policy-reports: YAML mapping checks to control IDs, shown in each result",
+        )

@@ -20,6 +20,7 @@ from probe.cliargs import (
     add_checks_flag,
     add_probe_flags,
     add_report_flags,
+    emit_report,
     positive_int,
     probe_settings,
     words,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from jobs.lab.runner import LabRun
     from jobs.lab.runtime import Lab
     from jobs.lab.scenarios import Scenario
+    from probe.html_report import RunInfo
     from probe.results import Result
 
 DEFAULT_SCENARIOS = ("healthy", "broken", "blinded")
@@ -47,7 +49,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         "scenarios",
         nargs="*",
         metavar="SCENARIO",
-        help="built-in scenario(s): healthy, migration, broken, blinded",
+        help="built-in scenario(s): healthy, migration, broken, blinded, authz",
     )
     p.add_argument(
         "-f",
@@ -57,7 +59,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FILE.yaml",
         help="your own manifests (Namespaces, Deployments/Pods, Services, PeerAuthentications, "
-        "DestinationRules); repeatable, all files form one mesh",
+        "DestinationRules, AuthorizationPolicies); repeatable, all files form one mesh",
     )
     p.add_argument(
         "--workloads",
@@ -74,6 +76,9 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="leave the mesh running and print how to probe it by hand and how to stop it",
     )
     p.add_argument("--down", type=Path, metavar="WORKDIR", help="stop a mesh left up by --keep")
+    from probe.evidence import add_flags as add_evidence_flags
+
+    add_evidence_flags(p)
     p.add_argument(
         "--workdir",
         type=Path,
@@ -152,12 +157,16 @@ def main(args: argparse.Namespace) -> int:
         _netns_preflight(args)
     if args.keep and len(scenarios) > 1:
         raise UsageError("--keep needs exactly one scenario (e.g. mtlsprobe lab healthy --keep)")
+    from probe.evidence import from_args as evidence_from_args
+
+    ev = evidence_from_args(args)
 
     temp = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="mtlsprobe-lab-")) if temp else args.workdir
     human = args.output == "table"
     out: TextIO = sys.stdout if human else sys.stderr
     runs: list[LabRun] = []
+    roots: list[str] = []  # the mesh CAs' fingerprints, read before the workdir goes
     failed_bringup = False
     try:
         # SIGTERM/SIGHUP unwind like Ctrl-C does, so every ``finally`` tears the mesh down.
@@ -184,21 +193,30 @@ def main(args: argparse.Namespace) -> int:
                     sys.stderr.write(f"mtlsprobe lab: {scenario.name}: {exc}\n")
                     continue
                 runs.append(run)
+                if ev.signer is not None:  # before the workdir goes
+                    ev.add_material(f"targets:{scenario.name}", run.targets_path.read_bytes())
+                roots.extend(_root_fingerprints(run))
                 if human:
                     _print_run(run, out)
     finally:
         if temp and not args.keep and not failed_bringup:
             shutil.rmtree(root, ignore_errors=True)
+    code = EXIT_ERROR if failed_bringup else _exit_code(runs, demo)
+    results = _all_results(runs)
+    info = _run_info(runs, roots, code)
     if not human:
-        _emit_machine(runs, args.output)
-    if args.out is not None:
-        write_report(_all_results(runs), args.output, args.out)
-    if human and demo:
+        emit_report(results, args.output, None, info=info, evidence=ev, cluster="lab", stdout=True)
+    elif demo:
         _print_closing(runs, out)
+    if args.out is not None:
+        write_report(results, args.output, args.out, evidence=ev, info=info)
+    if ev.signer is not None and human:
+        from probe.evidence import write_attestation
+
+        write_attestation(ev, results, cluster="lab")
     if failed_bringup:
         sys.stderr.write(f"mtlsprobe lab: logs kept in {root}\n")
-        return EXIT_ERROR
-    return _exit_code(runs, demo)
+    return code
 
 
 def _run_one(
@@ -422,11 +440,28 @@ def _all_results(runs: list[LabRun]) -> list[Result]:
     return results
 
 
-def _emit_machine(runs: list[LabRun], fmt: str) -> None:
-    from probe.report import render
+def _root_fingerprints(run: LabRun) -> tuple[str, ...]:
+    from probe.html_report import root_fingerprints
+    from probe.model import TargetsFileError, load_targets
 
-    sys.stdout.write(render(_all_results(runs), fmt))
-    sys.stdout.flush()
+    try:
+        return root_fingerprints(load_targets(run.targets_path).root_cert_file)
+    except TargetsFileError:
+        return ()
+
+
+def _run_info(runs: list[LabRun], roots: list[str], code: int) -> RunInfo:
+    from probe.html_report import RunInfo
+
+    names = ", ".join(r.scenario.name for r in runs) or "no scenario came up"
+    domains = sorted({r.build.targets.trust_domain for r in runs})
+    return RunInfo(
+        command="lab",
+        cluster=f"local lab mesh (real Envoy): {names}",
+        trust_domain=", ".join(domains) or None,
+        root_fingerprints=tuple(dict.fromkeys(roots)),
+        exit_code=code,
+    )
 
 
 def _exit_code(runs: list[LabRun], demo: bool) -> int:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("jobs.cli.lab", "bring up a local mesh of real Envoy sidecars and verify it"),
     "run": ("jobs.cli.run", "launch probe Jobs in the cluster and aggregate one verdict"),
     "agent": ("jobs.cli.agent", "continuous probing on an interval, with metrics and health"),
+    "evidence": ("jobs.cli.evidence", "verify a signed attestation written by --attest"),
 }
 
 

@@ -51,6 +51,7 @@ from probe.cliargs import (
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
     from jobs.plan.planner import Plan
+    from probe.evidence import Evidence
     from probe.results import Result
 
 IMAGE_ENV = "MTLSPROBE_IMAGE"
@@ -149,7 +150,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="longest wait between looks at the Jobs and pods; a watch on the run's pods "
         "wakes earlier on any change (default: 10)",
     )
-    add_report_flags(p.add_argument_group("report"))
+    report = p.add_argument_group("report")
+    add_report_flags(report)
+    flags.add_policy_report_flags(report)
+    from probe.evidence import add_flags as add_evidence_flags
+
+    add_evidence_flags(p)
     old_spelling(p, "--selector", "--namespace-selector")
     old_spelling(p, "--sidecar-wait", "--wait-for-sidecar")
 
@@ -162,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.plan.discovery import DiscoveryError, Reader, api_client, discover
     from jobs.plan.planner import Requirements, build_plan
     from probe.checks import parse_check_list
+    from probe.html_report import RunInfo, pem_fingerprints
     from probe.results import exit_code
 
     try:
@@ -178,6 +185,9 @@ def main(args: argparse.Namespace) -> int:
         args.probe_namespace,
         *(n for n in words(args.source_namespaces) if n != args.probe_namespace),
     )
+    from probe.evidence import from_args as evidence_from_args
+
+    ev = evidence_from_args(args)  # before any API call: a bad key or mapping is exit 64
     try:
         api = api_client(access.kubeconfig, access.context, access.request_timeout)
     except DiscoveryError as exc:
@@ -210,15 +220,66 @@ def main(args: argparse.Namespace) -> int:
             parallelism=args.parallelism,
         )
         results = _run(cluster, plan, spec, launch_opts, args)
+        everything = [*plan.findings, *results]
+        if args.policy_reports:
+            scope = snap.target_namespaces
+            if scope is not None:
+                scope = {*scope, args.probe_namespace}
+            _write_policy_reports(cluster, everything, plan, ev, args.probe_namespace, scope)
     finally:
         api.close()
-    everything = [*plan.findings, *results]
-    emit_report(everything, args.output, args.out)
+    if ev.signer is not None:
+        import yaml
+
+        planned = yaml.safe_dump(plan.targets_file.to_dict(), sort_keys=True).encode()
+        ev.add_material("targets:planned", planned)
+    server = str(api.configuration.host)
+    info = RunInfo(
+        command="run",
+        cluster=f"{args.context or 'current context'} ({server})",
+        trust_domain=plan.targets_file.trust_domain,
+        root_fingerprints=pem_fingerprints(snap.root_cert_pem),
+        exit_code=exit_code(everything),
+        notes=(("Run", spec.run_id),),
+    )
+    emit_report(
+        everything,
+        args.output,
+        args.out,
+        evidence=ev,
+        cluster=server,
+        run_id=spec.run_id,
+        info=info,
+    )
     from probe import telemetry
 
     if telemetry.enabled():  # the probe pods do not export: one trace per run, from here
         telemetry.export_run(everything, source_identity=None, targets=plan.targets_file)
     return exit_code(everything)
+
+
+def _write_policy_reports(
+    cluster: Cluster,
+    results: list[Result],
+    plan: Plan,
+    ev: Evidence,
+    probe_namespace: str,
+    scope: set[str] | None,
+) -> None:
+    """Reports for this run; stale ones pruned only inside the namespaces it covered."""
+    from jobs.launch import policyreports
+
+    done = policyreports.write(
+        cluster,
+        results,
+        kind=ev.report_kind,
+        owner="run",
+        plan=plan,
+        controls=ev.controls,
+        fallback_namespace=probe_namespace,
+        scope=scope,
+    )
+    sys.stderr.write(f"mtlsprobe run: {done.line(ev.report_kind)}\n")
 
 
 def _run(

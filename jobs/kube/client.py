@@ -151,6 +151,10 @@ class Client:
         """POST ``body`` to a collection; ``Conflict`` when the name is taken."""
         return self._object(what, self.request(what, "POST", path, body=body))
 
+    def replace(self, what: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``body`` over one object; ``Conflict`` when its resourceVersion is stale."""
+        return self._object(what, self.request(what, "PUT", path, body=body))
+
     def delete(self, what: str, path: str, query: Query | None = None) -> None:
         """DELETE one object; ``NotFound`` when it is already gone."""
         self.request(what, "DELETE", path, query)

@@ -28,6 +28,7 @@ PROBE_PROXY_PORT = 15001
 PROBE_ADMIN_PORT = 15000
 PROBE_INBOUND_PORT = 15006
 WORKLOAD_ADMIN_BASE = 15100
+EXTRA_PROBE_BASE = 15400  # more probe sidecars (authz identities): proxy, admin, inbound each
 
 
 class NoFreeSlot(LabError):

@@ -6,7 +6,7 @@ supply itself — pod IPs — and the lab-only annotations (see ``LAB_ANNOTATION
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from jobs.lab.addresses import Slot
@@ -110,6 +110,8 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
         raise ScenarioError(str(exc)) from None
     plan = build_plan(snap, reqs)
     td = plan.targets_file.trust_domain
+    probe_identity = istio_identity(td, PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT)
+    plan, extra_probes = _authz_identities(snap, plan, probe_identity)
 
     service_claims: dict[tuple[str, str], str] = {}
     for svc in snap.services:
@@ -117,6 +119,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
         if CLAIM_MODE in ann:
             service_claims[(namespace(svc), name(svc))] = ann[CLAIM_MODE].upper()
 
+    rbac = _authz_rbac(snap, plan)
     tcp_ports: set[tuple[str, int]] = {
         (e.pod.key, e.target_port) for e in plan.edges if e.protocol is Protocol.TCP
     }
@@ -128,9 +131,11 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
             raise ScenarioError(
                 f"pod {ib.pod.key} is enrolled in ambient mode: the lab runs sidecars only"
             )
-        ports[ib.pod.key].append(
-            InboundPort(ib.port, (ib.pod.key, ib.port) not in tcp_ports, _server_mode(ib.mode))
-        )
+        http = (ib.pod.key, ib.port) not in tcp_ports
+        port = InboundPort(ib.port, http, _server_mode(ib.mode))
+        if ib.pod.has_sidecar:
+            port = replace(port, rbac=rbac(ib.pod, ib.port, http))
+        ports[ib.pod.key].append(port)
 
     pods: list[PodSpec] = []
     for key, info in sorted(infos.items()):
@@ -163,11 +168,55 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
     targets = _targets(plan, service_claims, pod_ann)
     mesh = MeshSpec(
         trust_domain=td,
-        probe_identity=istio_identity(td, PROBE_NAMESPACE, PROBE_SERVICE_ACCOUNT),
+        probe_identity=probe_identity,
         pods=tuple(pods),
         upstreams=upstreams,
+        extra_probes=extra_probes,
     )
     return LabBuild(mesh, targets, tuple(plan.findings), plan, snap)
+
+
+def _authz_identities(
+    snap: ClusterSnapshot, plan: Plan, probe_identity: str
+) -> tuple[Plan, tuple[str, ...]]:
+    """More probe sidecars, one per identity the AuthorizationPolicies name (so allows by
+    principal or namespace are proven, and denies for the others), and the plan's authz
+    cases for all of them."""
+    from jobs.plan.authz import PolicySet
+    from jobs.plan.authz_cases import attach, identities_named
+
+    if not snap.authorizationpolicies:
+        return plan, ()
+    ps = PolicySet.from_objects(snap.authorizationpolicies, snap.root_namespace)
+    named = identities_named(ps, plan.targets_file.trust_domain)
+    extra = tuple(i for i in named if i != probe_identity)
+    # The lab's apps all reflect requests (the echo responder): cases everywhere.
+    tf = plan.targets_file
+    plan = replace(
+        plan, targets_file=replace(tf, targets=tuple(replace(t, echo=True) for t in tf.targets))
+    )
+    return attach(plan, snap, [probe_identity, *extra]), extra
+
+
+def _authz_rbac(snap: ClusterSnapshot, plan: Plan) -> Callable[[PodInfo, int, bool], str]:
+    """Envoy RBAC filters per (pod, port) from the scenario's AuthorizationPolicies."""
+    from jobs.lab.authz_rbac import UntranslatableError, for_inbound
+    from jobs.plan.authz import PolicySet, Workload
+
+    ps = PolicySet.from_objects(snap.authorizationpolicies, snap.root_namespace)
+
+    def filters(pod: PodInfo, port: int, http: bool) -> str:
+        if not ps.policies:
+            return ""
+        stat = f"inbound_{pod.namespace}_{pod.name}_{port}"
+        try:
+            return for_inbound(
+                ps.policies, Workload(pod.namespace, pod.labels), not http, stat, ps.root_namespace
+            )
+        except UntranslatableError as exc:
+            raise ScenarioError(str(exc)) from None
+
+    return filters
 
 
 def _upstreams(

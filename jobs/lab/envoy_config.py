@@ -12,6 +12,7 @@ Pure functions from the lab's spec to JSON-ready dicts. Two kinds of Envoy:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -117,8 +118,11 @@ def _inbound_cluster_name(pod: PodSpec, port: int) -> str:
 
 def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
     cluster = _inbound_cluster_name(pod, port.port)
+    # AuthorizationPolicies: RBAC filters before the terminal filter (tcp) or the router.
+    rbac: list[Json] = json.loads(port.rbac) if port.rbac else []
     if not port.http:
         return [
+            *rbac,
             {
                 "name": "envoy.filters.network.tcp_proxy",
                 "typed_config": {
@@ -126,7 +130,7 @@ def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
                     "stat_prefix": stat,
                     "cluster": cluster,
                 },
-            }
+            },
         ]
     return [
         {
@@ -149,7 +153,7 @@ def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
                         }
                     ],
                 },
-                "http_filters": [_ROUTER],
+                "http_filters": [*rbac, _ROUTER],
             },
         }
     ]
@@ -365,8 +369,10 @@ def probe_bootstrap(
     node: str,
     inbound: tuple[str, int],
     trust_domain: str,
+    cert: CertFiles | None = None,
 ) -> Json:
-    """The probe pod's sidecar: an explicit HTTP proxy (the lab has no iptables capture)."""
+    """The probe pod's sidecar: an explicit HTTP proxy (the lab has no iptables capture).
+    ``cert``: another probe identity's certificate (default: the probe's)."""
     vhosts: list[Json] = []
     clusters: list[Json] = []
     for up in upstreams:
@@ -437,6 +443,6 @@ def probe_bootstrap(
         "static_resources": {
             "listeners": [listener, _virtual_inbound(inbound, trust_domain)],
             "clusters": clusters,
-            "secrets": [_secret_cert(PROBE_SECRET, certs.probe), _secret_root(certs)],
+            "secrets": [_secret_cert(PROBE_SECRET, cert or certs.probe), _secret_root(certs)],
         },
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.lab.spec import CertKind, MeshSpec
@@ -27,6 +27,7 @@ class MeshCerts:
     root: Path
     probe: CertFiles
     pods: dict[str, CertFiles]  # pod key (ns/name) -> files
+    extra_probes: dict[str, CertFiles] = field(default_factory=dict)  # identity -> files
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -71,4 +72,11 @@ def issue_mesh_certs(mesh: MeshSpec, directory: Path) -> MeshCerts:
         chain = directory / f"{pod.namespace}.{pod.name}.pem"
         _write(chain, issued.chain_pem(), 0o644)
         pods[pod.key] = CertFiles(chain=chain, key=key_path)
-    return MeshCerts(root=root, probe=CertFiles(probe_chain, probe_key_path), pods=pods)
+    extra: dict[str, CertFiles] = {}
+    for k, identity in enumerate(mesh.extra_probes):
+        chain = directory / f"probe-{k}.pem"
+        _write(chain, ca.issue_workload(identity, key=probe_key).chain_pem(), 0o644)
+        extra[identity] = CertFiles(chain, probe_key_path)
+    return MeshCerts(
+        root=root, probe=CertFiles(probe_chain, probe_key_path), pods=pods, extra_probes=extra
+    )

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from jobs.lab.addresses import (
+    EXTRA_PROBE_BASE,
     PROBE_ADMIN_PORT,
     PROBE_INBOUND_PORT,
     PROBE_PROXY_PORT,
@@ -123,6 +124,18 @@ class Lab:
     def admin_url(self) -> str:
         return f"http://{self.slot.control_ip}:{PROBE_ADMIN_PORT}"
 
+    def extra_probes(self) -> list[tuple[str, str, str]]:
+        """(identity, proxy URL, admin URL) of each further probe sidecar."""
+        ip = self.slot.control_ip
+        return [
+            (
+                ident,
+                f"http://{ip}:{EXTRA_PROBE_BASE + 3 * k}",
+                f"http://{ip}:{EXTRA_PROBE_BASE + 3 * k + 1}",
+            )
+            for k, ident in enumerate(self.mesh.extra_probes)
+        ]
+
     @property
     def root_cert(self) -> Path:
         assert self.certs is not None
@@ -188,6 +201,20 @@ class Lab:
         )
         proc = self._start_envoy(envoy, "probe-sidecar", boot, self.envoys)
         admins.append((proc, f"{self.admin_url}/ready"))
+        for k, (ident, _, admin) in enumerate(self.extra_probes()):
+            base = EXTRA_PROBE_BASE + 3 * k
+            boot = probe_bootstrap(
+                self.mesh.upstreams,
+                self.certs,
+                (ip, base),
+                (ip, base + 1),
+                f"probe-sidecar-{k + 1}",
+                (ip, base + 2),
+                self.mesh.trust_domain,
+                cert=self.certs.extra_probes[ident],
+            )
+            proc = self._start_envoy(envoy, f"probe-sidecar-{k + 1}", boot, self.envoys + 1 + k)
+            admins.append((proc, f"{admin}/ready"))
 
         deadline = time.monotonic() + self.ready_timeout
         for proc, url in admins:

@@ -45,6 +45,9 @@ class InboundPort:
     port: int  # the target (container) port
     http: bool  # False: tcp_proxy
     mode: ServerMode
+    rbac: str = (
+        ""  # Envoy RBAC filters (JSON list) from AuthorizationPolicies (jobs.lab.authz_rbac)
+    )
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,5 @@ class MeshSpec:
     probe_identity: str
     pods: tuple[PodSpec, ...]
     upstreams: tuple[Upstream, ...]
+    # More probe sidecars, one per identity (authz cases from other namespaces/principals).
+    extra_probes: tuple[str, ...] = ()

@@ -34,6 +34,7 @@ from jobs.plan.objects import (
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
 PEER_AUTH_VERSIONS = ("v1", "v1beta1")
 DEST_RULE_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+AUTHZ_VERSIONS = ("v1", "v1beta1")  # AuthorizationPolicy (jobs.plan.authz)
 
 # Discovery cannot go on; the message is the one line users see. Every Kubernetes failure
 # is one (plan, run and the agent catch this name).
@@ -147,6 +148,21 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
             ),
         ),
     ]
+
+    # AuthorizationPolicies (jobs.plan.authz): not served or not allowed means no authz
+    # cases, noted; never fatal to the mTLS plan.
+    def authz_policies() -> list[KubeObject] | None:
+        try:
+            return _istio_list(
+                r, "security.istio.io", AUTHZ_VERSIONS, "authorizationpolicies", policy_ns
+            )
+        except Denied as exc:
+            snap.notes.append(f"AuthorizationPolicies not read, no authz cases planned: {exc}")
+            return None
+
+    fetches.append(
+        ("AuthorizationPolicy", "authorizationpolicies.security.istio.io", authz_policies)
+    )
     with ThreadPoolExecutor(max_workers=len(fetches), thread_name_prefix="discover") as pool:
         futures = [(kind, what, pool.submit(fn)) for kind, what, fn in fetches]
         got = {kind: (what, f.result()) for kind, what, f in futures}

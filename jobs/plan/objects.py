@@ -103,6 +103,8 @@ class ClusterSnapshot:
     endpointslices: list[KubeObject] = field(default_factory=list)
     peerauthentications: list[KubeObject] = field(default_factory=list)
     destinationrules: list[KubeObject] = field(default_factory=list)
+    # AuthorizationPolicies (security.istio.io): read by jobs.plan.authz*, nothing else.
+    authorizationpolicies: list[KubeObject] = field(default_factory=list)
     root_cert_pem: str | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
@@ -140,6 +142,8 @@ _SLOTS = {
     "EndpointSlice": "endpointslices",
     "PeerAuthentication": "peerauthentications",
     "DestinationRule": "destinationrules",
+    # AuthorizationPolicy: admitted by shape only; jobs.plan.authz reads the rules.
+    "AuthorizationPolicy": "authorizationpolicies",
 }
 KINDS = tuple(_SLOTS)
 

@@ -169,4 +169,8 @@ def build_plan(
         source=Source(),
     )
     plan = Plan(tf, findings, b.edges, requirements=req, ports=b.ports, inbound_of=b.inbound)
-    return attach(plan)  # negative controls (control workloads leave the targets)
+    from jobs.plan.authz_cases import attach as authz_cases  # AuthorizationPolicy cases
+
+    return authz_cases(
+        attach(plan), snapshot
+    )  # negative controls (control workloads leave the targets)

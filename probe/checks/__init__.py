@@ -16,7 +16,10 @@ REGISTRY: dict[str, str] = {
     "foreign-client": "probe.checks.foreign_client:ForeignClientCheck",
     "xfcc-spoof": "probe.checks.xfcc_spoof:XfccSpoofCheck",
     "self": "probe.checks.self_cert:SelfCheck",
+    "authz": "probe.checks.authz:AuthzCheck",
 }
+#: Run unless --checks says otherwise; ``authz`` joins them when the targets file has cases.
+DEFAULT_CHECKS = tuple(n for n in REGISTRY if n != "authz")
 
 SIDECAR_CHECKS = ("mesh", "xfcc-spoof", "self")
 PLAIN_CHECKS = ("plaintext", "peer-cert", "foreign-client")

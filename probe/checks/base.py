@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -23,6 +23,7 @@ class Scope(Enum):
     RUN = "run"  # once per run (e.g. the probe's own sidecar)
     TARGET = "target"  # once per target (through the service name)
     ENDPOINT = "endpoint"  # once per pod IP:targetPort
+    CASE = "case"  # once per case the check lists for a target (``cases``/``run_case``)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,15 @@ class Check(ABC):
     @abstractmethod
     def run(self, ctx: RunContext, target: Target | None, endpoint: Endpoint | None) -> Result:
         """Observe, judge, and return one result."""
+
+    # Scope.CASE checks (authz): one work item per case of a target.
+    def cases(self, ctx: RunContext, target: Target) -> Sequence[Any]:
+        """The cases of ``target`` this check runs (none: no result for the target)."""
+        return ()
+
+    def run_case(self, ctx: RunContext, target: Target, case: Any) -> Result:
+        """Observe, judge, and return the result of one case."""
+        raise NotImplementedError(f"{self.name} has no cases")
 
 
 def make_result(
