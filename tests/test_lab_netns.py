@@ -107,10 +107,13 @@ def _netns(name: str, workdir: Path, prefix: str, **kw: object) -> NetnsRun:
     )
 
 
-def _verdicts(results: object) -> collections.Counter[tuple[str, str, str]]:
-    """(check, target, verdict) counts: endpoints are pod IPs and differ between labs."""
+def _verdicts(results: object) -> collections.Counter[tuple[object, ...]]:
+    """(check, target, authz source and request, verdict) counts: endpoints are pod IPs
+    and differ between labs."""
     assert isinstance(results, list)
-    return collections.Counter((r.check, r.target, r.verdict.value) for r in results)
+    return collections.Counter(
+        (r.check, r.target, r.source, r.request, r.verdict.value) for r in results
+    )
 
 
 def test_refused_without_root_in_one_line() -> None:
@@ -163,9 +166,12 @@ def test_healthy_mesh_calls_go_through_capture(tmp_path: Path, prefix: str) -> N
 
 
 @needs_root
-def test_broken_gives_the_loopback_labs_failures(tmp_path: Path, prefix: str) -> None:
-    scenario = builtin("broken")
-    netns = _netns("broken", tmp_path / "ns", prefix)
+@pytest.mark.parametrize("name", ["broken", "authz"])
+def test_same_verdicts_as_the_loopback_lab(tmp_path: Path, prefix: str, name: str) -> None:
+    """``broken``: every failure kind; ``authz``: RBAC on the inbound chains and one
+    more probe pod per identity the policies name, each with its own sidecar."""
+    scenario = builtin(name)
+    netns = _netns(name, tmp_path / "ns", prefix)
     loop = run_scenario(
         scenario,
         tmp_path / "lo",
@@ -175,7 +181,11 @@ def test_broken_gives_the_loopback_labs_failures(tmp_path: Path, prefix: str) ->
     )
     assert netns.mismatches == [] and loop.mismatches == []
     assert _verdicts(netns.results) == _verdicts(loop.results)
-    assert any(r.verdict is Verdict.FAIL for r in netns.results)
+    if name == "broken":
+        assert any(r.verdict is Verdict.FAIL for r in netns.results)
+    else:
+        authz = [r for r in netns.results if r.check == "authz"]
+        assert len({r.source for r in authz}) >= 2 and any(r.verdict is Verdict.PASS for r in authz)
     # The classic sidecar stopped when the probe asked (--quit-sidecar).
     assert netns.sidecar_quit
 

@@ -29,7 +29,7 @@ from jobs.lab.envoy_config import (
     service_domains,
     workload_bootstrap,
 )
-from jobs.lab.meshca import MeshCerts
+from jobs.lab.meshca import CertFiles, MeshCerts
 from jobs.lab.netns.capture import INBOUND_PASSTHROUGH_SOURCE, INBOUND_PORT, OUTBOUND_PORT
 from jobs.lab.spec import PodSpec, Upstream
 
@@ -307,8 +307,10 @@ def probe_sidecar(
     vips: Mapping[str, str],
     certs: MeshCerts,
     trust_domain: str,
+    cert: CertFiles | None = None,
 ) -> Json:
-    """The probe pod's sidecar: transparent outbound, its own (empty) inbound."""
+    """The probe pod's sidecar: transparent outbound, its own (empty) inbound; ``cert``:
+    another probe identity's certificate (default: the probe's)."""
     base = probe_bootstrap(
         upstreams,
         certs,
@@ -317,6 +319,7 @@ def probe_sidecar(
         "probe-sidecar",
         ("0.0.0.0", INBOUND_PORT),
         trust_domain,
+        cert,
     )
     res = base["static_resources"]
     inbound = next(lst for lst in res["listeners"] if lst["name"] == "virtualInbound")

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from jobs.lab.build import LabBuild, build_lab
-from jobs.lab.meshca import MeshCerts, issue_mesh_certs
+from jobs.lab.meshca import CertFiles, MeshCerts, issue_mesh_certs
 from jobs.lab.netns import capture, envoy
 from jobs.lab.netns.net import (
     STATE_FILE,
@@ -55,6 +55,7 @@ from probe.checks.base import Settings
 from probe.model import Source, TargetsFile
 from probe.results import Result
 
+AUTHZ = "authz"  # needs a sidecar (it calls as the sidecar's identity): the sidecar probe runs it
 MAX_SIDECARS = 64  # one Envoy (~65 MiB) per sidecar pod here, unlike the loopback lab
 PROBE_DEADLINE = 300.0  # a probe Job's activeDeadlineSeconds
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -77,6 +78,16 @@ class ProbePod:
     role: Role
     net: PodNet
     checks: tuple[str, ...]
+    # authz cases belong to the probe whose identity they name: (only this one, not these)
+    authz_source: str | None = None
+    authz_others: frozenset[str] = frozenset()
+
+    def keeps(self, r: Result) -> bool:
+        if r.check != AUTHZ:
+            return True
+        if self.authz_source is not None:
+            return r.source == self.authz_source
+        return r.source not in self.authz_others
 
 
 @dataclass
@@ -96,6 +107,8 @@ class NetnsLab:
     vips: dict[str, str] = field(default_factory=dict)  # service host -> virtual IP
     envoy_procs: list[Managed] = field(default_factory=list)
     probe_envoy: Managed | None = None
+    # One more probe pod per further identity the AuthorizationPolicies name.
+    extra_probes: dict[str, PodNet] = field(default_factory=dict)
     services: list[tuple[str, str]] = field(default_factory=list)  # (virtual IP, host)
     _next_index: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -198,6 +211,9 @@ class NetnsLab:
                 proc = self._envoy(binary, confdir, pn.netns, boot)
                 self.probe_envoy = proc
                 waits.append((pn.netns, proc, _admin_ready))
+        for ident in self.mesh.extra_probes:
+            cert = self.certs.extra_probes[ident]
+            self.extra_probes[ident] = self.add_probe_pod(sidecar=True, cert=cert)
         deadline = time.monotonic() + self.ready_timeout
         for ns, proc, ready in waits:
             while not in_netns(ns, ready):
@@ -220,7 +236,7 @@ class NetnsLab:
         self.envoy_procs.append(proc)
         return proc
 
-    def add_probe_pod(self, sidecar: bool) -> PodNet:
+    def add_probe_pod(self, sidecar: bool, cert: CertFiles | None = None) -> PodNet:
         """One more probe pod, up and ready: what a kubelet starts for each pod of a
         probe Job (each with its own sidecar, quit by its own probe). Thread-safe."""
         assert self.certs is not None
@@ -233,7 +249,7 @@ class NetnsLab:
         if sidecar:
             capture.install(pn.netns)
             boot = envoy.probe_sidecar(
-                self.mesh.upstreams, self.vips, self.certs, self.mesh.trust_domain
+                self.mesh.upstreams, self.vips, self.certs, self.mesh.trust_domain, cert
             )
             proc = self._envoy(envoy_path(), self.net.share / "envoy", pn.netns, boot)
             deadline = time.monotonic() + self.ready_timeout
@@ -303,22 +319,31 @@ class NetnsLab:
             max_lifetime=settings.max_lifetime,
             native_sidecar=native_sidecar,
         )
-        started: list[tuple[ProbePod, Managed]] = []
+        # As ``check`` does: authz joins when the targets file has cases.
+        authz = AUTHZ in checks and any(t.authz for t in targets.targets)
+        others = frozenset(self.extra_probes) if authz else frozenset()
+        pods: list[tuple[ProbePod, Path]] = []
         for role in ROLES:
             mine = tuple(c for c in role.checks if c in checks)
-            if not mine:
-                continue
-            args = probe_args(role, mine, spec, shards=1)
-            args[args.index("-f") + 1] = str(path)
-            argv = netns_argv(
-                self.probes[role.name].netns,
-                [sys.executable, "-m", "jobs.cli.main", *args],
-                uid=RUN_AS,
-            )
-            pod = ProbePod(role, self.probes[role.name], mine)
-            started.append(
-                (pod, self.supervisor.start(f"probe-{role.name}", argv, env=_clean_env()))
-            )
+            if role.sidecar and authz:
+                mine += (AUTHZ,)
+            if mine:
+                pods.append((ProbePod(role, self.probes[role.name], mine, None, others), path))
+        for k, (ident, pn) in enumerate(self.extra_probes.items() if authz else ()):
+            # The same targets, called as another identity (its own sidecar's certificate).
+            theirs = replace(targets, source=Source(identity=ident), controls=())
+            tpath = pdir / f"targets-{k}.yaml"
+            write_targets(theirs, tpath)
+            tpath.chmod(0o644)
+            role = Role(f"authz-{k}", (AUTHZ,), sidecar=True)
+            pods.append((ProbePod(role, pn, (AUTHZ,), ident), tpath))
+        started: list[tuple[ProbePod, Managed]] = []
+        for pod, tpath in pods:
+            args = probe_args(pod.role, pod.checks, spec, shards=1)
+            args[args.index("-f") + 1] = str(tpath)
+            argv = netns_argv(pod.net.netns, [sys.executable, "-m", "jobs.cli.main", *args], RUN_AS)
+            proc = self.supervisor.start(f"probe-{pod.role.name}", argv, env=_clean_env())
+            started.append((pod, proc))
         results: list[Result] = []
         for pod, proc in started:
             results += _collect(pod, proc, targets, stop)
@@ -368,9 +393,12 @@ def _collect(
         cause = "probe stopped (deadline or interrupt)"
     text = proc.log.read_text(encoding="utf-8", errors="replace")
     parsed = parse_log(text)
-    owed = expected_keys(targets, [(c, load_check(c).scope) for c in pod.checks])
+    owed = expected_keys(targets, [(c, load_check(c).scope) for c in pod.checks if c != AUTHZ])
+    if AUTHZ in pod.checks:  # owed for the targets with cases only
+        with_cases = replace(targets, targets=tuple(t for t in targets.targets if t.authz))
+        owed += expected_keys(with_cases, [(AUTHZ, load_check(AUTHZ).scope)])
     lacking = missing(owed, parsed.results)
-    got = list(parsed.results)
+    got = [r for r in parsed.results if pod.keeps(r)]
     if lacking:
         why = cause or f"probe {pod.role.name} exited {proc.popen.returncode} without this result"
         if parsed.last_text:
