@@ -309,7 +309,9 @@ class NetnsLab:
         write_targets(targets, path)
         path.chmod(0o644)
         # The record of what the probes were given (the shared copy goes with the lab).
-        shutil.copyfile(path, self.workdir / "targets.yaml")
+        kept_root = self.workdir / "root-cert.pem"
+        shutil.copyfile(self.certs.root, kept_root)
+        write_targets(replace(targets, root_cert_file=kept_root), self.workdir / "targets.yaml")
         spec = RunSpec(
             run_id="lab",
             image="lab",
