@@ -12,6 +12,7 @@ one. Their JSON lines are judged the way ``mtlsprobe run`` judges pod logs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -224,8 +225,6 @@ class NetnsLab:
         self.ready_seconds = time.monotonic() - t0
 
     def _envoy(self, binary: str, confdir: Path, ns: str, boot: dict[str, object]) -> Managed:
-        import json
-
         path = confdir / f"{ns}.json"
         path.write_text(json.dumps(boot, separators=(",", ":")), encoding="utf-8")
         argv = [binary, "-c", str(path), "--concurrency", "1", "--disable-hot-restart"]
