@@ -59,7 +59,14 @@ class NamespaceKubelet:
         proc = self.lab.exec_in(pod, [sys.executable, "-m", "jobs.cli.main", *args], env, 120)
         with self._lock:
             self.runs.append(
-                {"netns": pod.netns, "sidecar": sidecar, "args": args, "doc": doc, "env": env}
+                {
+                    "netns": pod.netns,
+                    "sidecar": sidecar,
+                    "args": args,
+                    "doc": doc,
+                    "env": env,
+                    "log": proc.stdout + proc.stderr,
+                }
             )
         return proc.stdout + proc.stderr, proc.returncode
 
@@ -139,6 +146,7 @@ def test_run_reports_from_probes_that_ran_in_namespaces(
         assert set(r["env"]) == {"JOB_COMPLETION_INDEX"}
     for r in sidecar:
         assert "--wait-for-sidecar" in r["args"] and "--quit-sidecar" in r["args"]
+        assert "could not stop the sidecar" not in r["log"]  # its Envoy took the quit
     # Mesh results carry the pod that produced them.
     mesh = [r for r in probe if r["check"] == "mesh"]
     assert mesh and all(r["evidence"].get("probePod") for r in mesh)
