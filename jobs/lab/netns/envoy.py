@@ -11,8 +11,8 @@ pod behind capture (pilot/pkg/networking/core: listener.go, listener_inbound.go)
 * ``virtualOutbound`` on 15001 with ``use_original_dst``: the connection is handed to
   the listener for its original destination - ``0.0.0.0_<port>`` (HTTP, routes by Host)
   or ``<service IP>_<port>`` (tcp), neither bound - or passes through unchanged.
-* 15021 ``/healthz/ready``, 15090 ``/stats/prometheus``, and a 15020 stand-in for
-  pilot-agent's ``/quitquitquit`` (here Envoy's own admin quits).
+* 15021 ``/healthz/ready`` and 15090 ``/stats/prometheus``. pilot-agent's 15020
+  (``/quitquitquit``) is a process of its own in probe pods (jobs.lab.netns.agent).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from jobs.lab.spec import PodSpec, Upstream
 Json = dict[str, Any]
 _T = "type.googleapis.com/envoy."
 ADMIN_PORT = 15000
-AGENT_PORT = 15020
 HEALTH_PORT = 15021
 PROMETHEUS_PORT = 15090
 ADMIN_CLUSTER = "envoy_admin"
@@ -91,7 +90,7 @@ def _admin_route(path: str, rewrite: str | None = None) -> Json:
 
 def _agent_listeners() -> list[Json]:
     """What a pod's sidecar serves besides traffic: readiness (Istio routes 15021 to
-    pilot-agent, which asks Envoy), Prometheus stats, and the quit endpoint."""
+    pilot-agent, which asks Envoy) and Prometheus stats."""
 
     def listener(name: str, ip: str, port: int, routes: list[Json]) -> Json:
         vhost = {"name": name, "domains": ["*"], "routes": routes}
@@ -110,16 +109,6 @@ def _agent_listeners() -> list[Json]:
             "0.0.0.0",
             PROMETHEUS_PORT,
             [_admin_route("/stats/prometheus")],
-        ),
-        listener(
-            "agent",
-            "127.0.0.1",
-            AGENT_PORT,
-            [
-                _admin_route("/quitquitquit"),
-                _admin_route("/healthz/ready", rewrite="/ready"),
-                _admin_route("/stats/prometheus"),
-            ],
         ),
     ]
 

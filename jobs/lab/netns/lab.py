@@ -57,6 +57,7 @@ from probe.model import Source, TargetsFile
 from probe.results import Result
 
 AUTHZ = "authz"  # needs a sidecar (it calls as the sidecar's identity): the sidecar probe runs it
+AGENT_PORT = 15020  # pilot-agent: /quitquitquit, /healthz/ready
 MAX_SIDECARS = 64  # one Envoy (~65 MiB) per sidecar pod here, unlike the loopback lab
 PROBE_DEADLINE = 300.0  # a probe Job's activeDeadlineSeconds
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -212,6 +213,8 @@ class NetnsLab:
                 proc = self._envoy(binary, confdir, pn.netns, boot)
                 self.probe_envoy = proc
                 waits.append((pn.netns, proc, _admin_ready))
+                agent = self._agent(pn.netns)
+                waits.append((pn.netns, agent, _listening("127.0.0.1", AGENT_PORT)))
         for ident in self.mesh.extra_probes:
             cert = self.certs.extra_probes[ident]
             self.extra_probes[ident] = self.add_probe_pod(sidecar=True, cert=cert)
@@ -251,12 +254,22 @@ class NetnsLab:
                 self.mesh.upstreams, self.vips, self.certs, self.mesh.trust_domain, cert
             )
             proc = self._envoy(envoy_path(), self.net.share / "envoy", pn.netns, boot)
+            agent = self._agent(pn.netns)
             deadline = time.monotonic() + self.ready_timeout
-            while not in_netns(pn.netns, _admin_ready):
-                if not proc.alive() or time.monotonic() > deadline:
-                    raise LabError(f"{proc.name} not ready; log: {proc.log}")
-                time.sleep(0.02)
+            for p, ready in ((proc, _admin_ready), (agent, _listening("127.0.0.1", AGENT_PORT))):
+                while not in_netns(pn.netns, ready):
+                    if not p.alive() or time.monotonic() > deadline:
+                        raise LabError(f"{p.name} not ready; log: {p.log}")
+                    time.sleep(0.02)
         return pn
+
+    def _agent(self, ns: str) -> Managed:
+        """pilot-agent's 15020 (the probe's ``--quit-sidecar`` target), as UID 1337."""
+        argv = [sys.executable, "-m", "jobs.lab.netns.agent", str(envoy.ADMIN_PORT)]
+        argv.append(str(AGENT_PORT))
+        return self.supervisor.start(
+            f"agent-{ns}", netns_argv(ns, argv, uid=capture.PROXY_UID), env=_clean_env()
+        )
 
     def publish(self, src: Path, name: str) -> Path:
         """A copy of ``src`` the probe's user can read (a pod's mounted volume)."""
