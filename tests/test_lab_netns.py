@@ -186,8 +186,10 @@ def test_same_verdicts_as_the_loopback_lab(tmp_path: Path, prefix: str, name: st
     else:
         authz = [r for r in netns.results if r.check == "authz"]
         assert len({r.source for r in authz}) >= 2 and any(r.verdict is Verdict.PASS for r in authz)
-    # The classic sidecar stopped when the probe asked (--quit-sidecar).
+    # The classic sidecar stopped when the probe asked (--quit-sidecar), and said so.
     assert netns.sidecar_quit
+    log = (tmp_path / "ns" / "probe-sidecar.log").read_text()
+    assert "could not stop the sidecar" not in log
 
 
 @needs_root
