@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lab test lint browser bench clean
+.PHONY: install lab test lint browser bench clean netns-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[lab,test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) netns-deps
+
+# `mtlsprobe lab --netns` (root only) needs ip and iptables-restore; as root on Debian,
+# install what is missing. Never fatal: the loopback lab and the tests run without them
+# (tests/test_lab_netns.py then says why it skips).
+netns-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   ! { command -v ip && command -v iptables-restore && command -v setpriv; } >/dev/null; then \
+	  echo "installing iproute2 iptables util-linux for mtlsprobe lab --netns"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    -o DPkg::Lock::Timeout=300 iproute2 iptables util-linux \
+	  || echo "WARNING: could not install iproute2/iptables: lab --netns will be unavailable"; \
+	fi
 
 lab: $(STAMP)
 	$(BIN)/mtlsprobe lab

@@ -66,6 +66,9 @@ class JobKube(FakeKube):
     proxy: str | None = None  # the sidecar pods' capture (an HTTP proxy)
     admin: str | None = None  # the sidecar pods' Envoy admin
     agent: str | None = None  # the sidecar pods' pilot-agent (15021/15020)
+    # Starts the container instead of a local process: (args, the container's env, has a
+    # sidecar) -> (log, exit code). tests/test_run_netns.py runs it in a lab namespace.
+    pod_runner: Callable[[list[str], dict[str, str], bool], tuple[str, int]] | None = None
     # The Job controller's activeDeadlineSeconds for a Job (None: the spec's). Lets a
     # test fail one Job by deadline quickly while the run's --deadline stays generous,
     # so the healthy Job's real probe never races a short deadline on a loaded machine.
@@ -578,6 +581,8 @@ class JobKube(FakeKube):
             env["MTLSPROBE_SIDECAR_READY_URL"] = self.agent + "/healthz/ready"
             env["MTLSPROBE_SIDECAR_QUIT_URL"] = self.agent + "/quitquitquit"
         self.probe_runs.append(c["args"])
+        if self.pod_runner is not None:
+            return self.pod_runner(args, {"JOB_COMPLETION_INDEX": str(index)}, sidecar)
         proc = subprocess.run(
             [sys.executable, "-m", "jobs.cli.main", *args],
             capture_output=True,

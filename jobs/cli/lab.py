@@ -28,6 +28,7 @@ from probe.cliargs import (
 )
 
 if TYPE_CHECKING:
+    from jobs.lab.netns.lab import NetnsLab
     from jobs.lab.runner import LabRun
     from jobs.lab.runtime import Lab
     from jobs.lab.scenarios import Scenario
@@ -87,6 +88,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     add_probe_flags(p)
     p.add_argument(
+        "--netns",
+        action="store_true",
+        help="root only: run every pod as a network namespace with its own IP, its sidecar "
+        "behind Istio's iptables capture, and the probes as in a pod (no proxy setting)",
+    )
+    p.add_argument(
         "--envoys",
         type=positive_int,
         metavar="N",
@@ -132,6 +139,10 @@ def main(args: argparse.Namespace) -> int:
     from probe.results import EXIT_ERROR
 
     if args.down is not None:
+        from jobs.lab.netns.net import STATE_FILE
+
+        if (args.down / STATE_FILE).exists():
+            return _down_netns(args.down)
         try:
             pids = stop_pids_file(args.down)
         except LabError as exc:
@@ -142,6 +153,8 @@ def main(args: argparse.Namespace) -> int:
     require = _parse_list(args.require, REQUIREMENTS, "--require")
     checks = _parse_list(args.checks, tuple(REGISTRY), "--checks") or list(REGISTRY)
     scenarios, demo = _scenarios(args)
+    if args.netns:
+        _netns_preflight(args)
     if args.keep and len(scenarios) > 1:
         raise UsageError("--keep needs exactly one scenario (e.g. mtlsprobe lab healthy --keep)")
     from probe.evidence import from_args as evidence_from_args
@@ -217,8 +230,6 @@ def _run_one(
     index: int,
     total: int,
 ) -> LabRun:
-    from jobs.lab.runner import run_scenario
-
     reqs = list(scenario.require) if require is None else require
     label = f"Scenario {index + 1}/{total}: " if total > 1 else "Scenario: "
     out.write(f"\n== {label}{scenario.name}" + (f" — {scenario.title}" if scenario.title else ""))
@@ -244,6 +255,19 @@ def _run_one(
         if args.keep:
             _print_keep(run, out)
 
+    if args.netns:
+        from jobs.lab.netns.lab import run_scenario_netns
+
+        return run_scenario_netns(
+            scenario,
+            workdir,
+            require=reqs,
+            checks=checks,
+            settings=probe_settings(args),
+            on_ready=lambda lab, run: _print_netns_ready(lab, out),
+        )
+    from jobs.lab.runner import run_scenario
+
     return run_scenario(
         scenario,
         workdir,
@@ -254,6 +278,48 @@ def _run_one(
         envoys=args.envoys,
         on_ready=ready,
     )
+
+
+def _netns_preflight(args: argparse.Namespace) -> None:
+    from jobs.lab.netns.net import preflight
+    from jobs.lab.supervisor import LabError
+
+    if args.keep or args.envoys is not None:
+        raise UsageError(
+            "--netns runs one Envoy per pod and tears down at exit: no --keep/--envoys"
+        )
+    try:
+        preflight()
+    except LabError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _down_netns(workdir: Path) -> int:
+    from jobs.lab.netns.lab import down
+    from jobs.lab.supervisor import LabError
+
+    try:
+        stopped, left = down(workdir)
+    except LabError as exc:
+        raise UsageError(str(exc)) from None
+    if left:
+        sys.stderr.write(f"mtlsprobe lab --down: could not remove {', '.join(left)}\n")
+        return 1
+    print(f"stopped {stopped} lab process(es) and removed the lab network of {workdir}")
+    return 0
+
+
+def _print_netns_ready(lab: NetnsLab, out: TextIO) -> None:
+    mesh = lab.mesh
+    sidecars = sum(1 for p in mesh.pods if p.sidecar)
+    out.write(
+        f"   Mesh up in {lab.ready_seconds:.1f}s: {_n(len(mesh.pods), 'pod')} as network "
+        f"namespaces ({sidecars} with a sidecar), {_n(len(mesh.upstreams), 'service port')}; "
+        f"{_n(len(lab.envoy_procs), 'Envoy')} as UID 1337 behind Istio's capture rules; "
+        "the probes run `mtlsprobe check` in their own pods.\n"
+        f"   (If this process is killed: mtlsprobe lab --down {lab.workdir})\n"
+    )
+    out.flush()
 
 
 def _n(count: int, word: str, plural: str | None = None) -> str:
@@ -289,6 +355,7 @@ def _print_run(run: LabRun, out: TextIO) -> None:
     out.write("\n" + render_table(run.results, colour=colour))
     rate = len(run.results) / run.check_seconds if run.check_seconds > 0 else 0.0
     out.write(f"   checks took {run.check_seconds:.2f}s ({rate:.0f} results/s)\n")
+    _print_capture(run, out)
     if run.scenario.judged:
         if run.mismatches:
             out.write(
@@ -300,6 +367,16 @@ def _print_run(run: LabRun, out: TextIO) -> None:
         else:
             out.write(f"   Every verdict is what '{run.scenario.name}' expects.\n")
     out.flush()
+
+
+def _print_capture(run: LabRun, out: TextIO) -> None:
+    from jobs.lab.netns.lab import NetnsRun
+
+    if isinstance(run, NetnsRun):
+        out.write(
+            f"   Transparent capture: iptables redirected {_n(run.captured, 'connection')} of "
+            "the sidecar probe into its Envoy's 15001 (its targets file has no sidecarProxy).\n"
+        )
 
 
 def _print_keep(run: LabRun, out: TextIO) -> None:

@@ -59,6 +59,9 @@ class LabBuild:
     targets: TargetsFile
     findings: tuple[Result, ...]
     plan: Plan
+    # The objects as a cluster would serve them (pods with the lab's IPs): for tests that
+    # put the lab behind the fake API server.
+    snapshot: ClusterSnapshot | None = None
 
 
 def _lab_annotations(owner: str, annotations: dict[str, str]) -> dict[str, str]:
@@ -170,7 +173,7 @@ def build_lab(scenario: Scenario, slot: Slot, require: Sequence[str]) -> LabBuil
         upstreams=upstreams,
         extra_probes=extra_probes,
     )
-    return LabBuild(mesh, targets, tuple(plan.findings), plan)
+    return LabBuild(mesh, targets, tuple(plan.findings), plan, snap)
 
 
 def _authz_identities(

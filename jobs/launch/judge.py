@@ -191,6 +191,8 @@ def _result(line: str) -> Result | None:
         expected=_opt_str(doc.get("expected")),
         observed=_opt_str(doc.get("observed")),
         evidence=evidence if isinstance(evidence, dict) else {},
+        source=_opt_str(doc.get("source")),
+        request=_opt_str(doc.get("request")),
         start_ns=start_ns,
         end_ns=end_ns,
     )
