@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probe import textsafe, yamlload
+from probe import textsafe, yamlfile, yamlload
 from probe.checks import REGISTRY
 from probe.results import Result, Verdict
 
@@ -112,7 +112,7 @@ def read_controls(path: Path) -> tuple[ControlMap, bytes]:
     one read, so the digest is of the mapping that was used)."""
     where = textsafe.line(str(path), 200)
     try:
-        text = yamlload.read_text(path, LIMITS.max_bytes)
+        text = yamlfile.read_text(path, LIMITS.max_bytes)
         doc = yamlload.load_one(text, LIMITS)
     except yamlload.YamlLoadError as exc:
         raise ComplianceFileError(f"compliance file {where}: {exc}") from None

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from probe import syntax, yamlload
+from probe import syntax, yamlfile, yamlload
 from probe.authzmodel import AuthzCase, parse_authz
 from probe.fields import MAX_ECHO_PATH, is_request_path, key_name, spiffe_field
 from probe.textsafe import bounded, line
@@ -166,7 +166,7 @@ def load_targets(path: Path) -> TargetsFile:
     Bounded whatever the file holds: a regular file of at most 32 MiB, strict UTF-8,
     no alias bombs, nesting or duplicate keys (``probe.yamlload``)."""
     try:
-        text = yamlload.read_text(path, TARGETS_LIMITS.max_bytes)
+        text = yamlfile.read_text(path, TARGETS_LIMITS.max_bytes)
     except yamlload.YamlLoadError as exc:
         raise TargetsFileError(f"{_origin(str(path))}: {exc}") from None
     return parse_targets_text(text, str(path), base_dir=path.parent)

@@ -29,10 +29,7 @@ parse: building values from events is faster than ``CSafeLoader`` itself
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from yaml.composer import ComposerError
@@ -443,62 +440,6 @@ def load_one(text: str, limits: Limits, *, pure_python: bool = False) -> object:
     return docs[0] if docs else None
 
 
-def read_text(path: Path, max_bytes: int) -> str:
-    """The text of a regular file of at most ``max_bytes``, strict UTF-8 without NUL.
-
-    Opened non-blocking so a FIFO without a writer cannot hang the open; the type is
-    checked on the open descriptor (``fstat``), so a swap after a check cannot slip a
-    device in; reading stops one byte past the cap whatever ``st_size`` claims.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise YamlLoadError(f"cannot read: {exc.strerror or exc}") from None
-    except ValueError:  # embedded NUL in the path
-        raise YamlLoadError("cannot read: invalid path") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise YamlLoadError("is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise YamlLoadError("not a regular file (a FIFO, socket or device?)")
-        if st.st_size > max_bytes:
-            raise YamlLoadError(f"larger than {max_bytes} bytes")
-        os.set_blocking(fd, True)
-        chunks: list[bytes] = []
-        left = max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        if left <= 0:
-            raise YamlLoadError(f"larger than {max_bytes} bytes")
-    except OSError as exc:
-        raise YamlLoadError(f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    nul = data.find(b"\0")
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise YamlLoadError(f"NUL byte at line {line} (not a text file)")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise YamlLoadError(f"not UTF-8 text (byte {exc.start + 1}, line {line})") from None
-
-
-def load_file(path: Path, limits: Limits, *, single: bool) -> list[object]:
-    """Read and load ``path`` (every document, or exactly one with ``single``)."""
-    text = read_text(path, limits.max_bytes)
-    if single:
-        return [load_one(text, limits)]
-    return load_all(text, limits)
-
-
 def _describe(exc: MarkedYAMLError) -> str:
     mark: Mark | None = exc.problem_mark or exc.context_mark
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -520,8 +461,6 @@ __all__ = [
     "Limits",
     "YamlLoadError",
     "load_all",
-    "load_file",
     "load_one",
     "loader_name",
-    "read_text",
 ]

@@ -32,23 +32,12 @@ from jobs.lab.supervisor import pid_alive
 from probe.checks import REGISTRY
 from probe.checks.base import Settings
 from probe.results import Verdict
+from tests.netnscase import WHY_NOT
 
 MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
 SETTINGS = Settings(timeout=5.0, concurrency=16)
 
 
-def _why_not() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces are Linux only"
-    if os.geteuid() != 0:
-        return "lab --netns needs root (namespaces, veths, a bridge, iptables)"
-    for tool in ("ip", "iptables-restore", "iptables-save", "setpriv"):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is missing: as root, `make netns-deps` installs it"
-    return None
-
-
-WHY_NOT = _why_not()
 needs_root = pytest.mark.skipif(WHY_NOT is not None, reason=f"SKIPPED LOUDLY: {WHY_NOT}")
 pytestmark = pytest.mark.envoy
 

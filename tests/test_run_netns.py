@@ -28,7 +28,7 @@ from jobs.lab.netns.net import PodAddresses, leftovers
 from jobs.lab.scenarios import builtin
 from tests import kubebuild as kb
 from tests.fakekube_jobs import JobKube
-from tests.test_lab_netns import WHY_NOT
+from tests.netnscase import WHY_NOT
 
 pytestmark = [
     pytest.mark.envoy,

@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probe import yamlload
-from probe.yamlload import Limits, YamlLoadError, load_all, load_one, read_text
+from probe.yamlfile import read_text
+from probe.yamlload import Limits, YamlLoadError, load_all, load_one
 from tests.hostile_yaml import billion_laughs
 
 LIMITS = Limits(max_bytes=1 << 20)

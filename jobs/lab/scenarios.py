@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from probe import yamlload
+from probe import yamlfile, yamlload
 from probe.results import Result, Verdict
 from probe.textsafe import line
 
@@ -173,7 +173,7 @@ def from_files(paths: Sequence[Path]) -> Scenario:
     for path in paths:
         origin = line(str(path), 300)
         try:
-            text = yamlload.read_text(path, MANIFEST_LIMITS.max_bytes)
+            text = yamlfile.read_text(path, MANIFEST_LIMITS.max_bytes)
         except yamlload.YamlLoadError as exc:
             raise ScenarioError(f"{origin}: {exc}") from None
         parts = _load_yaml(text, origin)

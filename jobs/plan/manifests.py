@@ -43,7 +43,7 @@ from jobs.plan.objects import (
     pick_mesh_config,
     spec,
 )
-from probe import yamlload
+from probe import yamlfile, yamlload
 from probe.textsafe import bounded, line
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
@@ -110,7 +110,7 @@ def _load_group(files: Sequence[Path]) -> list[_Loaded]:
     out: list[_Loaded] = []
     for f in files:
         try:
-            out.append(yamlload.load_file(f, MANIFEST_LIMITS, single=False))
+            out.append(yamlfile.load_file(f, MANIFEST_LIMITS, single=False))
         except yamlload.YamlLoadError as exc:
             out.append(str(exc))
             break
