@@ -28,7 +28,7 @@ from jobs.launch.policyreports import (
 )
 from jobs.plan.discovery import Options, Reader
 from probe.results import Result, Verdict
-from tests.agenthelp import running_agent, target, wait_for, write_targets
+from tests.agenthelp import plain_flags, running_agent, target, wait_for, write_targets
 from tests.fakekube_jobs import JobKube
 from tests.fakekube_reports import ReportKube, validate
 from tests.runcase import echo_cluster
@@ -312,27 +312,9 @@ def test_agent_writes_its_reports_each_round(tmp_path: Path) -> None:
                 }
             )
         f = write_targets(tmp_path / "t.yaml", [target("ns-b/leaky", [leaky.endpoint], "STRICT")])
-        with running_agent(
-            "--kind",
-            "plain",
-            "--targets",
-            str(f),
-            "--interval",
-            "0.3",
-            "--jitter",
-            "0",
-            "--timeout",
-            "1",
-            "--agent-id",
-            "a1",
-            "--peers",
-            "a1",
-            "--kubeconfig",
-            str(cfg),
-            "--policy-reports",
-            "--compliance",
-            str(EXAMPLE),
-        ) as built:
+        more = ["--agent-id", "a1", "--peers", "a1", "--kubeconfig", str(cfg)]
+        more += ["--policy-reports", "--compliance", str(EXAMPLE)]
+        with running_agent(*plain_flags(f, "0.3", "--timeout", "1", *more)) as built:
             wait_for(lambda: built.agent.state.rounds[0] >= 2, timeout=60, what="2 rounds")
 
             def written() -> list[dict[str, Any]]:
