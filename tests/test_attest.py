@@ -39,6 +39,7 @@ from probe.attest import (
     verify,
 )
 from probe.results import Result, Verdict
+from tests.signkeys import write_key_pair
 from tests.tlsservers import plaintext_http, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,19 +78,8 @@ def _keys(tmp: Path) -> dict[str, tuple[Path, Path, bytes]]:
         ("ed25519", ed25519.Ed25519PrivateKey.generate()),
         ("p256", ec.generate_private_key(ec.SECP256R1())),
     ):
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         priv, pub = tmp / f"{name}.pem", tmp / f"{name}.pub.pem"
-        priv.write_bytes(pem)
-        pub.write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        out[name] = (priv, pub, pem)
+        out[name] = (priv, pub, write_key_pair(key, priv, pub))
     return out
 
 

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import main as cli
 from jobs.launch.cluster import Cluster
 from jobs.launch.policyreports import (
     GROUP_LABEL,
@@ -31,8 +30,9 @@ from probe.results import Result, Verdict
 from tests.agenthelp import plain_flags, running_agent, target, wait_for, write_targets
 from tests.fakekube_jobs import JobKube
 from tests.fakekube_reports import ReportKube, validate
-from tests.runcase import echo_cluster
+from tests.runcase import Env, echo_cluster, run
 from tests.sidecar_standin import Agent
+from tests.signkeys import write_key_pair
 from tests.tlsservers import plaintext_http, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,66 +214,44 @@ def test_run_writes_reports_with_service_and_pod(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Also signs the run (``--attest``): subject = the API server and the run id."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from probe.attest import load_public_key, parse_envelope, verify
 
     key = ec.generate_private_key(ec.SECP256R1())
     priv, pub = tmp_path / "k.pem", tmp_path / "pub.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    write_key_pair(key, priv, pub)
     evidence = tmp_path / "run.intoto.json"
     kube = _RunReportKube(proxy=proxy, agent=agent.url)
     echo_cluster(kube, echo_port)
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-        code = cli.main(
-            [
-                "run",
-                "--kubeconfig",
-                str(cfg),
-                "-n",
-                "ns-a",
-                "--poll-interval",
-                "5",
-                "--checks",
-                "plaintext",
-                "--deadline",
-                "30",
-                "-o",
-                "json",
-                "--policy-reports",
-                "--compliance",
-                str(EXAMPLE),
-                "--attest",
-                str(priv),
-                "--attest-out",
-                str(evidence),
-            ]
+        code, doc, err = run(
+            Env(kube, cfg, echo_port, tmp_path),
+            capsys,
+            "--checks",
+            "plaintext",
+            "--deadline",
+            "30",
+            "--policy-reports",
+            "--compliance",
+            str(EXAMPLE),
+            "--attest",
+            str(priv),
+            "--attest-out",
+            str(evidence),
         )
         reports = kube.reports()
         pruned = list(kube.pruned)
         url = kube.url
-    out, err = capsys.readouterr()
     assert code == 0, err  # echo has no sidecar: plaintext accepted, as the plan expects
     assert "policyreport: 2 created" in err
     signed = verify(parse_envelope(evidence.read_bytes()), load_public_key(pub))
     (subject,) = signed.statement["subject"]
     run_id = subject["annotations"]["run"]
     assert subject["annotations"]["cluster"] == url and f"mtlsprobe run {run_id}" in err
-    assert signed.predicate["report"] == json.loads(out)
+    assert signed.predicate["report"] == doc
     names = {c["name"] for c in signed.predicate["configuration"]}
     assert {"targets:planned", "compliance:compliance-example.yaml", "mtlsprobe"} <= names
     by_ns = {r["metadata"]["namespace"]: r for r in reports}
