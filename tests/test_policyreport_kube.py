@@ -23,6 +23,7 @@ from jobs.launch.policyreports import (
     OWNER_LABEL,
     REPORT_API_CALLS,
     ClusterReportApi,
+    SyncResult,
     sync,
 )
 from jobs.plan.discovery import Options, Reader
@@ -116,13 +117,25 @@ def test_a_narrower_run_prunes_only_inside_its_scope(kube: ReportKube) -> None:
     assert [o["metadata"]["namespace"] for o in kube.reports()] == ["ns-b"]
 
 
+def _plain_agent_round(
+    api: ClusterReportApi, owner: str, live_owners: list[str] | None = None
+) -> SyncResult:
+    """The reports of one round of plain agent ``owner``: ns-a/echo's plaintext passed."""
+    return sync(
+        api,
+        [_r("plaintext", "ns-a/echo")],
+        kind="policyreport",
+        owner=owner,
+        group="agent-plain",
+        live_owners=live_owners,
+    )
+
+
 def test_agents_keep_their_own_reports_and_prune_departed_peers(kube: ReportKube) -> None:
     api = _api(kube)
     sync(api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner="run")
     for me in ("agent-1", "agent-2", "agent-3"):
-        sync(
-            api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner=me, group="agent-plain"
-        )
+        _plain_agent_round(api, me)
     # A sidecar agent: another group, with peers of its own.
     sync(api, [_r("mesh", "ns-a/echo")], kind="policyreport", owner="side-1", group="agent-sidecar")
     names = sorted(o["metadata"]["name"] for o in kube.reports())
@@ -135,27 +148,13 @@ def test_agents_keep_their_own_reports_and_prune_departed_peers(kube: ReportKube
     ]
     # agent-3's pod is gone: the next round of agent-1 (peers 1 and 2) prunes its report,
     # never the run's nor the sidecar group's.
-    done = sync(
-        api,
-        [_r("plaintext", "ns-a/echo")],
-        kind="policyreport",
-        owner="agent-1",
-        group="agent-plain",
-        live_owners=["agent-1", "agent-2"],
-    )
+    done = _plain_agent_round(api, "agent-1", live_owners=["agent-1", "agent-2"])
     assert done.deleted == ["ns-a/mtlsprobe-agent-3"] and done.updated == ["ns-a/mtlsprobe-agent-1"]
     owners = {o["metadata"]["labels"][OWNER_LABEL] for o in kube.reports()}
     assert owners == {"run", "agent-1", "agent-2", "side-1"}
     # Only the first live peer lists the group; the others list their own reports only.
     kube.calls.clear()
-    sync(
-        api,
-        [_r("plaintext", "ns-a/echo")],
-        kind="policyreport",
-        owner="agent-2",
-        group="agent-plain",
-        live_owners=["agent-1", "agent-2"],
-    )
+    _plain_agent_round(api, "agent-2", live_owners=["agent-1", "agent-2"])
     (listed,) = [c for c in kube.calls if c.method == "GET"]
     assert listed.query["labelSelector"].endswith(f"{OWNER_LABEL}=agent-2")
 
