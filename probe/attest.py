@@ -101,15 +101,21 @@ PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
+def read_bounded(path: Path, what: str, limit: int, hint: str = "") -> bytes:
+    """The bytes of ``path``, reading at most one past ``limit`` so that a huge file is
+    refused without being loaded; an ``AttestError`` naming ``what`` otherwise."""
     try:
         with path.open("rb") as f:
-            data = f.read(MAX_KEY_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError as exc:
         raise AttestError(f"{what} {path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_KEY_BYTES:
-        raise AttestError(f"{what} {path}: larger than {MAX_KEY_BYTES} bytes (not a key)")
+    if len(data) > limit:
+        raise AttestError(f"{what} {path}: larger than {limit} bytes{hint}")
     return data
+
+
+def _read_key_file(path: Path, what: str) -> bytes:
+    return read_bounded(path, what, MAX_KEY_BYTES, " (not a key)")
 
 
 def key_id(public: PublicKey) -> str:

@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,6 +144,26 @@ def old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> None:
 Group = argparse._ArgumentGroup | argparse.ArgumentParser
 
 
+# The checks' settings as flags: (flag, argument type, metavar, help ending in the default).
+# The flag names the ``Settings`` field (``--min-remaining`` -> ``min_remaining``).
+_PROBE_FLAGS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
+    ("--timeout", positive_seconds, "SECONDS", "per network operation of the checks"),
+    ("--concurrency", positive_int, "N", "checks in flight at once"),
+    ("--min-remaining", parse_duration, "DURATION", "fail certificates expiring sooner"),
+    ("--max-lifetime", parse_duration, "DURATION", "fail certificates valid for longer"),
+)
+
+
+def _field(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, timedelta):
+        return span(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def add_probe_flags(group: Group) -> None:
     """How the checks probe, with the checks' own defaults (``Settings``). ``--timeout``
     is always the per-operation network timeout (the Kubernetes API's is
@@ -151,46 +171,22 @@ def add_probe_flags(group: Group) -> None:
     from probe.checks.base import Settings
 
     default = Settings()
-    group.add_argument(
-        "--timeout",
-        type=positive_seconds,
-        default=default.timeout,
-        metavar="SECONDS",
-        help=f"per network operation of the checks (default: {default.timeout:g})",
-    )
-    group.add_argument(
-        "--concurrency",
-        type=positive_int,
-        default=default.concurrency,
-        metavar="N",
-        help=f"checks in flight at once (default: {default.concurrency})",
-    )
-    group.add_argument(
-        "--min-remaining",
-        type=parse_duration,
-        default=default.min_remaining,
-        metavar="DURATION",
-        help=f"fail certificates expiring sooner (default: {span(default.min_remaining)})",
-    )
-    group.add_argument(
-        "--max-lifetime",
-        type=parse_duration,
-        default=default.max_lifetime,
-        metavar="DURATION",
-        help=f"fail certificates valid for longer (default: {span(default.max_lifetime)})",
-    )
+    for flag, kind, metavar, text in _PROBE_FLAGS:
+        value = getattr(default, _field(flag))
+        group.add_argument(
+            flag,
+            type=kind,
+            default=value,
+            metavar=metavar,
+            help=f"{text} (default: {_shown(value)})",
+        )
 
 
 def probe_settings(args: argparse.Namespace) -> Settings:
     """The checks' settings from the flags of ``add_probe_flags``."""
     from probe.checks.base import Settings
 
-    return Settings(
-        timeout=args.timeout,
-        concurrency=args.concurrency,
-        min_remaining=args.min_remaining,
-        max_lifetime=args.max_lifetime,
-    )
+    return Settings(**{_field(flag): getattr(args, _field(flag)) for flag, *_ in _PROBE_FLAGS})
 
 
 def span(value: timedelta) -> str:

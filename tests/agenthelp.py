@@ -18,6 +18,10 @@ from jobs.agent.main import Assembled, assemble
 from jobs.cli.agent import options
 from jobs.cli.main import build_parser
 from probe.model import Endpoint
+from probe.pki import Issued
+from tests.tlsservers import MeshPKI, plaintext_http, serving, tls_handler
+
+ECHO_ID = "spiffe://cluster.local/ns/ns-a/sa/echo"
 
 
 def agent_args(*argv: str) -> argparse.Namespace:
@@ -36,6 +40,38 @@ def running_agent(*argv: str, start_rounds: bool = True) -> Iterator[Assembled]:
     finally:
         built.agent.stop(5.0)
         built.server.close()
+
+
+def plain_flags(targets: Path, interval: str, *more: str) -> tuple[str, ...]:
+    """An agent of kind ``plain`` on ``targets`` every ``interval`` seconds, no jitter."""
+    return (
+        "--kind",
+        "plain",
+        "--targets",
+        str(targets),
+        "--interval",
+        interval,
+        "--jitter",
+        "0",
+        *more,
+    )
+
+
+def scrape_two_rounds(tmp: Path, pki: MeshPKI, issued: Issued) -> tuple[int, str]:
+    """(status, body) of /metrics after two rounds of a real agent against a STRICT TLS
+    echo serving ``issued`` as ``ECHO_ID`` and a plaintext liar that claims STRICT."""
+    with serving(tls_handler(pki, issued)) as strict, serving(plaintext_http) as leaky:
+        f = write_targets(
+            tmp / "t.yaml",
+            [
+                target("ns-a/echo", [strict.endpoint], "STRICT", ECHO_ID),
+                target("ns-b/leaky", [leaky.endpoint], "STRICT"),
+            ],
+            root=pki.root_file,
+        )
+        with running_agent(*plain_flags(f, "0.2", "--timeout", "1")) as built:
+            wait_for(lambda: built.agent.state.rounds[0] >= 2, timeout=30, what="2 rounds")
+            return get(built, "/metrics")
 
 
 def get(built: Assembled, path: str, method: str = "GET") -> tuple[int, str]:

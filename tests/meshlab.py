@@ -6,8 +6,10 @@ the server sidecars (tests/reflect_apps.py); one run of the checks."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import yaml
 
 from jobs.lab.runtime import App as LabApp
 from probe.checks import load_check
@@ -27,27 +29,6 @@ kind: PeerAuthentication
 metadata: {name: default, namespace: data}
 spec: {mtls: {mode: %(mode)s}}
 """
-WORKLOAD = """
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %(name)s, namespace: data}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: %(name)s}}
-  template:
-    metadata: {labels: {app: %(name)s, app.kubernetes.io/name: mtlsprobe-echo}}
-    spec:
-      serviceAccountName: %(name)s
-      containers: [{name: app, image: x, ports: [{containerPort: %(port)d, name: %(pn)s}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: %(name)s, namespace: data}
-spec:
-  selector: {app: %(name)s}
-  ports: [{name: %(pn)s, port: %(port)d}]
-"""
 PLAIN_DR = """
 ---
 apiVersion: networking.istio.io/v1
@@ -59,8 +40,57 @@ spec:
 """
 
 
+ECHO = {"app.kubernetes.io/name": "mtlsprobe-echo"}
+
+
 def head(mode: str = "PERMISSIVE") -> str:
     return HEAD % {"mode": mode}
+
+
+def workload(
+    name: str,
+    ports: Sequence[tuple[str, int, int]],
+    *,
+    labels: Mapping[str, str] = ECHO,
+    namespace: str = "data",
+) -> str:
+    """A Deployment and its Service ``name`` (service account ``name``), ``ports`` as
+    (port name, service port, container port); ``labels`` on the pod beside ``app``."""
+    meta = {"name": name, "namespace": namespace}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, **labels}},
+                "spec": {
+                    "serviceAccountName": name,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "x",
+                            "ports": [{"containerPort": c, "name": n} for n, _, c in ports],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "selector": {"app": name},
+            "ports": [
+                {"name": n, "port": p, **({} if c == p else {"targetPort": c})} for n, p, c in ports
+            ],
+        },
+    }
+    return "\n---\n" + yaml.safe_dump(deployment) + "---\n" + yaml.safe_dump(service)
 
 
 def manifest(
@@ -71,9 +101,7 @@ def manifest(
 ) -> Path:
     """``workloads`` as (name, port, port name) in ``data`` under ``mode``; the
     ``plain`` ones behind a DestinationRule DISABLE."""
-    text = head(mode) + "".join(
-        WORKLOAD % {"name": n, "port": p, "pn": pn} for n, p, pn in workloads
-    )
+    text = head(mode) + "".join(workload(n, [(pn, p, p)]) for n, p, pn in workloads)
     text += "".join(PLAIN_DR % {"name": n} for n in plain)
     path = tmp_path / "mesh.yaml"
     path.write_text(text)

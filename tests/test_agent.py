@@ -12,19 +12,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jobs.agent.sharding import ShardUnit, select_shard
 from probe.model import Endpoint, load_targets
-from tests.agenthelp import get, running_agent, target, wait_for, write_targets
-from tests.tlsservers import MeshPKI, black_hole, plaintext_http, serving, tls_handler
-
-TD = "cluster.local"
-ECHO_ID = f"spiffe://{TD}/ns/ns-a/sa/echo"
+from tests.agenthelp import (
+    ECHO_ID,
+    get,
+    plain_flags,
+    running_agent,
+    scrape_two_rounds,
+    target,
+    wait_for,
+    write_targets,
+)
+from tests.tlsservers import MeshPKI, black_hole, plaintext_http, serving
 
 
 def test_fast_interval_runs_many_rounds_one_at_a_time(tmp_path: Path) -> None:
     with serving(plaintext_http) as srv:
         f = write_targets(tmp_path / "t.yaml", [target("ns-a/plain", [srv.endpoint], "NONE")])
-        with running_agent(
-            "--kind", "plain", "--targets", str(f), "--interval", "0.1", "--jitter", "0"
-        ) as built:
+        with running_agent(*plain_flags(f, "0.1")) as built:
             wait_for(lambda: built.agent.state.rounds[0] >= 8, what="8 rounds")
             assert built.agent.state.max_in_flight == 1
 
@@ -34,18 +38,7 @@ def test_slow_round_does_not_stack(tmp_path: Path) -> None:
     the late ticks are skipped or coalesced, never run beside the slow round."""
     with serving(black_hole) as slow:
         f = write_targets(tmp_path / "t.yaml", [target("ns-a/slow", [slow.endpoint], "STRICT")])
-        with running_agent(
-            "--kind",
-            "plain",
-            "--targets",
-            str(f),
-            "--interval",
-            "0.05",
-            "--jitter",
-            "0",
-            "--timeout",
-            "0.5",
-        ) as built:
+        with running_agent(*plain_flags(f, "0.05", "--timeout", "0.5")) as built:
             state = built.agent.state
             seen: dict[int, tuple[float, float]] = {}
 
@@ -92,29 +85,7 @@ def test_health_endpoints_before_and_after_first_round(tmp_path: Path) -> None:
 def test_metrics_parse_and_carry_checks_and_cert_expiry(tmp_path: Path, pki: MeshPKI) -> None:
     issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
     cert_not_after = issued.cert.not_valid_after_utc.timestamp()
-    with serving(tls_handler(pki, issued)) as strict, serving(plaintext_http) as leaky:
-        f = write_targets(
-            tmp_path / "t.yaml",
-            [
-                target("ns-a/echo", [strict.endpoint], "STRICT", ECHO_ID),
-                target("ns-b/leaky", [leaky.endpoint], "STRICT"),
-            ],
-            root=pki.root_file,
-        )
-        with running_agent(
-            "--kind",
-            "plain",
-            "--targets",
-            str(f),
-            "--interval",
-            "0.2",
-            "--jitter",
-            "0",
-            "--timeout",
-            "1",
-        ) as built:
-            wait_for(lambda: built.agent.state.rounds[0] >= 2, timeout=30, what="2 rounds")
-            status, text = get(built, "/metrics")
+    status, text = scrape_two_rounds(tmp_path, pki, issued)
     assert status == 200
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     checks = {
@@ -157,18 +128,7 @@ def test_targets_outage_makes_not_ready_and_recovery_ready(tmp_path: Path) -> No
     with serving(plaintext_http) as srv:
         f = write_targets(tmp_path / "t.yaml", [target("ns-a/plain", [srv.endpoint], "NONE")])
         good = f.read_text()
-        with running_agent(
-            "--kind",
-            "plain",
-            "--targets",
-            str(f),
-            "--interval",
-            "0.1",
-            "--jitter",
-            "0",
-            "--failure-threshold",
-            "3",
-        ) as built:
+        with running_agent(*plain_flags(f, "0.1", "--failure-threshold", "3")) as built:
             wait_for(lambda: get(built, "/readyz")[0] == 200, what="ready")
             f.write_text("targets: [oops")
             wait_for(lambda: get(built, "/readyz")[0] == 503, what="not ready")
@@ -199,18 +159,7 @@ def test_all_errors_is_a_failed_round(tmp_path: Path) -> None:
 
     f = write_targets(tmp_path / "t.yaml", [target("ns-a/gone", [nothing_listening()], "NONE")])
     with running_agent(
-        "--kind",
-        "plain",
-        "--targets",
-        str(f),
-        "--interval",
-        "0.1",
-        "--jitter",
-        "0",
-        "--failure-threshold",
-        "2",
-        "--timeout",
-        "0.5",
+        *plain_flags(f, "0.1", "--failure-threshold", "2", "--timeout", "0.5")
     ) as built:
         wait_for(lambda: built.agent.state.consecutive_failures >= 2, what="2 failed rounds")
         status, body = get(built, "/readyz")

@@ -39,6 +39,7 @@ from probe.attest import (
     verify,
 )
 from probe.results import Result, Verdict
+from tests.signkeys import write_key_pair
 from tests.tlsservers import plaintext_http, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,19 +78,8 @@ def _keys(tmp: Path) -> dict[str, tuple[Path, Path, bytes]]:
         ("ed25519", ed25519.Ed25519PrivateKey.generate()),
         ("p256", ec.generate_private_key(ec.SECP256R1())),
     ):
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         priv, pub = tmp / f"{name}.pem", tmp / f"{name}.pub.pem"
-        priv.write_bytes(pem)
-        pub.write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        out[name] = (priv, pub, pem)
+        out[name] = (priv, pub, write_key_pair(key, priv, pub))
     return out
 
 
@@ -210,26 +200,20 @@ def _cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def _strict_target(path: Path, name: str, port: int, *, endpoint: bool = True) -> Path:
+    """A targets file of one STRICT target at 127.0.0.1:``port``, its endpoint listed
+    (or, without ``endpoint``, resolved from the host)."""
+    t: dict[str, Any] = {"name": name, "host": "127.0.0.1", "port": port, "expect": "STRICT"}
+    if endpoint:
+        t["endpoints"] = [f"127.0.0.1:{port}"]
+    path.write_text(yaml.safe_dump({"trustDomain": "cluster.local", "targets": [t]}))
+    return path
+
+
 def test_check_attest_then_verify_end_to_end(tmp_path: Path) -> None:
     keys = _keys(tmp_path)
     with serving(plaintext_http) as leaky:
-        targets = tmp_path / "targets.yaml"
-        targets.write_text(
-            yaml.safe_dump(
-                {
-                    "trustDomain": "cluster.local",
-                    "targets": [
-                        {
-                            "name": "ns-a/leaky",
-                            "host": "127.0.0.1",
-                            "port": leaky.endpoint.port,
-                            "endpoints": [f"127.0.0.1:{leaky.endpoint.port}"],
-                            "expect": "STRICT",
-                        }
-                    ],
-                }
-            )
-        )
+        targets = _strict_target(tmp_path / "targets.yaml", "ns-a/leaky", leaky.endpoint.port)
         env_file = tmp_path / "evidence.json"
         code, out, err = _cli(
             "check",
@@ -304,23 +288,7 @@ def test_check_attest_then_verify_end_to_end(tmp_path: Path) -> None:
 def test_envelope_found_in_a_log_after_the_report(tmp_path: Path) -> None:
     """The CronJob prints the envelope as one line after the table (--attest-out -)."""
     keys = _keys(tmp_path)
-    targets = tmp_path / "t.yaml"
-    targets.write_text(
-        yaml.safe_dump(
-            {
-                "trustDomain": "cluster.local",
-                "targets": [
-                    {
-                        "name": "ns/x",
-                        "host": "127.0.0.1",
-                        "port": 1,
-                        "expect": "STRICT",
-                        "endpoints": ["127.0.0.1:1"],
-                    }
-                ],
-            }
-        )
-    )
+    targets = _strict_target(tmp_path / "t.yaml", "ns/x", 1)
     code, out, err = _cli(
         "check",
         "-f",
@@ -380,15 +348,7 @@ def test_unusable_signing_keys_are_usage_errors_before_probing(
         )
     if problem != "missing":
         key.write_bytes(secret)
-    targets = tmp_path / "t.yaml"
-    targets.write_text(
-        yaml.safe_dump(
-            {
-                "trustDomain": "cluster.local",
-                "targets": [{"name": "ns/x", "host": "127.0.0.1", "port": 1, "expect": "STRICT"}],
-            }
-        )
-    )
+    targets = _strict_target(tmp_path / "t.yaml", "ns/x", 1, endpoint=False)
     code, out, err = _cli("check", "-f", str(targets), "--attest", str(key))
     assert code == 64, err
     assert out == "" and err.count("\n") == 1 and "--attest" in err

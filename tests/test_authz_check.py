@@ -22,6 +22,7 @@ from probe.engine import plan_work, run_checks
 from probe.model import Expect, Protocol, Target, TargetsFile
 from probe.report import render_json, render_jsonl, render_junit, render_table
 from probe.results import Result, Verdict
+from tests.meshlab import ECHO, head, workload
 
 ME = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
 OTHER = "spiffe://cluster.local/ns/other/sa/mtlsprobe"
@@ -225,42 +226,6 @@ def test_authz_joins_default_checks_only_with_cases(tmp_path: Path) -> None:
 
 # ---- the liars behind the lab's real Envoy ----------------------------------------------------
 
-HEAD = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: data, labels: {istio-injection: enabled}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: data}
-spec: {mtls: {mode: PERMISSIVE}}
-"""
-WORKLOAD = """
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %(name)s, namespace: data}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: %(name)s}}
-  template:
-    metadata:
-      labels:
-        app: %(name)s
-        app.kubernetes.io/name: mtlsprobe-echo
-        sidecar.istio.io/inject: "%(inject)s"
-    spec:
-      serviceAccountName: %(name)s
-      containers: [{name: app, image: x, ports: [{containerPort: %(port)d, name: %(pn)s}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: %(name)s, namespace: data}
-spec:
-  selector: {app: %(name)s}
-  ports: [{name: %(pn)s, port: %(port)d}]
-"""
-
 
 def _argv(apps: Sequence[object]) -> list[str]:
     out = [sys.executable, "-m", "tests.authz_liars"]
@@ -283,8 +248,9 @@ def test_liars_behind_real_envoy_never_pass(tmp_path: Path) -> None:
         ("pg", 5432, "tcp-pg", "true"),  # honest tcp echo
         ("shut-naked", 5432, "tcp-pg", "false"),  # closes like a denial, no sidecar
     ]
-    text = HEAD + "".join(
-        WORKLOAD % {"name": n, "port": p, "pn": pn, "inject": inj} for n, p, pn, inj in workloads
+    text = head() + "".join(
+        workload(n, [(pn, p, p)], labels={**ECHO, "sidecar.istio.io/inject": inj})
+        for n, p, pn, inj in workloads
     )
     path = tmp_path / "mesh.yaml"
     path.write_text(text)

@@ -16,6 +16,7 @@ from jobs.plan.authz import PolicySet, Workload
 from probe.checks import REGISTRY
 from probe.checks.base import Settings
 from probe.results import Verdict
+from tests.meshlab import workload
 
 PROBE = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
 
@@ -111,30 +112,8 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: data, labels: {istio-injection: enabled}}
 """
-WORKLOAD = """
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %(name)s, namespace: data}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: %(name)s}}
-  template:
-    metadata: {labels: {app: %(name)s}}
-    spec:
-      serviceAccountName: %(name)s
-      containers:
-        - name: app
-          image: x
-          ports: [{containerPort: 8080, name: http}, {containerPort: 9000, name: tcp-x}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: %(name)s, namespace: data}
-spec:
-  selector: {app: %(name)s}
-  ports: [{name: http, port: 80, targetPort: 8080}, {name: tcp-x, port: 9000, targetPort: 9000}]
-"""
+# (port name, service port, container port)
+PORTS = [("http", 80, 8080), ("tcp-x", 9000, 9000)]
 POLICIES = """
 ---
 # HTTP fields in a DENY rule on a tcp port: the whole connection is denied
@@ -169,7 +148,7 @@ spec:
 @pytest.mark.envoy
 def test_rule_shapes_on_real_envoy(tmp_path: Path) -> None:
     path = tmp_path / "mesh.yaml"
-    path.write_text(SHAPES + "".join(WORKLOAD % {"name": n} for n in "abc") + POLICIES)
+    path.write_text(SHAPES + "".join(workload(n, PORTS, labels={}) for n in "abc") + POLICIES)
     run = run_scenario(
         from_files([path]),
         tmp_path / "lab",

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.fakekube_reports import validate
+from tests.signkeys import write_key_pair
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(300)]
 
@@ -27,18 +27,7 @@ MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
 def test_lab_policy_reports_and_a_signed_attestation(tmp_path: Path) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     priv, pub = tmp_path / "key.pem", tmp_path / "pub.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    write_key_pair(key, priv, pub)
     evidence = tmp_path / "lab.intoto.json"
     lab = subprocess.run(
         [

@@ -16,13 +16,15 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.agenthelp import get, running_agent, target, wait_for, write_targets
-from tests.tlsservers import MeshPKI, plaintext_http, serving, tls_handler
+from tests.agenthelp import (
+    ECHO_ID,
+    scrape_two_rounds,
+)
+from tests.tlsservers import MeshPKI
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "k8s" / "overlays" / "continuous" / "grafana-dashboard.json"
 RULES = ROOT / "k8s" / "overlays" / "continuous" / "prometheusrule.yaml"
-ECHO_ID = "spiffe://cluster.local/ns/ns-a/sa/echo"
 # Labels Prometheus adds when it scrapes (not the agent's own).
 SCRAPE_LABELS = {"instance", "job", "pod", "namespace", "node", "container"}
 PROMQL_WORDS = {
@@ -69,29 +71,7 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     tmp = tmp_path_factory.mktemp("grafana")
     pki = MeshPKI(tmp)
     issued = pki.ca.issue_workload(ECHO_ID, key_type="ec")
-    with serving(tls_handler(pki, issued)) as strict, serving(plaintext_http) as leaky:
-        f = write_targets(
-            tmp / "t.yaml",
-            [
-                target("ns-a/echo", [strict.endpoint], "STRICT", ECHO_ID),
-                target("ns-b/leaky", [leaky.endpoint], "STRICT"),
-            ],
-            root=pki.root_file,
-        )
-        with running_agent(
-            "--kind",
-            "plain",
-            "--targets",
-            str(f),
-            "--interval",
-            "0.2",
-            "--jitter",
-            "0",
-            "--timeout",
-            "1",
-        ) as built:
-            wait_for(lambda: built.agent.state.rounds[0] >= 2, timeout=30, what="2 rounds")
-            status, text = get(built, "/metrics")
+    status, text = scrape_two_rounds(tmp, pki, issued)
     assert status == 200
     out: dict[str, set[str]] = {}
     for fam in text_string_to_metric_families(text):

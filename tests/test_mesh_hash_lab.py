@@ -15,7 +15,7 @@ from jobs.lab.runner import running
 from jobs.lab.scenarios import from_files
 from probe.model import Expect
 from probe.reflect import App
-from tests.meshlab import PLAIN_DR, WORKLOAD, head, reflect_argv, run
+from tests.meshlab import PLAIN_DR, head, reflect_argv, run, workload
 
 pytestmark = pytest.mark.envoy
 
@@ -34,12 +34,10 @@ PROBE = "spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
 def test_fabricated_reflections_do_not_pass_and_the_genuine_one_does(
     tmp_path: Path, hash_part: str
 ) -> None:
-    web = {"port": 8080, "pn": "http"}
-    text = head() + WORKLOAD % {"name": "web", **web} + WORKLOAD % {"name": "web-plain", **web}
+    web = [("http", 8080, 8080)]
+    text = head() + workload("web", web) + workload("web-plain", web)
     text += PLAIN_DR % {"name": "web-plain"}
-    text += BARE + (WORKLOAD % {"name": "liar", **web}).replace(
-        "namespace: data", "namespace: bare"
-    )
+    text += BARE + workload("liar", web, namespace="bare")
     path = tmp_path / "mesh.yaml"
     path.write_text(text)
     # service account = service name here, so the app can name the target's identity

@@ -17,22 +17,23 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.cli import main as cli
 from jobs.launch.cluster import Cluster
 from jobs.launch.policyreports import (
     GROUP_LABEL,
     OWNER_LABEL,
     REPORT_API_CALLS,
     ClusterReportApi,
+    SyncResult,
     sync,
 )
 from jobs.plan.discovery import Options, Reader
 from probe.results import Result, Verdict
-from tests.agenthelp import running_agent, target, wait_for, write_targets
+from tests.agenthelp import plain_flags, running_agent, target, wait_for, write_targets
 from tests.fakekube_jobs import JobKube
 from tests.fakekube_reports import ReportKube, validate
-from tests.runcase import echo_cluster
+from tests.runcase import Env, echo_cluster, run
 from tests.sidecar_standin import Agent
+from tests.signkeys import write_key_pair
 from tests.tlsservers import plaintext_http, serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,13 +117,25 @@ def test_a_narrower_run_prunes_only_inside_its_scope(kube: ReportKube) -> None:
     assert [o["metadata"]["namespace"] for o in kube.reports()] == ["ns-b"]
 
 
+def _plain_agent_round(
+    api: ClusterReportApi, owner: str, live_owners: list[str] | None = None
+) -> SyncResult:
+    """The reports of one round of plain agent ``owner``: ns-a/echo's plaintext passed."""
+    return sync(
+        api,
+        [_r("plaintext", "ns-a/echo")],
+        kind="policyreport",
+        owner=owner,
+        group="agent-plain",
+        live_owners=live_owners,
+    )
+
+
 def test_agents_keep_their_own_reports_and_prune_departed_peers(kube: ReportKube) -> None:
     api = _api(kube)
     sync(api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner="run")
     for me in ("agent-1", "agent-2", "agent-3"):
-        sync(
-            api, [_r("plaintext", "ns-a/echo")], kind="policyreport", owner=me, group="agent-plain"
-        )
+        _plain_agent_round(api, me)
     # A sidecar agent: another group, with peers of its own.
     sync(api, [_r("mesh", "ns-a/echo")], kind="policyreport", owner="side-1", group="agent-sidecar")
     names = sorted(o["metadata"]["name"] for o in kube.reports())
@@ -135,27 +148,13 @@ def test_agents_keep_their_own_reports_and_prune_departed_peers(kube: ReportKube
     ]
     # agent-3's pod is gone: the next round of agent-1 (peers 1 and 2) prunes its report,
     # never the run's nor the sidecar group's.
-    done = sync(
-        api,
-        [_r("plaintext", "ns-a/echo")],
-        kind="policyreport",
-        owner="agent-1",
-        group="agent-plain",
-        live_owners=["agent-1", "agent-2"],
-    )
+    done = _plain_agent_round(api, "agent-1", live_owners=["agent-1", "agent-2"])
     assert done.deleted == ["ns-a/mtlsprobe-agent-3"] and done.updated == ["ns-a/mtlsprobe-agent-1"]
     owners = {o["metadata"]["labels"][OWNER_LABEL] for o in kube.reports()}
     assert owners == {"run", "agent-1", "agent-2", "side-1"}
     # Only the first live peer lists the group; the others list their own reports only.
     kube.calls.clear()
-    sync(
-        api,
-        [_r("plaintext", "ns-a/echo")],
-        kind="policyreport",
-        owner="agent-2",
-        group="agent-plain",
-        live_owners=["agent-1", "agent-2"],
-    )
+    _plain_agent_round(api, "agent-2", live_owners=["agent-1", "agent-2"])
     (listed,) = [c for c in kube.calls if c.method == "GET"]
     assert listed.query["labelSelector"].endswith(f"{OWNER_LABEL}=agent-2")
 
@@ -214,66 +213,44 @@ def test_run_writes_reports_with_service_and_pod(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Also signs the run (``--attest``): subject = the API server and the run id."""
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from probe.attest import load_public_key, parse_envelope, verify
 
     key = ec.generate_private_key(ec.SECP256R1())
     priv, pub = tmp_path / "k.pem", tmp_path / "pub.pem"
-    priv.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    write_key_pair(key, priv, pub)
     evidence = tmp_path / "run.intoto.json"
     kube = _RunReportKube(proxy=proxy, agent=agent.url)
     echo_cluster(kube, echo_port)
     with kube:
         cfg = tmp_path / "kubeconfig"
         cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-        code = cli.main(
-            [
-                "run",
-                "--kubeconfig",
-                str(cfg),
-                "-n",
-                "ns-a",
-                "--poll-interval",
-                "5",
-                "--checks",
-                "plaintext",
-                "--deadline",
-                "30",
-                "-o",
-                "json",
-                "--policy-reports",
-                "--compliance",
-                str(EXAMPLE),
-                "--attest",
-                str(priv),
-                "--attest-out",
-                str(evidence),
-            ]
+        code, doc, err = run(
+            Env(kube, cfg, echo_port, tmp_path),
+            capsys,
+            "--checks",
+            "plaintext",
+            "--deadline",
+            "30",
+            "--policy-reports",
+            "--compliance",
+            str(EXAMPLE),
+            "--attest",
+            str(priv),
+            "--attest-out",
+            str(evidence),
         )
         reports = kube.reports()
         pruned = list(kube.pruned)
         url = kube.url
-    out, err = capsys.readouterr()
     assert code == 0, err  # echo has no sidecar: plaintext accepted, as the plan expects
     assert "policyreport: 2 created" in err
     signed = verify(parse_envelope(evidence.read_bytes()), load_public_key(pub))
     (subject,) = signed.statement["subject"]
     run_id = subject["annotations"]["run"]
     assert subject["annotations"]["cluster"] == url and f"mtlsprobe run {run_id}" in err
-    assert signed.predicate["report"] == json.loads(out)
+    assert signed.predicate["report"] == doc
     names = {c["name"] for c in signed.predicate["configuration"]}
     assert {"targets:planned", "compliance:compliance-example.yaml", "mtlsprobe"} <= names
     by_ns = {r["metadata"]["namespace"]: r for r in reports}
@@ -312,27 +289,9 @@ def test_agent_writes_its_reports_each_round(tmp_path: Path) -> None:
                 }
             )
         f = write_targets(tmp_path / "t.yaml", [target("ns-b/leaky", [leaky.endpoint], "STRICT")])
-        with running_agent(
-            "--kind",
-            "plain",
-            "--targets",
-            str(f),
-            "--interval",
-            "0.3",
-            "--jitter",
-            "0",
-            "--timeout",
-            "1",
-            "--agent-id",
-            "a1",
-            "--peers",
-            "a1",
-            "--kubeconfig",
-            str(cfg),
-            "--policy-reports",
-            "--compliance",
-            str(EXAMPLE),
-        ) as built:
+        more = ["--agent-id", "a1", "--peers", "a1", "--kubeconfig", str(cfg)]
+        more += ["--policy-reports", "--compliance", str(EXAMPLE)]
+        with running_agent(*plain_flags(f, "0.3", "--timeout", "1", *more)) as built:
             wait_for(lambda: built.agent.state.rounds[0] >= 2, timeout=60, what="2 rounds")
 
             def written() -> list[dict[str, Any]]:

@@ -45,16 +45,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _read(path: Path, what: str) -> bytes:
+    from probe.attest import AttestError, read_bounded
     from probe.cliargs import UsageError
 
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_REPORT_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"{what} {path}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_REPORT_BYTES:
-        raise UsageError(f"{what} {path}: larger than {MAX_REPORT_BYTES} bytes")
-    return data
+        return read_bounded(path, what, MAX_REPORT_BYTES)
+    except AttestError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def main(args: argparse.Namespace) -> int:

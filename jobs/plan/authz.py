@@ -109,26 +109,26 @@ def applies(policy: Policy, workload: Workload, root_namespace: str) -> bool:
 # ---- three-valued matching -------------------------------------------------------------------
 
 
-def _all(parts: Iterable[Match]) -> Match:
-    """AND: one False decides; otherwise an Unknown stays unknown."""
+def _decided_by(parts: Iterable[Match], decisive: bool) -> Match:
+    """The first ``decisive`` part decides; otherwise the first Unknown stays unknown;
+    otherwise the opposite of ``decisive``."""
     unknown: Unknown | None = None
     for m in parts:
-        if m is False:
-            return False
+        if m is decisive:
+            return decisive
         if isinstance(m, Unknown) and unknown is None:
             unknown = m
-    return unknown if unknown is not None else True
+    return unknown if unknown is not None else not decisive
+
+
+def _all(parts: Iterable[Match]) -> Match:
+    """AND: one False decides; otherwise an Unknown stays unknown."""
+    return _decided_by(parts, False)
 
 
 def _any(parts: Iterable[Match]) -> Match:
     """OR: one True decides; otherwise an Unknown stays unknown."""
-    unknown: Unknown | None = None
-    for m in parts:
-        if m is True:
-            return True
-        if isinstance(m, Unknown) and unknown is None:
-            unknown = m
-    return unknown if unknown is not None else False
+    return _decided_by(parts, True)
 
 
 def _not(m: Match) -> Match:
@@ -313,6 +313,30 @@ class PolicySet:
         return [p for p in self.policies if applies(p, workload, self.root_namespace)]
 
 
+def _first_match(
+    policies: Sequence[Policy], req: Request
+) -> tuple[Policy | None, tuple[Policy, Unknown] | None]:
+    """The first of ``policies`` that matches ``req``; else the first that may match, with
+    the field that cannot be decided (a later certain match still wins over it)."""
+    maybe: tuple[Policy, Unknown] | None = None
+    for p in policies:
+        m = policy_matches(p, req)
+        if m is True:
+            return p, None
+        if isinstance(m, Unknown) and maybe is None:
+            maybe = (p, m)
+    return None, maybe
+
+
+def _undecided(action: str, policy: Policy, unknown: Unknown) -> Decision:
+    return Decision(
+        Outcome.SKIP,
+        policy.ref,
+        f"{action} policy {policy.ref} may match: {unknown.field} cannot be decided",
+        unknown.field,
+    )
+
+
 def decide(policies: Sequence[Policy], req: Request) -> Decision:
     """What the sidecar of a workload in force with ``policies`` does with ``req``."""
     for p in policies:
@@ -327,41 +351,20 @@ def decide(policies: Sequence[Policy], req: Request) -> Decision:
                 f"CUSTOM policy {p.ref}{prov} decides first: an external authorizer, not modelled",
                 "action: CUSTOM",
             )
-    deny_unknown: tuple[Policy, Unknown] | None = None
-    for p in policies:
-        if p.action != "DENY":
-            continue
-        m = policy_matches(p, req)
-        if m is True:
-            return Decision(Outcome.DENY, p.ref, f"DENY policy {p.ref} matches")
-        if isinstance(m, Unknown) and deny_unknown is None:
-            deny_unknown = (p, m)
-    if deny_unknown is not None:
-        p, u = deny_unknown
-        return Decision(
-            Outcome.SKIP,
-            p.ref,
-            f"DENY policy {p.ref} may match: {u.field} cannot be decided",
-            u.field,
-        )
+    denies = [p for p in policies if p.action == "DENY"]
+    hit, maybe = _first_match(denies, req)
+    if hit is not None:
+        return Decision(Outcome.DENY, hit.ref, f"DENY policy {hit.ref} matches")
+    if maybe is not None:
+        return _undecided("DENY", *maybe)
     allows = [p for p in policies if p.action == "ALLOW"]
     if not allows:
         return Decision(Outcome.ALLOW, DEFAULT_POLICY, "no ALLOW or DENY policy decides: allowed")
-    allow_unknown: tuple[Policy, Unknown] | None = None
-    for p in allows:
-        m = policy_matches(p, req)
-        if m is True:
-            return Decision(Outcome.ALLOW, p.ref, f"ALLOW policy {p.ref} matches")
-        if isinstance(m, Unknown) and allow_unknown is None:
-            allow_unknown = (p, m)
-    if allow_unknown is not None:
-        p, u = allow_unknown
-        return Decision(
-            Outcome.SKIP,
-            p.ref,
-            f"ALLOW policy {p.ref} may match: {u.field} cannot be decided",
-            u.field,
-        )
+    hit, maybe = _first_match(allows, req)
+    if hit is not None:
+        return Decision(Outcome.ALLOW, hit.ref, f"ALLOW policy {hit.ref} matches")
+    if maybe is not None:
+        return _undecided("ALLOW", *maybe)
     names = ", ".join(p.ref for p in allows[:5])
     return Decision(
         Outcome.DENY,
