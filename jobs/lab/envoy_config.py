@@ -59,6 +59,23 @@ _APP_HTTP_OPTIONS = {
 _TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}
 
 
+# The outbound catch-all: a request for a host the lab does not serve gets a 502 from the
+# sidecar, as a mesh without that service would answer (not a connection to anywhere).
+UNKNOWN_HOST: dict[str, object] = {
+    "name": "unknown",
+    "domains": ["*"],
+    "routes": [
+        {
+            "match": {"prefix": "/"},
+            "direct_response": {
+                "status": 502,
+                "body": {"inline_string": "no such service in the lab mesh\n"},
+            },
+        }
+    ],
+}
+
+
 def _addr(ip: str, port: int) -> Json:
     return {"socket_address": {"address": ip, "port_value": port}}
 
@@ -401,21 +418,7 @@ def probe_bootstrap(
             vhost["request_headers_to_remove"] = [XFCC]
         vhosts.append(vhost)
         clusters.append(_outbound_cluster(up))
-    vhosts.append(
-        {
-            "name": "unknown",
-            "domains": ["*"],
-            "routes": [
-                {
-                    "match": {"prefix": "/"},
-                    "direct_response": {
-                        "status": 502,
-                        "body": {"inline_string": "no such service in the lab mesh\n"},
-                    },
-                }
-            ],
-        }
-    )
+    vhosts.append(UNKNOWN_HOST)
     hcm: Json = {
         "@type": _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "outbound",

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobs.lab.envoy_config import (
+    UNKNOWN_HOST,
     XFCC,
     outbound_cluster_name,
     probe_bootstrap,
@@ -228,21 +229,6 @@ def _outbound_vhost(up: Upstream, vip: str) -> Json:
     return vhost
 
 
-_UNKNOWN_HOST = {
-    "name": "unknown",
-    "domains": ["*"],
-    "routes": [
-        {
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 502,
-                "body": {"inline_string": "no such service in the lab mesh\n"},
-            },
-        }
-    ],
-}
-
-
 def outbound_listeners(upstreams: Sequence[Upstream], vips: Mapping[str, str]) -> list[Json]:
     """``virtualOutbound`` and the per-port listeners it hands connections to."""
     http_by_port: dict[int, list[Upstream]] = defaultdict(list)
@@ -263,7 +249,7 @@ def outbound_listeners(upstreams: Sequence[Upstream], vips: Mapping[str, str]) -
             }
         )
     for port, ups in sorted(http_by_port.items()):
-        vhosts = [_outbound_vhost(up, vips[up.host]) for up in ups] + [_UNKNOWN_HOST]
+        vhosts = [_outbound_vhost(up, vips[up.host]) for up in ups] + [UNKNOWN_HOST]
         hcm = _hcm(
             str(port),
             vhosts,
