@@ -95,11 +95,14 @@ set-image:
 	@ref='$(IMAGE)'; case "$$ref" in \
 	  *@*) name=$${ref%@*}; pin="digest: $${ref#*@}" ;; \
 	  *) case "$${ref##*/}" in *:*) name=$${ref%:*}; pin="newTag: \"$${ref##*:}\"" ;; \
-	                           *) name=$$ref; pin='newTag: latest' ;; esac ;; \
+	                           *) name=$$ref; pin='newTag: latest'; ref=$$ref:latest ;; esac ;; \
 	esac; \
 	printf '%s\n' '# The image every kustomization here runs; `make set-image IMAGE=...` rewrites it.' \
 	  'apiVersion: kustomize.config.k8s.io/v1alpha1' 'kind: Component' 'images:' \
 	  '  - name: ghcr.io/mtlsprobe/mtlsprobe' "    newName: $$name" "    $$pin" \
+	  '# ...and the image the probe Jobs run (`mtlsprobe run` reads it from this ConfigMap).' \
+	  'patches:' '  - target: {kind: ConfigMap, name: mtlsprobe-config}' '    patch: |-' \
+	  '      - op: replace' '        path: /data/MTLSPROBE_IMAGE' "        value: \"$$ref\"" \
 	  > k8s/components/image/kustomization.yaml
 	@echo "k8s/ now runs $(IMAGE)"
 

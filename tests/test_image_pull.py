@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from jobs.launch.judge import IMAGE_HINT, pod_view
-from tests.test_run import Env, env, echo, probe_results, proxy, run  # noqa: F401
+from tests.test_run import Env, echo, env, probe_results, proxy, run  # noqa: F401
 from tests.test_sidecar_lifecycle import agent  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
