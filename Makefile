@@ -68,7 +68,7 @@ lock: $(STAMP)
 image:
 	$(need_tool)
 	case "$(BUILD_TOOL)" in \
-	  buildah) buildah $(TOOL_FLAGS) build --isolation chroot --layers --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) . ;; \
+	  buildah) buildah $(TOOL_FLAGS) build --isolation chroot --layers --force-rm --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) . ;; \
 	  podman)  podman $(TOOL_FLAGS) build --isolation chroot --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) . ;; \
 	  *)       $(BUILD_TOOL) build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(IMAGE) . ;; \
 	esac

@@ -139,6 +139,9 @@ def built() -> Built:
     t0 = time.monotonic()
     out = _sh([*make, "image", f"PYTHON_IMAGE={BASE}", f"IMAGE={IMAGE}"], env, 1500)
     seconds = time.monotonic() - t0
+    # Working containers (and their overlay mounts) a build left behind, in this store
+    # only: an interrupted earlier run leaves some.
+    _sh(["buildah", *flags, "rm", "--all"], env, 120)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     print(f"\nimage built in {seconds:.1f} s", file=sys.stderr)
     return Built(tuple(flags), env, seconds)
