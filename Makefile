@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install lab test lint bench clean lock image push sbom debian-base image-tools set-image
 
+# The runtime dependencies come from the image's lock (requirements/runtime.txt), checked
+# against its hashes; the dev extras are resolved on top of them.
 $(STAMP): pyproject.toml requirements/runtime.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# The runtime dependencies come from the image's lock, checked against its hashes.
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/runtime.txt
 	$(BIN)/python -m pip install --quiet -e '.[lab,test]'
 	touch $(STAMP)
