@@ -23,10 +23,17 @@ Key = tuple[str, str, str | None]  # (check, target, endpoint)
 FATAL_WAITING = {
     "ErrImagePull": "image pull failed",
     "ImagePullBackOff": "image pull failed",
+    "ErrImageNeverPull": "image pull failed",
     "InvalidImageName": "invalid image name",
     "CreateContainerConfigError": "container config error",
     "CreateContainerError": "container could not be created",
 }
+# The image reasons: the run's one image is wrong or unreachable, and the user must act.
+IMAGE_WAITING = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}
+IMAGE_HINT = (
+    "build it and push it where the nodes can pull it (make image push IMAGE=...), "
+    "then pass --image or MTLSPROBE_IMAGE"
+)
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -44,6 +51,7 @@ class PodView:
     terminated_message: str
     unschedulable: str | None
     deleting: bool
+    image: str = ""  # the probe container's image, as the pod spec names it
 
     @property
     def finished(self) -> bool:
@@ -60,6 +68,13 @@ class PodView:
         if self.waiting_reason in FATAL_WAITING:
             what = FATAL_WAITING[self.waiting_reason]
             msg = f": {_one_line(self.waiting_message)}" if self.waiting_message else ""
+            if self.waiting_reason in IMAGE_WAITING:
+                # Named from the spec: kubelet messages vary by runtime and may omit it.
+                image = _one_line(self.image) or "?"
+                return (
+                    f"probe image {image!r} cannot be pulled: probe pod {self.name}: "
+                    f"{what} ({self.waiting_reason}){msg}; {IMAGE_HINT}"
+                )
             return f"probe pod {self.name}: {what} ({self.waiting_reason}){msg}"
         if self.phase == "Failed" and self.exit_code is None:
             return f"probe pod {self.name} failed before the probe ran"
@@ -110,6 +125,10 @@ def pod_view(pod: Obj, container: str) -> PodView:
             w = state["waiting"] or {}
             waiting_reason = str(w.get("reason") or "") or None
             waiting_message = str(w.get("message") or "")
+    image = ""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if isinstance(c, dict) and c.get("name") == container:
+            image = str(c.get("image") or "")
     unschedulable = None
     for cond in st.get("conditions") or []:
         scheduled = cond.get("type") == "PodScheduled" and cond.get("status") == "False"
@@ -126,6 +145,7 @@ def pod_view(pod: Obj, container: str) -> PodView:
         terminated_message=term_message,
         unschedulable=unschedulable,
         deleting=bool(md.get("deletionTimestamp")),
+        image=image,
     )
 
 
