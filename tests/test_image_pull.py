@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from jobs.launch.judge import IMAGE_HINT, pod_view
-from tests.test_run import Env, echo, env, probe_results, proxy, run  # noqa: F401
-from tests.test_sidecar_lifecycle import agent  # noqa: F401
+from tests.runcase import Env, probe_results, run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,7 +54,7 @@ def test_other_waiting_reasons_are_not_blamed_on_the_image() -> None:
 
 
 def test_run_reports_an_unpullable_image_as_one_error_naming_it(
-    env: Env,  # noqa: F811
+    env: Env,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     env.kube.behaviour = lambda job, index: "image"
