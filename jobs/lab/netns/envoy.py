@@ -228,18 +228,13 @@ def _outbound_vhost(up: Upstream, vip: str) -> Json:
     return vhost
 
 
+# Istio's ``allow_any`` virtual host (outboundTrafficPolicy ALLOW_ANY, the default): a
+# request for a host no Service names, e.g. a pod IP, goes on to its original destination
+# in plaintext, as it does from a real pod (the wire check's plaintext control call).
 _UNKNOWN_HOST = {
-    "name": "unknown",
+    "name": "allow_any",
     "domains": ["*"],
-    "routes": [
-        {
-            "match": {"prefix": "/"},
-            "direct_response": {
-                "status": 502,
-                "body": {"inline_string": "no such service in the lab mesh\n"},
-            },
-        }
-    ],
+    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH}}],
 }
 
 
