@@ -275,6 +275,8 @@ def _run_one(
         )
     from jobs.lab.runner import run_scenario
 
+    if set(checks) == {WIRE}:
+        return _wire_only_skips(scenario, workdir, reqs)
     run = run_scenario(
         scenario,
         workdir,
@@ -295,11 +297,27 @@ WIRE_SKIP = (
     "wire needs pods with their own network to capture between: run the lab as root with "
     "--netns (the loopback lab's pods share one loopback, and capturing needs CAP_NET_RAW)"
 )
+NOT_ROOT = " (this process is not root, so --netns is not available here)"
 
 
 def _default_checks(scenario: Scenario) -> list[str]:
     """Every registered check, and an opt-in one the scenario expects verdicts of."""
     return list(REGISTRY) + [c for c in OPT_IN if any(e.check == c for e in scenario.expect)]
+
+
+def _wire_only_skips(scenario: Scenario, workdir: Path, require: list[str]) -> LabRun:
+    """``lab --checks wire`` without --netns: nothing to start, the skips say why."""
+    from jobs.lab.build import build_lab
+    from jobs.lab.netns.net import PodAddresses
+    from jobs.lab.runner import LabRun, write_targets
+
+    built = build_lab(scenario, PodAddresses(), require)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = LabRun(scenario, built, workdir, workdir / "targets.yaml")
+    write_targets(built.targets, run.targets_path)
+    run.results = list(built.findings)
+    _skip_wire(run)
+    return run
 
 
 def _skip_wire(run: LabRun) -> None:
@@ -311,7 +329,8 @@ def _skip_wire(run: LabRun) -> None:
     from probe.results import Verdict
 
     targets = run.build.targets.targets
-    run.results += [make_result(WIRE, t, None, Verdict.SKIP, WIRE_SKIP) for t in targets]
+    why = WIRE_SKIP + (NOT_ROOT if os.geteuid() != 0 else "")
+    run.results += [make_result(WIRE, t, None, Verdict.SKIP, why) for t in targets]
     if run.scenario.judged:
         run.mismatches = judge(asked(run.scenario, []), run.results)
 
