@@ -29,14 +29,19 @@ from probe.checks import REGISTRY
 from probe.model import Protocol
 from probe.results import Result, Verdict
 from tests.netnscase import WHY_NOT
-from tests.test_lab_netns import SETTINGS, prefix  # noqa: F401 (the fixture)
+from tests.test_lab_netns import SETTINGS
+from tests.test_lab_netns import prefix as _prefix_fixture
+
+prefix = _prefix_fixture  # the namespace lab's object prefix and cleanup, as a fixture here
 
 MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
 needs_root = pytest.mark.skipif(WHY_NOT is not None, reason=f"SKIPPED LOUDLY: {WHY_NOT}")
 pytestmark = pytest.mark.envoy
 
 
-def _run(name: str, workdir: Path, prefix: str, checks: list[str], **kw: bool) -> NetnsRun:
+def _run(
+    name: str, workdir: Path, prefix: str, checks: list[str], *, wire_blind: bool = False
+) -> NetnsRun:
     scenario = builtin(name)
     return run_scenario_netns(
         scenario,
@@ -45,7 +50,7 @@ def _run(name: str, workdir: Path, prefix: str, checks: list[str], **kw: bool) -
         checks=checks,
         settings=SETTINGS,
         prefix=prefix,
-        **kw,
+        wire_blind=wire_blind,
     )
 
 
@@ -60,7 +65,7 @@ def _protocols(run: NetnsRun) -> dict[str, Protocol]:
 
 
 @needs_root
-def test_healthy_mesh_every_http_and_tcp_edge_passes(tmp_path: Path, prefix: str) -> None:  # noqa: F811
+def test_healthy_mesh_every_http_and_tcp_edge_passes(tmp_path: Path, prefix: str) -> None:
     run = _run("healthy", tmp_path / "w", prefix, [*REGISTRY, "wire"])
     assert run.mismatches == []
     wire = _wire(run)
@@ -71,13 +76,15 @@ def test_healthy_mesh_every_http_and_tcp_edge_passes(tmp_path: Path, prefix: str
         assert r.verdict is Verdict.PASS, (name, r.reason)
         assert "TLS on the wire" in r.reason and r.evidence["interface"] == "eth0"
     # The control's plaintext was seen: the capture is not blind.
-    assert all(r.evidence.get("control") == "mtlsprobe/mtlsprobe-echo-plain:80" for r in wire.values())
+    assert all(
+        r.evidence.get("control") == "mtlsprobe/mtlsprobe-echo-plain:80" for r in wire.values()
+    )
 
 
 @needs_root
 def test_destination_rule_disable_shows_the_marker_in_cleartext(
     tmp_path: Path,
-    prefix: str,  # noqa: F811
+    prefix: str,
 ) -> None:
     scenario = builtin("tls-off")
     checks = _default_checks(scenario)
@@ -101,7 +108,7 @@ def test_destination_rule_disable_shows_the_marker_in_cleartext(
 @pytest.mark.parametrize("name", ["healthy", "tls-off"])
 def test_blinded_capture_is_error_for_all_never_pass(
     tmp_path: Path,
-    prefix: str,  # noqa: F811
+    prefix: str,
     name: str,
 ) -> None:
     """The capture on the plain probe pod's veth, which the calls never cross: it sees
