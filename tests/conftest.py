@@ -20,6 +20,7 @@ Test modules import helpers, never each other:
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -123,3 +124,24 @@ def plan_both(tmp_path: Path) -> Iterator[Callable[..., Both]]:
     """Plans objects from YAML and from the fake API server; asserts the plans agree."""
     with planner(tmp_path) as run:
         yield run
+
+
+@pytest.fixture
+def prefix(tmp_path: Path) -> Iterator[str]:
+    """A fresh object prefix for a namespace lab (``lab --netns``); whatever a failed test
+    left under it is removed, and the host must be as clean afterwards."""
+    from jobs.lab.netns.net import NetState, list_links, list_netns, teardown
+    from tests.netnscase import HostSnapshot
+
+    p = "mpt" + secrets.token_hex(2)
+    snap = HostSnapshot(p)
+    yield p
+    teardown(
+        NetState(
+            p,
+            f"{p}br",
+            [n for n in list_netns() if n.startswith(p)],
+            [n for n in list_links() if n.startswith(f"{p}h")],
+        )
+    )
+    snap.assert_clean()

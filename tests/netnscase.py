@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+
+from jobs.lab.netns.net import leftovers, list_links, list_netns
+from probe.checks.base import Settings
 
 
 def why_not() -> str | None:
@@ -20,3 +24,29 @@ def why_not() -> str | None:
 
 
 WHY_NOT = why_not()
+
+SETTINGS = Settings(timeout=5.0, concurrency=16)
+
+
+def host_iptables() -> list[str]:
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
+    return [ln for ln in out.splitlines() if not ln.startswith("#")]
+
+
+class HostSnapshot:
+    """The host's namespaces, links and iptables rules, to compare after a test."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.netns = set(list_netns())
+        self.links = set(list_links())
+        self.iptables = host_iptables()
+
+    def assert_clean(self) -> None:
+        assert leftovers(self.prefix) == []
+        # Other labs may come and go meanwhile (their own prefixes): nothing new may be ours.
+        assert not [n for n in set(list_netns()) - self.netns if n.startswith(self.prefix)]
+        assert not [n for n in set(list_links()) - self.links if n.startswith(self.prefix)]
+        new_rules = [r for r in host_iptables() if r not in self.iptables]
+        # The lab never writes a host rule: its rules live in the pods' namespaces.
+        assert not [r for r in new_rules if "ISTIO" in r or "10.243." in r or "100.64." in r]

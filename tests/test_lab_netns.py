@@ -11,13 +11,11 @@ from __future__ import annotations
 import collections
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,62 +23,19 @@ import pytest
 import yaml
 
 from jobs.lab.netns.lab import NetnsRun, run_scenario_netns
-from jobs.lab.netns.net import NetState, leftovers, list_links, list_netns, teardown
+from jobs.lab.netns.net import NetState, leftovers, list_netns
 from jobs.lab.runner import run_scenario
 from jobs.lab.scenarios import builtin
 from jobs.lab.supervisor import pid_alive
 from probe.checks import REGISTRY
-from probe.checks.base import Settings
 from probe.results import Verdict
-from tests.netnscase import WHY_NOT
+from tests.netnscase import SETTINGS, WHY_NOT, HostSnapshot
 
 MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
-SETTINGS = Settings(timeout=5.0, concurrency=16)
 
 
 needs_root = pytest.mark.skipif(WHY_NOT is not None, reason=f"SKIPPED LOUDLY: {WHY_NOT}")
 pytestmark = pytest.mark.envoy
-
-
-def _host_iptables() -> list[str]:
-    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False).stdout
-    return [ln for ln in out.splitlines() if not ln.startswith("#")]
-
-
-class HostSnapshot:
-    """The host's namespaces, links and iptables rules, to compare after a test."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.netns = set(list_netns())
-        self.links = set(list_links())
-        self.iptables = _host_iptables()
-
-    def assert_clean(self) -> None:
-        assert leftovers(self.prefix) == []
-        # Other labs may come and go meanwhile (their own prefixes): nothing new may be ours.
-        assert not [n for n in set(list_netns()) - self.netns if n.startswith(self.prefix)]
-        assert not [n for n in set(list_links()) - self.links if n.startswith(self.prefix)]
-        new_rules = [r for r in _host_iptables() if r not in self.iptables]
-        # The lab never writes a host rule: its rules live in the pods' namespaces.
-        assert not [r for r in new_rules if "ISTIO" in r or "10.243." in r or "100.64." in r]
-
-
-@pytest.fixture
-def prefix(tmp_path: Path) -> Iterator[str]:
-    """A fresh object prefix; whatever a failed test left under it is removed."""
-    p = "mpt" + secrets.token_hex(2)
-    snap = HostSnapshot(p)
-    yield p
-    teardown(
-        NetState(
-            p,
-            f"{p}br",
-            [n for n in list_netns() if n.startswith(p)],
-            [n for n in list_links() if n.startswith(f"{p}h")],
-        )
-    )
-    snap.assert_clean()
 
 
 def _netns(name: str, workdir: Path, prefix: str, **kw: object) -> NetnsRun:

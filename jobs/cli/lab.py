@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from jobs.cli import flags
 from jobs.cli.signals import raising_on
-from probe.checks import REGISTRY
+from probe.checks import KNOWN, OPT_IN, REGISTRY
 from probe.cliargs import (
     UsageError,
     add_checks_flag,
@@ -68,7 +68,13 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="generate a STRICT mesh of N workloads (scale runs)",
     )
     flags.add_require_flag(p, note=" (default: the scenario's own)")
-    add_checks_flag(p, tuple(REGISTRY))
+    add_checks_flag(
+        p,
+        tuple(REGISTRY),
+        extra="; opt-in: wire (with --netns: a packet capture beside the probe's calls; a "
+        "scenario that expects wire verdicts runs it by default)",
+        known=tuple(KNOWN),
+    )
     add_report_flags(p)
     p.add_argument(
         "--keep",
@@ -151,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
     require = _parse_list(args.require, REQUIREMENTS, "--require")
-    checks = _parse_list(args.checks, tuple(REGISTRY), "--checks") or list(REGISTRY)
+    asked = _parse_list(args.checks, tuple(KNOWN), "--checks")
     scenarios, demo = _scenarios(args)
     if args.netns:
         _netns_preflight(args)
@@ -175,6 +181,7 @@ def main(args: argparse.Namespace) -> int:
                 _print_intro(out)
             for i, scenario in enumerate(scenarios):
                 workdir = root / scenario.name if len(scenarios) > 1 else root
+                checks = asked or _default_checks(scenario)
                 try:
                     run = _run_one(
                         args,
@@ -268,16 +275,64 @@ def _run_one(
         )
     from jobs.lab.runner import run_scenario
 
-    return run_scenario(
+    if set(checks) == {WIRE}:
+        return _wire_only_skips(scenario, workdir, reqs)
+    run = run_scenario(
         scenario,
         workdir,
         require=reqs,
-        checks=checks,
+        checks=[c for c in checks if c != WIRE],
         settings=probe_settings(args),
         keep=args.keep,
         envoys=args.envoys,
         on_ready=ready,
     )
+    if WIRE in checks:
+        _skip_wire(run)
+    return run
+
+
+WIRE = "wire"
+WIRE_SKIP = (
+    "wire needs pods with their own network to capture between: run the lab as root with "
+    "--netns (the loopback lab's pods share one loopback, and capturing needs CAP_NET_RAW)"
+)
+NOT_ROOT = " (this process is not root, so --netns is not available here)"
+
+
+def _default_checks(scenario: Scenario) -> list[str]:
+    """Every registered check, and an opt-in one the scenario expects verdicts of."""
+    return list(REGISTRY) + [c for c in OPT_IN if any(e.check == c for e in scenario.expect)]
+
+
+def _wire_only_skips(scenario: Scenario, workdir: Path, require: list[str]) -> LabRun:
+    """``lab --checks wire`` without --netns: nothing to start, the skips say why."""
+    from jobs.lab.build import build_lab
+    from jobs.lab.netns.net import PodAddresses
+    from jobs.lab.runner import LabRun, write_targets
+
+    built = build_lab(scenario, PodAddresses(), require)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = LabRun(scenario, built, workdir, workdir / "targets.yaml")
+    write_targets(built.targets, run.targets_path)
+    run.results = list(built.findings)
+    _skip_wire(run)
+    return run
+
+
+def _skip_wire(run: LabRun) -> None:
+    """The loopback lab cannot run ``wire``: one ``skip`` per target saying why, and the
+    scenario's wire expectations are not owed."""
+    from jobs.lab.netns.lab import asked
+    from jobs.lab.scenarios import judge
+    from probe.checks.base import make_result
+    from probe.results import Verdict
+
+    targets = run.build.targets.targets
+    why = WIRE_SKIP + (NOT_ROOT if os.geteuid() != 0 else "")
+    run.results += [make_result(WIRE, t, None, Verdict.SKIP, why) for t in targets]
+    if run.scenario.judged:
+        run.mismatches = judge(asked(run.scenario, []), run.results)
 
 
 def _netns_preflight(args: argparse.Namespace) -> None:

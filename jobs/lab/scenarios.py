@@ -20,7 +20,7 @@ from probe.textsafe import line
 
 LAB_API = "lab.mtlsprobe.dev/v1"
 LAB_KIND = "LabScenario"
-BUILTIN = ("healthy", "migration", "broken", "blinded", "authz")
+BUILTIN = ("healthy", "migration", "broken", "blinded", "authz", "tls-off")
 REQUIREMENTS = ("strict", "sidecar")
 
 

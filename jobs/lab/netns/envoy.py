@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobs.lab.envoy_config import (
-    UNKNOWN_HOST,
     XFCC,
     outbound_cluster_name,
     probe_bootstrap,
@@ -229,6 +228,16 @@ def _outbound_vhost(up: Upstream, vip: str) -> Json:
     return vhost
 
 
+# Istio's ``allow_any`` virtual host (outboundTrafficPolicy ALLOW_ANY, the default): a
+# request for a host no Service names, e.g. a pod IP, goes on to its original destination
+# in plaintext, as it does from a real pod (the wire check's plaintext control call).
+_ALLOW_ANY_HOST = {
+    "name": "allow_any",
+    "domains": ["*"],
+    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH}}],
+}
+
+
 def outbound_listeners(upstreams: Sequence[Upstream], vips: Mapping[str, str]) -> list[Json]:
     """``virtualOutbound`` and the per-port listeners it hands connections to."""
     http_by_port: dict[int, list[Upstream]] = defaultdict(list)
@@ -249,7 +258,7 @@ def outbound_listeners(upstreams: Sequence[Upstream], vips: Mapping[str, str]) -
             }
         )
     for port, ups in sorted(http_by_port.items()):
-        vhosts = [_outbound_vhost(up, vips[up.host]) for up in ups] + [UNKNOWN_HOST]
+        vhosts = [_outbound_vhost(up, vips[up.host]) for up in ups] + [_ALLOW_ANY_HOST]
         hcm = _hcm(
             str(port),
             vhosts,

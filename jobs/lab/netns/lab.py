@@ -51,12 +51,14 @@ from jobs.lab.spec import MeshSpec
 from jobs.lab.supervisor import LabError, Managed, Supervisor, stop_pids_file
 from jobs.launch.jobspec import ROLES, RUN_AS, Role, RunSpec, probe_args
 from jobs.launch.judge import errors_for, expected_keys, missing, parse_log
-from probe.checks import load_check
+from probe.checks import OPT_IN, load_check
 from probe.checks.base import Settings
 from probe.model import Source, TargetsFile
 from probe.results import Result
 
 AUTHZ = "authz"  # needs a sidecar (it calls as the sidecar's identity): the sidecar probe runs it
+WIRE = "wire"  # opt-in: a capture beside the sidecar probe's calls (see _run_wire)
+POD_IF = "eth0"  # a lab pod's end of its veth
 AGENT_PORT = 15020  # pilot-agent: /quitquitquit, /healthz/ready
 MAX_SIDECARS = 64  # one Envoy (~65 MiB) per sidecar pod here, unlike the loopback lab
 PROBE_DEADLINE = 300.0  # a probe Job's activeDeadlineSeconds
@@ -302,9 +304,12 @@ class NetnsLab:
         stop: threading.Event | None = None,
         *,
         native_sidecar: bool = False,
+        wire_blind: bool = False,
     ) -> list[Result]:
         """Both probe pods at once, as the two Jobs of a run; their results in ``checks``
-        order, with an error for whatever a probe owed and did not report."""
+        order, with an error for whatever a probe owed and did not report. ``wire`` (when
+        in ``checks``) runs first, alone (``_run_wire``); ``wire_blind`` points its capture
+        at a pod the calls never cross (the negative test of the capture itself)."""
         assert self.certs is not None
         pdir = self.net.share / "probe"
         pdir.mkdir(mode=0o755, exist_ok=True)
@@ -336,6 +341,9 @@ class NetnsLab:
         # As ``check`` does: authz joins when the targets file has cases.
         authz = AUTHZ in checks and any(t.authz for t in targets.targets)
         others = frozenset(self.extra_probes) if authz else frozenset()
+        results: list[Result] = []
+        if WIRE in checks:
+            results += self._run_wire(path, targets, spec, wire_blind, stop)
         pods: list[tuple[ProbePod, Path]] = []
         for role in ROLES:
             mine = tuple(c for c in role.checks if c in checks)
@@ -358,11 +366,38 @@ class NetnsLab:
             argv = netns_argv(pod.net.netns, [sys.executable, "-m", "jobs.cli.main", *args], RUN_AS)
             proc = self.supervisor.start(f"probe-{pod.role.name}", argv, env=_clean_env())
             started.append((pod, proc))
-        results: list[Result] = []
         for pod, proc in started:
             results += _collect(pod, proc, targets, stop)
         order = {c: i for i, c in enumerate(checks)}
         return sorted(results, key=lambda r: order.get(r.check, len(order)))
+
+    def _run_wire(
+        self,
+        path: Path,
+        targets: TargetsFile,
+        spec: RunSpec,
+        blind: bool,
+        stop: threading.Event | None,
+    ) -> list[Result]:
+        """``check --checks wire`` in the sidecar probe's pod, capturing on the pod's own
+        veth: Envoy's upstream connections and the plaintext control call all cross it.
+
+        It runs before the other probes so that no other probe's plaintext to the same
+        endpoints is in the capture, and leaves the sidecar up for them (no
+        ``--quit-sidecar``). It runs as root, the lab's stand-in for a container with
+        NET_RAW: iptables still sends its calls to Envoy (only UID 1337 is exempt).
+        ``blind``: the capture is on the plain probe pod's veth, idle at this point, which
+        cannot see the calls; every verdict must then be ``error``."""
+        me = self.probes["sidecar"]
+        role = Role(WIRE, (WIRE,), sidecar=True)
+        args = [a for a in probe_args(role, (WIRE,), spec, shards=1) if a != "--quit-sidecar"]
+        args[args.index("-f") + 1] = str(path)
+        args += ["--wire-interface", POD_IF]
+        if blind:
+            args += ["--wire-netns", self.probes["plain"].netns]
+        argv = netns_argv(me.netns, [sys.executable, "-m", "jobs.cli.main", *args])
+        proc = self.supervisor.start(f"probe-{WIRE}", argv, env=_clean_env())
+        return _collect(ProbePod(role, me, (WIRE,)), proc, targets, stop)
 
     def sidecar_stats(self) -> dict[str, int]:
         """The probe sidecar's outbound counters (empty when it has quit)."""
@@ -464,6 +499,7 @@ def run_scenario_netns(
     on_ready: Callable[[NetnsLab, NetnsRun], None] | None = None,
     native_sidecar: bool = False,
     prefix: str | None = None,
+    wire_blind: bool = False,
 ) -> NetnsRun:
     """``run_scenario`` with pods as namespaces (``mtlsprobe lab --netns``)."""
     preflight()
@@ -477,7 +513,9 @@ def run_scenario_netns(
         if on_ready is not None:
             on_ready(lab, run)
         t0 = time.monotonic()
-        results = lab.run_probes(built, checks, settings, stop, native_sidecar=native_sidecar)
+        results = lab.run_probes(
+            built, checks, settings, stop, native_sidecar=native_sidecar, wire_blind=wire_blind
+        )
         run.check_seconds = time.monotonic() - t0
         run.captured = lab.captured()
         run.sidecar_stats = lab.sidecar_stats()
@@ -487,8 +525,15 @@ def run_scenario_netns(
             run.sidecar_quit = not lab.probe_envoy.alive()
     run.results = [*built.findings, *results]
     if scenario.judged:
-        run.mismatches = judge(scenario, run.results)
+        run.mismatches = judge(asked(scenario, checks), run.results)
     return run
+
+
+def asked(scenario: Scenario, checks: Sequence[str]) -> Scenario:
+    """``scenario`` without its expectations of opt-in checks that were not run (``wire``
+    runs only when asked): they are not owed."""
+    keep = tuple(e for e in scenario.expect if e.check not in OPT_IN or e.check in checks)
+    return replace(scenario, expect=keep)
 
 
 def down(workdir: Path) -> tuple[int, list[str]]:
