@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from jobs.cli import flags
 from jobs.cli.signals import raising_on
 from jobs.launch.cluster import Cluster
-from jobs.launch.jobspec import AUTHZ, ROLES
+from jobs.launch.jobspec import AUTHZ, RUN_ROLES
 from jobs.launch.launcher import (
     DEFAULT_PARALLELISM,
     DEFAULT_SHARD_THRESHOLD,
@@ -74,7 +74,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     flags.add_scope_flags(sel)
     flags.add_mesh_flags(sel)
     flags.add_require_flag(sel)
-    launched = tuple(c for r in ROLES for c in r.checks)
+    launched = tuple(c for r in RUN_ROLES for c in r.checks)
     add_checks_flag(
         sel,
         tuple(c for c in launched if c != AUTHZ),
@@ -244,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
         probing = [istio_identity(td, ns, args.service_account) for ns in sources]
         probing += [istio_identity(td, ns, sa) for ns, sa in impersonate]
         plan = for_probes(plan, snap, probing, args.service_account)
-        default = [c for r in ROLES for c in r.checks if c != AUTHZ]
+        default = [c for r in RUN_ROLES for c in r.checks if c != AUTHZ]
         names = list(chosen) if chosen is not None else default
         if chosen is None and any(t.authz for t in plan.targets_file.targets):
             names.append(AUTHZ)  # as `check` does when the targets file has cases

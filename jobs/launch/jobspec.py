@@ -78,11 +78,15 @@ class Role:
     sidecar: bool
 
 
-AUTHZ = "authz"
 ROLES: tuple[Role, ...] = (
-    # authz runs behind the probe's own sidecar: Istio's identity is the pod's.
-    Role("sidecar", ("mesh", "xfcc-spoof", "self", AUTHZ), sidecar=True),
+    Role("sidecar", ("mesh", "xfcc-spoof", "self"), sidecar=True),
     Role("plain", ("plaintext", "peer-cert", "foreign-client"), sidecar=False),
+)
+AUTHZ = "authz"
+# ``mtlsprobe run``'s roles: authz runs behind the probe's own sidecar (Istio's identity
+# is the pod's), so it joins that role. The lab adds it to its sidecar pod itself.
+RUN_ROLES: tuple[Role, ...] = tuple(
+    replace(r, checks=(*r.checks, AUTHZ)) if r.sidecar else r for r in ROLES
 )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NoReturn
 
-from jobs.launch.jobspec import ROLES, Role
+from jobs.launch.jobspec import RUN_ROLES, Role
 
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
@@ -118,7 +118,7 @@ def probes(spec: RunSpec, options: LaunchOptions) -> list[Probe]:
     from jobs.launch import jobspec
 
     out = [
-        Probe(ns, None, jobspec.configmap_name(spec.run_id), ROLES, f"namespace {ns}")
+        Probe(ns, None, jobspec.configmap_name(spec.run_id), RUN_ROLES, f"namespace {ns}")
         for ns in options.sources
     ]
     if jobspec.AUTHZ in options.checks:
