@@ -235,3 +235,38 @@ def test_impersonate_contradictions_are_usage_errors(
     args = extra if extra[0] == "--impersonate" else (*extra, "--impersonate", "ns-a/frontend")
     code, _doc, err = run(env, capsys, *args)
     assert code == 64 and why in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_pod_whose_sidecar_holds_another_identity_never_passes(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The liar: every sidecar here holds the run's own identity, the impersonated pod's
+    too (as if Istio had not issued it the ``frontend`` certificate). The impersonated
+    pod must not run ``frontend``'s cases as someone else: each is an error naming both
+    identities, never a pass. The run's own pod does make its calls."""
+    from probe.pki import CertificateAuthority
+    from tests.sidecar_standin import DUMP, admin_handler, dump_doc, http_server
+
+    policy_cluster(env)
+    ca = CertificateAuthority.create_root(TD, key_type="ec")
+    routes = {DUMP: dump_doc(ca.issue_workload(PROBE), ca.root_pem())}
+    with http_server(admin_handler(routes)) as admin:
+        env.kube.admin = admin
+        code, doc, err = run(
+            env, capsys, "--checks", "authz", "--impersonate", "ns-a/frontend", "--deadline", "60"
+        )
+    assert doc is not None, err
+    results = authz_of(doc)
+    theirs = [r for r in results if r["source"] == FRONTEND]
+    assert theirs, results
+    for r in theirs:
+        assert r["verdict"] == "error", r
+        assert PROBE in r["reason"] and FRONTEND in r["reason"], r
+    mine = [r for r in results if r["source"] == PROBE]
+    assert mine and not any("own identity" in r["reason"] for r in mine), mine
+    # The run's own pod made its calls: the stand-in sidecar enforces nothing, so what
+    # the policy denies came back reflected: a fail, never a pass.
+    assert any(r["verdict"] == "fail" and "reflected" in r["reason"] for r in mine), mine
+    assert not any(r["verdict"] == "pass" and r["expected"] == "deny" for r in mine), mine
+    assert code != 0
+    assert env.kube.run_objects() == []
