@@ -270,3 +270,40 @@ def test_a_pod_whose_sidecar_holds_another_identity_never_passes(
     assert not any(r["verdict"] == "pass" and r["expected"] == "deny" for r in mine), mine
     assert code != 0
     assert env.kube.run_objects() == []
+
+
+def test_each_source_namespace_probe_gets_its_own_cases_and_a_dead_pod_owes_each(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One sidecar Job per source namespace, each with its own identity's cases. ns-b has
+    no istio-ca-root-cert, so its pod never starts: each case it owed is an error naming
+    ns-b's identity and request, not one error per target without a source."""
+    policy_cluster(env)
+    jobs = spy_jobs(env)
+    env.kube.active_deadline = lambda job: 4.0 if job["metadata"]["namespace"] == "ns-b" else None
+    nsb = f"spiffe://{TD}/ns/ns-b/sa/mtlsprobe"
+    code, doc, err = run(
+        env, capsys, "--checks", "authz", "--source-namespaces", "ns-b", "--deadline", "120"
+    )
+    assert doc is not None, err
+    assert {j["metadata"]["namespace"] for j in jobs} == {"mtlsprobe", "ns-b"}
+    run_id = jobs[0]["metadata"]["labels"]["mtlsprobe.dev/run-id"]
+    for ns, me in (("mtlsprobe", PROBE), ("ns-b", nsb)):
+        tf = targets_written(ns, f"mtlsprobe-{run_id}")
+        assert tf["source"]["identity"] == me
+        assert {c["source"] for t in tf["targets"] for c in t.get("authz") or []} == {me}
+    results = authz_of(doc)
+    dead = [r for r in results if r["source"] == nsb]
+    owed = [
+        c
+        for t in targets_written("ns-b", f"mtlsprobe-{run_id}")["targets"]
+        for c in t.get("authz") or []
+    ]
+    assert len(dead) == len(owed) > 1
+    assert {r["request"] for r in dead} == {f"{c['method']} {c['path']}" for c in owed}
+    for r in dead:
+        assert r["verdict"] == "error" and "ContainerCreating" in r["reason"], r
+        assert r["expected"] in ("allow", "deny")
+    assert {r["source"] for r in results} == {PROBE, nsb, FRONTEND}  # frontend: not probed
+    assert code == 2
+    assert env.kube.run_objects() == []

@@ -374,6 +374,7 @@ def _settle(u: Unit, index: int, results: list[Result]) -> None:
 
     origin = Origin(u.namespace, u.parts[index].source.identity)
     now = time.time_ns()
+    results = per_case(u, index, results)
     u.done[index] = [
         replace(
             r,
@@ -383,6 +384,28 @@ def _settle(u: Unit, index: int, results: list[Result]) -> None:
         )
         for r in results
     ]
+
+
+def per_case(u: Unit, index: int, results: list[Result]) -> list[Result]:
+    """An error decided here for a per-case check's target (a pod that never reported)
+    becomes one error per case that pod owed there, each naming its ``source`` and
+    ``request`` as a reported case would: who could not call whom stays visible."""
+    from probe.checks.base import Scope
+
+    per = {n for n, scope in u.checks if scope is Scope.CASE}
+    if not per:
+        return results
+    cases = {t.name: t.authz for t in u.parts[index].targets}
+    out: list[Result] = []
+    for r in results:
+        if r.check in per and r.source is None and r.endpoint is None and cases.get(r.target):
+            out += [
+                replace(r, source=c.source, request=c.request, expected=c.expect.value)
+                for c in cases[r.target]
+            ]
+        else:
+            out.append(r)
+    return out
 
 
 def _unit(units: list[Unit], slot: Slot) -> Unit:
