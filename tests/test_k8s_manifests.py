@@ -28,7 +28,13 @@ from tests.k8srender import (
     rules_by_subject,
 )
 
-KUSTOMIZATIONS = ["base", "overlays/smoke", "overlays/continuous", "overlays/echo-example"]
+KUSTOMIZATIONS = [
+    "base",
+    "overlays/smoke",
+    "overlays/continuous",
+    "overlays/echo-example",
+    "overlays/impersonate-example",
+]
 OWN_NS = "mtlsprobe"
 CUSTOM_KINDS = {"PrometheusRule"}
 
@@ -154,6 +160,40 @@ def test_run_writes_are_allowed_in_its_namespace_only() -> None:
             assert not allowed(rules, verb, group, resource, "other-ns", None)
     assert not allowed(rules, "list", "", "configmaps", "", None)
     assert not allowed(rules, "get", "", "secrets", OWN_NS, None)
+
+
+def test_impersonate_component_is_run_rbac_in_its_namespace_only() -> None:
+    """k8s/components/impersonate (opt-in, `run --impersonate shop/<sa>`): exactly the
+    run's calls, in the namespace the kustomization sets, for the orchestrator; nothing
+    cluster-wide, no Secrets, no wildcards; the base alone never allows them there."""
+    objs = render("overlays/impersonate-example")
+    assert {o["kind"] for o in objs} == {"Role", "RoleBinding"}
+    for o in objs:
+        assert o["metadata"]["namespace"] == "shop"
+        for rule in o.get("rules", []):
+            assert "*" not in rule["verbs"] + rule["resources"] + rule.get("apiGroups", [])
+            assert "secrets" not in rule["resources"]
+            assert "serviceaccounts/token" not in rule["resources"]
+    rules = rules_by_subject(objs)["mtlsprobe-orchestrator"]
+    binding = next(o for o in objs if o["kind"] == "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mtlsprobe-orchestrator", "namespace": OWN_NS}
+    ]
+    granted = {
+        (verb, group, resource)
+        for _, rule in rules
+        for group in rule.get("apiGroups", [""])
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {(v, g, r) for v, g, r, _ in RUN_API_CALLS}  # no more, no less
+    for verb, group, resource, _ in RUN_API_CALLS:
+        assert allowed(rules, verb, group, resource, "shop", None)
+        assert not allowed(rules, verb, group, resource, "other-ns", None)
+    base = rules_by_subject(render("base"))["mtlsprobe-orchestrator"]
+    assert not allowed(base, "create", "batch", "jobs", "shop", None)
+    text = (K8S / "components" / "impersonate" / "kustomization.yaml").read_text()
+    assert "RISK" in text and "ANY service account" in text
 
 
 def test_commands_parse_with_the_cli_that_exists(rendered: dict[str, list[dict[str, Any]]]) -> None:

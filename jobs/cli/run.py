@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 from jobs.cli import flags
 from jobs.cli.signals import raising_on
 from jobs.launch.cluster import Cluster
-from jobs.launch.jobspec import ROLES
+from jobs.launch.jobspec import AUTHZ, RUN_ROLES
 from jobs.launch.launcher import (
     DEFAULT_PARALLELISM,
     DEFAULT_SHARD_THRESHOLD,
@@ -73,10 +74,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     flags.add_scope_flags(sel)
     flags.add_mesh_flags(sel)
     flags.add_require_flag(sel)
+    launched = tuple(c for r in RUN_ROLES for c in r.checks)
     add_checks_flag(
         sel,
-        tuple(c for r in ROLES for c in r.checks),
-        extra="; each goes to the Job that can run it",
+        tuple(c for c in launched if c != AUTHZ),
+        extra=", and authz when the plan has AuthorizationPolicy cases; each goes to the Job "
+        "that can run it",
+        known=launched,
     )
     j = p.add_argument_group("probe Jobs")
     flags.add_probe_namespace_flag(j)
@@ -85,6 +89,14 @@ def configure(p: argparse.ArgumentParser) -> None:
         default="",
         metavar="A,B",
         help="also probe from these namespaces (needs the run RBAC there too)",
+    )
+    j.add_argument(
+        "--impersonate",
+        default="",
+        metavar="NS/SA,...",
+        help="also run authz-only probe pods as these service accounts (no API token "
+        "mounted), so allows for those identities are proven; needs the opt-in RBAC in "
+        "k8s/components/impersonate in each namespace",
     )
     j.add_argument(
         "--image",
@@ -163,6 +175,24 @@ def configure(p: argparse.ArgumentParser) -> None:
 # ---- main ----------------------------------------------------------------------------------------
 
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def parse_impersonate(raw: str) -> tuple[tuple[str, str], ...]:
+    """``--impersonate ns/sa,...``: each part a DNS label (RFC 1123), in order, once."""
+    out: list[tuple[str, str]] = []
+    for item in words(raw):
+        ns, slash, sa = item.partition("/")
+        if not slash or not all(_DNS_LABEL.fullmatch(x) for x in (ns, sa)):
+            shown = item if len(item) <= 80 else item[:80] + "..."
+            raise UsageError(
+                f"--impersonate: {shown!r}: want NAMESPACE/SERVICEACCOUNT, each a DNS label "
+                "(lowercase letters, digits, '-', at most 63)"
+            )
+        out.append((ns, sa))
+    return tuple(dict.fromkeys(out))
+
+
 def main(args: argparse.Namespace) -> int:
     from jobs.launch import jobspec
     from jobs.plan.discovery import DiscoveryError, Reader, api_client, discover
@@ -173,9 +203,12 @@ def main(args: argparse.Namespace) -> int:
     from probe.results import exit_code
 
     try:
-        names = parse_check_list(args.checks)
+        chosen = parse_check_list(args.checks) if args.checks is not None else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    impersonate = parse_impersonate(args.impersonate)
+    if impersonate and chosen is not None and AUTHZ not in chosen:
+        raise UsageError("--impersonate: its probes run only authz: add authz to --checks")
     try:
         req = Requirements.parse(args.require, args.probe_namespace)
     except ValueError as exc:
@@ -186,6 +219,11 @@ def main(args: argparse.Namespace) -> int:
         args.probe_namespace,
         *(n for n in words(args.source_namespaces) if n != args.probe_namespace),
     )
+    for ns, sa in impersonate:
+        if sa == args.service_account and ns in sources:
+            raise UsageError(
+                f"--impersonate {ns}/{sa}: the run's own probe in {ns} already holds it"
+            )
     from probe.evidence import from_args as evidence_from_args
 
     ev = evidence_from_args(args)  # before any API call: a bad key or mapping is exit 64
@@ -199,6 +237,17 @@ def main(args: argparse.Namespace) -> int:
         except DiscoveryError as exc:
             raise UsageError(str(exc)) from None
         plan = build_plan(snap, req)
+        from jobs.plan.authz_cases import for_probes
+        from probe.spiffe import istio_identity
+
+        td = plan.targets_file.trust_domain
+        probing = [istio_identity(td, ns, args.service_account) for ns in sources]
+        probing += [istio_identity(td, ns, sa) for ns, sa in impersonate]
+        plan = for_probes(plan, snap, probing, args.service_account)
+        default = [c for r in RUN_ROLES for c in r.checks if c != AUTHZ]
+        names = list(chosen) if chosen is not None else default
+        if chosen is None and any(t.authz for t in plan.targets_file.targets):
+            names.append(AUTHZ)  # as `check` does when the targets file has cases
         spec = jobspec.RunSpec(
             run_id=new_run_id(),
             image=args.image or default_image(),
@@ -220,6 +269,7 @@ def main(args: argparse.Namespace) -> int:
             checks=tuple(launched_checks),
             shard_threshold=args.shard_threshold,
             parallelism=args.parallelism,
+            impersonate=impersonate,
         )
         results = _run(cluster, plan, spec, launch_opts, args) if launched_checks else []
         everything = [*plan.findings, *results, *wire_skips(names, plan.targets_file)]
@@ -302,9 +352,10 @@ def _run(
                 launch(cluster, plan, spec, options, launched)
             except DiscoveryError as exc:  # 403 names verb/resource/namespace: exit 64
                 raise UsageError(f"launching the probe Jobs: {exc}") from None
+            where = dict.fromkeys([*sources, *(ns for ns, _ in options.impersonate)])
             sys.stderr.write(
                 f"mtlsprobe run {spec.run_id}: {len(launched.jobs)} probe Job(s) in "
-                f"{', '.join(sources)}; waiting up to {args.deadline:g}s\n"
+                f"{', '.join(where)}; waiting up to {args.deadline:g}s\n"
             )
             grace = min(15.0, max(1.0, args.deadline * 0.1))
             deadline = time.monotonic() + args.deadline + grace
@@ -319,7 +370,7 @@ def _run(
                     sys.stderr.write(f"mtlsprobe run: {line}\n")
     if len(sources) > 1:
         results = [_from_source(r) for r in results]
-    return results
+    return [*results, *launched.unprobed]
 
 
 def _from_source(r: Result) -> Result:

@@ -82,6 +82,12 @@ ROLES: tuple[Role, ...] = (
     Role("sidecar", ("mesh", "xfcc-spoof", "self"), sidecar=True),
     Role("plain", ("plaintext", "peer-cert", "foreign-client"), sidecar=False),
 )
+AUTHZ = "authz"
+# ``mtlsprobe run``'s roles: authz runs behind the probe's own sidecar (Istio's identity
+# is the pod's), so it joins that role. The lab adds it to its sidecar pod itself.
+RUN_ROLES: tuple[Role, ...] = tuple(
+    replace(r, checks=(*r.checks, AUTHZ)) if r.sidecar else r for r in ROLES
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,18 @@ class RunSpec:
 
 def configmap_name(run_id: str) -> str:
     return f"mtlsprobe-{run_id}"
+
+
+def impersonation_role(index: int) -> Role:
+    """The role of the ``index``-th ``--impersonate`` probe: authz only, behind its own
+    sidecar. A distinct name per probe (pods are matched to Jobs by role label)."""
+    return Role(f"as-{index}", (AUTHZ,), sidecar=True)
+
+
+def impersonation_configmap_name(run_id: str, index: int) -> str:
+    """Its own targets file (its own ``source.identity``): the run's ConfigMap in that
+    namespace, if any, is another identity's."""
+    return f"mtlsprobe-{run_id}-as-{index}"
 
 
 def shard_configmap_name(run_id: str, role: str, index: int) -> str:
@@ -139,22 +157,33 @@ def run_selector(run_id: str) -> str:
     return f"{LABEL_RUN}={run_id}"
 
 
-def pod_targets(plan: TargetsFile, namespace: str, spec: RunSpec) -> TargetsFile:
-    """The plan as the probe pods in ``namespace`` see it: their own SPIFFE ID (the
-    mesh checks match it against XFCC), their sidecar's admin for ``self``, the root."""
-    identity = istio_identity(plan.trust_domain, namespace, spec.service_account)
+def pod_targets(
+    plan: TargetsFile, namespace: str, spec: RunSpec, service_account: str | None = None
+) -> TargetsFile:
+    """The plan as the probe pods in ``namespace`` running as ``service_account`` (the
+    run's by default) see it: their own SPIFFE ID (the mesh checks match it against XFCC,
+    authz against its sidecar's certificate), their sidecar's admin for ``self``, the
+    root, and only the ``authz`` cases whose ``source`` is that identity."""
+    identity = istio_identity(plan.trust_domain, namespace, service_account or spec.service_account)
     root = Path(ROOT_DIR, ROOT_CERT_KEY) if spec.root_cert else None  # a path inside the pod
+    targets = tuple(
+        replace(t, authz=tuple(c for c in t.authz if c.source == identity)) if t.authz else t
+        for t in plan.targets
+    )
     return replace(
-        plan, source=Source(identity=identity, sidecar_admin=ENVOY_ADMIN), root_cert_file=root
+        plan,
+        targets=targets,
+        source=Source(identity=identity, sidecar_admin=ENVOY_ADMIN),
+        root_cert_file=root,
     )
 
 
-def configmap(spec: RunSpec, namespace: str, targets_yaml: str) -> Obj:
+def configmap(spec: RunSpec, namespace: str, targets_yaml: str, name: str | None = None) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": configmap_name(spec.run_id),
+            "name": name or configmap_name(spec.run_id),
             "namespace": namespace,
             "labels": labels(spec),
         },
@@ -237,8 +266,11 @@ def job(
     *,
     shards: int = 1,
     parallelism: int = 4,
+    service_account: str | None = None,
 ) -> Obj:
-    """One probe Job. ``owner`` is the run's ConfigMap as created (name and uid)."""
+    """One probe Job. ``owner`` is the ConfigMap holding its targets file, as created
+    (name and uid); ``service_account``: the pods' (``--impersonate``), else the run's.
+    No pod mounts an API token, whatever its service account."""
     pod_labels = labels(spec, role.name)
     pod_labels[INJECT_LABEL] = "true" if role.sidecar else "false"
     annotations: dict[str, str] = {}
@@ -249,7 +281,7 @@ def job(
     targets: Obj = {
         "name": "targets",
         "configMap": {
-            "name": configmap_name(spec.run_id),
+            "name": owner["metadata"]["name"],
             "items": [{"key": TARGETS_KEY, "path": TARGETS_KEY}],
         },
     }
@@ -314,7 +346,7 @@ def job(
             "metadata": {"labels": pod_labels, "annotations": annotations},
             "spec": {
                 "restartPolicy": "Never",
-                "serviceAccountName": spec.service_account,
+                "serviceAccountName": service_account or spec.service_account,
                 # The probe never talks to the API server; Istio uses its own projected token.
                 "automountServiceAccountToken": False,
                 "securityContext": {

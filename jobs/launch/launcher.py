@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NoReturn
 
-from jobs.launch.jobspec import ROLES, Role
+from jobs.launch.jobspec import RUN_ROLES, Role
 
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
@@ -45,9 +45,19 @@ class Unit:
         return len(self.parts)
 
     def owed(self, index: int) -> list[Key]:
+        """What index ``index`` must report. A per-case check (authz) owes nothing for a
+        target with no case of this probe's identity (the engine reports nothing there)."""
         from jobs.launch.judge import expected_keys
+        from probe.checks.base import Scope
 
-        return expected_keys(self.parts[index], self.checks)
+        part = self.parts[index]
+        with_cases = {t.name for t in part.targets if t.authz}
+        per_case = {n for n, scope in self.checks if scope is Scope.CASE}
+        return [
+            k
+            for k in expected_keys(part, self.checks)
+            if k[0] not in per_case or k[1] in with_cases
+        ]
 
 
 @dataclass
@@ -55,6 +65,8 @@ class Launched:
     configmaps: list[tuple[str, str]] = field(default_factory=list)  # (ns, name)
     jobs: list[tuple[str, str]] = field(default_factory=list)
     units: list[Unit] = field(default_factory=list)
+    # Decided at launch, no pod involved: authz cases no probe of the run can make.
+    unprobed: list[Result] = field(default_factory=list)
 
 
 def _scopes(names: tuple[str, ...]) -> dict[str, Scope]:
@@ -85,62 +97,190 @@ class LaunchOptions:
     checks: tuple[str, ...]  # check names; each goes to the role that can run it
     shard_threshold: int = DEFAULT_SHARD_THRESHOLD  # units of work above which a Job shards
     parallelism: int = DEFAULT_PARALLELISM  # shards of an Indexed Job running at once
+    # --impersonate: (namespace, service account) of authz-only probes, opted in by the user
+    impersonate: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The pods of one identity: where they run, as whom, reading which ConfigMap."""
+
+    namespace: str
+    service_account: str | None  # None: the run's (--service-account)
+    configmap: str
+    roles: tuple[Role, ...]
+    what: str  # for the ConfigMap-too-big error
+
+
+def probes(spec: RunSpec, options: LaunchOptions) -> list[Probe]:
+    """Every probe identity of the run: the run's own service account in each source
+    namespace (both roles), then each ``--impersonate`` one (authz only), when authz runs."""
+    from jobs.launch import jobspec
+
+    out = [
+        Probe(ns, None, jobspec.configmap_name(spec.run_id), RUN_ROLES, f"namespace {ns}")
+        for ns in options.sources
+    ]
+    if jobspec.AUTHZ in options.checks:
+        out += [
+            Probe(
+                ns,
+                sa,
+                jobspec.impersonation_configmap_name(spec.run_id, k),
+                (jobspec.impersonation_role(k),),
+                f"--impersonate {ns}/{sa}",
+            )
+            for k, (ns, sa) in enumerate(options.impersonate)
+        ]
+    return out
+
+
+def held_identities(trust_domain: str, spec: RunSpec, options: LaunchOptions) -> list[str]:
+    """The SPIFFE IDs the run's authz probes hold (the sidecar Jobs and --impersonate);
+    empty when authz does not run."""
+    from jobs.launch.jobspec import AUTHZ
+    from probe.spiffe import istio_identity
+
+    if AUTHZ not in options.checks:
+        return []
+    return [
+        istio_identity(trust_domain, p.namespace, p.service_account or spec.service_account)
+        for p in probes(spec, options)
+    ]
+
+
+def unprobed_cases(tf: TargetsFile, held: set[str], service_account: str) -> list[Result]:
+    """A ``skip`` for each authz case whose ``source`` no probe of the run holds, naming
+    the identity and the flag that would run a probe as it. Pure."""
+    from probe.authzmodel import AuthzExpect
+    from probe.results import Result, Verdict
+    from probe.spiffe import SpiffeIdError, parse_spiffe_id
+
+    out: list[Result] = []
+    for t in tf.targets:
+        for c in t.authz:
+            if c.source in held:
+                continue
+            try:
+                sid = parse_spiffe_id(c.source)
+                ns, sa = sid.namespace, sid.service_account
+            except SpiffeIdError:
+                ns = sa = None
+            if ns is None or sa is None:
+                hint = "it is not an Istio ns/sa identity"
+            elif sa == service_account:
+                hint = f"--source-namespaces {ns} would run one"
+            else:
+                hint = f"--impersonate {ns}/{sa} would run one"
+            verb = "allowed" if c.expect is AuthzExpect.ALLOW else "denied"
+            out.append(
+                Result(
+                    check="authz",
+                    target=t.name,
+                    verdict=Verdict.SKIP,
+                    reason=f"not probed: no probe of this run holds {c.source} ({hint}); "
+                    f"policy {c.policy} says {verb}, unproven",
+                    expected=c.expect.value,
+                    evidence={"policy": c.policy, "notProbed": True},
+                    source=c.source,
+                    request=c.request,
+                )
+            )
+    return out
+
+
+def _nothing_to_call(p: Probe, tf: TargetsFile) -> Result:
+    from probe.results import Result, Verdict
+
+    me = tf.source.identity
+    return Result(
+        check="authz",
+        target="source",
+        verdict=Verdict.SKIP,
+        reason=f"--impersonate {p.namespace}/{p.service_account}: no authz case has source "
+        f"{me} (no AuthorizationPolicy decides its calls to an echo target); no pod started",
+        source=me,
+    )
 
 
 def launch(
     cluster: Cluster, plan: Plan, spec: RunSpec, options: LaunchOptions, out: Launched
 ) -> None:
-    """Create the ConfigMap and Jobs in every source namespace (recorded in ``out`` as
-    they are created, so an interrupted launch is still cleaned up)."""
+    """Create the ConfigMap and Jobs of every probe identity (recorded in ``out`` as
+    they are created, so an interrupted launch is still cleaned up); authz cases no
+    probe holds become ``out.unprobed``."""
+    held = held_identities(plan.targets_file.trust_domain, spec, options)
+    if held:
+        out.unprobed = unprobed_cases(plan.targets_file, set(held), spec.service_account)
+    for p in probes(spec, options):
+        _launch_probe(cluster, plan, spec, options, p, out)
+
+
+def _launch_probe(
+    cluster: Cluster, plan: Plan, spec: RunSpec, options: LaunchOptions, p: Probe, out: Launched
+) -> None:
     from jobs.launch import jobspec
     from probe import shard
     from probe.targetsyaml import targets_yaml
 
     names = options.checks
     scopes = _scopes(names)
-    for ns in options.sources:
-        tf = jobspec.pod_targets(plan.targets_file, ns, spec)
-        roles: list[tuple[Role, tuple[str, ...], bool, int]] = []
-        for role in ROLES:
-            checks = tuple(c for c in role.checks if c in names)
-            if checks:
-                by_ep = shard.by_endpoint(scopes[c] for c in checks)
-                work = _endpoints(tf) if by_ep else len(tf.targets)
-                shards = jobspec.shard_count(work, options.shard_threshold)
-                roles.append((role, checks, by_ep, shards))
-        text = targets_yaml(tf.to_dict())
-        if len(text.encode()) > CONFIGMAP_MAX:
-            if any(n == 1 for *_, n in roles):
-                _too_big(text, f"{len(tf.targets)} targets")
-            # Every Job reads its shards' ConfigMaps: this one only anchors ownership.
-            text = "# sharded: see the ConfigMaps labelled with this run id and a role\n"
-        cm = cluster.create_configmap(ns, jobspec.configmap(spec, ns, text))
-        out.configmaps.append((ns, cm["metadata"]["name"]))
-        for role, checks, by_ep, shards in roles:
-            # An even split, computed here once: each index reads only its own part.
-            parts = shard.split(tf, shards, by_endpoint=by_ep)
-            for i, part in enumerate(parts if shards > 1 else ()):
-                body = targets_yaml(part.to_dict())
-                if len(body.encode()) > CONFIGMAP_MAX:
-                    _too_big(body, f"shard {i} of {role.name}", lower=True)
-                made = cluster.create_configmap(
-                    ns, jobspec.shard_configmap(spec, ns, role.name, i, body, cm)
-                )
-                out.configmaps.append((ns, made["metadata"]["name"]))
-            jb = jobspec.job(
-                spec, ns, role, checks, cm, shards=shards, parallelism=options.parallelism
+    ns = p.namespace
+    tf = jobspec.pod_targets(plan.targets_file, ns, spec, p.service_account)
+    roles: list[tuple[Role, tuple[str, ...], bool, int]] = []
+    for role in p.roles:
+        checks = tuple(c for c in role.checks if c in names)
+        if p.service_account is not None and not any(t.authz for t in tf.targets):
+            checks = ()  # an impersonated probe with nothing to call: no pod at all
+        if checks:
+            by_ep = shard.by_endpoint(scopes[c] for c in checks)
+            work = _endpoints(tf) if by_ep else len(tf.targets)
+            shards = jobspec.shard_count(work, options.shard_threshold)
+            roles.append((role, checks, by_ep, shards))
+    if not roles:
+        if p.service_account is not None:
+            out.unprobed.append(_nothing_to_call(p, tf))
+        return
+    text = targets_yaml(tf.to_dict())
+    if len(text.encode()) > CONFIGMAP_MAX:
+        if any(n == 1 for *_, n in roles):
+            _too_big(text, f"{len(tf.targets)} targets ({p.what})")
+        # Every Job reads its shards' ConfigMaps: this one only anchors ownership.
+        text = "# sharded: see the ConfigMaps labelled with this run id and a role\n"
+    cm = cluster.create_configmap(ns, jobspec.configmap(spec, ns, text, p.configmap))
+    out.configmaps.append((ns, cm["metadata"]["name"]))
+    for role, checks, by_ep, shards in roles:
+        # An even split, computed here once: each index reads only its own part.
+        parts = shard.split(tf, shards, by_endpoint=by_ep)
+        for i, part in enumerate(parts if shards > 1 else ()):
+            body = targets_yaml(part.to_dict())
+            if len(body.encode()) > CONFIGMAP_MAX:
+                _too_big(body, f"shard {i} of {role.name}", lower=True)
+            made = cluster.create_configmap(
+                ns, jobspec.shard_configmap(spec, ns, role.name, i, body, cm)
             )
-            created = cluster.create_job(ns, jb)
-            out.jobs.append((ns, created["metadata"]["name"]))
-            out.units.append(
-                Unit(
-                    ns,
-                    role,
-                    tuple((c, scopes[c]) for c in checks),
-                    parts,
-                    created["metadata"]["name"],
-                )
+            out.configmaps.append((ns, made["metadata"]["name"]))
+        jb = jobspec.job(
+            spec,
+            ns,
+            role,
+            checks,
+            cm,
+            shards=shards,
+            parallelism=options.parallelism,
+            service_account=p.service_account,
+        )
+        created = cluster.create_job(ns, jb)
+        out.jobs.append((ns, created["metadata"]["name"]))
+        out.units.append(
+            Unit(
+                ns,
+                role,
+                tuple((c, scopes[c]) for c in checks),
+                parts,
+                created["metadata"]["name"],
             )
+        )
 
 
 # ---- waiting and collecting -----------------------------------------------------------------
@@ -234,6 +374,7 @@ def _settle(u: Unit, index: int, results: list[Result]) -> None:
 
     origin = Origin(u.namespace, u.parts[index].source.identity)
     now = time.time_ns()
+    results = per_case(u, index, results)
     u.done[index] = [
         replace(
             r,
@@ -243,6 +384,28 @@ def _settle(u: Unit, index: int, results: list[Result]) -> None:
         )
         for r in results
     ]
+
+
+def per_case(u: Unit, index: int, results: list[Result]) -> list[Result]:
+    """An error decided here for a per-case check's target (a pod that never reported)
+    becomes one error per case that pod owed there, each naming its ``source`` and
+    ``request`` as a reported case would: who could not call whom stays visible."""
+    from probe.checks.base import Scope
+
+    per = {n for n, scope in u.checks if scope is Scope.CASE}
+    if not per:
+        return results
+    cases = {t.name: t.authz for t in u.parts[index].targets}
+    out: list[Result] = []
+    for r in results:
+        if r.check in per and r.source is None and r.endpoint is None and cases.get(r.target):
+            out += [
+                replace(r, source=c.source, request=c.request, expected=c.expect.value)
+                for c in cases[r.target]
+            ]
+        else:
+            out.append(r)
+    return out
 
 
 def _unit(units: list[Unit], slot: Slot) -> Unit:

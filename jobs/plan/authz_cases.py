@@ -59,9 +59,14 @@ def _finding(target: str, verdict: Verdict, reason: str, **evidence: object) -> 
 _MARK = "authzPlan"  # in a finding's evidence: made here (attaching again replaces them)
 
 
-def identities_named(ps: PolicySet, trust_domain: str, limit: int = 4) -> list[str]:
-    """Identities the policies name exactly (a principal, a namespace's ``mtlsprobe``
-    service account): probes that run as them prove the allows (the lab runs them)."""
+def identities_named(
+    ps: PolicySet,
+    trust_domain: str,
+    limit: int = 4,
+    service_account: str = PROBE_SERVICE_ACCOUNT,
+) -> list[str]:
+    """Identities the policies name exactly (a principal, a namespace's probe service
+    account): probes that run as them prove the allows (the lab runs them)."""
     out: dict[str, None] = {}
     for p in ps.policies:
         for rule in p.rules:
@@ -81,8 +86,23 @@ def identities_named(ps: PolicySet, trust_domain: str, limit: int = 4) -> list[s
                         out[f"spiffe://{trust_domain}/ns/{parts[2]}/sa/{parts[4]}"] = None
                 for ns in (*src.get("namespaces", ()), *src.get("notNamespaces", ())):
                     if "*" not in ns and ns:
-                        out[f"spiffe://{trust_domain}/ns/{ns}/sa/{PROBE_SERVICE_ACCOUNT}"] = None
+                        out[f"spiffe://{trust_domain}/ns/{ns}/sa/{service_account}"] = None
     return list(out)[:limit]
+
+
+def for_probes(
+    plan: Plan, snap: ClusterSnapshot, probing: Sequence[str], service_account: str
+) -> Plan:
+    """``plan`` with its cases planned for the identities that will probe (``mtlsprobe
+    run``: its source namespaces and ``--impersonate``), plus those the policies name
+    that no probe holds: their cases stay in the plan, so the run reports each as not
+    probed, naming the identity, instead of dropping them."""
+    if not snap.authorizationpolicies or not probing:
+        return plan
+    ps = PolicySet.from_objects(snap.authorizationpolicies, snap.root_namespace)
+    named = identities_named(ps, plan.targets_file.trust_domain, service_account=service_account)
+    ids = list(dict.fromkeys([*probing, *named]))
+    return attach(plan, snap, ids)
 
 
 # ---- requests from rules ---------------------------------------------------------------------
@@ -162,7 +182,8 @@ def attach(plan: Plan, snap: ClusterSnapshot, identities: Sequence[str] | None =
     for t in plan.targets_file.targets:
         cases, notes = target_cases(t, by_target.get(t.name, []), ps, ids)
         findings.extend(notes)
-        targets.append(replace(t, authz=tuple(cases)) if cases else t)
+        # Attaching again (other identities) replaces the cases, even with none.
+        targets.append(replace(t, authz=tuple(cases)) if cases or t.authz else t)
     tf = replace(plan.targets_file, targets=tuple(targets))
     kept = [r for r in plan.findings if not r.evidence.get(_MARK)]
     return replace(plan, targets_file=tf, findings=[*kept, *findings])
