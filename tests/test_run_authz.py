@@ -307,3 +307,52 @@ def test_each_source_namespace_probe_gets_its_own_cases_and_a_dead_pod_owes_each
     assert {r["source"] for r in results} == {PROBE, nsb, FRONTEND}  # frontend: not probed
     assert code == 2
     assert env.kube.run_objects() == []
+
+
+def test_a_case_the_pod_left_out_is_an_error_not_silence() -> None:
+    """The pod log's keys are per target; a case is per (source, request). A pod that
+    reported one of a target's cases and not the other owes the other: ``error``."""
+    from jobs.launch.jobspec import RUN_ROLES
+    from jobs.launch.launcher import Unit, per_case
+    from probe.authzmodel import AuthzCase, AuthzExpect
+    from probe.checks.base import Scope
+    from probe.model import Expect, Protocol, Source, Target, TargetsFile
+    from probe.results import Result, Verdict
+
+    cases = (
+        AuthzCase(PROBE, AuthzExpect.ALLOW, "ns-a/allow-get", "GET", "/api/x"),
+        AuthzCase(PROBE, AuthzExpect.DENY, "ns-a/allow-get", "POST", "/api/x"),
+    )
+    target = Target(
+        name=TARGET,
+        host="api.ns-a.svc.cluster.local",
+        port=80,
+        protocol=Protocol.HTTP,
+        expect=Expect.STRICT,
+        identity=f"spiffe://{TD}/ns/ns-a/sa/api",
+        authz=cases,
+    )
+    part = TargetsFile(trust_domain=TD, targets=(target,), source=Source(identity=PROBE))
+    sidecar = next(r for r in RUN_ROLES if r.sidecar)
+    unit = Unit("mtlsprobe", sidecar, (("authz", Scope.CASE),), (part,), "job")
+    got = Result(
+        "authz",
+        TARGET,
+        Verdict.PASS,
+        "allowed",
+        expected="allow",
+        observed="allow",
+        source=PROBE,
+        request="GET /api/x",
+    )
+    out = per_case(unit, 0, [got])
+    assert [r.verdict for r in out] == [Verdict.PASS, Verdict.ERROR]
+    left = out[1]
+    assert (left.source, left.request, left.expected) == (PROBE, "POST /api/x", "deny")
+    assert "reported other cases" in left.reason
+    # Every case reported: nothing added.
+    both = [
+        got,
+        Result("authz", TARGET, Verdict.PASS, "denied", source=PROBE, request="POST /api/x"),
+    ]
+    assert len(per_case(unit, 0, both)) == 2

@@ -391,12 +391,14 @@ def per_case(u: Unit, index: int, results: list[Result]) -> list[Result]:
     becomes one error per case that pod owed there, each naming its ``source`` and
     ``request`` as a reported case would: who could not call whom stays visible."""
     from probe.checks.base import Scope
+    from probe.results import Result, Verdict
 
     per = {n for n, scope in u.checks if scope is Scope.CASE}
     if not per:
         return results
     cases = {t.name: t.authz for t in u.parts[index].targets}
     out: list[Result] = []
+    reported: set[tuple[str, str, str | None, str | None]] = set()
     for r in results:
         if r.check in per and r.source is None and r.endpoint is None and cases.get(r.target):
             out += [
@@ -405,6 +407,29 @@ def per_case(u: Unit, index: int, results: list[Result]) -> list[Result]:
             ]
         else:
             out.append(r)
+    for r in out:
+        reported.add((r.check, r.target, r.source, r.request))
+    # Fail closed per case: a pod that reported some of a target's cases but not others
+    # owes the rest (the log's keys are per target; a case is per source and request).
+    for name in sorted(per):
+        for target, owed in cases.items():
+            if not any(k[:2] == (name, target) for k in reported):
+                continue  # nothing reported for this target: the per-target check covers it
+            out += [
+                Result(
+                    check=name,
+                    target=target,
+                    verdict=Verdict.ERROR,
+                    reason=f"the probe pod reported other cases for {target} but not this one",
+                    expected=c.expect.value,
+                    observed="probe-incomplete",
+                    evidence={"error": "probe-incomplete"},
+                    source=c.source,
+                    request=c.request,
+                )
+                for c in owed
+                if (name, target, c.source, c.request) not in reported
+            ]
     return out
 
 
