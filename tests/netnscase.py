@@ -26,6 +26,16 @@ def why_not() -> str | None:
 WHY_NOT = why_not()
 
 SETTINGS = Settings(timeout=5.0, concurrency=16)
+# Not root, but able to read the checkout (a fresh clone may sit under a 0700 directory):
+# what the lab's pods get too (jobs/lab/netns/net.py ``netns_argv``).
+AS_NOBODY = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+]
 
 
 def host_iptables() -> list[str]:

@@ -29,7 +29,7 @@ from jobs.lab.scenarios import builtin
 from jobs.lab.supervisor import pid_alive
 from probe.checks import REGISTRY
 from probe.results import Verdict
-from tests.netnscase import SETTINGS, WHY_NOT, HostSnapshot
+from tests.netnscase import AS_NOBODY, SETTINGS, WHY_NOT, HostSnapshot
 
 MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
 
@@ -65,7 +65,7 @@ def test_refused_without_root_in_one_line() -> None:
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("SKIPPED LOUDLY: setpriv missing, cannot drop root for this test")
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        argv = [*AS_NOBODY, *argv]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
     assert proc.returncode == 64, proc.stderr
     lines = proc.stderr.strip().splitlines()

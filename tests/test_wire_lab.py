@@ -28,7 +28,7 @@ from jobs.lab.scenarios import builtin
 from probe.checks import REGISTRY
 from probe.model import Protocol
 from probe.results import Result, Verdict
-from tests.netnscase import SETTINGS, WHY_NOT
+from tests.netnscase import AS_NOBODY, SETTINGS, WHY_NOT
 
 MTLSPROBE = [sys.executable, "-m", "jobs.cli.main"]
 needs_root = pytest.mark.skipif(WHY_NOT is not None, reason=f"SKIPPED LOUDLY: {WHY_NOT}")
@@ -134,7 +134,7 @@ def test_without_netns_the_lab_skips_wire_and_says_why(tmp_path: Path, as_root: 
     if not as_root and os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("SKIPPED LOUDLY: setpriv missing, cannot drop root for this test")
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        argv = [*AS_NOBODY, *argv]
     elif as_root and os.geteuid() != 0:
         pytest.skip("SKIPPED LOUDLY: not root")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")

@@ -234,7 +234,12 @@ def hosts_file(own: tuple[str, str], services: Iterable[tuple[str, str]]) -> str
 
 def netns_argv(ns: str, argv: Sequence[str], uid: int | None = None) -> list[str]:
     """Run ``argv`` in ``ns`` (with its /etc/netns files), optionally as ``uid``:gid. The
-    UID change clears PR_SET_PDEATHSIG, so setpriv sets it again for the target."""
+    UID change clears PR_SET_PDEATHSIG, so setpriv sets it again for the target.
+
+    As ``uid`` the process keeps one capability, CAP_DAC_READ_SEARCH: the checkout and its
+    venv (the interpreter, our code, Envoy) may sit under a directory only root may enter
+    (a fresh clone in ``mktemp -d`` or ``/root``). It lets the pod's user read files, nothing
+    else; the UID the capture rules match stays exactly the pod's."""
     out = ["ip", "netns", "exec", ns]
     if uid is not None:
         out += [
@@ -242,6 +247,8 @@ def netns_argv(ns: str, argv: Sequence[str], uid: int | None = None) -> list[str
             f"--reuid={uid}",
             f"--regid={uid}",
             "--clear-groups",
+            "--inh-caps=+dac_read_search",
+            "--ambient-caps=+dac_read_search",
             "--pdeathsig=KILL",
         ]
     return out + list(argv)
