@@ -21,7 +21,8 @@ from jobs.lab.spec import InboundPort, PodSpec, ServerMode, Upstream
 from probe.spiffe import trust_domain_prefix
 
 Json = dict[str, Any]
-_T = "type.googleapis.com/envoy."
+TYPE_URL = "type.googleapis.com/envoy."  # prefix of every typed_config @type
+_T = TYPE_URL
 
 # ALPNs an Istio client sidecar offers; a PERMISSIVE inbound's TLS chains match on these.
 ISTIO_MTLS_ALPNS = ("istio-http/1.0", "istio-http/1.1", "istio-h2", "istio-peer-exchange", "istio")
@@ -31,15 +32,15 @@ ROOT_SECRET = "ROOTCA"
 PROBE_SECRET = "default"
 XFCC = "x-forwarded-client-cert"
 
-_TLS_INSPECTOR = {
+TLS_INSPECTOR = {
     "name": "envoy.filters.listener.tls_inspector",
     "typed_config": {"@type": _T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"},
 }
-_HTTP_INSPECTOR = {
+HTTP_INSPECTOR = {
     "name": "envoy.filters.listener.http_inspector",
     "typed_config": {"@type": _T + "extensions.filters.listener.http_inspector.v3.HttpInspector"},
 }
-_ROUTER = {
+ROUTER = {
     "name": "envoy.filters.http.router",
     "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
 }
@@ -170,7 +171,7 @@ def _inbound_filters(pod: PodSpec, port: InboundPort, stat: str) -> list[Json]:
                         }
                     ],
                 },
-                "http_filters": [*rbac, _ROUTER],
+                "http_filters": [*rbac, ROUTER],
             },
         }
     ]
@@ -213,9 +214,9 @@ def _inbound_listener(pod: PodSpec, port: InboundPort, trust_domain: str) -> Jso
         )
     else:
         chains.append({"filters": filters})
-    listener_filters = [_TLS_INSPECTOR]
+    listener_filters = [TLS_INSPECTOR]
     if port.http:
-        listener_filters.append(_HTTP_INSPECTOR)
+        listener_filters.append(HTTP_INSPECTOR)
     return {
         "name": f"{pod.ip}_{port.port}",
         "address": _addr(pod.ip, port.port),
@@ -353,12 +354,12 @@ def _virtual_inbound(address: tuple[str, int], trust_domain: str) -> Json:
                 }
             ]
         },
-        "http_filters": [_ROUTER],
+        "http_filters": [ROUTER],
     }
     return {
         "name": "virtualInbound",
         "address": _addr(*address),
-        "listener_filters": [_TLS_INSPECTOR],
+        "listener_filters": [TLS_INSPECTOR],
         "filter_chains": [
             {
                 "filter_chain_match": {"transport_protocol": "tls"},
@@ -427,7 +428,7 @@ def probe_bootstrap(
         "forward_client_cert_details": "ALWAYS_FORWARD_ONLY",
         "route_config": {"name": "outbound", "virtual_hosts": vhosts},
         "upgrade_configs": [{"upgrade_type": "CONNECT"}],
-        "http_filters": [_ROUTER],
+        "http_filters": [ROUTER],
     }
     listener = {
         "name": "outbound",

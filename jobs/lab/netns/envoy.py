@@ -23,34 +23,31 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jobs.lab.envoy_config import (
+    HTTP_INSPECTOR,
+    ROUTER,
+    TLS_INSPECTOR,
     XFCC,
     outbound_cluster_name,
     probe_bootstrap,
     service_domains,
     workload_bootstrap,
 )
+from jobs.lab.envoy_config import TYPE_URL as _T
 from jobs.lab.meshca import CertFiles, MeshCerts
 from jobs.lab.netns.capture import INBOUND_PASSTHROUGH_SOURCE, INBOUND_PORT, OUTBOUND_PORT
 from jobs.lab.spec import PodSpec, Upstream
 
 Json = dict[str, Any]
-_T = "type.googleapis.com/envoy."
 ADMIN_PORT = 15000
 HEALTH_PORT = 15021
 PROMETHEUS_PORT = 15090
 ADMIN_CLUSTER = "envoy_admin"
 PASSTHROUGH = "PassthroughCluster"
 _HCM = _T + "extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER = {
-    "name": "envoy.filters.http.router",
-    "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
-}
 _ORIGINAL_DST = {
     "name": "envoy.filters.listener.original_dst",
     "typed_config": {"@type": _T + "extensions.filters.listener.original_dst.v3.OriginalDst"},
 }
-_TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
-_HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
 
 
 def _addr(ip: str, port: int) -> Json:
@@ -75,7 +72,7 @@ def _hcm(stat: str, vhosts: list[Json], **extra: Any) -> Json:
             "@type": _HCM,
             "stat_prefix": stat,
             "route_config": {"name": stat, "virtual_hosts": vhosts},
-            "http_filters": [_ROUTER],
+            "http_filters": [ROUTER],
             **extra,
         },
     }
@@ -141,7 +138,9 @@ def _port_of(listener: Json) -> int:
 
 
 def _is_http(listener: Json) -> bool:
-    return any(f.get("name") == _HTTP_INSPECTOR for f in listener.get("listener_filters", []))
+    return any(
+        f.get("name") == HTTP_INSPECTOR["name"] for f in listener.get("listener_filters", [])
+    )
 
 
 def virtual_inbound(per_port: Sequence[Json]) -> Json:
@@ -157,12 +156,7 @@ def virtual_inbound(per_port: Sequence[Json]) -> Json:
             c = copy.deepcopy(chain)
             c["filter_chain_match"] = {**c.get("filter_chain_match", {}), "destination_port": port}
             chains.append(c)
-    http_inspector: Json = {
-        "name": _HTTP_INSPECTOR,
-        "typed_config": {
-            "@type": _T + "extensions.filters.listener.http_inspector.v3.HttpInspector"
-        },
-    }
+    http_inspector: Json = copy.deepcopy(HTTP_INSPECTOR)  # gets filter_disabled below
     if tcp_ports:
         # As Istio does on ports it knows are not HTTP: no sniffing there.
         rules: list[Json] = [
@@ -171,14 +165,10 @@ def virtual_inbound(per_port: Sequence[Json]) -> Json:
         http_inspector["filter_disabled"] = (
             rules[0] if len(rules) == 1 else {"or_match": {"rules": rules}}
         )
-    tls_inspector = {
-        "name": _TLS_INSPECTOR,
-        "typed_config": {"@type": _T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"},
-    }
     return {
         "name": "virtualInbound",
         "address": _addr("0.0.0.0", INBOUND_PORT),
-        "listener_filters": [_ORIGINAL_DST, tls_inspector, http_inspector],
+        "listener_filters": [_ORIGINAL_DST, TLS_INSPECTOR, http_inspector],
         "filter_chains": chains,
     }
 
