@@ -409,11 +409,12 @@ def per_case(u: Unit, index: int, results: list[Result]) -> list[Result]:
             out.append(r)
     for r in out:
         reported.add((r.check, r.target, r.source, r.request))
+    seen_targets = {k[:2] for k in reported}
     # Fail closed per case: a pod that reported some of a target's cases but not others
     # owes the rest (the log's keys are per target; a case is per source and request).
     for name in sorted(per):
         for target, owed in cases.items():
-            if not any(k[:2] == (name, target) for k in reported):
+            if (name, target) not in seen_targets:
                 continue  # nothing reported for this target: the per-target check covers it
             out += [
                 Result(
