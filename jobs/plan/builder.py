@@ -60,6 +60,7 @@ from jobs.plan.policy import (
     DestinationRuleIndex,
     ModeDecision,
     PeerAuthIndex,
+    SidecarIndex,
     WorkloadPolicy,
     client_view,
     container_ports,
@@ -92,6 +93,14 @@ class Builder:
             snap.cluster_domain,
             default_export_to=snap.default_dr_export_to,
             auto_mtls=snap.enable_auto_mtls,
+        )
+        # The probe's own sidecar: which services its Sidecar resource lets it reach.
+        self.egress = SidecarIndex(
+            snap.sidecars,
+            snap.root_namespace,
+            req.client_namespace,
+            snap.outbound_mode,
+            snap.mesh_config,
         )
         self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
         self.pods: dict[str, KubeObject] = {}
@@ -272,6 +281,7 @@ class Builder:
             if spec(svc).get("clusterIP") == "None"
             else None,
         )
+        hidden = self.egress.hide(base, ns, host, port)
         groups: dict[_GroupKey, list[Endpoint]] = {}
         group_edges: dict[_GroupKey, list[Edge]] = defaultdict(list)
         # One port's edges share the DestinationRule view; the client's view depends
@@ -292,6 +302,10 @@ class Builder:
                     ambient=pi.ambient,
                     identity=pi.identity,
                 )
+                if hidden is not None:  # the probe's sidecar never has this port in scope
+                    view = views[vkey] = self.egress.view(
+                        base, hidden, host, port, decision.mode, pi.has_proxy
+                    )
             expect, decision = on_the_wire(pi, tport, decision)
             key = (pi.service_account, expect, pi.echo)
             eps = groups.setdefault(key, [])
