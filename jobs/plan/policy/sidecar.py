@@ -102,7 +102,9 @@ class _Listener:
             return True
         # ``SubsetOf``: the name ends with the wildcard's suffix; every suffix of the name is
         # looked up, so a Sidecar with thousands of wildcards costs len(host) lookups.
-        return bool(suffixes) and any(host[i:] in suffixes for i in range(len(host) + 1))
+        if not suffixes:
+            return False
+        return any(host[i:] in suffixes for i in range(len(host) + 1))
 
     def imports(self, svc_ns: str, host: str, proxy_ns: str) -> bool:
         if not self.captured:
