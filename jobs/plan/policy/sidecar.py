@@ -450,18 +450,24 @@ class SidecarIndex:
             by_sidecar[h.scope.sidecar.ref].append((target, h))
         for sc_ref, items in sorted(by_sidecar.items()):
             out.append(self._hiding(sc_ref, items))
-        for who, sc in self.scopes:
-            if sc.sidecar is not None and sc.sidecar.ref not in by_sidecar:
+        told: set[str] = set(by_sidecar)
+        for _who, sc in self.scopes:
+            if sc.sidecar is not None and sc.sidecar.ref not in told:
+                told.add(sc.sidecar.ref)
                 out.append(
                     (
                         sc.sidecar.ref,
                         "skip",
-                        f"{who} in namespace {sc.proxy_ns} use this Sidecar ({sc.how}); every "
-                        "planned service port is in its egress hosts",
+                        f"{self._users(sc.sidecar)} in namespace {sc.proxy_ns} use this "
+                        f"Sidecar ({sc.how}); every planned service port is in its egress hosts",
                         {},
                     )
                 )
         return out
+
+    def _users(self, sc: ParsedSidecar) -> str:
+        """Which probe pods use ``sc``, as words."""
+        return " and ".join(who for who, scope in self.scopes if scope.sidecar is sc)
 
     def _shadowed(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         out: list[tuple[str, str, str, dict[str, Any]]] = []
@@ -484,6 +490,8 @@ class SidecarIndex:
     ) -> tuple[str, str, str, dict[str, Any]]:
         targets = sorted({t for t, _ in items})
         h = items[0][1]
+        sc = h.scope.sidecar
+        assert sc is not None
         fails = any(Outcome.FAIL in self.outcomes.get(t, ()) for t in targets)
         more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
         shown = ", ".join(targets[:5]) + more
@@ -508,8 +516,9 @@ class SidecarIndex:
             )
         ns = h.scope.proxy_ns
         reason = (
-            f"{h.client} in namespace {ns} use this Sidecar ({h.scope.how}) and it {what}: the "
-            'mesh checks cannot verify mTLS there. Add the targets\' namespaces ("<ns>/*") to '
+            f"{self._users(sc)} in namespace {ns} use this Sidecar ({h.scope.how}) and it "
+            f"{what}: the mesh checks cannot verify mTLS there. Add the targets' namespaces "
+            '("<ns>/*") to '
             "its egress hosts, or give the probe pods their own Sidecar in "
             f"{ns} with workloadSelector labels {{{APP_NAME_LABEL}: mtlsprobe}} and egress "
             'hosts ["*/*"]'
