@@ -466,3 +466,43 @@ def test_a_bad_mesh_outbound_mode_is_reported(plan_both: Callable[..., Both]) ->
     b = plan_both(cluster(sidecar(hosts=["./*"]), mesh))
     assert "ConfigMap istio-system/istio" in {r.target for r in b.findings()}
     assert "ALLOW_ANY" in b.live.edges[0].client.reason
+
+
+# ---- a Service not exported to the probe's namespace ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("export_to", "seen"),
+    [
+        (".", False),  # private to shop
+        ("~", False),  # nobody
+        ("shop", False),  # its own namespace: private
+        ("other", False),
+        ("mtlsprobe", True),
+        ("shop, mtlsprobe", True),
+        ("*", True),
+        ("~,*", True),  # "*" wins: public
+        ("", True),  # empty: the mesh default, "*"
+    ],
+)
+def test_service_export_to_hides_it_from_the_probe(
+    plan_both: Callable[..., Both], export_to: str, seen: bool
+) -> None:
+    """push_context.go ``initServiceRegistry``: a Service's ``networking.istio.io/exportTo``
+    annotation decides which namespaces' proxies know it at all (``sidecar.go``
+    ``selectServices`` only sees ``servicesExportedToNamespace``): one not exported to the
+    probe's namespace is hidden from the probe's sidecar whatever the Sidecar says."""
+    objs = cluster(
+        kb.configmap(
+            "istio", "istio-system", {"mesh": "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n"}
+        )
+    )
+    svc = next(o for o in objs if o["kind"] == "Service")
+    svc["metadata"]["annotations"] = {"networking.istio.io/exportTo": export_to}
+    b = plan_both(objs)
+    assert (views(b) == {Outcome.OK}) is seen
+    if not seen:
+        assert "BlackHoleCluster" in b.live.edges[0].client.reason
+        f = {r.target: r for r in b.findings()}["Service shop/a"]
+        assert f.verdict == Verdict.FAIL and "Add mtlsprobe to the annotation" in f.reason
+        assert b.required()["require-strict:shop/a:80"] == Verdict.FAIL

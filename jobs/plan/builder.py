@@ -56,6 +56,7 @@ from jobs.plan.model import (
 )
 from jobs.plan.objects import ClusterSnapshot
 from jobs.plan.policy import (
+    EXPORT_TO,
     ClientView,
     DestinationRuleIndex,
     ModeDecision,
@@ -281,7 +282,9 @@ class Builder:
             if spec(svc).get("clusterIP") == "None"
             else None,
         )
-        hidden = self.egress.hide(base, ns, host, port)
+        hidden = self.egress.hide(
+            base, ns, host, port, f"Service {ref(svc)}", annotations_of(svc).get(EXPORT_TO)
+        )
         groups: dict[_GroupKey, list[Endpoint]] = {}
         group_edges: dict[_GroupKey, list[Edge]] = defaultdict(list)
         # One port's edges share the DestinationRule view; the client's view depends

@@ -42,9 +42,11 @@ from jobs.plan.policy.ports import (
     service_ports,
     service_selector,
 )
+from jobs.plan.policy.sidecar import EXPORT_TO_ANNOTATION as EXPORT_TO
 from jobs.plan.policy.sidecar import SidecarIndex
 
 __all__ = [
+    "EXPORT_TO",
     "PROBE_CLIENT_LABELS",
     "ClientTls",
     "ClientView",

@@ -80,6 +80,27 @@ PROBE_CLIENTS: tuple[tuple[str, Mapping[str, str]], ...] = (
 )
 
 
+# ---- Service exportTo ------------------------------------------------------------------------
+
+EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
+
+
+def exported_to(annotation: str, svc_ns: str, client_ns: str) -> bool:
+    """Whether a Service with this exportTo annotation is visible from ``client_ns``
+    (push_context.go ``initServiceRegistry``: ``*`` public, ``~`` nobody, ``.`` or its own
+    namespace private, other names exported there; the kube controller splits the
+    annotation on commas). Empty: the mesh's defaultServiceExportTo, ``*`` by default (the
+    plan does not read that mesh field)."""
+    names = {n.strip() for n in annotation[:10_000].split(",") if n.strip()}
+    if not names or "*" in names:
+        return True
+    if "~" in names:
+        return False
+    if client_ns in names:
+        return True
+    return client_ns == svc_ns and "." in names
+
+
 # ---- one Sidecar, read defensively -----------------------------------------------------------
 
 
@@ -286,16 +307,28 @@ class Hidden:
     client: str  # which probe pods
     scope: EgressScope
     known: bool  # False: the Sidecar could not be read
+    # Set when the Service itself is not exported to the probe's namespace: "Service ns/name"
+    # and its exportTo annotation (whatever the Sidecar says).
+    service: str | None = None
+    export_to: str | None = None
 
     def view(self, host: str, port: int, server_mode: Expect, has_proxy: bool) -> ClientView:
         """What a call from the probe's sidecar to ``host:port`` does."""
         sc = self.scope.sidecar
-        assert sc is not None
-        left_out = (
-            f"{sc.ref} ({self.scope.how}) leaves {host}:{port} out of the egress hosts of "
-            f"{self.client}"
-        )
+        if self.service is not None:
+            left_out = (
+                f"{self.service} is not exported to namespace {self.scope.proxy_ns} "
+                f"({EXPORT_TO_ANNOTATION}: {self.export_to!r}), so {self.client} do not have "
+                f"{host}:{port} in scope"
+            )
+        else:
+            assert sc is not None
+            left_out = (
+                f"{sc.ref} ({self.scope.how}) leaves {host}:{port} out of the egress hosts of "
+                f"{self.client}"
+            )
         if not self.known:
+            assert sc is not None
             return ClientView(
                 ClientTls.BLOCKED,
                 False,
@@ -396,9 +429,28 @@ class SidecarIndex:
             return EgressScope(chosen, how, ns, chosen.mode, chosen.ref)
         return EgressScope(chosen, how, ns, self.mesh_mode, self.mesh_from)
 
-    def hide(self, target: str, svc_ns: str, host: str, port: int) -> Hidden | None:
+    def hide(
+        self,
+        target: str,
+        svc_ns: str,
+        host: str,
+        port: int,
+        service: str | None = None,
+        export_to: str | None = None,
+    ) -> Hidden | None:
         """Whether some probe pod's sidecar does not have ``host:port`` in scope (the first
-        that does not, preferring a certain answer over an unknown one)."""
+        that does not, preferring a certain answer over an unknown one). ``service``
+        ("Service ns/name") and ``export_to`` (its exportTo annotation): a Service not
+        exported to the probe's namespace is in no scope of it."""
+        if (
+            self.scopes
+            and export_to is not None
+            and self.client_namespace is not None
+            and not exported_to(export_to, svc_ns, self.client_namespace)
+        ):
+            h = Hidden("the probe pods", self.scopes[0][1], True, service or svc_ns, export_to)
+            self.hidden.append((target, h))
+            return h
         unknown: Hidden | None = None
         for who, sc in self.scopes:
             seen = sc.sees(svc_ns, host, port)
@@ -446,6 +498,9 @@ class SidecarIndex:
         out.extend(self._shadowed())
         by_sidecar: dict[str, list[tuple[str, Hidden]]] = defaultdict(list)
         for target, h in self.hidden:
+            if h.service is not None:
+                out.append(self._not_exported(target, h))
+                continue
             assert h.scope.sidecar is not None
             by_sidecar[h.scope.sidecar.ref].append((target, h))
         for sc_ref, items in sorted(by_sidecar.items()):
@@ -464,6 +519,23 @@ class SidecarIndex:
                     )
                 )
         return out
+
+    def _not_exported(self, target: str, h: Hidden) -> tuple[str, str, str, dict[str, Any]]:
+        assert h.service is not None
+        fails = Outcome.FAIL in self.outcomes.get(target, ())
+        ns = h.scope.proxy_ns
+        where = {
+            REGISTRY_ONLY: "BlackHoleCluster (HTTP 502)",
+            ALLOW_ANY: "PassthroughCluster as plaintext",
+        }.get(h.scope.mode, "no mTLS")
+        reason = (
+            f"not exported to the probe's namespace {ns} ({EXPORT_TO_ANNOTATION}: "
+            f"{h.export_to!r}): the probe's sidecar has {target} in no scope, and with "
+            f"outboundTrafficPolicy {h.scope.mode} ({h.scope.mode_from}) its mesh calls go to "
+            f"{where}: the mesh checks cannot verify mTLS there. Add {ns} to the annotation"
+        )
+        evidence = {"hidden": [target], "exportTo": h.export_to, "clientNamespace": ns}
+        return h.service, "fail" if fails else "error", reason, evidence
 
     def _users(self, sc: ParsedSidecar) -> str:
         """Which probe pods use ``sc``, as words."""
