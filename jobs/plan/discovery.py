@@ -57,8 +57,9 @@ class Options:
     timeout: float = 10.0  # seconds, per request
     page_size: int = 500
     raw: bool = True  # False: go through the generated models (for the benchmark)
-    # List PeerAuthentications/DestinationRules only in these namespaces (include the root
-    # namespace!), for users whose RBAC is namespace-scoped. Empty: cluster-wide.
+    # List PeerAuthentications/DestinationRules/Sidecars only in these namespaces (include
+    # the root namespace, and the probe's for its Sidecar!), for users whose RBAC is
+    # namespace-scoped. Empty: cluster-wide.
     policy_namespaces: tuple[str, ...] = ()
 
 
