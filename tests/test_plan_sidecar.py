@@ -506,3 +506,29 @@ def test_service_export_to_hides_it_from_the_probe(
         f = {r.target: r for r in b.findings()}["Service shop/a"]
         assert f.verdict == Verdict.FAIL and "Add mtlsprobe to the annotation" in f.reason
         assert b.required()["require-strict:shop/a:80"] == Verdict.FAIL
+
+
+def test_target_side_ingress_tls_is_named_as_not_modelled(plan_both: Callable[..., Both]) -> None:
+    """istio/api sidecar.proto ``IstioIngressListener.tls``: the target's sidecar
+    terminates TLS on that port with the Sidecar's own certificates. Not modelled: an
+    error finding names the Sidecar and the port, so nothing silently passes on it. The
+    same in a namespace that is not planned (a system namespace) is not read."""
+    ingress = [
+        {
+            "port": {"number": 8080, "protocol": "HTTPS", "name": "https"},
+            "defaultEndpoint": "127.0.0.1:8080",
+            "tls": {"mode": "SIMPLE", "credentialName": "x"},
+        },
+        {
+            "port": {"number": 9090, "protocol": "HTTP", "name": "h"},
+            "defaultEndpoint": "127.0.0.1:9090",
+        },
+    ]
+    b = plan_both(cluster(sidecar("in", ns="shop", ingress=ingress)))
+    f = sidecar_findings(b)["Sidecar shop/in"]
+    assert f.verdict == Verdict.ERROR and f.evidence["ports"] == [8080]
+    assert "does not model" in f.reason
+    b = plan_both(
+        cluster(kb.namespace("kube-system"), sidecar("in", ns="kube-system", ingress=ingress))
+    )
+    assert not sidecar_findings(b)

@@ -95,14 +95,6 @@ class Builder:
             default_export_to=snap.default_dr_export_to,
             auto_mtls=snap.enable_auto_mtls,
         )
-        # The probe's own sidecar: which services its Sidecar resource lets it reach.
-        self.egress = SidecarIndex(
-            snap.sidecars,
-            snap.root_namespace,
-            req.client_namespace,
-            snap.outbound_mode,
-            snap.mesh_config,
-        )
         self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
         self.pods: dict[str, KubeObject] = {}
         self.pods_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
@@ -111,6 +103,15 @@ class Builder:
             if snap.is_target_namespace(ns):
                 self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
                 self.pods_by_ns[ns].append(p)
+        # The probe's own sidecar: which services its Sidecar resource lets it reach.
+        self.egress = SidecarIndex(
+            snap.sidecars,
+            snap.root_namespace,
+            req.client_namespace,
+            snap.outbound_mode,
+            snap.mesh_config,
+            planned=self.pods_by_ns.__contains__,
+        )
         self.index = PodIndex(
             self.pods.values(),
             known_addresses(snap.pods, snap.services),

@@ -37,12 +37,16 @@ A listener with ``captureMode: NONE`` or a ``bind`` address serves only an appli
 connects to it explicitly: the probe's captured calls never reach it (treated as importing
 nothing). Malformed values (which the API server's schema refuses, so only YAML holds them)
 are findings; the plan then narrows what the probe can see, never widens it.
+On the targets' side only one thing is read: a Sidecar in a planned namespace whose
+``ingress[]`` listener has ``tls`` terminates TLS there with its own certificates for
+callers from outside the mesh (istio/api sidecar.proto ``IstioIngressListener.tls``); the
+plan does not model that port and says so (an error finding naming the Sidecar).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -273,6 +277,23 @@ def parse_sidecar(obj: KubeObject) -> ParsedSidecar:
     return ParsedSidecar(obj, selector, tuple(listeners), mode, problems)
 
 
+def ingress_tls_ports(obj: KubeObject) -> list[int | str]:
+    """The ``ingress[].port.number`` of listeners with ``tls`` set (bounded; a port that
+    cannot be read is shown as "?"). IstioIngressListener ``tls``: the sidecar terminates
+    TLS there with the given certificates, for callers from outside the mesh."""
+    s = obj.get("spec")
+    ingress = s.get("ingress") if isinstance(s, dict) else None
+    if not isinstance(ingress, list):
+        return []
+    out: list[int | str] = []
+    for lst in ingress[:MAX_LISTENERS]:
+        if isinstance(lst, dict) and lst.get("tls") is not None:
+            port = lst.get("port")
+            number = port.get("number") if isinstance(port, dict) else None
+            out.append(number if type(number) is int else "?")
+    return out
+
+
 # ---- the scope of one proxy ------------------------------------------------------------------
 
 
@@ -368,7 +389,8 @@ class Hidden:
 
 class SidecarIndex:
     """The Sidecars that can apply to the probe's pods (its namespace and the root
-    namespace; every other one is never read), arranged as istiod arranges them."""
+    namespace; of the others only ``ingress`` TLS is looked at), arranged as istiod
+    arranges them."""
 
     def __init__(
         self,
@@ -377,7 +399,16 @@ class SidecarIndex:
         client_namespace: str | None,
         mesh_mode: str = DEFAULT_OUTBOUND_MODE,
         mesh_from: str | None = None,
+        planned: Callable[[str], bool] = lambda ns: False,
     ) -> None:
+        """``planned``: whether a namespace has planned pods (its Sidecars' ``ingress``
+        TLS is reported as not modelled)."""
+        sidecars = list(sidecars)
+        self.ingress_tls = [
+            (f"Sidecar {ref(s)}", ports)
+            for s in sorted(sidecars, key=ref)
+            if planned(namespace(s)) and (ports := ingress_tls_ports(s))
+        ]
         self.root_namespace = root_namespace
         self.client_namespace = client_namespace
         self.mesh_mode = mesh_mode
@@ -496,6 +527,19 @@ class SidecarIndex:
                     )
                 )
         out.extend(self._shadowed())
+        for sc_ref, ports in self.ingress_tls:
+            shown = ", ".join(str(p) for p in ports[:10])
+            out.append(
+                (
+                    sc_ref,
+                    "error",
+                    f"ingress port(s) {shown} terminate TLS with the Sidecar's own certificates "
+                    "(ingress[].tls) instead of Istio mTLS; the plan does not model it, so the "
+                    "plaintext, peer-cert and mesh expectations for those ports of the pods it "
+                    "selects may not hold",
+                    {"ports": list(ports)},
+                )
+            )
         by_sidecar: dict[str, list[tuple[str, Hidden]]] = defaultdict(list)
         for target, h in self.hidden:
             if h.service is not None:
