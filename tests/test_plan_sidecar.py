@@ -532,3 +532,13 @@ def test_target_side_ingress_tls_is_named_as_not_modelled(plan_both: Callable[..
         cluster(kb.namespace("kube-system"), sidecar("in", ns="kube-system", ingress=ingress))
     )
     assert not sidecar_findings(b)
+
+
+def test_equal_creation_times_are_broken_by_name(plan_both: Callable[..., Both]) -> None:
+    """pilot/pkg/model/config.go ``sortConfigByCreationTime``: creationTimestamp, then
+    name, then namespace - so with equal times "a-wide" is used and "b-wide" ignored."""
+    a = sidecar("a-wide", hosts=["*/*"], mode="REGISTRY_ONLY", created=T0)
+    b_ = sidecar("b-wide", hosts=["./*"], mode="REGISTRY_ONLY", created=T0)
+    b = plan_both(cluster(b_, a))
+    assert views(b) == {Outcome.OK}
+    assert "ignored" in sidecar_findings(b)["Sidecar mtlsprobe/b-wide"].reason
