@@ -64,6 +64,7 @@ ISTIO: tuple[Resource, ...] = (
         "destinationrules",
         "DestinationRule",
     ),
+    Resource("networking.istio.io", ("v1", "v1beta1", "v1alpha3"), "sidecars", "Sidecar"),
 )
 
 

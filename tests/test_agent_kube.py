@@ -218,6 +218,7 @@ def test_shards_over_ready_agent_pods_and_records_its_api_calls(
         "/api/v1/namespaces/ns-a/services",
         "/apis/discovery.k8s.io/v1/namespaces/ns-a/endpointslices",
         "/apis/networking.istio.io/v1/destinationrules",
+        "/apis/networking.istio.io/v1/sidecars",  # the probe's egress scope (Sidecar resources)
         "/apis/security.istio.io/v1/peerauthentications",
         # AuthorizationPolicies (authz cases); not served by this fake: both versions tried
         "/apis/security.istio.io/v1/authorizationpolicies",

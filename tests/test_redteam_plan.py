@@ -221,18 +221,9 @@ def test_istio_mutual_subject_alt_names_must_name_the_server(
         assert "SAN check fails" in b.reasons()
 
 
-# ---- design gaps left open --------------------------------------------------------------
+# ---- Sidecar resources: what the probe's own sidecar can reach --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "design gap: networking.istio.io Sidecar resources are not discovered (discovery.py, "
-        "objects.py, the agent's RBAC); a Sidecar in the probe's namespace whose egress "
-        "hosts leave a target out sends the probe's mesh calls to BlackHoleCluster / "
-        "PassthroughCluster, so `run` reports a false mesh failure the plan never predicts"
-    ),
-)
 def test_probe_namespace_sidecar_resource_that_hides_a_target_is_reported(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

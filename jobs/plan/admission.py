@@ -20,7 +20,7 @@ DR_TLS_MODES = frozenset({"DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"})
 
 # Kinds Istio orders by creationTimestamp (the oldest wins): only there does a timestamp
 # change the plan, so only there is an unreadable one refused.
-_ORDERED_KINDS = frozenset({"PeerAuthentication", "DestinationRule"})
+_ORDERED_KINDS = frozenset({"PeerAuthentication", "DestinationRule", "Sidecar"})
 
 
 @dataclass(frozen=True)
@@ -242,6 +242,10 @@ _CHECKS: dict[str, tuple[bool, Callable[[Mapping[str, Any]], str | None]]] = {
         True,
         lambda o: None if type(o.get("spec", {})) is dict else "spec is not a mapping",
     ),
+    # Sidecar: metadata only here; jobs.plan.policy.sidecar reads the spec, fails closed on
+    # what it cannot read and names the field (a Sidecar dropped here would silently widen
+    # what the plan thinks the probe's sidecar can reach).
+    "Sidecar": (True, lambda o: None),
 }
 
 

@@ -56,10 +56,12 @@ from jobs.plan.model import (
 )
 from jobs.plan.objects import ClusterSnapshot
 from jobs.plan.policy import (
+    EXPORT_TO,
     ClientView,
     DestinationRuleIndex,
     ModeDecision,
     PeerAuthIndex,
+    SidecarIndex,
     WorkloadPolicy,
     client_view,
     container_ports,
@@ -101,6 +103,15 @@ class Builder:
             if snap.is_target_namespace(ns):
                 self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
                 self.pods_by_ns[ns].append(p)
+        # The probe's own sidecar: which services its Sidecar resource lets it reach.
+        self.egress = SidecarIndex(
+            snap.sidecars,
+            snap.root_namespace,
+            req.client_namespace,
+            snap.outbound_mode,
+            snap.mesh_config,
+            planned=self.pods_by_ns.__contains__,
+        )
         self.index = PodIndex(
             self.pods.values(),
             known_addresses(snap.pods, snap.services),
@@ -272,6 +283,9 @@ class Builder:
             if spec(svc).get("clusterIP") == "None"
             else None,
         )
+        hidden = self.egress.hide(
+            base, ns, host, port, f"Service {ref(svc)}", annotations_of(svc).get(EXPORT_TO)
+        )
         groups: dict[_GroupKey, list[Endpoint]] = {}
         group_edges: dict[_GroupKey, list[Edge]] = defaultdict(list)
         # One port's edges share the DestinationRule view; the client's view depends
@@ -292,6 +306,10 @@ class Builder:
                     ambient=pi.ambient,
                     identity=pi.identity,
                 )
+                if hidden is not None:  # the probe's sidecar never has this port in scope
+                    view = views[vkey] = self.egress.view(
+                        base, hidden, host, port, decision.mode, pi.has_proxy
+                    )
             expect, decision = on_the_wire(pi, tport, decision)
             key = (pi.service_account, expect, pi.echo)
             eps = groups.setdefault(key, [])

@@ -25,6 +25,7 @@ from jobs.plan.meshroot import ROOT_CERT_CONFIGMAP, no_root_note, root_cert_of
 from jobs.plan.objects import (
     ClusterSnapshot,
     KubeObject,
+    Problem,
     apply_mesh_config,
     mesh_configmap_name,
     name,
@@ -35,6 +36,7 @@ SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-sys
 PEER_AUTH_VERSIONS = ("v1", "v1beta1")
 DEST_RULE_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 AUTHZ_VERSIONS = ("v1", "v1beta1")  # AuthorizationPolicy (jobs.plan.authz)
+SIDECAR_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # Sidecar (jobs.plan.policy.sidecar)
 
 # Discovery cannot go on; the message is the one line users see. Every Kubernetes failure
 # is one (plan, run and the agent catch this name).
@@ -55,8 +57,9 @@ class Options:
     timeout: float = 10.0  # seconds, per request
     page_size: int = 500
     raw: bool = True  # False: go through the generated models (for the benchmark)
-    # List PeerAuthentications/DestinationRules only in these namespaces (include the root
-    # namespace!), for users whose RBAC is namespace-scoped. Empty: cluster-wide.
+    # List PeerAuthentications/DestinationRules/Sidecars only in these namespaces (include
+    # the root namespace, and the probe's for its Sidecar!), for users whose RBAC is
+    # namespace-scoped. Empty: cluster-wide.
     policy_namespaces: tuple[str, ...] = ()
 
 
@@ -163,6 +166,27 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
     fetches.append(
         ("AuthorizationPolicy", "authorizationpolicies.security.istio.io", authz_policies)
     )
+
+    # Sidecars (jobs.plan.policy.sidecar): only the probe's namespace and the root
+    # namespace's can apply to the probe, but the client namespace is the planner's, so
+    # they are listed like DestinationRules. Not allowed (RBAC older than this read) is an
+    # error finding, not the end of the plan: the probe's egress scope is then unknown.
+    def sidecars() -> list[KubeObject] | None:
+        try:
+            return _istio_list(r, "networking.istio.io", SIDECAR_VERSIONS, "sidecars", policy_ns)
+        except Denied as exc:
+            snap.problems.append(
+                Problem(
+                    "Sidecar",
+                    None,
+                    None,
+                    f"not read ({exc}): a Sidecar in the probe's namespace or the root namespace "
+                    "could keep targets out of the probe's sidecar, and the plan cannot tell",
+                )
+            )
+            return None
+
+    fetches.append(("Sidecar", "sidecars.networking.istio.io", sidecars))
     with ThreadPoolExecutor(max_workers=len(fetches), thread_name_prefix="discover") as pool:
         futures = [(kind, what, pool.submit(fn)) for kind, what, fn in fetches]
         got = {kind: (what, f.result()) for kind, what, f in futures}

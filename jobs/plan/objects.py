@@ -41,6 +41,7 @@ from jobs.plan.meshconfig import (
     mesh_configmap_name,
     read_mesh_config,
 )
+from jobs.plan.outbound import DEFAULT_OUTBOUND_MODE, mesh_outbound_mode
 from probe.constants import DEFAULT_ISTIO_NAMESPACE, MESH_CONFIGMAP
 
 __all__ = [
@@ -105,6 +106,8 @@ class ClusterSnapshot:
     destinationrules: list[KubeObject] = field(default_factory=list)
     # AuthorizationPolicies (security.istio.io): read by jobs.plan.authz*, nothing else.
     authorizationpolicies: list[KubeObject] = field(default_factory=list)
+    # Sidecars (networking.istio.io): the probe's egress scope (jobs.plan.policy.sidecar).
+    sidecars: list[KubeObject] = field(default_factory=list)
     root_cert_pem: str | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
@@ -113,6 +116,9 @@ class ClusterSnapshot:
     istio_apis: bool = True
     enable_auto_mtls: bool = True  # MeshConfig enableAutoMtls
     default_dr_export_to: tuple[str, ...] = ("*",)  # MeshConfig defaultDestinationRuleExportTo
+    # MeshConfig outboundTrafficPolicy.mode (jobs.plan.policy.sidecar.mesh_outbound_mode):
+    # what a sidecar does with a host its Sidecar resource leaves out.
+    outbound_mode: str = DEFAULT_OUTBOUND_MODE
     mesh_config: str | None = None  # "<ns>/<name>" of the mesh ConfigMap read, if any
     loopback_pods: bool = False  # the lab's pods live on 127/8 (jobs/lab/addresses.py)
     problems: list[Problem] = field(default_factory=list)
@@ -144,6 +150,9 @@ _SLOTS = {
     "DestinationRule": "destinationrules",
     # AuthorizationPolicy: admitted by shape only; jobs.plan.authz reads the rules.
     "AuthorizationPolicy": "authorizationpolicies",
+    # Sidecar: admitted by metadata only; jobs.plan.policy.sidecar reads the spec and turns
+    # what it cannot read into findings naming the field.
+    "Sidecar": "sidecars",
 }
 KINDS = tuple(_SLOTS)
 
@@ -166,6 +175,10 @@ def apply_mesh_config(snap: ClusterSnapshot, cm: Mapping[str, Any] | None, where
         snap.enable_auto_mtls = settings.enable_auto_mtls
     if settings.default_dr_export_to is not None:
         snap.default_dr_export_to = settings.default_dr_export_to
+    mode, problem = mesh_outbound_mode(data.get(MESH_KEY) if type(data) is dict else None)
+    snap.outbound_mode = mode
+    if problem is not None:
+        snap.problems.append(Problem("ConfigMap", ns, cm_name, problem))
 
 
 def pick_mesh_config(

@@ -159,6 +159,7 @@ def build_plan(
         *namespace_findings(b),
         *sidecar_findings(b),
         *dr_findings(b),
+        *(finding(t, Verdict(v), r, **ev) for t, v, r, ev in b.egress.findings()),
         *contradictions(b.edges),
         *compliance(req, targets, b.edges, b.ports),
         coverage(b),

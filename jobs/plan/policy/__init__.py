@@ -12,6 +12,8 @@ docs/istio-behaviour.md summarises the rules; each module names the Istio source
   workloadSelector, merging, ``portLevelSettings`` by service port) - the client's TLS.
 - ``client``: ``client_view``, what a sidecar client sends to one endpoint and whether
   the call can work.
+- ``sidecar``: Sidecar resources - which services the probe's own sidecar reaches, and
+  what it does with the others (BlackHoleCluster / PassthroughCluster).
 - ``ports``: Istio's protocol selection for a Service port, and target port resolution.
 """
 
@@ -40,8 +42,11 @@ from jobs.plan.policy.ports import (
     service_ports,
     service_selector,
 )
+from jobs.plan.policy.sidecar import EXPORT_TO_ANNOTATION as EXPORT_TO
+from jobs.plan.policy.sidecar import SidecarIndex
 
 __all__ = [
+    "EXPORT_TO",
     "PROBE_CLIENT_LABELS",
     "ClientTls",
     "ClientView",
@@ -50,6 +55,7 @@ __all__ = [
     "ModeDecision",
     "Outcome",
     "PeerAuthIndex",
+    "SidecarIndex",
     "WorkloadPolicy",
     "client_view",
     "container_ports",

@@ -18,6 +18,7 @@ class ClientTls:
     PLAINTEXT = "plaintext"
     SIMPLE = "simple-tls"
     MUTUAL = "mutual-tls"
+    BLOCKED = "blocked"  # the client's sidecar never sends it on (jobs.plan.policy.sidecar)
 
 
 class Outcome:
