@@ -252,6 +252,11 @@ def capture(
     return report
 
 
+def _kube(env: Env) -> WireKube:
+    assert isinstance(env.kube, WireKube)
+    return env.kube
+
+
 def _wire(doc: Any) -> dict[str, dict[str, Any]]:
     return {r["target"]: r for r in doc["results"] if r["check"] == "wire"}
 
@@ -299,7 +304,7 @@ def test_healthy_capture_passes_from_the_agent_on_the_probe_pods_node(
     assert r["reason"].startswith("TLS on the wire: 10.244.1.7:41000 -> 127.0.0.2:")
     assert r["evidence"]["captureAgent"] == f"capture agent {WIRE_NS}/{AGENT_POD} on node {NODE}"
     assert r["evidence"]["probeNode"] == NODE and r["evidence"]["probePodIP"] == PROBE_IP
-    (claim,) = wenv.kube.claims_seen  # type: ignore[attr-defined]
+    (claim,) = _kube(wenv).claims_seen
     assert r["evidence"]["marker"] == claim.marker
     assert claim.control == "ns-a/ctl:80" and claim.control_endpoints[0].startswith("127.0.0.3:")
     # The sidecar Job was told to only make the calls; nothing else was launched for wire.
@@ -316,7 +321,7 @@ def test_marker_in_cleartext_fails_quoting_it(
 ) -> None:
     code, wire = _go(wenv, capsys, capture(leak=True))
     r = wire[MESH]
-    (claim,) = wenv.kube.claims_seen  # type: ignore[attr-defined]
+    (claim,) = _kube(wenv).claims_seen
     assert r["verdict"] == "fail", r
     assert f"marker {claim.marker} in cleartext on {PROBE_IP}:41000 -> 127.0.0.2:" in r["reason"]
     assert code == 1
@@ -363,7 +368,7 @@ def test_no_agent_on_the_probe_pods_node_is_an_error(
     r = _wire(doc)[MESH]
     assert r["verdict"] == "error", r
     assert r["reason"].startswith(f"no Ready capture agent on node {NODE}")
-    assert wenv.kube.agent_reads == 0
+    assert _kube(wenv).agent_reads == 0
     assert code == 2
 
 
@@ -425,7 +430,7 @@ def test_windows_that_split_the_calls_are_an_error_at_once(
     r = wire[MESH]
     assert r["verdict"] == "error", r
     assert "straddle capture windows" in r["reason"] and "--overlap" in r["reason"]
-    assert wenv.kube.agent_reads == 1  # no waiting for a window that cannot come
+    assert _kube(wenv).agent_reads == 1  # no waiting for a window that cannot come
     assert code == 2
 
 
