@@ -4,7 +4,9 @@ they carry never appears in cleartext; a plaintext control call must be seen.
 One session per run (the first target's item runs it, the others wait for it): start the
 capture, make one marked call per target through the sidecar and one marked plaintext
 call to the control, stop, judge (``probe.wire.judge``). Calls run concurrently so the
-session stays inside one check's deadline.
+session stays inside one check's deadline. In a probe pod of ``mtlsprobe run``
+(``--wire-claim``) there is no capture here: the calls are made and each result is a
+pending ``error`` carrying what was sent, which run judges from the node agent's report.
 """
 
 from __future__ import annotations
