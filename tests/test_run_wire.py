@@ -27,21 +27,16 @@ from probe.wire.claim import KEY, Claim
 from probe.wire.markers import new_marker
 from probe.wire.record import FlowStat, MarkerSeen, Observation, Summary
 from tests import kubebuild as kb
-from tests.fakekube import Resource
 from tests.fakekube_jobs import JobKube
 from tests.runcase import Env, echo_cluster, run
 from tests.sidecar_standin import Agent
+from tests.wireagent import DAEMONSET, agent_pod, install_daemonset
 
 pytestmark = pytest.mark.timeout(180)
 
 NODE = "node-a"
 PROBE_IP = "10.244.1.7"
 AGENT_POD = "mtlsprobe-wire-x7k2p"
-DAEMONSET = Resource("apps", ("v1",), "daemonsets", "DaemonSet")
-AGENT_LABELS = {
-    "app.kubernetes.io/name": "mtlsprobe",
-    "app.kubernetes.io/component": "wire-capture",
-}
 CONTROL = {"app": "ctl", "app.kubernetes.io/component": "mtlsprobe-control"}
 MESH = "ns-a/app:80"
 ARGS = ("--checks", "wire", "--deadline", "60", "--wire-wait", "3")
@@ -62,7 +57,7 @@ class WireKube(JobKube):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.serve(DAEMONSET)
+        self.serve(DAEMONSET)  # served, empty: the overlay not installed is a 404
 
     def add(self, obj: dict[str, Any]) -> dict[str, Any]:
         owners = (obj.get("metadata") or {}).get("ownerReferences") or []
@@ -104,27 +99,8 @@ class WireKube(JobKube):
 
 
 def install_agent(kube: JobKube, ready: int = 1, node: str = NODE) -> None:
-    ds = kube.add(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "metadata": {"name": "mtlsprobe-wire", "namespace": WIRE_NS},
-            "spec": {"selector": {"matchLabels": AGENT_LABELS}},
-            "status": {"desiredNumberScheduled": 1, "numberReady": ready},
-        }
-    )
-    pod = kb.pod(AGENT_POD, WIRE_NS, AGENT_LABELS, ip="192.168.0.2", sidecar=False, ready=ready > 0)
-    pod["spec"]["nodeName"] = node
-    pod["metadata"]["ownerReferences"] = [
-        {
-            "apiVersion": "apps/v1",
-            "kind": "DaemonSet",
-            "name": "mtlsprobe-wire",
-            "uid": ds["metadata"]["uid"],
-            "controller": True,
-        }
-    ]
-    kube.add(pod)
+    uid = install_daemonset(kube, ready)
+    kube.add(agent_pod(AGENT_POD, node, uid, ready=ready > 0))
 
 
 @pytest.fixture
