@@ -88,8 +88,11 @@ class Kubelet:
     """One lab namespace per probe pod; a sidecar pod that makes wire calls gets a real
     capture agent on its veth first, registered as the agent pod of its node."""
 
-    def __init__(self, lab: NetnsLab, kube: LabKube, ds_uid: str, scratch: Path) -> None:
+    def __init__(
+        self, lab: NetnsLab, kube: LabKube, ds_uid: str, scratch: Path, blind: bool
+    ) -> None:
         self.lab, self.kube, self.ds_uid, self.scratch = lab, kube, ds_uid, scratch
+        self.blind = blind  # the agent on an idle pod's veth: the calls never cross it
         self.agents: list[subprocess.Popen[str]] = []
         self.logs: list[str] = []
 
@@ -112,23 +115,16 @@ class Kubelet:
         return proc.stdout + proc.stderr, proc.returncode
 
     def _agent(self, pod: PodNet, node: str) -> None:
-        """``wire-capture`` on the pod's veth (host end, the node's side), 12 s windows
-        overlapping by 6 s; the pod starts once its first window is open."""
+        """``wire-capture`` on the pod's veth (host end, the node's side; ``blind``: an idle
+        pod's), 12 s windows overlapping by 6 s; the pod starts once its first window is
+        open."""
         name = f"mtlsprobe-wire-{secrets.token_hex(3)}"
         out = self.scratch / f"{name}.jsonl"
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "jobs.cli.main",
-                "wire-capture",
-                "-i",
-                pod.link,
-                "--seconds",
-                "12",
-                "--overlap",
-                "6",
-                "--repeat",
+                *(sys.executable, "-m", "jobs.cli.main", "wire-capture"),
+                *("-i", self.lab.add_probe_pod(False).link if self.blind else pod.link),
+                *("--seconds", "12", "--overlap", "6", "--repeat"),
             ],
             stdout=out.open("w"),
             stderr=subprocess.PIPE,
@@ -167,13 +163,10 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[NetnsL
         assert leftovers(prefix) == []
 
 
-@pytest.mark.parametrize("lab", ["healthy", "tls-off"], indirect=True)
-def test_run_judges_wire_from_a_real_capture_agent(
-    lab: tuple[NetnsLab, Any, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    up, built, scenario = lab
-    expect = {e.target: e.verdict.value for e in builtin(scenario).expect if e.check == "wire"}
-    assert expect == FAILS.get(scenario, {})
+def _run(
+    up: NetnsLab, built: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], blind: bool
+) -> tuple[int, dict[str, dict[str, Any]], dict[str, Any]]:
+    """``run --checks wire`` over the lab; (exit code, judged wire results, all shown)."""
     snap = built.snapshot
     assert snap is not None and up.certs is not None
     root = up.certs.root.read_text()
@@ -191,42 +184,50 @@ def test_run_judges_wire_from_a_real_capture_agent(
             kb.configmap("istio-ca-root-cert", "mtlsprobe", {"root-cert.pem": root}),
         ]
     )
-    kubelet = Kubelet(up, kube, install_daemonset(kube), tmp_path)
+    kubelet = Kubelet(up, kube, install_daemonset(kube), tmp_path, blind)
     kube.pod_runner = kubelet
+    argv = ["run", "--kubeconfig", str(tmp_path / "kubeconfig"), "--checks", "wire"]
+    argv += ["--deadline", "120", "--wire-wait", "60", "--poll-interval", "2", "-o", "json"]
     try:
         with kube:
-            cfg = tmp_path / "kubeconfig"
-            cfg.write_text(yaml.safe_dump(kube.kubeconfig()))
-            code = cli.main(
-                [
-                    "run",
-                    "--kubeconfig",
-                    str(cfg),
-                    "--checks",
-                    "wire",
-                    "--deadline",
-                    "120",
-                    "--wire-wait",
-                    "60",
-                    "--poll-interval",
-                    "2",
-                    "-o",
-                    "json",
-                ]
-            )
+            (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kube.kubeconfig()))
+            code = cli.main(argv)
     finally:
         kubelet.stop()
     out, err = capsys.readouterr()
-    doc = json.loads(out)
-    wire = {r["target"]: r for r in doc["results"] if r["check"] == "wire"}
+    wire = {r["target"]: r for r in json.loads(out)["results"] if r["check"] == "wire"}
     judged = {t: r for t, r in wire.items() if r["verdict"] != "skip"}
     shown = {t: (r["verdict"], r["reason"]) for t, r in wire.items()}
     assert len(kubelet.agents) == 1 and judged, (shown, err, kubelet.logs)
     for r in judged.values():
         assert r["evidence"]["captureAgent"].startswith(f"capture agent {WIRE_NS}/")
+    return code, judged, shown
+
+
+@pytest.mark.parametrize("lab", ["healthy", "tls-off"], indirect=True)
+def test_run_judges_wire_from_a_real_capture_agent(
+    lab: tuple[NetnsLab, Any, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    up, built, scenario = lab
+    expect = {e.target: e.verdict.value for e in builtin(scenario).expect if e.check == "wire"}
+    assert expect == FAILS.get(scenario, {})
+    code, judged, shown = _run(up, built, tmp_path, capsys, blind=False)
     want = {t: FAILS.get(scenario, {}).get(t, "pass") for t in judged}
     assert {t: r["verdict"] for t, r in judged.items()} == want, shown
     for r in judged.values():
         if r["verdict"] == "fail":  # the marker quoted, on the flow from the probe pod
             assert r["evidence"]["marker"] in r["reason"] and "in cleartext" in r["reason"]
     assert code == (1 if "fail" in want.values() else 0), shown
+
+
+@pytest.mark.parametrize("lab", ["tls-off"], indirect=True)
+def test_an_agent_capturing_where_the_calls_do_not_pass_is_error_for_all(
+    lab: tuple[NetnsLab, Any, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent on the veth of an idle pod (a capture on the wrong interface): it sees no
+    flow of the probe pod, so even the edge that is plaintext gets no verdict."""
+    up, built, _ = lab
+    code, judged, shown = _run(up, built, tmp_path, capsys, blind=True)
+    assert {r["verdict"] for r in judged.values()} == {"error"}, shown
+    assert all(r["reason"].startswith("the capture is blind") for r in judged.values()), shown
+    assert code == 2
