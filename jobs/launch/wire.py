@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 WIRE = "wire"
 INSTALL = "kubectl apply -k k8s/overlays/wire"
 LOG_LIMIT = 64 << 20  # bytes of an agent's log read at once (probe.wire.record.MAX_BYTES)
+SKEW = 60  # seconds of clock skew between run's machine and a node that are tolerated
 NODE_KEY = "probeNode"  # evidence the orchestrator adds to a wire result (from the pod)
 IP_KEY = "probePodIP"
 _RANK = {Verdict.PASS: 0, Verdict.ERROR: 1, Verdict.FAIL: 2}
@@ -217,7 +218,10 @@ def _judge_node(
         return [_verdict(it.result, Verdict.ERROR, why, "capture-missing") for it in items]
     who = f"capture agent {WIRE_NS}/{pod} on node {node}"
     start = min(it.claim.started for it in items)
-    since = math.ceil(time.time() - start) + 5  # every line of a covering window is later
+    # Every line of a covering window is printed after the calls started; the margin
+    # absorbs a skew between this machine's clock and the node's (sinceSeconds counts on
+    # the node). More would read earlier windows first, and limitBytes keeps the start.
+    since = math.ceil(time.time() - start) + SKEW
     try:
         text = cluster.recent_log(WIRE_NS, pod, WIRE_CONTAINER, since, LOG_LIMIT)
     except KubeError as exc:
