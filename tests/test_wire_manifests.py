@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from jobs.cli.main import build_parser
-from tests.k8srender import K8S, K8S_VERSIONS, POD_KINDS, pod_spec, render
+from jobs.launch.cluster import WIRE_API_CALLS, WIRE_DAEMONSET, WIRE_NS
+from tests.k8srender import (
+    K8S,
+    K8S_VERSIONS,
+    POD_KINDS,
+    allowed,
+    pod_spec,
+    render,
+    rules_by_subject,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None,
@@ -84,3 +93,31 @@ def test_the_wire_agent_is_the_only_non_restricted_workload() -> None:
             if obj["kind"] == "Namespace":
                 level = obj["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce")
                 assert level in (None, "restricted", "baseline"), name
+
+
+def test_the_overlay_grants_run_exactly_its_wire_reads(wire: list[dict[str, Any]]) -> None:
+    """`run --checks wire` reads the DaemonSet, its pods and their logs: the overlay grants
+    the orchestrator exactly these, read only, in its own namespace; the base grants none
+    of them there (no overlay: run gets 403/404 and reports `wire: skip`)."""
+    (ds,) = by_kind(wire, "DaemonSet")
+    assert (ds["metadata"]["name"], ds["metadata"]["namespace"]) == (WIRE_DAEMONSET, WIRE_NS)
+    rules = rules_by_subject(wire)["mtlsprobe-orchestrator"]
+    granted = {
+        (verb, group, resource, scope)
+        for scope, rule in rules
+        for group in rule.get("apiGroups", [""])
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == set(WIRE_API_CALLS)  # no more, no less
+    for verb, group, resource, ns in WIRE_API_CALLS:
+        name = WIRE_DAEMONSET if resource == "daemonsets" else None
+        assert allowed(rules, verb, group, resource, ns, name)
+        assert not allowed(rules, verb, group, resource, "other-ns", name)
+    assert not allowed(rules, "get", "apps", "daemonsets", WIRE_NS, "another")
+    binding = next(o for o in wire if o["kind"] == "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mtlsprobe-orchestrator", "namespace": "mtlsprobe"}
+    ]
+    base = rules_by_subject(render("base"))["mtlsprobe-orchestrator"]
+    assert not allowed(base, "get", "", "pods/log", WIRE_NS, None)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from jobs.cli import flags
 from jobs.cli.signals import raising_on
 from jobs.launch.cluster import Cluster
-from jobs.launch.jobspec import AUTHZ, RUN_ROLES
+from jobs.launch.jobspec import AUTHZ, RUN_ROLES, WIRE
 from jobs.launch.launcher import (
     DEFAULT_PARALLELISM,
     DEFAULT_SHARD_THRESHOLD,
@@ -51,6 +51,7 @@ from probe.cliargs import (
 
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
+    from jobs.launch.wire import Detection
     from jobs.plan.planner import Plan
     from probe.evidence import Evidence
     from probe.results import Result
@@ -153,6 +154,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="ttlSecondsAfterFinished: the cluster's own clean-up if ours cannot run",
     )
+    j.add_argument(
+        "--wire-wait",
+        type=positive_seconds,
+        default=90.0,
+        metavar="SECONDS",
+        help="--checks wire with the node capture agent installed: how long to wait, once "
+        "the probes are done, for the agent's capture window that covers their calls "
+        "(default: 90, the agent's 60 s window and its overlap)",
+    )
     j.add_argument("--keep", action="store_true", help="leave the Jobs, pods and ConfigMaps")
     j.add_argument(
         "--poll-interval",
@@ -198,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
     from jobs.plan.discovery import DiscoveryError, Reader, api_client, discover
     from jobs.plan.planner import Requirements, build_plan
     from probe.checks import parse_check_list
-    from probe.checks.wire import not_launched, wire_skips
+    from probe.checks.wire import not_launched
     from probe.html_report import RunInfo, pem_fingerprints
     from probe.results import exit_code
 
@@ -264,6 +274,13 @@ def main(args: argparse.Namespace) -> int:
         )
         cluster = Cluster(Reader(api, opts))
         launched_checks = not_launched(names)
+        detected = None
+        if WIRE in names:
+            from jobs.launch.wire import detect
+
+            detected = detect(cluster)
+            if detected.agents is not None:
+                launched_checks.append(WIRE)  # the sidecar Job makes the marked calls
         launch_opts = LaunchOptions(
             sources=sources,
             checks=tuple(launched_checks),
@@ -272,7 +289,13 @@ def main(args: argparse.Namespace) -> int:
             impersonate=impersonate,
         )
         results = _run(cluster, plan, spec, launch_opts, args) if launched_checks else []
-        everything = [*plan.findings, *results, *wire_skips(names, plan.targets_file)]
+        if detected is not None and detected.agents is not None:
+            from jobs.launch.wire import judge_claims
+
+            results = judge_claims(
+                cluster, detected.agents, results, args.wire_wait, min(args.poll_interval, 5.0)
+            )
+        everything = [*plan.findings, *results, *_wire_skips(plan, detected)]
         if args.policy_reports:
             scope = snap.target_namespaces
             if scope is not None:
@@ -308,6 +331,17 @@ def main(args: argparse.Namespace) -> int:
     if telemetry.enabled():  # the probe pods do not export: one trace per run, from here
         telemetry.export_run(everything, source_identity=None, targets=plan.targets_file)
     return exit_code(everything)
+
+
+def _wire_skips(plan: Plan, detected: Detection | None) -> list[Result]:
+    """``wire`` per target when run does not judge it: the capture agent is absent or not
+    ready (``skip``, naming the install command) or could not be looked up (``error``).
+    Nothing is deployed for it then."""
+    if detected is None or detected.agents is not None:
+        return []
+    from jobs.launch.wire import skips
+
+    return skips(detected.verdict, detected.reason, [t.name for t in plan.targets_file.targets])
 
 
 def _write_policy_reports(

@@ -27,6 +27,20 @@ RUN_API_CALLS: frozenset[tuple[str, str, str, str]] = frozenset(
     }
 )
 
+# The node capture agent of ``wire`` (k8s/overlays/wire, opt-in): read only, in its own
+# namespace; the overlay itself grants these to the orchestrator (no overlay: 403 or 404,
+# and ``run`` reports ``wire: skip``).
+WIRE_NS = "mtlsprobe-wire"
+WIRE_DAEMONSET = "mtlsprobe-wire"
+WIRE_CONTAINER = "capture"
+WIRE_API_CALLS: frozenset[tuple[str, str, str, str]] = frozenset(
+    {
+        ("get", "apps", "daemonsets", WIRE_NS),
+        ("list", "", "pods", WIRE_NS),
+        ("get", "", "pods/log", WIRE_NS),
+    }
+)
+
 
 # ---- the cluster edge ---------------------------------------------------------------------------
 
@@ -82,6 +96,23 @@ class Cluster:
     def log(self, ns: str, pod: str, container: str) -> str:
         path = f"/api/v1/namespaces/{ns}/pods/{pod}/log"
         return self.client.text(f"get pods/log {pod} in {ns}", path, [("container", container)])
+
+    def daemonset(self, ns: str, name: str) -> dict[str, Any]:
+        path = f"/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"
+        return self.client.get(f"get daemonsets.apps {name} in {ns}", path)
+
+    def recent_log(
+        self, ns: str, pod: str, container: str, since_seconds: int, limit_bytes: int
+    ) -> str:
+        """The tail of a long-running pod's log: lines written in the last
+        ``since_seconds``, at most ``limit_bytes`` (the kubelet cuts the rest)."""
+        path = f"/api/v1/namespaces/{ns}/pods/{pod}/log"
+        query = [
+            ("container", container),
+            ("sinceSeconds", str(max(1, since_seconds))),
+            ("limitBytes", str(limit_bytes)),
+        ]
+        return self.client.text(f"get pods/log {pod} in {ns}", path, query)
 
     def delete(self, ns: str, plural: str, name: str) -> None:
         """Delete with background propagation: the garbage collector removes what the

@@ -83,6 +83,9 @@ ROLES: tuple[Role, ...] = (
     Role("plain", ("plaintext", "peer-cert", "foreign-client"), sidecar=False),
 )
 AUTHZ = "authz"
+# Opt-in, only with the node capture agent installed (jobs.launch.wire): the sidecar Job
+# makes the marked calls (``--wire-claim``) and run judges them from the agent's reports.
+WIRE = "wire"
 # ``mtlsprobe run``'s roles: authz runs behind the probe's own sidecar (Istio's identity
 # is the pod's), so it joins that role. The lab adds it to its sidecar pod itself.
 RUN_ROLES: tuple[Role, ...] = tuple(
@@ -316,12 +319,15 @@ def job(
             }
         )
         mounts.append({"name": "mesh-root", "mountPath": ROOT_DIR, "readOnly": True})
+    args = probe_args(role, checks, spec, shards)
+    if WIRE in checks:  # the pod makes the calls, run judges them (the lab captures in-pod)
+        args.append("--wire-claim")
     container: Obj = {
         "name": CONTAINER,
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["mtlsprobe"],
-        "args": probe_args(role, checks, spec, shards),
+        "args": args,
         "env": [
             {"name": "HOME", "value": TMP},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

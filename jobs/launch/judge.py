@@ -52,6 +52,8 @@ class PodView:
     unschedulable: str | None
     deleting: bool
     image: str = ""  # the probe container's image, as the pod spec names it
+    node: str = ""  # spec.nodeName: where a wire capture of its traffic is read
+    ip: str = ""  # status.podIP: the source address of its flows
 
     @property
     def finished(self) -> bool:
@@ -146,6 +148,8 @@ def pod_view(pod: Obj, container: str) -> PodView:
         unschedulable=unschedulable,
         deleting=bool(md.get("deletionTimestamp")),
         image=image,
+        node=str((pod.get("spec") or {}).get("nodeName") or ""),
+        ip=str(st.get("podIP") or ""),
     )
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NoReturn
 
-from jobs.launch.jobspec import RUN_ROLES, Role
+from jobs.launch.jobspec import RUN_ROLES, WIRE, Role
 
 if TYPE_CHECKING:
     from jobs.launch.jobspec import RunSpec
@@ -230,6 +230,8 @@ def _launch_probe(
     roles: list[tuple[Role, tuple[str, ...], bool, int]] = []
     for role in p.roles:
         checks = tuple(c for c in role.checks if c in names)
+        if role.sidecar and WIRE in names and p.service_account is None:
+            checks += (WIRE,)  # its calls go through this pod's sidecar (jobs.launch.wire)
         if p.service_account is not None and not any(t.authz for t in tf.targets):
             checks = ()  # an impersonated probe with nothing to call: no pod at all
         if checks:
@@ -363,7 +365,14 @@ def _from_pod(cluster: Cluster, u: Unit, pod: PodView) -> list[Result]:
         text = cluster.log(u.namespace, pod.name, CONTAINER)
     except DiscoveryError as exc:
         return judge.log_unreadable(owed, str(exc), **ev)
-    return judge.from_log(owed, pod, text, **ev)
+    results = judge.from_log(owed, pod, text, **ev)
+    if not any(c == WIRE for c, _ in u.checks):
+        return results
+    # Where its flows can be seen, from the pod's status (never from what the pod says).
+    from jobs.launch.wire import IP_KEY, NODE_KEY
+
+    where = {NODE_KEY: pod.node, IP_KEY: pod.ip}
+    return [replace(r, evidence={**r.evidence, **where}) if r.check == WIRE else r for r in results]
 
 
 def _settle(u: Unit, index: int, results: list[Result]) -> None:

@@ -4,7 +4,9 @@ they carry never appears in cleartext; a plaintext control call must be seen.
 One session per run (the first target's item runs it, the others wait for it): start the
 capture, make one marked call per target through the sidecar and one marked plaintext
 call to the control, stop, judge (``probe.wire.judge``). Calls run concurrently so the
-session stays inside one check's deadline.
+session stays inside one check's deadline. In a probe pod of ``mtlsprobe run``
+(``--wire-claim``) there is no capture here: the calls are made and each result is a
+pending ``error`` carrying what was sent, which run judges from the node agent's report.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from probe.wire.record import canonical
 
 if TYPE_CHECKING:
     from probe.checks.base import RunContext
-    from probe.model import Target, TargetsFile
+    from probe.model import Target
     from probe.wire.record import Observation
 
 SETTLE = 0.3  # seconds the capture keeps running after the last call (packets in flight)
@@ -107,6 +109,8 @@ class _Session:
             )
             return {c.marked.name: (v, {}) for c in calls}
         opts = options(ctx)
+        if opts.claim:
+            return _claims(ctx, control, calls)
         try:
             obs = _observe(ctx, opts, [control, *calls])
         except _NoObservation as exc:
@@ -131,6 +135,41 @@ def _control(ctx: RunContext) -> _Call | None:
             eps = tuple(canonical(str(e)) for e in c.target.endpoints[:1])
             return _Call(Marked(c.target.name, eps, new_marker()), c.target)
     return None
+
+
+def _claims(
+    ctx: RunContext, control: _Call, calls: list[_Call]
+) -> dict[str, tuple[WireVerdict, dict[str, Any]]]:
+    """``--wire-claim``: make the calls, judge nothing; each target's result is ``error``
+    (pending) and carries what was sent, for ``mtlsprobe run`` to judge from the node
+    capture agent's report."""
+    from probe.wire.claim import KEY, PENDING, Claim
+
+    t0 = time.time()
+    _make_calls(ctx, [control, *calls])
+    t1 = time.time() + SETTLE  # packets still in flight belong to the calls
+    pending = WireVerdict(Verdict.ERROR, PENDING, {"error": "capture-pending"})
+    out: dict[str, tuple[WireVerdict, dict[str, Any]]] = {}
+    for c in calls:
+        claim = Claim(
+            c.marked.marker,
+            c.marked.endpoints,
+            control.marked.name,
+            control.marked.marker,
+            control.marked.endpoints,
+            t0,
+            t1,
+        )
+        out[c.marked.name] = (
+            pending,
+            {
+                KEY: claim.to_dict(),
+                "control": control.marked.name,
+                "call": c.note,
+                "control_call": control.note,
+            },
+        )
+    return out
 
 
 def _observe(ctx: RunContext, opts: WireOptions, calls: list[_Call]) -> Observation:
@@ -272,21 +311,8 @@ def _tunnel(sock: socket.socket, authority: str) -> bool:
 
 # ---- mtlsprobe run: the capture agent is opt-in -----------------------------------------------
 
-RUN_SKIP = (
-    "wire needs the node capture agent, which run neither deploys nor reads yet: install it "
-    "with `kubectl apply -k k8s/overlays/wire`, then judge with `mtlsprobe check --checks wire "
-    "--wire-report FILE` (the agent's report)"
-)
-
 
 def not_launched(names: list[str]) -> list[str]:
-    """The checks ``run`` hands to its probe Jobs: all but ``wire`` (no Job runs it)."""
+    """The checks ``run`` hands to its probe Jobs as asked: all but ``wire``, which joins
+    the sidecar Job only when the node capture agent is installed (``jobs.launch.wire``)."""
     return [n for n in names if n != WireCheck.name]
-
-
-def wire_skips(names: list[str], targets: TargetsFile) -> list[Result]:
-    """``run --checks wire``: one ``skip`` per target, naming how to install the agent;
-    nothing is deployed for it."""
-    if WireCheck.name not in names:
-        return []
-    return [make_result(WireCheck.name, t, None, Verdict.SKIP, RUN_SKIP) for t in targets.targets]

@@ -202,6 +202,13 @@ class Capture:
         if self._thread is not None:
             self._thread.join()
 
+    def ended(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds; True once the capture ended by itself."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def stop(self) -> Observation:
         self._stop.set()
         if self._thread is not None:

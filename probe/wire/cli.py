@@ -9,10 +9,16 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from probe.cliargs import UsageError, positive_int, positive_seconds
+
+if TYPE_CHECKING:
+    from probe.wire.capture import Capture
+    from probe.wire.record import Observation
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -45,6 +51,15 @@ def configure(p: argparse.ArgumentParser) -> None:
         "agent: its pod log is the report stream)",
     )
     p.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --repeat: each window opens this long before the previous one closes "
+        "(default: a third of --seconds), so calls shorter than this lie whole inside one "
+        "window's report (what `mtlsprobe run` reads)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         metavar="FILE",
@@ -60,6 +75,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    overlap = _overlap(args)
     done = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -67,18 +83,41 @@ def main(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
+        cap = _start(args)
         while True:
-            _window(args, done)
+            nxt = None
+            if args.repeat and overlap > 0:
+                # The next window opens before this one closes: a session of calls
+                # shorter than the overlap lies whole inside one window, so a reader
+                # never needs two reports (a marker split across them would be lost).
+                _wait(cap, done, time.monotonic() + args.seconds - overlap)
+                if not done.is_set():
+                    nxt = _start(args)
+            _wait(cap, done, None)
+            _emit(args, cap.stop())
             if not args.repeat or done.is_set():
+                if nxt is not None:
+                    _emit(args, nxt.stop())
                 return 0
+            cap = nxt if nxt is not None else _start(args)
     except KeyboardInterrupt:
         return 0
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _window(args: argparse.Namespace, done: threading.Event) -> None:
-    """One bounded capture, then its report (stdout, or FILE replaced atomically)."""
+def _overlap(args: argparse.Namespace) -> float:
+    if args.overlap is None:
+        return args.seconds / 3 if args.repeat else 0.0
+    if not args.repeat:
+        raise UsageError("--overlap: only with --repeat (windows after windows)")
+    if not 0 <= args.overlap < args.seconds:
+        raise UsageError(f"--overlap: {args.overlap:g}s must be shorter than --seconds")
+    return float(args.overlap)
+
+
+def _start(args: argparse.Namespace) -> Capture:
+    """Open one bounded capture window (the socket is open when this returns)."""
     from probe.wire.capture import Capture, CaptureError, CaptureOptions
 
     cap = Capture(
@@ -98,18 +137,19 @@ def _window(args: argparse.Namespace, done: threading.Event) -> None:
     where = args.interface + (f" in {args.netns}" if args.netns else "")
     sys.stderr.write(f"mtlsprobe wire-capture: capturing on {where} for {args.seconds:g}s\n")
     sys.stderr.flush()
-    ended = threading.Event()
+    return cap
 
-    def waiter() -> None:
-        cap.wait()
-        ended.set()
 
-    threading.Thread(target=waiter, daemon=True).start()
-    try:
-        while not ended.wait(0.2) and not done.is_set():
-            pass
-    finally:
-        obs = cap.stop()
+def _wait(cap: Capture, done: threading.Event, until: float | None) -> None:
+    """Until the window ends by itself, SIGTERM, or ``until`` (monotonic)."""
+    while not done.is_set():
+        left = 0.2 if until is None else min(0.2, until - time.monotonic())
+        if left <= 0 or cap.ended(left):
+            return
+
+
+def _emit(args: argparse.Namespace, obs: Observation) -> None:
+    """One window's report: stdout, or FILE replaced atomically."""
     text = "".join(line + "\n" for line in obs.to_jsonl())
     if args.out is None:
         sys.stdout.write(text)

@@ -181,3 +181,42 @@ def _build(cls: Any, doc: dict[str, Any], where: str) -> Any:
             raise ValueError(f"{where}: {f.name} is not a valid {want}")
         values[f.name] = v
     return cls(**values)
+
+
+RECORD_TYPES = frozenset({"marker", "flow", "capture", "end"})
+
+
+def _record_type(text: str) -> str | None:
+    """The ``type`` of a report line, None for anything else a pod log holds (the agent's
+    stderr, a runtime's notes, text that merely mentions a marker)."""
+    if not text.startswith('{"type":'):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) and kind in RECORD_TYPES else None
+
+
+def windows(lines: Iterable[str], origin: str) -> tuple[list[Observation], list[str]]:
+    """The reports in a capture agent's log (``wire-capture --repeat``: one per window,
+    each ended by ``end``), in order, and one problem line per report that did not parse.
+    Lines that are not report records are skipped; a report cut off by the end of the log
+    (still being written, or the log read was cut) is not returned."""
+    out: list[Observation] = []
+    problems: list[str] = []
+    current: list[str] = []
+    for text in lines:
+        kind = _record_type(text.strip())
+        if kind is None:
+            continue
+        current.append(text.strip())
+        if kind != "end":
+            continue
+        try:
+            out.append(from_jsonl(current, f"{origin} report {len(out) + len(problems) + 1}"))
+        except ValueError as exc:
+            problems.append(str(exc))
+        current = []
+    return out, problems
