@@ -44,7 +44,9 @@ from jobs.plan.injection import (
     ambient_inbound_bypassed,
     has_sidecar,
     inbound_uncaptured,
+    pod_revision,
 )
+from jobs.plan.meshconfig import RevisionMesh
 from jobs.plan.model import (
     ECHO_LABEL,
     Edge,
@@ -54,7 +56,7 @@ from jobs.plan.model import (
     Requirements,
     finding,
 )
-from jobs.plan.objects import ClusterSnapshot
+from jobs.plan.objects import DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ClusterSnapshot
 from jobs.plan.policy import (
     ClientView,
     DestinationRuleIndex,
@@ -101,10 +103,13 @@ class Builder:
             if snap.is_target_namespace(ns):
                 self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
                 self.pods_by_ns[ns].append(p)
+        self._meshes: dict[int, RevisionMesh | None] = {}
+        self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
         self.index = PodIndex(
             self.pods.values(),
             known_addresses(snap.pods, snap.services),
             loopback_ok=snap.loopback_pods,
+            workload_problem=self._revision_problem,
         )
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
@@ -117,11 +122,66 @@ class Builder:
         self.edges: list[Edge] = []
         self.ports: list[PortCoverage] = []
 
+    def mesh(self, pod: KubeObject) -> RevisionMesh | None:
+        """The mesh config of the revision whose sidecar runs in ``pod`` (None: no
+        sidecar), as ``jobs.plan.meshconfig.Revisions`` resolves it."""
+        key = id(pod)
+        if key not in self._meshes:
+            got = pod_revision(pod, self.ns_labels.get(namespace(pod), {}))
+            self._meshes[key] = (
+                None
+                if got is None
+                else self.snap.revisions.mesh_of(got[0], self.snap.plan_mesh(), is_tag_free=got[1])
+            )
+        return self._meshes[key]
+
+    def _revision_problem(self, pod: KubeObject) -> Excluded | None:
+        """Fail closed on a sidecar whose control plane's mesh config is unknown, or
+        whose trust domain is not the plan's (the targets file has one trust domain, and
+        that proxy's inbound accepts only peers of its own)."""
+        rm = self.mesh(pod)
+        if rm is None or rm.revision == self.snap.revisions.plan:
+            return None
+        what = f"its sidecar is of control-plane revision {rm.revision!r}"
+        if rm.settings is None:
+            return Excluded(
+                f"Pod {ref(pod)}",
+                None,
+                f"{what}, whose mesh config is unknown ({rm.why}): what its proxy "
+                "enforces cannot be planned",
+                inconsistent=True,
+                unknown=True,
+            )
+        td = rm.settings.trust_domain or DEFAULT_TRUST_DOMAIN
+        if td != self.snap.trust_domain:
+            return Excluded(
+                f"Pod {ref(pod)}",
+                None,
+                f"{what}, whose trust domain {td!r} is not the plan's "
+                f"{self.snap.trust_domain!r}: its identity cannot be checked in this plan "
+                "(and its inbound accepts only peers of its own trust domain)",
+                inconsistent=True,
+                unknown=True,
+            )
+        return None
+
+    def _peer_auth(self, pod: KubeObject) -> PeerAuthIndex:
+        """PeerAuthentication as the pod's own istiod reads it: the mesh-wide level is
+        its revision's ``rootNamespace``."""
+        rm = self.mesh(pod)
+        if rm is None or rm.settings is None or rm.revision == self.snap.revisions.plan:
+            return self.pa
+        root = rm.settings.root_namespace or DEFAULT_ROOT_NAMESPACE
+        got = self._pa_by_root.get(root)
+        if got is None:
+            got = self._pa_by_root[root] = PeerAuthIndex(self.snap.peerauthentications, root)
+        return got
+
     def policy(self, pod: KubeObject) -> WorkloadPolicy:
         got = self._policy.get(id(pod))
         if got is None:
             pi = self.info(pod)
-            got = self.pa.for_workload(pi.namespace, pi.labels)
+            got = self._peer_auth(pod).for_workload(pi.namespace, pi.labels)
             self._policy[id(pod)] = got
         return got
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +182,10 @@ class Excluded:
     reason: str
     routed: bool = True
     inconsistent: bool = False
+    # The traffic goes there, and it may well be a mesh workload, but the plan cannot
+    # tell what it must show (its control plane's mesh config is unknown): compliance
+    # errors there (could not observe) rather than failing.
+    unknown: bool = False
 
     def text(self) -> str:
         at = f" address {self.address}" if self.address is not None else ""
@@ -210,11 +214,15 @@ class PodIndex:
         not_pods: Mapping[str, str] | None = None,
         *,
         loopback_ok: bool = False,
+        workload_problem: Callable[[KubeObject], Excluded | None] | None = None,
     ) -> None:
         # Loopback is never a pod's address (Kubernetes' ValidateEndpointIP refuses
         # 127.0.0.0/8 and ::1) and would reach the probe pod itself; only the lab, whose
         # pods live on 127/8, allows it.
         self.loopback_ok = loopback_ok
+        # Why a pod that is otherwise a mesh workload still cannot be planned (the
+        # planner's: e.g. its revision's mesh config is unknown), checked last.
+        self.workload_problem = workload_problem
         # Addresses known to be something else (a node, a Service's cluster IP): a pod
         # whose status claims one is not probed there.
         self.not_pods: Mapping[str, str] = not_pods or {}
@@ -314,6 +322,8 @@ def _pod_problem(
             "SPIFFE identity can be derived",
             inconsistent=True,
         )
+    if index.workload_problem is not None:
+        return index.workload_problem(pod)
     return None
 
 

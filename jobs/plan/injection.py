@@ -30,7 +30,8 @@ webhook configurations): ``neverInjectSelector`` / ``alwaysInjectSelector``, an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobs.plan.fields import KubeObject, annotations_of, labels_of, namespace, spec
@@ -41,6 +42,7 @@ from probe.constants import AMBIENT_REDIRECTION, INJECT_LABEL, PROXY_CONTAINER, 
 REVISION_LABEL = "istio.io/rev"
 NAMESPACE_INJECTION_LABEL = "istio-injection"
 SIDECAR_STATUS = "sidecar.istio.io/status"
+_STATUS_MAX = 1 << 16  # the injector writes a few hundred bytes
 DATAPLANE_MODE = "istio.io/dataplane-mode"
 # pkg/kube/inject/webhook.go IgnoredNamespaces.
 NEVER_INJECTED_NAMESPACES = frozenset(
@@ -111,12 +113,76 @@ def would_inject(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
     return True if choice is None else choice
 
 
+def requested_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> str | None:
+    """The revision (or revision tag) whose webhook selects the pod, by the selectors of
+    mutatingwebhook.yaml / revision-tags-mwc.yaml: ``istio-injection=enabled`` and the
+    pod label ``sidecar.istio.io/inject=true`` go to the ``namespace.`` / ``object.``
+    webhooks of the default revision (or of the ``default`` tag); a namespace's
+    ``istio.io/rev`` (only without ``istio-injection``) beats the pod's own. None when
+    no webhook selects the pod."""
+    labels = labels_of(pod)
+    if NAMESPACE_INJECTION_LABEL in ns_labels:
+        return "default" if ns_labels[NAMESPACE_INJECTION_LABEL] == "enabled" else None
+    if REVISION_LABEL in ns_labels:
+        return ns_labels[REVISION_LABEL] or None
+    if REVISION_LABEL in labels:
+        return labels[REVISION_LABEL] or None
+    return "default" if labels.get(INJECT_LABEL) == "true" else None
+
+
+def _status_revision(raw: object) -> str | None:
+    """``revision`` of the injector's ``sidecar.istio.io/status`` JSON
+    (pkg/kube/inject/inject.go ``SidecarInjectionStatus``), if it names one."""
+    if not isinstance(raw, str) or len(raw) > _STATUS_MAX or '"revision"' not in raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON; nested past the parser's stack
+        return None
+    rev = doc.get("revision") if isinstance(doc, dict) else None
+    return rev if isinstance(rev, str) and rev else None
+
+
+def pod_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> tuple[str, bool] | None:
+    """The control-plane revision whose proxy runs in the pod, and whether that name was
+    written by the injector (then it is a revision, never a tag): the injection template
+    annotates ``istio.io/rev: {{ .Revision }}`` (files/injection-template.yaml), and the
+    status annotation records ``revision`` too. A sidecar without either (hand-made, or a
+    pod from manifests not yet created) belongs to the webhook its labels select, the
+    default one when none does. None: no sidecar, so no revision applies."""
+    if not has_sidecar(pod):
+        return None
+    ann = annotations_of(pod)
+    rev = ann.get(REVISION_LABEL)
+    if isinstance(rev, str) and rev:
+        return rev, True
+    rev = _status_revision(ann.get(SIDECAR_STATUS))
+    if rev is not None:
+        return rev, True
+    return requested_revision(pod, ns_labels) or "default", False
+
+
+def needed_revisions(
+    pods: Iterable[Mapping[str, Any]], ns_labels: Mapping[str, Mapping[str, str]]
+) -> set[tuple[str, bool]]:
+    """The (revision name, written by the injector) of every pod with a sidecar."""
+    out: set[tuple[str, bool]] = set()
+    for p in pods:
+        got = pod_revision(p, ns_labels.get(namespace(p), {}))
+        if got is not None:
+            out.add(got)
+    return out
+
+
 def injected(pod: KubeObject) -> KubeObject:
     """A copy of ``pod`` as the injector leaves it: the proxy container, the status
     annotation and the ``security.istio.io/tlsMode: istio`` label auto-mTLS reads."""
     out = dict(pod)
     md = dict(out.get("metadata") or {})
-    md["annotations"] = {**annotations_of(pod), SIDECAR_STATUS: '{"containers":["istio-proxy"]}'}
+    # The injector rewrites istio.io/rev with its own revision: a value the manifest set
+    # says nothing; the revision is then read from the labels (``pod_revision``).
+    ann = {k: v for k, v in annotations_of(pod).items() if k != REVISION_LABEL}
+    md["annotations"] = {**ann, SIDECAR_STATUS: '{"containers":["istio-proxy"]}'}
     md["labels"] = {**labels_of(pod), TLS_MODE_LABEL: "istio"}
     out["metadata"] = md
     s = dict(spec(pod))
