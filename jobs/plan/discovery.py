@@ -301,6 +301,7 @@ def _mesh_config(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
     snap.root_namespace = opts.root_namespace or snap.root_namespace
     rv = snap.revisions
     rv.plan = revision_name(opts.revision)
+    rv.istio_namespace = opts.istio_namespace
     rv.trust_domain, rv.root_namespace = opts.trust_domain, opts.root_namespace
 
 
@@ -329,8 +330,7 @@ def _revision_meshes(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
                     model="object",
                 )
             )
-            set_revision_tags(snap, hooks, "no MutatingWebhookConfiguration defines a tag")
-            rv.tags_read = True
+            set_revision_tags(snap, hooks)
         except (Denied, NotServed, NotFound) as exc:
             rv.tags_why = f"revision tags not read: {exc}"
     revs = sorted({rv.resolve(n, is_tag_free=free) for n, free in needed} - {rv.plan})

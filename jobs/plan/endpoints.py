@@ -375,7 +375,9 @@ def service_backends(
             out.backends.append(Backend(pod, ips[0] if ips else None))
         if not out.backends:
             out.why_none = (
-                "no running, ready pod matches the selector"
+                f"every pod it selects is left out ({out.excluded[0].text()})"
+                if out.excluded
+                else "no running, ready pod matches the selector"
                 if found
                 else f"no pod in {ns} matches the selector"
             )

@@ -353,7 +353,7 @@ def snapshot_from_documents(
         elif isinstance(kind, str) and kind in KINDS:
             snap.add(kind, doc)
     pick_mesh_config(snap, configmaps, istio_namespace, revision)  # only istiod's own
-    set_revision_tags(snap, webhooks, "the manifests hold no revision tag webhook")
+    set_revision_tags(snap, webhooks)
     snap.root_cert_pem, notes = pick_root_cert(roots, istio_namespace)  # only istiod's own
     snap.notes.extend(notes)
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}

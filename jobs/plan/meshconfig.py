@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from probe.constants import MESH_CONFIGMAP
+from probe.constants import DEFAULT_ISTIO_NAMESPACE, MESH_CONFIGMAP
 
 MESH_KEY = "mesh"  # pkg/config/mesh/kubemesh/watcher.go MeshConfigKey
 MESH_MAX_BYTES = 1 << 20
@@ -133,8 +133,8 @@ class Revisions:
     meshes: dict[str, MeshSettings] = field(default_factory=dict)
     unknown: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    tags_read: bool = False
-    tags_why: str = "no revision tag webhook was read"
+    tags_why: str = ""  # why the tags could not be read, if they could not
+    istio_namespace: str = DEFAULT_ISTIO_NAMESPACE
     tag_clashes: set[str] = field(default_factory=set)
     trust_domain: str | None = None
     root_namespace: str | None = None
@@ -177,9 +177,13 @@ class Revisions:
                     got.default_dr_export_to,
                 ),
             )
-        why = self.unknown.get(rev) or f"ConfigMap {mesh_configmap_name(rev)} was not read"
-        if not is_tag_free and requested not in self.tags and not self.tags_read:
-            why += f", and {requested!r} is not a known revision tag ({self.tags_why})"
+        why = self.unknown.get(rev) or (
+            f"no ConfigMap {self.istio_namespace}/{mesh_configmap_name(rev)} holds it"
+        )
+        if not is_tag_free and requested not in self.tags:
+            why += f", and {requested!r} is no known revision tag"
+            if self.tags_why:
+                why += f" ({self.tags_why})"
         return RevisionMesh(rev, None, why)
 
 

@@ -195,6 +195,7 @@ def pick_mesh_config(
     ``mesh`` key looks like an attempt to change the mesh's trust domain or root)."""
     want = mesh_configmap_name(revision)
     snap.revisions.plan = revision_name(revision)
+    snap.revisions.istio_namespace = istio_namespace
     chosen: Mapping[str, Any] | None = None
     others: dict[str, Mapping[str, Any]] = {}  # revision -> its ConfigMap, the last one
     for cm in configmaps:
@@ -238,9 +239,10 @@ def add_revision_mesh(
     does not exist). A ConfigMap without a ``mesh`` key is no mesh config: unknown."""
     rv = snap.revisions
     data = cm.get("data") if cm is not None else None
-    if cm is None or type(data) is not dict or MESH_KEY not in data:
-        what = "not found" if cm is None else f"has no key {MESH_KEY!r}"
-        rv.unknown[revision] = f"its mesh config ConfigMap {where} {what}"
+    if cm is None:
+        return  # Revisions.mesh_of says no ConfigMap holds it
+    if type(data) is not dict or MESH_KEY not in data:
+        rv.unknown[revision] = f"ConfigMap {where} has no key {MESH_KEY!r}: no mesh config"
         return
     settings, problems = read_mesh_config(data.get(MESH_KEY))
     if problems:
@@ -249,12 +251,8 @@ def add_revision_mesh(
     rv.meshes[revision] = settings
 
 
-def set_revision_tags(snap: ClusterSnapshot, webhooks: list[KubeObject], none_why: str) -> None:
-    """Record the revision tags the MutatingWebhookConfigurations ``webhooks`` define;
-    ``none_why``: what to say when there are none (a name is then not a known tag)."""
+def set_revision_tags(snap: ClusterSnapshot, webhooks: list[KubeObject]) -> None:
+    """Record the revision tags the MutatingWebhookConfigurations ``webhooks`` define."""
     rv = snap.revisions
     rv.tags, clashes = tags_from_webhooks(list(webhooks))
     rv.tag_clashes = set(clashes)
-    rv.tags_read = bool(webhooks)
-    if not webhooks:
-        rv.tags_why = none_why
