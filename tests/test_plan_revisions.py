@@ -131,7 +131,10 @@ def test_one_unknown_pod_keeps_the_whole_port_from_passing(
     """a-0 is the default revision's, a-1 (pod label istio.io/rev in a namespace without
     injection labels) an unknown revision's: the port's traffic also reaches a-1, so
     --require strict cannot pass on the port even though a-0 is STRICT."""
-    pods = [pod("a-0", "10.0.0.1"), pod("a-1", "10.0.0.2", labels={"app": "a", "istio.io/rev": "x"})]
+    pods = [
+        pod("a-0", "10.0.0.1"),
+        pod("a-1", "10.0.0.2", labels={"app": "a", "istio.io/rev": "x"}),
+    ]
     both = plan_both(cluster({}, pods=pods))
     assert both.endpoints() == {"10.0.0.1:8080"}
     assert both.required()[STRICT] == Verdict.ERROR
