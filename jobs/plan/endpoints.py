@@ -17,7 +17,8 @@ trusted on its own. The rules (issue 17 rule 1):
   and it is one of the ``status.podIPs`` of the Pod its ``targetRef`` names, in the
   same namespace. Consumers use the first address of an endpoint (Kubernetes
   discovery/v1 EndpointSlice API: "consumers must … use the first element").
-- Without slices (YAML that has none), the Service's selector picks ready pods. A pod
+- Without slices (YAML that has none), the Service's selector picks ready pods (every
+  running pod with ``publishNotReadyAddresses``). A pod
   without any address is planned (configuration only, no endpoint) only when it comes
   from YAML not yet applied (no ``metadata.uid``); a cluster's pod without one serves
   nothing.
@@ -358,8 +359,12 @@ def service_backends(
             out.why_none = "no selector and no EndpointSlice: no pod serves this Service"
             return out
         found = pods.selected(ns, sel)
+        # publishNotReadyAddresses: the EndpointSlice controller publishes every pod as
+        # ready (pkg/controller/endpointslice ``podToEndpoint``), and Istio then sends
+        # traffic to it (endpointslice.go ``endpointHealthStatus``): not-ready pods serve.
+        any_ready = spec(service).get("publishNotReadyAddresses") is True
         for pod in found:
-            if not running(pod) or not pod_ready(pod):
+            if not running(pod) or not (any_ready or pod_ready(pod)):
                 continue
             ips, bad = pod_ips(pod)
             problem = _pod_problem(pod, ips, bad, pods)
