@@ -170,7 +170,7 @@ def _check_pa(obj: Mapping[str, Any]) -> str | None:
             return "spec.portLevelMtls is not a mapping"
         for k, v in plm.items():
             if port_key(k) is None:
-                return f"spec.portLevelMtls key {k!r} is not a port number"
+                return f"spec.portLevelMtls key {str(k)[:16]!r} is not a port number"
             err = _check_mtls(v, f"spec.portLevelMtls[{k}]")
             if err:
                 return err

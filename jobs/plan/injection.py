@@ -231,6 +231,13 @@ def ambient_enrolled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bo
 INCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/includeInboundPorts"
 EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
 INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
+STATUS_PORT = "status.sidecar.istio.io/port"
+DEFAULT_STATUS_PORT = 15020  # values.global.proxy.statusPort
+# injection-template.yaml passes ``-d 15090,15021,<status port>,<annotation>`` to istio-init.
+_ALWAYS_EXCLUDED = {
+    15090: "Envoy's Prometheus port, served in plaintext",
+    15021: "the sidecar's health port, served in plaintext",
+}
 
 
 def _port_list(raw: str) -> frozenset[int] | None:
@@ -249,7 +256,13 @@ def _port_list(raw: str) -> frozenset[int] | None:
 def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
     """Why the sidecar does not intercept inbound ``port`` (the app gets the bytes
     directly, so plaintext is accepted whatever the policy), or None when it does.
-    An unreadable annotation counts as not captured: no compliance rests on it."""
+    An unreadable annotation counts as not captured: no compliance rests on it.
+
+    run.go ``handleInboundPortsInclude``: with ``*`` every port is redirected except
+    the excluded ones - the annotation's, plus what the injection template always passes
+    to ``-d``: Envoy's Prometheus port 15090, the health port 15021 and the status
+    port (annotation ``status.sidecar.istio.io/port``, default 15020; ``0`` none). With a
+    port list exactly those ports are redirected and no exclusion is applied."""
     if annotations.get(INTERCEPTION_MODE) == "NONE":
         # injection-template.yaml: interceptionMode NONE adds no istio-init, so no
         # iptables rule sends anything to Envoy.
@@ -264,6 +277,12 @@ def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
             return f"{INCLUDE_INBOUND_PORTS}={include[:64]!r} is not a port list"
         if port not in ports:
             return f"{INCLUDE_INBOUND_PORTS}={include[:64]!r} leaves it out"
+        return None  # a listed port is redirected; exclusions do not apply to a list
+    if port in _ALWAYS_EXCLUDED:
+        return f"istio-init never redirects port {port} ({_ALWAYS_EXCLUDED[port]})"
+    status = annotations.get(STATUS_PORT, str(DEFAULT_STATUS_PORT)).strip()
+    if status.isdigit() and int(status) == port != 0:
+        return f"it is the status port of pilot-agent ({STATUS_PORT}), never redirected"
     if exclude.strip() == "*":
         return f"{EXCLUDE_INBOUND_PORTS}='*'"
     excluded = _port_list(exclude)
