@@ -297,7 +297,8 @@ def _pod_problem(
         return Excluded(
             obj,
             bad_ip,
-            "status.podIPs holds something that is not an IP address",
+            "status.podIPs holds something that is no pod address (not an IP literal, or "
+            "unspecified, multicast, link-local or IPv4-mapped)",
             inconsistent=True,
         )
     if host_network(pod, ips):
