@@ -231,7 +231,7 @@ def test_link_local_and_zoned_pod_addresses_are_never_probed(plan_both: Plan) ->
     assert both.endpoints() == set()
 
 
-# ---- ports: names, protocols, target ports --------------------------------------------------------
+# ---- ports: names, protocols, target ports ------------------------------------------------------
 
 
 def test_named_target_port_that_differs_per_pod_with_a_port_level_policy(plan_both: Plan) -> None:

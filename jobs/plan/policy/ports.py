@@ -37,8 +37,9 @@ def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
     app = service_port.get("appProtocol")
     text = app if isinstance(app, str) and app else service_port.get("name")
     if isinstance(text, str) and text:
-        if text in _K8S_APP_PROTOCOLS and text is app:
-            return _K8S_APP_PROTOCOLS[text]
+        k8s = _K8S_APP_PROTOCOLS.get(text) if text is app else None
+        if k8s is not None:
+            return k8s
         if text[:8].lower() == "grpc-web":
             return Protocol.HTTP
         prefix = text.split("-", 1)[0].lower()
