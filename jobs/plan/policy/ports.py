@@ -37,7 +37,8 @@ def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
     app = service_port.get("appProtocol")
     text = app if isinstance(app, str) and app else service_port.get("name")
     if isinstance(text, str) and text:
-        k8s = _K8S_APP_PROTOCOLS.get(text) if text is app else None
+        # Only appProtocol can hold these (a port name cannot contain '/').
+        k8s = _K8S_APP_PROTOCOLS.get(text)
         if k8s is not None:
             return k8s
         if text[:8].lower() == "grpc-web":
