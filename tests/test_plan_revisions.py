@@ -362,3 +362,102 @@ def test_manifest_pods_injected_by_a_revision_namespace(tmp_path: Path) -> None:
     assert any("'canary'" in r.reason and "c.example" in r.reason for r in plan.findings)
     req = {r.target: r.verdict for r in plan.findings if r.check == "require-strict"}
     assert req == {"shop/a:80": Verdict.ERROR}
+
+
+def test_revision_that_turns_interception_off(plan_both: Callable[..., Both]) -> None:
+    """canary's mesh config sets ``defaultConfig.interceptionMode: NONE``: its injection
+    template then adds no istio-init (injection-template.yaml ``$noInitContainer``), so
+    nothing redirects inbound traffic to Envoy - plaintext reaches the app whatever the
+    PeerAuthentication. The default revision's pods stay captured."""
+    objs = [
+        kb.namespace("istio-system"),
+        kb.namespace("shop", {"istio.io/rev": "canary"}),
+        kb.namespace("old", {"istio-injection": "enabled"}),
+        mesh_cm("istio-canary", "defaultConfig:\n  interceptionMode: NONE\n"),
+        kb.peer_auth("default", "istio-system", "STRICT"),
+        kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+        pod("a-0", "10.0.0.1"),
+        kb.service("b", "old", {"app": "b"}, [kb.sport(80, 8080)]),
+        kb.pod("b-0", "old", {"app": "b"}, ip="10.0.1.1", sa="b"),
+    ]
+    both = plan_both(objs)
+    expects = {t.name: t.expect for t in both.live.targets_file.targets}
+    assert expects == {"shop/a:80": Expect.NONE, "old/b:80": Expect.STRICT}
+    assert both.required()[STRICT] == Verdict.FAIL
+    assert "defaultConfig.interceptionMode NONE" in " ".join(r.reason for r in both.live.findings)
+
+
+def test_proxy_config_annotation_beats_the_revision_default(
+    plan_both: Callable[..., Both],
+) -> None:
+    """The pod's ``proxy.istio.io/config`` is merged over the mesh defaultConfig by the
+    injector (pkg/kube/inject/webhook.go): REDIRECT there keeps the pod captured."""
+    p = pod("a-0", "10.0.0.1", {"proxy.istio.io/config": "interceptionMode: REDIRECT\n"})
+    both = plan_both(
+        cluster(
+            {"istio.io/rev": "canary"},
+            mesh_cm("istio-canary", "defaultConfig:\n  interceptionMode: NONE\n"),
+            pods=[p],
+        )
+    )
+    assert [t.expect for t in both.live.targets_file.targets] == [Expect.STRICT]
+
+
+def test_revision_whose_root_namespace_is_the_tenants_own(plan_both: Callable[..., Both]) -> None:
+    """canary's rootNamespace is shop itself: shop's namespace-wide policy becomes the
+    mesh level for canary's proxies and a selector policy there is ignored
+    (ComposePeerAuthentication: workload level only outside the root namespace)."""
+    objs = cluster(
+        {"istio.io/rev": "canary"},
+        mesh_cm("istio-canary", "rootNamespace: shop\n"),
+        kb.peer_auth("default", "shop", "STRICT"),
+        kb.peer_auth("off", "shop", "DISABLE", selector={"app": "a"}),
+    )
+    both = plan_both(objs)
+    assert [t.expect for t in both.live.targets_file.targets] == [Expect.STRICT]
+    assert both.required()[STRICT] == Verdict.PASS
+
+
+def test_tenant_copy_of_a_revision_configmap_is_not_its_mesh_config(
+    plan_both: Callable[..., Both],
+) -> None:
+    """istiod reads istio-canary only from its own namespace (getMeshConfigSources): a
+    tenant's ConfigMap of that name in shop decides nothing; canary stays unknown."""
+    tenant = kb.configmap("istio-canary", "shop", {"mesh": "trustDomain: cluster.local\n"})
+    both = plan_both(cluster({"istio.io/rev": "canary"}, tenant))
+    assert both.endpoints() == set()
+    assert both.required()[STRICT] == Verdict.ERROR
+
+
+def test_hand_made_sidecar_without_revision_marks_is_the_plans_revision(
+    plan_both: Callable[..., Both],
+) -> None:
+    """No istio.io/rev annotation, no revision in the status, no injection label: nothing
+    says whose proxy it is, so the revision the user named (--revision) is assumed."""
+    objs = [
+        kb.namespace("istio-system"),
+        kb.namespace("shop"),
+        mesh_cm("istio-canary", "trustDomain: canary.example\n"),
+        kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+        pod("a-0", "10.0.0.1"),
+    ]
+    both = plan_both(objs, revision="canary")
+    assert both.targets()["shop/a:80"].identity == "spiffe://canary.example/ns/shop/sa/a"
+
+
+def test_revision_lookups_are_bounded() -> None:
+    """Forty pods each naming their own revision: at most MAX_REVISIONS ConfigMaps are
+    asked for; the rest are unknown (error), never read."""
+    from jobs.plan.meshconfig import MAX_REVISIONS
+
+    pods = [
+        pod(f"a-{i}", f"10.0.2.{i + 1}", labels={"app": "a", "istio.io/rev": f"r{i}"})
+        for i in range(40)
+    ]
+    with FakeKube() as kube:
+        kube.add_all(cluster({}, pods=pods))
+        plan = build_plan(discover(kube.api_client(), Options()), REQ)
+        got = [c.path for c in kube.calls if "/configmaps/istio-r" in c.path]
+    assert len(got) == MAX_REVISIONS
+    assert not plan.targets_file.targets
+    assert any(f"more than {MAX_REVISIONS} revisions" in r.reason for r in plan.findings)

@@ -165,6 +165,13 @@ class Builder:
             )
         return None
 
+    def interception(self, pod: KubeObject) -> str | None:
+        """The pod's revision's mesh-wide default interception mode, if it sets one."""
+        rm = self.mesh(pod)
+        if rm is None or rm.settings is None:
+            return self.snap.interception_mode
+        return rm.settings.interception_mode
+
     def _peer_auth(self, pod: KubeObject) -> PeerAuthIndex:
         """PeerAuthentication as the pod's own istiod reads it: the mesh-wide level is
         its revision's ``rootNamespace``."""
@@ -352,7 +359,7 @@ class Builder:
                     ambient=pi.ambient,
                     identity=pi.identity,
                 )
-            expect, decision = on_the_wire(pi, tport, decision)
+            expect, decision = on_the_wire(pi, tport, decision, self.interception(pod))
             key = (pi.service_account, expect, pi.echo)
             eps = groups.setdefault(key, [])
             if ip is not None:
@@ -459,12 +466,14 @@ class Builder:
                 if (p.get("protocol") or "TCP") == "TCP"
             }
             for port in sorted(declared | ports.get(key, set())):
-                expect, d = on_the_wire(pi, port, self.policy(pod).at(port))
+                expect, d = on_the_wire(pi, port, self.policy(pod).at(port), self.interception(pod))
                 out.append(Inbound(pi, port, d.mode, expect, d.source))
         return out
 
 
-def on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect, ModeDecision]:
+def on_the_wire(
+    pi: PodInfo, port: int, decision: ModeDecision, mesh_mode: str | None = None
+) -> tuple[Expect, ModeDecision]:
     """What inbound ``port`` of the pod must show, and the decision behind it. A port
     its proxy does not capture - a sidecar whose iptables leave it alone
     (``jobs.plan.injection.inbound_uncaptured``), an ambient pod in ingress mode
@@ -474,7 +483,7 @@ def on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect,
     if pi.ambient and ambient_inbound_bypassed(pi.annotations):
         why = f"ztunnel does not capture its inbound traffic ({AMBIENT_BYPASS_INBOUND})"
     elif pi.has_sidecar and not pi.ambient:
-        uncaptured = inbound_uncaptured(pi.annotations, port)
+        uncaptured = inbound_uncaptured(pi.annotations, port, mesh_mode)
         if uncaptured is not None:
             why = f"the sidecar does not capture inbound port {port}: {uncaptured}"
     if why is not None:

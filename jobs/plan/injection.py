@@ -148,8 +148,9 @@ def pod_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> tuple[
     written by the injector (then it is a revision, never a tag): the injection template
     annotates ``istio.io/rev: {{ .Revision }}`` (files/injection-template.yaml), and the
     status annotation records ``revision`` too. A sidecar without either (hand-made, or a
-    pod from manifests not yet created) belongs to the webhook its labels select, the
-    default one when none does. None: no sidecar, so no revision applies."""
+    pod from manifests not yet created) belongs to the webhook its labels select. None:
+    no sidecar, or nothing names a revision (a hand-made proxy): the plan's revision -
+    the one the user named with ``--revision`` - is assumed."""
     if not has_sidecar(pod):
         return None
     ann = annotations_of(pod)
@@ -159,7 +160,8 @@ def pod_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> tuple[
     rev = _status_revision(ann.get(SIDECAR_STATUS))
     if rev is not None:
         return rev, True
-    return requested_revision(pod, ns_labels) or "default", False
+    requested = requested_revision(pod, ns_labels)
+    return (requested, False) if requested else None
 
 
 def needed_revisions(
@@ -232,6 +234,7 @@ INCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/includeInboundPorts"
 EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
 INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
 STATUS_PORT = "status.sidecar.istio.io/port"
+PROXY_CONFIG = "proxy.istio.io/config"
 DEFAULT_STATUS_PORT = 15020  # values.global.proxy.statusPort
 # injection-template.yaml passes ``-d 15090,15021,<status port>,<annotation>`` to istio-init.
 _ALWAYS_EXCLUDED = {
@@ -253,7 +256,38 @@ def _port_list(raw: str) -> frozenset[int] | None:
     return frozenset(out)
 
 
-def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
+def interception_mode(
+    annotations: Mapping[str, str], mesh_mode: str | None = None
+) -> tuple[str, str]:
+    """The pod's interception mode and where it comes from, as the injection template
+    reads it (``annotation .ObjectMeta "sidecar.istio.io/interceptionMode"
+    .ProxyConfig.InterceptionMode``): the pod annotation, else the ProxyConfig the
+    injector builds - the pod's ``proxy.istio.io/config`` over its revision's mesh
+    ``defaultConfig`` (pkg/kube/inject/webhook.go) - else REDIRECT. A value that
+    cannot be read is returned as it is (never REDIRECT or TPROXY): no capture is
+    assumed. ProxyConfig resources are not modelled."""
+    raw = annotations.get(INTERCEPTION_MODE)
+    if raw is not None:
+        return raw, f"{INTERCEPTION_MODE}={raw[:32]!r}"
+    text = annotations.get(PROXY_CONFIG)
+    if text is not None:
+        from probe import yamlload
+
+        try:
+            doc = yamlload.load_one(text, yamlload.Limits(_STATUS_MAX, max_depth=16))
+        except yamlload.YamlLoadError:
+            return "unreadable", f"{PROXY_CONFIG} is not YAML"
+        got = doc.get("interceptionMode") if isinstance(doc, dict) else None
+        if got is not None:
+            return str(got)[:32], f"{PROXY_CONFIG} interceptionMode {str(got)[:32]!r}"
+    if mesh_mode is not None:
+        return mesh_mode, f"the mesh config's defaultConfig.interceptionMode {mesh_mode}"
+    return "REDIRECT", "default"
+
+
+def inbound_uncaptured(
+    annotations: Mapping[str, str], port: int, mesh_mode: str | None = None
+) -> str | None:
     """Why the sidecar does not intercept inbound ``port`` (the app gets the bytes
     directly, so plaintext is accepted whatever the policy), or None when it does.
     An unreadable annotation counts as not captured: no compliance rests on it.
@@ -263,10 +297,11 @@ def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
     to ``-d``: Envoy's Prometheus port 15090, the health port 15021 and the status
     port (annotation ``status.sidecar.istio.io/port``, default 15020; ``0`` none). With a
     port list exactly those ports are redirected and no exclusion is applied."""
-    if annotations.get(INTERCEPTION_MODE) == "NONE":
+    mode, source = interception_mode(annotations, mesh_mode)
+    if mode not in {"REDIRECT", "TPROXY"}:
         # injection-template.yaml: interceptionMode NONE adds no istio-init, so no
         # iptables rule sends anything to Envoy.
-        return f"{INTERCEPTION_MODE}=NONE: no traffic is redirected to the proxy"
+        return f"{source}: no traffic is redirected to the proxy"
     include = annotations.get(INCLUDE_INBOUND_PORTS, "*")
     exclude = annotations.get(EXCLUDE_INBOUND_PORTS, "")
     if not isinstance(include, str) or not isinstance(exclude, str):

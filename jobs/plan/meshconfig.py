@@ -37,6 +37,12 @@ class MeshSettings:
     root_namespace: str | None = None
     enable_auto_mtls: bool | None = None
     default_dr_export_to: tuple[str, ...] | None = None
+    # defaultConfig.interceptionMode (ProxyConfig): REDIRECT | TPROXY | NONE. The injection
+    # template adds no istio-init (no iptables capture) for NONE.
+    interception_mode: str | None = None
+
+
+INTERCEPTION_MODES = frozenset({"REDIRECT", "TPROXY", "NONE"})
 
 
 def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
@@ -77,8 +83,18 @@ def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
             export_to = tuple(export)
         else:
             problems.append("defaultDestinationRuleExportTo is not a list of strings")
+    mode: str | None = None
+    proxy = doc.get("defaultConfig")
+    if isinstance(proxy, dict) and proxy.get("interceptionMode") is not None:
+        raw = proxy.get("interceptionMode")
+        if isinstance(raw, str) and raw in INTERCEPTION_MODES:
+            mode = raw
+        else:
+            problems.append(
+                f"defaultConfig.interceptionMode {str(raw)[:16]!r} is not REDIRECT, TPROXY or NONE"
+            )
     return (
-        MeshSettings(td or None, root or None, auto, export_to),
+        MeshSettings(td or None, root or None, auto, export_to, mode),
         problems,
     )
 
@@ -175,6 +191,7 @@ class Revisions:
                     self.root_namespace or got.root_namespace,
                     got.enable_auto_mtls,
                     got.default_dr_export_to,
+                    got.interception_mode,
                 ),
             )
         why = self.unknown.get(rev) or (

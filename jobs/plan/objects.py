@@ -119,6 +119,7 @@ class ClusterSnapshot:
     enable_auto_mtls: bool = True  # MeshConfig enableAutoMtls
     default_dr_export_to: tuple[str, ...] = ("*",)  # MeshConfig defaultDestinationRuleExportTo
     mesh_config: str | None = None  # "<ns>/<name>" of the mesh ConfigMap read, if any
+    interception_mode: str | None = None  # MeshConfig defaultConfig.interceptionMode
     loopback_pods: bool = False  # the lab's pods live on 127/8 (jobs/lab/addresses.py)
     # Other control-plane revisions' mesh configs and revision tags (jobs.plan.meshconfig).
     revisions: Revisions = field(default_factory=Revisions)
@@ -132,6 +133,7 @@ class ClusterSnapshot:
             self.root_namespace,
             self.enable_auto_mtls,
             self.default_dr_export_to,
+            self.interception_mode,
         )
 
     def is_target_namespace(self, ns: str) -> bool:
@@ -182,6 +184,7 @@ def apply_mesh_config(snap: ClusterSnapshot, cm: Mapping[str, Any] | None, where
         snap.enable_auto_mtls = settings.enable_auto_mtls
     if settings.default_dr_export_to is not None:
         snap.default_dr_export_to = settings.default_dr_export_to
+    snap.interception_mode = settings.interception_mode or snap.interception_mode
 
 
 def pick_mesh_config(
