@@ -540,3 +540,57 @@ def test_deeply_nested_status_annotation_is_bounded(plan_both: Plan) -> None:
     p["metadata"]["annotations"]["sidecar.istio.io/status"] = "[" * 60_000 + '"revision"'
     both = plan_both(mesh(svc(), p))
     assert both.endpoints() == {"10.0.0.1:8080"}
+
+
+# ---- more slices and Service ports ---------------------------------------------------------------
+
+
+def test_two_slices_mapping_one_pod_to_different_ports(plan_both: Plan) -> None:
+    """*fixed*: a second (hand-written) slice maps the same pod address to port 22, which a
+    port-level policy leaves DISABLE. Istio builds one endpoint per (address, port) of
+    every slice of the Service (endpointslice.go ``updateEndpointCacheForSlice``), so
+    traffic reaches both; the plan kept only the first slice's and passed."""
+    s1 = slice_([ep("10.0.0.1", ready=True)], name="s1")
+    s2 = slice_([ep("10.0.0.1", ready=True)], ports=[("http", 22)], name="s2")
+    pa = kb.peer_auth("w", "shop", None, selector={"app": "a"}, ports={22: "DISABLE"})
+    both = plan_both(mesh(svc(), pod(), s1, s2, pa))
+    assert both.endpoints() == {"10.0.0.1:8080", "10.0.0.1:22"}
+    assert Verdict.FAIL in {
+        v for k, v in both.required().items() if k.startswith("require-strict:shop/a:80")
+    }
+
+
+def test_target_port_zero_is_the_port_itself(plan_both: Plan) -> None:
+    """*fixed*: the API server defaults a targetPort of 0 (or "") to ``port``
+    (core/v1 SetDefaults_Service); the plan rejected the whole Service, leaving the
+    port without any compliance verdict."""
+    both = plan_both(mesh(svc(kb.sport(80, 0)), pod(ports=[("http", 80)])))
+    assert both.endpoints() == {"10.0.0.1:80"}
+    assert both.required()[STRICT] == Verdict.PASS
+
+
+def test_headless_service_of_injected_pods_keeps_auto_mtls(plan_both: Plan) -> None:
+    """A headless Service (clusterIP None) whose endpoints are all labelled
+    ``security.istio.io/tlsMode: istio``: Istio keeps auto-mTLS for the passthrough
+    cluster, so STRICT holds for mesh clients."""
+    both = plan_both(mesh(svc(clusterIP="None"), pod(), pod("a-1", "10.0.0.2")))
+    assert both.endpoints() == {"10.0.0.1:8080", "10.0.0.2:8080"}
+    assert both.required()[STRICT] == Verdict.PASS
+
+
+def test_pending_pod_with_an_address_serves_nothing(plan_both: Plan) -> None:
+    """phase Pending (containers not started): no endpoint is published for it and it is
+    not probed; nothing to verify, compliance errors."""
+    p = pod()
+    p["status"]["phase"] = "Pending"
+    both = plan_both(mesh(svc(), p))
+    assert both.endpoints() == set()
+    assert both.required()[STRICT] == Verdict.ERROR
+
+
+def test_selector_never_reaches_into_another_namespace(plan_both: Plan) -> None:
+    """A Service's selector picks pods of its own namespace only: matching labels in
+    namespace other give shop/a no backend."""
+    both = plan_both(mesh(svc(), kb.namespace("other"), pod(ns="other")))
+    assert both.endpoints() == set()
+    assert both.required()[STRICT] == Verdict.ERROR

@@ -388,7 +388,7 @@ def service_backends(
                 else f"no pod in {ns} matches the selector"
             )
         return out
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, tuple[tuple[str, int | None], ...]]] = set()
     for sl in slices:
         slice_obj = f"EndpointSlice {ref(sl)}"
         family = _FAMILY.get(str(sl.get("addressType")))
@@ -431,10 +431,13 @@ def service_backends(
                 continue
             pod = excl
             # By identity: every slice address resolves through PodIndex.by_key, one
-            # object per (namespace, name).
-            if (id(pod), ip) in seen:
+            # object per (namespace, name). Two slices may map the same pod's address
+            # to different ports: Istio and kube-proxy send traffic to each (endpoints
+            # are (address, port) pairs), so each is a backend of its own.
+            key = (id(pod), ip, tuple(sorted(ports.items(), key=lambda kv: kv[0])))
+            if key in seen:
                 continue
-            seen.add((id(pod), ip))
+            seen.add(key)
             out.backends.append(Backend(pod, ip, ports))
     if not out.backends:
         out.why_none = "no EndpointSlice address is a ready pod of this Service"

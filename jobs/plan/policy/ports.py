@@ -70,7 +70,8 @@ def resolve_target_port(
     """The pod port a Service port sends to: a number, or a container port *name*
     looked up in this pod (pods behind one Service may resolve a name differently)."""
     tp = service_port.get("targetPort")
-    if tp is None:
+    if tp is None or tp == "" or (type(tp) is int and tp == 0):
+        # core/v1 SetDefaults_Service: an unset, 0 or "" targetPort is the port itself.
         p = service_port.get("port")
         return p if isinstance(p, int) else None
     if isinstance(tp, int):
