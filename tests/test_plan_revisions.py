@@ -333,8 +333,13 @@ def test_trust_domain_flag_holds_for_every_revision() -> None:
 
 
 def test_one_revision_mesh_makes_no_extra_calls() -> None:
-    """The common case costs nothing: no tag list, no other ConfigMap."""
-    objs = cluster({"istio-injection": "enabled"}, mesh_cm("istio", "{}\n"))
+    """The common case costs nothing: injected pods carry the injector's istio.io/rev,
+    so no tag list and no other ConfigMap is read."""
+    objs = cluster(
+        {"istio-injection": "enabled"},
+        mesh_cm("istio", "{}\n"),
+        pods=[pod("a-0", "10.0.0.1", {"istio.io/rev": "default"})],
+    )
     with FakeKube() as kube:
         kube.add_all(objs)
         discover(kube.api_client(), Options())
@@ -461,3 +466,21 @@ def test_revision_lookups_are_bounded() -> None:
     assert len(got) == MAX_REVISIONS
     assert not plan.targets_file.targets
     assert any(f"more than {MAX_REVISIONS} revisions" in r.reason for r in plan.findings)
+
+
+def test_default_tag_moves_injection_enabled_namespaces(plan_both: Callable[..., Both]) -> None:
+    """``istioctl tag set default --revision canary`` makes the tag's webhook serve
+    istio-injection=enabled namespaces (revision-tags-mwc.yaml adds the namespace./object.
+    webhooks for the default tag): un-annotated sidecars there are canary's, whose trust
+    domain is not the plan's - not probed."""
+    both = plan_both(
+        cluster(
+            {"istio-injection": "enabled"},
+            mesh_cm("istio", "trustDomain: cluster.local\n"),
+            mesh_cm("istio-canary", "trustDomain: canary.example\n"),
+            tag_webhook("default", "canary"),
+        )
+    )
+    assert both.endpoints() == set()
+    assert any("'canary'" in r and "canary.example" in r for r in excluded(both))
+    assert both.required()[STRICT] == Verdict.ERROR

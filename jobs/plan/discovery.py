@@ -311,8 +311,9 @@ _WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations
 def _revision_meshes(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
     """The mesh configs of the other revisions the planned pods' sidecars belong to
     (``jobs.plan.meshconfig``): only when a pod is of a revision other than the plan's,
-    so a one-revision mesh costs no call. Revision tags are read (webhooks labelled
-    ``istio.io/tag``, as istioctl/pkg/tag does) only when a pod names a revision by a
+    so a one-revision mesh of injected pods costs no call. Revision tags are read
+    (webhooks labelled ``istio.io/tag``, as istioctl/pkg/tag does) only when a sidecar
+    lacks the injector's ``istio.io/rev`` annotation, so its revision comes from a
     label that may be a tag. Whatever cannot be read stays unknown: those pods are
     not probed and compliance errors there (fail closed)."""
     rv = snap.revisions
@@ -320,7 +321,9 @@ def _revision_meshes(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
     needed = needed_revisions(
         (p for p in snap.pods if snap.is_target_namespace(namespace(p))), ns_labels
     )
-    if any(not free and n != rv.plan for n, free in needed):
+    # A name from labels may be a tag - ``default`` too (istioctl tag set default) - so
+    # tags are read whenever a sidecar lacks the injector's own revision annotation.
+    if any(not free for _, free in needed):
         try:
             hooks = list(
                 r.pages(
