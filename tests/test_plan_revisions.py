@@ -484,3 +484,15 @@ def test_default_tag_moves_injection_enabled_namespaces(plan_both: Callable[...,
     assert both.endpoints() == set()
     assert any("'canary'" in r and "canary.example" in r for r in excluded(both))
     assert both.required()[STRICT] == Verdict.ERROR
+
+
+def test_opted_out_pod_in_a_revision_namespace_is_not_that_revisions(
+    plan_both: Callable[..., Both],
+) -> None:
+    """Label sidecar.istio.io/inject=false keeps canary's webhook away (objectSelector
+    NotIn ["false"]): a sidecar such a pod still runs was not made by canary, and no
+    label names another revision - the plan's own is assumed, not canary's unknown one."""
+    p = pod("a-0", "10.0.0.1", labels={"app": "a", "sidecar.istio.io/inject": "false"})
+    both = plan_both(cluster({"istio.io/rev": "canary"}, pods=[p]))
+    assert both.endpoints() == {"10.0.0.1:8080"}
+    assert both.required()[STRICT] == Verdict.PASS

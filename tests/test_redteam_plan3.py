@@ -594,3 +594,16 @@ def test_selector_never_reaches_into_another_namespace(plan_both: Plan) -> None:
     both = plan_both(mesh(svc(), kb.namespace("other"), pod(ns="other")))
     assert both.endpoints() == set()
     assert both.required()[STRICT] == Verdict.ERROR
+
+
+def test_port_listed_twice_never_passes(plan_both: Plan) -> None:
+    """*fixed*: port 80 twice, to 8080 (STRICT) and to 9090 (DISABLE by a port-level
+    policy). The API server refuses duplicate ports (Service validation), so which
+    entry a cluster runs is unknown; the plan used to pass the first."""
+    p = pod(ports=[("http", 8080), ("web", 9090)])
+    pa = kb.peer_auth("w", "shop", None, selector={"app": "a"}, ports={9090: "DISABLE"})
+    both = plan_both(
+        mesh(svc(kb.sport(80, 8080, name="http"), kb.sport(80, 9090, name="web")), p, pa)
+    )
+    assert both.required()[STRICT] == Verdict.ERROR
+    assert both.required()[SIDECAR] == Verdict.ERROR

@@ -306,6 +306,7 @@ class Builder:
         self._excluded_findings(ref(svc), backends.excluded)
         targets: list[Target] = []
         planned_ports: set[int] = set()
+        twice: set[int] = set()
         for sp in self._tcp_ports(svc):
             if sp["port"] in planned_ports:  # the API server rejects this; YAML may hold it
                 self.findings.append(
@@ -315,10 +316,31 @@ class Builder:
                         "port listed twice: the first is planned",
                     )
                 )
+                twice.add(sp["port"])
                 continue
             planned_ports.add(sp["port"])
             targets.extend(self._plan_port(svc, sp, backends))
+        if twice:
+            self._listed_twice(svc, twice)
         return targets
+
+    def _listed_twice(self, svc: KubeObject, ports: set[int]) -> None:
+        """A port number listed twice (the API server refuses such a Service: which entry
+        a cluster would run is unknown): compliance errors on the whole port."""
+        names = {f"{namespace(svc)}/{name(svc)}:{p}" for p in ports}
+        dup = Excluded(
+            f"Service {ref(svc)}",
+            None,
+            "lists this port more than once (the API server rejects that): which entry "
+            "applies is unknown",
+            unknown=True,
+        )
+        self.ports = [
+            replace(pc, routed_elsewhere=(*pc.routed_elsewhere, dup))
+            if pc.name in names and pc.why_unverifiable is None
+            else pc
+            for pc in self.ports
+        ]
 
     def _plan_port(
         self, svc: KubeObject, sp: Mapping[str, Any], backends: ServiceBackends

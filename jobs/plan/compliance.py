@@ -73,17 +73,18 @@ def _unverifiable_port(
     parts: list[str] = [own.reason] if own is not None else []
     if pc.why_unverifiable is not None:
         parts.append(f"nothing can be verified at this port: {pc.why_unverifiable}")
-    for group, tail in (
-        (elsewhere, "not a mesh workload, so the requirement cannot hold"),
-        (unknown, "what it enforces cannot be known, so the requirement cannot be verified"),
+    for group, head, tail in (
+        (
+            elsewhere,
+            "its traffic also goes to ",
+            ": not a mesh workload, so the requirement cannot hold",
+        ),
+        (unknown, "not verifiable: ", ": so the requirement cannot be verified"),
     ):
         if group:
             first = group[0]
             more = f" (and {len(group) - 1} more)" if len(group) > 1 else ""
-            parts.append(
-                f"its traffic also goes to {first.text().removesuffix('; not probed')}{more}: "
-                + tail
-            )
+            parts.append(f"{head}{first.text().removesuffix('; not probed')}{more}{tail}")
     return Result(
         check=check,
         target=pc.name,

@@ -119,7 +119,10 @@ def requested_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> 
     pod label ``sidecar.istio.io/inject=true`` go to the ``namespace.`` / ``object.``
     webhooks of the default revision (or of the ``default`` tag); a namespace's
     ``istio.io/rev`` (only without ``istio-injection``) beats the pod's own. None when
-    no webhook selects the pod."""
+    no webhook selects the pod (``webhook_called``: e.g. the pod's
+    ``sidecar.istio.io/inject=false`` label keeps every webhook away)."""
+    if not webhook_called(pod, ns_labels):
+        return None
     labels = labels_of(pod)
     if NAMESPACE_INJECTION_LABEL in ns_labels:
         return "default" if ns_labels[NAMESPACE_INJECTION_LABEL] == "enabled" else None
