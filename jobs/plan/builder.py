@@ -46,7 +46,7 @@ from jobs.plan.injection import (
     inbound_uncaptured,
     pod_revision,
 )
-from jobs.plan.meshconfig import RevisionMesh
+from jobs.plan.meshconfig import MeshSettings, RevisionMesh, mesh_configmap_name
 from jobs.plan.model import (
     ECHO_LABEL,
     Edge,
@@ -104,6 +104,7 @@ class Builder:
                 self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
                 self.pods_by_ns[ns].append(p)
         self._meshes: dict[int, RevisionMesh | None] = {}
+        self._revisions_noted: set[str] = set()
         self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
         self.index = PodIndex(
             self.pods.values(),
@@ -128,12 +129,32 @@ class Builder:
         key = id(pod)
         if key not in self._meshes:
             got = pod_revision(pod, self.ns_labels.get(namespace(pod), {}))
-            self._meshes[key] = (
+            rm = (
                 None
                 if got is None
                 else self.snap.revisions.mesh_of(got[0], self.snap.plan_mesh(), is_tag_free=got[1])
             )
+            self._meshes[key] = rm
+            if rm is not None and rm.settings is not None:
+                self._note_revision(rm.revision, rm.settings)
         return self._meshes[key]
+
+    def _note_revision(self, revision: str, settings: MeshSettings) -> None:
+        """Say once which mesh config another revision's pods are planned with."""
+        if revision == self.snap.revisions.plan or revision in self._revisions_noted:
+            return
+        self._revisions_noted.add(revision)
+        rv = self.snap.revisions
+        self.findings.append(
+            finding(
+                f"revision {revision}",
+                Verdict.SKIP,
+                f"sidecars of control-plane revision {revision!r} are planned with its own "
+                f"mesh config ({rv.istio_namespace}/{mesh_configmap_name(revision)}): trust "
+                f"domain {settings.trust_domain or DEFAULT_TRUST_DOMAIN}, root namespace "
+                f"{settings.root_namespace or DEFAULT_ROOT_NAMESPACE}",
+            )
+        )
 
     def _revision_problem(self, pod: KubeObject) -> Excluded | None:
         """Fail closed on a sidecar whose control plane's mesh config is unknown, or
