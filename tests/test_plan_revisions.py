@@ -468,22 +468,31 @@ def test_revision_lookups_are_bounded() -> None:
     assert any(f"more than {MAX_REVISIONS} revisions" in r.reason for r in plan.findings)
 
 
-def test_default_tag_moves_injection_enabled_namespaces(plan_both: Callable[..., Both]) -> None:
+def test_default_tag_moves_injection_enabled_namespaces(
+    plan_both: Callable[..., Both], tmp_path: Path
+) -> None:
     """``istioctl tag set default --revision canary`` makes the tag's webhook serve
     istio-injection=enabled namespaces (revision-tags-mwc.yaml adds the namespace./object.
-    webhooks for the default tag): un-annotated sidecars there are canary's, whose trust
-    domain is not the plan's - not probed."""
-    both = plan_both(
-        cluster(
-            {"istio-injection": "enabled"},
-            mesh_cm("istio", "trustDomain: cluster.local\n"),
-            mesh_cm("istio-canary", "trustDomain: canary.example\n"),
-            tag_webhook("default", "canary"),
-        )
+    webhooks for the default tag). A cluster's injected pods say so themselves
+    (istio.io/rev: canary, both paths); pods from manifests not yet created are
+    resolved through the tag webhook the manifests hold. Canary's trust domain is not
+    the plan's: not probed either way."""
+    extra = (
+        mesh_cm("istio", "trustDomain: cluster.local\n"),
+        mesh_cm("istio-canary", "trustDomain: canary.example\n"),
+        tag_webhook("default", "canary"),
     )
+    annotated = pod("a-0", "10.0.0.1", {"istio.io/rev": "canary"})
+    both = plan_both(cluster({"istio-injection": "enabled"}, *extra, pods=[annotated]))
     assert both.endpoints() == set()
     assert any("'canary'" in r and "canary.example" in r for r in excluded(both))
     assert both.required()[STRICT] == Verdict.ERROR
+    p = pod("a-0", "10.0.0.1", sidecar=False)
+    p["status"] = {"phase": "Running"}
+    f = tmp_path / "unapplied.yaml"
+    f.write_text(yaml.safe_dump_all(cluster({"istio-injection": "enabled"}, *extra, pods=[p])))
+    plan = build_plan(load_manifests([f]), REQ)
+    assert any("'canary'" in r.reason and "canary.example" in r.reason for r in plan.findings)
 
 
 def test_opted_out_pod_in_a_revision_namespace_is_not_that_revisions(

@@ -311,19 +311,23 @@ _WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations
 def _revision_meshes(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
     """The mesh configs of the other revisions the planned pods' sidecars belong to
     (``jobs.plan.meshconfig``): only when a pod is of a revision other than the plan's,
-    so a one-revision mesh of injected pods costs no call. Revision tags are read
-    (webhooks labelled ``istio.io/tag``, as istioctl/pkg/tag does) only when a sidecar
-    lacks the injector's ``istio.io/rev`` annotation, so its revision comes from a
-    label that may be a tag. Whatever cannot be read stays unknown: those pods are
-    not probed and compliance errors there (fail closed)."""
+    so a one-revision mesh costs no call. Revision tags are read (webhooks labelled
+    ``istio.io/tag``, as istioctl/pkg/tag does; RBAC: ``list
+    mutatingwebhookconfigurations``) only when a sidecar lacks the injector's
+    ``istio.io/rev`` annotation and a label names another revision, which may be a
+    tag. Whatever cannot be read stays unknown: those pods are not probed and
+    compliance errors there (fail closed)."""
     rv = snap.revisions
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
     needed = needed_revisions(
         (p for p in snap.pods if snap.is_target_namespace(namespace(p))), ns_labels
     )
-    # A name from labels may be a tag - ``default`` too (istioctl tag set default) - so
-    # tags are read whenever a sidecar lacks the injector's own revision annotation.
-    if any(not free for _, free in needed):
+    # A name from labels may be a tag. The plan's own name is taken as the revision
+    # itself: reading tags for it would cost every one-revision mesh a cluster-wide
+    # list the discovery RBAC does not grant (a ``default`` tag moving
+    # istio-injection=enabled namespaces is seen on injected pods, whose istio.io/rev
+    # annotation names the real revision, and from manifests that hold the webhook).
+    if any(not free and n != rv.plan for n, free in needed):
         try:
             hooks = list(
                 r.pages(
