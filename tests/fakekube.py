@@ -55,6 +55,13 @@ BUILTIN: tuple[Resource, ...] = (
     Resource("", ("v1",), "serviceaccounts", "ServiceAccount"),
     Resource("discovery.k8s.io", ("v1",), "endpointslices", "EndpointSlice"),
     Resource("batch", ("v1",), "jobs", "Job"),
+    Resource(
+        "admissionregistration.k8s.io",
+        ("v1",),
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+        namespaced=False,
+    ),
 )
 ISTIO: tuple[Resource, ...] = (
     Resource("security.istio.io", ("v1", "v1beta1"), "peerauthentications", "PeerAuthentication"),

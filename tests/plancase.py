@@ -94,15 +94,15 @@ def planner(tmp_path: Path) -> Iterator[Callable[..., Both]]:
     API servers it starts stop when the block ends. The ``plan_both`` fixture."""
     kubes: list[FakeKube] = []
 
-    def run(objs: list[Obj], req: Requirements = REQ) -> Both:
+    def run(objs: list[Obj], req: Requirements = REQ, revision: str | None = None) -> Both:
         f = tmp_path / f"m{len(kubes)}.yaml"
         f.write_text(yaml.safe_dump_all(objs))
-        from_yaml = build_plan(load_manifests([f]), req)
+        from_yaml = build_plan(load_manifests([f], revision=revision), req)
         kube = FakeKube()
         kubes.append(kube)
         kube.start()
         kube.add_all(objs)
-        live = build_plan(discover(kube.api_client(), Options()), req)
+        live = build_plan(discover(kube.api_client(), Options(revision=revision)), req)
         assert comparable(from_yaml) == comparable(live), "live and --from-manifests disagree"
         round_trip(live.targets_file, tmp_path)
         return Both(from_yaml, live)

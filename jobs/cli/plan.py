@@ -91,6 +91,9 @@ def load_snapshot(args: argparse.Namespace) -> ClusterSnapshot:
             snap.target_namespaces = planned_namespaces(snap, include_system=args.include_system)
         snap.trust_domain = args.trust_domain or snap.trust_domain
         snap.root_namespace = args.root_namespace or snap.root_namespace
+        # Forced values hold for every revision's workloads too (jobs.plan.meshconfig).
+        snap.revisions.trust_domain = args.trust_domain
+        snap.revisions.root_namespace = args.root_namespace
         return snap
     from jobs.plan.discovery import DiscoveryError, api_client, discover
 

@@ -115,7 +115,9 @@ def _check_service(obj: Mapping[str, Any]) -> str | None:
         if not isinstance(p, dict) or not is_port(p.get("port")):
             return "spec.ports entry without a valid port"
         tp = p.get("targetPort")
-        if tp is not None and not (is_port(tp) or (isinstance(tp, str) and tp)):
+        # 0 and "" are defaulted to ``port`` by the API server (SetDefaults_Service).
+        defaulted = tp is None or tp == "" or (type(tp) is int and tp == 0)
+        if not defaulted and not (is_port(tp) or (isinstance(tp, str) and tp)):
             return f"port {p.get('port')}: targetPort {tp!r} is neither a port nor a name"
     sel = s.get("selector")
     if sel is not None and not isinstance(sel, dict):
@@ -170,7 +172,7 @@ def _check_pa(obj: Mapping[str, Any]) -> str | None:
             return "spec.portLevelMtls is not a mapping"
         for k, v in plm.items():
             if port_key(k) is None:
-                return f"spec.portLevelMtls key {k!r} is not a port number"
+                return f"spec.portLevelMtls key {str(k)[:16]!r} is not a port number"
             err = _check_mtls(v, f"spec.portLevelMtls[{k}]")
             if err:
                 return err

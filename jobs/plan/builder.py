@@ -44,7 +44,9 @@ from jobs.plan.injection import (
     ambient_inbound_bypassed,
     has_sidecar,
     inbound_uncaptured,
+    pod_revision,
 )
+from jobs.plan.meshconfig import MeshSettings, RevisionMesh, mesh_configmap_name
 from jobs.plan.model import (
     ECHO_LABEL,
     Edge,
@@ -54,7 +56,7 @@ from jobs.plan.model import (
     Requirements,
     finding,
 )
-from jobs.plan.objects import ClusterSnapshot
+from jobs.plan.objects import DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN, ClusterSnapshot
 from jobs.plan.policy import (
     EXPORT_TO,
     ClientView,
@@ -112,10 +114,14 @@ class Builder:
             snap.mesh_config,
             planned=self.pods_by_ns.__contains__,
         )
+        self._meshes: dict[int, RevisionMesh | None] = {}
+        self._revisions_noted: set[str] = set()
+        self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
         self.index = PodIndex(
             self.pods.values(),
             known_addresses(snap.pods, snap.services),
             loopback_ok=snap.loopback_pods,
+            workload_problem=self._revision_problem,
         )
         self.slices: dict[tuple[str, str], list[KubeObject]] = defaultdict(list)
         for s in snap.endpointslices:
@@ -128,11 +134,93 @@ class Builder:
         self.edges: list[Edge] = []
         self.ports: list[PortCoverage] = []
 
+    def mesh(self, pod: KubeObject) -> RevisionMesh | None:
+        """The mesh config of the revision whose sidecar runs in ``pod`` (None: no
+        sidecar), as ``jobs.plan.meshconfig.Revisions`` resolves it."""
+        key = id(pod)
+        if key not in self._meshes:
+            got = pod_revision(pod, self.ns_labels.get(namespace(pod), {}))
+            rm = (
+                None
+                if got is None
+                else self.snap.revisions.mesh_of(got[0], self.snap.plan_mesh(), is_tag_free=got[1])
+            )
+            self._meshes[key] = rm
+            if rm is not None and rm.settings is not None:
+                self._note_revision(rm.revision, rm.settings)
+        return self._meshes[key]
+
+    def _note_revision(self, revision: str, settings: MeshSettings) -> None:
+        """Say once which mesh config another revision's pods are planned with."""
+        if revision == self.snap.revisions.plan or revision in self._revisions_noted:
+            return
+        self._revisions_noted.add(revision)
+        rv = self.snap.revisions
+        self.findings.append(
+            finding(
+                f"revision {revision}",
+                Verdict.SKIP,
+                f"sidecars of control-plane revision {revision!r} are planned with its own "
+                f"mesh config ({rv.istio_namespace}/{mesh_configmap_name(revision)}): trust "
+                f"domain {settings.trust_domain or DEFAULT_TRUST_DOMAIN}, root namespace "
+                f"{settings.root_namespace or DEFAULT_ROOT_NAMESPACE}",
+            )
+        )
+
+    def _revision_problem(self, pod: KubeObject) -> Excluded | None:
+        """Fail closed on a sidecar whose control plane's mesh config is unknown, or
+        whose trust domain is not the plan's (the targets file has one trust domain, and
+        that proxy's inbound accepts only peers of its own)."""
+        rm = self.mesh(pod)
+        if rm is None or rm.revision == self.snap.revisions.plan:
+            return None
+        what = f"its sidecar is of control-plane revision {rm.revision!r}"
+        if rm.settings is None:
+            return Excluded(
+                f"Pod {ref(pod)}",
+                None,
+                f"{what}, whose mesh config is unknown ({rm.why}): what its proxy "
+                "enforces cannot be planned",
+                inconsistent=True,
+                unknown=True,
+            )
+        td = rm.settings.trust_domain or DEFAULT_TRUST_DOMAIN
+        if td != self.snap.trust_domain:
+            return Excluded(
+                f"Pod {ref(pod)}",
+                None,
+                f"{what}, whose trust domain {td!r} is not the plan's "
+                f"{self.snap.trust_domain!r}: its identity cannot be checked in this plan "
+                "(and its inbound accepts only peers of its own trust domain)",
+                inconsistent=True,
+                unknown=True,
+            )
+        return None
+
+    def interception(self, pod: KubeObject) -> str | None:
+        """The pod's revision's mesh-wide default interception mode, if it sets one."""
+        rm = self.mesh(pod)
+        if rm is None or rm.settings is None:
+            return self.snap.interception_mode
+        return rm.settings.interception_mode
+
+    def _peer_auth(self, pod: KubeObject) -> PeerAuthIndex:
+        """PeerAuthentication as the pod's own istiod reads it: the mesh-wide level is
+        its revision's ``rootNamespace``."""
+        rm = self.mesh(pod)
+        if rm is None or rm.settings is None or rm.revision == self.snap.revisions.plan:
+            return self.pa
+        root = rm.settings.root_namespace or DEFAULT_ROOT_NAMESPACE
+        got = self._pa_by_root.get(root)
+        if got is None:
+            got = self._pa_by_root[root] = PeerAuthIndex(self.snap.peerauthentications, root)
+        return got
+
     def policy(self, pod: KubeObject) -> WorkloadPolicy:
         got = self._policy.get(id(pod))
         if got is None:
             pi = self.info(pod)
-            got = self.pa.for_workload(pi.namespace, pi.labels)
+            got = self._peer_auth(pod).for_workload(pi.namespace, pi.labels)
             self._policy[id(pod)] = got
         return got
 
@@ -250,6 +338,7 @@ class Builder:
         self._excluded_findings(ref(svc), backends.excluded)
         targets: list[Target] = []
         planned_ports: set[int] = set()
+        twice: set[int] = set()
         for sp in self._tcp_ports(svc):
             if sp["port"] in planned_ports:  # the API server rejects this; YAML may hold it
                 self.findings.append(
@@ -259,10 +348,31 @@ class Builder:
                         "port listed twice: the first is planned",
                     )
                 )
+                twice.add(sp["port"])
                 continue
             planned_ports.add(sp["port"])
             targets.extend(self._plan_port(svc, sp, backends))
+        if twice:
+            self._listed_twice(svc, twice)
         return targets
+
+    def _listed_twice(self, svc: KubeObject, ports: set[int]) -> None:
+        """A port number listed twice (the API server refuses such a Service: which entry
+        a cluster would run is unknown): compliance errors on the whole port."""
+        names = {f"{namespace(svc)}/{name(svc)}:{p}" for p in ports}
+        dup = Excluded(
+            f"Service {ref(svc)}",
+            None,
+            "lists this port more than once (the API server rejects that): which entry "
+            "applies is unknown",
+            unknown=True,
+        )
+        self.ports = [
+            replace(pc, routed_elsewhere=(*pc.routed_elsewhere, dup))
+            if pc.name in names and pc.why_unverifiable is None
+            else pc
+            for pc in self.ports
+        ]
 
     def _plan_port(
         self, svc: KubeObject, sp: Mapping[str, Any], backends: ServiceBackends
@@ -310,7 +420,7 @@ class Builder:
                     view = views[vkey] = self.egress.view(
                         base, hidden, host, port, decision.mode, pi.has_proxy
                     )
-            expect, decision = on_the_wire(pi, tport, decision)
+            expect, decision = on_the_wire(pi, tport, decision, self.interception(pod))
             key = (pi.service_account, expect, pi.echo)
             eps = groups.setdefault(key, [])
             if ip is not None:
@@ -417,12 +527,14 @@ class Builder:
                 if (p.get("protocol") or "TCP") == "TCP"
             }
             for port in sorted(declared | ports.get(key, set())):
-                expect, d = on_the_wire(pi, port, self.policy(pod).at(port))
+                expect, d = on_the_wire(pi, port, self.policy(pod).at(port), self.interception(pod))
                 out.append(Inbound(pi, port, d.mode, expect, d.source))
         return out
 
 
-def on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect, ModeDecision]:
+def on_the_wire(
+    pi: PodInfo, port: int, decision: ModeDecision, mesh_mode: str | None = None
+) -> tuple[Expect, ModeDecision]:
     """What inbound ``port`` of the pod must show, and the decision behind it. A port
     its proxy does not capture - a sidecar whose iptables leave it alone
     (``jobs.plan.injection.inbound_uncaptured``), an ambient pod in ingress mode
@@ -432,7 +544,7 @@ def on_the_wire(pi: PodInfo, port: int, decision: ModeDecision) -> tuple[Expect,
     if pi.ambient and ambient_inbound_bypassed(pi.annotations):
         why = f"ztunnel does not capture its inbound traffic ({AMBIENT_BYPASS_INBOUND})"
     elif pi.has_sidecar and not pi.ambient:
-        uncaptured = inbound_uncaptured(pi.annotations, port)
+        uncaptured = inbound_uncaptured(pi.annotations, port, mesh_mode)
         if uncaptured is not None:
             why = f"the sidecar does not capture inbound port {port}: {uncaptured}"
     if why is not None:

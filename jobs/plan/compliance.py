@@ -66,23 +66,32 @@ def _unverifiable_port(
     of the Service owns); ``error`` when there is simply nothing behind it to verify
     (could not observe). Never ``pass``."""
     routed = pc.routed_elsewhere
+    # Provably not a mesh workload: fail. Only unknowns (a pod whose control plane's
+    # mesh config the plan cannot read): error, could not observe - never pass.
+    elsewhere = [e for e in routed if not e.unknown]
+    unknown = [e for e in routed if e.unknown]
     parts: list[str] = [own.reason] if own is not None else []
     if pc.why_unverifiable is not None:
         parts.append(f"nothing can be verified at this port: {pc.why_unverifiable}")
-    if routed:
-        first = routed[0]
-        more = f" (and {len(routed) - 1} more)" if len(routed) > 1 else ""
-        parts.append(
-            f"its traffic also goes to {first.text().removesuffix('; not probed')}{more}: "
-            "not a mesh workload, so the requirement cannot hold"
-        )
+    for group, head, tail in (
+        (
+            elsewhere,
+            "its traffic also goes to ",
+            ": not a mesh workload, so the requirement cannot hold",
+        ),
+        (unknown, "not verifiable: ", ": so the requirement cannot be verified"),
+    ):
+        if group:
+            first = group[0]
+            more = f" (and {len(group) - 1} more)" if len(group) > 1 else ""
+            parts.append(f"{head}{first.text().removesuffix('; not probed')}{more}{tail}")
     return Result(
         check=check,
         target=pc.name,
-        verdict=Verdict.FAIL if routed else Verdict.ERROR,
+        verdict=Verdict.FAIL if elsewhere else Verdict.ERROR,
         reason="; ".join(parts),
         expected=expected,
-        observed="not a mesh workload" if routed else "unverifiable",
+        observed="not a mesh workload" if elsewhere else "unverifiable",
         evidence={
             **(own.evidence if own is not None else {}),
             "excluded": [

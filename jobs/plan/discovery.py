@@ -21,15 +21,20 @@ from urllib.parse import urlsplit
 from jobs.kube.client import Client
 from jobs.kube.config import api_client
 from jobs.kube.errors import Denied, KubeError, NotFound, NotServed
+from jobs.plan.injection import needed_revisions
+from jobs.plan.meshconfig import DNS_LABEL, MAX_REVISIONS, TAG_LABEL, revision_name
 from jobs.plan.meshroot import ROOT_CERT_CONFIGMAP, no_root_note, root_cert_of
 from jobs.plan.objects import (
     ClusterSnapshot,
     KubeObject,
     Problem,
+    add_revision_mesh,
     apply_mesh_config,
+    labels_of,
     mesh_configmap_name,
     name,
     namespace,
+    set_revision_tags,
 )
 
 SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease", "istio-system")
@@ -208,6 +213,7 @@ def discover(api: Any, options: Options | None = None) -> ClusterSnapshot:
             "sidecar clients planned with auto-mTLS"
         )
     _root_cert(r, snap, opts.istio_namespace)
+    _revision_meshes(r, snap, opts)
     return snap
 
 
@@ -317,6 +323,62 @@ def _mesh_config(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
     apply_mesh_config(snap, cm, where)
     snap.trust_domain = opts.trust_domain or snap.trust_domain
     snap.root_namespace = opts.root_namespace or snap.root_namespace
+    rv = snap.revisions
+    rv.plan = revision_name(opts.revision)
+    rv.istio_namespace = opts.istio_namespace
+    rv.trust_domain, rv.root_namespace = opts.trust_domain, opts.root_namespace
+
+
+_WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+def _revision_meshes(r: Reader, snap: ClusterSnapshot, opts: Options) -> None:
+    """The mesh configs of the other revisions the planned pods' sidecars belong to
+    (``jobs.plan.meshconfig``): only when a pod is of a revision other than the plan's,
+    so a one-revision mesh costs no call. Revision tags are read (webhooks labelled
+    ``istio.io/tag``, as istioctl/pkg/tag does; RBAC: ``list
+    mutatingwebhookconfigurations``) only when a sidecar lacks the injector's
+    ``istio.io/rev`` annotation and a label names another revision, which may be a
+    tag. Whatever cannot be read stays unknown: those pods are not probed and
+    compliance errors there (fail closed)."""
+    rv = snap.revisions
+    ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
+    needed = needed_revisions(
+        (p for p in snap.pods if snap.is_target_namespace(namespace(p))), ns_labels
+    )
+    # A name from labels may be a tag. The plan's own name is taken as the revision
+    # itself: reading tags for it would cost every one-revision mesh a cluster-wide
+    # list the discovery RBAC does not grant (a ``default`` tag moving
+    # istio-injection=enabled namespaces is seen on injected pods, whose istio.io/rev
+    # annotation names the real revision, and from manifests that hold the webhook).
+    if any(not free and n != rv.plan for n, free in needed):
+        try:
+            hooks = list(
+                r.pages(
+                    "list mutatingwebhookconfigurations.admissionregistration.k8s.io",
+                    _WEBHOOKS,
+                    [("labelSelector", TAG_LABEL)],
+                    model="object",
+                )
+            )
+            set_revision_tags(snap, hooks)
+        except (Denied, NotServed, NotFound) as exc:
+            rv.tags_why = f"revision tags not read: {exc}"
+    revs = sorted({rv.resolve(n, is_tag_free=free) for n, free in needed} - {rv.plan})
+    for i, rev in enumerate(revs):
+        if not DNS_LABEL.match(rev):
+            continue  # Revisions.mesh_of says why; never put into a path
+        if i >= MAX_REVISIONS:
+            rv.unknown[rev] = f"more than {MAX_REVISIONS} revisions in use: not read"
+            continue
+        cm_name = mesh_configmap_name(rev)
+        where = f"{opts.istio_namespace}/{cm_name}"
+        try:
+            cm = _get(r, f"get configmap {where}", _configmap_path(opts.istio_namespace, cm_name))
+        except Denied as exc:
+            rv.unknown[rev] = f"its mesh config could not be read: {exc}"
+            continue
+        add_revision_mesh(snap, rev, cm, where)
 
 
 def _namespaces(r: Reader, snap: ClusterSnapshot, opts: Options) -> set[str]:

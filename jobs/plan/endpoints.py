@@ -17,7 +17,8 @@ trusted on its own. The rules (issue 17 rule 1):
   and it is one of the ``status.podIPs`` of the Pod its ``targetRef`` names, in the
   same namespace. Consumers use the first address of an endpoint (Kubernetes
   discovery/v1 EndpointSlice API: "consumers must … use the first element").
-- Without slices (YAML that has none), the Service's selector picks ready pods. A pod
+- Without slices (YAML that has none), the Service's selector picks ready pods (every
+  running pod with ``publishNotReadyAddresses``). A pod
   without any address is planned (configuration only, no endpoint) only when it comes
   from YAML not yet applied (no ``metadata.uid``); a cluster's pod without one serves
   nothing.
@@ -33,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +183,10 @@ class Excluded:
     reason: str
     routed: bool = True
     inconsistent: bool = False
+    # The traffic goes there, and it may well be a mesh workload, but the plan cannot
+    # tell what it must show (its control plane's mesh config is unknown): compliance
+    # errors there (could not observe) rather than failing.
+    unknown: bool = False
 
     def text(self) -> str:
         at = f" address {self.address}" if self.address is not None else ""
@@ -210,11 +215,15 @@ class PodIndex:
         not_pods: Mapping[str, str] | None = None,
         *,
         loopback_ok: bool = False,
+        workload_problem: Callable[[KubeObject], Excluded | None] | None = None,
     ) -> None:
         # Loopback is never a pod's address (Kubernetes' ValidateEndpointIP refuses
         # 127.0.0.0/8 and ::1) and would reach the probe pod itself; only the lab, whose
         # pods live on 127/8, allows it.
         self.loopback_ok = loopback_ok
+        # Why a pod that is otherwise a mesh workload still cannot be planned (the
+        # planner's: e.g. its revision's mesh config is unknown), checked last.
+        self.workload_problem = workload_problem
         # Addresses known to be something else (a node, a Service's cluster IP): a pod
         # whose status claims one is not probed there.
         self.not_pods: Mapping[str, str] = not_pods or {}
@@ -288,7 +297,8 @@ def _pod_problem(
         return Excluded(
             obj,
             bad_ip,
-            "status.podIPs holds something that is not an IP address",
+            "status.podIPs holds something that is no pod address (not an IP literal, or "
+            "unspecified, multicast, link-local or IPv4-mapped)",
             inconsistent=True,
         )
     if host_network(pod, ips):
@@ -314,6 +324,8 @@ def _pod_problem(
             "SPIFFE identity can be derived",
             inconsistent=True,
         )
+    if index.workload_problem is not None:
+        return index.workload_problem(pod)
     return None
 
 
@@ -348,8 +360,12 @@ def service_backends(
             out.why_none = "no selector and no EndpointSlice: no pod serves this Service"
             return out
         found = pods.selected(ns, sel)
+        # publishNotReadyAddresses: the EndpointSlice controller publishes every pod as
+        # ready (pkg/controller/endpointslice ``podToEndpoint``), and Istio then sends
+        # traffic to it (endpointslice.go ``endpointHealthStatus``): not-ready pods serve.
+        any_ready = spec(service).get("publishNotReadyAddresses") is True
         for pod in found:
-            if not running(pod) or not pod_ready(pod):
+            if not running(pod) or not (any_ready or pod_ready(pod)):
                 continue
             ips, bad = pod_ips(pod)
             problem = _pod_problem(pod, ips, bad, pods)
@@ -365,12 +381,14 @@ def service_backends(
             out.backends.append(Backend(pod, ips[0] if ips else None))
         if not out.backends:
             out.why_none = (
-                "no running, ready pod matches the selector"
+                f"every pod it selects is left out ({out.excluded[0].text()})"
+                if out.excluded
+                else "no running, ready pod matches the selector"
                 if found
                 else f"no pod in {ns} matches the selector"
             )
         return out
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, tuple[tuple[str, int | None], ...]]] = set()
     for sl in slices:
         slice_obj = f"EndpointSlice {ref(sl)}"
         family = _FAMILY.get(str(sl.get("addressType")))
@@ -413,10 +431,13 @@ def service_backends(
                 continue
             pod = excl
             # By identity: every slice address resolves through PodIndex.by_key, one
-            # object per (namespace, name).
-            if (id(pod), ip) in seen:
+            # object per (namespace, name). Two slices may map the same pod's address
+            # to different ports: Istio and kube-proxy send traffic to each (endpoints
+            # are (address, port) pairs), so each is a backend of its own.
+            key = (id(pod), ip, tuple(sorted(ports.items(), key=lambda kv: kv[0])))
+            if key in seen:
                 continue
-            seen.add((id(pod), ip))
+            seen.add(key)
             out.backends.append(Backend(pod, ip, ports))
     if not out.backends:
         out.why_none = "no EndpointSlice address is a ready pod of this Service"

@@ -30,7 +30,8 @@ webhook configurations): ``neverInjectSelector`` / ``alwaysInjectSelector``, an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobs.plan.fields import KubeObject, annotations_of, labels_of, namespace, spec
@@ -41,6 +42,7 @@ from probe.constants import AMBIENT_REDIRECTION, INJECT_LABEL, PROXY_CONTAINER, 
 REVISION_LABEL = "istio.io/rev"
 NAMESPACE_INJECTION_LABEL = "istio-injection"
 SIDECAR_STATUS = "sidecar.istio.io/status"
+_STATUS_MAX = 1 << 16  # the injector writes a few hundred bytes
 DATAPLANE_MODE = "istio.io/dataplane-mode"
 # pkg/kube/inject/webhook.go IgnoredNamespaces.
 NEVER_INJECTED_NAMESPACES = frozenset(
@@ -111,12 +113,81 @@ def would_inject(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
     return True if choice is None else choice
 
 
+def requested_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> str | None:
+    """The revision (or revision tag) whose webhook selects the pod, by the selectors of
+    mutatingwebhook.yaml / revision-tags-mwc.yaml: ``istio-injection=enabled`` and the
+    pod label ``sidecar.istio.io/inject=true`` go to the ``namespace.`` / ``object.``
+    webhooks of the default revision (or of the ``default`` tag); a namespace's
+    ``istio.io/rev`` (only without ``istio-injection``) beats the pod's own. None when
+    no webhook selects the pod (``webhook_called``: e.g. the pod's
+    ``sidecar.istio.io/inject=false`` label keeps every webhook away)."""
+    if not webhook_called(pod, ns_labels):
+        return None
+    labels = labels_of(pod)
+    if NAMESPACE_INJECTION_LABEL in ns_labels:
+        return "default" if ns_labels[NAMESPACE_INJECTION_LABEL] == "enabled" else None
+    if REVISION_LABEL in ns_labels:
+        return ns_labels[REVISION_LABEL] or None
+    if REVISION_LABEL in labels:
+        return labels[REVISION_LABEL] or None
+    return "default" if labels.get(INJECT_LABEL) == "true" else None
+
+
+def _status_revision(raw: object) -> str | None:
+    """``revision`` of the injector's ``sidecar.istio.io/status`` JSON
+    (pkg/kube/inject/inject.go ``SidecarInjectionStatus``), if it names one."""
+    if not isinstance(raw, str) or len(raw) > _STATUS_MAX or '"revision"' not in raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON; nested past the parser's stack
+        return None
+    rev = doc.get("revision") if isinstance(doc, dict) else None
+    return rev if isinstance(rev, str) and rev else None
+
+
+def pod_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> tuple[str, bool] | None:
+    """The control-plane revision whose proxy runs in the pod, and whether that name was
+    written by the injector (then it is a revision, never a tag): the injection template
+    annotates ``istio.io/rev: {{ .Revision }}`` (files/injection-template.yaml), and the
+    status annotation records ``revision`` too. A sidecar without either (hand-made, or a
+    pod from manifests not yet created) belongs to the webhook its labels select. None:
+    no sidecar, or nothing names a revision (a hand-made proxy): the plan's revision -
+    the one the user named with ``--revision`` - is assumed."""
+    if not has_sidecar(pod):
+        return None
+    ann = annotations_of(pod)
+    rev = ann.get(REVISION_LABEL)
+    if isinstance(rev, str) and rev:
+        return rev, True
+    rev = _status_revision(ann.get(SIDECAR_STATUS))
+    if rev is not None:
+        return rev, True
+    requested = requested_revision(pod, ns_labels)
+    return (requested, False) if requested else None
+
+
+def needed_revisions(
+    pods: Iterable[Mapping[str, Any]], ns_labels: Mapping[str, Mapping[str, str]]
+) -> set[tuple[str, bool]]:
+    """The (revision name, written by the injector) of every pod with a sidecar."""
+    out: set[tuple[str, bool]] = set()
+    for p in pods:
+        got = pod_revision(p, ns_labels.get(namespace(p), {}))
+        if got is not None:
+            out.add(got)
+    return out
+
+
 def injected(pod: KubeObject) -> KubeObject:
     """A copy of ``pod`` as the injector leaves it: the proxy container, the status
     annotation and the ``security.istio.io/tlsMode: istio`` label auto-mTLS reads."""
     out = dict(pod)
     md = dict(out.get("metadata") or {})
-    md["annotations"] = {**annotations_of(pod), SIDECAR_STATUS: '{"containers":["istio-proxy"]}'}
+    # The injector rewrites istio.io/rev with its own revision: a value the manifest set
+    # says nothing; the revision is then read from the labels (``pod_revision``).
+    ann = {k: v for k, v in annotations_of(pod).items() if k != REVISION_LABEL}
+    md["annotations"] = {**ann, SIDECAR_STATUS: '{"containers":["istio-proxy"]}'}
     md["labels"] = {**labels_of(pod), TLS_MODE_LABEL: "istio"}
     out["metadata"] = md
     s = dict(spec(pod))
@@ -165,6 +236,14 @@ def ambient_enrolled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bo
 INCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/includeInboundPorts"
 EXCLUDE_INBOUND_PORTS = "traffic.sidecar.istio.io/excludeInboundPorts"
 INTERCEPTION_MODE = "sidecar.istio.io/interceptionMode"
+STATUS_PORT = "status.sidecar.istio.io/port"
+PROXY_CONFIG = "proxy.istio.io/config"
+DEFAULT_STATUS_PORT = 15020  # values.global.proxy.statusPort
+# injection-template.yaml passes ``-d 15090,15021,<status port>,<annotation>`` to istio-init.
+_ALWAYS_EXCLUDED = {
+    15090: "Envoy's Prometheus port, served in plaintext",
+    15021: "the sidecar's health port, served in plaintext",
+}
 
 
 def _port_list(raw: str) -> frozenset[int] | None:
@@ -180,14 +259,52 @@ def _port_list(raw: str) -> frozenset[int] | None:
     return frozenset(out)
 
 
-def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
+def interception_mode(
+    annotations: Mapping[str, str], mesh_mode: str | None = None
+) -> tuple[str, str]:
+    """The pod's interception mode and where it comes from, as the injection template
+    reads it (``annotation .ObjectMeta "sidecar.istio.io/interceptionMode"
+    .ProxyConfig.InterceptionMode``): the pod annotation, else the ProxyConfig the
+    injector builds - the pod's ``proxy.istio.io/config`` over its revision's mesh
+    ``defaultConfig`` (pkg/kube/inject/webhook.go) - else REDIRECT. A value that
+    cannot be read is returned as it is (never REDIRECT or TPROXY): no capture is
+    assumed. ProxyConfig resources are not modelled."""
+    raw = annotations.get(INTERCEPTION_MODE)
+    if raw is not None:
+        return raw, f"{INTERCEPTION_MODE}={raw[:32]!r}"
+    text = annotations.get(PROXY_CONFIG)
+    if text is not None:
+        from probe import yamlload
+
+        try:
+            doc = yamlload.load_one(text, yamlload.Limits(_STATUS_MAX, max_depth=16))
+        except yamlload.YamlLoadError:
+            return "unreadable", f"{PROXY_CONFIG} is not YAML"
+        got = doc.get("interceptionMode") if isinstance(doc, dict) else None
+        if got is not None:
+            return str(got)[:32], f"{PROXY_CONFIG} interceptionMode {str(got)[:32]!r}"
+    if mesh_mode is not None:
+        return mesh_mode, f"the mesh config's defaultConfig.interceptionMode {mesh_mode}"
+    return "REDIRECT", "default"
+
+
+def inbound_uncaptured(
+    annotations: Mapping[str, str], port: int, mesh_mode: str | None = None
+) -> str | None:
     """Why the sidecar does not intercept inbound ``port`` (the app gets the bytes
     directly, so plaintext is accepted whatever the policy), or None when it does.
-    An unreadable annotation counts as not captured: no compliance rests on it."""
-    if annotations.get(INTERCEPTION_MODE) == "NONE":
+    An unreadable annotation counts as not captured: no compliance rests on it.
+
+    run.go ``handleInboundPortsInclude``: with ``*`` every port is redirected except
+    the excluded ones - the annotation's, plus what the injection template always passes
+    to ``-d``: Envoy's Prometheus port 15090, the health port 15021 and the status
+    port (annotation ``status.sidecar.istio.io/port``, default 15020; ``0`` none). With a
+    port list exactly those ports are redirected and no exclusion is applied."""
+    mode, source = interception_mode(annotations, mesh_mode)
+    if mode not in {"REDIRECT", "TPROXY"}:
         # injection-template.yaml: interceptionMode NONE adds no istio-init, so no
         # iptables rule sends anything to Envoy.
-        return f"{INTERCEPTION_MODE}=NONE: no traffic is redirected to the proxy"
+        return f"{source}: no traffic is redirected to the proxy"
     include = annotations.get(INCLUDE_INBOUND_PORTS, "*")
     exclude = annotations.get(EXCLUDE_INBOUND_PORTS, "")
     if not isinstance(include, str) or not isinstance(exclude, str):
@@ -198,6 +315,12 @@ def inbound_uncaptured(annotations: Mapping[str, str], port: int) -> str | None:
             return f"{INCLUDE_INBOUND_PORTS}={include[:64]!r} is not a port list"
         if port not in ports:
             return f"{INCLUDE_INBOUND_PORTS}={include[:64]!r} leaves it out"
+        return None  # a listed port is redirected; exclusions do not apply to a list
+    if port in _ALWAYS_EXCLUDED:
+        return f"istio-init never redirects port {port} ({_ALWAYS_EXCLUDED[port]})"
+    status = annotations.get(STATUS_PORT, str(DEFAULT_STATUS_PORT)).strip()
+    if status.isdigit() and int(status) == port != 0:
+        return f"it is the status port of pilot-agent ({STATUS_PORT}), never redirected"
     if exclude.strip() == "*":
         return f"{EXCLUDE_INBOUND_PORTS}='*'"
     excluded = _port_list(exclude)

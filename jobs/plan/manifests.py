@@ -41,6 +41,7 @@ from jobs.plan.objects import (
     name,
     namespace,
     pick_mesh_config,
+    set_revision_tags,
     spec,
 )
 from probe import yamlfile, yamlload
@@ -313,6 +314,7 @@ def snapshot_from_documents(
 ) -> ClusterSnapshot:
     snap = ClusterSnapshot()
     configmaps: list[KubeObject] = []
+    webhooks: list[KubeObject] = []
     roots: list[tuple[str, str]] = []  # (namespace, PEM) of every istio-ca-root-cert
     pods: list[tuple[str, object]] = []
     expansion = _Expansion()
@@ -346,9 +348,12 @@ def snapshot_from_documents(
                     roots.append((namespace(doc), pem))
             else:
                 configmaps.append(doc)
+        elif kind == "MutatingWebhookConfiguration":
+            webhooks.append(doc)  # revision tags (jobs.plan.meshconfig)
         elif isinstance(kind, str) and kind in KINDS:
             snap.add(kind, doc)
     pick_mesh_config(snap, configmaps, istio_namespace, revision)  # only istiod's own
+    set_revision_tags(snap, webhooks)
     snap.root_cert_pem, notes = pick_root_cert(roots, istio_namespace)  # only istiod's own
     snap.notes.extend(notes)
     ns_labels = {name(n): labels_of(n) for n in snap.namespaces}

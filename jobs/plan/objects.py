@@ -38,8 +38,11 @@ from jobs.plan.meshconfig import (
     MESH_KEY,
     MESH_MAX_BYTES,
     MeshSettings,
+    Revisions,
     mesh_configmap_name,
     read_mesh_config,
+    revision_name,
+    tags_from_webhooks,
 )
 from jobs.plan.outbound import DEFAULT_OUTBOUND_MODE, mesh_outbound_mode
 from probe.constants import DEFAULT_ISTIO_NAMESPACE, MESH_CONFIGMAP
@@ -60,6 +63,7 @@ __all__ = [
     "KubeObject",
     "MeshSettings",
     "Problem",
+    "add_revision_mesh",
     "admit",
     "annotations_of",
     "apply_mesh_config",
@@ -79,6 +83,7 @@ __all__ = [
     "ref",
     "service_account",
     "set_pod_ip",
+    "set_revision_tags",
     "spec",
 ]
 
@@ -120,9 +125,22 @@ class ClusterSnapshot:
     # what a sidecar does with a host its Sidecar resource leaves out.
     outbound_mode: str = DEFAULT_OUTBOUND_MODE
     mesh_config: str | None = None  # "<ns>/<name>" of the mesh ConfigMap read, if any
+    interception_mode: str | None = None  # MeshConfig defaultConfig.interceptionMode
     loopback_pods: bool = False  # the lab's pods live on 127/8 (jobs/lab/addresses.py)
+    # Other control-plane revisions' mesh configs and revision tags (jobs.plan.meshconfig).
+    revisions: Revisions = field(default_factory=Revisions)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def plan_mesh(self) -> MeshSettings:
+        """The mesh settings of the plan's own revision, as applied to this snapshot."""
+        return MeshSettings(
+            self.trust_domain,
+            self.root_namespace,
+            self.enable_auto_mtls,
+            self.default_dr_export_to,
+            self.interception_mode,
+        )
 
     def is_target_namespace(self, ns: str) -> bool:
         return self.target_namespaces is None or ns in self.target_namespaces
@@ -179,6 +197,7 @@ def apply_mesh_config(snap: ClusterSnapshot, cm: Mapping[str, Any] | None, where
     snap.outbound_mode = mode
     if problem is not None:
         snap.problems.append(Problem("ConfigMap", ns, cm_name, problem))
+    snap.interception_mode = settings.interception_mode or snap.interception_mode
 
 
 def pick_mesh_config(
@@ -191,9 +210,16 @@ def pick_mesh_config(
     others named like it are not the mesh config (a tenant's ``istio`` ConfigMap with a
     ``mesh`` key looks like an attempt to change the mesh's trust domain or root)."""
     want = mesh_configmap_name(revision)
+    snap.revisions.plan = revision_name(revision)
+    snap.revisions.istio_namespace = istio_namespace
     chosen: Mapping[str, Any] | None = None
+    others: dict[str, Mapping[str, Any]] = {}  # revision -> its ConfigMap, the last one
     for cm in configmaps:
         n, ns = name(cm), namespace(cm)
+        other = _revision_of_configmap(n)
+        if ns == istio_namespace and n != want and other is not None:
+            others[other] = cm  # another revision's mesh config (jobs.plan.meshconfig)
+            continue
         if n == want and ns == istio_namespace:
             if chosen is not None:
                 snap.notes.append(
@@ -209,3 +235,40 @@ def pick_mesh_config(
                     f"{istio_namespace}/{want}): ignored"
                 )
     apply_mesh_config(snap, chosen, f"{istio_namespace}/{want}")
+    for rev, other_cm in sorted(others.items()):
+        add_revision_mesh(snap, rev, other_cm, f"{istio_namespace}/{name(other_cm)}")
+
+
+def _revision_of_configmap(cm_name: str) -> str | None:
+    """The revision whose mesh ConfigMap has this name (``istio`` -> default)."""
+    if cm_name == MESH_CONFIGMAP:
+        return "default"
+    if cm_name.startswith(f"{MESH_CONFIGMAP}-") and len(cm_name) > len(MESH_CONFIGMAP) + 1:
+        return cm_name[len(MESH_CONFIGMAP) + 1 :]
+    return None
+
+
+def add_revision_mesh(
+    snap: ClusterSnapshot, revision: str, cm: Mapping[str, Any] | None, where: str
+) -> None:
+    """Record the mesh config of a revision other than the plan's (``cm`` None: it
+    does not exist). A ConfigMap without a ``mesh`` key is no mesh config: unknown."""
+    rv = snap.revisions
+    data = cm.get("data") if cm is not None else None
+    if cm is None:
+        return  # Revisions.mesh_of says no ConfigMap holds it
+    if type(data) is not dict or MESH_KEY not in data:
+        rv.unknown[revision] = f"ConfigMap {where} has no key {MESH_KEY!r}: no mesh config"
+        return
+    settings, problems = read_mesh_config(data.get(MESH_KEY))
+    if problems:
+        rv.unknown[revision] = f"its mesh config {where} is unusable: {problems[0]}"
+        return
+    rv.meshes[revision] = settings
+
+
+def set_revision_tags(snap: ClusterSnapshot, webhooks: list[KubeObject]) -> None:
+    """Record the revision tags the MutatingWebhookConfigurations ``webhooks`` define."""
+    rv = snap.revisions
+    rv.tags, clashes = tags_from_webhooks(list(webhooks))
+    rv.tag_clashes = set(clashes)

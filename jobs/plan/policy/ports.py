@@ -11,28 +11,39 @@ from jobs.plan.fields import spec
 from probe.constants import PROXY_CONTAINER
 from probe.model import Protocol
 
-_HTTP_PROTOCOLS = ("http", "http2", "grpc", "grpc-web", "h2c")
-_TCP_PROTOCOLS = ("tcp", "tls", "https", "mongo", "mysql", "redis", "udp")
-_APP_PROTOCOL_HTTP = {"http", "http2", "grpc", "grpc-web", "kubernetes.io/h2c", "kubernetes.io/ws"}
+# pkg/config/protocol/instance.go ``Parse`` (case-insensitive), split by how the plan
+# probes them: ``IsHTTP`` (HTTP, HTTP2, HTTP_PROXY, GRPC, GRPCWeb) and ``IsTCP`` (TCP,
+# HTTPS, TLS, Mongo, Redis, MySQL); UDP on a TCP port is planned as TCP, as before.
+# Anything else is ``Unsupported``: Istio sniffs the protocol.
+_HTTP_PROTOCOLS = frozenset({"http", "http2", "http_proxy", "grpc", "grpc-web"})
+_TCP_PROTOCOLS = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis", "udp"})
+# ConvertProtocol's Kubernetes-standard appProtocol values (exact, case-sensitive).
+_K8S_APP_PROTOCOLS = {
+    "kubernetes.io/h2c": Protocol.HTTP,  # HTTP2
+    "kubernetes.io/ws": Protocol.HTTP,
+    "kubernetes.io/wss": Protocol.TCP,  # HTTPS: TLS the sidecar passes through
+}
 # pkg/config/kube/conversion.go ``wellKnownPorts`` (SMTP, DNS, MySQL, MongoDB): a Service
 # port with one of these numbers and no recognised protocol name is TCP, not sniffed.
 _WELL_KNOWN_TCP_PORTS = frozenset({25, 53, 3306, 27017})
 
 
 def port_protocol(service_port: Mapping[str, Any]) -> Protocol:
-    """Istio's explicit protocol selection: ``appProtocol``, else the port name's prefix
-    (``<protocol>[-suffix]``), else TCP on the well-known ports Istio never sniffs
-    (pkg/config/kube/conversion.go ``ConvertProtocol``). Other unnamed ports are
-    sniffed by Istio; we plan them as HTTP, the protocol its detection exists for."""
+    """Istio's protocol selection (pkg/config/kube/conversion.go ``ConvertProtocol``):
+    ``appProtocol`` when set - then the port name is not read at all - else the port
+    name; either is parsed by its prefix before the first ``-`` (``grpc-web`` whole).
+    An unrecognised value means Istio sniffs the protocol (HTTP in our plan, the
+    protocol its detection exists for), except on the well-known TCP ports."""
     app = service_port.get("appProtocol")
-    if isinstance(app, str) and app:
-        a = app.lower()
-        return Protocol.HTTP if a in _APP_PROTOCOL_HTTP else Protocol.TCP
-    port_name = service_port.get("name")
-    if isinstance(port_name, str) and port_name:
-        prefix = port_name.lower().split("-", 1)[0]
-        if port_name.lower().startswith("grpc-web"):
+    text = app if isinstance(app, str) and app else service_port.get("name")
+    if isinstance(text, str) and text:
+        # Only appProtocol can hold these (a port name cannot contain '/').
+        k8s = _K8S_APP_PROTOCOLS.get(text)
+        if k8s is not None:
+            return k8s
+        if text[:8].lower() == "grpc-web":
             return Protocol.HTTP
+        prefix = text.split("-", 1)[0].lower()
         if prefix in _HTTP_PROTOCOLS:
             return Protocol.HTTP
         if prefix in _TCP_PROTOCOLS:
@@ -59,7 +70,8 @@ def resolve_target_port(
     """The pod port a Service port sends to: a number, or a container port *name*
     looked up in this pod (pods behind one Service may resolve a name differently)."""
     tp = service_port.get("targetPort")
-    if tp is None:
+    if tp is None or tp == "" or (type(tp) is int and tp == 0):
+        # core/v1 SetDefaults_Service: an unset, 0 or "" targetPort is the port itself.
         p = service_port.get("port")
         return p if isinstance(p, int) else None
     if isinstance(tp, int):
