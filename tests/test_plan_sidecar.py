@@ -453,7 +453,7 @@ def test_rbac_lets_discovery_list_sidecars() -> None:
     ],
 )
 def test_mesh_outbound_mode(mesh: str | None, mode: str, problem: bool) -> None:
-    from jobs.plan.outbound import mesh_outbound_mode
+    from jobs.plan.meshconfig import mesh_outbound_mode
 
     got, why = mesh_outbound_mode(mesh)
     assert got == mode and (why is not None) is problem

@@ -35,16 +35,17 @@ from jobs.plan.fields import (
     spec,
 )
 from jobs.plan.meshconfig import (
+    DEFAULT_OUTBOUND_MODE,
     MESH_KEY,
     MESH_MAX_BYTES,
     MeshSettings,
     Revisions,
     mesh_configmap_name,
+    mesh_outbound_mode,
     read_mesh_config,
     revision_name,
     tags_from_webhooks,
 )
-from jobs.plan.outbound import DEFAULT_OUTBOUND_MODE, mesh_outbound_mode
 from probe.constants import DEFAULT_ISTIO_NAMESPACE, MESH_CONFIGMAP
 
 __all__ = [

@@ -52,7 +52,7 @@ from types import MappingProxyType
 from typing import Any
 
 from jobs.plan.fields import KubeObject, created_at, name, namespace, ref
-from jobs.plan.outbound import (
+from jobs.plan.meshconfig import (
     ALLOW_ANY,
     DEFAULT_OUTBOUND_MODE,
     OUTBOUND_MODES,
