@@ -142,6 +142,10 @@ class PeerCertCheck(Check):
         )
 
 
+def _clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def _judge(
     ctx: RunContext, target: Target, hs: tls.Handshake, roots: list[x509.Certificate] | None
 ) -> SvidJudgement:
@@ -150,7 +154,7 @@ def _judge(
     listed with. The key holds everything the judgement reads (the judgement is a pure
     function of it), so two chains, identities or trust bundles never share one. The
     proof of possession is per handshake and was checked before this is called."""
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the cache's time bucket
+    now = _clock().replace(microsecond=0)  # the cache's time bucket
     key = (
         tuple(c.public_bytes(Encoding.DER) for c in hs.chain),
         target.identity,
