@@ -354,6 +354,10 @@ def _sni_bytes(server_name: str | None) -> bytes | None:
     (the server's certificate, not its SNI routing, is what we judge)."""
     if not server_name:
         return None
+    if server_name.isascii():
+        # What the idna codec gives an ASCII name, or what its UnicodeError fallback below
+        # would; without the codec's pure-Python label walk (and its imports) per check.
+        return server_name.encode("ascii")
     try:
         return server_name.encode("idna")
     except UnicodeError:
