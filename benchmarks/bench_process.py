@@ -20,8 +20,8 @@ The Envoy and PKI set-up is benchmarks.bench_checks' (tests/strict_envoy.py).
 
 Before measuring, the ``probe`` and ``jobs`` sources are compiled to bytecode, as the
 image does at build time (Dockerfile: ``compileall``): with PYTHONDONTWRITEBYTECODE set,
-an editable checkout would otherwise recompile every module on every start-up (~70 ms
-here), which no probe pod pays.
+an editable checkout would otherwise recompile every module on every start-up (~80 ms
+of CPU here), which no probe pod pays.
 """
 
 from __future__ import annotations
