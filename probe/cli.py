@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,6 +28,7 @@ from probe.wire.options import add_wire_flags, install_wire_options
 
 if TYPE_CHECKING:
     from probe.checks.base import Check, RunContext
+    from probe.evidence import Evidence
     from probe.html_report import RunInfo
     from probe.model import TargetsFile
     from probe.sidecar import SidecarOptions
@@ -146,29 +150,27 @@ def main(args: argparse.Namespace) -> int:
         return _main(args, sidecar)
 
 
+@contextlib.contextmanager
+def _loading() -> Iterator[None]:
+    """Start-up (modules, the targets file, the checks) makes objects that live as long
+    as the process: the cyclic collector would walk them again and again and find
+    nothing, so it is off meanwhile; afterwards they are frozen out of its sight."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
-    from probe.checks.base import RunContext
-    from probe.engine import run_checks
-    from probe.model import TargetsFileError, load_targets
-
-    try:
-        names = parse_check_list(args.checks) if args.checks is not None else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        targets = load_targets(args.file)
-    except TargetsFileError as exc:
-        raise UsageError(str(exc)) from None
-    if names is None:
-        names = list(DEFAULT_CHECKS)
-        if any(t.authz for t in targets.targets):
-            names.append("authz")
-    targets = _shard(args, targets, names)
-    from probe.evidence import from_args
-
-    ev = from_args(args)
-    if ev.signer is not None:
-        ev.add_material(f"targets:{args.file.name}", args.file.read_bytes())
+    with _loading():
+        targets, checks, ev = _load(args)
+        from probe import report  # noqa: F401  - every run renders one; loaded here
+        from probe.checks.base import RunContext
+        from probe.engine import run_checks
 
     ctx = RunContext(targets, probe_settings(args))
     install_wire_options(ctx, args)
@@ -176,7 +178,6 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
     previous = _install_stop_handler(stop)
     try:
         try:
-            checks = [load_check(n) for n in names]
             not_ready = _sidecar_not_ready(sidecar, stop)
             if not_ready is None:
                 results = run_checks(checks, ctx, stop=stop)
@@ -193,13 +194,37 @@ def _main(args: argparse.Namespace, sidecar: SidecarOptions) -> int:
             timing=args.timing,
             evidence=ev,
             cluster="local",
-            info=_run_info(targets, "check", results),
+            info=_run_info(targets, "check", results) if _draws_html(args) else None,
         )
         _export_telemetry(results, targets)
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
     return exit_code(results)
+
+
+def _load(args: argparse.Namespace) -> tuple[TargetsFile, list[Check], Evidence]:
+    """The targets (this shard's), the chosen checks, and the evidence options."""
+    from probe.evidence import from_args
+    from probe.model import TargetsFileError, load_targets
+
+    try:
+        names = parse_check_list(args.checks) if args.checks is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        targets = load_targets(args.file)
+    except TargetsFileError as exc:
+        raise UsageError(str(exc)) from None
+    if names is None:
+        names = list(DEFAULT_CHECKS)
+        if any(t.authz for t in targets.targets):
+            names.append("authz")
+    targets = _shard(args, targets, names)
+    ev = from_args(args)
+    if ev.signer is not None:
+        ev.add_material(f"targets:{args.file.name}", args.file.read_bytes())
+    return targets, [load_check(n) for n in names], ev
 
 
 def _shard(args: argparse.Namespace, targets: TargetsFile, names: list[str]) -> TargetsFile:
@@ -247,6 +272,16 @@ def _all_errors(checks: list[Check], ctx: RunContext, reason: str) -> list[Resul
         for w in work
     ]
     return errors + skips
+
+
+def _draws_html(args: argparse.Namespace) -> bool:
+    """Whether a report goes out as html, the one format that draws the run's identity
+    (its module, hashing the roots, is left unloaded otherwise)."""
+    from probe.cliargs import format_for_file
+
+    return args.output == "html" or (
+        args.out is not None and format_for_file(args.out, args.output) == "html"
+    )
 
 
 def _run_info(targets: TargetsFile, command: str, results: list[Result]) -> RunInfo:

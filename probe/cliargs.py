@@ -231,7 +231,7 @@ def add_report_flags(group: Group, *, out: bool = True) -> None:
         )
 
 
-def _format_for_file(path: Path, default: str) -> str:
+def format_for_file(path: Path, default: str) -> str:
     suffixes = {
         ".json": "json",
         ".jsonl": "jsonl",
@@ -302,7 +302,7 @@ def write_report(
     from probe.report import render
 
     try:
-        fmt = _format_for_file(out, fmt)
+        fmt = format_for_file(out, fmt)
         text = render(results, fmt, timing=timing, info=info, **_evidence_opts(evidence))
         out.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,7 @@ def verify_chain(
     presented: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
     now: dt.datetime,
+    native: Sequence[crypto.X509] | None = None,
 ) -> str | None:
     """Path validation from ``leaf`` through presented intermediates to one of
     ``roots`` at ``now``, by OpenSSL's X509_verify_cert (pyOpenSSL's X509Store),
@@ -110,14 +112,22 @@ def verify_chain(
     cryptography's ``x509.verification``: as of 50.0 it refuses URI name
     constraints ("unsupported name constraint"), which SPIFFE CAs use. Returns
     None when a valid path exists, else why not; a leaf that is merely outside its
-    own validity period returns ``LEAF_TIME`` (the SVID rules say when)."""
+    own validity period returns ``LEAF_TIME`` (the SVID rules say when).
+
+    ``native``: ``[leaf, *presented]`` as OpenSSL objects (what the handshake gave),
+    used as they are instead of converting each certificate back."""
     try:
-        store = crypto.X509Store()
-        for root in roots:
-            store.add_cert(_openssl_root(root))
+        store = _store(roots)
         store.set_time(now)
-        untrusted = [crypto.X509.from_cryptography(c) for c in presented[:MAX_CHAIN] if c != leaf]
-        target = crypto.X509.from_cryptography(leaf)
+        if native is not None and len(native) == len(presented) + 1:
+            target = native[0]
+            pairs = zip(presented[:MAX_CHAIN], native[1 : MAX_CHAIN + 1], strict=False)
+            untrusted = [n for c, n in pairs if c != leaf]
+        else:
+            untrusted = [
+                crypto.X509.from_cryptography(c) for c in presented[:MAX_CHAIN] if c != leaf
+            ]
+            target = crypto.X509.from_cryptography(leaf)
     except Exception as exc:  # a certificate OpenSSL cannot take back
         return f"the chain could not be loaded for path validation: {exc}"
     try:
@@ -133,6 +143,25 @@ def verify_chain(
 
 
 LEAF_TIME = "the leaf is outside its validity period"
+
+_stores = threading.local()
+
+
+def _store(roots: Sequence[x509.Certificate]) -> crypto.X509Store:
+    """An X509Store holding ``roots``, built once per thread and bundle instead of once
+    per check. Per thread because ``set_time`` changes the store itself; a store is only
+    read while one of its thread's checks verifies, so nothing else sees that time."""
+    key = tuple(roots)
+    cached: tuple[tuple[x509.Certificate, ...], crypto.X509Store] | None = getattr(
+        _stores, "entry", None
+    )
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    store = crypto.X509Store()
+    for root in roots:
+        store.add_cert(_openssl_root(root))
+    _stores.entry = (key, store)
+    return store
 
 
 @functools.lru_cache(maxsize=64)
@@ -155,7 +184,9 @@ def judge_svid(
     now: dt.datetime,
     min_remaining: dt.timedelta,
     max_lifetime: dt.timedelta,
+    native: Sequence[crypto.X509] | None = None,
 ) -> SvidJudgement:
+    """``native``: ``chain`` as OpenSSL objects, if the caller has them (see verify_chain)."""
     j = SvidJudgement()
     v = j.violations
     if not chain:
@@ -246,7 +277,7 @@ def judge_svid(
         j.evidence["chain_verified"] = None
         j.evidence["chain_note"] = "no rootCertFile: chain not verified to the mesh root"
     else:
-        why = verify_chain(leaf, chain[1:], roots, now)
+        why = verify_chain(leaf, chain[1:], roots, now, native)
         j.evidence["chain_verified"] = why is None
         if why == LEAF_TIME:
             j.evidence["chain_note"] = "not verified: " + LEAF_TIME

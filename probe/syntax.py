@@ -17,8 +17,6 @@ from __future__ import annotations
 import ipaddress
 import re
 
-import idna
-
 from probe.textsafe import bounded
 
 MAX_NAME_CHARS = 512
@@ -108,6 +106,8 @@ def hostname(value: object) -> str:
     if text.isascii():
         ascii_name = name
     else:
+        import idna  # only for non-ASCII names: its tables cost every start-up ~4 ms
+
         try:
             ascii_name = idna.encode(name, uts46=True).decode("ascii")
         except (idna.IDNAError, UnicodeError):

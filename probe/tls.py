@@ -34,6 +34,7 @@ from probe.errors import ReadTimedOut
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from OpenSSL import crypto
 
     from probe.model import Endpoint
     from probe.pki import Issued
@@ -180,6 +181,9 @@ class Handshake:
     """What one TLS connection showed."""
 
     chain: list[x509.Certificate] = field(default_factory=list)
+    #: The same certificates as OpenSSL parsed them (``native[i]`` is ``chain[i]``):
+    #: path validation takes these as they are instead of converting ``chain`` back.
+    native: list[crypto.X509] = field(default_factory=list)
     version: str | None = None
     alpn: str | None = None
     cipher: str | None = None
@@ -275,6 +279,7 @@ def _capture(conn: SSL.Connection, hs: Handshake) -> None:
         except Exception as exc:  # a hostile server's DER that OpenSSL took and we cannot read
             hs.unparseable = f"certificate #{i} of the presented chain is not valid X.509: {exc}"
             break
+        hs.native.append(c)
     hs.version = conn.get_protocol_version_name()
     proto = conn.get_alpn_proto_negotiated()
     hs.alpn = proto.decode("ascii", "replace") if proto else None
@@ -349,6 +354,10 @@ def _sni_bytes(server_name: str | None) -> bytes | None:
     (the server's certificate, not its SNI routing, is what we judge)."""
     if not server_name:
         return None
+    if server_name.isascii():
+        # What the idna codec gives an ASCII name, or what its UnicodeError fallback below
+        # would; without the codec's pure-Python label walk (and its imports) per check.
+        return server_name.encode("ascii")
     try:
         return server_name.encode("idna")
     except UnicodeError:

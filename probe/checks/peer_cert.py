@@ -13,15 +13,18 @@ import datetime as dt
 from typing import TYPE_CHECKING, ClassVar
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from probe import tls
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.checks.common import istio_sni, mesh_roots, sidecar_tls_skip, tls_context
 from probe.errors import ObservationError
 from probe.results import Result, Verdict
-from probe.svid import judge_svid
+from probe.svid import SvidJudgement, judge_svid
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from probe.model import Endpoint, Target
 
 _SHA256 = hashes.SHA256()
@@ -63,15 +66,7 @@ class PeerCertCheck(Check):
                 observed="unparseable certificate",
                 evidence={"tls_version": hs.version, "alpn": hs.alpn, "possession": proof},
             )
-        j = judge_svid(
-            hs.chain,
-            expected_identity=target.identity,
-            trust_domain=ctx.targets.trust_domain,
-            roots=roots,
-            now=dt.datetime.now(dt.UTC),
-            min_remaining=ctx.settings.min_remaining,
-            max_lifetime=ctx.settings.max_lifetime,
-        )
+        j = _judge(ctx, target, hs, roots)
         evidence = dict(j.evidence)
         evidence.update({"tls_version": hs.version, "alpn": hs.alpn, "possession": proof})
         if hs.unparseable is not None:
@@ -145,3 +140,57 @@ class PeerCertCheck(Check):
             observed=observed,
             evidence=evidence,
         )
+
+
+def _clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _judge(
+    ctx: RunContext, target: Target, hs: tls.Handshake, roots: list[x509.Certificate] | None
+) -> SvidJudgement:
+    """The SVID judgement of the chain ``hs`` showed, made once per run for each distinct
+    chain, expectation and second: a pod serves the same chain on every port it is
+    listed with. The key holds everything the judgement reads (the judgement is a pure
+    function of it), so two chains, identities or trust bundles never share one. The
+    proof of possession is per handshake and was checked before this is called."""
+    now = _clock().replace(microsecond=0)  # the cache's time bucket
+    key = (
+        tuple(c.public_bytes(Encoding.DER) for c in hs.chain),
+        target.identity,
+        ctx.targets.trust_domain,
+        None if roots is None else tuple(r.public_bytes(Encoding.DER) for r in roots),
+        now,
+        ctx.settings.min_remaining,
+        ctx.settings.max_lifetime,
+    )
+    judged = ctx.shared("peer-cert-judgements", _Judged).of(now)
+    j = judged.get(key)
+    if j is None:
+        j = judge_svid(
+            hs.chain,
+            expected_identity=target.identity,
+            trust_domain=ctx.targets.trust_domain,
+            roots=roots,
+            now=now,
+            min_remaining=ctx.settings.min_remaining,
+            max_lifetime=ctx.settings.max_lifetime,
+            native=hs.native,
+        )
+        judged[key] = j
+    return j
+
+
+class _Judged:
+    """The current second's judgements. A hit needs the same second, so earlier ones are
+    dropped: memory stays bounded by one second's checks, however long the run. Races
+    between threads cost at most a judgement made twice (``now`` is in every key)."""
+
+    def __init__(self) -> None:
+        self._second: dt.datetime | None = None
+        self._entries: dict[object, SvidJudgement] = {}
+
+    def of(self, second: dt.datetime) -> dict[object, SvidJudgement]:
+        if self._second != second:
+            self._second, self._entries = second, {}
+        return self._entries
