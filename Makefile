@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml requirements/runtime.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/runtime.txt
-	$(BIN)/python -m pip install --quiet -e '.[lab,test]'
+	# compat: a path entry, not an import-hook finder (~20 ms off every start-up of the CLI)
+	$(BIN)/python -m pip install --quiet --config-settings editable_mode=compat -e '.[lab,test]'
 	touch $(STAMP)
 
 install: $(STAMP) netns-deps
