@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from jobs.agent.state import AgentState, RoundReport
 from probe.html_report import RunInfo, TrendPoint, content_security_policy, render_html
@@ -27,13 +27,18 @@ REQUEST_TIMEOUT_S = 5.0
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class ResultsDocument(Protocol):
+    def __call__(self, *, gzipped: bool = False) -> bytes | None: ...
+
+
 @dataclass
 class Endpoints:
-    """What the server reads; ``results_json`` is the last round rendered once."""
+    """What the server reads; ``results_json`` is the last round rendered once (gzip of
+    it when called with ``gzipped=True``)."""
 
     state: AgentState
     metrics_text: Callable[[], bytes]
-    results_json: Callable[[], bytes | None]
+    results_json: ResultsDocument
 
 
 class HtmlPage:
@@ -53,7 +58,8 @@ class HtmlPage:
             return None
         with self._lock:
             if self._cached is None or self._cached[0] is not last:
-                self._cached = (last, render_html(last.results, _info(last, trend)).encode())
+                results = tuple(last.results)  # unpacked once for this page
+                self._cached = (last, render_html(results, _info(last, trend)).encode())
             if not gzipped:
                 return self._cached[1]
             if self._gzipped is None or self._gzipped[0] is not last:
@@ -146,12 +152,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(200, ep.metrics_text(), PROMETHEUS_CONTENT_TYPE, head)
         elif path == "/results":
-            body = ep.results_json()
+            gz = _accepts_gzip(self.headers.get("accept-encoding", ""))
+            body = ep.results_json(gzipped=gz)
             if body is None:
                 msg = {"error": "no round completed yet"}
                 self._send(503, json.dumps(msg).encode(), "application/json", head)
             else:
-                self._send(200, body, "application/json", head)
+                enc = "gzip" if gz else None
+                self._send(200, body, "application/json", head, encoding=enc)
         elif path in ("/", "/report.html"):
             gz = _accepts_gzip(self.headers.get("accept-encoding", ""))
             page = self.server.page.body(gzipped=gz)
