@@ -43,28 +43,29 @@ class Endpoints:
 
 class HtmlPage:
     """The page of the last round, rendered on the first request after the round (a
-    30,000-result page costs more than a request should) and served from then on."""
+    30,000-result page costs more than a request should) and served from then on.
+    Kept gzipped only (a 5,000-target page is ~5 MB, ~0.3 MB gzipped): a client that
+    does not take gzip gets it inflated per request, and the agent does not hold
+    megabytes of HTML for a whole interval."""
 
     def __init__(self, state: AgentState) -> None:
         self._state = state
         self._lock = threading.Lock()
-        self._cached: tuple[RoundReport, bytes] | None = None
         self._gzipped: tuple[RoundReport, bytes] | None = None
 
     def body(self, *, gzipped: bool = False) -> bytes | None:
-        """The page, or gzip of it (a 5,000-target page is ~5 MB, ~0.3 MB gzipped)."""
+        """The page, or gzip of it."""
         last, trend = self._state.last_with_trend()
         if last is None:
             return None
         with self._lock:
-            if self._cached is None or self._cached[0] is not last:
-                results = tuple(last.results)  # unpacked once for this page
-                self._cached = (last, render_html(results, _info(last, trend)).encode())
-            if not gzipped:
-                return self._cached[1]
             if self._gzipped is None or self._gzipped[0] is not last:
-                self._gzipped = (last, gzip.compress(self._cached[1], compresslevel=6, mtime=0))
-            return self._gzipped[1]
+                results = tuple(last.results)  # unpacked once for this page
+                page = render_html(results, _info(last, trend)).encode()
+                del results
+                self._gzipped = (last, gzip.compress(page, compresslevel=6, mtime=0))
+            body = self._gzipped[1]
+        return body if gzipped else gzip.decompress(body)
 
 
 def _info(last: RoundReport, trend: tuple[TrendPoint, ...]) -> RunInfo:
