@@ -8,6 +8,7 @@ import json
 import pickle
 import re
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 from jobs.agent.packed import PackedResults
@@ -76,6 +77,16 @@ def test_pack_round_trips_every_field() -> None:
     assert render_json(tuple(packed), timing=True) == render_json(results, timing=True)
     info = RunInfo(generated=1.0)
     assert render_html(tuple(packed), info) == render_html(results, info)
+
+
+def test_pack_keeps_order_and_count_across_chunks() -> None:
+    """Packed a chunk of pickles at a time: every size round-trips, in order."""
+    base = _mixed()
+    many = tuple(replace(base[i % len(base)], target=f"ns/t{i}") for i in range(2_501))
+    for n in (0, 1, 999, 1_000, 1_001, 2_000, 2_501):
+        packed = PackedResults(many[:n])
+        assert len(packed) == n
+        assert packed.unpack() == many[:n]
 
 
 def test_pack_is_smaller_than_the_objects() -> None:

@@ -12,6 +12,7 @@ only, never from outside.
 
 from __future__ import annotations
 
+import io
 import pickle
 import zlib
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,8 @@ from probe.results import Result
 
 # zlib level 1: ~8x smaller than the pickle at a fraction of the CPU of level 6.
 _LEVEL = 1
+# Results per pickle: bounds the pickler's memo; big enough that framing costs nothing.
+_CHUNK = 1000
 
 
 class _Compressing:
@@ -49,10 +52,13 @@ class PackedResults(Sequence[Result]):
     __slots__ = ("_blob", "_len")
 
     def __init__(self, results: Sequence[Result]) -> None:
-        # Pickled straight into the compressor, frame by frame: the whole pickle (~13 MB
-        # at 30,000 results) never exists at once, at the round's memory peak.
+        # Pickled straight into the compressor, frame by frame, a chunk at a time: at the
+        # round's memory peak neither the whole pickle (~13 MB at 30,000 results) nor a
+        # pickler's memo of every object in the round (tens of MB) exists at once.
         sink = _Compressing()
-        pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(tuple(results))
+        for start in range(0, len(results), _CHUNK):
+            chunk = tuple(results[start : start + _CHUNK])
+            pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(chunk)
         self._blob = sink.finish()
         self._len = len(results)
 
@@ -61,8 +67,11 @@ class PackedResults(Sequence[Result]):
         return len(self._blob)
 
     def unpack(self) -> tuple[Result, ...]:
-        results: tuple[Result, ...] = pickle.loads(zlib.decompress(self._blob))  # noqa: S301 - our own blob
-        return results
+        stream = io.BytesIO(zlib.decompress(self._blob))
+        out: list[Result] = []
+        for _ in range(0, self._len, _CHUNK):
+            out.extend(pickle.load(stream))  # noqa: S301 - our own blob
+        return tuple(out)
 
     def __len__(self) -> int:
         return self._len
