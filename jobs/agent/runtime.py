@@ -10,6 +10,7 @@ a DaemonSet's agents do not all probe the same second).
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -53,8 +54,8 @@ class Agent:
         self._idle_lock = threading.Lock()
         # The last round's results, rendered for /results on the first request only:
         # encoding 30,000 results every round costs more CPU than most checks.
-        self._last_results: tuple[Result, ...] | None = None
-        self._results_json: tuple[tuple[Result, ...], bytes] | None = None
+        self._last_results: Sequence[Result] | None = None
+        self._results_json: tuple[Sequence[Result], bytes] | None = None
         self._json_lock = threading.Lock()
         self.done = threading.Event()  # set when max_rounds were run
         self._scheduler: Any = None
@@ -78,14 +79,22 @@ class Agent:
         sched.start()
         self._scheduler = sched
 
-    def results_json(self) -> bytes | None:
+    def results_json(self, *, gzipped: bool = False) -> bytes | None:
+        """The last round's ``/results`` document, or gzip of it. Kept gzipped only:
+        30,000 results are ~24 MB of JSON and ~2 MB gzipped, and the document would
+        otherwise stay in memory for a whole interval; a client that does not take gzip
+        gets it inflated per request (~0.1 s at that size)."""
         results = self._last_results
         if results is None:
             return None
         with self._json_lock:
             if self._results_json is None or self._results_json[0] is not results:
-                self._results_json = (results, render_json(results).encode("utf-8"))
-            return self._results_json[1]
+                # Unpacked and rendered once; both are garbage after compressing.
+                text = render_json(tuple(results)).encode("utf-8")
+                self._results_json = (results, gzip.compress(text, compresslevel=1, mtime=0))
+                del text
+            body = self._results_json[1]
+        return body if gzipped else gzip.decompress(body)
 
     def _round(self) -> None:
         with self._idle_lock:
@@ -96,7 +105,6 @@ class Agent:
         report: RoundReport | None = None
         try:
             report = self.runner.run(self._round_stop)
-            self._last_results = report.results
             try:
                 self.metrics.record_round(report)
             except Exception as exc:  # an exporter problem must not stop probing
@@ -110,10 +118,14 @@ class Agent:
         finally:
             if report is None:
                 report = RoundReport(0, 0.0, 0.0, (), True, "round did not complete")
-            self.state.round_finished(report)
+            kept = self.state.round_finished(report)  # packs the results
+            if report.number:  # a round that ran, even if it failed (not the stand-in)
+                self._last_results = kept.results
             self._idle.set()
+            number = report.number
+            del report, kept  # the round's tuple of results is garbage from here
             release_free_heap()
-        if self.schedule.max_rounds is not None and report.number >= self.schedule.max_rounds:
+        if self.schedule.max_rounds is not None and number >= self.schedule.max_rounds:
             self.done.set()
 
     def stop(self, grace_s: float) -> bool:

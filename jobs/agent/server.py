@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from jobs.agent.state import AgentState, RoundReport
 from probe.html_report import RunInfo, TrendPoint, content_security_policy, render_html
@@ -27,38 +27,45 @@ REQUEST_TIMEOUT_S = 5.0
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class ResultsDocument(Protocol):
+    def __call__(self, *, gzipped: bool = False) -> bytes | None: ...
+
+
 @dataclass
 class Endpoints:
-    """What the server reads; ``results_json`` is the last round rendered once."""
+    """What the server reads; ``results_json`` is the last round rendered once (gzip of
+    it when called with ``gzipped=True``)."""
 
     state: AgentState
     metrics_text: Callable[[], bytes]
-    results_json: Callable[[], bytes | None]
+    results_json: ResultsDocument
 
 
 class HtmlPage:
     """The page of the last round, rendered on the first request after the round (a
-    30,000-result page costs more than a request should) and served from then on."""
+    30,000-result page costs more than a request should) and served from then on.
+    Kept gzipped only (a 5,000-target page is ~5 MB, ~0.3 MB gzipped): a client that
+    does not take gzip gets it inflated per request, and the agent does not hold
+    megabytes of HTML for a whole interval."""
 
     def __init__(self, state: AgentState) -> None:
         self._state = state
         self._lock = threading.Lock()
-        self._cached: tuple[RoundReport, bytes] | None = None
         self._gzipped: tuple[RoundReport, bytes] | None = None
 
     def body(self, *, gzipped: bool = False) -> bytes | None:
-        """The page, or gzip of it (a 5,000-target page is ~5 MB, ~0.3 MB gzipped)."""
+        """The page, or gzip of it."""
         last, trend = self._state.last_with_trend()
         if last is None:
             return None
         with self._lock:
-            if self._cached is None or self._cached[0] is not last:
-                self._cached = (last, render_html(last.results, _info(last, trend)).encode())
-            if not gzipped:
-                return self._cached[1]
             if self._gzipped is None or self._gzipped[0] is not last:
-                self._gzipped = (last, gzip.compress(self._cached[1], compresslevel=6, mtime=0))
-            return self._gzipped[1]
+                results = tuple(last.results)  # unpacked once for this page
+                page = render_html(results, _info(last, trend)).encode()
+                del results
+                self._gzipped = (last, gzip.compress(page, compresslevel=6, mtime=0))
+            body = self._gzipped[1]
+        return body if gzipped else gzip.decompress(body)
 
 
 def _info(last: RoundReport, trend: tuple[TrendPoint, ...]) -> RunInfo:
@@ -146,12 +153,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(200, ep.metrics_text(), PROMETHEUS_CONTENT_TYPE, head)
         elif path == "/results":
-            body = ep.results_json()
+            gz = _accepts_gzip(self.headers.get("accept-encoding", ""))
+            body = ep.results_json(gzipped=gz)
             if body is None:
                 msg = {"error": "no round completed yet"}
                 self._send(503, json.dumps(msg).encode(), "application/json", head)
             else:
-                self._send(200, body, "application/json", head)
+                enc = "gzip" if gz else None
+                self._send(200, body, "application/json", head, encoding=enc)
         elif path in ("/", "/report.html"):
             gz = _accepts_gzip(self.headers.get("accept-encoding", ""))
             page = self.server.page.body(gzipped=gz)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
+from jobs.agent.packed import PackedResults
 from probe.html_report import TrendPoint
 from probe.model import TargetsFile
 from probe.results import Result, summarize
@@ -25,7 +27,7 @@ class RoundReport:
     number: int
     started: float  # wall clock, epoch seconds
     duration_s: float
-    results: tuple[Result, ...]
+    results: Sequence[Result]  # a tuple while the round runs; PackedResults once kept
     failed: bool
     failure_reason: str | None = None
     assigned: int = 0  # work keys this agent owned this round
@@ -70,19 +72,23 @@ class AgentState:
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
-    def round_finished(self, report: RoundReport) -> None:
+    def round_finished(self, report: RoundReport) -> RoundReport:
+        """Keep ``report`` as the last round, its results packed (``PackedResults``),
+        and return what was kept: the caller's tuple is garbage once it lets go of it."""
+        counts = summarize(report.results)
+        if not isinstance(report.results, PackedResults):
+            report = replace(report, results=PackedResults(report.results))
         with self._lock:
             self._in_flight -= 1
             self._last = report
-            self._trend.append(
-                TrendPoint(report.number, report.started, summarize(report.results), report.failed)
-            )
+            self._trend.append(TrendPoint(report.number, report.started, counts, report.failed))
             self._rounds_total += 1
             if report.failed:
                 self._rounds_failed += 1
                 self._consecutive_failures += 1
             else:
                 self._consecutive_failures = 0
+        return report
 
     @property
     def last(self) -> RoundReport | None:
