@@ -68,7 +68,7 @@ def _fetch_own(ctx: RunContext, before: OwnCerts | None) -> OwnCerts:
         secrets = fetch_secrets(ctx)
     except ObservationError as exc:
         return OwnCerts(unknown=f"the probe's own certificate is not known ({exc.reason})")
-    leaves = [chain[0] for chain in secrets.chains if source_id in uri_sans(chain[0])]
+    leaves = [chain[0] for chain in secrets.mtls_chains() if source_id in uri_sans(chain[0])]
     if not leaves:
         return OwnCerts(
             unknown=f"the probe's sidecar ({admin_url(ctx)}) shows no certificate for {source_id}"
