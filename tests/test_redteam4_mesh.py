@@ -1,0 +1,126 @@
+"""Red-team round 4 for ``mesh`` / ``xfcc-spoof``: honest apps whose HTTP is unusual but
+real must still pass (gzip, HTTP/1.0 close-delimited, a 100 Continue before the answer,
+a Go struct's ``Headers`` key), and reflections that carry two header maps or a second
+spelling of XFCC must not. Real HTTP servers behind the sidecar stand-in (it appends
+the server sidecar's XFCC element, as Envoy's inbound does)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+
+from probe.checks.mesh import MeshCheck
+from probe.checks.xfcc_spoof import XfccSpoofCheck
+from probe.reflect import App, parse_reflection
+from probe.results import Verdict
+from tests.reflect_apps import render
+from tests.runone import ECHO_ID, run_app
+
+Body = Callable[[list[tuple[str, str]]], bytes]
+
+
+def _raw_app(respond: Callable[[bytes], bytes], body: Body) -> type[BaseHTTPRequestHandler]:
+    """An app that writes its own response bytes (status line and all): ``respond``
+    frames what ``body`` renders from the request headers it got."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.close_connection = True
+            self.wfile.write(respond(body(list(self.headers.items()))))
+
+    return Handler
+
+
+def _httpbin(headers: list[tuple[str, str]]) -> bytes:
+    return render(App.HTTPBIN, headers)
+
+
+def _go_struct(headers: list[tuple[str, str]]) -> bytes:
+    """``json.Marshal(struct{ Headers http.Header; Method, URL string })``: no json tags,
+    so the keys are the Go field names."""
+    grouped: dict[str, list[str]] = {}
+    for k, v in headers:
+        grouped.setdefault("-".join(p.capitalize() for p in k.split("-")), []).append(v)
+    return json.dumps({"Method": "GET", "URL": "/headers", "Headers": grouped}).encode()
+
+
+def _gzip(body: bytes) -> bytes:
+    z = gzip.compress(body)
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(z) + z
+    )
+
+
+def _http10(body: bytes) -> bytes:
+    # no content-length: the body ends when the server closes
+    return b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n" + body
+
+
+def _continue_first(body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
+    )
+
+
+@pytest.mark.parametrize(
+    ("respond", "body"),
+    [
+        (_gzip, _httpbin),
+        (_http10, _httpbin),
+        (_continue_first, _httpbin),
+        (_http10, _go_struct),
+    ],
+    ids=["gzip", "http1.0-close-delimited", "100-continue", "go-struct-Headers"],
+)
+def test_honest_apps_with_unusual_http_pass(respond: Callable[[bytes], bytes], body: Body) -> None:
+    """Before round 4 the Go struct's ``Headers`` key was not read: an honest app became
+    an error ("not a header reflection")."""
+    for check in (MeshCheck(), XfccSpoofCheck()):
+        r = run_app(check, _raw_app(respond, body))
+        assert r.verdict is Verdict.PASS, (check.name, r)
+
+
+def test_two_header_maps_in_two_cases_are_not_a_reflection() -> None:
+    """``headers`` and ``Headers`` side by side: which one the app received is unknown
+    (one may be the app's own story), so nothing is read from it."""
+    body = json.dumps(
+        {
+            "headers": {"X-Forwarded-Client-Cert": f"By={ECHO_ID};URI=x"},
+            "Headers": {"X-Forwarded-Client-Cert": ["By=other;URI=y"]},
+        }
+    ).encode()
+    assert parse_reflection(body) is None
+
+
+def _appending_xfcc(value: str, spelling: str) -> Body:
+    """An app that shows what it got, then one more XFCC value under another spelling of
+    the name (as a second header line would be shown)."""
+
+    def body(headers: list[tuple[str, str]]) -> bytes:
+        grouped: dict[str, list[str]] = {}
+        for k, v in headers:
+            grouped.setdefault(k, []).append(v)
+        grouped.setdefault(spelling, []).append(value)
+        return json.dumps({"headers": grouped}).encode()
+
+    return body
+
+
+@pytest.mark.parametrize("spelling", ["x-forwarded-client-cert", "X-FORWARDED-CLIENT-CERT"])
+def test_a_second_xfcc_line_naming_another_server_is_trusted_last(spelling: str) -> None:
+    """The genuine element arrives, then the app shows a second XFCC value (another
+    spelling of the name) naming another server: the combined header's last element is
+    that one, so ``By=`` is wrong - a fail, never a pass."""
+    other = "By=spiffe://cluster.local/ns/evil/sa/x;URI=spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
+    r = run_app(MeshCheck(), _raw_app(_http10, _appending_xfcc(other, spelling)))
+    assert r.verdict is Verdict.FAIL and "ns/evil/sa/x" in r.reason, r
