@@ -16,10 +16,20 @@ import pytest
 
 from probe.checks.mesh import MeshCheck
 from probe.checks.xfcc_spoof import XfccSpoofCheck
+from probe.model import Source
+from probe.pki import CertificateAuthority
 from probe.reflect import App, parse_reflection
 from probe.results import Verdict
-from tests.reflect_apps import render
-from tests.runone import ECHO_ID, run_app
+from tests.reflect_apps import handler, render, serving
+from tests.runone import ECHO_ID, SRC, echo_target, run_app, run_target
+from tests.sidecar_standin import (
+    DUMP,
+    SidecarBehaviour,
+    admin_handler,
+    dump_doc,
+    http_server,
+    sidecar,
+)
 
 Body = Callable[[list[tuple[str, str]]], bytes]
 
@@ -124,3 +134,25 @@ def test_a_second_xfcc_line_naming_another_server_is_trusted_last(spelling: str)
     other = "By=spiffe://cluster.local/ns/evil/sa/x;URI=spiffe://cluster.local/ns/mtlsprobe/sa/mtlsprobe"
     r = run_app(MeshCheck(), _raw_app(_http10, _appending_xfcc(other, spelling)))
     assert r.verdict is Verdict.FAIL and "ns/evil/sa/x" in r.reason, r
+
+
+def test_fabricated_element_naming_an_identity_the_sidecar_does_not_hold() -> None:
+    """Liar: the app is reached in plaintext (the stand-in appends nothing) and shows a
+    perfect element, By= the target, URI= source.identity, a made-up Hash=. The probe's
+    sidecar admin presents another identity, so the element cannot be bound to this
+    probe's connection. Before round 4 the hash was "not compared" and both checks
+    passed; now neither does."""
+    ca = CertificateAuthority.create_root("cluster.local", key_type="ec")
+    other = ca.issue_workload("spiffe://cluster.local/ns/mtlsprobe/sa/other", key_type="ec")
+    fabricated = f'By={ECHO_ID};Hash={"ab" * 32};Subject="";URI={SRC}'
+    app = handler(App.HTTPBIN, fabricate=fabricated)
+    with (
+        serving(app) as upstream,
+        sidecar(SidecarBehaviour(mode="plaintext", upstream=upstream)) as proxy,
+        http_server(admin_handler({DUMP: dump_doc(other, ca.root_pem())})) as admin,
+    ):
+        source = Source(identity=SRC, sidecar_proxy=proxy, sidecar_admin=admin)
+        for check in (MeshCheck(), XfccSpoofCheck()):
+            r = run_target(check, echo_target(), source)
+            assert r.verdict is Verdict.ERROR, (check.name, r)
+            assert "no certificate for source.identity" in r.reason, r
