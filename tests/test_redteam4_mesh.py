@@ -156,3 +156,55 @@ def test_fabricated_element_naming_an_identity_the_sidecar_does_not_hold() -> No
             r = run_target(check, echo_target(), source)
             assert r.verdict is Verdict.ERROR, (check.name, r)
             assert "no certificate for source.identity" in r.reason, r
+
+
+def _self_trusting_sidecar(upstream: tuple[str, int]) -> type[BaseHTTPRequestHandler]:
+    """Liar server side (an inbound filter or app middleware): drops the client's XFCC
+    elements that some other proxy wrote (``By=`` not the target) but keeps those
+    claiming ``By=`` the target itself, then appends the genuine element. Before round 4
+    the forged element said ``By=…/sa/forged-<marker>``, was dropped, and the check
+    passed, though an attacker's element naming the target goes straight through."""
+    import http.client
+
+    from probe.xfcc import format_xfcc, parse_xfcc
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in ("proxy-connection", "x-forwarded-client-cert")
+            }
+            client = self.headers.get("x-forwarded-client-cert", "")
+            kept = [e for e in parse_xfcc(client) if e.by == (ECHO_ID,)] if client else []
+            genuine = f'By={ECHO_ID};Hash=ab12;Subject="";URI={SRC}'
+            headers["x-forwarded-client-cert"] = ",".join(
+                ([format_xfcc(kept)] if kept else []) + [genuine]
+            )
+            conn = http.client.HTTPConnection(*upstream, timeout=5)
+            path = self.path.split("://", 1)[-1]
+            conn.request("GET", path[path.find("/") :], headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            conn.close()
+            self.send_response(resp.status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+def test_forged_element_naming_the_target_itself_is_kept_by_a_self_trusting_server() -> None:
+    with (
+        serving(handler(App.HTTPBIN)) as upstream,
+        http_server(_self_trusting_sidecar(upstream)) as proxy,
+    ):
+        r = run_target(XfccSpoofCheck(), echo_target(), Source(identity=SRC, sidecar_proxy=proxy))
+    assert r.verdict is Verdict.FAIL and r.observed == "forged XFCC forwarded", r
+    assert r.evidence["forged"]["By"] == [ECHO_ID], r.evidence

@@ -4,7 +4,8 @@ reach the app.
 Istio's client sidecar sanitizes an XFCC the app sends, and a server sidecar drops
 XFCC on non-mTLS connections; only a misconfiguration (ALWAYS_FORWARD_ONLY, FORWARD
 to an app that trusts it) lets it through. The forged element carries a unique
-marker in both ``By=`` and ``URI=``, so its arrival is unmistakable, and the verdict
+marker in ``URI=`` (its ``By=`` names the target itself, the element an attacker
+would forge), so its arrival is unmistakable, and the verdict
 says whether it became the trusted LAST element (the worst case) or sat before the
 genuine one. Targets without a server sidecar (NONE) are skipped: nothing there
 could strip a forged header, and any client can send one straight to the app.
@@ -52,15 +53,20 @@ FORGED_NS = "mtlsprobe-forged"
 
 
 def forged_element(trust_domain: str, target: Target, marker: str) -> XfccElement:
-    """An element shaped exactly like the server sidecar's, claiming a marker identity."""
+    """An element shaped exactly like the server sidecar's, claiming a marker identity
+    as the client. ``By=`` is the target's own identity when known, as an attacker would
+    write it: a server (or app middleware) that drops only elements some other proxy
+    wrote, and trusts those naming itself, must keep ours; the marker in ``URI=`` still
+    tells ours apart from the genuine element."""
     ns = "default"
     if target.identity is not None:
         with contextlib.suppress(SpiffeIdError):
             ns = parse_spiffe_id(target.identity).namespace or ns
     elif "/" in target.name:
         ns = target.name.split("/", 1)[0]
+    by = target.identity or istio_identity(trust_domain, ns, f"forged-{marker}")
     return XfccElement(
-        by=(istio_identity(trust_domain, ns, f"forged-{marker}"),),
+        by=(by,),
         hash=secrets.token_hex(32),
         subject="",
         uri=(istio_identity(trust_domain, FORGED_NS, marker),),
