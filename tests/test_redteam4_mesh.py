@@ -208,3 +208,23 @@ def test_forged_element_naming_the_target_itself_is_kept_by_a_self_trusting_serv
         r = run_target(XfccSpoofCheck(), echo_target(), Source(identity=SRC, sidecar_proxy=proxy))
     assert r.verdict is Verdict.FAIL and r.observed == "forged XFCC forwarded", r
     assert r.evidence["forged"]["By"] == [ECHO_ID], r.evidence
+
+
+def test_app_hiding_xfcc_on_a_plaintext_expected_port_fails_when_tls_was_counted() -> None:
+    """Liar: the port is expected DISABLE, the call was mTLS, and the app leaves XFCC out
+    of its reflection. Before round 4 echo targets never consulted the sidecar's
+    counters: "no XFCC, as DISABLE expects" passed. Pure judgement over what the probe
+    saw (the counters' reading is tests/test_clusterstats.py's)."""
+    from probe.checks.mesh import judge
+    from probe.checks.meshcall import MeshResponse
+    from probe.clusterstats import Transport, TransportSeen
+    from probe.model import Expect
+
+    body = render(App.HTTPBIN, [("X-Mtlsprobe-Marker", "m1")])
+    resp = MeshResponse(200, "istio-envoy", body, reflection=parse_reflection(body), marker="m1")
+    target = echo_target(expect=Expect.DISABLE)
+    tls = TransportSeen(Transport.TLS, "<tls counted>", {"cluster": "c"})
+    j = judge(target, SRC, resp, tls)
+    assert j.verdict is Verdict.FAIL and "<tls counted>" in j.reason, j
+    unknown = TransportSeen(Transport.UNKNOWN, "<no stats>", {"cluster": "c"})
+    assert judge(target, SRC, resp, unknown).verdict is Verdict.PASS  # as before
