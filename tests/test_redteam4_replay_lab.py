@@ -7,7 +7,8 @@ plaintext) and ``bare/liar`` without a sidecar. The last two show a perfect elem
 our marker, their own ``By=``, the probe's ``URI=`` and the hash learnt from ``web`` -
 for requests that arrive without XFCC. Before round 4 a second run passed both (the
 hash matched the probe's certificate); the probe's own sidecar counted the call as
-plaintext all along, and now that decides."""
+plaintext all along, and now that decides (``mesh`` fails; ``xfcc-spoof`` cannot lean
+on that element as the genuine one: error)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_replayed_hash_from_a_genuine_element_does_not_pass(tmp_path: Path) -> N
         )
         first = run(targets, ("mesh",))  # the liar learns the probe's hash from data/web
         assert first["mesh data/web"].verdict.value == "pass", first["mesh data/web"]
-        results = run(targets, ("mesh",))
+        results = run(targets, ("mesh", "xfcc-spoof"))
     ok = results["mesh data/web"]
     assert ok.verdict.value == "pass", ok
     assert ok.evidence["transport"]["seen"] == "tls", ok.evidence
@@ -60,3 +61,6 @@ def test_replayed_hash_from_a_genuine_element_does_not_pass(tmp_path: Path) -> N
         assert lie.evidence["xfcc_hash"].startswith("matched"), lie  # the replay worked
         assert lie.verdict.value == "fail", lie
         assert "plaintext" in lie.reason and "replaying or fabricating" in lie.reason, lie
+        spoof = results[f"xfcc-spoof {name}"]
+        assert spoof.verdict.value == "error" and "plaintext" in spoof.reason, spoof
+    assert results["xfcc-spoof data/web"].verdict.value == "pass", results["xfcc-spoof data/web"]

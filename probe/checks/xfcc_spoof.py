@@ -27,8 +27,9 @@ import secrets
 from typing import TYPE_CHECKING, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, call
+from probe.checks.meshcall import MeshResponse, call, witnessed
 from probe.checks.owncerts import own_certs_for
+from probe.clusterstats import Transport, TransportSeen
 from probe.errors import ObservationError, ProtocolViolation
 from probe.model import Expect, Protocol
 from probe.reflect import MARKER_HEADER
@@ -94,6 +95,7 @@ def judge(
     expected_by: str | None = None,
     expected_uri: str | None = None,
     own: OwnCerts | None = None,
+    seen: TransportSeen | None = None,
 ) -> tuple[Verdict, str, str, dict[str, object]]:
     """Pure: (verdict, observed, reason, evidence). Raises ObservationError when the
     response cannot show what reached the app. On STRICT/PERMISSIVE the forged
@@ -164,6 +166,13 @@ def judge(
                 f"{hash_text}: the last element is not the server sidecar's genuine one for "
                 "this call, so the forged one's absence proves nothing"
             )
+        if seen is not None and seen.transport is Transport.PLAINTEXT:
+            # A genuine-looking element on a call the sidecar sent in plaintext was
+            # replayed or made up by the app: it may hide a forged one as well.
+            raise ObservationError(
+                f"the app shows a genuine-looking XFCC element, but {seen.how}: no server "
+                "sidecar wrote it for this call, so the forged one's absence proves nothing"
+            )
     if not forged_seen:
         if elements is None:
             reason = "the forged element did not reach the app (its XFCC is malformed otherwise)"
@@ -228,7 +237,12 @@ class XfccSpoofCheck(Check):
         assert target is not None
         marker = secrets.token_hex(8)
         forged = forged_element(ctx.targets.trust_domain, target, marker)
-        resp = call(ctx, target, {"x-forwarded-client-cert": format_element(forged)})
+        resp, seen = witnessed(
+            ctx,
+            target,
+            False,
+            lambda: call(ctx, target, {"x-forwarded-client-cert": format_element(forged)}),
+        )
         verdict, observed, reason, evidence = judge(
             marker,
             resp,
@@ -236,6 +250,7 @@ class XfccSpoofCheck(Check):
             expected_by=target.identity,
             expected_uri=ctx.targets.source.identity,
             own=own_certs_for(ctx, resp),
+            seen=seen,
         )
         evidence = {"forged": forged.summary(), **evidence}
         return make_result(
