@@ -129,6 +129,20 @@ class TargetsFile:
         return doc
 
 
+DUPLICATE_NAME = (
+    "duplicate name (compared after Unicode NFKC normalisation and case folding: two "
+    "results must never look alike in a report)"
+)
+
+
+def name_key(name: str) -> str:
+    """What makes two names the same to a reader: ``ns/é`` composed or decomposed, full-width
+    letters, another case. Results are told apart by name in every report."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
 def _target_to_dict(t: Target) -> dict[str, Any]:
     out: dict[str, Any] = {"name": t.name, "host": t.host, "port": t.port}
     out["endpoints"] = [str(e) for e in t.endpoints]
@@ -217,9 +231,9 @@ def parse_targets(doc: object, origin: str, base_dir: Path | None = None) -> Tar
     names: set[str] = set()
     for i, raw in enumerate(raw_targets):
         t = _parse_target(raw, i, fail, trust_domain=td)
-        if t.name in names:
-            raise fail(f"targets[{i}] ({line(t.name, 80)})", "duplicate name")
-        names.add(t.name)
+        if name_key(t.name) in names:
+            raise fail(f"targets[{i}] ({line(t.name, 80)})", DUPLICATE_NAME)
+        names.add(name_key(t.name))
         targets.append(t)
     controls = _parse_controls(doc.get("controls"), fail, td)
     return TargetsFile(
@@ -410,9 +424,9 @@ def _parse_controls(raw: object, fail: Any, trust_domain: str | None = None) -> 
         problem = _control_problem(kind, t)
         if problem is not None:
             raise fail(f"{where}.{problem[0]}", problem[1])
-        if t.name in names:
-            raise fail(where, "duplicate name")
-        names.add(t.name)
+        if name_key(t.name) in names:
+            raise fail(where, DUPLICATE_NAME)
+        names.add(name_key(t.name))
         out.append(Control(kind, t))
     return tuple(out)
 

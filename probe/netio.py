@@ -76,6 +76,9 @@ def connect(endpoint: Endpoint, timeout: float) -> socket.socket:
         ) from None
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # TCP urgent data is bytes the server sent too: without this Linux takes it out of
+    # the stream, and an answer sent as urgent data then a reset read as a bare reset.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
     set_io_timeout(sock, timeout)
     return sock
 

@@ -123,12 +123,21 @@ class CertificateAuthority:
         lifetime: dt.timedelta = ROOT_LIFETIME,
         now: dt.datetime | None = None,
         organization: str | None = None,
+        subject: x509.Name | None = None,
+        key_id: bytes | None = None,
     ) -> CertificateAuthority:
-        """A self-signed root like Istio's: subject O=<trust domain>."""
+        """A self-signed root like Istio's: subject O=<trust domain>. ``subject`` and
+        ``key_id`` (its SubjectKeyIdentifier) let a root impersonate another by name and
+        key identifier, with a key of its own (the foreign-client check's CA)."""
         key = new_key(key_type)
         now = now or _now()
-        name = x509.Name(
+        name = subject or x509.Name(
             [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization or trust_domain)]
+        )
+        ski = (
+            x509.SubjectKeyIdentifier(key_id)
+            if key_id is not None
+            else x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         )
         cert = (
             x509.CertificateBuilder()
@@ -140,12 +149,19 @@ class CertificateAuthority:
             .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(CA_KEY_USAGE, critical=True)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
+            .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256())
         )
         return cls(cert, key)
+
+    def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        """Our SubjectKeyIdentifier as issued certificates name it (the same digest as
+        from our public key, unless this CA carries another's identifier)."""
+        try:
+            ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
     def issue_intermediate(
         self,
@@ -177,7 +193,7 @@ class CertificateAuthority:
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                self._authority_key_id(),
                 critical=False,
             )
             .sign(self.key, hashes.SHA256())
@@ -221,7 +237,7 @@ class CertificateAuthority:
             .not_valid_after(na)
             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                self._authority_key_id(),
                 critical=False,
             )
         )

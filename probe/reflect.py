@@ -21,6 +21,9 @@ configured:
   per request header value a line ``RequestHeader=<Canonical-Name>:<value>``
   (``Field.WriteKeyValue``), any path, content type ``application/text``.
 
+The ``headers`` key itself is matched in any case (a Go struct marshalled without json
+tags writes ``Headers``); two spellings of it in one body are no reflection.
+
 Header names are compared case-insensitively everywhere; every value under every
 spelling of a name is kept, in order. The body comes from servers we do not trust:
 parsing is bounded, raises nothing, and never makes up a value (Istio's lines are
@@ -104,7 +107,8 @@ def _from_json(text: str) -> Reflection | None:
         return None
     if not isinstance(doc, _Pairs):
         return None
-    found = [v for k, v in doc.pairs if k == "headers"]
+    # Any case: a Go struct without json tags writes ``Headers`` (http.Header, lists).
+    found = [v for k, v in doc.pairs if k.lower() == "headers"]
     if len(found) != 1 or not isinstance(found[0], _Pairs):
         return None
     raw = found[0].pairs

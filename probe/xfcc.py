@@ -256,6 +256,10 @@ class OwnCerts:
     hashes: frozenset[str] = frozenset()
     #: Why they are not known (then nothing is compared), else None.
     unknown: str | None = None
+    #: Set when the sidecar shows its certificates and none holds the probe's identity:
+    #: an element naming that identity as the client cannot be bound to this probe's
+    #: connection, whatever its ``Hash=`` (undecidable, never a pass).
+    absent: str | None = None
     #: Fetched again after a mismatch (the set then holds both fetches).
     refreshed: bool = False
     #: Set when a certificate the sidecar no longer holds may still be in use (it
@@ -280,6 +284,14 @@ def compare_hash(el: XfccElement, own: OwnCerts) -> tuple[HashOutcome, str]:
     which certificate the probe's sidecar presents. Returns (outcome, evidence text)."""
     if own.unknown is not None:
         return HashOutcome.NOT_COMPARED, f"not compared: {own.unknown}"
+    if own.absent is not None:
+        # Not ours if that admin is the calling sidecar; a targets file naming another
+        # Envoy's admin would look the same, so: not observable, never a pass.
+        return HashOutcome.UNDECIDABLE, (
+            f"the trusted XFCC element names source.identity as the client, but {own.absent}: "
+            "either the element was not written for this probe's connection or sidecarAdmin "
+            "/ source.identity do not describe the sidecar that made the call"
+        )
     value = (el.hash or "").strip().lower()
     if not value:
         return HashOutcome.MISMATCH, (

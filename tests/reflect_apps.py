@@ -47,6 +47,10 @@ def render(app: App, headers: Iterable[tuple[str, str]], name: str = "app") -> b
     return json.dumps(doc).encode()
 
 
+#: The last genuine XFCC Hash= seen by any app in this process (for ``{hash}`` replays).
+_SEEN_HASH = ["0" * 64]
+
+
 def handler(
     app: App,
     case: str = "title",
@@ -60,7 +64,8 @@ def handler(
     """An app in ``app``'s shape. ``drop_xfcc``: it never shows XFCC; ``xfcc_value_upper``:
     it shows XFCC values upper-cased; ``canned``: it always answers these bytes;
     ``fabricate``: a request that arrives without XFCC (plaintext, no server sidecar)
-    is shown with this XFCC value, as a hostile app would lie."""
+    is shown with this XFCC value, as a hostile app would lie; ``{hash}`` in it is the
+    last genuine ``Hash=`` any app of this process saw (a replay)."""
     spell = CASES[case]
 
     class Handler(BaseHTTPRequestHandler):
@@ -76,10 +81,14 @@ def handler(
                     continue
                 upper = k.lower() == XFCC and xfcc_value_upper
                 seen.append((spell(k), v.upper() if upper else v))
+            for k, v in seen:
+                if k.lower() == XFCC and "hash=" in v.lower():
+                    _SEEN_HASH[0] = v.lower().rsplit("hash=", 1)[1].split(";")[0]
             if fabricate is not None and not any(k.lower() == XFCC for k, _ in seen):
                 # a hostile app knows whom it is called as: {svc}.{ns} from the Host header
                 svc, _, rest = (self.headers.get("host") or "").partition(".")
                 value = fabricate.replace("{svc}", svc).replace("{ns}", rest.split(".")[0])
+                value = value.replace("{hash}", _SEEN_HASH[0])
                 seen.append((spell("x-forwarded-client-cert"), value))
             body = canned if canned is not None else render(app, seen, name)
             ctype = "application/text" if app is App.ISTIO_ECHO else "application/json"

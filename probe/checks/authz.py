@@ -214,7 +214,7 @@ def _read_identity(ctx: RunContext) -> tuple[str | None, str | None]:
     held = sorted(
         {
             u
-            for chain in dumped.chains
+            for chain in dumped.mtls_chains()  # what its mTLS presents, not side credentials
             if chain
             for u in uri_sans(chain[0])
             if u.startswith("spiffe://")

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
+from cryptography import x509
+
 from probe import tls
 from probe.checks.base import Check, RunContext, Scope, make_result
 from probe.checks.common import istio_sni, sidecar_tls_skip, tls_context
@@ -52,13 +54,14 @@ class ForeignMaterial:
 
 
 def foreign_material(ctx: RunContext) -> ForeignMaterial:
+    # Outside build: ctx.shared's lock is held while it runs, and mesh_roots takes it.
+    subject, key_id = _impersonated_root(ctx)
+
     def build() -> ForeignMaterial:
         from probe.pki import CertificateAuthority
 
         td = ctx.targets.trust_domain
-        ca = CertificateAuthority.create_root(
-            td, key_type="ec", organization="mtlsprobe run-time foreign CA"
-        )
+        ca = CertificateAuthority.create_root(td, key_type="ec", subject=subject, key_id=key_id)
         ident = ctx.targets.source.identity or istio_identity(td, "mtlsprobe", "mtlsprobe-foreign")
         return ForeignMaterial(
             same_domain=ca.issue_workload(ident, key_type="ec"),
@@ -68,6 +71,27 @@ def foreign_material(ctx: RunContext) -> ForeignMaterial:
         )
 
     return ctx.shared("foreign-material", build)
+
+
+def _impersonated_root(ctx: RunContext) -> tuple[x509.Name | None, bytes | None]:
+    """The mesh root's subject and key identifier, for the run-time CA to copy: a server
+    that trusts a client certificate by its issuer's name or key identifier instead of
+    its signature must accept ours (an attacker's CA can copy both). Without
+    rootCertFile, Istio's root subject ``O=<trust domain>`` (create_root's default)."""
+    from probe.checks.common import mesh_roots
+
+    try:
+        roots = mesh_roots(ctx)
+    except ObservationError:
+        roots = None
+    if not roots:
+        return None, None
+    root = roots[0]
+    try:
+        ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except (x509.ExtensionNotFound, ValueError):
+        ski = None
+    return root.subject, ski
 
 
 @dataclass(frozen=True)

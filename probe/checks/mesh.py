@@ -76,8 +76,9 @@ def judge(
     seen: TransportSeen | None = None,
     own: OwnCerts | None = None,
 ) -> Judgement:
-    """Pure: what the response (and, for targets that do not reflect headers, the
-    sidecar's counters around the call) prove about this target. ``own``: the probe's
+    """Pure: what the response (and the sidecar's counters around the call: all that
+    non-reflecting targets have; at echo targets, plaintext counted unmasks a replayed or
+    fabricated XFCC and TLS counted a hidden one) prove about this target. ``own``: the probe's
     own certificates, which the trusted element's ``Hash=`` must name."""
     ev: dict[str, Any] = {"status": resp.status, "server": resp.server}
     meshed = target.expect in (Expect.STRICT, Expect.PERMISSIVE)
@@ -127,7 +128,20 @@ def judge(
             "or a canned page), so its XFCC proves nothing",
             ev,
         )
+    if seen is not None:
+        ev["transport"] = {"seen": seen.transport.value, **seen.evidence}
+    plain = seen is not None and seen.transport is Transport.PLAINTEXT
+    tls = seen is not None and seen.transport is Transport.TLS
     if not resp.xfcc:
+        if not meshed and tls:
+            assert seen is not None
+            return Judgement(
+                Verdict.FAIL,
+                "TLS at the sidecar",
+                f"the app shows no XFCC, but {seen.how}: the call was mTLS, so the "
+                f"expectation ({target.expect.value}) is stale, or the app hides XFCC",
+                ev,
+            )
         if meshed:
             return Judgement(
                 Verdict.FAIL,
@@ -173,6 +187,15 @@ def judge(
         return Judgement(Verdict.FAIL, observed, hash_text, ev)
     if outcome is HashOutcome.UNDECIDABLE:
         return Judgement(Verdict.ERROR, observed, f"could not observe: {hash_text}", ev)
+    if plain:
+        assert seen is not None
+        return Judgement(
+            Verdict.FAIL,
+            f"{observed}; plaintext at the sidecar",
+            f"the app shows an XFCC element naming both identities, but {seen.how}: no "
+            "server sidecar wrote it for this call (an app replaying or fabricating XFCC)",
+            ev,
+        )
     notes = []
     if outcome is HashOutcome.NOT_COMPARED:
         notes.append(f"Hash= {hash_text}")
@@ -305,8 +328,10 @@ class MeshCheck(Check):
             tcp_resp, seen = witnessed(ctx, target, True, lambda: tcp_call(ctx, target))
             j = judge_tcp(target, tcp_resp, seen)
         elif target.echo:
-            resp = call(ctx, target)
-            j = judge(target, source_id, resp, own=own_certs_for(ctx, resp))
+            # The counters too: an XFCC element (Hash= included) can be replayed by an
+            # app that saw a genuine one; a call the sidecar sent in plaintext cannot.
+            resp, seen = witnessed(ctx, target, False, lambda: call(ctx, target))
+            j = judge(target, source_id, resp, seen, own=own_certs_for(ctx, resp))
         else:
             resp, seen = witnessed(ctx, target, False, lambda: call(ctx, target))
             j = judge(target, source_id, resp, seen)

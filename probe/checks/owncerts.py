@@ -40,7 +40,7 @@ def own_certs_for(ctx: RunContext, resp: MeshResponse) -> OwnCerts:
         if cache.first is None:
             cache.first = _fetch_own(ctx, None)
         own = cache.again or cache.first
-        if own.unknown is not None or own.refreshed:
+        if own.unknown is not None or own.absent is not None or own.refreshed:
             return own
         try:
             el = trusted_element(resp.xfcc)
@@ -68,10 +68,19 @@ def _fetch_own(ctx: RunContext, before: OwnCerts | None) -> OwnCerts:
         secrets = fetch_secrets(ctx)
     except ObservationError as exc:
         return OwnCerts(unknown=f"the probe's own certificate is not known ({exc.reason})")
-    leaves = [chain[0] for chain in secrets.chains if source_id in uri_sans(chain[0])]
-    if not leaves:
+    if not secrets.chains:
         return OwnCerts(
-            unknown=f"the probe's sidecar ({admin_url(ctx)}) shows no certificate for {source_id}"
+            unknown=f"the probe's sidecar ({admin_url(ctx)}) shows no certificate at all"
+        )
+    leaves = [chain[0] for chain in secrets.mtls_chains() if source_id in uri_sans(chain[0])]
+    if not leaves:
+        # It shows what its mTLS presents, and that is not the declared identity: an
+        # element naming it as the client cannot come from this probe's connection.
+        held = sorted({u for chain in secrets.mtls_chains() for u in uri_sans(chain[0])})
+        return OwnCerts(
+            absent=f"the probe's sidecar ({admin_url(ctx)}) presents "
+            f"{', '.join(held) or 'no SPIFFE ID'}, no certificate for "
+            f"source.identity {source_id}"
         )
     hashes = frozenset(hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest() for c in leaves)
     if before is None:

@@ -43,6 +43,10 @@ ROTATION_POINT = 0.5
 ROTATION_LATE = 0.6
 ROTATION_OVERDUE = 0.8
 MAX_ADMIN_BYTES = 8 * 1024 * 1024
+#: pilot-agent's SDS resource names for the workload certificate and the mesh trust bundle
+#: (istio/istio security/pkg/nodeagent/cache: WorkloadKeyCertResourceName, RootCertReqResourceName).
+MTLS_CERT = "default"
+MTLS_ROOT = "ROOTCA"
 SECRETS_PATHS = (
     "/config_dump?resource=dynamic_active_secrets",
     "/config_dump?resource=static_secrets",
@@ -55,6 +59,26 @@ class DumpedSecrets:
 
     chains: list[list[x509.Certificate]] = field(default_factory=list)
     trusted: list[x509.Certificate] = field(default_factory=list)  # ROOTCA bundle(s)
+    #: The secret name of each chain in ``chains`` (same order), and each trust bundle
+    #: by secret name: which ones Istio's mTLS uses is decided by name (``default``,
+    #: ``ROOTCA``), not by what else the sidecar holds.
+    chain_names: list[str] = field(default_factory=list)
+    trusted_by_name: dict[str, list[x509.Certificate]] = field(default_factory=dict)
+
+    def mtls_chains(self) -> list[list[x509.Certificate]]:
+        """The chains the sidecar's mTLS presents: the ``default`` secret's (pilot-agent's
+        SDS name for the workload certificate) when there is one; else every chain (a
+        dump without Istio's names, e.g. a hand-written static config)."""
+        named = [c for c, n in zip(self.chains, self.chain_names, strict=False) if n == MTLS_CERT]
+        return named or self.chains
+
+    def mtls_trusted(self) -> list[x509.Certificate]:
+        """The trust bundle the sidecar's mTLS verifies peers with: ``ROOTCA`` when there
+        is one (other validation contexts, e.g. a DestinationRule's ``file-root:``, are not
+        used for mesh peers); else every bundle."""
+        if MTLS_ROOT in self.trusted_by_name:
+            return self.trusted_by_name[MTLS_ROOT]
+        return self.trusted
 
 
 def _pem_field(holder: object, key: str) -> list[x509.Certificate]:
@@ -97,10 +121,16 @@ def secrets_from_config_dump(doc: object) -> DumpedSecrets:
         secret = cfg.get("secret") if isinstance(cfg, dict) else None
         if not isinstance(secret, dict):
             continue
+        name = secret.get("name", cfg.get("name"))
+        name = name if isinstance(name, str) else ""
         chain = _pem_field(secret.get("tls_certificate"), "certificate_chain")
         if chain:
             out.chains.append(chain)
-        out.trusted += _pem_field(secret.get("validation_context"), "trusted_ca")
+            out.chain_names.append(name)
+        bundle = _pem_field(secret.get("validation_context"), "trusted_ca")
+        out.trusted += bundle
+        if bundle:
+            out.trusted_by_name.setdefault(name, []).extend(bundle)
     return out
 
 
@@ -173,32 +203,44 @@ def judge_dump(
     max_lifetime: dt.timedelta,
 ) -> SelfJudgement:
     out = SelfJudgement(evidence={"method": "config_dump secrets (X.509-SVID rules, path)"})
-    mine = [c for c in secrets.chains if expected_id in uri_sans(c[0])]
+    # Only the certificate mTLS presents counts: a healthy one in another secret (a
+    # file-mounted copy, a gateway credential) says nothing about what peers are shown.
+    mine = [c for c in secrets.mtls_chains() if expected_id in uri_sans(c[0])]
     if not mine:
-        seen = sorted({u for c in secrets.chains for u in uri_sans(c[0])})
+        seen = sorted({u for c in secrets.mtls_chains() for u in uri_sans(c[0])})
         out.evidence["identities_seen"] = seen
         out.problems.append(_not_held(expected_id, seen))
         return out
-    chain = mine[0]
-    j = judge_svid(
-        chain,
-        expected_identity=expected_id,
-        trust_domain=trust_domain,
-        roots=roots,
-        now=now,
-        min_remaining=min_remaining,
-        max_lifetime=max_lifetime,
-    )
-    out.evidence.update(j.evidence)
-    out.problems += j.violations
-    out.not_before = chain[0].not_valid_before_utc
-    out.not_after = chain[0].not_valid_after_utc
-    if not secrets.trusted:
+    # Without Istio's names, which of several chains for the identity is presented is
+    # unknown: every one must be healthy.
+    for n, chain in enumerate(mine):
+        j = judge_svid(
+            chain,
+            expected_identity=expected_id,
+            trust_domain=trust_domain,
+            roots=roots,
+            now=now,
+            min_remaining=min_remaining,
+            max_lifetime=max_lifetime,
+        )
+        which = f"certificate {n + 1} of {len(mine)} for {expected_id}: " if len(mine) > 1 else ""
+        out.problems += [which + v for v in j.violations]
+        if n == 0:
+            out.evidence.update(j.evidence)
+            out.not_before = chain[0].not_valid_before_utc
+            out.not_after = chain[0].not_valid_after_utc
+        elif chain[0].not_valid_after_utc < (out.not_after or chain[0].not_valid_after_utc):
+            out.not_before = chain[0].not_valid_before_utc
+            out.not_after = chain[0].not_valid_after_utc
+    if len(mine) > 1:
+        out.evidence["chains_for_identity"] = len(mine)
+    bundle = secrets.mtls_trusted()
+    if not bundle:
         out.problems.append(_NO_ROOTCA)
     if roots is None:
         out.unverified = _NO_ROOT_FILE
-    elif secrets.trusted:
-        trusted = {c.fingerprint(_sha256()) for c in secrets.trusted}
+    elif bundle:
+        trusted = {c.fingerprint(_sha256()) for c in bundle}
         ok = any(r.fingerprint(_sha256()) in trusted for r in roots)
         out.evidence["trust_bundle_has_root"] = ok
         if not ok:

@@ -4,7 +4,8 @@ reach the app.
 Istio's client sidecar sanitizes an XFCC the app sends, and a server sidecar drops
 XFCC on non-mTLS connections; only a misconfiguration (ALWAYS_FORWARD_ONLY, FORWARD
 to an app that trusts it) lets it through. The forged element carries a unique
-marker in both ``By=`` and ``URI=``, so its arrival is unmistakable, and the verdict
+marker in ``URI=`` (its ``By=`` names the target itself, the element an attacker
+would forge), so its arrival is unmistakable, and the verdict
 says whether it became the trusted LAST element (the worst case) or sat before the
 genuine one. Targets without a server sidecar (NONE) are skipped: nothing there
 could strip a forged header, and any client can send one straight to the app.
@@ -26,8 +27,9 @@ import secrets
 from typing import TYPE_CHECKING, ClassVar
 
 from probe.checks.base import Check, RunContext, Scope, make_result
-from probe.checks.meshcall import MeshResponse, call
+from probe.checks.meshcall import MeshResponse, call, witnessed
 from probe.checks.owncerts import own_certs_for
+from probe.clusterstats import Transport, TransportSeen
 from probe.errors import ObservationError, ProtocolViolation
 from probe.model import Expect, Protocol
 from probe.reflect import MARKER_HEADER
@@ -52,15 +54,20 @@ FORGED_NS = "mtlsprobe-forged"
 
 
 def forged_element(trust_domain: str, target: Target, marker: str) -> XfccElement:
-    """An element shaped exactly like the server sidecar's, claiming a marker identity."""
+    """An element shaped exactly like the server sidecar's, claiming a marker identity
+    as the client. ``By=`` is the target's own identity when known, as an attacker would
+    write it: a server (or app middleware) that drops only elements some other proxy
+    wrote, and trusts those naming itself, must keep ours; the marker in ``URI=`` still
+    tells ours apart from the genuine element."""
     ns = "default"
     if target.identity is not None:
         with contextlib.suppress(SpiffeIdError):
             ns = parse_spiffe_id(target.identity).namespace or ns
     elif "/" in target.name:
         ns = target.name.split("/", 1)[0]
+    by = target.identity or istio_identity(trust_domain, ns, f"forged-{marker}")
     return XfccElement(
-        by=(istio_identity(trust_domain, ns, f"forged-{marker}"),),
+        by=(by,),
         hash=secrets.token_hex(32),
         subject="",
         uri=(istio_identity(trust_domain, FORGED_NS, marker),),
@@ -88,6 +95,7 @@ def judge(
     expected_by: str | None = None,
     expected_uri: str | None = None,
     own: OwnCerts | None = None,
+    seen: TransportSeen | None = None,
 ) -> tuple[Verdict, str, str, dict[str, object]]:
     """Pure: (verdict, observed, reason, evidence). Raises ObservationError when the
     response cannot show what reached the app. On STRICT/PERMISSIVE the forged
@@ -158,6 +166,13 @@ def judge(
                 f"{hash_text}: the last element is not the server sidecar's genuine one for "
                 "this call, so the forged one's absence proves nothing"
             )
+        if seen is not None and seen.transport is Transport.PLAINTEXT:
+            # A genuine-looking element on a call the sidecar sent in plaintext was
+            # replayed or made up by the app: it may hide a forged one as well.
+            raise ObservationError(
+                f"the app shows a genuine-looking XFCC element, but {seen.how}: no server "
+                "sidecar wrote it for this call, so the forged one's absence proves nothing"
+            )
     if not forged_seen:
         if elements is None:
             reason = "the forged element did not reach the app (its XFCC is malformed otherwise)"
@@ -222,7 +237,12 @@ class XfccSpoofCheck(Check):
         assert target is not None
         marker = secrets.token_hex(8)
         forged = forged_element(ctx.targets.trust_domain, target, marker)
-        resp = call(ctx, target, {"x-forwarded-client-cert": format_element(forged)})
+        resp, seen = witnessed(
+            ctx,
+            target,
+            False,
+            lambda: call(ctx, target, {"x-forwarded-client-cert": format_element(forged)}),
+        )
         verdict, observed, reason, evidence = judge(
             marker,
             resp,
@@ -230,6 +250,7 @@ class XfccSpoofCheck(Check):
             expected_by=target.identity,
             expected_uri=ctx.targets.source.identity,
             own=own_certs_for(ctx, resp),
+            seen=seen,
         )
         evidence = {"forged": forged.summary(), **evidence}
         return make_result(
