@@ -260,6 +260,10 @@ class OwnCerts:
     #: an element naming that identity as the client cannot be bound to this probe's
     #: connection, whatever its ``Hash=`` (undecidable, never a pass).
     absent: str | None = None
+    #: Set when the sidecar's admin was asked and could not show its certificates
+    #: (unreachable, not an Envoy admin, no certificate): the one signature an app
+    #: reached in plaintext cannot forge is unreadable, so never a pass.
+    blind: str | None = None
     #: Fetched again after a mismatch (the set then holds both fetches).
     refreshed: bool = False
     #: Set when a certificate the sidecar no longer holds may still be in use (it
@@ -284,6 +288,12 @@ def compare_hash(el: XfccElement, own: OwnCerts) -> tuple[HashOutcome, str]:
     which certificate the probe's sidecar presents. Returns (outcome, evidence text)."""
     if own.unknown is not None:
         return HashOutcome.NOT_COMPARED, f"not compared: {own.unknown}"
+    if own.blind is not None:
+        return HashOutcome.UNDECIDABLE, (
+            f"the trusted XFCC element's Hash= cannot be bound to this probe's connection: "
+            f"{own.blind}; By=/URI= alone are public and an app reached in plaintext can "
+            "write them (give the probe its sidecar's admin: source.sidecarAdmin)"
+        )
     if own.absent is not None:
         # Not ours if that admin is the calling sidecar; a targets file naming another
         # Envoy's admin would look the same, so: not observable, never a pass.

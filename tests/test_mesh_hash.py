@@ -302,3 +302,31 @@ def test_admin_without_our_certificate_is_never_a_pass(echo: tuple[str, int]) ->
     assert r.verdict is Verdict.ERROR, r
     assert "no certificate for source.identity" in r.reason
     assert "ns/x/sa/someone-else" in r.reason
+
+
+@pytest.mark.parametrize("admin_kind", ["closed-port", "no-certificates"])
+def test_named_admin_that_cannot_show_our_certificate_is_never_a_pass(
+    echo: tuple[str, int], admin_kind: str
+) -> None:
+    """An app reached in plaintext writes the element with both public identities and a
+    made-up hash; the targets file names the sidecar's admin, which does not answer (or
+    shows no certificate). The only unforgeable signature is unreadable: error, never
+    the old "pass, hash not compared" (red-team round 4, left open there)."""
+    import socket
+
+    b = SidecarBehaviour(mode="raw", raw_xfcc=element(f"Hash={OTHER};"), upstream=echo)
+    if admin_kind == "closed-port":
+        with socket.socket() as s:  # a port nothing listens on: bound, never listening
+            s.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{s.getsockname()[1]}"
+            with sidecar(b) as proxy:
+                results = run_many([MeshCheck(), XfccSpoofCheck()], proxy, url)
+    else:
+        empty = Admin(CertificateAuthority.create_root(TD).issue_workload(SRC))
+        empty.dump = {"configs": []}
+        with http_server(empty.handler()) as url, sidecar(b) as proxy:
+            results = run_many([MeshCheck(), XfccSpoofCheck()], proxy, url)
+    by = {r.check: r for r in results}
+    assert by["mesh"].verdict is Verdict.ERROR, by["mesh"]
+    assert "cannot be bound" in by["mesh"].reason and "sidecarAdmin" in by["mesh"].reason
+    assert by["xfcc-spoof"].verdict is not Verdict.PASS, by["xfcc-spoof"]

@@ -40,7 +40,12 @@ def own_certs_for(ctx: RunContext, resp: MeshResponse) -> OwnCerts:
         if cache.first is None:
             cache.first = _fetch_own(ctx, None)
         own = cache.again or cache.first
-        if own.unknown is not None or own.absent is not None or own.refreshed:
+        if (
+            own.unknown is not None
+            or own.absent is not None
+            or own.blind is not None
+            or own.refreshed
+        ):
             return own
         try:
             el = trusted_element(resp.xfcc)
@@ -67,11 +72,14 @@ def _fetch_own(ctx: RunContext, before: OwnCerts | None) -> OwnCerts:
     try:
         secrets = fetch_secrets(ctx)
     except ObservationError as exc:
-        return OwnCerts(unknown=f"the probe's own certificate is not known ({exc.reason})")
+        why = f"the probe's own certificate is not known ({exc.reason})"
+        # Named in the targets file and not answering: a blind detector (error). Left to
+        # the in-pod default (a run outside a pod, a stand-in proxy): not compared.
+        if ctx.targets.source.sidecar_admin:
+            return OwnCerts(blind=why)
+        return OwnCerts(unknown=why)
     if not secrets.chains:
-        return OwnCerts(
-            unknown=f"the probe's sidecar ({admin_url(ctx)}) shows no certificate at all"
-        )
+        return OwnCerts(blind=f"the probe's sidecar ({admin_url(ctx)}) shows no certificate at all")
     leaves = [chain[0] for chain in secrets.mtls_chains() if source_id in uri_sans(chain[0])]
     if not leaves:
         # It shows what its mTLS presents, and that is not the declared identity: an
