@@ -115,6 +115,7 @@ class Builder:
             planned=self.pods_by_ns.__contains__,
         )
         self._meshes: dict[int, RevisionMesh | None] = {}
+        self._mesh_by_revision: dict[tuple[str, bool], RevisionMesh] = {}
         self._revisions_noted: set[str] = set()
         self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
         self.index = PodIndex(
@@ -140,11 +141,14 @@ class Builder:
         key = id(pod)
         if key not in self._meshes:
             got = pod_revision(pod, self.ns_labels.get(namespace(pod), {}))
-            rm = (
-                None
-                if got is None
-                else self.snap.revisions.mesh_of(got[0], self.snap.plan_mesh(), is_tag_free=got[1])
-            )
+            rm = None
+            if got is not None:
+                # A handful of revisions for every pod: resolve each (name, tag-free) once.
+                rm = self._mesh_by_revision.get(got)
+                if rm is None:
+                    rm = self._mesh_by_revision[got] = self.snap.revisions.mesh_of(
+                        got[0], self.snap.plan_mesh(), is_tag_free=got[1]
+                    )
             self._meshes[key] = rm
             if rm is not None and rm.settings is not None:
                 self._note_revision(rm.revision, rm.settings)
