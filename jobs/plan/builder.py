@@ -113,6 +113,7 @@ class Builder:
             snap.outbound_mode,
             snap.mesh_config,
             planned=self.pods_by_ns.__contains__,
+            default_service_export_to=snap.default_service_export_to,
         )
         self._meshes: dict[int, RevisionMesh | None] = {}
         self._revisions_noted: set[str] = set()

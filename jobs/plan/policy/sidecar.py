@@ -89,14 +89,22 @@ PROBE_CLIENTS: tuple[tuple[str, Mapping[str, str]], ...] = (
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 
 
-def exported_to(annotation: str, svc_ns: str, client_ns: str) -> bool:
-    """Whether a Service with this exportTo annotation is visible from ``client_ns``
-    (push_context.go ``initServiceRegistry``: ``*`` public, ``~`` nobody, ``.`` or its own
-    namespace private, other names exported there; the kube controller splits the
-    annotation on commas). Empty: the mesh's defaultServiceExportTo, ``*`` by default (the
-    plan does not read that mesh field)."""
-    names = {n.strip() for n in annotation[:10_000].split(",") if n.strip()}
-    if not names or "*" in names:
+def exported_to(
+    annotation: str | None,
+    svc_ns: str,
+    client_ns: str,
+    default: tuple[str, ...] = ("*",),
+) -> bool:
+    """Whether a Service with this exportTo annotation is visible from ``client_ns``.
+
+    pilot/pkg/serviceregistry/kube/conversion.go: a non-empty annotation is split on commas
+    and each entry trimmed - empty entries are kept, so ``","`` or ``" "`` names the
+    namespace "" and exports the Service nowhere. push_context.go ``serviceExportTo``: an
+    absent or empty annotation takes the mesh's ``defaultServiceExportTo`` (``*`` when
+    unset); ``initServiceRegistry``: ``*`` public (wins), else ``~`` nobody, else ``.`` or
+    its own namespace private, other names exported there."""
+    names = {n.strip() for n in annotation[:10_000].split(",")} if annotation else set(default)
+    if "*" in names:
         return True
     if "~" in names:
         return False
@@ -333,13 +341,20 @@ class Hidden:
     service: str | None = None
     export_to: str | None = None
 
+    @property
+    def export_source(self) -> str:
+        """Where the exportTo that hides the Service comes from, as words."""
+        if self.export_to:
+            return f"{EXPORT_TO_ANNOTATION}: {self.export_to!r}"
+        return f"no {EXPORT_TO_ANNOTATION}, and the mesh config's defaultServiceExportTo"
+
     def view(self, host: str, port: int, server_mode: Expect, has_proxy: bool) -> ClientView:
         """What a call from the probe's sidecar to ``host:port`` does."""
         sc = self.scope.sidecar
         if self.service is not None:
             left_out = (
                 f"{self.service} is not exported to namespace {self.scope.proxy_ns} "
-                f"({EXPORT_TO_ANNOTATION}: {self.export_to!r}), so {self.client} do not have "
+                f"({self.export_source}), so {self.client} do not have "
                 f"{host}:{port} in scope"
             )
         else:
@@ -400,6 +415,7 @@ class SidecarIndex:
         mesh_mode: str = DEFAULT_OUTBOUND_MODE,
         mesh_from: str | None = None,
         planned: Callable[[str], bool] = lambda ns: False,
+        default_service_export_to: tuple[str, ...] = ("*",),
     ) -> None:
         """``planned``: whether a namespace has planned pods (its Sidecars' ``ingress``
         TLS is reported as not modelled)."""
@@ -410,6 +426,7 @@ class SidecarIndex:
             if planned(namespace(s)) and (ports := ingress_tls_ports(s))
         ]
         self.root_namespace = root_namespace
+        self.default_export_to = default_service_export_to
         self.client_namespace = client_namespace
         self.mesh_mode = mesh_mode
         self.mesh_from = f"mesh config {mesh_from}" if mesh_from else "Istio's default mesh config"
@@ -475,9 +492,8 @@ class SidecarIndex:
         exported to the probe's namespace is in no scope of it."""
         if (
             self.scopes
-            and export_to is not None
             and self.client_namespace is not None
-            and not exported_to(export_to, svc_ns, self.client_namespace)
+            and not exported_to(export_to, svc_ns, self.client_namespace, self.default_export_to)
         ):
             h = Hidden("the probe pods", self.scopes[0][1], True, service or svc_ns, export_to)
             self.hidden.append((target, h))
@@ -572,13 +588,20 @@ class SidecarIndex:
             REGISTRY_ONLY: "BlackHoleCluster (HTTP 502)",
             ALLOW_ANY: "PassthroughCluster as plaintext",
         }.get(h.scope.mode, "no mTLS")
+        source = h.export_source
+        if not h.export_to:
+            source += f" {list(self.default_export_to)!r}"
         reason = (
-            f"not exported to the probe's namespace {ns} ({EXPORT_TO_ANNOTATION}: "
-            f"{h.export_to!r}): the probe's sidecar has {target} in no scope, and with "
+            f"not exported to the probe's namespace {ns} ({source}): the probe's sidecar "
+            f"has {target} in no scope, and with "
             f"outboundTrafficPolicy {h.scope.mode} ({h.scope.mode_from}) its mesh calls go to "
             f"{where}: the mesh checks cannot verify mTLS there. Add {ns} to the annotation"
         )
-        evidence = {"hidden": [target], "exportTo": h.export_to, "clientNamespace": ns}
+        evidence = {
+            "hidden": [target],
+            "exportTo": h.export_to if h.export_to else list(self.default_export_to),
+            "clientNamespace": ns,
+        }
         return h.service, "fail" if fails else "error", reason, evidence
 
     def _users(self, sc: ParsedSidecar) -> str:

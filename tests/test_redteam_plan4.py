@@ -1,0 +1,132 @@
+"""Hostile and unusual clusters, fourth sweep (issue 17): the probe's egress scope (Sidecar
+resources, Service exportTo) and per-workload control-plane revisions. Cases not in
+test_plan_sidecar*.py, test_plan_revisions.py or test_redteam_plan*.py. Each case is
+planned from YAML and from the fake API server (``plan_both``: the two must agree), and
+cites the Istio behaviour it encodes. Cases marked *fixed* were answered wrongly before.
+
+Istio sources: istio/istio at 86c9f01 (2026-08).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from jobs.plan.policy.client import Outcome
+from jobs.plan.policy.sidecar import exported_to
+from probe.results import Verdict
+from tests import kubebuild as kb
+from tests.plancase import Both, a_pod
+
+Obj = dict[str, Any]
+Plan = Callable[..., Both]
+PROBE_NS = "mtlsprobe"
+STRICT = "require-strict:shop/a:80"
+SIDECAR = "require-sidecar:shop/a:80"
+T0 = "2026-01-01T00:00:00Z"
+T1 = "2026-02-01T00:00:00Z"
+
+
+def cluster(*extra: Obj, mesh: str | None = None, ports: list[Obj] | None = None) -> list[Obj]:
+    """shop/a (one injected pod, port 80 -> 8080) under STRICT, the probe's namespace, an
+    optional mesh config (``mesh``: the ``mesh`` key of istio-system/istio) and ``extra``."""
+    objs = [
+        kb.namespace("shop", {"istio-injection": "enabled"}),
+        kb.peer_auth("default", "shop", "STRICT"),
+        kb.namespace(PROBE_NS, {"istio-injection": "enabled"}),
+        a_pod(),
+        kb.service("a", "shop", {"app": "a"}, ports or [kb.sport(80, 8080)]),
+        *extra,
+    ]
+    if mesh is not None:
+        objs.append(kb.configmap("istio", "istio-system", {"mesh": mesh}))
+    return objs
+
+
+def annotate(objs: list[Obj], kind: str, ann: dict[str, str]) -> list[Obj]:
+    o = next(o for o in objs if o["kind"] == kind)
+    o["metadata"].setdefault("annotations", {}).update(ann)
+    return objs
+
+
+def outcomes(b: Both) -> set[str]:
+    return {e.client.outcome for e in b.live.edges}
+
+
+def by_target(b: Both) -> dict[str, Any]:
+    return {r.target: r for r in b.findings()}
+
+
+# ---- Service exportTo ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mesh_default", ['["."]', '["shop"]', '["~"]', '["other", "."]'])
+def test_mesh_default_service_export_to_hides_unannotated_services(
+    plan_both: Plan, mesh_default: str
+) -> None:
+    """*fixed*. push_context.go ``serviceExportTo``: a Service without the exportTo
+    annotation takes MeshConfig ``defaultServiceExportTo`` (``initDefaultExportMaps``);
+    with ``["."]`` shop/a is private to shop, so the probe's sidecar in mtlsprobe has it in
+    no scope. The plan read only the annotation and passed require-strict."""
+    b = plan_both(
+        cluster(
+            mesh=f"defaultServiceExportTo: {mesh_default}\n"
+            "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n"
+        )
+    )
+    assert outcomes(b) == {Outcome.FAIL}
+    assert all(not e.client.mtls for e in b.live.edges)
+    assert b.required()[STRICT] == Verdict.FAIL
+    f = by_target(b)["Service shop/a"]
+    assert f.verdict == Verdict.FAIL and "defaultServiceExportTo" in f.reason
+
+
+@pytest.mark.parametrize("mesh_default", ['["*"]', '["mtlsprobe"]', "[]", '["~", "*"]'])
+def test_mesh_default_that_reaches_the_probe(plan_both: Plan, mesh_default: str) -> None:
+    """``*`` (public wins over ``~``), the probe's namespace, and an empty list (a proto
+    repeated field left empty is unset: ``DefaultMeshConfig``'s ``*``) keep it in scope."""
+    b = plan_both(cluster(mesh=f"defaultServiceExportTo: {mesh_default}\n"))
+    assert outcomes(b) == {Outcome.OK}
+    assert b.required()[STRICT] == Verdict.PASS
+
+
+def test_annotation_overrides_the_mesh_default(plan_both: Plan) -> None:
+    """``serviceExportTo``: a non-empty annotation replaces the mesh default entirely."""
+    objs = annotate(
+        cluster(mesh='defaultServiceExportTo: ["."]\n'),
+        "Service",
+        {"networking.istio.io/exportTo": "mtlsprobe"},
+    )
+    assert plan_both(objs).required()[STRICT] == Verdict.PASS
+
+
+@pytest.mark.parametrize("value", [",", " ", " , ", ",,"])
+def test_annotation_of_only_separators_exports_nowhere(plan_both: Plan, value: str) -> None:
+    """*fixed*. pilot/pkg/serviceregistry/kube/conversion.go: a non-empty annotation is
+    split on "," and each part trimmed, empty parts kept: the set is {""}, neither public
+    nor ``~``, exported to a namespace named "" - nobody. The plan dropped the empty parts
+    and read it as unset (public)."""
+    objs = annotate(cluster(), "Service", {"networking.istio.io/exportTo": value})
+    b = plan_both(objs)
+    assert all(not e.client.mtls for e in b.live.edges)
+    assert b.required()[STRICT] == Verdict.FAIL
+    assert by_target(b)["Service shop/a"].verdict == Verdict.FAIL
+
+
+@pytest.mark.parametrize(
+    ("value", "svc_ns", "seen"),
+    [
+        (".", "mtlsprobe", True),  # private, and the probe is in the Service's namespace
+        ("mtlsprobe,~", "shop", False),  # "~" beats named namespaces (initServiceRegistry)
+        ("*,~", "shop", True),  # "*" beats "~"
+        ("MTLSPROBE", "shop", False),  # namespace names compare exactly
+        (" mtlsprobe ", "shop", True),  # each entry is trimmed
+        ("mtlsprobe.", "shop", False),
+        ("shop", "shop", False),  # exported to its own namespace only
+    ],
+)
+def test_export_to_values(value: str, svc_ns: str, seen: bool) -> None:
+    """push_context.go ``initServiceRegistry`` over conversion.go's parsed set."""
+    assert exported_to(value, svc_ns, PROBE_NS) is seen
