@@ -130,3 +130,84 @@ def test_annotation_of_only_separators_exports_nowhere(plan_both: Plan, value: s
 def test_export_to_values(value: str, svc_ns: str, seen: bool) -> None:
     """push_context.go ``initServiceRegistry`` over conversion.go's parsed set."""
     assert exported_to(value, svc_ns, PROBE_NS) is seen
+
+
+# ---- Sidecar egress hosts -----------------------------------------------------------------
+
+
+def sidecar(
+    name: str = "default",
+    ns: str = PROBE_NS,
+    *,
+    hosts: list[str] | None = None,
+    egress: list[Obj] | None = None,
+    selector: dict[str, str] | None = None,
+    created: str = T0,
+    mode: str | None = "REGISTRY_ONLY",
+) -> Obj:
+    spec: Obj = {}
+    if egress is not None:
+        spec["egress"] = egress
+    elif hosts is not None:
+        spec["egress"] = [{"hosts": hosts}]
+    if mode is not None:
+        spec["outboundTrafficPolicy"] = {"mode": mode}
+    if selector is not None:
+        spec["workloadSelector"] = {"labels": selector}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": created},
+        "spec": spec,
+    }
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["*/*", "~shop/*"],  # excluded in the service's namespace
+        ["*/*", "~shop/a.shop.svc.cluster.local"],
+        ["shop/*", "~*/*.shop.svc.cluster.local"],  # excluded in the "*" scope
+        ["shop/*", "~/a.shop.svc.cluster.local"],  # "~" alone is the "*" namespace
+        ["*/*", "~*/*"],
+    ],
+)
+def test_excluded_egress_hosts_are_not_imported(plan_both: Plan, hosts: list[str]) -> None:
+    """*fixed*. sidecar.go ``convertIstioListenerToWrapper``: a namespace prefixed ``~``
+    (``excludePrefix``) makes the entry an exclusion; ``selectServices`` skips a service
+    excluded in its own namespace's or the ``*`` entries before any import is looked at.
+    The plan read ``~shop`` as a namespace name, so ``*/*`` imported shop/a and
+    require-strict passed while the probe's calls went to BlackHoleCluster."""
+    b = plan_both(cluster(sidecar(hosts=hosts)))
+    assert outcomes(b) == {Outcome.FAIL}
+    assert b.required()[STRICT] == Verdict.FAIL
+    assert by_target(b)["Sidecar mtlsprobe/default"].verdict == Verdict.FAIL
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["*/*", "~other/*"],  # an exclusion in another namespace
+        ["*/*", "~shop/b.shop.svc.cluster.local"],  # another host
+        ["*/*", "~mtlsprobe/*"],
+    ],
+)
+def test_exclusions_elsewhere_leave_the_target_in_scope(plan_both: Plan, hosts: list[str]) -> None:
+    b = plan_both(cluster(sidecar(hosts=hosts)))
+    assert outcomes(b) == {Outcome.OK}
+    assert b.required()[STRICT] == Verdict.PASS
+
+
+def test_dot_exclusion_in_the_probes_own_namespace(plan_both: Plan) -> None:
+    """``~./*``: the prefix is cut first, then ``.`` becomes the Sidecar's namespace - a
+    service in the probe's own namespace is excluded, shop/a is not."""
+    objs = cluster(
+        sidecar(hosts=["*/*", "~./*"]),
+        kb.pod("m-0", PROBE_NS, {"app": "m"}, ip="10.0.0.9", sa="m", ports=[("http", 8080)]),
+        kb.service("m", PROBE_NS, {"app": "m"}, [kb.sport(80, 8080)]),
+        kb.peer_auth("default", PROBE_NS, "STRICT"),
+    )
+    b = plan_both(objs)
+    by_edge = {e.target: e.client.outcome for e in b.live.edges}
+    assert by_edge["shop/a:80"] == Outcome.OK
+    assert by_edge["mtlsprobe/m:80"] == Outcome.FAIL

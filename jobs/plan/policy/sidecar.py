@@ -15,7 +15,11 @@ As istiod computes it (istio/istio master, pilot/pkg/model):
 - sidecar.go ``initSidecarScopeInternalIndexes``: no ``egress`` (or an empty list) is one
   listener ``*/*``; ``convertIstioListenerToWrapper``: a host must be ``namespace/dnsName``
   with exactly one ``/`` (anything else is logged and skipped), ``.`` is the proxy's
-  namespace, ``*`` any namespace; ``~`` names no namespace, so ``~/*`` imports nothing.
+  namespace, ``*`` any namespace; a namespace prefixed ``~`` (``excludePrefix``) makes the
+  entry an exclusion in that namespace (``~/...``: in ``*``), so ``~/*`` excludes everything.
+  ``selectServices``: a service excluded in its own namespace's or the ``*`` entries is
+  never imported, whatever else matches (older Istio read ``~shop`` as a namespace name that
+  matches nothing: the plan follows the newer, narrower reading).
   ``selectServices``: a service is imported when the hosts listed for its own namespace
   match it, else when the ``*`` namespace's do; ``hostClassification.Matches``: exact name,
   or a wildcard ``*suffix`` that the name ends with (pkg/config/host/name.go ``SubsetOf``).
@@ -125,10 +129,16 @@ class _Listener:
     exact: Mapping[str, frozenset[str]]
     suffixes: Mapping[str, frozenset[str]]  # wildcard hosts without their leading "*"
     captured: bool = True  # False: captureMode NONE or a bind address
+    # ``~ns/host`` exclusions, keyed like the imports.
+    excluded_exact: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    excluded_suffixes: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-    def _matches(self, key: str, host: str) -> bool | None:
+    def _matches(self, key: str, host: str, excluded: bool = False) -> bool | None:
         """None when no host is listed for ``key``; else whether one matches ``host``."""
-        exact, suffixes = self.exact.get(key), self.suffixes.get(key)
+        if excluded:
+            exact, suffixes = self.excluded_exact.get(key), self.excluded_suffixes.get(key)
+        else:
+            exact, suffixes = self.exact.get(key), self.suffixes.get(key)
         if exact is None and suffixes is None:
             return None
         if exact and host in exact:
@@ -141,6 +151,11 @@ class _Listener:
 
     def imports(self, svc_ns: str, host: str, proxy_ns: str) -> bool:
         if not self.captured:
+            return False
+        # sidecar.go selectServices: exclusions of the service's namespace (``.`` when it is
+        # the proxy's) or of ``*`` are checked first.
+        keys = (svc_ns, ".", "*") if svc_ns == proxy_ns else (svc_ns, "*")
+        if any(self._matches(k, host, excluded=True) for k in keys):
             return False
         own = self._matches(svc_ns, host)
         if svc_ns == proxy_ns:
@@ -213,14 +228,20 @@ def _port(raw: object, where: str, problems: list[str]) -> tuple[bool, int | Non
     return False, None
 
 
-def _hosts(
-    raw: object, where: str, budget: list[int], problems: list[str]
-) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+_HostMaps = tuple[
+    dict[str, set[str]], dict[str, set[str]], dict[str, set[str]], dict[str, set[str]]
+]
+
+
+def _hosts(raw: object, where: str, budget: list[int], problems: list[str]) -> _HostMaps:
+    """(exact, wildcard suffixes, excluded exact, excluded suffixes) by namespace key."""
     exact: dict[str, set[str]] = defaultdict(set)
     suffixes: dict[str, set[str]] = defaultdict(set)
+    ex_exact: dict[str, set[str]] = defaultdict(set)
+    ex_suffixes: dict[str, set[str]] = defaultdict(set)
     if not isinstance(raw, list):
         _problem(problems, f"{where}.hosts is not a list: the listener imports nothing")
-        return exact, suffixes
+        return exact, suffixes, ex_exact, ex_suffixes
     for i, h in enumerate(raw):
         if budget[0] <= 0:
             _problem(problems, f"more than {MAX_HOSTS} hosts: the rest are not read")
@@ -235,11 +256,15 @@ def _hosts(
             )
             continue
         ns, host = h.split("/")
+        into_exact, into_suffixes = exact, suffixes
+        if ns.startswith("~"):  # excludePrefix; "~" alone is the "*" namespace
+            ns = ns[1:] or "*"
+            into_exact, into_suffixes = ex_exact, ex_suffixes
         if host.startswith("*"):
-            suffixes[ns].add(host[1:])
+            into_suffixes[ns].add(host[1:])
         else:
-            exact[ns].add(host)
-    return exact, suffixes
+            into_exact[ns].add(host)
+    return exact, suffixes, ex_exact, ex_suffixes
 
 
 def parse_sidecar(obj: KubeObject) -> ParsedSidecar:
@@ -270,7 +295,7 @@ def parse_sidecar(obj: KubeObject) -> ParsedSidecar:
         ok, port = _port(e.get("port"), where, problems)
         if not ok:
             continue
-        exact, suffixes = _hosts(e.get("hosts"), where, budget, problems)
+        exact, suffixes, ex_exact, ex_suffixes = _hosts(e.get("hosts"), where, budget, problems)
         captured = e.get("captureMode") != "NONE" and not e.get("bind")
         listeners.append(
             _Listener(
@@ -278,6 +303,8 @@ def parse_sidecar(obj: KubeObject) -> ParsedSidecar:
                 {k: frozenset(v) for k, v in exact.items()},
                 {k: frozenset(v) for k, v in suffixes.items()},
                 captured,
+                {k: frozenset(v) for k, v in ex_exact.items()},
+                {k: frozenset(v) for k, v in ex_suffixes.items()},
             )
         )
     if len(egress) > MAX_LISTENERS:
