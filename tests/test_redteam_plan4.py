@@ -211,3 +211,50 @@ def test_dot_exclusion_in_the_probes_own_namespace(plan_both: Plan) -> None:
     by_edge = {e.target: e.client.outcome for e in b.live.edges}
     assert by_edge["shop/a:80"] == Outcome.OK
     assert by_edge["mtlsprobe/m:80"] == Outcome.FAIL
+
+
+# ---- which Sidecar applies to the probe pods ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        {"batch.kubernetes.io/job-completion-index": "0"},  # shard 0 of every indexed Job
+        {"app.kubernetes.io/name": "mtlsprobe", "mtlsprobe.dev/run-id": "r1"},
+        {"controller-revision-hash": "abc"},  # a DaemonSet's pods (the sidecar agents)
+    ],
+)
+def test_selector_on_per_run_labels_is_never_a_pass(
+    plan_both: Plan, selector: dict[str, str]
+) -> None:
+    """*fixed*. push_context.go ``getSidecarScope``: a Sidecar whose
+    ``workloadSelector.labels`` are a subset of the pod's labels applies, ahead of the
+    namespace-wide one. The probe pods also carry labels set per run (the run id, the Job
+    and DaemonSet controllers' labels, the completion index): a Sidecar selecting on them
+    may apply. The plan matched only the fixed probe labels and passed require-strict
+    through the namespace-wide ``*/*``, while the probe pod the selector picks is
+    black-holed."""
+    narrow = sidecar("narrow", hosts=["./*"], selector=selector)
+    wide = sidecar("wide", hosts=["*/*"])
+    b = plan_both(cluster(wide, narrow))
+    assert outcomes(b) == {Outcome.UNKNOWN}
+    assert all(not e.client.mtls for e in b.live.edges)
+    assert b.required()[STRICT] != Verdict.PASS
+    f = by_target(b)["Sidecar mtlsprobe/narrow"]
+    assert f.verdict == Verdict.ERROR and "per-run" in f.reason
+
+
+def test_selector_on_per_run_labels_that_imports_the_target_changes_nothing(
+    plan_both: Plan,
+) -> None:
+    narrow = sidecar("narrow", hosts=["shop/*"], selector={"job-name": "x"})
+    b = plan_both(cluster(sidecar("wide", hosts=["*/*"]), narrow))
+    assert outcomes(b) == {Outcome.OK}
+    assert b.required()[STRICT] == Verdict.PASS
+
+
+def test_selector_with_a_fixed_label_that_differs_is_not_a_maybe(plan_both: Plan) -> None:
+    """A selector that also names a fixed label with another value selects no probe pod."""
+    narrow = sidecar("narrow", hosts=["./*"], selector={"job-name": "x", "app": "other"})
+    b = plan_both(cluster(sidecar("wide", hosts=["*/*"]), narrow))
+    assert b.required()[STRICT] == Verdict.PASS

@@ -82,6 +82,22 @@ MAX_PROBLEMS = 20
 AGENT_SIDECAR_LABELS: Mapping[str, str] = MappingProxyType(
     {APP_NAME_LABEL: "mtlsprobe", COMPONENT_LABEL: "agent-sidecar", INJECT_LABEL: "true"}
 )
+# Labels the probe pods carry whose values the plan cannot know: the run id
+# (jobs/launch/jobspec.py LABEL_RUN), the Job controller's (k8s.io/api batch/v1
+# ``job-name``, ``controller-uid``, ``batch.kubernetes.io/*``, the completion index) and the
+# DaemonSet controller's. A Sidecar selecting on them may or may not select a probe pod.
+PER_RUN_LABELS = frozenset(
+    {
+        "mtlsprobe.dev/run-id",
+        "job-name",
+        "controller-uid",
+        "batch.kubernetes.io/job-name",
+        "batch.kubernetes.io/controller-uid",
+        "batch.kubernetes.io/job-completion-index",
+        "controller-revision-hash",
+        "pod-template-generation",
+    }
+)
 PROBE_CLIENTS: tuple[tuple[str, Mapping[str, str]], ...] = (
     ("the probe pods of `mtlsprobe run`", PROBE_CLIENT_LABELS),
     ("the sidecar agents", AGENT_SIDECAR_LABELS),
@@ -342,6 +358,9 @@ class EgressScope:
     proxy_ns: str
     mode: str
     mode_from: str
+    # A Sidecar before ``sidecar`` whose workloadSelector selects these pods only when the
+    # per-run labels (PER_RUN_LABELS) match: the scope it would give, or None.
+    maybe: EgressScope | None = None
 
     def sees(self, svc_ns: str, host: str, port: int) -> bool | None:
         """Whether the proxy has ``host:port`` in its scope; None when it cannot be known."""
@@ -367,6 +386,7 @@ class Hidden:
     # and its exportTo annotation (whatever the Sidecar says).
     service: str | None = None
     export_to: str | None = None
+    maybe: bool = False  # the Sidecar selects them only if their per-run labels match
 
     @property
     def export_source(self) -> str:
@@ -389,6 +409,16 @@ class Hidden:
             left_out = (
                 f"{sc.ref} ({self.scope.how}) leaves {host}:{port} out of the egress hosts of "
                 f"{self.client}"
+            )
+        if self.maybe:
+            assert sc is not None
+            return ClientView(
+                ClientTls.BLOCKED,
+                False,
+                Outcome.UNKNOWN,
+                f"{sc.ref} ({self.scope.how}) leaves {host}:{port} out of its egress hosts, "
+                f"and whether it applies to {self.client} depends on labels set on each run: "
+                "the plan cannot know that the probe's call is mTLS",
             )
         if not self.known:
             assert sc is not None
@@ -484,11 +514,21 @@ class SidecarIndex:
         self.outcomes: dict[str, set[str]] = defaultdict(set)
 
     def scope(self, ns: str, labels: Mapping[str, str]) -> EgressScope:
-        """push_context.go ``getSidecarScope`` for a sidecar proxy."""
+        """push_context.go ``getSidecarScope`` for a sidecar proxy: the first Sidecar whose
+        ``workloadSelector.labels`` are a subset of the pod's (labels.Instance ``SubsetOf``)."""
         chosen: ParsedSidecar | None = None
+        maybe: EgressScope | None = None
         how = "no Sidecar applies: every service is in scope"
         for p in self.by_ns.get(ns, ()):
             if p.selector is not None and not selects(p.selector, labels):
+                known = {k: v for k, v in p.selector.items() if k not in PER_RUN_LABELS}
+                if maybe is None and len(known) < len(p.selector) and selects(known, labels):
+                    how_maybe = (
+                        "its workloadSelector selects them if their per-run labels "
+                        f"{sorted(set(p.selector) - set(known))} match"
+                    )
+                    mode, by = (p.mode, p.ref) if p.mode else (self.mesh_mode, self.mesh_from)
+                    maybe = EgressScope(p, how_maybe, ns, mode, by)
                 continue
             chosen = p
             how = (
@@ -501,8 +541,8 @@ class SidecarIndex:
             chosen = self.root_default
             how = f"the mesh-wide default Sidecar of the root namespace {self.root_namespace}"
         if chosen is not None and chosen.mode is not None:
-            return EgressScope(chosen, how, ns, chosen.mode, chosen.ref)
-        return EgressScope(chosen, how, ns, self.mesh_mode, self.mesh_from)
+            return EgressScope(chosen, how, ns, chosen.mode, chosen.ref, maybe)
+        return EgressScope(chosen, how, ns, self.mesh_mode, self.mesh_from, maybe)
 
     def hide(
         self,
@@ -534,6 +574,10 @@ class SidecarIndex:
                 return h
             if seen is None and unknown is None:
                 unknown = Hidden(who, sc, False)
+            if sc.maybe is not None and unknown is None:
+                alt = sc.maybe.sees(svc_ns, host, port)
+                if alt is not True:
+                    unknown = Hidden(who, sc.maybe, alt is False, maybe=True)
         if unknown is not None:
             self.hidden.append((target, unknown))
         return unknown
@@ -661,7 +705,12 @@ class SidecarIndex:
         fails = any(Outcome.FAIL in self.outcomes.get(t, ()) for t in targets)
         more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
         shown = ", ".join(targets[:5]) + more
-        if not h.known:
+        if h.maybe:
+            what = (
+                f"may leave out {len(targets)} planned service port(s): {shown} (whether it "
+                "applies depends on labels set on each run)"
+            )
+        elif not h.known:
             what = "cannot be read, so what they can reach is unknown"
         elif h.scope.mode == REGISTRY_ONLY:
             what = (
@@ -682,7 +731,8 @@ class SidecarIndex:
             )
         ns = h.scope.proxy_ns
         reason = (
-            f"{self._users(sc)} in namespace {ns} use this Sidecar ({h.scope.how}) and it "
+            f"{self._users(sc) or h.client} in namespace {ns} use this Sidecar "
+            f"({h.scope.how}) and it "
             f"{what}: the mesh checks cannot verify mTLS there. Add the targets' namespaces "
             '("<ns>/*") to '
             "its egress hosts, or give the probe pods their own Sidecar in "
