@@ -258,3 +258,67 @@ def test_selector_with_a_fixed_label_that_differs_is_not_a_maybe(plan_both: Plan
     narrow = sidecar("narrow", hosts=["./*"], selector={"job-name": "x", "app": "other"})
     b = plan_both(cluster(sidecar("wide", hosts=["*/*"]), narrow))
     assert b.required()[STRICT] == Verdict.PASS
+
+
+# ---- the probe's own control-plane revision -------------------------------------------------
+
+
+def probe_ns_cluster(probe_labels: dict[str, str], *extra: Obj) -> list[Obj]:
+    """shop/a of revision canary (namespace istio.io/rev=canary, so canary's mesh config is
+    read on both paths), STRICT, and the probe's namespace with ``probe_labels``."""
+    return [
+        kb.namespace("shop", {"istio.io/rev": "canary"}),
+        kb.peer_auth("default", "shop", "STRICT"),
+        kb.namespace(PROBE_NS, probe_labels),
+        a_pod(),
+        kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+        kb.configmap("istio", "istio-system", {"mesh": "trustDomain: cluster.local\n"}),
+        *extra,
+    ]
+
+
+def test_probe_of_another_revision_whose_mesh_hides_services(plan_both: Plan) -> None:
+    """*fixed*. The probe pods (labelled ``sidecar.istio.io/inject=true``) in a namespace
+    labelled ``istio.io/rev=canary`` are injected by canary's webhook
+    (mutatingwebhook.yaml ``rev.namespace.``), and canary's istiod pushes its own mesh
+    config to them (pilot/pkg/bootstrap/mesh.go ``getMeshConfigMapName``: istio-canary):
+    with ``defaultServiceExportTo: ["."]`` shop/a is in no scope of the probe's sidecar. The
+    plan read the client side from the default revision and passed require-strict."""
+    canary = kb.configmap(
+        "istio-canary", "istio-system", {"mesh": 'defaultServiceExportTo: ["."]\n'}
+    )
+    b = plan_both(probe_ns_cluster({"istio.io/rev": "canary"}, canary))
+    assert b.required()[STRICT] != Verdict.PASS
+    assert all(not e.client.mtls for e in b.live.edges)
+    f = by_target(b)[f"Namespace {PROBE_NS}"]
+    assert f.verdict == Verdict.ERROR and "'canary'" in f.reason and "--revision" in f.reason
+
+
+def test_probe_of_another_revision_with_the_same_client_settings(plan_both: Plan) -> None:
+    """Held: the same client-side settings (trust domain, exportTo defaults, auto mTLS)
+    in canary's mesh config: nothing the probe's sidecar reads differs, the plan stands."""
+    canary = kb.configmap("istio-canary", "istio-system", {"mesh": "trustDomain: cluster.local\n"})
+    b = plan_both(probe_ns_cluster({"istio.io/rev": "canary"}, canary))
+    assert b.required()[STRICT] == Verdict.PASS
+
+
+def test_probe_of_a_revision_without_mesh_config_fails_closed(plan_both: Plan) -> None:
+    """A revision that does not exist (no istio-gone ConfigMap, no tag): unknown, never a
+    pass (no webhook would even inject the probe pods)."""
+    b = plan_both(probe_ns_cluster({"istio.io/rev": "gone"}))
+    assert b.required()[STRICT] != Verdict.PASS
+    assert "'gone'" in by_target(b)[f"Namespace {PROBE_NS}"].reason
+
+
+def test_probe_namespace_with_injection_disabled(plan_both: Plan) -> None:
+    """*fixed*. mutatingwebhook.yaml: ``istio-injection`` with any value but ``enabled``
+    matches no webhook, and the ``object.`` webhook (pod label inject=true) requires the
+    namespace label to be absent: the probe pods run without a sidecar, so no mesh check
+    can verify mTLS."""
+    objs = cluster()
+    for o in objs:
+        if o["kind"] == "Namespace" and o["metadata"]["name"] == PROBE_NS:
+            o["metadata"]["labels"] = {"istio-injection": "disabled"}
+    b = plan_both(objs)
+    assert b.required()[STRICT] != Verdict.PASS
+    assert "no injection webhook" in by_target(b)[f"Namespace {PROBE_NS}"].reason

@@ -45,6 +45,7 @@ from jobs.plan.injection import (
     has_sidecar,
     inbound_uncaptured,
     pod_revision,
+    requested_revision,
 )
 from jobs.plan.meshconfig import MeshSettings, RevisionMesh, mesh_configmap_name
 from jobs.plan.model import (
@@ -72,6 +73,7 @@ from jobs.plan.policy import (
     resolve_target_port,
     service_ports,
 )
+from jobs.plan.policy.destinationrules import PROBE_CLIENT_LABELS
 from probe.constants import TLS_MODE_LABEL
 from probe.model import Endpoint, Expect, Target
 from probe.results import Result, Verdict
@@ -115,6 +117,7 @@ class Builder:
             planned=self.pods_by_ns.__contains__,
             default_service_export_to=snap.default_service_export_to,
         )
+        self.egress.client_unknown = self._probe_revision_problem()
         self._meshes: dict[int, RevisionMesh | None] = {}
         self._revisions_noted: set[str] = set()
         self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
@@ -134,6 +137,56 @@ class Builder:
         self.findings: list[Result] = []
         self.edges: list[Edge] = []
         self.ports: list[PortCoverage] = []
+
+    def _probe_revision_problem(self) -> str | None:
+        """Why the probe's own sidecar cannot be planned with the plan's mesh config, if it
+        cannot: its namespace's labels send the probe pods (labelled
+        ``sidecar.istio.io/inject=true``) to another revision's webhook
+        (``requested_revision``), and that revision's client-side settings (trust domain,
+        defaultServiceExportTo, defaultDestinationRuleExportTo, enableAutoMtls: what the
+        probe's sidecar reads) are unknown or not the plan's."""
+        ns = self.req.client_namespace
+        if ns is None or ns not in self.ns_labels:
+            return None
+        probe = {"metadata": {"namespace": ns, "labels": dict(PROBE_CLIENT_LABELS)}, "spec": {}}
+        requested = requested_revision(probe, self.ns_labels[ns])
+        rv = self.snap.revisions
+        if requested is None:
+            return (
+                f"namespace {ns}'s labels select no injection webhook for the probe pods: "
+                "they would run without a sidecar"
+            )
+        rm = rv.mesh_of(requested, self.snap.plan_mesh())
+        if rm.revision == rv.plan:
+            return None
+        lead = (
+            f"the probe pods in namespace {ns} get a sidecar of control-plane revision "
+            f"{rm.revision!r}, not the plan's {rv.plan!r}"
+        )
+        if rm.settings is None:
+            return f"{lead}, whose mesh config is unknown ({rm.why}); plan with --revision"
+
+        def client_side(m: MeshSettings) -> tuple[object, ...]:
+            return (
+                m.trust_domain or DEFAULT_TRUST_DOMAIN,
+                m.default_service_export_to or ("*",),
+                m.default_dr_export_to or ("*",),
+                True if m.enable_auto_mtls is None else m.enable_auto_mtls,
+            )
+
+        mine = (
+            self.snap.trust_domain,
+            self.snap.default_service_export_to,
+            self.snap.default_dr_export_to,
+            self.snap.enable_auto_mtls,
+        )
+        if client_side(rm.settings) != mine:
+            return (
+                f"{lead}, whose mesh config differs in what the probe's sidecar reads "
+                "(trust domain, defaultServiceExportTo, defaultDestinationRuleExportTo or "
+                f"enableAutoMtls); plan with --revision {rm.revision}"
+            )
+        return None
 
     def mesh(self, pod: KubeObject) -> RevisionMesh | None:
         """The mesh config of the revision whose sidecar runs in ``pod`` (None: no

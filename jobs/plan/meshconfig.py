@@ -209,6 +209,7 @@ class Revisions:
                     got.enable_auto_mtls,
                     got.default_dr_export_to,
                     got.interception_mode,
+                    got.default_service_export_to,
                 ),
             )
         why = self.unknown.get(rev) or (

@@ -387,6 +387,7 @@ class Hidden:
     service: str | None = None
     export_to: str | None = None
     maybe: bool = False  # the Sidecar selects them only if their per-run labels match
+    why: str | None = None  # the probe's sidecar is configured by a mesh config not read
 
     @property
     def export_source(self) -> str:
@@ -398,6 +399,8 @@ class Hidden:
     def view(self, host: str, port: int, server_mode: Expect, has_proxy: bool) -> ClientView:
         """What a call from the probe's sidecar to ``host:port`` does."""
         sc = self.scope.sidecar
+        if self.why is not None:
+            return ClientView(ClientTls.BLOCKED, False, Outcome.UNKNOWN, self.why)
         if self.service is not None:
             left_out = (
                 f"{self.service} is not exported to namespace {self.scope.proxy_ns} "
@@ -509,6 +512,9 @@ class SidecarIndex:
             for who, labels in PROBE_CLIENTS
             if client_namespace is not None
         ]
+        # Set by the builder when the probe's sidecar belongs to a control-plane revision
+        # whose client-side mesh settings are not the plan's: every mesh call is unknown.
+        self.client_unknown: str | None = None
         # What planning found: (target name, Hidden), and the outcomes of its calls.
         self.hidden: list[tuple[str, Hidden]] = []
         self.outcomes: dict[str, set[str]] = defaultdict(set)
@@ -557,6 +563,10 @@ class SidecarIndex:
         that does not, preferring a certain answer over an unknown one). ``service``
         ("Service ns/name") and ``export_to`` (its exportTo annotation): a Service not
         exported to the probe's namespace is in no scope of it."""
+        if self.scopes and self.client_unknown is not None:
+            h = Hidden("the probe pods", self.scopes[0][1], False, why=self.client_unknown)
+            self.hidden.append((target, h))
+            return h
         if (
             self.scopes
             and self.client_namespace is not None
@@ -628,7 +638,21 @@ class SidecarIndex:
                 )
             )
         by_sidecar: dict[str, list[tuple[str, Hidden]]] = defaultdict(list)
+        unknown_client = sorted({t for t, h in self.hidden if h.why is not None})
+        if unknown_client and self.client_unknown is not None:
+            more = f" and {len(unknown_client) - 5} more" if len(unknown_client) > 5 else ""
+            out.append(
+                (
+                    f"Namespace {self.client_namespace}",
+                    "error",
+                    f"{self.client_unknown}; mTLS cannot be verified on "
+                    f"{', '.join(unknown_client[:5])}{more}",
+                    {"hidden": unknown_client},
+                )
+            )
         for target, h in self.hidden:
+            if h.why is not None:
+                continue
             if h.service is not None:
                 out.append(self._not_exported(target, h))
                 continue
