@@ -303,8 +303,8 @@ def test_probe_of_another_revision_with_the_same_client_settings(plan_both: Plan
 
 
 def test_probe_of_a_revision_without_mesh_config_fails_closed(plan_both: Plan) -> None:
-    """A revision that does not exist (no istio-gone ConfigMap, no tag): unknown, never a
-    pass (no webhook would even inject the probe pods)."""
+    """*fixed*. A revision that does not exist (no istio-gone ConfigMap, no tag): unknown,
+    never a pass (no webhook would even inject the probe pods)."""
     b = plan_both(probe_ns_cluster({"istio.io/rev": "gone"}))
     assert b.required()[STRICT] != Verdict.PASS
     assert "'gone'" in by_target(b)[f"Namespace {PROBE_NS}"].reason
@@ -322,3 +322,64 @@ def test_probe_namespace_with_injection_disabled(plan_both: Plan) -> None:
     b = plan_both(objs)
     assert b.required()[STRICT] != Verdict.PASS
     assert "no injection webhook" in by_target(b)[f"Namespace {PROBE_NS}"].reason
+
+
+# ---- held: cases that were already right --------------------------------------------------
+
+
+def test_port_listener_covering_one_port_of_two(plan_both: Plan) -> None:
+    """sidecar.go ``needsPortMatch`` / ``GetEgressListenerForRDS``: a listener on port 80
+    imports only port 80; port 9090 has no listener, so it is not in scope."""
+    egress = [{"port": {"number": 80, "protocol": "HTTP", "name": "h"}, "hosts": ["shop/*"]}]
+    objs = cluster(
+        sidecar(egress=egress), ports=[kb.sport(80, 8080), kb.sport(9090, 8080, name="m")]
+    )
+    b = plan_both(objs)
+    by_edge = {e.target: e.client.outcome for e in b.live.edges}
+    assert by_edge == {"shop/a:80": Outcome.OK, "shop/a:9090": Outcome.FAIL}
+    assert b.required()[STRICT] == Verdict.PASS
+    assert b.required()["require-strict:shop/a:9090"] == Verdict.FAIL
+
+
+def test_other_namespace_wildcard_falls_back_to_the_star_entry(plan_both: Plan) -> None:
+    """``selectServices``: entries of istio-system apply to istio-system's services only;
+    shop/a is imported by ``*/*.cluster.local`` (the ``*`` entries)."""
+    b = plan_both(cluster(sidecar(hosts=["istio-system/*", "*/*.cluster.local"])))
+    assert b.required()[STRICT] == Verdict.PASS
+    b = plan_both(cluster(sidecar(hosts=["istio-system/*", "*/*.other.local"])))
+    assert b.required()[STRICT] == Verdict.FAIL
+
+
+def test_selector_sidecar_and_two_namespace_wide_ones(plan_both: Plan) -> None:
+    """``initSidecarScopes``: selector Sidecars first, then selector-less ones, each oldest
+    first; the probe pods' selector one wins over both namespace-wide ones."""
+    b = plan_both(
+        cluster(
+            sidecar("old-wide", hosts=["*/*"], created=T0),
+            sidecar("new-wide", hosts=["./*"], created=T1),
+            sidecar("probe", hosts=["./*"], selector={"app.kubernetes.io/name": "mtlsprobe"}),
+        )
+    )
+    assert b.required()[STRICT] == Verdict.FAIL
+    assert "ignored" in by_target(b)["Sidecar mtlsprobe/new-wide"].reason
+
+
+@pytest.mark.parametrize(
+    ("ns_labels", "injected"),
+    [
+        ({"istio-injection": "disabled"}, False),  # object. webhook needs the label absent
+        ({"istio-injection": "Enabled"}, False),  # label selectors compare exactly
+        ({}, True),  # object.sidecar-injector: pod label inject=true
+        ({"istio.io/rev": ""}, False),  # present but empty: no webhook (DoesNotExist fails)
+    ],
+)
+def test_inject_true_label_against_namespace_labels(
+    ns_labels: dict[str, str], injected: bool
+) -> None:
+    """mutatingwebhook.yaml: the ``object.`` webhook selects pods labelled
+    ``sidecar.istio.io/inject=true`` only in namespaces without ``istio-injection`` and
+    ``istio.io/rev``."""
+    from jobs.plan.injection import would_inject
+
+    pod = kb.pod("p", "shop", {"app": "p", "sidecar.istio.io/inject": "true"}, ip="10.0.0.5")
+    assert would_inject(pod, ns_labels) is injected
