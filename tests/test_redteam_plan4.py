@@ -383,3 +383,41 @@ def test_inject_true_label_against_namespace_labels(
 
     pod = kb.pod("p", "shop", {"app": "p", "sidecar.istio.io/inject": "true"}, ip="10.0.0.5")
     assert would_inject(pod, ns_labels) is injected
+
+
+# ---- Sidecars labelled for a control-plane revision ------------------------------------------
+
+
+def labelled(obj: Obj, rev: str) -> Obj:
+    obj["metadata"]["labels"] = {"istio.io/rev": rev}
+    return obj
+
+
+def test_sidecar_labelled_for_another_revision_is_not_read(plan_both: Plan) -> None:
+    """*fixed*. pilot/pkg/config/kube/crdclient ``inRevision`` (pkg/config/model.go
+    ``LabelsInRevision``): istiod of revision ``default`` (the chart's REVISION env) reads
+    only config objects without an ``istio.io/rev`` label or labelled ``default``. The
+    older ``*/*`` Sidecar labelled for canary is invisible to the probe's istiod, so the
+    newer ``./*`` one applies. The plan picked the older one and passed."""
+    old = labelled(sidecar("canary-wide", hosts=["*/*"], created=T0), "canary")
+    new = sidecar("wide", hosts=["./*"], created=T1)
+    b = plan_both(cluster(old, new))
+    assert outcomes(b) == {Outcome.FAIL}
+    assert b.required()[STRICT] == Verdict.FAIL
+    f = by_target(b)["Sidecar mtlsprobe/canary-wide"]
+    assert f.verdict == Verdict.SKIP and "istio.io/rev='canary'" in f.reason
+
+
+def test_sidecar_labelled_for_the_probes_revision_is_read(plan_both: Plan) -> None:
+    b = plan_both(cluster(labelled(sidecar(hosts=["./*"]), "default")))
+    assert b.required()[STRICT] == Verdict.FAIL
+    # the probe of revision canary (same client settings) reads canary's Sidecars only
+    canary = kb.configmap("istio-canary", "istio-system", {"mesh": "trustDomain: cluster.local\n"})
+    objs = probe_ns_cluster(
+        {"istio.io/rev": "canary"}, canary, labelled(sidecar(hosts=["./*"]), "canary")
+    )
+    assert plan_both(objs).required()[STRICT] == Verdict.FAIL
+    objs = probe_ns_cluster(
+        {"istio.io/rev": "canary"}, canary, labelled(sidecar(hosts=["./*"]), "default")
+    )
+    assert plan_both(objs).required()[STRICT] == Verdict.PASS

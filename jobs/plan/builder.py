@@ -108,6 +108,7 @@ class Builder:
                 self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
                 self.pods_by_ns[ns].append(p)
         # The probe's own sidecar: which services its Sidecar resource lets it reach.
+        probe_revision, probe_problem = self._probe_revision()
         self.egress = SidecarIndex(
             snap.sidecars,
             snap.root_namespace,
@@ -116,8 +117,9 @@ class Builder:
             snap.mesh_config,
             planned=self.pods_by_ns.__contains__,
             default_service_export_to=snap.default_service_export_to,
+            revision=probe_revision,
         )
-        self.egress.client_unknown = self._probe_revision_problem()
+        self.egress.client_unknown = probe_problem
         self._meshes: dict[int, RevisionMesh | None] = {}
         self._revisions_noted: set[str] = set()
         self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
@@ -138,33 +140,36 @@ class Builder:
         self.edges: list[Edge] = []
         self.ports: list[PortCoverage] = []
 
-    def _probe_revision_problem(self) -> str | None:
-        """Why the probe's own sidecar cannot be planned with the plan's mesh config, if it
-        cannot: its namespace's labels send the probe pods (labelled
+    def _probe_revision(self) -> tuple[str, str | None]:
+        """The revision of the probe's own sidecar, and why it cannot be planned with the
+        plan's mesh config, if it cannot: its namespace's labels send the probe pods (labelled
         ``sidecar.istio.io/inject=true``) to another revision's webhook
         (``requested_revision``), and that revision's client-side settings (trust domain,
         defaultServiceExportTo, defaultDestinationRuleExportTo, enableAutoMtls: what the
         probe's sidecar reads) are unknown or not the plan's."""
         ns = self.req.client_namespace
+        rv = self.snap.revisions
         if ns is None or ns not in self.ns_labels:
-            return None
+            return rv.plan, None
         probe = {"metadata": {"namespace": ns, "labels": dict(PROBE_CLIENT_LABELS)}, "spec": {}}
         requested = requested_revision(probe, self.ns_labels[ns])
-        rv = self.snap.revisions
         if requested is None:
-            return (
+            return rv.plan, (
                 f"namespace {ns}'s labels select no injection webhook for the probe pods: "
                 "they would run without a sidecar"
             )
         rm = rv.mesh_of(requested, self.snap.plan_mesh())
         if rm.revision == rv.plan:
-            return None
+            return rv.plan, None
         lead = (
             f"the probe pods in namespace {ns} get a sidecar of control-plane revision "
             f"{rm.revision!r}, not the plan's {rv.plan!r}"
         )
         if rm.settings is None:
-            return f"{lead}, whose mesh config is unknown ({rm.why}); plan with --revision"
+            return (
+                rm.revision,
+                f"{lead}, whose mesh config is unknown ({rm.why}); plan with --revision",
+            )
 
         def client_side(m: MeshSettings) -> tuple[object, ...]:
             return (
@@ -181,12 +186,12 @@ class Builder:
             self.snap.enable_auto_mtls,
         )
         if client_side(rm.settings) != mine:
-            return (
+            return rm.revision, (
                 f"{lead}, whose mesh config differs in what the probe's sidecar reads "
                 "(trust domain, defaultServiceExportTo, defaultDestinationRuleExportTo or "
                 f"enableAutoMtls); plan with --revision {rm.revision}"
             )
-        return None
+        return rm.revision, None
 
     def mesh(self, pod: KubeObject) -> RevisionMesh | None:
         """The mesh config of the revision whose sidecar runs in ``pod`` (None: no

@@ -55,12 +55,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from jobs.plan.fields import KubeObject, created_at, name, namespace, ref
+from jobs.plan.fields import KubeObject, created_at, labels_of, name, namespace, ref
 from jobs.plan.meshconfig import (
     ALLOW_ANY,
     DEFAULT_OUTBOUND_MODE,
     OUTBOUND_MODES,
     REGISTRY_ONLY,
+    REV_LABEL,
     UNKNOWN_MODE,
 )
 from jobs.plan.policy.client import ClientTls, ClientView, Outcome
@@ -476,6 +477,7 @@ class SidecarIndex:
         mesh_from: str | None = None,
         planned: Callable[[str], bool] = lambda ns: False,
         default_service_export_to: tuple[str, ...] = ("*",),
+        revision: str = "default",
     ) -> None:
         """``planned``: whether a namespace has planned pods (its Sidecars' ``ingress``
         TLS is reported as not modelled)."""
@@ -491,10 +493,24 @@ class SidecarIndex:
         self.mesh_mode = mesh_mode
         self.mesh_from = f"mesh config {mesh_from}" if mesh_from else "Istio's default mesh config"
         wanted = {root_namespace, client_namespace}
+        # pilot/pkg/config/kube/crdclient ``inRevision`` (pkg/config/model.go
+        # ``LabelsInRevision``): istiod of revision R (the chart's REVISION, "default" for the
+        # default one) reads only config objects without an ``istio.io/rev`` label or
+        # labelled R - the probe's istiod never sees a Sidecar labelled for another.
+        self.other_revision: list[tuple[str, str]] = []
+        in_revision: list[KubeObject] = []
+        for s in sidecars:
+            if namespace(s) not in wanted:
+                continue
+            rev = labels_of(s).get(REV_LABEL)
+            if rev is not None and rev != revision:
+                self.other_revision.append((f"Sidecar {ref(s)}", str(rev)[:64]))
+            else:
+                in_revision.append(s)
+        self.revision = revision
         parsed = [
             parse_sidecar(s)
-            for s in sorted(sidecars, key=lambda s: (created_at(s), name(s), namespace(s)))
-            if namespace(s) in wanted
+            for s in sorted(in_revision, key=lambda s: (created_at(s), name(s), namespace(s)))
         ]
         self.parsed = parsed
         self.by_ns: dict[str, list[ParsedSidecar]] = defaultdict(list)
@@ -624,6 +640,17 @@ class SidecarIndex:
                     )
                 )
         out.extend(self._shadowed())
+        for sc_ref, rev in sorted(self.other_revision):
+            out.append(
+                (
+                    sc_ref,
+                    "skip",
+                    f"ignored: labelled {REV_LABEL}={rev!r}, and the probe's sidecar is served "
+                    f"by control-plane revision {self.revision!r}, which reads only Sidecars "
+                    "of its own revision or without the label",
+                    {},
+                )
+            )
         for sc_ref, ports in self.ingress_tls:
             shown = ", ".join(str(p) for p in ports[:10])
             out.append(
