@@ -421,3 +421,35 @@ def test_sidecar_labelled_for_the_probes_revision_is_read(plan_both: Plan) -> No
         {"istio.io/rev": "canary"}, canary, labelled(sidecar(hosts=["./*"]), "default")
     )
     assert plan_both(objs).required()[STRICT] == Verdict.PASS
+
+
+def test_peer_authentication_labelled_for_another_revision_is_not_read(plan_both: Plan) -> None:
+    """*fixed*. ``LabelsInRevision`` holds for PeerAuthentication too: shop/a's proxy is of
+    the default revision, whose istiod never reads a STRICT policy labelled canary, so the
+    port is PERMISSIVE (the mesh default). The plan read it as STRICT and passed
+    require-strict on a port that accepts plaintext."""
+    objs = [
+        kb.namespace("shop", {"istio-injection": "enabled"}),
+        labelled(kb.peer_auth("default", "shop", "STRICT"), "canary"),
+        kb.namespace(PROBE_NS, {"istio-injection": "enabled"}),
+        a_pod(),
+        kb.service("a", "shop", {"app": "a"}, [kb.sport(80, 8080)]),
+    ]
+    b = plan_both(objs)
+    assert b.required()[STRICT] != Verdict.PASS
+    assert b.targets()["shop/a:80"].expect.value != "STRICT"
+    objs[1] = labelled(kb.peer_auth("default", "shop", "STRICT"), "default")
+    assert plan_both(objs).required()[STRICT] == Verdict.PASS
+
+
+def test_destination_rule_labelled_for_another_revision_is_not_read(plan_both: Plan) -> None:
+    """*fixed*. The probe's istiod (default) does not read a DISABLE DestinationRule
+    labelled canary: auto mTLS applies to the probe's calls. Conversely a DISABLE rule of
+    its own revision turns mTLS off (the plan must not pass then)."""
+    dr = kb.dest_rule("a", "shop", "a.shop.svc.cluster.local", "DISABLE")
+    b = plan_both(cluster(labelled(dr, "canary")))
+    assert outcomes(b) == {Outcome.OK} and all(e.client.mtls for e in b.live.edges)
+    dr = kb.dest_rule("a", "shop", "a.shop.svc.cluster.local", "DISABLE")
+    b = plan_both(cluster(labelled(dr, "default")))
+    assert not any(e.client.mtls for e in b.live.edges)
+    assert b.required()[STRICT] != Verdict.PASS

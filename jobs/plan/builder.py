@@ -47,7 +47,7 @@ from jobs.plan.injection import (
     pod_revision,
     requested_revision,
 )
-from jobs.plan.meshconfig import MeshSettings, RevisionMesh, mesh_configmap_name
+from jobs.plan.meshconfig import REV_LABEL, MeshSettings, RevisionMesh, mesh_configmap_name
 from jobs.plan.model import (
     ECHO_LABEL,
     Edge,
@@ -84,6 +84,14 @@ from probe.spiffe import istio_identity
 _GroupKey = tuple[str, Expect, bool]
 
 
+def in_revision(objs: Sequence[KubeObject], revision: str) -> list[KubeObject]:
+    """The Istio config objects istiod of ``revision`` reads: pilot/pkg/config/kube/crdclient
+    ``inRevision`` (pkg/config/model.go ``LabelsInRevision``) keeps those without an
+    ``istio.io/rev`` label or labelled with its revision (the chart's REVISION, "default"
+    for the default one); the others are invisible to it."""
+    return [o for o in objs if labels_of(o).get(REV_LABEL, revision) == revision]
+
+
 class Builder:
     """The state of one plan being built: indexes over the snapshot, per-pod caches, and
     the findings, edges and port coverage gathered so far."""
@@ -91,15 +99,20 @@ class Builder:
     def __init__(self, snap: ClusterSnapshot, req: Requirements) -> None:
         self.snap = snap
         self.req = req
-        self.pa = PeerAuthIndex(snap.peerauthentications, snap.root_namespace)
+        self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
+        # The probe's own sidecar: its revision (its istiod reads the DestinationRules and
+        # Sidecars of that revision only) and whether the plan can speak for it.
+        probe_revision, probe_problem = self._probe_revision()
+        self.pa = PeerAuthIndex(
+            in_revision(snap.peerauthentications, snap.revisions.plan), snap.root_namespace
+        )
         self.dr = DestinationRuleIndex(
-            snap.destinationrules,
+            in_revision(snap.destinationrules, probe_revision),
             snap.root_namespace,
             snap.cluster_domain,
             default_export_to=snap.default_dr_export_to,
             auto_mtls=snap.enable_auto_mtls,
         )
-        self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
         self.pods: dict[str, KubeObject] = {}
         self.pods_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
         for p in snap.pods:
@@ -108,7 +121,6 @@ class Builder:
                 self.pods[f"{ns}/{name(p)}" if ns else name(p)] = p  # ref(p)
                 self.pods_by_ns[ns].append(p)
         # The probe's own sidecar: which services its Sidecar resource lets it reach.
-        probe_revision, probe_problem = self._probe_revision()
         self.egress = SidecarIndex(
             snap.sidecars,
             snap.root_namespace,
@@ -122,7 +134,9 @@ class Builder:
         self.egress.client_unknown = probe_problem
         self._meshes: dict[int, RevisionMesh | None] = {}
         self._revisions_noted: set[str] = set()
-        self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
+        self._pa_by_root: dict[tuple[str, str], PeerAuthIndex] = {
+            (snap.root_namespace, snap.revisions.plan): self.pa
+        }
         self.index = PodIndex(
             self.pods.values(),
             known_addresses(snap.pods, snap.services),
@@ -270,9 +284,11 @@ class Builder:
         if rm is None or rm.settings is None or rm.revision == self.snap.revisions.plan:
             return self.pa
         root = rm.settings.root_namespace or DEFAULT_ROOT_NAMESPACE
-        got = self._pa_by_root.get(root)
+        got = self._pa_by_root.get((root, rm.revision))
         if got is None:
-            got = self._pa_by_root[root] = PeerAuthIndex(self.snap.peerauthentications, root)
+            got = self._pa_by_root[(root, rm.revision)] = PeerAuthIndex(
+                in_revision(self.snap.peerauthentications, rm.revision), root
+            )
         return got
 
     def policy(self, pod: KubeObject) -> WorkloadPolicy:
