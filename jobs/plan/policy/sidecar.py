@@ -34,9 +34,15 @@ As istiod computes it (istio/istio master, pilot/pkg/model):
   the original destination: the call is never Istio mTLS (pilot/pkg/networking/core
   listener.go / httproute.go ``BlackHoleCluster`` / ``PassthroughCluster``).
 
+- Service ``networking.istio.io/exportTo`` (``exported_to``), with the mesh's
+  ``defaultServiceExportTo`` for a Service without it.
+- Only Sidecars of the probe's own revision (or without an ``istio.io/rev`` label) are
+  read (crdclient ``inRevision``); a selector on labels set per run (``PER_RUN_LABELS``)
+  may select the probe pods, so what it leaves out is unknown.
+
 Not modelled: a VirtualService imported by the Sidecar can import its destination hosts
-too (``collectImportedServices``), and Service ``exportTo``; the plan reads neither, so it
-may predict a hidden host that such a VirtualService imports (never the reverse).
+too (``collectImportedServices``); the plan does not read it, so it may predict a hidden
+host that such a VirtualService imports (never the reverse).
 A listener with ``captureMode: NONE`` or a ``bind`` address serves only an application that
 connects to it explicitly: the probe's captured calls never reach it (treated as importing
 nothing). Malformed values (which the API server's schema refuses, so only YAML holds them)
