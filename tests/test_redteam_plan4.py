@@ -10,15 +10,19 @@ Istio sources: istio/istio at 86c9f01 (2026-08).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from jobs.plan.manifests import load_manifests
+from jobs.plan.planner import build_plan
 from jobs.plan.policy.client import Outcome
 from jobs.plan.policy.sidecar import exported_to
 from probe.results import Verdict
 from tests import kubebuild as kb
-from tests.plancase import Both, a_pod
+from tests.plancase import REQ, Both, a_pod
 
 Obj = dict[str, Any]
 Plan = Callable[..., Both]
@@ -453,3 +457,14 @@ def test_destination_rule_labelled_for_another_revision_is_not_read(plan_both: P
     b = plan_both(cluster(labelled(dr, "default")))
     assert not any(e.client.mtls for e in b.live.edges)
     assert b.required()[STRICT] != Verdict.PASS
+
+
+def test_exclusion_past_the_host_bound_is_still_read(tmp_path: Path) -> None:
+    """*fixed*. Hosts past MAX_HOSTS were not read at all: harmless for imports (the scope
+    only narrows) but an unread ``~shop/*`` exclusion after ``*/*`` widened it, and
+    require-strict passed. Exclusions are read to the end of the list."""
+    many = ["*/*"] + [f"ns{i}/s.ns{i}.svc.cluster.local" for i in range(12_000)] + ["~shop/*"]
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump_all(cluster(sidecar(hosts=many)), width=1 << 20))
+    plan = build_plan(load_manifests([f]), REQ)
+    assert {e.client.outcome for e in plan.edges} == {Outcome.FAIL}

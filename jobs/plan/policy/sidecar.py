@@ -265,11 +265,20 @@ def _hosts(raw: object, where: str, budget: list[int], problems: list[str]) -> _
     if not isinstance(raw, list):
         _problem(problems, f"{where}.hosts is not a list: the listener imports nothing")
         return exact, suffixes, ex_exact, ex_suffixes
+    over = False
     for i, h in enumerate(raw):
-        if budget[0] <= 0:
-            _problem(problems, f"more than {MAX_HOSTS} hosts: the rest are not read")
-            break
-        budget[0] -= 1
+        if budget[0] <= 0 and not over:
+            _problem(
+                problems, f"more than {MAX_HOSTS} hosts: the rest are read for exclusions only"
+            )
+            over = True
+        if over:
+            # An unread import only narrows the scope; an unread ``~`` exclusion would widen
+            # it, so those are still read (a cheap test per entry of an already-parsed list).
+            if not (isinstance(h, str) and h.startswith("~") and len(h) <= MAX_HOST_CHARS):
+                continue
+        else:
+            budget[0] -= 1
         if not isinstance(h, str) or len(h) > MAX_HOST_CHARS:
             _problem(problems, f"{where}.hosts[{i}] is not a host name: ignored")
             continue
