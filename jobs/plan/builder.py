@@ -45,8 +45,9 @@ from jobs.plan.injection import (
     has_sidecar,
     inbound_uncaptured,
     pod_revision,
+    requested_revision,
 )
-from jobs.plan.meshconfig import MeshSettings, RevisionMesh, mesh_configmap_name
+from jobs.plan.meshconfig import REV_LABEL, MeshSettings, RevisionMesh, mesh_configmap_name
 from jobs.plan.model import (
     ECHO_LABEL,
     Edge,
@@ -72,6 +73,7 @@ from jobs.plan.policy import (
     resolve_target_port,
     service_ports,
 )
+from jobs.plan.policy.destinationrules import PROBE_CLIENT_LABELS
 from probe.constants import TLS_MODE_LABEL
 from probe.model import Endpoint, Expect, Target
 from probe.results import Result, Verdict
@@ -82,6 +84,14 @@ from probe.spiffe import istio_identity
 _GroupKey = tuple[str, Expect, bool]
 
 
+def in_revision(objs: Sequence[KubeObject], revision: str) -> list[KubeObject]:
+    """The Istio config objects istiod of ``revision`` reads: pilot/pkg/config/kube/crdclient
+    ``inRevision`` (pkg/config/model.go ``LabelsInRevision``) keeps those without an
+    ``istio.io/rev`` label or labelled with its revision (the chart's REVISION, "default"
+    for the default one); the others are invisible to it."""
+    return [o for o in objs if labels_of(o).get(REV_LABEL, revision) == revision]
+
+
 class Builder:
     """The state of one plan being built: indexes over the snapshot, per-pod caches, and
     the findings, edges and port coverage gathered so far."""
@@ -89,15 +99,20 @@ class Builder:
     def __init__(self, snap: ClusterSnapshot, req: Requirements) -> None:
         self.snap = snap
         self.req = req
-        self.pa = PeerAuthIndex(snap.peerauthentications, snap.root_namespace)
+        self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
+        # The probe's own sidecar: its revision (its istiod reads the DestinationRules and
+        # Sidecars of that revision only) and whether the plan can speak for it.
+        probe_revision, probe_problem = self._probe_revision()
+        self.pa = PeerAuthIndex(
+            in_revision(snap.peerauthentications, snap.revisions.plan), snap.root_namespace
+        )
         self.dr = DestinationRuleIndex(
-            snap.destinationrules,
+            in_revision(snap.destinationrules, probe_revision),
             snap.root_namespace,
             snap.cluster_domain,
             default_export_to=snap.default_dr_export_to,
             auto_mtls=snap.enable_auto_mtls,
         )
-        self.ns_labels = {name(n): labels_of(n) for n in snap.namespaces}
         self.pods: dict[str, KubeObject] = {}
         self.pods_by_ns: dict[str, list[KubeObject]] = defaultdict(list)
         for p in snap.pods:
@@ -113,11 +128,16 @@ class Builder:
             snap.outbound_mode,
             snap.mesh_config,
             planned=self.pods_by_ns.__contains__,
+            default_service_export_to=snap.default_service_export_to,
+            revision=probe_revision,
         )
+        self.egress.client_unknown = probe_problem
         self._meshes: dict[int, RevisionMesh | None] = {}
         self._mesh_by_revision: dict[tuple[str, bool], RevisionMesh] = {}
         self._revisions_noted: set[str] = set()
-        self._pa_by_root: dict[str, PeerAuthIndex] = {snap.root_namespace: self.pa}
+        self._pa_by_root: dict[tuple[str, str], PeerAuthIndex] = {
+            (snap.root_namespace, snap.revisions.plan): self.pa
+        }
         self.index = PodIndex(
             self.pods.values(),
             known_addresses(snap.pods, snap.services),
@@ -134,6 +154,59 @@ class Builder:
         self.findings: list[Result] = []
         self.edges: list[Edge] = []
         self.ports: list[PortCoverage] = []
+
+    def _probe_revision(self) -> tuple[str, str | None]:
+        """The revision of the probe's own sidecar, and why it cannot be planned with the
+        plan's mesh config, if it cannot: its namespace's labels send the probe pods (labelled
+        ``sidecar.istio.io/inject=true``) to another revision's webhook
+        (``requested_revision``), and that revision's client-side settings (trust domain,
+        defaultServiceExportTo, defaultDestinationRuleExportTo, enableAutoMtls: what the
+        probe's sidecar reads) are unknown or not the plan's."""
+        ns = self.req.client_namespace
+        rv = self.snap.revisions
+        if ns is None or ns not in self.ns_labels:
+            return rv.plan, None
+        probe = {"metadata": {"namespace": ns, "labels": dict(PROBE_CLIENT_LABELS)}, "spec": {}}
+        requested = requested_revision(probe, self.ns_labels[ns])
+        if requested is None:
+            return rv.plan, (
+                f"namespace {ns}'s labels select no injection webhook for the probe pods: "
+                "they would run without a sidecar"
+            )
+        rm = rv.mesh_of(requested, self.snap.plan_mesh())
+        if rm.revision == rv.plan:
+            return rv.plan, None
+        lead = (
+            f"the probe pods in namespace {ns} get a sidecar of control-plane revision "
+            f"{rm.revision!r}, not the plan's {rv.plan!r}"
+        )
+        if rm.settings is None:
+            return (
+                rm.revision,
+                f"{lead}, whose mesh config is unknown ({rm.why}); plan with --revision",
+            )
+
+        def client_side(m: MeshSettings) -> tuple[object, ...]:
+            return (
+                m.trust_domain or DEFAULT_TRUST_DOMAIN,
+                m.default_service_export_to or ("*",),
+                m.default_dr_export_to or ("*",),
+                True if m.enable_auto_mtls is None else m.enable_auto_mtls,
+            )
+
+        mine = (
+            self.snap.trust_domain,
+            self.snap.default_service_export_to,
+            self.snap.default_dr_export_to,
+            self.snap.enable_auto_mtls,
+        )
+        if client_side(rm.settings) != mine:
+            return rm.revision, (
+                f"{lead}, whose mesh config differs in what the probe's sidecar reads "
+                "(trust domain, defaultServiceExportTo, defaultDestinationRuleExportTo or "
+                f"enableAutoMtls); plan with --revision {rm.revision}"
+            )
+        return rm.revision, None
 
     def mesh(self, pod: KubeObject) -> RevisionMesh | None:
         """The mesh config of the revision whose sidecar runs in ``pod`` (None: no
@@ -215,9 +288,11 @@ class Builder:
         if rm is None or rm.settings is None or rm.revision == self.snap.revisions.plan:
             return self.pa
         root = rm.settings.root_namespace or DEFAULT_ROOT_NAMESPACE
-        got = self._pa_by_root.get(root)
+        got = self._pa_by_root.get((root, rm.revision))
         if got is None:
-            got = self._pa_by_root[root] = PeerAuthIndex(self.snap.peerauthentications, root)
+            got = self._pa_by_root[(root, rm.revision)] = PeerAuthIndex(
+                in_revision(self.snap.peerauthentications, rm.revision), root
+            )
         return got
 
     def policy(self, pod: KubeObject) -> WorkloadPolicy:

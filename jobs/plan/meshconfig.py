@@ -40,6 +40,9 @@ class MeshSettings:
     # defaultConfig.interceptionMode (ProxyConfig): REDIRECT | TPROXY | NONE. The injection
     # template adds no istio-init (no iptables capture) for NONE.
     interception_mode: str | None = None
+    # defaultServiceExportTo (push_context.go ``initDefaultExportMaps``): the exportTo of a
+    # Service without the networking.istio.io/exportTo annotation; None: unset, ``*``.
+    default_service_export_to: tuple[str, ...] | None = None
 
 
 INTERCEPTION_MODES = frozenset({"REDIRECT", "TPROXY", "NONE"})
@@ -83,6 +86,20 @@ def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
             export_to = tuple(export)
         else:
             problems.append("defaultDestinationRuleExportTo is not a list of strings")
+    svc_export = doc.get("defaultServiceExportTo")
+    svc_export_to: tuple[str, ...] | None = None
+    if svc_export is not None:
+        if isinstance(svc_export, list) and all(isinstance(e, str) for e in svc_export):
+            # An empty list is the unset field (a proto repeated field): ``*``.
+            svc_export_to = tuple(e[:253] for e in svc_export[:1_000]) or None
+        else:
+            # istiod refuses the mesh config; the plan cannot know what is exported, so it
+            # reads it as exporting Services to their own namespace only (narrowing).
+            problems.append(
+                "defaultServiceExportTo is not a list of strings: read as '.' (Services "
+                "without an exportTo annotation seen only in their own namespace)"
+            )
+            svc_export_to = (".",)
     mode: str | None = None
     proxy = doc.get("defaultConfig")
     if isinstance(proxy, dict) and proxy.get("interceptionMode") is not None:
@@ -94,7 +111,7 @@ def read_mesh_config(mesh_yaml: object) -> tuple[MeshSettings, list[str]]:
                 f"defaultConfig.interceptionMode {str(raw)[:16]!r} is not REDIRECT, TPROXY or NONE"
             )
     return (
-        MeshSettings(td or None, root or None, auto, export_to, mode),
+        MeshSettings(td or None, root or None, auto, export_to, mode, svc_export_to),
         problems,
     )
 
@@ -192,6 +209,7 @@ class Revisions:
                     got.enable_auto_mtls,
                     got.default_dr_export_to,
                     got.interception_mode,
+                    got.default_service_export_to,
                 ),
             )
         why = self.unknown.get(rev) or (

@@ -122,6 +122,7 @@ class ClusterSnapshot:
     istio_apis: bool = True
     enable_auto_mtls: bool = True  # MeshConfig enableAutoMtls
     default_dr_export_to: tuple[str, ...] = ("*",)  # MeshConfig defaultDestinationRuleExportTo
+    default_service_export_to: tuple[str, ...] = ("*",)  # MeshConfig defaultServiceExportTo
     # MeshConfig outboundTrafficPolicy.mode (jobs.plan.policy.sidecar.mesh_outbound_mode):
     # what a sidecar does with a host its Sidecar resource leaves out.
     outbound_mode: str = DEFAULT_OUTBOUND_MODE
@@ -194,6 +195,8 @@ def apply_mesh_config(snap: ClusterSnapshot, cm: Mapping[str, Any] | None, where
         snap.enable_auto_mtls = settings.enable_auto_mtls
     if settings.default_dr_export_to is not None:
         snap.default_dr_export_to = settings.default_dr_export_to
+    if settings.default_service_export_to is not None:
+        snap.default_service_export_to = settings.default_service_export_to
     mode, problem = mesh_outbound_mode(data.get(MESH_KEY) if type(data) is dict else None)
     snap.outbound_mode = mode
     if problem is not None:

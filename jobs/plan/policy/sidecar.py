@@ -15,7 +15,11 @@ As istiod computes it (istio/istio master, pilot/pkg/model):
 - sidecar.go ``initSidecarScopeInternalIndexes``: no ``egress`` (or an empty list) is one
   listener ``*/*``; ``convertIstioListenerToWrapper``: a host must be ``namespace/dnsName``
   with exactly one ``/`` (anything else is logged and skipped), ``.`` is the proxy's
-  namespace, ``*`` any namespace; ``~`` names no namespace, so ``~/*`` imports nothing.
+  namespace, ``*`` any namespace; a namespace prefixed ``~`` (``excludePrefix``) makes the
+  entry an exclusion in that namespace (``~/...``: in ``*``), so ``~/*`` excludes everything.
+  ``selectServices``: a service excluded in its own namespace's or the ``*`` entries is
+  never imported, whatever else matches (older Istio read ``~shop`` as a namespace name that
+  matches nothing: the plan follows the newer, narrower reading).
   ``selectServices``: a service is imported when the hosts listed for its own namespace
   match it, else when the ``*`` namespace's do; ``hostClassification.Matches``: exact name,
   or a wildcard ``*suffix`` that the name ends with (pkg/config/host/name.go ``SubsetOf``).
@@ -30,9 +34,15 @@ As istiod computes it (istio/istio master, pilot/pkg/model):
   the original destination: the call is never Istio mTLS (pilot/pkg/networking/core
   listener.go / httproute.go ``BlackHoleCluster`` / ``PassthroughCluster``).
 
+- Service ``networking.istio.io/exportTo`` (``exported_to``), with the mesh's
+  ``defaultServiceExportTo`` for a Service without it.
+- Only Sidecars of the probe's own revision (or without an ``istio.io/rev`` label) are
+  read (crdclient ``inRevision``); a selector on labels set per run (``PER_RUN_LABELS``)
+  may select the probe pods, so what it leaves out is unknown.
+
 Not modelled: a VirtualService imported by the Sidecar can import its destination hosts
-too (``collectImportedServices``), and Service ``exportTo``; the plan reads neither, so it
-may predict a hidden host that such a VirtualService imports (never the reverse).
+too (``collectImportedServices``); the plan does not read it, so it may predict a hidden
+host that such a VirtualService imports (never the reverse).
 A listener with ``captureMode: NONE`` or a ``bind`` address serves only an application that
 connects to it explicitly: the probe's captured calls never reach it (treated as importing
 nothing). Malformed values (which the API server's schema refuses, so only YAML holds them)
@@ -51,12 +61,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from jobs.plan.fields import KubeObject, created_at, name, namespace, ref
+from jobs.plan.fields import KubeObject, created_at, labels_of, name, namespace, ref
 from jobs.plan.meshconfig import (
     ALLOW_ANY,
     DEFAULT_OUTBOUND_MODE,
     OUTBOUND_MODES,
     REGISTRY_ONLY,
+    REV_LABEL,
     UNKNOWN_MODE,
 )
 from jobs.plan.policy.client import ClientTls, ClientView, Outcome
@@ -78,6 +89,22 @@ MAX_PROBLEMS = 20
 AGENT_SIDECAR_LABELS: Mapping[str, str] = MappingProxyType(
     {APP_NAME_LABEL: "mtlsprobe", COMPONENT_LABEL: "agent-sidecar", INJECT_LABEL: "true"}
 )
+# Labels the probe pods carry whose values the plan cannot know: the run id
+# (jobs/launch/jobspec.py LABEL_RUN), the Job controller's (k8s.io/api batch/v1
+# ``job-name``, ``controller-uid``, ``batch.kubernetes.io/*``, the completion index) and the
+# DaemonSet controller's. A Sidecar selecting on them may or may not select a probe pod.
+PER_RUN_LABELS = frozenset(
+    {
+        "mtlsprobe.dev/run-id",
+        "job-name",
+        "controller-uid",
+        "batch.kubernetes.io/job-name",
+        "batch.kubernetes.io/controller-uid",
+        "batch.kubernetes.io/job-completion-index",
+        "controller-revision-hash",
+        "pod-template-generation",
+    }
+)
 PROBE_CLIENTS: tuple[tuple[str, Mapping[str, str]], ...] = (
     ("the probe pods of `mtlsprobe run`", PROBE_CLIENT_LABELS),
     ("the sidecar agents", AGENT_SIDECAR_LABELS),
@@ -89,14 +116,22 @@ PROBE_CLIENTS: tuple[tuple[str, Mapping[str, str]], ...] = (
 EXPORT_TO_ANNOTATION = "networking.istio.io/exportTo"
 
 
-def exported_to(annotation: str, svc_ns: str, client_ns: str) -> bool:
-    """Whether a Service with this exportTo annotation is visible from ``client_ns``
-    (push_context.go ``initServiceRegistry``: ``*`` public, ``~`` nobody, ``.`` or its own
-    namespace private, other names exported there; the kube controller splits the
-    annotation on commas). Empty: the mesh's defaultServiceExportTo, ``*`` by default (the
-    plan does not read that mesh field)."""
-    names = {n.strip() for n in annotation[:10_000].split(",") if n.strip()}
-    if not names or "*" in names:
+def exported_to(
+    annotation: str | None,
+    svc_ns: str,
+    client_ns: str,
+    default: tuple[str, ...] = ("*",),
+) -> bool:
+    """Whether a Service with this exportTo annotation is visible from ``client_ns``.
+
+    pilot/pkg/serviceregistry/kube/conversion.go: a non-empty annotation is split on commas
+    and each entry trimmed - empty entries are kept, so ``","`` or ``" "`` names the
+    namespace "" and exports the Service nowhere. push_context.go ``serviceExportTo``: an
+    absent or empty annotation takes the mesh's ``defaultServiceExportTo`` (``*`` when
+    unset); ``initServiceRegistry``: ``*`` public (wins), else ``~`` nobody, else ``.`` or
+    its own namespace private, other names exported there."""
+    names = {n.strip() for n in annotation[:10_000].split(",")} if annotation else set(default)
+    if "*" in names:
         return True
     if "~" in names:
         return False
@@ -117,10 +152,16 @@ class _Listener:
     exact: Mapping[str, frozenset[str]]
     suffixes: Mapping[str, frozenset[str]]  # wildcard hosts without their leading "*"
     captured: bool = True  # False: captureMode NONE or a bind address
+    # ``~ns/host`` exclusions, keyed like the imports.
+    excluded_exact: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    excluded_suffixes: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-    def _matches(self, key: str, host: str) -> bool | None:
+    def _matches(self, key: str, host: str, excluded: bool = False) -> bool | None:
         """None when no host is listed for ``key``; else whether one matches ``host``."""
-        exact, suffixes = self.exact.get(key), self.suffixes.get(key)
+        if excluded:
+            exact, suffixes = self.excluded_exact.get(key), self.excluded_suffixes.get(key)
+        else:
+            exact, suffixes = self.exact.get(key), self.suffixes.get(key)
         if exact is None and suffixes is None:
             return None
         if exact and host in exact:
@@ -133,6 +174,11 @@ class _Listener:
 
     def imports(self, svc_ns: str, host: str, proxy_ns: str) -> bool:
         if not self.captured:
+            return False
+        # sidecar.go selectServices: exclusions of the service's namespace (``.`` when it is
+        # the proxy's) or of ``*`` are checked first.
+        keys = (svc_ns, ".", "*") if svc_ns == proxy_ns else (svc_ns, "*")
+        if any(self._matches(k, host, excluded=True) for k in keys):
             return False
         own = self._matches(svc_ns, host)
         if svc_ns == proxy_ns:
@@ -205,19 +251,34 @@ def _port(raw: object, where: str, problems: list[str]) -> tuple[bool, int | Non
     return False, None
 
 
-def _hosts(
-    raw: object, where: str, budget: list[int], problems: list[str]
-) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+_HostMaps = tuple[
+    dict[str, set[str]], dict[str, set[str]], dict[str, set[str]], dict[str, set[str]]
+]
+
+
+def _hosts(raw: object, where: str, budget: list[int], problems: list[str]) -> _HostMaps:
+    """(exact, wildcard suffixes, excluded exact, excluded suffixes) by namespace key."""
     exact: dict[str, set[str]] = defaultdict(set)
     suffixes: dict[str, set[str]] = defaultdict(set)
+    ex_exact: dict[str, set[str]] = defaultdict(set)
+    ex_suffixes: dict[str, set[str]] = defaultdict(set)
     if not isinstance(raw, list):
         _problem(problems, f"{where}.hosts is not a list: the listener imports nothing")
-        return exact, suffixes
+        return exact, suffixes, ex_exact, ex_suffixes
+    over = False
     for i, h in enumerate(raw):
-        if budget[0] <= 0:
-            _problem(problems, f"more than {MAX_HOSTS} hosts: the rest are not read")
-            break
-        budget[0] -= 1
+        if budget[0] <= 0 and not over:
+            _problem(
+                problems, f"more than {MAX_HOSTS} hosts: the rest are read for exclusions only"
+            )
+            over = True
+        if over:
+            # An unread import only narrows the scope; an unread ``~`` exclusion would widen
+            # it, so those are still read (a cheap test per entry of an already-parsed list).
+            if not (isinstance(h, str) and h.startswith("~") and len(h) <= MAX_HOST_CHARS):
+                continue
+        else:
+            budget[0] -= 1
         if not isinstance(h, str) or len(h) > MAX_HOST_CHARS:
             _problem(problems, f"{where}.hosts[{i}] is not a host name: ignored")
             continue
@@ -227,11 +288,15 @@ def _hosts(
             )
             continue
         ns, host = h.split("/")
+        into_exact, into_suffixes = exact, suffixes
+        if ns.startswith("~"):  # excludePrefix; "~" alone is the "*" namespace
+            ns = ns[1:] or "*"
+            into_exact, into_suffixes = ex_exact, ex_suffixes
         if host.startswith("*"):
-            suffixes[ns].add(host[1:])
+            into_suffixes[ns].add(host[1:])
         else:
-            exact[ns].add(host)
-    return exact, suffixes
+            into_exact[ns].add(host)
+    return exact, suffixes, ex_exact, ex_suffixes
 
 
 def parse_sidecar(obj: KubeObject) -> ParsedSidecar:
@@ -262,7 +327,7 @@ def parse_sidecar(obj: KubeObject) -> ParsedSidecar:
         ok, port = _port(e.get("port"), where, problems)
         if not ok:
             continue
-        exact, suffixes = _hosts(e.get("hosts"), where, budget, problems)
+        exact, suffixes, ex_exact, ex_suffixes = _hosts(e.get("hosts"), where, budget, problems)
         captured = e.get("captureMode") != "NONE" and not e.get("bind")
         listeners.append(
             _Listener(
@@ -270,6 +335,8 @@ def parse_sidecar(obj: KubeObject) -> ParsedSidecar:
                 {k: frozenset(v) for k, v in exact.items()},
                 {k: frozenset(v) for k, v in suffixes.items()},
                 captured,
+                {k: frozenset(v) for k, v in ex_exact.items()},
+                {k: frozenset(v) for k, v in ex_suffixes.items()},
             )
         )
     if len(egress) > MAX_LISTENERS:
@@ -307,6 +374,9 @@ class EgressScope:
     proxy_ns: str
     mode: str
     mode_from: str
+    # A Sidecar before ``sidecar`` whose workloadSelector selects these pods only when the
+    # per-run labels (PER_RUN_LABELS) match: the scope it would give, or None.
+    maybe: EgressScope | None = None
 
     def sees(self, svc_ns: str, host: str, port: int) -> bool | None:
         """Whether the proxy has ``host:port`` in its scope; None when it cannot be known."""
@@ -332,14 +402,25 @@ class Hidden:
     # and its exportTo annotation (whatever the Sidecar says).
     service: str | None = None
     export_to: str | None = None
+    maybe: bool = False  # the Sidecar selects them only if their per-run labels match
+    why: str | None = None  # the probe's sidecar is configured by a mesh config not read
+
+    @property
+    def export_source(self) -> str:
+        """Where the exportTo that hides the Service comes from, as words."""
+        if self.export_to:
+            return f"{EXPORT_TO_ANNOTATION}: {self.export_to!r}"
+        return f"no {EXPORT_TO_ANNOTATION}, and the mesh config's defaultServiceExportTo"
 
     def view(self, host: str, port: int, server_mode: Expect, has_proxy: bool) -> ClientView:
         """What a call from the probe's sidecar to ``host:port`` does."""
         sc = self.scope.sidecar
+        if self.why is not None:
+            return ClientView(ClientTls.BLOCKED, False, Outcome.UNKNOWN, self.why)
         if self.service is not None:
             left_out = (
                 f"{self.service} is not exported to namespace {self.scope.proxy_ns} "
-                f"({EXPORT_TO_ANNOTATION}: {self.export_to!r}), so {self.client} do not have "
+                f"({self.export_source}), so {self.client} do not have "
                 f"{host}:{port} in scope"
             )
         else:
@@ -347,6 +428,16 @@ class Hidden:
             left_out = (
                 f"{sc.ref} ({self.scope.how}) leaves {host}:{port} out of the egress hosts of "
                 f"{self.client}"
+            )
+        if self.maybe:
+            assert sc is not None
+            return ClientView(
+                ClientTls.BLOCKED,
+                False,
+                Outcome.UNKNOWN,
+                f"{sc.ref} ({self.scope.how}) leaves {host}:{port} out of its egress hosts, "
+                f"and whether it applies to {self.client} depends on labels set on each run: "
+                "the plan cannot know that the probe's call is mTLS",
             )
         if not self.known:
             assert sc is not None
@@ -400,6 +491,8 @@ class SidecarIndex:
         mesh_mode: str = DEFAULT_OUTBOUND_MODE,
         mesh_from: str | None = None,
         planned: Callable[[str], bool] = lambda ns: False,
+        default_service_export_to: tuple[str, ...] = ("*",),
+        revision: str = "default",
     ) -> None:
         """``planned``: whether a namespace has planned pods (its Sidecars' ``ingress``
         TLS is reported as not modelled)."""
@@ -410,14 +503,29 @@ class SidecarIndex:
             if planned(namespace(s)) and (ports := ingress_tls_ports(s))
         ]
         self.root_namespace = root_namespace
+        self.default_export_to = default_service_export_to
         self.client_namespace = client_namespace
         self.mesh_mode = mesh_mode
         self.mesh_from = f"mesh config {mesh_from}" if mesh_from else "Istio's default mesh config"
         wanted = {root_namespace, client_namespace}
+        # pilot/pkg/config/kube/crdclient ``inRevision`` (pkg/config/model.go
+        # ``LabelsInRevision``): istiod of revision R (the chart's REVISION, "default" for the
+        # default one) reads only config objects without an ``istio.io/rev`` label or
+        # labelled R - the probe's istiod never sees a Sidecar labelled for another.
+        self.other_revision: list[tuple[str, str]] = []
+        in_revision: list[KubeObject] = []
+        for s in sidecars:
+            if namespace(s) not in wanted:
+                continue
+            rev = labels_of(s).get(REV_LABEL)
+            if rev is not None and rev != revision:
+                self.other_revision.append((f"Sidecar {ref(s)}", str(rev)[:64]))
+            else:
+                in_revision.append(s)
+        self.revision = revision
         parsed = [
             parse_sidecar(s)
-            for s in sorted(sidecars, key=lambda s: (created_at(s), name(s), namespace(s)))
-            if namespace(s) in wanted
+            for s in sorted(in_revision, key=lambda s: (created_at(s), name(s), namespace(s)))
         ]
         self.parsed = parsed
         self.by_ns: dict[str, list[ParsedSidecar]] = defaultdict(list)
@@ -435,16 +543,29 @@ class SidecarIndex:
             for who, labels in PROBE_CLIENTS
             if client_namespace is not None
         ]
+        # Set by the builder when the probe's sidecar belongs to a control-plane revision
+        # whose client-side mesh settings are not the plan's: every mesh call is unknown.
+        self.client_unknown: str | None = None
         # What planning found: (target name, Hidden), and the outcomes of its calls.
         self.hidden: list[tuple[str, Hidden]] = []
         self.outcomes: dict[str, set[str]] = defaultdict(set)
 
     def scope(self, ns: str, labels: Mapping[str, str]) -> EgressScope:
-        """push_context.go ``getSidecarScope`` for a sidecar proxy."""
+        """push_context.go ``getSidecarScope`` for a sidecar proxy: the first Sidecar whose
+        ``workloadSelector.labels`` are a subset of the pod's (labels.Instance ``SubsetOf``)."""
         chosen: ParsedSidecar | None = None
+        maybe: EgressScope | None = None
         how = "no Sidecar applies: every service is in scope"
         for p in self.by_ns.get(ns, ()):
             if p.selector is not None and not selects(p.selector, labels):
+                known = {k: v for k, v in p.selector.items() if k not in PER_RUN_LABELS}
+                if maybe is None and len(known) < len(p.selector) and selects(known, labels):
+                    how_maybe = (
+                        "its workloadSelector selects them if their per-run labels "
+                        f"{sorted(set(p.selector) - set(known))} match"
+                    )
+                    mode, by = (p.mode, p.ref) if p.mode else (self.mesh_mode, self.mesh_from)
+                    maybe = EgressScope(p, how_maybe, ns, mode, by)
                 continue
             chosen = p
             how = (
@@ -457,8 +578,8 @@ class SidecarIndex:
             chosen = self.root_default
             how = f"the mesh-wide default Sidecar of the root namespace {self.root_namespace}"
         if chosen is not None and chosen.mode is not None:
-            return EgressScope(chosen, how, ns, chosen.mode, chosen.ref)
-        return EgressScope(chosen, how, ns, self.mesh_mode, self.mesh_from)
+            return EgressScope(chosen, how, ns, chosen.mode, chosen.ref, maybe)
+        return EgressScope(chosen, how, ns, self.mesh_mode, self.mesh_from, maybe)
 
     def hide(
         self,
@@ -473,11 +594,14 @@ class SidecarIndex:
         that does not, preferring a certain answer over an unknown one). ``service``
         ("Service ns/name") and ``export_to`` (its exportTo annotation): a Service not
         exported to the probe's namespace is in no scope of it."""
+        if self.scopes and self.client_unknown is not None:
+            h = Hidden("the probe pods", self.scopes[0][1], False, why=self.client_unknown)
+            self.hidden.append((target, h))
+            return h
         if (
             self.scopes
-            and export_to is not None
             and self.client_namespace is not None
-            and not exported_to(export_to, svc_ns, self.client_namespace)
+            and not exported_to(export_to, svc_ns, self.client_namespace, self.default_export_to)
         ):
             h = Hidden("the probe pods", self.scopes[0][1], True, service or svc_ns, export_to)
             self.hidden.append((target, h))
@@ -491,6 +615,10 @@ class SidecarIndex:
                 return h
             if seen is None and unknown is None:
                 unknown = Hidden(who, sc, False)
+            if sc.maybe is not None and unknown is None:
+                alt = sc.maybe.sees(svc_ns, host, port)
+                if alt is not True:
+                    unknown = Hidden(who, sc.maybe, alt is False, maybe=True)
         if unknown is not None:
             self.hidden.append((target, unknown))
         return unknown
@@ -527,6 +655,17 @@ class SidecarIndex:
                     )
                 )
         out.extend(self._shadowed())
+        for sc_ref, rev in sorted(self.other_revision):
+            out.append(
+                (
+                    sc_ref,
+                    "skip",
+                    f"ignored: labelled {REV_LABEL}={rev!r}, and the probe's sidecar is served "
+                    f"by control-plane revision {self.revision!r}, which reads only Sidecars "
+                    "of its own revision or without the label",
+                    {},
+                )
+            )
         for sc_ref, ports in self.ingress_tls:
             shown = ", ".join(str(p) for p in ports[:10])
             out.append(
@@ -541,7 +680,21 @@ class SidecarIndex:
                 )
             )
         by_sidecar: dict[str, list[tuple[str, Hidden]]] = defaultdict(list)
+        unknown_client = sorted({t for t, h in self.hidden if h.why is not None})
+        if unknown_client and self.client_unknown is not None:
+            more = f" and {len(unknown_client) - 5} more" if len(unknown_client) > 5 else ""
+            out.append(
+                (
+                    f"Namespace {self.client_namespace}",
+                    "error",
+                    f"{self.client_unknown}; mTLS cannot be verified on "
+                    f"{', '.join(unknown_client[:5])}{more}",
+                    {"hidden": unknown_client},
+                )
+            )
         for target, h in self.hidden:
+            if h.why is not None:
+                continue
             if h.service is not None:
                 out.append(self._not_exported(target, h))
                 continue
@@ -572,13 +725,20 @@ class SidecarIndex:
             REGISTRY_ONLY: "BlackHoleCluster (HTTP 502)",
             ALLOW_ANY: "PassthroughCluster as plaintext",
         }.get(h.scope.mode, "no mTLS")
+        source = h.export_source
+        if not h.export_to:
+            source += f" {list(self.default_export_to)!r}"
         reason = (
-            f"not exported to the probe's namespace {ns} ({EXPORT_TO_ANNOTATION}: "
-            f"{h.export_to!r}): the probe's sidecar has {target} in no scope, and with "
+            f"not exported to the probe's namespace {ns} ({source}): the probe's sidecar "
+            f"has {target} in no scope, and with "
             f"outboundTrafficPolicy {h.scope.mode} ({h.scope.mode_from}) its mesh calls go to "
             f"{where}: the mesh checks cannot verify mTLS there. Add {ns} to the annotation"
         )
-        evidence = {"hidden": [target], "exportTo": h.export_to, "clientNamespace": ns}
+        evidence = {
+            "hidden": [target],
+            "exportTo": h.export_to if h.export_to else list(self.default_export_to),
+            "clientNamespace": ns,
+        }
         return h.service, "fail" if fails else "error", reason, evidence
 
     def _users(self, sc: ParsedSidecar) -> str:
@@ -611,7 +771,12 @@ class SidecarIndex:
         fails = any(Outcome.FAIL in self.outcomes.get(t, ()) for t in targets)
         more = f" and {len(targets) - 5} more" if len(targets) > 5 else ""
         shown = ", ".join(targets[:5]) + more
-        if not h.known:
+        if h.maybe:
+            what = (
+                f"may leave out {len(targets)} planned service port(s): {shown} (whether it "
+                "applies depends on labels set on each run)"
+            )
+        elif not h.known:
             what = "cannot be read, so what they can reach is unknown"
         elif h.scope.mode == REGISTRY_ONLY:
             what = (
@@ -632,7 +797,8 @@ class SidecarIndex:
             )
         ns = h.scope.proxy_ns
         reason = (
-            f"{self._users(sc)} in namespace {ns} use this Sidecar ({h.scope.how}) and it "
+            f"{self._users(sc) or h.client} in namespace {ns} use this Sidecar "
+            f"({h.scope.how}) and it "
             f"{what}: the mesh checks cannot verify mTLS there. Add the targets' namespaces "
             '("<ns>/*") to '
             "its egress hosts, or give the probe pods their own Sidecar in "
