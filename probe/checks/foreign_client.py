@@ -240,6 +240,17 @@ def _judge_trail(label: str, hs: tls.Handshake, after: tls.After | None) -> Atte
             "accepted",
             f"the server issued a session ticket after taking our certificate, then {after.detail}",
         )
+    if after.kind == "alert" and not after.before_request:
+        # A TLS layer that refuses our certificate alerts as soon as it reads our
+        # flight; one that waited for our request let the application have it.
+        return Attempt(
+            label,
+            "error",
+            f"{after.detail}, but only after our request (none within the first "
+            "moment after the handshake): the server may have taken our request under "
+            "the foreign certificate before refusing; a rejecting sidecar alerts at once "
+            "(rerun; if it repeats, the server is not rejecting at the TLS layer)",
+        )
     if after.kind == "alert":
         return _judge_ending(label, after.alert, after.detail)
     if after.kind in ("eof", "reset") and not after.before_request:
