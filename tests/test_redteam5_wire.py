@@ -129,3 +129,35 @@ def test_marker_split_across_out_of_order_segments_never_passes() -> None:
     ]
     verdict, reason = _verdict(flow, marker.decode())
     assert verdict is not Verdict.PASS, reason
+
+
+def _other_client_tls() -> list[bytes]:
+    """A whole TLS connection to the endpoint from 10.0.0.7, not the probe's host."""
+    o = "10.0.0.7"
+    return [
+        v4_segment(o, S, 40001, 443, 999, b"", SYN),
+        v4_segment(S, o, 443, 40001, 4999, b"", SYN | 0x10),
+        v4_segment(o, S, 40001, 443, 1000, tls_record(22, os.urandom(200))),
+        v4_segment(S, o, 443, 40001, 5000, tls_record(22, os.urandom(90))),
+        v4_segment(o, S, 40001, 443, 1205, tls_record(23, os.urandom(300))),
+        v4_segment(S, o, 443, 40001, 5095, tls_record(23, os.urandom(300))),
+    ]
+
+
+def test_another_clients_tls_is_no_pass_for_the_probes_unseen_call() -> None:
+    """The marked call took a path the capture did not see; another client's mTLS
+    connection to the same endpoint was captured. Before round 5: pass ("TLS on the
+    wire: 10.0.0.7:40001 -> ..."), resting on someone else's flow."""
+    verdict, reason = _verdict(_other_client_tls(), new_marker())
+    assert verdict is Verdict.ERROR, reason
+    assert "none from 10.0.0.1" in reason, reason
+
+
+def test_the_probes_own_tls_flow_next_to_another_clients_passes() -> None:
+    own = [
+        *_handshake(),
+        v4_segment(C, S, 40000, 443, 1205, tls_record(23, os.urandom(300))),
+    ]
+    verdict, reason = _verdict([*_other_client_tls(), *own], new_marker())
+    assert verdict is Verdict.PASS, reason
+    assert "10.0.0.1:40000" in reason, reason
