@@ -5,7 +5,13 @@ then sends a genuine, encrypted certificate alert (``access_denied`` or
 ``bad_certificate``). A server whose TLS layer rejects a certificate alerts as soon
 as it reads our flight, before any request; an alert that arrives only after our
 request is no rejection signature. Before round 5 this server passed ("TLS alert
-access denied after the server requested and got our certificate")."""
+access denied after the server requested and got our certificate").
+
+Also: a server whose CertificateRequest allows only RSA signatures, so the client
+answers our ECDSA certificate's request with an empty Certificate; the server then
+alerts certificate_required or serves the certificate-less caller. Never a pass before
+either (error), but the reason said the handshake "did not get that far"; it now names
+the empty Certificate."""
 
 from __future__ import annotations
 
@@ -93,3 +99,50 @@ def test_certificate_alert_only_after_our_request_does_not_pass(pki: MeshPKI, al
         r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki, timeout=2.0)
     assert r.verdict is not Verdict.PASS, r.reason
     assert "after our request" in r.reason, r.reason
+
+
+def _rsa_only_optional_auth(issued: Issued, *, require: bool) -> Callable[[socket.socket], None]:
+    """Asks for a client certificate but allows only RSA signatures in its
+    CertificateRequest: our ECDSA foreign certificate cannot be used, so the client
+    sends an empty Certificate. ``require``: then alert certificate_required (a
+    rejection of nothing we sent); else serve HTTP to the certificate-less caller."""
+    from OpenSSL._util import lib
+
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
+    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
+    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
+    assert lib.SSL_CTX_set1_sigalgs_list(ctx._context, b"rsa_pss_rsae_sha256:RSA+SHA256") == 1  # type: ignore[attr-defined]
+    flags = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require else 0)
+    ctx.set_verify(flags, lambda *_: True)  # any certificate would do
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(None)
+        netio.set_io_timeout(conn, 5)
+        server = SSL.Connection(ctx, conn)
+        server.set_accept_state()
+        with contextlib.suppress(SSL.Error, OSError):
+            server.do_handshake()
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = server.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            server.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            server.shutdown()
+
+    return handle
+
+
+@pytest.mark.parametrize("require", [True, False], ids=["certificate-required", "optional"])
+def test_a_certificate_request_our_certificate_cannot_answer_is_no_pass(
+    pki: MeshPKI, require: bool
+) -> None:
+    """The server never saw our certificate (an empty Certificate went out): whatever it
+    does next, it says nothing about a foreign certificate."""
+    issued = pki.ca.issue_workload(ECHO_ID, key_type="rsa")
+    with serving(_rsa_only_optional_auth(issued, require=require)) as srv:
+        r = run_one(ForeignClientCheck(), srv.endpoint, Expect.STRICT, pki, timeout=2.0)
+    assert r.verdict is Verdict.ERROR, r.reason
+    assert "empty Certificate" in r.reason, r.reason

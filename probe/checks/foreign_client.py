@@ -202,6 +202,15 @@ def _judge_trail(label: str, hs: tls.Handshake, after: tls.After | None) -> Atte
                 "the server sent no CertificateRequest: it never asks a caller for a "
                 f"certificate ({proof})",
             )
+        if hs.cert_requested and tls.ST_WRITE_CLIENT_CERT in hs.trail.states:
+            return Attempt(
+                label,
+                "error",
+                "the server asked for a client certificate, but its CertificateRequest "
+                "allows no signature algorithm our ECDSA certificate can sign with, so an "
+                "empty Certificate went out: the server never saw a foreign certificate "
+                f"({hs.failure or 'handshake ' + ('completed' if hs.completed else 'ended')})",
+            )
         why = hs.failure or "the handshake did not get that far"
         return Attempt(
             label,
