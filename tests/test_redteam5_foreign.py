@@ -112,7 +112,9 @@ def _rsa_only_optional_auth(issued: Issued, *, require: bool) -> Callable[[socke
     ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
     ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
     ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
-    assert lib.SSL_CTX_set1_sigalgs_list(ctx._context, b"rsa_pss_rsae_sha256:RSA+SHA256") == 1  # type: ignore[attr-defined]
+    # pyOpenSSL has no setter; OpenSSL's CertificateRequest uses these sigalgs too.
+    rsa_only = b"rsa_pss_rsae_sha256:RSA+SHA256"
+    assert lib.SSL_CTX_set1_sigalgs_list(ctx._context, rsa_only) == 1
     flags = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require else 0)
     ctx.set_verify(flags, lambda *_: True)  # any certificate would do
 
