@@ -184,7 +184,7 @@ JUDGED: dict[str, tuple[tls.Handshake, tls.After | None, str]] = {
     "1.3 certificate alert after the request": (
         _hs("TLSv1.3", T13_SENT, alerts=("certificate required",)),
         _after("alert", alert="certificate required"),
-        "rejected",
+        "error",
     ),
     "1.3 alert naming no certificate": (
         _hs("TLSv1.3", T13_SENT, alerts=("internal error",)),

@@ -202,6 +202,15 @@ def _judge_trail(label: str, hs: tls.Handshake, after: tls.After | None) -> Atte
                 "the server sent no CertificateRequest: it never asks a caller for a "
                 f"certificate ({proof})",
             )
+        if hs.cert_requested and tls.ST_WRITE_CLIENT_CERT in hs.trail.states:
+            return Attempt(
+                label,
+                "error",
+                "the server asked for a client certificate, but its CertificateRequest "
+                "allows no signature algorithm our ECDSA certificate can sign with, so an "
+                "empty Certificate went out: the server never saw a foreign certificate "
+                f"({hs.failure or 'handshake ' + ('completed' if hs.completed else 'ended')})",
+            )
         why = hs.failure or "the handshake did not get that far"
         return Attempt(
             label,
@@ -239,6 +248,17 @@ def _judge_trail(label: str, hs: tls.Handshake, after: tls.After | None) -> Atte
             label,
             "accepted",
             f"the server issued a session ticket after taking our certificate, then {after.detail}",
+        )
+    if after.kind == "alert" and not after.before_request:
+        # A TLS layer that refuses our certificate alerts as soon as it reads our
+        # flight; one that waited for our request let the application have it.
+        return Attempt(
+            label,
+            "error",
+            f"{after.detail}, but only after our request (none within the first "
+            "moment after the handshake): the server may have taken our request under "
+            "the foreign certificate before refusing; a rejecting sidecar alerts at once "
+            "(rerun; if it repeats, the server is not rejecting at the TLS layer)",
         )
     if after.kind == "alert":
         return _judge_ending(label, after.alert, after.detail)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from probe.model import Endpoint, Target
 
 _SHA256 = hashes.SHA256()
+_HALF_SECOND = dt.timedelta(milliseconds=500)
 
 
 class PeerCertCheck(Check):
@@ -154,17 +155,22 @@ def _judge(
     listed with. The key holds everything the judgement reads (the judgement is a pure
     function of it), so two chains, identities or trust bundles never share one. The
     proof of possession is per handshake and was checked before this is called."""
-    now = _clock().replace(microsecond=0)  # the cache's time bucket
+    # Judged at the middle of the current second, the cache's bucket: certificate times
+    # are whole seconds, so that judges alike to any instant inside the second (and at
+    # its very start, the stricter way). Judging at the second's start instead passed a
+    # leaf for up to a second after its notAfter.
+    second = _clock().replace(microsecond=0)
+    now = second + _HALF_SECOND
     key = (
         tuple(c.public_bytes(Encoding.DER) for c in hs.chain),
         target.identity,
         ctx.targets.trust_domain,
         None if roots is None else tuple(r.public_bytes(Encoding.DER) for r in roots),
-        now,
+        second,
         ctx.settings.min_remaining,
         ctx.settings.max_lifetime,
     )
-    judged = ctx.shared("peer-cert-judgements", _Judged).of(now)
+    judged = ctx.shared("peer-cert-judgements", _Judged).of(second)
     j = judged.get(key)
     if j is None:
         j = judge_svid(
@@ -184,7 +190,7 @@ def _judge(
 class _Judged:
     """The current second's judgements. A hit needs the same second, so earlier ones are
     dropped: memory stays bounded by one second's checks, however long the run. Races
-    between threads cost at most a judgement made twice (``now`` is in every key)."""
+    between threads cost at most a judgement made twice (the second is in every key)."""
 
     def __init__(self) -> None:
         self._second: dt.datetime | None = None

@@ -41,6 +41,8 @@ class WireVerdict:
     verdict: Verdict
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    #: The control's verdict only: the host its plaintext came from (the probe's).
+    client: str | None = None
 
 
 def _host(address: str) -> str:
@@ -55,6 +57,11 @@ def _touches(f: FlowStat | MarkerSeen, m: Marked) -> bool:
     else:
         return False
     return not m.clients or _host(client) in m.clients
+
+
+def _from(f: FlowStat, m: Marked, host: str) -> bool:
+    """The flow's client side (the end that is not one of ``m``'s endpoints) is ``host``."""
+    return _host(f.src if f.dst in m.endpoints else f.dst) == host
 
 
 def _quote(s: MarkerSeen) -> str:
@@ -85,10 +92,12 @@ def control_seen(obs: Observation, control: Marked) -> WireVerdict:
     """The negative control: its plaintext marker must be seen on a flow to it."""
     seen = [s for s in obs.markers if s.marker == control.marker and _touches(s, control)]
     if seen:
+        s = seen[0]
         return WireVerdict(
             Verdict.PASS,
-            f"the capture sees plaintext: {_quote(seen[0])}",
-            {"sighting": _sighting(seen[0])},
+            f"the capture sees plaintext: {_quote(s)}",
+            {"sighting": _sighting(s)},
+            client=_host(s.dst if s.src in control.endpoints else s.src),
         )
     flows = [f for f in obs.flows if _touches(f, control)]
     why = (
@@ -155,6 +164,23 @@ def _one(obs: Observation, control: WireVerdict, m: Marked) -> WireVerdict:
             "could be there",
             {**ev, "error": "flow-incomplete"},
         )
+    # A pass rests on the probe's own call: only flows from the host the control's
+    # plaintext came from count as its TLS. Another client's TLS to the same endpoint
+    # says nothing about a call whose flow the capture did not see.
+    mine = (
+        flows
+        if m.clients or control.client is None
+        else [f for f in flows if _from(f, m, control.client)]
+    )
+    if not mine:
+        return WireVerdict(
+            Verdict.ERROR,
+            f"flows to {', '.join(m.endpoints)} were seen, but none from {control.client} "
+            "(where the control's plaintext came from): the marked call's own flow was not "
+            "seen (it took another path), only other clients' traffic",
+            {**ev, "error": "flow-not-seen", "probe_host": control.client},
+        )
+    flows = mine
     tls = [f for f in flows if f.app_after_handshake and f.not_tls_at is None]
     # A connection the client's sidecar opened before the capture (a pooled one) shows no
     # handshake; consecutive well-framed records with application data still are TLS.

@@ -15,6 +15,7 @@ _TAIL = LENGTH - 1
 _MAX_RECORD = (1 << 14) + 2048  # TLSCiphertext.length bound (RFC 5246 6.2.3)
 HANDSHAKE, APPLICATION_DATA = 22, 23
 _CONTENT_TYPES = frozenset((20, 21, 22, 23))
+_MAX_REPORTED = 256  # sightings remembered per direction (dedup of retransmitted copies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,18 @@ def _valid_header(h: bytes) -> bool:
 class Direction:
     """One direction of a TCP connection (src -> dst)."""
 
-    __slots__ = ("bytes", "encap", "gaps", "next_seq", "offset", "packets", "syn", "tail", "tls")
+    __slots__ = (
+        "bytes",
+        "encap",
+        "gaps",
+        "next_seq",
+        "offset",
+        "packets",
+        "reported",
+        "syn",
+        "tail",
+        "tls",
+    )
 
     def __init__(self, encap: str) -> None:
         self.packets = 0
@@ -116,6 +128,7 @@ class Direction:
         self.tail = b""
         self.encap = encap
         self.tls = TlsWalk(synced=False)
+        self.reported: set[tuple[str, int]] = set()
 
     def feed(
         self,
@@ -138,10 +151,15 @@ class Direction:
         if not payload and not missing:
             return []
         rel = (seq - self.next_seq) & 0xFFFFFFFF
+        early: list[Sighting] = []
         if rel >= 1 << 31:  # before next_seq: a retransmission, maybe with new bytes after
             skip = (1 << 32) - rel
+            # Bytes already followed are not followed again, but they are on the wire
+            # (a retransmission, or a late out-of-order segment): a marker in them is a
+            # marker in cleartext, whatever the first copy said.
+            early = self._search_resent(payload, skip, packet, frame_start)
             if skip >= len(payload):
-                return []
+                return self._new(early)
             payload = payload[skip:]
             frame_start += skip
         elif rel:
@@ -160,6 +178,10 @@ class Direction:
             )
             for i, marker in find_all(buf)
         ]
+        if early:
+            sightings = [*early, *sightings]
+        if sightings:
+            sightings = self._new(sightings)
         self.offset += len(payload)
         self.next_seq = (self.next_seq + len(payload)) & 0xFFFFFFFF
         self.tail = buf[-_TAIL:]
@@ -167,6 +189,29 @@ class Direction:
             self._lose(missing)
             self.next_seq = (self.next_seq + missing) & 0xFFFFFFFF
         return sightings
+
+    def _new(self, sightings: list[Sighting]) -> list[Sighting]:
+        """Each (marker, stream offset) once: a retransmitted copy is not a second leak."""
+        out = []
+        for x in sightings:
+            key = (x.marker, x.stream_offset)
+            if key not in self.reported:
+                out.append(x)
+                if len(self.reported) < _MAX_REPORTED:
+                    self.reported.add(key)
+        return out
+
+    def _search_resent(
+        self, payload: bytes, skip: int, packet: int, frame_start: int
+    ) -> list[Sighting]:
+        """Markers that start within the first ``skip`` bytes of ``payload`` (bytes at
+        stream offsets already passed), each whole within this segment."""
+        base = self.offset - skip
+        return [
+            Sighting(marker, base + i, packet, frame_start + i)
+            for i, marker in find_all(payload)
+            if i < skip
+        ]
 
     def _lose(self, n: int) -> None:
         self.gaps += n
