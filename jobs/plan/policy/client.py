@@ -37,7 +37,8 @@ class ClientView:
     reason: str
 
 
-def _plaintext(why: str, has_proxy: bool, server_mode: Expect) -> ClientView:
+def plaintext_view(why: str, has_proxy: bool, server_mode: Expect) -> ClientView:
+    """The client sends plaintext: a sidecar-fronted STRICT port refuses it."""
     if has_proxy and server_mode == Expect.STRICT:
         return ClientView(
             ClientTls.PLAINTEXT,
@@ -71,10 +72,10 @@ def client_view(
     mode = dr.mode
     by = f" ({dr.source})" if dr.source else ""
     if mode is not None and dr.plaintext is not None:
-        return _plaintext(f"{mode}{by}: {dr.plaintext}", has_proxy, server_mode)
+        return plaintext_view(f"{mode}{by}: {dr.plaintext}", has_proxy, server_mode)
     if mode is None:
         if dr.auto_off is not None:
-            return _plaintext(f"no TLS set{by} and {dr.auto_off}", has_proxy, server_mode)
+            return plaintext_view(f"no TLS set{by} and {dr.auto_off}", has_proxy, server_mode)
         labelled = tls_mode_label == "istio" or ambient
         if dr.eds_mode is not None:
             # pilot/pkg/xds/endpoints/mtls_checker.go checkMtlsEnabled: a DR mode, even one
@@ -84,7 +85,7 @@ def client_view(
                     f"auto-mTLS{by}, but Istio marks endpoints by the top-level tls mode "
                     f"{dr.eds_mode}, so none gets mTLS"
                 )
-                return _plaintext(why, has_proxy, server_mode)
+                return plaintext_view(why, has_proxy, server_mode)
             if has_proxy and server_mode == Expect.DISABLE:
                 return ClientView(
                     ClientTls.ISTIO_MTLS,
@@ -106,7 +107,7 @@ def client_view(
             if labelled
             else f"auto-mTLS: endpoint not labelled {TLS_MODE_LABEL}=istio"
         )
-        return _plaintext(why, has_proxy, server_mode)
+        return plaintext_view(why, has_proxy, server_mode)
     if mode == "ISTIO_MUTUAL":
         if not has_proxy:
             return ClientView(
@@ -132,7 +133,7 @@ def client_view(
             )
         return ClientView(ClientTls.ISTIO_MTLS, True, Outcome.OK, f"ISTIO_MUTUAL{by}")
     if mode == "DISABLE":
-        return _plaintext(f"DISABLE{by}", has_proxy, server_mode)
+        return plaintext_view(f"DISABLE{by}", has_proxy, server_mode)
     kind = ClientTls.SIMPLE if mode == "SIMPLE" else ClientTls.MUTUAL
     strict = has_proxy and server_mode == Expect.STRICT
     if strict and mode == "SIMPLE":

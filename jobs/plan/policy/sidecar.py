@@ -70,7 +70,7 @@ from jobs.plan.meshconfig import (
     REV_LABEL,
     UNKNOWN_MODE,
 )
-from jobs.plan.policy.client import ClientTls, ClientView, Outcome
+from jobs.plan.policy.client import ClientTls, ClientView, Outcome, plaintext_view
 from jobs.plan.policy.destinationrules import PROBE_CLIENT_LABELS
 from jobs.plan.policy.peerauth import selects
 from probe.constants import APP_NAME_LABEL, COMPONENT_LABEL, INJECT_LABEL
@@ -462,14 +462,7 @@ class Hidden:
                 f"{left_out}, and outboundTrafficPolicy is ALLOW_ANY ({by}): the call goes "
                 "to PassthroughCluster, plaintext to the original destination, never mTLS"
             )
-            if has_proxy and server_mode == Expect.STRICT:
-                return ClientView(
-                    ClientTls.PLAINTEXT,
-                    False,
-                    Outcome.FAIL,
-                    f"{why}; a STRICT port resets it (503)",
-                )
-            return ClientView(ClientTls.PLAINTEXT, False, Outcome.OK, why)
+            return plaintext_view(why, has_proxy, server_mode)
         return ClientView(
             ClientTls.BLOCKED,
             False,
