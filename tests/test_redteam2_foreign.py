@@ -26,7 +26,13 @@ from probe.pki import Issued
 from probe.results import Verdict
 from tests import hostile_tls as h
 from tests.runone import ECHO_ID, run_one
-from tests.tlsservers import HTTP_OK, MeshPKI, serving
+from tests.tlsservers import (
+    MeshPKI,
+    keylogged_13,
+    openssl_server_context,
+    serve_http_once,
+    serving,
+)
 
 
 def _records(data: bytes) -> list[tuple[int, bytes]]:
@@ -44,7 +50,7 @@ def _late_alert_13(issued: Issued, *, data_first: bool) -> Callable[[socket.sock
     after the handshake (session tickets included) it seals a fatal unknown_ca alert
     with the server's application traffic secret (from the key log) at the right
     sequence number: a genuine encrypted alert the client decrypts."""
-    ctx, secrets = _keylogged_13(issued)
+    ctx, secrets = keylogged_13(issued)
 
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
@@ -96,27 +102,6 @@ def test_ticket_then_unknown_ca_alert_is_acceptance(pki: MeshPKI, data_first: bo
     assert r.verdict is Verdict.FAIL, r.reason
 
 
-def _keylogged_13(issued: Issued) -> tuple[SSL.Context, dict[str, bytes]]:
-    """A TLS 1.3 server context that asks for (and accepts) any client certificate and
-    records its traffic secrets, so a test can seal records under them."""
-    secrets: dict[str, bytes] = {}
-
-    def keylog(_conn: SSL.Connection, line: bytes) -> None:
-        label, _random, secret = line.decode().split()
-        secrets[label] = bytes.fromhex(secret)
-
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
-    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
-    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
-    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)
-    ctx.set_keylog_callback(keylog)
-    return ctx, secrets
-
-
 def _rejects_only_foreign_domain(issued: Issued) -> Callable[[socket.socket], None]:
     """Asks for a client certificate; rejects (unknown_ca via the verify callback) only
     the wrong-trust-domain one; serves the own-identity foreign one."""
@@ -129,29 +114,10 @@ def _rejects_only_foreign_domain(issued: Issued) -> Callable[[socket.socket], No
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
         return not any(FOREIGN_TRUST_DOMAIN in u for u in uris)
 
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
-    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
-    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
+    ctx = openssl_server_context(issued)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
 
-    def handle(conn: socket.socket) -> None:
-        conn.settimeout(None)
-        netio.set_io_timeout(conn, 5)
-        server = SSL.Connection(ctx, conn)
-        server.set_accept_state()
-        with contextlib.suppress(SSL.Error, OSError):
-            server.do_handshake()
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = server.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            server.sendall(HTTP_OK)
-            server.shutdown()
-
-    return handle
+    return serve_http_once(ctx)
 
 
 def test_rejecting_only_the_wrong_trust_domain_fails(pki: MeshPKI) -> None:
@@ -167,7 +133,7 @@ def _preemptive_13(issued: Issued) -> Callable[[socket.socket], None]:
     """TLS 1.3, asks for a client certificate, and appends to its own flight (same
     write) a genuine unknown_ca alert sealed under its application traffic secret: the
     alert exists before our certificate could have been read."""
-    ctx, secrets = _keylogged_13(issued)
+    ctx, secrets = keylogged_13(issued)
 
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)

@@ -9,7 +9,6 @@ OpenSSL verifier (signature checked) still rejects, and so does real Envoy
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Callable
 
@@ -17,13 +16,12 @@ import pytest
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from probe import netio
 from probe.checks.foreign_client import ForeignClientCheck
 from probe.model import Expect
 from probe.pki import Issued
 from probe.results import Verdict
 from tests.runone import ECHO_ID, run_one
-from tests.tlsservers import HTTP_OK, MeshPKI, serving
+from tests.tlsservers import MeshPKI, openssl_server_context, serve_http_once, serving
 
 Trusts = Callable[[x509.Certificate, x509.Certificate], bool]
 
@@ -54,32 +52,13 @@ def _name_trusting_server(
         leaf = cert.to_cryptography()  # type: ignore[attr-defined]
         return trusts(leaf, root) and (bool(ok) or not signature_too)
 
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
-    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
+    ctx = openssl_server_context(issued)
     store = ctx.get_cert_store()
     assert store is not None
     store.add_cert(crypto.X509.from_cryptography(root))
-    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
 
-    def handle(conn: socket.socket) -> None:
-        conn.settimeout(None)
-        netio.set_io_timeout(conn, 5)
-        server = SSL.Connection(ctx, conn)
-        server.set_accept_state()
-        with contextlib.suppress(SSL.Error, OSError):
-            server.do_handshake()
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = server.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            server.sendall(HTTP_OK)
-            server.shutdown()
-
-    return handle
+    return serve_http_once(ctx)
 
 
 @pytest.mark.parametrize(

@@ -29,33 +29,14 @@ from probe.pki import Issued
 from probe.results import Verdict
 from tests import hostile_tls as h
 from tests.runone import ECHO_ID, run_one
-from tests.tlsservers import MeshPKI, serving
-
-
-def _keylogged_13(issued: Issued) -> tuple[SSL.Context, dict[str, bytes]]:
-    secrets: dict[str, bytes] = {}
-
-    def keylog(_conn: SSL.Connection, line: bytes) -> None:
-        label, _random, secret = line.decode().split()
-        secrets[label] = bytes.fromhex(secret)
-
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
-    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
-    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
-    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
-    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)  # takes any client certificate
-    ctx.set_keylog_callback(keylog)
-    return ctx, secrets
+from tests.tlsservers import MeshPKI, keylogged_13, openssl_server_context, serve_http_once, serving
 
 
 def _alert_after_request(issued: Issued, alert: int) -> Callable[[socket.socket], None]:
     """The handshake over memory BIOs; the server's last flight (session tickets) is
     withheld, so the client sees no ticket. Once our request's bytes arrived, a fatal
     ``alert`` sealed under the server's application traffic secret at sequence 0."""
-    ctx, secrets = _keylogged_13(issued)
+    ctx, secrets = keylogged_13(issued)
 
     def handle(conn: socket.socket) -> None:
         conn.settimeout(5)
@@ -108,33 +89,14 @@ def _rsa_only_optional_auth(issued: Issued, *, require: bool) -> Callable[[socke
     rejection of nothing we sent); else serve HTTP to the certificate-less caller."""
     from OpenSSL._util import lib
 
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
-    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
-    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
+    ctx = openssl_server_context(issued)
     # pyOpenSSL has no setter; OpenSSL's CertificateRequest uses these sigalgs too.
     rsa_only = b"rsa_pss_rsae_sha256:RSA+SHA256"
     assert lib.SSL_CTX_set1_sigalgs_list(ctx._context, rsa_only) == 1
     flags = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require else 0)
     ctx.set_verify(flags, lambda *_: True)  # any certificate would do
 
-    def handle(conn: socket.socket) -> None:
-        conn.settimeout(None)
-        netio.set_io_timeout(conn, 5)
-        server = SSL.Connection(ctx, conn)
-        server.set_accept_state()
-        with contextlib.suppress(SSL.Error, OSError):
-            server.do_handshake()
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = server.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
-            server.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            server.shutdown()
-
-    return handle
+    return serve_http_once(ctx, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
 
 @pytest.mark.parametrize("require", [True, False], ids=["certificate-required", "optional"])

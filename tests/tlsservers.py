@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from OpenSSL import SSL
+
 from probe.model import Endpoint
 from probe.pki import CertificateAuthority, Issued
 
@@ -198,5 +200,60 @@ def tls_handler(
         finally:
             with contextlib.suppress(OSError):
                 tconn.close()
+
+    return handle
+
+
+# ---- pyOpenSSL servers: the liars' starting point (callbacks ssl cannot express) ----------
+
+
+def openssl_server_context(issued: Issued) -> SSL.Context:
+    """A pyOpenSSL server context holding ``issued``, choosing the client's first ALPN
+    protocol; tests add the client-certificate policy they lie with."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.use_certificate(issued.cert)  # type: ignore[arg-type]
+    ctx.use_privatekey(issued.key)  # type: ignore[arg-type]
+    ctx.set_alpn_select_callback(lambda _c, offered: offered[0])
+    return ctx
+
+
+def keylogged_13(issued: Issued) -> tuple[SSL.Context, dict[str, bytes]]:
+    """A TLS 1.3 server context that asks for (and accepts) any client certificate and
+    records its traffic secrets, so a test can seal records under them."""
+    secrets: dict[str, bytes] = {}
+
+    def keylog(_conn: SSL.Connection, line: bytes) -> None:
+        label, _random, secret = line.decode().split()
+        secrets[label] = bytes.fromhex(secret)
+
+    ctx = openssl_server_context(issued)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_tls13_ciphersuites(b"TLS_AES_128_GCM_SHA256")
+    ctx.set_verify(SSL.VERIFY_PEER, lambda *_: True)  # takes any client certificate
+    ctx.set_keylog_callback(keylog)
+    return ctx, secrets
+
+
+def serve_http_once(ctx: SSL.Context, response: bytes = HTTP_OK) -> Callable[[socket.socket], None]:
+    """Handshake under ``ctx`` (whatever it decides about the client's certificate),
+    read one request's head, answer ``response``, close_notify."""
+    from probe import netio
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(None)
+        netio.set_io_timeout(conn, 5)
+        server = SSL.Connection(ctx, conn)
+        server.set_accept_state()
+        with contextlib.suppress(SSL.Error, OSError):
+            server.do_handshake()
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = server.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            server.sendall(response)
+            server.shutdown()
 
     return handle
