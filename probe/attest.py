@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from probe.jsonline import json_object
 from probe.results import Result, Verdict, summarize
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -313,14 +314,8 @@ def parse_envelope(data: bytes) -> dict[str, Any]:
 
 
 def _as_envelope(chunk: str) -> dict[str, Any] | None:
-    chunk = chunk.strip()
-    if not chunk.startswith("{"):
-        return None
-    try:
-        doc = json.loads(chunk)
-    except ValueError:
-        return None
-    if isinstance(doc, dict) and "payloadType" in doc and "signatures" in doc:
+    doc = json_object(chunk.strip())
+    if doc is not None and "payloadType" in doc and "signatures" in doc:
         return doc
     return None
 

@@ -7,12 +7,12 @@ missing (check, target, endpoint) naming the cause - never a pass, never silence
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from probe.checks.base import Scope
+from probe.jsonline import json_object
 from probe.model import TargetsFile
 from probe.results import TIMING_KEY, Result, Verdict, parse_rfc3339_ns
 
@@ -188,13 +188,8 @@ def parse_log(text: str) -> Parsed:
 
 
 def _result(line: str) -> Result | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        doc = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict):
+    doc = json_object(line)
+    if doc is None:
         return None
     try:
         verdict = Verdict(doc["verdict"])

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from probe.jsonline import json_object
+
 FORMAT = "mtlsprobe.wire/v1"
 MAX_LINES = 200_000
 MAX_LINE = 4096
@@ -189,13 +191,8 @@ RECORD_TYPES = frozenset({"marker", "flow", "capture", "end"})
 def _record_type(text: str) -> str | None:
     """The ``type`` of a report line, None for anything else a pod log holds (the agent's
     stderr, a runtime's notes, text that merely mentions a marker)."""
-    if not text.startswith('{"type":'):
-        return None
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return None
-    kind = doc.get("type") if isinstance(doc, dict) else None
+    doc = json_object(text, '{"type":')
+    kind = doc.get("type") if doc is not None else None
     return kind if isinstance(kind, str) and kind in RECORD_TYPES else None
 
 
