@@ -111,7 +111,7 @@ def _load_group(files: Sequence[Path]) -> list[_Loaded]:
     out: list[_Loaded] = []
     for f in files:
         try:
-            out.append(yamlfile.load_file(f, MANIFEST_LIMITS, single=False))
+            out.append(yamlfile.load_file(f, MANIFEST_LIMITS, single=False, fast=True))
         except yamlload.YamlLoadError as exc:
             out.append(str(exc))
             break

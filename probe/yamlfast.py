@@ -1,0 +1,279 @@
+"""The fast road for large manifests: rapidyaml parses, emits JSON, ``json`` builds.
+
+``probe.yamlload`` builds values from libyaml's events in Python; on a 50,000-pod
+cluster dump that is most of ``plan --from-manifests`` (~2.7 MB/s). rapidyaml (C++)
+parses and writes the same tree as JSON at ~20x that, and ``json.loads`` builds the
+values in C. Its YAML is 1.2 where PyYAML's is 1.1, so this road is taken only for
+text where the two provably agree, and otherwise returns None and the bounded loader
+runs (the answer and its error messages are then exactly the bounded loader's):
+
+- no anchors, aliases, tags, merge keys, directives, explicit keys, document-end
+  markers, tabs, carriage returns, byte-order marks, Unicode line breaks or characters
+  PyYAML refuses (``_OUTSIDE``);
+- every plain scalar that either YAML could read as something other than a string
+  (numbers, timestamps, ``yes``/``on``/``~``...) was checked to load to the same value
+  through both roads (``_tokens_agree``; the answers are remembered per token);
+- a key written twice, a collection as a key, nesting deeper than rapidyaml emits
+  (64 levels, below ``Limits.max_depth``), JSON rapidyaml writes that ``json`` refuses
+  (a control character, ``+5``): all fall back.
+
+The bounds of the bounded loader hold here too: no anchors means no alias bomb, depth
+is capped by the emitter, the size by the caller (``probe.yamlfile``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from yaml.nodes import ScalarNode
+from yaml.resolver import Resolver
+
+from probe.yamlload import Limits, YamlLoadError
+from probe.yamlload import load_all as bounded_load_all
+
+try:
+    import ryml
+except ImportError:  # pragma: no cover - the wheel exists for every supported platform
+    ryml = None
+
+_EMIT_DEPTH = 64  # rapidyaml's emitter refuses deeper trees (ExceptionVisit)
+
+# Constructs where YAML 1.1 and 1.2 (or PyYAML and rapidyaml) differ, or that the
+# bounded loader limits itself: anchors, tags, tabs, carriage returns, merge keys, a key
+# spaced from its colon (``9090 : x``), directives, document-end markers.
+_OUTSIDE_TEXT = ("&", "!", "\t", "\r", "<<", " :")
+_LINE_START = ("%", "...")
+# Aliases, explicit keys, empty keys (``: a``) and plain scalars starting with a
+# reserved indicator (``@``, a backquote, ``%``) or a closing bracket in block context,
+# malformed block scalar headers: only rapidyaml takes them.
+_INDICATOR = re.compile(
+    r"(?:^|[\s\[{,])[*?@`%]|(?:^|[\[{,]):(?=\s|$)|(?:^[ \t]*(?:-[ \t]+)*|:[ \t]+)[\]}]"
+    r"|:[\]},]"  # "a:]": a key right before the flow ends (1.2 only)
+    r"|[\[{,][ \t]*-(?=[ \t]*[\]},])"  # "[-]": a lone dash as a flow scalar
+    r"|(?:^|[ \t])[|>][-+0-9]*[^-+0-9\s]",  # block scalar headers PyYAML refuses
+    re.MULTILINE,
+)
+# Characters PyYAML's reader refuses (rapidyaml does not), and the line breaks and the
+# byte-order mark YAML 1.1 reads differently from 1.2.
+_ASCII_REFUSED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_REFUSED = re.compile(
+    r"[^\x09\x0A\x20-\x7E\xA0-\u2027\u202A-\uD7FF\uE000-\uFEFE\uFF00-\uFFFD"
+    r"\U00010000-\U0010FFFF]"
+)
+
+# Where a plain scalar ends in flow context; a chunk of text between these and
+# whitespace is, at most, one plain scalar's first word (or a key with its colon).
+_SPLIT = str.maketrans(",[]{}", "     ")
+# First characters of anything either YAML could read as other than a string: PyYAML's
+# implicit resolvers (bools, null, numbers, timestamps, merge, value) and JSON literals.
+_RISKY_FIRST = frozenset("-+.0123456789~=<yYnNoOtTfFiI")
+# What rapidyaml may write as other than the same string: numbers (also rewritten:
+# ``.5`` -> ``0.5``, ``1.`` -> ``1.0``), infinities and NaNs (``inf`` -> ``".inf"``),
+# JSON's literals; and the words and signs YAML 1.1 gives meaning. Measured against
+# rapidyaml 0.15 (tests/test_yamlfast.py); anything matching is compared, not assumed.
+_MAY_REWRITE = re.compile(
+    r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]*)?"
+    r"|(?i:[-+]?\.?(?:inf|infinity|nan)|true|false|null|yes|no|on|off|y|n)"
+    r"|[-+.~=]"
+)
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")  # an int alike in YAML 1.1 and JSON
+
+_QUOTED_KEY = re.compile(r"""['"]([^'"\n]{1,64})['"][ ]*[:,}]""")
+_CACHE_CAP = 65_536
+_verdicts: dict[str, tuple[object]] = {}
+_lock = threading.Lock()
+_resolver = Resolver()
+_STR = Resolver.DEFAULT_SCALAR_TAG
+_INT_TAG = "tag:yaml.org,2002:int"
+_PROBE_LIMITS = Limits(max_bytes=4096, max_depth=8)
+
+
+def available() -> bool:
+    return ryml is not None
+
+
+def load_all(text: str, limits: Limits) -> list[object] | None:
+    """Every document of ``text`` as ``probe.yamlload.load_all`` would return them, or
+    None when this road cannot promise that (the caller then loads the bounded way)."""
+    if ryml is None or limits.max_depth < _EMIT_DEPTH or len(text) > limits.max_bytes:
+        return None
+    if not _plain_subset(text):
+        return None
+    keys = _scalars_agree(text)
+    if keys is None:
+        return None
+    return _through_json(text, keys)
+
+
+def _plain_subset(text: str) -> bool:
+    if any(s in text for s in _OUTSIDE_TEXT):
+        return False
+    if text.startswith(_LINE_START) or "\n%" in text or "\n..." in text:
+        return False
+    if _INDICATOR.search(text):
+        return False
+    refused = _ASCII_REFUSED if text.isascii() else _REFUSED
+    return refused.search(text) is None
+
+
+def _scalars_agree(text: str) -> dict[str, object] | None:
+    """None when some plain scalar may load differently through the two roads; else
+    the plain non-strings that may be keys (``9090:``, ``true:``, ``{a, 8}`` in a flow
+    mapping) with their values: JSON can only carry a key as a string.
+
+    Over-approximates: every whitespace- or flow-separated chunk that starts like a
+    non-string is judged, quoted text and comments included (a false alarm only costs
+    the bounded road). A plain scalar that either YAML reads as a non-string has no
+    spaces - except a YAML 1.1 timestamp, whose first chunk is a date - so its first
+    chunk is judged."""
+    chunks = set(text.replace('":', '" ').replace("':", "' ").translate(_SPLIT).split())
+    keys: dict[str, object] = {}
+    for chunk in chunks:
+        if chunk[0] not in _RISKY_FIRST:
+            continue
+        token = chunk[:-1] if chunk.endswith(":") else chunk
+        if token in ("", "-", "---"):
+            continue  # indicators (a lone dash in flow context is refused above)
+        verdict = _verdict(token)
+        if verdict is _DIFFERS:
+            return None
+        if verdict is not _STRING:
+            keys[token] = verdict[0]
+    # A quoted key "9090" (or an escape that spells it) is a string in both roads; the
+    # conversion in _through_json could not tell it from the plain one.
+    if keys and ("\\" in text or not keys.keys().isdisjoint(_QUOTED_KEY.findall(text))):
+        return None
+    return keys
+
+
+# Verdicts on one plain token: a string in both, a non-string alike in both (its value,
+# boxed: it may be None), or different.
+_STRING: tuple[object] = ("str",)
+_DIFFERS: tuple[object] = ("differs",)
+
+
+def _verdict(token: str) -> tuple[object]:
+    with _lock:
+        known = _verdicts.get(token)
+    if known is not None:
+        return known
+    verdict = _judge(token)
+    with _lock:
+        if len(_verdicts) < _CACHE_CAP:
+            _verdicts[token] = verdict
+    return verdict
+
+
+def _judge(token: str) -> tuple[object]:
+    tag = _resolver.resolve(ScalarNode, token, (True, False))  # type: ignore[no-untyped-call]
+    if tag == _STR and not _MAY_REWRITE.fullmatch(token):
+        return _STRING  # the same string in both
+    if tag == _INT_TAG and _DECIMAL.fullmatch(token) and _decimals_alike():
+        return (int(token),)
+    return _compared(token)
+
+
+@functools.cache
+def _decimals_alike() -> bool:
+    """Decimal integers load alike through both roads (checked once, by sample)."""
+    return all(_compared(str(n)) == (n,) for n in (8080, -5, 0, 123456789012345678))
+
+
+def _compared(token: str) -> tuple[object]:
+    """``token`` loaded as a plain scalar through both roads: its verdict."""
+    text = f"- {token}\n"
+    try:
+        expected = bounded_load_all(text, _PROBE_LIMITS)
+    except YamlLoadError:
+        return _DIFFERS
+    got = _through_json(text, {}) if _plain_subset(text) else None
+    if got is None or not _same(expected, got):
+        return _DIFFERS
+    value = expected[0][0]  # type: ignore[index]
+    if isinstance(value, list | dict):
+        return _DIFFERS  # not a scalar after all
+    return _STRING if isinstance(value, str) else (value,)
+
+
+def _through_json(text: str, keys: dict[str, object]) -> list[object] | None:
+    if threading.active_count() > 1:
+        return None  # silencing rapidyaml's stderr swaps fd 2 for the whole process
+    try:
+        with _quiet_stderr():
+            tree = ryml.parse_in_arena(text.encode("utf-8"))
+            root = tree.root_id()
+            emitted = ryml.emit_json_malloc(tree, root)
+            stream = bool(tree.is_stream(root))
+    except (ryml.ExceptionBasic, MemoryError, UnicodeError):
+        return None
+    if emitted is None:
+        return []  # nothing but comments and blank lines
+    hook = _once_each if not keys else _keys_hook(keys)
+    try:
+        value: Any = json.loads(emitted, object_pairs_hook=hook)
+    except (ValueError, RecursionError):  # duplicate keys land here too
+        return None
+    if not stream:
+        return [value]
+    return value if isinstance(value, list) else None
+
+
+def _once_each(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
+
+
+def _keys_hook(keys: dict[str, object]) -> Any:
+    """Plain non-string keys back to what PyYAML reads (``"9090"`` -> 9090), refusing
+    keys that are then equal (``1`` and ``true``, as the bounded loader does)."""
+
+    def hook(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        out = _once_each(pairs)
+        if keys.keys().isdisjoint(out):
+            return out
+        return _once_each([(keys.get(k, k), v) for k, v in out.items()])
+
+    return hook
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """rapidyaml prints its parse errors to fd 2 before raising; we fall back to the
+    bounded loader, whose one-line message is the one the user should see."""
+    saved = os.dup(2)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal with the same types all the way down (``1 == 1.0 == True`` is not enough;
+    a NaN is never the same)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(
+            type(k) is type(kb) and _same(a[k], b[kb]) for k, kb in zip(a, b, strict=True)
+        )
+    return a == b
+
+
+__all__ = ["available", "load_all"]
