@@ -102,6 +102,123 @@ def test_kubectl_output_takes_the_fast_road_with_the_same_values() -> None:
     assert list(pa["spec"]["portLevelMtls"]) == [9090, 8080]
 
 
+# What `kubectl get pods -o yaml` prints (a List, managedFields with their "f:" and
+# "k:{...}" keys, double-quoted timestamps and numbers as strings).
+KUBECTL_LIST = """\
+apiVersion: v1
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/restartedAt: "2026-11-01T10:00:00Z"
+      sidecar.istio.io/status: '{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"default"}'
+    creationTimestamp: "2026-11-01T10:00:05Z"
+    generateName: reviews-v1-5c8f9d6b7-
+    labels:
+      app: reviews
+      pod-template-hash: 5c8f9d6b7
+      security.istio.io/tlsMode: istio
+    managedFields:
+    - apiVersion: v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:metadata:
+          f:labels:
+            .: {}
+            f:app: {}
+        f:spec:
+          f:containers:
+            k:{"name":"reviews"}:
+              .: {}
+              f:ports:
+                .: {}
+                k:{"containerPort":9080,"protocol":"TCP"}:
+                  .: {}
+                  f:containerPort: {}
+      manager: kube-controller-manager
+      operation: Update
+      time: "2026-11-01T10:00:05Z"
+    name: reviews-v1-5c8f9d6b7-x2x9q
+    namespace: bookinfo
+    ownerReferences:
+    - apiVersion: apps/v1
+      blockOwnerDeletion: true
+      controller: true
+      kind: ReplicaSet
+      name: reviews-v1-5c8f9d6b7
+      uid: 0b7c8f7e-3f1a-4c1e-9d55-2f0c1f6b8a11
+    resourceVersion: "184467"
+    uid: 7d1c7a52-55b4-4b0e-8f6a-7e1b1c9f0d2e
+  spec:
+    containers:
+    - image: docker.io/istio/examples-bookinfo-reviews-v1:1.20.2
+      imagePullPolicy: IfNotPresent
+      name: reviews
+      ports:
+      - containerPort: 9080
+        protocol: TCP
+      resources: {}
+      securityContext:
+        runAsUser: 1000
+      terminationMessagePath: /dev/termination-log
+    - args:
+      - proxy
+      - sidecar
+      - --domain
+      - $(POD_NAMESPACE).svc.cluster.local
+      env:
+      - name: ISTIO_META_APP_CONTAINERS
+        value: reviews
+      - name: PROXY_CONFIG
+        value: |
+          {}
+      image: docker.io/istio/proxyv2:1.24.0
+      name: istio-proxy
+      readinessProbe:
+        failureThreshold: 4
+        httpGet:
+          path: /healthz/ready
+          port: 15021
+          scheme: HTTP
+        periodSeconds: 15
+        timeoutSeconds: 3
+    dnsPolicy: ClusterFirst
+    enableServiceLinks: true
+    serviceAccountName: bookinfo-reviews
+    terminationGracePeriodSeconds: 30
+    tolerations:
+    - effect: NoExecute
+      key: node.kubernetes.io/not-ready
+      operator: Exists
+      tolerationSeconds: 300
+  status:
+    conditions:
+    - lastProbeTime: null
+      lastTransitionTime: "2026-11-01T10:00:09Z"
+      status: "True"
+      type: Ready
+    hostIP: 172.18.0.3
+    phase: Running
+    podIP: 10.244.1.17
+    podIPs:
+    - ip: 10.244.1.17
+    qosClass: Burstable
+    startTime: "2026-11-01T10:00:05Z"
+kind: List
+metadata:
+  resourceVersion: ""
+"""
+
+
+def test_kubectl_get_list_takes_the_fast_road_with_the_same_values() -> None:
+    got = assert_agrees(KUBECTL_LIST)
+    assert got is not None, "kubectl's own output must not fall back"
+    pod = got[0]["items"][0]  # type: ignore[index]
+    assert pod["spec"]["containers"][0]["ports"][0]["containerPort"] == 9080
+    assert pod["status"]["conditions"][0]["lastProbeTime"] is None
+
+
 @pytest.mark.parametrize(
     "text",
     [
