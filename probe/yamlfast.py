@@ -24,14 +24,15 @@ is capped by the emitter, the size by the caller (``probe.yamlfile``).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
+import string
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
@@ -46,33 +47,32 @@ except ImportError:  # pragma: no cover - the wheel exists for every supported p
 _EMIT_DEPTH = 64  # rapidyaml's emitter refuses deeper trees (ExceptionVisit)
 
 # Constructs where YAML 1.1 and 1.2 (or PyYAML and rapidyaml) differ, or that the
-# bounded loader limits itself: anchors, tags, tabs, carriage returns, merge keys, a key
-# spaced from its colon (``9090 : x``), directives, document-end markers.
-_OUTSIDE_TEXT = ("&", "!", "\t", "\r", "<<", " :")
+# bounded loader limits itself, take the bounded road (_plain_subset): directives and
+# document ends (_LINE_START), merge keys, a key spaced from its colon (``9090 : x``)...
 _LINE_START = ("%", "...")
-# Aliases, explicit keys, empty keys (``: a``), plain scalars starting with a reserved
-# indicator (``@``, a backquote, ``%``) or a closing bracket, a key right before a flow
-# ends (``a:]``), a lone dash as a flow scalar, malformed block scalar headers: only
-# rapidyaml takes some, the two read others apart. Each pattern runs only when one of
-# its literals is in the text (one alternation of them all scans ~20x slower).
-_INDICATORS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = tuple(
-    (gate, re.compile(pattern, re.MULTILINE))
-    for gate, pattern in (
-        (tuple("*?@`%"), r"(?<![^\s\[{,])[*?@`%]"),
-        (("\n:", "[:", "{:", ",:"), r"(?<![^\n\[{,]):(?=\s|$)"),
-        ((" ]", " }", "\n]", "\n}"), r"(?<!\S)[\]}]"),  # also "[a, ]": a false alarm
-        ((":]", ":}", ":,"), r":[\]},]"),
-        (("-]", "-}", "-,"), r"[\[{,][ \t]*-(?=[ \t]*[\]},])"),
-        (("|", ">"), r"(?<![^ \t\n])[|>][-+0-9]*[^-+0-9\s]"),
-    )
+_COMMON = (string.ascii_letters + string.digits + " \n:-./_'\"").encode("ascii")
+_COMMON_STR = {ord(c): None for c in _COMMON.decode("ascii")}
+# Any of these and the text takes the bounded road: anchors, tags, tabs, carriage
+# returns, characters PyYAML's reader refuses (rapidyaml does not).
+_NEVER = frozenset(
+    "&!\t\r" + "".join(map(chr, [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]))
 )
+_BLOCK = frozenset("|>")
+# Plain scalars starting with a reserved indicator (``@``, a backquote, ``%``), aliases,
+# explicit keys; malformed block scalar headers: only rapidyaml takes some, the two read
+# others apart. Each runs only when its trigger characters are in the text (a regular
+# expression led by a character class scans ~10x slower than ``in``).
+_INDICATORS: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
+    (frozenset("*?@`%"), re.compile(r"(?<![^\s\[{,])[*?@`%]", re.MULTILINE)),
+    (frozenset("|>"), re.compile(r"(?<![^ \t\n])[|>][-+0-9]*[^-+0-9\s]", re.MULTILINE)),
+)
+_FLOW = "[]{},"
 # A block scalar's header, and a line that is only a comment: the two roads disagree on
 # where such a scalar's content ends.
 _BLOCK_SCALAR = re.compile(r"(?<![^ \t\n])[|>][-+0-9]*[ \t]*(?:#.*)?$", re.MULTILINE)
 _COMMENT_LINE = re.compile(r"^[ \t]*#", re.MULTILINE)
 # Characters PyYAML's reader refuses (rapidyaml does not), and the line breaks and the
 # byte-order mark YAML 1.1 reads differently from 1.2.
-_ASCII_REFUSED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _REFUSED = re.compile(
     r"[^\x09\x0A\x20-\x7E\xA0-\u2027\u202A-\uD7FF\uE000-\uFEFE\uFF00-\uFFFD"
     r"\U00010000-\U0010FFFF]"
@@ -84,6 +84,13 @@ _SPLIT = str.maketrans(",[]{}", "     ")
 # First characters of anything either YAML could read as other than a string: PyYAML's
 # implicit resolvers (bools, null, numbers, timestamps, merge, value) and JSON literals.
 _RISKY_FIRST = frozenset("-+.0123456789~=<yYnNoOtTfFiI")
+# A token led by a digit that neither road can read as a number or a timestamp: it has
+# a character no YAML 1.1 int/float/timestamp and no JSON number has (hex digits count
+# only after 0x/0b), or it is dotted more than once (10.0.0.1, 1.2.3).
+_SURELY_STRING = re.compile(
+    r"(?![-+]?0[xXbB])[-+]?\.?[0-9][-+0-9_.:eEtTzZ]*[^-+0-9_.:eEtTzZ]"
+    r"|[0-9]+(?:\.[0-9]+){2,}$"
+)
 # What rapidyaml may write as other than the same string: numbers (also rewritten:
 # ``.5`` -> ``0.5``, ``1.`` -> ``1.0``), infinities and NaNs (``inf`` -> ``".inf"``),
 # JSON's literals; and the words and signs YAML 1.1 gives meaning. Measured against
@@ -95,7 +102,6 @@ _MAY_REWRITE = re.compile(
 )
 _DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")  # an int alike in YAML 1.1 and JSON
 
-_QUOTED_KEY = re.compile(r"""['"]([^'"\n]{1,64})['"][ ]*[:,}]""")
 _CACHE_CAP = 65_536
 _verdicts: dict[str, tuple[object]] = {}
 _lock = threading.Lock()
@@ -123,19 +129,55 @@ def load_all(text: str, limits: Limits) -> list[object] | None:
 
 
 def _plain_subset(text: str) -> bool:
-    if any(s in text for s in _OUTSIDE_TEXT):
+    rare = _rare_characters(text)
+    if rare & _NEVER:
         return False
-    if text.startswith(_LINE_START) or "\n%" in text or "\n..." in text:
+    if text.startswith(_LINE_START) or "\n%" in text or "\n..." in text or " :" in text:
+        return False  # directives, document ends, a key spaced from its colon
+    if "\n: " in text or "\n:\n" in text:
+        return False  # an empty key at a line's start
+    if "<" in rare and "<<" in text:
         return False
     if text.startswith((":", "]", "}")):
         return False
-    for gate, pattern in _INDICATORS:
-        if any(g in text for g in gate) and pattern.search(text):
+    for trigger, pattern in _INDICATORS:
+        if rare & trigger and pattern.search(text):
             return False
-    if ("|" in text or ">" in text) and _BLOCK_SCALAR.search(text) and _COMMENT_LINE.search(text):
+    if not rare.isdisjoint(_FLOW) and _flow_trouble(text):
+        return False
+    if rare & _BLOCK and _BLOCK_SCALAR.search(text) and _COMMENT_LINE.search(text):
         return False  # is "#..." under a block scalar header content or a comment?
-    refused = _ASCII_REFUSED if text.isascii() else _REFUSED
-    return refused.search(text) is None
+    return text.isascii() or _REFUSED.search(text) is None
+
+
+def _flow_trouble(text: str) -> bool:
+    """A flow indicator where the two roads part: a closing bracket after a space, a
+    colon or a dash (``[a, ]`` is a false alarm; ``a: ]``, ``[x, a:]``, ``[-]`` are
+    not); a comma after a colon or a dash; an empty key (``{: a}``). Visits each flow
+    character once (``find`` is a memchr; flow characters are few in block YAML)."""
+    size = len(text)
+    for c in _FLOW:
+        i = text.find(c)
+        while i >= 0:
+            before = text[i - 1] if i else "\n"
+            if c in "]}" and before in " \n:-":
+                return True
+            if c == "," and before in ":-":
+                return True
+            if c in "[{," and text.startswith(":", i + 1):
+                after = text[i + 2] if i + 2 < size else "\n"
+                if after in " \n":
+                    return True
+            i = text.find(c, i + 1)
+    return False
+
+
+def _rare_characters(text: str) -> frozenset[str]:
+    """The characters of ``text`` outside the common ones of YAML (letters, digits, space,
+    newline, ``:-./_'"``): one pass in C, then the checks run only for what is there."""
+    if text.isascii():
+        return frozenset(text.encode("ascii").translate(None, _COMMON).decode("ascii"))
+    return frozenset(text.translate(_COMMON_STR))
 
 
 def _scalars_agree(text: str) -> dict[str, object] | None:
@@ -156,6 +198,8 @@ def _scalars_agree(text: str) -> dict[str, object] | None:
         token = chunk[:-1] if chunk.endswith(":") else chunk
         if token in ("", "-", "---"):
             continue  # indicators (a lone dash in flow context is refused above)
+        if _SURELY_STRING.match(token):
+            continue  # uids, addresses, versions: unique, so not worth remembering
         verdict = _verdict(token)
         if verdict is _DIFFERS:
             return None
@@ -163,9 +207,16 @@ def _scalars_agree(text: str) -> dict[str, object] | None:
             keys[token] = verdict[0]
     # A quoted key "9090" (or an escape that spells it) is a string in both roads; the
     # conversion in _through_json could not tell it from the plain one.
-    if keys and ("\\" in text or not keys.keys().isdisjoint(_QUOTED_KEY.findall(text))):
+    if keys and ("\\" in text or any(_quoted_key(text, k) for k in keys)):
         return None
     return keys
+
+
+def _quoted_key(text: str, token: str) -> bool:
+    """``token`` written quoted as a key (``'9090':``, ``{"true", x}``) somewhere."""
+    if f"'{token}'" not in text and f'"{token}"' not in text:
+        return False
+    return re.search(rf"""['"]{re.escape(token)}['"][ ]*[:,}}]""", text) is not None
 
 
 # Verdicts on one plain token: a string in both, a non-string alike in both (its value,
@@ -226,38 +277,49 @@ def _through_json(text: str, keys: dict[str, object]) -> list[object] | None:
             root = tree.root_id()
             emitted = ryml.emit_json_malloc(tree, root)
             stream = bool(tree.is_stream(root))
+            nodes = int(tree.size())
     except (ryml.ExceptionBasic, MemoryError, UnicodeError):
         return None
     if emitted is None:
         return []  # nothing but comments and blank lines
-    hook = _once_each if not keys else _keys_hook(keys)
     try:
-        value: Any = json.loads(emitted, object_pairs_hook=hook)
-    except (ValueError, RecursionError):  # duplicate keys land here too
+        value: Any = orjson.loads(emitted)
+    except orjson.JSONDecodeError:  # also integers past 64 bits, NaN, control characters
+        return None
+    # JSON keeps the last of a key written twice; the tree counted every one.
+    if _nodes(value, keys) != nodes:
         return None
     if not stream:
         return [value]
     return value if isinstance(value, list) else None
 
 
-def _once_each(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key")
-    return out
-
-
-def _keys_hook(keys: dict[str, object]) -> Any:
-    """Plain non-string keys back to what PyYAML reads (``"9090"`` -> 9090), refusing
-    keys that are then equal (``1`` and ``true``, as the bounded loader does)."""
-
-    def hook(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-        out = _once_each(pairs)
-        if keys.keys().isdisjoint(out):
-            return out
-        return _once_each([(keys.get(k, k), v) for k, v in out.items()])
-
-    return hook
+def _nodes(value: object, keys: dict[str, object]) -> int:
+    """Nodes of ``value`` (the tree's count when no key was written twice), with plain
+    non-string keys put back as PyYAML reads them (``"9090"`` -> 9090); -1 when two
+    keys are then equal (``1`` and ``true``: refused, as the bounded loader does)."""
+    count = 1
+    stack = [value] if type(value) is dict or type(value) is list else []
+    pop, push = stack.pop, stack.append
+    while stack:
+        node = pop()
+        if type(node) is dict:
+            count += len(node)
+            if keys and not all(k not in node for k in keys):
+                fixed = {keys.get(k, k): v for k, v in node.items()}
+                if len(fixed) != len(node):
+                    return -1
+                node.clear()
+                node.update(fixed)
+            children: Any = node.values()
+        else:
+            count += len(node)
+            children = node
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                push(child)
+    return count
 
 
 @contextmanager

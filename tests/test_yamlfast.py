@@ -112,7 +112,7 @@ items:
   metadata:
     annotations:
       kubectl.kubernetes.io/restartedAt: "2026-11-01T10:00:00Z"
-      sidecar.istio.io/status: '{"initContainers":["istio-init"],"containers":["istio-proxy"],"volumes":["istio-envoy"],"imagePullSecrets":null,"revision":"default"}'
+      sidecar.istio.io/status: '{"containers":["istio-proxy"],"revision":"default"}'
     creationTimestamp: "2026-11-01T10:00:05Z"
     generateName: reviews-v1-5c8f9d6b7-
     labels:
