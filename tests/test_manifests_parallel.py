@@ -4,6 +4,7 @@ and the error reported are what one process would give."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,21 @@ def test_parallel_load_reports_the_first_bad_file(
     seq, par = _both(monkeypatch, _write(tmp_path, bad))
     assert isinstance(par, str) and par == seq
     assert f"f{min(bad):02d}.yaml" in par and "duplicate key" in par
+
+
+def test_a_worker_that_dies_is_one_line_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _write(tmp_path / "in", set()) if (tmp_path / "in").mkdir() is None else tmp_path
+    spools = tmp_path / "spool"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+    monkeypatch.setattr(manifests, "PARALLEL_MIN_BYTES", 0)
+
+    def dies(loaded: object) -> bytes:
+        os._exit(9)  # as the OOM killer would end it
+
+    monkeypatch.setattr(manifests, "_pack", dies)  # forked workers inherit the patch
+    with pytest.raises(ManifestError, match="ended unexpectedly"):
+        read_documents([root])
+    assert not list(spools.iterdir()), "the workers' spool files are removed"

@@ -23,7 +23,9 @@ with ``replicas: 1000000000`` costs nothing; a cap that bites is a Problem.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,24 +120,43 @@ def _load_group(files: Sequence[Path]) -> list[_Loaded]:
     return out + ["not loaded"] * (len(files) - len(out))
 
 
-def _load_packed(files: Sequence[Path]) -> bytes | list[_Loaded]:
-    """``_load_group`` in a worker, packed with ``marshal`` for the trip back (about 15x
-    cheaper to write and 2x to read than the pool's pickle, shared objects stay shared);
-    values marshal cannot carry (``!!timestamp``, ``!!binary``) go back as they are."""
+def _pack(loaded: list[_Loaded]) -> bytes:
+    """A worker's results for the trip back: ``marshal`` (about 15x cheaper to write and
+    2x to read than pickle, shared objects stay shared), or pickle for values marshal
+    cannot carry (``!!timestamp``, ``!!binary``). One byte says which."""
     import marshal
+    import pickle
 
-    loaded = _load_group(files)
     try:
-        return marshal.dumps(loaded)
+        return b"m" + marshal.dumps(loaded)
     except ValueError:
-        return loaded
+        return b"p" + pickle.dumps(loaded, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(data: bytes) -> list[_Loaded]:
+    import marshal
+    import pickle
+
+    # Our own forked worker's bytes, never the input: safe to unmarshal/unpickle.
+    if data[:1] == b"m":
+        got: list[_Loaded] = marshal.loads(data[1:])  # noqa: S302
+        return got
+    if data[:1] == b"p":
+        got = pickle.loads(data[1:])  # noqa: S301
+        return got
+    raise ManifestError("a YAML loader process ended unexpectedly (out of memory?)")
 
 
 def _parallel_load(files: Sequence[Path]) -> list[_Loaded] | None:
     """Every file's result, with the files split by size among this process and
     forked workers; None when one process is as good (little YAML, one core, or
-    threads running, which ``fork`` must not copy)."""
+    threads running, which ``fork`` must not copy).
+
+    Plain ``fork`` and a temporary file per worker, not a process pool: a pool runs a
+    thread in this process, and the fast YAML road (``probe.yamlfast``) steps aside when
+    threads run (it briefly redirects fd 2)."""
     import os
+    import tempfile
     import threading
 
     try:
@@ -162,27 +183,45 @@ def _parallel_load(files: Sequence[Path]) -> list[_Loaded] | None:
         load[lightest] += sizes[i]
     for group in groups:
         group.sort()
-    import marshal
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
     results: list[_Loaded] = ["not loaded"] * len(files)
-    with ProcessPoolExecutor(n - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [(g, pool.submit(_load_packed, [files[i] for i in g])) for g in groups[1:] if g]
+    workers: list[tuple[int, str, list[int]]] = []
+    try:
+        for group in groups[1:]:
+            if not group:
+                continue
+            fd, spool = tempfile.mkstemp(prefix="mtlsprobe-manifests-")
+            pid = os.fork()
+            if pid == 0:  # the worker: load, write, leave without running this process's exits
+                code = 1
+                try:
+                    out = memoryview(_pack(_load_group([files[i] for i in group])))
+                    while out:
+                        out = out[os.write(fd, out) :]
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(fd)
+            workers.append((pid, spool, group))
         for i, got in zip(groups[0], _load_group([files[i] for i in groups[0]]), strict=True):
             results[i] = got
-        for g, fut in futures:
+        while workers:
+            pid, spool, group = workers[0]
+            _, status = os.waitpid(pid, 0)
+            workers.pop(0)
             try:
-                packed = fut.result()
-                # Our own worker's bytes, never the input: safe to unmarshal.
-                loaded = marshal.loads(packed) if isinstance(packed, bytes) else packed  # noqa: S302
-            except BrokenProcessPool:
-                raise ManifestError(
-                    "a YAML loader process ended unexpectedly (out of memory?)"
-                ) from None
-            for i, got in zip(g, loaded, strict=True):
+                packed = Path(spool).read_bytes() if status == 0 else b""
+            finally:
+                os.unlink(spool)
+            for i, got in zip(group, _unpack(packed), strict=True):
                 results[i] = got
+    finally:
+        for pid, spool, _ in workers:  # interrupted: stop and reap the rest
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            with contextlib.suppress(OSError):
+                os.unlink(spool)
     return results
 
 
