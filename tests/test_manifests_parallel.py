@@ -69,7 +69,8 @@ def test_parallel_load_reports_the_first_bad_file(
 def test_a_worker_that_dies_is_one_line_not_a_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = _write(tmp_path / "in", set()) if (tmp_path / "in").mkdir() is None else tmp_path
+    (tmp_path / "in").mkdir()
+    root = _write(tmp_path / "in", set())
     spools = tmp_path / "spool"
     spools.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spools))
