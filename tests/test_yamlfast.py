@@ -391,3 +391,65 @@ _plain = st.text(
 )
 def test_any_plain_token_agrees(token: str, shape: str) -> None:
     assert_agrees(shape.format(token), refusals=False)
+
+
+# ---- property: structured YAML text with every kind of scalar in every position ----------
+
+_WORDS = (
+    "0 1 -1 8080 0777 1.5 1e3 1.5e+3 .5 -.5 1_000 0x1F 0o7 0b11 1:20 2001-12-14 10.0.0.1 ::1 "
+    "yes no on off y n true True false null Null ~ = inf .inf -.inf .nan nan x-y v1 svc-1 "
+    "48b6324d-9ffc - -- --- a,b [x] {x:1} %x @x `x a:b http://x/y?z=1 *x &x !x | > 123abc "
+    "12:30:45 +1 +.5 00 09 1. 1.0.0 true_ nullx 0.1e-5 -0 +0 é 日本"
+)
+_ATOMS = [*_WORDS.split(" "), "", "a b", "a: b", "a #b", "2001-12-14 21:59:43.10 -5", "- x"]
+_KEYS = [
+    "a", "name", "8080", "9090", "true", "null", "1.5", "'8080'", '"9090"', "yes", "x y", "on",
+    "~", "0777", 'k:{"a":1}', ".", "f:spec",
+]  # fmt: skip
+
+
+def _scalar(r: Any) -> str:
+    atom = r.choice(_ATOMS)
+    style = r.random()
+    if style < 0.5:
+        return str(atom)
+    if style < 0.75:
+        return "'" + atom.replace("'", "''") + "'"
+    return '"' + atom.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _flow(r: Any, depth: int) -> str:
+    if depth > 3 or r.random() < 0.4:
+        return _scalar(r)
+    if r.random() < 0.5:
+        return "[" + ", ".join(_flow(r, depth + 1) for _ in range(r.randint(0, 3))) + "]"
+    items = (f"{r.choice(_KEYS)}: {_flow(r, depth + 1)}" for _ in range(r.randint(0, 3)))
+    return "{" + ", ".join(items) + "}"
+
+
+def _node(r: Any, depth: int, indent: int) -> str:
+    x = r.random()
+    if depth > 4 or x < 0.45:
+        return " " + _scalar(r) + (" # t" if r.random() < 0.05 else "")
+    if x < 0.6:
+        return " " + _flow(r, depth)
+    if x < 0.68:
+        body = "\n".join(" " * indent + r.choice(_ATOMS) for _ in range(r.randint(1, 3)))
+        return " " + r.choice(["|", ">", "|-", ">+", "|2"]) + "\n" + body
+    return "\n" + _block(r, depth, indent)
+
+
+def _block(r: Any, depth: int, indent: int) -> str:
+    pad = " " * indent
+    mapping = r.random() < 0.5
+    lines = [f"{pad}{r.choice(_KEYS)}:" if mapping else f"{pad}-" for _ in range(r.randint(1, 3))]
+    lines = [line + _node(r, depth + 1, indent + 2) for line in lines]
+    if r.random() < 0.1:
+        lines.insert(r.randint(0, len(lines)), f"{pad}# c {_scalar(r)}")
+    return "\n".join(lines)
+
+
+@settings(max_examples=400, deadline=None)
+@given(r=st.randoms(use_true_random=False), docs=st.integers(1, 2))
+def test_any_structured_text_agrees(r: Any, docs: int) -> None:
+    assert_agrees("---\n".join(_block(r, 0, 0) + "\n" for _ in range(docs)), refusals=False)
