@@ -4,6 +4,7 @@ text. Every comparison is type-strict (``1``, ``1.0`` and ``True`` are different
 
 from __future__ import annotations
 
+import random
 import string
 from pathlib import Path
 from typing import Any
@@ -408,7 +409,7 @@ _KEYS = [
 ]  # fmt: skip
 
 
-def _scalar(r: Any) -> str:
+def _scalar(r: random.Random) -> str:
     atom = r.choice(_ATOMS)
     style = r.random()
     if style < 0.5:
@@ -418,7 +419,7 @@ def _scalar(r: Any) -> str:
     return '"' + atom.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _flow(r: Any, depth: int) -> str:
+def _flow(r: random.Random, depth: int) -> str:
     if depth > 3 or r.random() < 0.4:
         return _scalar(r)
     if r.random() < 0.5:
@@ -427,7 +428,7 @@ def _flow(r: Any, depth: int) -> str:
     return "{" + ", ".join(items) + "}"
 
 
-def _node(r: Any, depth: int, indent: int) -> str:
+def _node(r: random.Random, depth: int, indent: int) -> str:
     x = r.random()
     if depth > 4 or x < 0.45:
         return " " + _scalar(r) + (" # t" if r.random() < 0.05 else "")
@@ -439,7 +440,7 @@ def _node(r: Any, depth: int, indent: int) -> str:
     return "\n" + _block(r, depth, indent)
 
 
-def _block(r: Any, depth: int, indent: int) -> str:
+def _block(r: random.Random, depth: int, indent: int) -> str:
     pad = " " * indent
     mapping = r.random() < 0.5
     lines = [f"{pad}{r.choice(_KEYS)}:" if mapping else f"{pad}-" for _ in range(r.randint(1, 3))]
@@ -451,5 +452,5 @@ def _block(r: Any, depth: int, indent: int) -> str:
 
 @settings(max_examples=400, deadline=None)
 @given(r=st.randoms(use_true_random=False), docs=st.integers(1, 2))
-def test_any_structured_text_agrees(r: Any, docs: int) -> None:
+def test_any_structured_text_agrees(r: random.Random, docs: int) -> None:
     assert_agrees("---\n".join(_block(r, 0, 0) + "\n" for _ in range(docs)), refusals=False)
