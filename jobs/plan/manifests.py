@@ -15,7 +15,8 @@ Kinds this package does not use (ServiceAccount, ConfigMaps other than Istio's,
 a lab's ``LabScenario``) are ignored; a malformed object becomes a Problem.
 
 Bounded on any input: files load through ``probe.yamlload`` (regular files of at
-most 128 MiB, no alias bombs, no nesting beyond 100 levels, no duplicate keys), and
+most 128 MiB, no alias bombs, no nesting beyond 100 levels, no duplicate keys; large
+plain files through ``probe.yamlfast``, which gives the same values or steps aside), and
 workload expansion is capped - at most ``MAX_REPLICAS`` pods per workload and
 ``MAX_COPIED_NODES`` template nodes copied per load - so a 300-byte Deployment
 with ``replicas: 1000000000`` costs nothing; a cap that bites is a Problem.
