@@ -30,6 +30,7 @@ import string
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -115,9 +116,28 @@ def available() -> bool:
     return ryml is not None
 
 
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """rapidyaml's JSON for a text that passed every check, waiting for ``build``: the
+    half of the road that makes no Python values, so one process can emit and another
+    build (``jobs.plan.manifests`` loads on several cores)."""
+
+    json: str
+    nodes: int  # in rapidyaml's tree: a key written twice shows as a shorter JSON value
+    stream: bool  # "---" documents: the JSON is their list
+    keys: dict[str, object]  # plain non-string keys and their values (see _scalars_agree)
+
+
 def load_all(text: str, limits: Limits) -> list[object] | None:
     """Every document of ``text`` as ``probe.yamlload.load_all`` would return them, or
     None when this road cannot promise that (the caller then loads the bounded way)."""
+    emitted = emit(text, limits)
+    return None if emitted is None else build(emitted)
+
+
+def emit(text: str, limits: Limits) -> Emitted | None:
+    """The checks and rapidyaml's JSON; None when this road cannot promise the bounded
+    loader's values."""
     if ryml is None or limits.max_depth < _EMIT_DEPTH or len(text) > limits.max_bytes:
         return None
     if not _plain_subset(text):
@@ -125,7 +145,7 @@ def load_all(text: str, limits: Limits) -> list[object] | None:
     keys = _scalars_agree(text)
     if keys is None:
         return None
-    return _through_json(text, keys)
+    return _emit(text, keys)
 
 
 def _plain_subset(text: str) -> bool:
@@ -268,7 +288,7 @@ def _compared(token: str) -> tuple[object]:
     return _STRING if isinstance(value, str) else (value,)
 
 
-def _through_json(text: str, keys: dict[str, object]) -> list[object] | None:
+def _emit(text: str, keys: dict[str, object]) -> Emitted | None:
     if threading.active_count() > 1:
         return None  # silencing rapidyaml's stderr swaps fd 2 for the whole process
     try:
@@ -280,18 +300,29 @@ def _through_json(text: str, keys: dict[str, object]) -> list[object] | None:
             nodes = int(tree.size())
     except (ryml.ExceptionBasic, MemoryError, UnicodeError):
         return None
-    if emitted is None:
+    return Emitted(emitted if emitted is not None else "", nodes, stream, keys)
+
+
+def build(emitted: Emitted) -> list[object] | None:
+    """The documents from ``emit``'s JSON; None when JSON cannot carry them alike (a key
+    written twice, an integer past 64 bits, NaN, a control character)."""
+    if not emitted.json:
         return []  # nothing but comments and blank lines
     try:
-        value: Any = orjson.loads(emitted)
-    except orjson.JSONDecodeError:  # also integers past 64 bits, NaN, control characters
+        value: Any = orjson.loads(emitted.json)
+    except orjson.JSONDecodeError:
         return None
     # JSON keeps the last of a key written twice; the tree counted every one.
-    if _nodes(value, keys) != nodes:
+    if _nodes(value, emitted.keys) != emitted.nodes:
         return None
-    if not stream:
+    if not emitted.stream:
         return [value]
     return value if isinstance(value, list) else None
+
+
+def _through_json(text: str, keys: dict[str, object]) -> list[object] | None:
+    emitted = _emit(text, keys)
+    return None if emitted is None else build(emitted)
 
 
 def _nodes(value: object, keys: dict[str, object]) -> int:
@@ -353,4 +384,4 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
-__all__ = ["available", "load_all"]
+__all__ = ["Emitted", "available", "build", "emit", "load_all"]

@@ -75,3 +75,15 @@ def load_file(path: Path, limits: Limits, *, single: bool, fast: bool = False) -
     if single:
         return [load_one(text, limits)]
     return load_all(text, limits)
+
+
+def load_or_emit(path: Path, limits: Limits) -> list[object] | yamlfast.Emitted:
+    """``load_file(path, limits, single=False, fast=True)``, except that a file on the
+    fast road comes back as rapidyaml's JSON (``yamlfast.build`` makes the values):
+    a worker process emits, the process that needs the values builds them once."""
+    text = read_text(path, limits.max_bytes)
+    if len(text) >= FAST_MIN_CHARS:
+        emitted = yamlfast.emit(text, limits)
+        if emitted is not None:
+            return emitted
+    return load_all(text, limits)

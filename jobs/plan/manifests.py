@@ -47,7 +47,7 @@ from jobs.plan.objects import (
     set_revision_tags,
     spec,
 )
-from probe import yamlfile, yamlload
+from probe import yamlfast, yamlfile, yamlload
 from probe.textsafe import bounded, line
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
@@ -96,6 +96,7 @@ def read_documents(paths: Sequence[Path]) -> list[tuple[str, object]]:
     for f, got in zip(files, loaded, strict=True):
         if isinstance(got, str):
             raise ManifestError(f"{_where(f)}: {got}")
+        assert isinstance(got, list)  # workers' JSON was built in _parallel_load
         docs.extend((str(f), d) for d in got if d is not None)
     return docs
 
@@ -104,23 +105,47 @@ def read_documents(paths: Sequence[Path]) -> list[tuple[str, object]]:
 PARALLEL_MIN_BYTES = 8 << 20
 _MAX_PROCESSES = 4
 # This process's share of the files against a worker's (see _parallel_load).
-_PARENT_SHARE = 0.7
+_PARENT_SHARE = 0.35
 
-# One file's documents, or the one-line reason it cannot be loaded.
-_Loaded = list[object] | str
+# One file's documents, or the one-line reason it cannot be loaded, or (from a worker)
+# the fast YAML road's JSON, node count, stream flag and keys (yamlfast.Emitted).
+_Loaded = list[object] | str | tuple[str, int, bool, dict[str, object]]
 
 
-def _load_group(files: Sequence[Path]) -> list[_Loaded]:
+def _load_group(files: Sequence[Path], *, emit: bool = False) -> list[_Loaded]:
     """Load ``files`` in order, one result each; after an error the rest are not read
-    (a placeholder: an error earlier in file order is always the one reported)."""
+    (a placeholder: an error earlier in file order is always the one reported). With
+    ``emit`` (a worker), files on the fast YAML road come back as its JSON, packed."""
     out: list[_Loaded] = []
     for f in files:
         try:
-            out.append(yamlfile.load_file(f, MANIFEST_LIMITS, single=False, fast=True))
+            if emit:
+                got = yamlfile.load_or_emit(f, MANIFEST_LIMITS)
+                out.append(_emitted(got) if isinstance(got, yamlfast.Emitted) else got)
+            else:
+                out.append(yamlfile.load_file(f, MANIFEST_LIMITS, single=False, fast=True))
         except yamlload.YamlLoadError as exc:
             out.append(str(exc))
             break
     return out + ["not loaded"] * (len(files) - len(out))
+
+
+def _emitted(e: yamlfast.Emitted) -> _Loaded:
+    return (e.json, e.nodes, e.stream, e.keys)
+
+
+def _built(f: Path, got: _Loaded) -> _Loaded:
+    """A worker's result for ``f`` as values: the fast road's JSON built here, or, when
+    JSON cannot carry them alike, the file loaded again the bounded way."""
+    if not isinstance(got, tuple):
+        return got
+    docs = yamlfast.build(yamlfast.Emitted(*got))
+    if docs is not None:
+        return docs
+    try:
+        return yamlfile.load_file(f, MANIFEST_LIMITS, single=False)
+    except yamlload.YamlLoadError as exc:
+        return str(exc)
 
 
 def _pack(loaded: list[_Loaded]) -> bytes:
@@ -177,9 +202,9 @@ def _parallel_load(files: Sequence[Path]) -> list[_Loaded] | None:
             sizes.append(0)  # load_file reports it
     if sum(sizes) < PARALLEL_MIN_BYTES:
         return None
-    # Largest first onto the lightest group (LPT); each group keeps file order. This
-    # process also unpacks every worker's values (about a third of loading them), so
-    # its own group is weighted lighter.
+    # Largest first onto the lightest group (LPT); each group keeps file order. Workers
+    # hand back the fast YAML road's JSON and this process builds the values (about a
+    # third of loading a file), so its own group is the lighter.
     groups: list[list[int]] = [[] for _ in range(n)]
     load = [0.0] * n
     share = [_PARENT_SHARE] + [1.0] * (n - 1)
@@ -201,7 +226,7 @@ def _parallel_load(files: Sequence[Path]) -> list[_Loaded] | None:
             if pid == 0:  # the worker: load, write, leave without running this process's exits
                 code = 1
                 try:
-                    out = memoryview(_pack(_load_group([files[i] for i in group])))
+                    out = memoryview(_pack(_load_group([files[i] for i in group], emit=True)))
                     while out:
                         out = out[os.write(fd, out) :]
                     code = 0
@@ -220,7 +245,7 @@ def _parallel_load(files: Sequence[Path]) -> list[_Loaded] | None:
             finally:
                 os.unlink(spool)
             for i, got in zip(group, _unpack(packed), strict=True):
-                results[i] = got
+                results[i] = _built(files[i], got)
     finally:
         for pid, spool, _ in workers:  # interrupted: stop and reap the rest
             with contextlib.suppress(OSError):
