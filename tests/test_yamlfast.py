@@ -319,6 +319,24 @@ def test_hostile_text_steps_aside_quietly(capfd: pytest.CaptureFixture[str]) -> 
     assert out == "" and err == "", "rapidyaml's own error lines must not reach the user"
 
 
+def test_many_distinct_undecided_tokens_step_aside_without_comparing_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file of distinct floats would cost ~0.1 ms each to compare through both roads
+    (far more than the bounded loader): past a budget per text the road steps aside."""
+    compared: list[str] = []
+    real = yamlfast._compared
+
+    def counting(token: str) -> tuple[object]:
+        compared.append(token)
+        return real(token)
+
+    monkeypatch.setattr(yamlfast, "_compared", counting)
+    text = "".join(f"- {1 + i / 1e7:.7f}\n" for i in range(20_000))
+    assert yamlfast.load_all(text, LIMITS) is None
+    assert 0 < len(compared) <= yamlfast._MAX_COMPARED
+
+
 def test_deeper_than_the_emitter_falls_back_to_the_bounded_limit() -> None:
     depth = 80  # above rapidyaml's 64, below the bounded loader's 100
     text = "[" * depth + "]" * depth + "\n"
