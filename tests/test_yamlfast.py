@@ -337,6 +337,14 @@ def test_many_distinct_undecided_tokens_step_aside_without_comparing_each(
     assert 0 < len(compared) <= yamlfast._MAX_COMPARED
 
 
+def test_many_distinct_integers_cost_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every plain decimal may be a key: a file of 20,000 distinct ones is still read the
+    fast way, with values and int keys as the bounded loader has them."""
+    text = "".join(f"- {i}\n- {{{i}: x}}\n" for i in range(20_000))
+    got = assert_agrees(text)
+    assert got is not None and got[0][3] == {1: "x"}  # type: ignore[index]
+
+
 def test_deeper_than_the_emitter_falls_back_to_the_bounded_limit() -> None:
     depth = 80  # above rapidyaml's 64, below the bounded loader's 100
     text = "[" * depth + "]" * depth + "\n"
