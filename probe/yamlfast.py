@@ -68,6 +68,7 @@ _INDICATORS: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = (
     (frozenset("|>"), re.compile(r"(?<![^ \t\n])[|>][-+0-9]*[^-+0-9\s]", re.MULTILINE)),
 )
 _FLOW = "[]{},"
+_MAX_FLOW_CHARS = 1_000_000
 # A block scalar's header, and a line that is only a comment: the two roads disagree on
 # where such a scalar's content ends.
 _BLOCK_SCALAR = re.compile(r"(?<![^ \t\n])[|>][-+0-9]*[ \t]*(?:#.*)?$", re.MULTILINE)
@@ -178,6 +179,8 @@ def _flow_trouble(text: str) -> bool:
     colon or a dash (``[a, ]`` is a false alarm; ``a: ]``, ``[x, a:]``, ``[-]`` are
     not); a comma after a colon or a dash; an empty key (``{: a}``). Visits each flow
     character once (``find`` is a memchr; flow characters are few in block YAML)."""
+    if sum(text.count(c) for c in _FLOW) > _MAX_FLOW_CHARS:
+        return True  # JSON-like text: the bounded road, rather than a long loop here
     size = len(text)
     for c in _FLOW:
         i = text.find(c)
