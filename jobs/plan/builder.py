@@ -24,7 +24,6 @@ from jobs.plan.endpoints import (
     ServiceBackends,
     dns_label,
     known_addresses,
-    pod_ips,
     service_backends,
 )
 from jobs.plan.fields import (
@@ -40,6 +39,7 @@ from jobs.plan.fields import (
 )
 from jobs.plan.injection import (
     AMBIENT_BYPASS_INBOUND,
+    CAPTURE_ANNOTATIONS,
     ambient_enrolled,
     ambient_inbound_bypassed,
     has_sidecar,
@@ -78,6 +78,8 @@ from probe.constants import TLS_MODE_LABEL
 from probe.model import Endpoint, Expect, Target
 from probe.results import Result, Verdict
 from probe.spiffe import istio_identity
+
+_NO_CAPTURE_ANNOTATIONS = (None,) * len(CAPTURE_ANNOTATIONS)
 
 # A group of pods behind one port that must behave alike: (service account, what the
 # wire must show, echo app) - one target each.
@@ -135,6 +137,7 @@ class Builder:
         self._meshes: dict[int, RevisionMesh | None] = {}
         self._mesh_by_revision: dict[tuple[str, bool], RevisionMesh] = {}
         self._revisions_noted: set[str] = set()
+        self._plan_rev = snap.revisions.plan
         self._pa_by_root: dict[tuple[str, str], PeerAuthIndex] = {
             (snap.root_namespace, snap.revisions.plan): self.pa
         }
@@ -151,6 +154,9 @@ class Builder:
                 self.slices[(namespace(s), svc)].append(s)
         self._info: dict[int, PodInfo] = {}  # by id(): pods are not hashable, refs cost
         self._policy: dict[int, WorkloadPolicy] = {}
+        self._identities: dict[tuple[str, str], str] = {}
+        self._capture: dict[int, tuple[object, ...] | None] = {}
+        self._wire: dict[tuple[object, ...], tuple[Expect, ModeDecision]] = {}
         self.findings: list[Result] = []
         self.edges: list[Edge] = []
         self.ports: list[PortCoverage] = []
@@ -213,7 +219,8 @@ class Builder:
         sidecar), as ``jobs.plan.meshconfig.Revisions`` resolves it."""
         key = id(pod)
         if key not in self._meshes:
-            got = pod_revision(pod, self.ns_labels.get(namespace(pod), {}))
+            pi = self.info(pod)  # has_sidecar once per pod
+            got = pod_revision(pod, self.ns_labels.get(pi.namespace, {}), pi.has_sidecar)
             rm = None
             if got is not None:
                 # A handful of revisions for every pod: resolve each (name, tag-free) once.
@@ -223,7 +230,7 @@ class Builder:
                         got[0], self.snap.plan_mesh(), is_tag_free=got[1]
                     )
             self._meshes[key] = rm
-            if rm is not None and rm.settings is not None:
+            if rm is not None and rm.settings is not None and rm.revision != self._plan_rev:
                 self._note_revision(rm.revision, rm.settings)
         return self._meshes[key]
 
@@ -303,18 +310,25 @@ class Builder:
             self._policy[id(pod)] = got
         return got
 
+    def identity(self, ns: str, sa: str) -> str:
+        """``istio_identity`` in the plan's trust domain, once per service account."""
+        got = self._identities.get((ns, sa))
+        if got is None:
+            got = self._identities[(ns, sa)] = istio_identity(self.snap.trust_domain, ns, sa)
+        return got
+
     def info(self, pod: KubeObject) -> PodInfo:
         key = id(pod)
         got = self._info.get(key)
         if got is None:
             ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
             ns_lbl = self.ns_labels.get(ns, {})
-            ips, _ = pod_ips(pod)
+            ips, _ = self.index.addresses(pod)
             got = PodInfo(
                 name=name(pod),
                 namespace=ns,
                 service_account=sa,
-                identity=istio_identity(self.snap.trust_domain, ns, sa),
+                identity=self.identity(ns, sa),
                 ip=ips[0] if ips else None,
                 ready=pod_ready(pod),
                 labels=lbl,
@@ -326,6 +340,37 @@ class Builder:
             )
             self._info[key] = got
         return got
+
+    def on_the_wire(
+        self, pod: KubeObject, pi: PodInfo, port: int, decision: ModeDecision
+    ) -> tuple[Expect, ModeDecision]:
+        """``on_the_wire`` for the pod, computed once per (what it reads of the pod, port,
+        decision): the pods of one workload share their capture annotations, so 100,000
+        edges ask a handful of distinct questions."""
+        key = id(pod)
+        if key in self._capture:
+            capture = self._capture[key]
+        else:
+            capture = self._capture[key] = self._capture_key(pod, pi)
+        if capture is None:
+            return on_the_wire(pi, port, decision, self.interception(pod))
+        # By id(decision): the decisions live in this builder's policy caches (and the
+        # PeerAuthIndex's) as long as the memo, so an id never names another decision.
+        wkey = (capture, port, id(decision))
+        got = self._wire.get(wkey)
+        if got is None:
+            got = self._wire[wkey] = on_the_wire(pi, port, decision, self.interception(pod))
+        return got
+
+    def _capture_key(self, pod: KubeObject, pi: PodInfo) -> tuple[object, ...] | None:
+        """Everything ``on_the_wire`` reads besides the port and the decision; None
+        (not memoized) when an annotation it reads is not a string."""
+        values = tuple(map(pi.annotations.get, CAPTURE_ANNOTATIONS))
+        if values != _NO_CAPTURE_ANNOTATIONS and any(
+            v is not None and type(v) is not str for v in values
+        ):
+            return None
+        return (pi.has_sidecar, pi.ambient, self.interception(pod), values)
 
     def _excluded_findings(self, svc_ref: str, excluded: Sequence[Excluded]) -> None:
         seen: set[tuple[str, str | None, str]] = set()
@@ -499,7 +544,7 @@ class Builder:
                     view = views[vkey] = self.egress.view(
                         base, hidden, host, port, decision.mode, pi.has_proxy
                     )
-            expect, decision = on_the_wire(pi, tport, decision, self.interception(pod))
+            expect, decision = self.on_the_wire(pod, pi, tport, decision)
             key = (pi.service_account, expect, pi.echo)
             eps = groups.setdefault(key, [])
             if ip is not None:
@@ -584,7 +629,7 @@ class Builder:
                     port=first.service_port,
                     expect=expect,
                     endpoints=tuple(sorted(set(eps), key=_endpoint_order)),
-                    identity=istio_identity(self.snap.trust_domain, first.namespace, sa),
+                    identity=self.identity(first.namespace, sa),
                     protocol=first.protocol,
                     echo=echo,
                 )
@@ -606,7 +651,7 @@ class Builder:
                 if (p.get("protocol") or "TCP") == "TCP"
             }
             for port in sorted(declared | ports.get(key, set())):
-                expect, d = on_the_wire(pi, port, self.policy(pod).at(port), self.interception(pod))
+                expect, d = self.on_the_wire(pod, pi, port, self.policy(pod).at(port))
                 out.append(Inbound(pi, port, d.mode, expect, d.source))
         return out
 

@@ -238,6 +238,28 @@ class PodIndex:
             for k, v in lbl.items():
                 if isinstance(v, str):
                     self._by_label[(ns, k, v)].append((p, lbl))
+        # Per-pod answers, computed on first use: a pod may sit behind many Services
+        # and ports, and the planner reads its addresses again. Keyed by id(pod): the
+        # index lives for one plan, the snapshot holds every pod object as long (so an
+        # id never names another pod), and nothing changes a pod while a plan is built.
+        self._addresses: dict[int, tuple[list[str], str | None]] = {}
+        self._problems: dict[int, Excluded | None] = {}
+
+    def addresses(self, pod: KubeObject) -> tuple[list[str], str | None]:
+        """``pod_ips(pod)``, once per pod (the list is shared: read it only)."""
+        got = self._addresses.get(id(pod))
+        if got is None:
+            got = self._addresses[id(pod)] = pod_ips(pod)
+        return got
+
+    def problem(self, pod: KubeObject) -> Excluded | None:
+        """Why a running pod is still not a probe target (``_pod_problem``), once per pod."""
+        key = id(pod)
+        if key in self._problems:
+            return self._problems[key]
+        ips, bad = self.addresses(pod)
+        got = self._problems[key] = _pod_problem(pod, ips, bad, self)
+        return got
 
     def selected(self, ns: str, selector: Mapping[str, str]) -> list[KubeObject]:
         if not selector:
@@ -278,16 +300,25 @@ def known_addresses(
     return out
 
 
+def _pod_obj(pod: KubeObject) -> str:
+    """How findings name a pod (built only when one is written: most pods pass)."""
+    return f"Pod {ref(pod)}"
+
+
 def _pod_problem(
     pod: KubeObject, ips: list[str], bad_ip: str | None, index: PodIndex
 ) -> Excluded | None:
     """Why a running pod of the Service is still not a probe target, if it is not one."""
-    obj = f"Pod {ref(pod)}"
     not_pods = index.not_pods
-    loopback = None if index.loopback_ok else next((ip for ip in ips if _loopback(ip)), None)
+    loopback = None
+    if not index.loopback_ok:
+        for ip in ips:
+            if _loopback(ip):
+                loopback = ip
+                break
     if bad_ip is None and loopback is not None:
         return Excluded(
-            obj,
+            _pod_obj(pod),
             loopback,
             "status.podIPs holds a loopback address, which no pod has (it would reach the "
             "probe pod itself)",
@@ -295,7 +326,7 @@ def _pod_problem(
         )
     if bad_ip is not None:
         return Excluded(
-            obj,
+            _pod_obj(pod),
             bad_ip,
             "status.podIPs holds something that is no pod address (not an IP literal, or "
             "unspecified, multicast, link-local or IPv4-mapped)",
@@ -303,14 +334,18 @@ def _pod_problem(
         )
     if host_network(pod, ips):
         return Excluded(
-            obj,
+            _pod_obj(pod),
             ips[0] if ips else None,
             "runs on the host network: its address is the node's, not a mesh workload",
         )
-    claimed = next((ip for ip in ips if ip in not_pods), None)
+    claimed = None
+    for ip in ips:
+        if ip in not_pods:
+            claimed = ip
+            break
     if claimed is not None:
         return Excluded(
-            obj,
+            _pod_obj(pod),
             claimed,
             f"status.podIPs claims {not_pods[claimed]}, which no pod has",
             inconsistent=True,
@@ -318,7 +353,7 @@ def _pod_problem(
     sa = service_account(pod)
     if not dns_subdomain(sa):
         return Excluded(
-            obj,
+            _pod_obj(pod),
             None,
             f"service account {sa[:64]!r} is not a Kubernetes name: no "
             "SPIFFE identity can be derived",
@@ -367,8 +402,8 @@ def service_backends(
         for pod in found:
             if not running(pod) or not (any_ready or pod_ready(pod)):
                 continue
-            ips, bad = pod_ips(pod)
-            problem = _pod_problem(pod, ips, bad, pods)
+            ips, _ = pods.addresses(pod)
+            problem = pods.problem(pod)
             if problem is None and not ips and meta(pod).get("uid"):
                 # A pod the API server holds and that has no address serves nothing;
                 # only a pod from YAML not yet applied (no uid) is planned without one.
@@ -406,6 +441,7 @@ def service_backends(
         if isinstance(ports, str):
             out.excluded.append(Excluded(slice_obj, None, ports, inconsistent=True))
             continue
+        port_items = tuple(sorted(ports.items(), key=lambda kv: kv[0]))
         for ep in sl.get("endpoints") or ():
             cond = ep.get("conditions") if isinstance(ep.get("conditions"), dict) else {}
             if cond.get("ready") is False or cond.get("terminating") is True:
@@ -434,7 +470,7 @@ def service_backends(
             # object per (namespace, name). Two slices may map the same pod's address
             # to different ports: Istio and kube-proxy send traffic to each (endpoints
             # are (address, port) pairs), so each is a backend of its own.
-            key = (id(pod), ip, tuple(sorted(ports.items(), key=lambda kv: kv[0])))
+            key = (id(pod), ip, port_items)
             if key in seen:
                 continue
             seen.add(key)
@@ -483,10 +519,10 @@ def _slice_endpoint_problem(
     lbl = meta(pod).get("labels")  # read, not copied: one pod per slice address
     if sel is not None and not (type(lbl) is dict and sel.items() <= lbl.items()):
         return Excluded(slice_obj, shown, f"Pod {ref(pod)} is not selected by the Service")
-    ips, bad = pod_ips(pod)
-    problem = _pod_problem(pod, ips, bad, pods)
+    problem = pods.problem(pod)
     if problem is not None:
         return problem
+    ips, _ = pods.addresses(pod)
     if ip not in ips:
         have = ", ".join(ips) or "none"
         return Excluded(
