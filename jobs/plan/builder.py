@@ -30,6 +30,7 @@ from jobs.plan.fields import (
     KubeObject,
     annotations_of,
     labels_of,
+    meta,
     name,
     namespace,
     pod_ready,
@@ -84,6 +85,8 @@ _NO_CAPTURE_ANNOTATIONS = (None,) * len(CAPTURE_ANNOTATIONS)
 # A group of pods behind one port that must behave alike: (service account, what the
 # wire must show, echo app) - one target each.
 _GroupKey = tuple[str, Expect, bool]
+# What an edge's pod shows at one port: (expect, decision, client view, group).
+_EdgeSide = tuple[Expect, ModeDecision, ClientView, _GroupKey]
 
 
 def in_revision(objs: Sequence[KubeObject], revision: str) -> list[KubeObject]:
@@ -156,6 +159,8 @@ class Builder:
         self._policy: dict[int, WorkloadPolicy] = {}
         self._identities: dict[tuple[str, str], str] = {}
         self._capture: dict[int, tuple[object, ...] | None] = {}
+        self._workloads: dict[int, int | None] = {}
+        self._workload_ids: dict[tuple[object, ...], int] = {}
         self._wire: dict[tuple[object, ...], tuple[Expect, ModeDecision]] = {}
         self.findings: list[Result] = []
         self.edges: list[Edge] = []
@@ -321,25 +326,35 @@ class Builder:
         key = id(pod)
         got = self._info.get(key)
         if got is None:
-            ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
-            ns_lbl = self.ns_labels.get(ns, {})
-            ips, _ = self.index.addresses(pod)
-            got = PodInfo(
-                name=name(pod),
-                namespace=ns,
-                service_account=sa,
-                identity=self.identity(ns, sa),
-                ip=ips[0] if ips else None,
-                ready=pod_ready(pod),
-                labels=lbl,
-                annotations=annotations_of(pod),
-                has_sidecar=has_sidecar(pod),
-                ambient=ambient_enrolled(pod, ns_lbl),
-                tls_mode_label=lbl.get(TLS_MODE_LABEL),
-                echo=lbl.get(ECHO_LABEL[0]) == ECHO_LABEL[1],
-            )
-            self._info[key] = got
+            got = self._info[key] = self._pod_info(pod)
         return got
+
+    def _pod_info(self, pod: KubeObject) -> PodInfo:
+        # What name(), namespace(), labels_of() and annotations_of() answer, read off one
+        # metadata mapping: this runs for every planned pod.
+        md = meta(pod)
+        ns, pod_name = md.get("namespace"), md.get("name")
+        ns = ns if type(ns) is str else ""
+        lbl, ann = md.get("labels"), md.get("annotations")
+        lbl = dict(lbl) if type(lbl) is dict else {}
+        sa = service_account(pod)
+        ips, _ = self.index.addresses(pod)
+        sidecar = has_sidecar(pod)
+        return PodInfo(
+            name=pod_name if type(pod_name) is str else "",
+            namespace=ns,
+            service_account=sa,
+            identity=self.identity(ns, sa),
+            ip=ips[0] if ips else None,
+            ready=pod_ready(pod),
+            labels=lbl,
+            annotations=dict(ann) if type(ann) is dict else {},
+            has_sidecar=sidecar,
+            # ambient_enrolled(pod, ...) is False for any pod with a sidecar
+            ambient=not sidecar and ambient_enrolled(pod, self.ns_labels.get(ns, {})),
+            tls_mode_label=lbl.get(TLS_MODE_LABEL),
+            echo=lbl.get(ECHO_LABEL[0]) == ECHO_LABEL[1],
+        )
 
     def on_the_wire(
         self, pod: KubeObject, pi: PodInfo, port: int, decision: ModeDecision
@@ -360,6 +375,31 @@ class Builder:
         got = self._wire.get(wkey)
         if got is None:
             got = self._wire[wkey] = on_the_wire(pi, port, decision, self.interception(pod))
+        return got
+
+    def _workload_key(self, pod: KubeObject, pi: PodInfo) -> int | None:
+        """Everything an edge's server mode, client view, wire and group read of its pod,
+        as a small number: pods with equal numbers get equal answers at a port (an int,
+        so an edge hashes two numbers, not the whole tuple). None: not memoized."""
+        key = id(pod)
+        if key in self._workloads:
+            return self._workloads[key]
+        capture = self._capture_key(pod, pi)
+        got = None
+        if capture is not None:
+            # By id(policy): the policy caches hold every WorkloadPolicy for the build.
+            facts = (
+                id(self.policy(pod)),
+                capture,
+                pi.has_proxy,
+                pi.tls_mode_label,
+                pi.ambient,
+                pi.identity,
+                pi.service_account,
+                pi.echo,
+            )
+            got = self._workload_ids.setdefault(facts, len(self._workload_ids))
+        self._workloads[key] = got
         return got
 
     def _capture_key(self, pod: KubeObject, pi: PodInfo) -> tuple[object, ...] | None:
@@ -520,15 +560,14 @@ class Builder:
         hidden = self.egress.hide(
             base, ns, host, port, f"Service {ref(svc)}", annotations_of(svc).get(EXPORT_TO)
         )
-        groups: dict[_GroupKey, list[Endpoint]] = {}
+        groups: dict[_GroupKey, list[tuple[str, int]]] = {}
         group_edges: dict[_GroupKey, list[Edge]] = defaultdict(list)
         # One port's edges share the DestinationRule view; the client's view depends
         # only on these few facts of the pod, so it is computed once per combination.
         views: dict[tuple[Expect, bool, str | None, bool, str | None], ClientView] = {}
-        infos, policies = self._info, self._policy  # the caches, read inline: 100k edges
-        for pod, ip, tport in found:
-            pi = infos.get(id(pod)) or self.info(pod)
-            decision = (policies.get(id(pod)) or self.policy(pod)).at(tport)
+
+        def side(pod: KubeObject, pi: PodInfo, tport: int) -> _EdgeSide:
+            decision = self.policy(pod).at(tport)
             vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient, pi.identity)
             view = views.get(vkey)
             if view is None:
@@ -545,10 +584,24 @@ class Builder:
                         base, hidden, host, port, decision.mode, pi.has_proxy
                     )
             expect, decision = self.on_the_wire(pod, pi, tport, decision)
-            key = (pi.service_account, expect, pi.echo)
+            return expect, decision, view, (pi.service_account, expect, pi.echo)
+
+        # Pods of one workload get the same answer at a target port (``_workload_key``).
+        sides: dict[tuple[int, int], _EdgeSide] = {}
+        infos = self._info  # read inline: 100,000 edges
+        for pod, ip, tport in found:
+            pi = infos.get(id(pod)) or self.info(pod)
+            wk = self._workload_key(pod, pi)
+            if wk is None:
+                expect, decision, view, key = side(pod, pi, tport)
+            else:
+                got = sides.get((wk, tport))
+                if got is None:
+                    got = sides[(wk, tport)] = side(pod, pi, tport)
+                expect, decision, view, key = got
             eps = groups.setdefault(key, [])
             if ip is not None:
-                eps.append(Endpoint(ip, tport))
+                eps.append((ip, tport))
             group_edges[key].append(
                 Edge(
                     target=base,
@@ -591,7 +644,7 @@ class Builder:
     def _targets(
         self,
         base: str,
-        groups: Mapping[_GroupKey, list[Endpoint]],
+        groups: Mapping[_GroupKey, list[tuple[str, int]]],
         group_edges: Mapping[_GroupKey, list[Edge]],
     ) -> list[Target]:
         """One target per group of pods that must behave alike (service account, what the
@@ -628,7 +681,8 @@ class Builder:
                     host=first.host,
                     port=first.service_port,
                     expect=expect,
-                    endpoints=tuple(sorted(set(eps), key=_endpoint_order)),
+                    # (ip, port) pairs sort as Endpoints do (by host, then port).
+                    endpoints=tuple(Endpoint(h, p) for h, p in sorted(set(eps))),
                     identity=self.identity(first.namespace, sa),
                     protocol=first.protocol,
                     echo=echo,
@@ -685,10 +739,10 @@ def _port_backends(
     found: list[tuple[KubeObject, str | None, int]] = []
     seen: set[tuple[int, str | None, int]] = set()
     unresolved: list[str] = []
+    want = str(sp.get("name") or "")
     for be in backends:
         tport: int | None
         if be.slice_ports is not None:
-            want = str(sp.get("name") or "")
             if want not in be.slice_ports:
                 continue  # this slice does not carry this port
             tport = be.slice_ports[want]
@@ -703,7 +757,3 @@ def _port_backends(
             seen.add((id(be.pod), be.ip, tport))
             found.append((be.pod, be.ip, tport))
     return found, unresolved
-
-
-def _endpoint_order(e: Endpoint) -> tuple[str, int]:
-    return (e.host, e.port)

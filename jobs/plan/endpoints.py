@@ -40,7 +40,7 @@ from typing import Any
 
 from jobs.plan.fields import (
     KubeObject,
-    labels_of,
+    label_map,
     meta,
     name,
     namespace,
@@ -114,10 +114,12 @@ def ip_family(ip: str) -> int:
     return 6 if ":" in ip else 4
 
 
-def pod_ips(pod: Mapping[str, Any]) -> tuple[list[str], str | None]:
+def pod_ips(
+    pod: Mapping[str, Any], literal: Callable[[object], str | None] = ip_literal
+) -> tuple[list[str], str | None]:
     """The pod's addresses (canonical text) from ``status.podIPs`` (``status.podIP``
     when the list is absent), primary first, and the first entry that is not an IP
-    literal, if any."""
+    literal, if any. ``literal`` is ``ip_literal`` (or a memo of it)."""
     status = pod.get("status")
     if not isinstance(status, dict):
         return [], None
@@ -131,7 +133,7 @@ def pod_ips(pod: Mapping[str, Any]) -> tuple[list[str], str | None]:
         texts = []
     out: list[str] = []
     for t in texts:
-        ip = ip_literal(t)
+        ip = literal(t)
         if ip is None:
             return out, str(t)[:64]
         out.append(ip)
@@ -152,11 +154,16 @@ def running(pod: Mapping[str, Any]) -> bool:
     )
 
 
-def host_network(pod: Mapping[str, Any], ips: Iterable[str]) -> bool:
+def host_network(
+    pod: Mapping[str, Any],
+    ips: Iterable[str],
+    literal: Callable[[object], str | None] = ip_literal,
+) -> bool:
+    """On the node's network; ``literal`` is ``ip_literal`` (or a memo of it)."""
     if spec(pod).get("hostNetwork") is True:
         return True
     status = pod.get("status")
-    host_ip = ip_literal(status.get("hostIP")) if isinstance(status, dict) else None
+    host_ip = literal(status.get("hostIP")) if isinstance(status, dict) else None
     return host_ip is not None and host_ip in ips
 
 
@@ -207,7 +214,8 @@ class ServiceBackends:
 class PodIndex:
     """Pods of the planned namespaces, indexed once: by (namespace, name) and by
     (namespace, label key, label value), so a Service's selector costs the shortest
-    posting list of its labels, not every pod of the namespace."""
+    posting list of its labels, not every pod of the namespace. The label index is
+    built on the first selector lookup: with EndpointSlices none is needed."""
 
     def __init__(
         self,
@@ -228,28 +236,35 @@ class PodIndex:
         # whose status claims one is not probed there.
         self.not_pods: Mapping[str, str] = not_pods or {}
         self.by_key: dict[tuple[str, str], KubeObject] = {}
-        self._by_label: dict[tuple[str, str, str], list[tuple[KubeObject, dict[str, str]]]] = (
-            defaultdict(list)
-        )
-        for p in pods:
-            ns = namespace(p)
-            self.by_key[(ns, name(p))] = p
-            lbl = labels_of(p)
-            for k, v in lbl.items():
-                if isinstance(v, str):
-                    self._by_label[(ns, k, v)].append((p, lbl))
+        self._pods = list(pods)
+        self._by_label: (
+            dict[tuple[str, str, str], list[tuple[KubeObject, Mapping[str, Any]]]] | None
+        ) = None
+        for p in self._pods:
+            self.by_key[(namespace(p), name(p))] = p
         # Per-pod answers, computed on first use: a pod may sit behind many Services
         # and ports, and the planner reads its addresses again. Keyed by id(pod): the
         # index lives for one plan, the snapshot holds every pod object as long (so an
         # id never names another pod), and nothing changes a pod while a plan is built.
         self._addresses: dict[int, tuple[list[str], str | None]] = {}
         self._problems: dict[int, Excluded | None] = {}
+        self._literals: dict[str, str | None] = {}
+
+    def literal(self, text: object) -> str | None:
+        """``ip_literal(text)``, once per string: a node's address is on all its pods,
+        and a slice's address is the pod's own."""
+        if type(text) is not str:
+            return ip_literal(text)
+        if text in self._literals:
+            return self._literals[text]
+        got = self._literals[text] = ip_literal(text)
+        return got
 
     def addresses(self, pod: KubeObject) -> tuple[list[str], str | None]:
         """``pod_ips(pod)``, once per pod (the list is shared: read it only)."""
         got = self._addresses.get(id(pod))
         if got is None:
-            got = self._addresses[id(pod)] = pod_ips(pod)
+            got = self._addresses[id(pod)] = pod_ips(pod, self.literal)
         return got
 
     def problem(self, pod: KubeObject) -> Excluded | None:
@@ -261,10 +276,26 @@ class PodIndex:
         got = self._problems[key] = _pod_problem(pod, ips, bad, self)
         return got
 
+    def _label_index(
+        self,
+    ) -> dict[tuple[str, str, str], list[tuple[KubeObject, Mapping[str, Any]]]]:
+        if self._by_label is None:
+            by_label: dict[tuple[str, str, str], list[tuple[KubeObject, Mapping[str, Any]]]]
+            by_label = defaultdict(list)
+            for p in self._pods:
+                ns = namespace(p)
+                lbl = label_map(p)  # read only: selectors compare against it
+                for k, v in lbl.items():
+                    if isinstance(v, str):
+                        by_label[(ns, k, v)].append((p, lbl))
+            self._by_label = by_label
+        return self._by_label
+
     def selected(self, ns: str, selector: Mapping[str, str]) -> list[KubeObject]:
         if not selector:
             return []
-        postings = [self._by_label.get((ns, k, v), []) for k, v in selector.items()]
+        by_label = self._label_index()
+        postings = [by_label.get((ns, k, v), []) for k, v in selector.items()]
         shortest = min(postings, key=len)
         return [p for p, lbl in shortest if selector.items() <= lbl.items()]
 
@@ -283,10 +314,16 @@ def known_addresses(
     (``status.hostIP`` of any pod) and every Service's cluster IPs. (Two pods with
     one address are left alone: test beds and the lab's loopback setups share one.)"""
     out: dict[str, str] = {}
+    seen: set[object] = set()  # a node's address repeats on every pod of the node
     for p in pods:
         status = p.get("status")
         if isinstance(status, dict):
-            ip = ip_literal(status.get("hostIP"))
+            raw = status.get("hostIP")
+            if type(raw) is str:
+                if raw in seen:
+                    continue
+                seen.add(raw)
+            ip = ip_literal(raw)
             if ip is not None:
                 out.setdefault(ip, "a node's address")
     for svc in services:
@@ -332,7 +369,7 @@ def _pod_problem(
             "unspecified, multicast, link-local or IPv4-mapped)",
             inconsistent=True,
         )
-    if host_network(pod, ips):
+    if host_network(pod, ips, index.literal):
         return Excluded(
             _pod_obj(pod),
             ips[0] if ips else None,
@@ -450,12 +487,14 @@ def service_backends(
             if not addrs:
                 continue
             raw = addrs[0]
-            ip = ip_literal(raw)
-            shown = str(raw)[:64]
+            ip = pods.literal(raw)
             if ip is None or ip_family(ip) != family:
                 out.excluded.append(
                     Excluded(
-                        slice_obj, shown, f"not an IPv{family} address literal", inconsistent=True
+                        slice_obj,
+                        str(raw)[:64],
+                        f"not an IPv{family} address literal",
+                        inconsistent=True,
                     )
                 )
                 continue
