@@ -85,8 +85,9 @@ _NO_CAPTURE_ANNOTATIONS = (None,) * len(CAPTURE_ANNOTATIONS)
 # A group of pods behind one port that must behave alike: (service account, what the
 # wire must show, echo app) - one target each.
 _GroupKey = tuple[str, Expect, bool]
-# What an edge's pod shows at one port: (expect, decision, client view, group).
-_EdgeSide = tuple[Expect, ModeDecision, ClientView, _GroupKey]
+# What an edge's pod shows at one port: (expect, decision, client view) and its group's
+# endpoint and edge lists.
+_EdgeSide = tuple[Expect, ModeDecision, ClientView, list[tuple[str, int]], list[Edge]]
 
 
 def in_revision(objs: Sequence[KubeObject], revision: str) -> list[KubeObject]:
@@ -159,7 +160,7 @@ class Builder:
         self._policy: dict[int, WorkloadPolicy] = {}
         self._identities: dict[tuple[str, str], str] = {}
         self._capture: dict[int, tuple[object, ...] | None] = {}
-        self._workloads: dict[int, int | None] = {}
+        self._pod_keys: dict[int, tuple[PodInfo, int | None]] = {}  # _plan_port's, by id(pod)
         self._workload_ids: dict[tuple[object, ...], int] = {}
         self._wire: dict[tuple[object, ...], tuple[Expect, ModeDecision]] = {}
         self.findings: list[Result] = []
@@ -381,9 +382,6 @@ class Builder:
         """Everything an edge's server mode, client view, wire and group read of its pod,
         as a small number: pods with equal numbers get equal answers at a port (an int,
         so an edge hashes two numbers, not the whole tuple). None: not memoized."""
-        key = id(pod)
-        if key in self._workloads:
-            return self._workloads[key]
         capture = self._capture_key(pod, pi)
         got = None
         if capture is not None:
@@ -399,7 +397,6 @@ class Builder:
                 pi.echo,
             )
             got = self._workload_ids.setdefault(facts, len(self._workload_ids))
-        self._workloads[key] = got
         return got
 
     def _capture_key(self, pod: KubeObject, pi: PodInfo) -> tuple[object, ...] | None:
@@ -584,25 +581,28 @@ class Builder:
                         base, hidden, host, port, decision.mode, pi.has_proxy
                     )
             expect, decision = self.on_the_wire(pod, pi, tport, decision)
-            return expect, decision, view, (pi.service_account, expect, pi.echo)
+            key = (pi.service_account, expect, pi.echo)  # the group (target) of the edge
+            return expect, decision, view, groups.setdefault(key, []), group_edges[key]
 
         # Pods of one workload get the same answer at a target port (``_workload_key``).
         sides: dict[tuple[int, int], _EdgeSide] = {}
-        infos = self._info  # read inline: 100,000 edges
+        pod_keys = self._pod_keys  # read inline: 100,000 edges
+        dr_mode, dr_source = dr.mode, dr.source
         for pod, ip, tport in found:
-            pi = infos.get(id(pod)) or self.info(pod)
-            wk = self._workload_key(pod, pi)
-            if wk is None:
-                expect, decision, view, key = side(pod, pi, tport)
-            else:
-                got = sides.get((wk, tport))
-                if got is None:
-                    got = sides[(wk, tport)] = side(pod, pi, tport)
-                expect, decision, view, key = got
-            eps = groups.setdefault(key, [])
+            pk = pod_keys.get(id(pod))
+            if pk is None:
+                pi = self.info(pod)
+                pk = pod_keys[id(pod)] = (pi, self._workload_key(pod, pi))
+            pi, wk = pk
+            got = None if wk is None else sides.get((wk, tport))
+            if got is None:
+                got = side(pod, pi, tport)
+                if wk is not None:
+                    sides[(wk, tport)] = got
+            expect, decision, view, eps, edges = got
             if ip is not None:
                 eps.append((ip, tport))
-            group_edges[key].append(
+            edges.append(
                 Edge(
                     target=base,
                     service=svc_name,
@@ -615,8 +615,8 @@ class Builder:
                     server_mode=decision.mode,
                     expect=expect,
                     mode_source=decision.source,
-                    dr_mode=dr.mode,
-                    dr_source=dr.source,
+                    dr_mode=dr_mode,
+                    dr_source=dr_source,
                     client=view,
                 )
             )

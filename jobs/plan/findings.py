@@ -210,11 +210,9 @@ def coverage(b: Builder) -> Result:
     pairs Services send to."""
     pods = [b.info(p) for p in b.pods.values()]
     meshed = sum(1 for p in pods if p.has_proxy)
-    keys: dict[int, str] = {}  # PodInfo.key once per pod, not per edge (by id: b holds them)
-    ports = {
-        (keys.get(id(e.pod)) or keys.setdefault(id(e.pod), e.pod.key), e.target_port): e
-        for e in b.edges
-    }.values()
+    # One PodInfo per "<ns>/<name>" (the builder plans one pod object per key), so its
+    # identity stands for its key: no key string per edge.
+    ports = {(id(e.pod), e.target_port): e for e in b.edges}.values()
     proxied = [e for e in ports if e.pod.has_proxy]
     strict = sum(1 for e in proxied if e.server_mode == Expect.STRICT)
     all_strict = sum(1 for e in ports if e.expect == Expect.STRICT)
