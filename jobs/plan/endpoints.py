@@ -249,6 +249,14 @@ class PodIndex:
         self._addresses: dict[int, tuple[list[str], str | None]] = {}
         self._problems: dict[int, Excluded | None] = {}
         self._literals: dict[str, str | None] = {}
+        self._names: dict[str, bool] = {}
+
+    def valid_name(self, sa: str) -> bool:
+        """``dns_subdomain(sa)``, once per service account name."""
+        got = self._names.get(sa)
+        if got is None:
+            got = self._names[sa] = dns_subdomain(sa)
+        return got
 
     def literal(self, text: object) -> str | None:
         """``ip_literal(text)``, once per string: a node's address is on all its pods,
@@ -388,7 +396,7 @@ def _pod_problem(
             inconsistent=True,
         )
     sa = service_account(pod)
-    if not dns_subdomain(sa):
+    if not index.valid_name(sa):
         return Excluded(
             _pod_obj(pod),
             None,

@@ -132,10 +132,11 @@ class PeerAuthIndex:
     def for_workload(self, pod_namespace: str, pod_labels: Mapping[str, str]) -> WorkloadPolicy:
         """The composed policy of one workload; ``.at(target_port)`` gives a port's mode."""
         items = pod_labels.items()
-        workload = next(
-            (pa for sel, pa in self._workload.get(pod_namespace, ()) if sel.items() <= items),
-            None,
-        )
+        workload = None
+        for sel, pa in self._workload.get(pod_namespace, ()):  # oldest first: it wins
+            if sel.items() <= items:
+                workload = pa
+                break
         if workload is None:
             got = self._plain.get(pod_namespace)
             if got is None:
