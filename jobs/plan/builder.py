@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
+from itertools import starmap
 from typing import Any
 
 from jobs.plan.endpoints import (
@@ -224,21 +225,22 @@ class Builder:
         """The mesh config of the revision whose sidecar runs in ``pod`` (None: no
         sidecar), as ``jobs.plan.meshconfig.Revisions`` resolves it."""
         key = id(pod)
-        if key not in self._meshes:
-            pi = self.info(pod)  # has_sidecar once per pod
-            got = pod_revision(pod, self.ns_labels.get(pi.namespace, {}), pi.has_sidecar)
-            rm = None
-            if got is not None:
-                # A handful of revisions for every pod: resolve each (name, tag-free) once.
-                rm = self._mesh_by_revision.get(got)
-                if rm is None:
-                    rm = self._mesh_by_revision[got] = self.snap.revisions.mesh_of(
-                        got[0], self.snap.plan_mesh(), is_tag_free=got[1]
-                    )
-            self._meshes[key] = rm
-            if rm is not None and rm.settings is not None and rm.revision != self._plan_rev:
-                self._note_revision(rm.revision, rm.settings)
-        return self._meshes[key]
+        if key in self._meshes:
+            return self._meshes[key]
+        pi = self.info(pod)  # has_sidecar once per pod
+        got = pod_revision(pod, self.ns_labels.get(pi.namespace, {}), pi.has_sidecar)
+        rm = None
+        if got is not None:
+            # A handful of revisions for every pod: resolve each (name, tag-free) once.
+            rm = self._mesh_by_revision.get(got)
+            if rm is None:
+                rm = self._mesh_by_revision[got] = self.snap.revisions.mesh_of(
+                    got[0], self.snap.plan_mesh(), is_tag_free=got[1]
+                )
+        self._meshes[key] = rm
+        if rm is not None and rm.settings is not None and rm.revision != self._plan_rev:
+            self._note_revision(rm.revision, rm.settings)
+        return rm
 
     def _note_revision(self, revision: str, settings: MeshSettings) -> None:
         """Say once which mesh config another revision's pods are planned with."""
@@ -682,7 +684,7 @@ class Builder:
                     port=first.service_port,
                     expect=expect,
                     # (ip, port) pairs sort as Endpoints do (by host, then port).
-                    endpoints=tuple(Endpoint(h, p) for h, p in sorted(set(eps))),
+                    endpoints=tuple(starmap(Endpoint, sorted(set(eps)))),
                     identity=self.identity(first.namespace, sa),
                     protocol=first.protocol,
                     echo=echo,
