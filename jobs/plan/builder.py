@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
+from itertools import starmap
 from typing import Any
 
 from jobs.plan.endpoints import (
@@ -24,13 +25,13 @@ from jobs.plan.endpoints import (
     ServiceBackends,
     dns_label,
     known_addresses,
-    pod_ips,
     service_backends,
 )
 from jobs.plan.fields import (
     KubeObject,
     annotations_of,
     labels_of,
+    meta,
     name,
     namespace,
     pod_ready,
@@ -40,6 +41,7 @@ from jobs.plan.fields import (
 )
 from jobs.plan.injection import (
     AMBIENT_BYPASS_INBOUND,
+    CAPTURE_ANNOTATIONS,
     ambient_enrolled,
     ambient_inbound_bypassed,
     has_sidecar,
@@ -79,9 +81,14 @@ from probe.model import Endpoint, Expect, Target
 from probe.results import Result, Verdict
 from probe.spiffe import istio_identity
 
+_NO_CAPTURE_ANNOTATIONS = (None,) * len(CAPTURE_ANNOTATIONS)
+
 # A group of pods behind one port that must behave alike: (service account, what the
 # wire must show, echo app) - one target each.
 _GroupKey = tuple[str, Expect, bool]
+# What an edge's pod shows at one port: (expect, decision, client view) and its group's
+# endpoint and edge lists.
+_EdgeSide = tuple[Expect, ModeDecision, ClientView, list[tuple[str, int]], list[Edge]]
 
 
 def in_revision(objs: Sequence[KubeObject], revision: str) -> list[KubeObject]:
@@ -135,6 +142,7 @@ class Builder:
         self._meshes: dict[int, RevisionMesh | None] = {}
         self._mesh_by_revision: dict[tuple[str, bool], RevisionMesh] = {}
         self._revisions_noted: set[str] = set()
+        self._plan_rev = snap.revisions.plan
         self._pa_by_root: dict[tuple[str, str], PeerAuthIndex] = {
             (snap.root_namespace, snap.revisions.plan): self.pa
         }
@@ -151,6 +159,11 @@ class Builder:
                 self.slices[(namespace(s), svc)].append(s)
         self._info: dict[int, PodInfo] = {}  # by id(): pods are not hashable, refs cost
         self._policy: dict[int, WorkloadPolicy] = {}
+        self._identities: dict[tuple[str, str], str] = {}
+        self._capture: dict[int, tuple[object, ...] | None] = {}
+        self._pod_keys: dict[int, tuple[PodInfo, int | None]] = {}  # _plan_port's, by id(pod)
+        self._workload_ids: dict[tuple[object, ...], int] = {}
+        self._wire: dict[tuple[object, ...], tuple[Expect, ModeDecision]] = {}
         self.findings: list[Result] = []
         self.edges: list[Edge] = []
         self.ports: list[PortCoverage] = []
@@ -212,20 +225,22 @@ class Builder:
         """The mesh config of the revision whose sidecar runs in ``pod`` (None: no
         sidecar), as ``jobs.plan.meshconfig.Revisions`` resolves it."""
         key = id(pod)
-        if key not in self._meshes:
-            got = pod_revision(pod, self.ns_labels.get(namespace(pod), {}))
-            rm = None
-            if got is not None:
-                # A handful of revisions for every pod: resolve each (name, tag-free) once.
-                rm = self._mesh_by_revision.get(got)
-                if rm is None:
-                    rm = self._mesh_by_revision[got] = self.snap.revisions.mesh_of(
-                        got[0], self.snap.plan_mesh(), is_tag_free=got[1]
-                    )
-            self._meshes[key] = rm
-            if rm is not None and rm.settings is not None:
-                self._note_revision(rm.revision, rm.settings)
-        return self._meshes[key]
+        if key in self._meshes:
+            return self._meshes[key]
+        pi = self.info(pod)  # has_sidecar once per pod
+        got = pod_revision(pod, self.ns_labels.get(pi.namespace, {}), pi.has_sidecar)
+        rm = None
+        if got is not None:
+            # A handful of revisions for every pod: resolve each (name, tag-free) once.
+            rm = self._mesh_by_revision.get(got)
+            if rm is None:
+                rm = self._mesh_by_revision[got] = self.snap.revisions.mesh_of(
+                    got[0], self.snap.plan_mesh(), is_tag_free=got[1]
+                )
+        self._meshes[key] = rm
+        if rm is not None and rm.settings is not None and rm.revision != self._plan_rev:
+            self._note_revision(rm.revision, rm.settings)
+        return rm
 
     def _note_revision(self, revision: str, settings: MeshSettings) -> None:
         """Say once which mesh config another revision's pods are planned with."""
@@ -303,29 +318,98 @@ class Builder:
             self._policy[id(pod)] = got
         return got
 
+    def identity(self, ns: str, sa: str) -> str:
+        """``istio_identity`` in the plan's trust domain, once per service account."""
+        got = self._identities.get((ns, sa))
+        if got is None:
+            got = self._identities[(ns, sa)] = istio_identity(self.snap.trust_domain, ns, sa)
+        return got
+
     def info(self, pod: KubeObject) -> PodInfo:
         key = id(pod)
         got = self._info.get(key)
         if got is None:
-            ns, sa, lbl = namespace(pod), service_account(pod), labels_of(pod)
-            ns_lbl = self.ns_labels.get(ns, {})
-            ips, _ = pod_ips(pod)
-            got = PodInfo(
-                name=name(pod),
-                namespace=ns,
-                service_account=sa,
-                identity=istio_identity(self.snap.trust_domain, ns, sa),
-                ip=ips[0] if ips else None,
-                ready=pod_ready(pod),
-                labels=lbl,
-                annotations=annotations_of(pod),
-                has_sidecar=has_sidecar(pod),
-                ambient=ambient_enrolled(pod, ns_lbl),
-                tls_mode_label=lbl.get(TLS_MODE_LABEL),
-                echo=lbl.get(ECHO_LABEL[0]) == ECHO_LABEL[1],
-            )
-            self._info[key] = got
+            got = self._info[key] = self._pod_info(pod)
         return got
+
+    def _pod_info(self, pod: KubeObject) -> PodInfo:
+        # What name(), namespace(), labels_of() and annotations_of() answer, read off one
+        # metadata mapping: this runs for every planned pod.
+        md = meta(pod)
+        ns, pod_name = md.get("namespace"), md.get("name")
+        ns = ns if type(ns) is str else ""
+        lbl, ann = md.get("labels"), md.get("annotations")
+        lbl = dict(lbl) if type(lbl) is dict else {}
+        sa = service_account(pod)
+        ips, _ = self.index.addresses(pod)
+        sidecar = has_sidecar(pod)
+        return PodInfo(
+            name=pod_name if type(pod_name) is str else "",
+            namespace=ns,
+            service_account=sa,
+            identity=self.identity(ns, sa),
+            ip=ips[0] if ips else None,
+            ready=pod_ready(pod),
+            labels=lbl,
+            annotations=dict(ann) if type(ann) is dict else {},
+            has_sidecar=sidecar,
+            # ambient_enrolled(pod, ...) is False for any pod with a sidecar
+            ambient=not sidecar and ambient_enrolled(pod, self.ns_labels.get(ns, {})),
+            tls_mode_label=lbl.get(TLS_MODE_LABEL),
+            echo=lbl.get(ECHO_LABEL[0]) == ECHO_LABEL[1],
+        )
+
+    def on_the_wire(
+        self, pod: KubeObject, pi: PodInfo, port: int, decision: ModeDecision
+    ) -> tuple[Expect, ModeDecision]:
+        """``on_the_wire`` for the pod, computed once per (what it reads of the pod, port,
+        decision): the pods of one workload share their capture annotations, so 100,000
+        edges ask a handful of distinct questions."""
+        key = id(pod)
+        if key in self._capture:
+            capture = self._capture[key]
+        else:
+            capture = self._capture[key] = self._capture_key(pod, pi)
+        if capture is None:
+            return on_the_wire(pi, port, decision, self.interception(pod))
+        # By id(decision): the decisions live in this builder's policy caches (and the
+        # PeerAuthIndex's) as long as the memo, so an id never names another decision.
+        wkey = (capture, port, id(decision))
+        got = self._wire.get(wkey)
+        if got is None:
+            got = self._wire[wkey] = on_the_wire(pi, port, decision, self.interception(pod))
+        return got
+
+    def _workload_key(self, pod: KubeObject, pi: PodInfo) -> int | None:
+        """Everything an edge's server mode, client view, wire and group read of its pod,
+        as a small number: pods with equal numbers get equal answers at a port (an int,
+        so an edge hashes two numbers, not the whole tuple). None: not memoized."""
+        capture = self._capture_key(pod, pi)
+        got = None
+        if capture is not None:
+            # By id(policy): the policy caches hold every WorkloadPolicy for the build.
+            facts = (
+                id(self.policy(pod)),
+                capture,
+                pi.has_proxy,
+                pi.tls_mode_label,
+                pi.ambient,
+                pi.identity,
+                pi.service_account,
+                pi.echo,
+            )
+            got = self._workload_ids.setdefault(facts, len(self._workload_ids))
+        return got
+
+    def _capture_key(self, pod: KubeObject, pi: PodInfo) -> tuple[object, ...] | None:
+        """Everything ``on_the_wire`` reads besides the port and the decision; None
+        (not memoized) when an annotation it reads is not a string."""
+        values = tuple(map(pi.annotations.get, CAPTURE_ANNOTATIONS))
+        if values != _NO_CAPTURE_ANNOTATIONS and any(
+            v is not None and type(v) is not str for v in values
+        ):
+            return None
+        return (pi.has_sidecar, pi.ambient, self.interception(pod), values)
 
     def _excluded_findings(self, svc_ref: str, excluded: Sequence[Excluded]) -> None:
         seen: set[tuple[str, str | None, str]] = set()
@@ -475,15 +559,14 @@ class Builder:
         hidden = self.egress.hide(
             base, ns, host, port, f"Service {ref(svc)}", annotations_of(svc).get(EXPORT_TO)
         )
-        groups: dict[_GroupKey, list[Endpoint]] = {}
+        groups: dict[_GroupKey, list[tuple[str, int]]] = {}
         group_edges: dict[_GroupKey, list[Edge]] = defaultdict(list)
         # One port's edges share the DestinationRule view; the client's view depends
         # only on these few facts of the pod, so it is computed once per combination.
         views: dict[tuple[Expect, bool, str | None, bool, str | None], ClientView] = {}
-        infos, policies = self._info, self._policy  # the caches, read inline: 100k edges
-        for pod, ip, tport in found:
-            pi = infos.get(id(pod)) or self.info(pod)
-            decision = (policies.get(id(pod)) or self.policy(pod)).at(tport)
+
+        def side(pod: KubeObject, pi: PodInfo, tport: int) -> _EdgeSide:
+            decision = self.policy(pod).at(tport)
             vkey = (decision.mode, pi.has_proxy, pi.tls_mode_label, pi.ambient, pi.identity)
             view = views.get(vkey)
             if view is None:
@@ -499,12 +582,29 @@ class Builder:
                     view = views[vkey] = self.egress.view(
                         base, hidden, host, port, decision.mode, pi.has_proxy
                     )
-            expect, decision = on_the_wire(pi, tport, decision, self.interception(pod))
-            key = (pi.service_account, expect, pi.echo)
-            eps = groups.setdefault(key, [])
+            expect, decision = self.on_the_wire(pod, pi, tport, decision)
+            key = (pi.service_account, expect, pi.echo)  # the group (target) of the edge
+            return expect, decision, view, groups.setdefault(key, []), group_edges[key]
+
+        # Pods of one workload get the same answer at a target port (``_workload_key``).
+        sides: dict[tuple[int, int], _EdgeSide] = {}
+        pod_keys = self._pod_keys  # read inline: 100,000 edges
+        dr_mode, dr_source = dr.mode, dr.source
+        for pod, ip, tport in found:
+            pk = pod_keys.get(id(pod))
+            if pk is None:
+                pi = self.info(pod)
+                pk = pod_keys[id(pod)] = (pi, self._workload_key(pod, pi))
+            pi, wk = pk
+            got = None if wk is None else sides.get((wk, tport))
+            if got is None:
+                got = side(pod, pi, tport)
+                if wk is not None:
+                    sides[(wk, tport)] = got
+            expect, decision, view, eps, edges = got
             if ip is not None:
-                eps.append(Endpoint(ip, tport))
-            group_edges[key].append(
+                eps.append((ip, tport))
+            edges.append(
                 Edge(
                     target=base,
                     service=svc_name,
@@ -517,8 +617,8 @@ class Builder:
                     server_mode=decision.mode,
                     expect=expect,
                     mode_source=decision.source,
-                    dr_mode=dr.mode,
-                    dr_source=dr.source,
+                    dr_mode=dr_mode,
+                    dr_source=dr_source,
                     client=view,
                 )
             )
@@ -546,7 +646,7 @@ class Builder:
     def _targets(
         self,
         base: str,
-        groups: Mapping[_GroupKey, list[Endpoint]],
+        groups: Mapping[_GroupKey, list[tuple[str, int]]],
         group_edges: Mapping[_GroupKey, list[Edge]],
     ) -> list[Target]:
         """One target per group of pods that must behave alike (service account, what the
@@ -583,8 +683,9 @@ class Builder:
                     host=first.host,
                     port=first.service_port,
                     expect=expect,
-                    endpoints=tuple(sorted(set(eps), key=_endpoint_order)),
-                    identity=istio_identity(self.snap.trust_domain, first.namespace, sa),
+                    # (ip, port) pairs sort as Endpoints do (by host, then port).
+                    endpoints=tuple(starmap(Endpoint, sorted(set(eps)))),
+                    identity=self.identity(first.namespace, sa),
                     protocol=first.protocol,
                     echo=echo,
                 )
@@ -606,7 +707,7 @@ class Builder:
                 if (p.get("protocol") or "TCP") == "TCP"
             }
             for port in sorted(declared | ports.get(key, set())):
-                expect, d = on_the_wire(pi, port, self.policy(pod).at(port), self.interception(pod))
+                expect, d = self.on_the_wire(pod, pi, port, self.policy(pod).at(port))
                 out.append(Inbound(pi, port, d.mode, expect, d.source))
         return out
 
@@ -640,10 +741,10 @@ def _port_backends(
     found: list[tuple[KubeObject, str | None, int]] = []
     seen: set[tuple[int, str | None, int]] = set()
     unresolved: list[str] = []
+    want = str(sp.get("name") or "")
     for be in backends:
         tport: int | None
         if be.slice_ports is not None:
-            want = str(sp.get("name") or "")
             if want not in be.slice_ports:
                 continue  # this slice does not carry this port
             tport = be.slice_ports[want]
@@ -658,7 +759,3 @@ def _port_backends(
             seen.add((id(be.pod), be.ip, tport))
             found.append((be.pod, be.ip, tport))
     return found, unresolved
-
-
-def _endpoint_order(e: Endpoint) -> tuple[str, int]:
-    return (e.host, e.port)

@@ -40,7 +40,7 @@ from typing import Any
 
 from jobs.plan.fields import (
     KubeObject,
-    labels_of,
+    label_map,
     meta,
     name,
     namespace,
@@ -114,10 +114,12 @@ def ip_family(ip: str) -> int:
     return 6 if ":" in ip else 4
 
 
-def pod_ips(pod: Mapping[str, Any]) -> tuple[list[str], str | None]:
+def pod_ips(
+    pod: Mapping[str, Any], literal: Callable[[object], str | None] = ip_literal
+) -> tuple[list[str], str | None]:
     """The pod's addresses (canonical text) from ``status.podIPs`` (``status.podIP``
     when the list is absent), primary first, and the first entry that is not an IP
-    literal, if any."""
+    literal, if any. ``literal`` is ``ip_literal`` (or a memo of it)."""
     status = pod.get("status")
     if not isinstance(status, dict):
         return [], None
@@ -131,7 +133,7 @@ def pod_ips(pod: Mapping[str, Any]) -> tuple[list[str], str | None]:
         texts = []
     out: list[str] = []
     for t in texts:
-        ip = ip_literal(t)
+        ip = literal(t)
         if ip is None:
             return out, str(t)[:64]
         out.append(ip)
@@ -152,11 +154,16 @@ def running(pod: Mapping[str, Any]) -> bool:
     )
 
 
-def host_network(pod: Mapping[str, Any], ips: Iterable[str]) -> bool:
+def host_network(
+    pod: Mapping[str, Any],
+    ips: Iterable[str],
+    literal: Callable[[object], str | None] = ip_literal,
+) -> bool:
+    """On the node's network; ``literal`` is ``ip_literal`` (or a memo of it)."""
     if spec(pod).get("hostNetwork") is True:
         return True
     status = pod.get("status")
-    host_ip = ip_literal(status.get("hostIP")) if isinstance(status, dict) else None
+    host_ip = literal(status.get("hostIP")) if isinstance(status, dict) else None
     return host_ip is not None and host_ip in ips
 
 
@@ -207,7 +214,8 @@ class ServiceBackends:
 class PodIndex:
     """Pods of the planned namespaces, indexed once: by (namespace, name) and by
     (namespace, label key, label value), so a Service's selector costs the shortest
-    posting list of its labels, not every pod of the namespace."""
+    posting list of its labels, not every pod of the namespace. The label index is
+    built on the first selector lookup: with EndpointSlices none is needed."""
 
     def __init__(
         self,
@@ -228,21 +236,74 @@ class PodIndex:
         # whose status claims one is not probed there.
         self.not_pods: Mapping[str, str] = not_pods or {}
         self.by_key: dict[tuple[str, str], KubeObject] = {}
-        self._by_label: dict[tuple[str, str, str], list[tuple[KubeObject, dict[str, str]]]] = (
-            defaultdict(list)
-        )
-        for p in pods:
-            ns = namespace(p)
-            self.by_key[(ns, name(p))] = p
-            lbl = labels_of(p)
-            for k, v in lbl.items():
-                if isinstance(v, str):
-                    self._by_label[(ns, k, v)].append((p, lbl))
+        self._pods = list(pods)
+        self._by_label: (
+            dict[tuple[str, str, str], list[tuple[KubeObject, Mapping[str, Any]]]] | None
+        ) = None
+        for p in self._pods:
+            self.by_key[(namespace(p), name(p))] = p
+        # Per-pod answers, computed on first use: a pod may sit behind many Services
+        # and ports, and the planner reads its addresses again. Keyed by id(pod): the
+        # index lives for one plan, the snapshot holds every pod object as long (so an
+        # id never names another pod), and nothing changes a pod while a plan is built.
+        self._addresses: dict[int, tuple[list[str], str | None]] = {}
+        self._problems: dict[int, Excluded | None] = {}
+        self._literals: dict[str, str | None] = {}
+        self._names: dict[str, bool] = {}
+
+    def valid_name(self, sa: str) -> bool:
+        """``dns_subdomain(sa)``, once per service account name."""
+        got = self._names.get(sa)
+        if got is None:
+            got = self._names[sa] = dns_subdomain(sa)
+        return got
+
+    def literal(self, text: object) -> str | None:
+        """``ip_literal(text)``, once per string: a node's address is on all its pods,
+        and a slice's address is the pod's own."""
+        if type(text) is not str:
+            return ip_literal(text)
+        if text in self._literals:
+            return self._literals[text]
+        got = self._literals[text] = ip_literal(text)
+        return got
+
+    def addresses(self, pod: KubeObject) -> tuple[list[str], str | None]:
+        """``pod_ips(pod)``, once per pod (the list is shared: read it only)."""
+        got = self._addresses.get(id(pod))
+        if got is None:
+            got = self._addresses[id(pod)] = pod_ips(pod, self.literal)
+        return got
+
+    def problem(self, pod: KubeObject) -> Excluded | None:
+        """Why a running pod is still not a probe target (``_pod_problem``), once per pod."""
+        key = id(pod)
+        if key in self._problems:
+            return self._problems[key]
+        ips, bad = self.addresses(pod)
+        got = self._problems[key] = _pod_problem(pod, ips, bad, self)
+        return got
+
+    def _label_index(
+        self,
+    ) -> dict[tuple[str, str, str], list[tuple[KubeObject, Mapping[str, Any]]]]:
+        if self._by_label is None:
+            by_label: dict[tuple[str, str, str], list[tuple[KubeObject, Mapping[str, Any]]]]
+            by_label = defaultdict(list)
+            for p in self._pods:
+                ns = namespace(p)
+                lbl = label_map(p)  # read only: selectors compare against it
+                for k, v in lbl.items():
+                    if isinstance(v, str):
+                        by_label[(ns, k, v)].append((p, lbl))
+            self._by_label = by_label
+        return self._by_label
 
     def selected(self, ns: str, selector: Mapping[str, str]) -> list[KubeObject]:
         if not selector:
             return []
-        postings = [self._by_label.get((ns, k, v), []) for k, v in selector.items()]
+        by_label = self._label_index()
+        postings = [by_label.get((ns, k, v), []) for k, v in selector.items()]
         shortest = min(postings, key=len)
         return [p for p, lbl in shortest if selector.items() <= lbl.items()]
 
@@ -261,10 +322,16 @@ def known_addresses(
     (``status.hostIP`` of any pod) and every Service's cluster IPs. (Two pods with
     one address are left alone: test beds and the lab's loopback setups share one.)"""
     out: dict[str, str] = {}
+    seen: set[object] = set()  # a node's address repeats on every pod of the node
     for p in pods:
         status = p.get("status")
         if isinstance(status, dict):
-            ip = ip_literal(status.get("hostIP"))
+            raw = status.get("hostIP")
+            if type(raw) is str:
+                if raw in seen:
+                    continue
+                seen.add(raw)
+            ip = ip_literal(raw)
             if ip is not None:
                 out.setdefault(ip, "a node's address")
     for svc in services:
@@ -278,16 +345,25 @@ def known_addresses(
     return out
 
 
+def _pod_obj(pod: KubeObject) -> str:
+    """How findings name a pod (built only when one is written: most pods pass)."""
+    return f"Pod {ref(pod)}"
+
+
 def _pod_problem(
     pod: KubeObject, ips: list[str], bad_ip: str | None, index: PodIndex
 ) -> Excluded | None:
     """Why a running pod of the Service is still not a probe target, if it is not one."""
-    obj = f"Pod {ref(pod)}"
     not_pods = index.not_pods
-    loopback = None if index.loopback_ok else next((ip for ip in ips if _loopback(ip)), None)
+    loopback = None
+    if not index.loopback_ok:
+        for ip in ips:
+            if _loopback(ip):
+                loopback = ip
+                break
     if bad_ip is None and loopback is not None:
         return Excluded(
-            obj,
+            _pod_obj(pod),
             loopback,
             "status.podIPs holds a loopback address, which no pod has (it would reach the "
             "probe pod itself)",
@@ -295,30 +371,34 @@ def _pod_problem(
         )
     if bad_ip is not None:
         return Excluded(
-            obj,
+            _pod_obj(pod),
             bad_ip,
             "status.podIPs holds something that is no pod address (not an IP literal, or "
             "unspecified, multicast, link-local or IPv4-mapped)",
             inconsistent=True,
         )
-    if host_network(pod, ips):
+    if host_network(pod, ips, index.literal):
         return Excluded(
-            obj,
+            _pod_obj(pod),
             ips[0] if ips else None,
             "runs on the host network: its address is the node's, not a mesh workload",
         )
-    claimed = next((ip for ip in ips if ip in not_pods), None)
+    claimed = None
+    for ip in ips:
+        if ip in not_pods:
+            claimed = ip
+            break
     if claimed is not None:
         return Excluded(
-            obj,
+            _pod_obj(pod),
             claimed,
             f"status.podIPs claims {not_pods[claimed]}, which no pod has",
             inconsistent=True,
         )
     sa = service_account(pod)
-    if not dns_subdomain(sa):
+    if not index.valid_name(sa):
         return Excluded(
-            obj,
+            _pod_obj(pod),
             None,
             f"service account {sa[:64]!r} is not a Kubernetes name: no "
             "SPIFFE identity can be derived",
@@ -367,8 +447,8 @@ def service_backends(
         for pod in found:
             if not running(pod) or not (any_ready or pod_ready(pod)):
                 continue
-            ips, bad = pod_ips(pod)
-            problem = _pod_problem(pod, ips, bad, pods)
+            ips, _ = pods.addresses(pod)
+            problem = pods.problem(pod)
             if problem is None and not ips and meta(pod).get("uid"):
                 # A pod the API server holds and that has no address serves nothing;
                 # only a pod from YAML not yet applied (no uid) is planned without one.
@@ -406,6 +486,7 @@ def service_backends(
         if isinstance(ports, str):
             out.excluded.append(Excluded(slice_obj, None, ports, inconsistent=True))
             continue
+        port_items = tuple(sorted(ports.items(), key=lambda kv: kv[0]))
         for ep in sl.get("endpoints") or ():
             cond = ep.get("conditions") if isinstance(ep.get("conditions"), dict) else {}
             if cond.get("ready") is False or cond.get("terminating") is True:
@@ -414,12 +495,14 @@ def service_backends(
             if not addrs:
                 continue
             raw = addrs[0]
-            ip = ip_literal(raw)
-            shown = str(raw)[:64]
+            ip = pods.literal(raw)
             if ip is None or ip_family(ip) != family:
                 out.excluded.append(
                     Excluded(
-                        slice_obj, shown, f"not an IPv{family} address literal", inconsistent=True
+                        slice_obj,
+                        str(raw)[:64],
+                        f"not an IPv{family} address literal",
+                        inconsistent=True,
                     )
                 )
                 continue
@@ -434,7 +517,7 @@ def service_backends(
             # object per (namespace, name). Two slices may map the same pod's address
             # to different ports: Istio and kube-proxy send traffic to each (endpoints
             # are (address, port) pairs), so each is a backend of its own.
-            key = (id(pod), ip, tuple(sorted(ports.items(), key=lambda kv: kv[0])))
+            key = (id(pod), ip, port_items)
             if key in seen:
                 continue
             seen.add(key)
@@ -483,10 +566,10 @@ def _slice_endpoint_problem(
     lbl = meta(pod).get("labels")  # read, not copied: one pod per slice address
     if sel is not None and not (type(lbl) is dict and sel.items() <= lbl.items()):
         return Excluded(slice_obj, shown, f"Pod {ref(pod)} is not selected by the Service")
-    ips, bad = pod_ips(pod)
-    problem = _pod_problem(pod, ips, bad, pods)
+    problem = pods.problem(pod)
     if problem is not None:
         return problem
+    ips, _ = pods.addresses(pod)
     if ip not in ips:
         have = ", ".join(ips) or "none"
         return Excluded(

@@ -49,6 +49,19 @@ def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
     return _str_map(meta(obj).get("annotations"))
 
 
+def label_map(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    """The object's labels themselves, not a copy: for readers on hot paths (the
+    planner looks at every pod's labels several times)."""
+    m = meta(obj).get("labels")
+    return m if type(m) is dict else _EMPTY
+
+
+def annotation_map(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    """The object's annotations themselves, not a copy (``label_map``)."""
+    m = meta(obj).get("annotations")
+    return m if type(m) is dict else _EMPTY
+
+
 # Go's zero time.Time (0001-01-01T00:00:00Z) in Unix seconds: what an object without a
 # creationTimestamp orders as in Istio (time.Time.Compare puts it first).
 ZERO_TIME = -62135596800

@@ -34,7 +34,15 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jobs.plan.fields import KubeObject, annotations_of, labels_of, namespace, spec
+from jobs.plan.fields import (
+    KubeObject,
+    annotation_map,
+    annotations_of,
+    label_map,
+    labels_of,
+    namespace,
+    spec,
+)
 
 # INJECT_LABEL: read as a label (current API), else as the deprecated annotation.
 from probe.constants import AMBIENT_REDIRECTION, INJECT_LABEL, PROXY_CONTAINER, TLS_MODE_LABEL
@@ -74,9 +82,9 @@ def inject_choice(pod: Mapping[str, Any]) -> bool | None:
     """The pod's own choice as ``injectRequired`` reads it: True (inject), False (do
     not), None (no choice: the injector's default policy applies). The label wins
     over the annotation when present, even when empty."""
-    labels = labels_of(pod)
+    labels = label_map(pod)
     raw: object = (
-        labels[INJECT_LABEL] if INJECT_LABEL in labels else annotations_of(pod).get(INJECT_LABEL)
+        labels[INJECT_LABEL] if INJECT_LABEL in labels else annotation_map(pod).get(INJECT_LABEL)
     )
     value = raw if isinstance(raw, str) else ""
     if value == "":
@@ -87,7 +95,7 @@ def inject_choice(pod: Mapping[str, Any]) -> bool | None:
 def webhook_called(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
     """Whether one of the stock injection webhooks' selectors matches the pod at all
     (mutatingwebhook.yaml: namespace., object., rev.namespace., rev.object.)."""
-    labels = labels_of(pod)
+    labels = label_map(pod)
     opted_out = labels.get(INJECT_LABEL) == "false"  # NotIn ["false"]: exact, labels only
     if NAMESPACE_INJECTION_LABEL in ns_labels:
         return ns_labels[NAMESPACE_INJECTION_LABEL] == "enabled" and not opted_out
@@ -123,7 +131,7 @@ def requested_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> 
     ``sidecar.istio.io/inject=false`` label keeps every webhook away)."""
     if not webhook_called(pod, ns_labels):
         return None
-    labels = labels_of(pod)
+    labels = label_map(pod)
     if NAMESPACE_INJECTION_LABEL in ns_labels:
         return "default" if ns_labels[NAMESPACE_INJECTION_LABEL] == "enabled" else None
     if REVISION_LABEL in ns_labels:
@@ -146,17 +154,20 @@ def _status_revision(raw: object) -> str | None:
     return rev if isinstance(rev, str) and rev else None
 
 
-def pod_revision(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> tuple[str, bool] | None:
+def pod_revision(
+    pod: Mapping[str, Any], ns_labels: Mapping[str, str], sidecar: bool | None = None
+) -> tuple[str, bool] | None:
     """The control-plane revision whose proxy runs in the pod, and whether that name was
     written by the injector (then it is a revision, never a tag): the injection template
     annotates ``istio.io/rev: {{ .Revision }}`` (files/injection-template.yaml), and the
     status annotation records ``revision`` too. A sidecar without either (hand-made, or a
     pod from manifests not yet created) belongs to the webhook its labels select. None:
     no sidecar, or nothing names a revision (a hand-made proxy): the plan's revision -
-    the one the user named with ``--revision`` - is assumed."""
-    if not has_sidecar(pod):
+    the one the user named with ``--revision`` - is assumed. ``sidecar``: ``has_sidecar(pod)``,
+    when the caller knows it already."""
+    if not (has_sidecar(pod) if sidecar is None else sidecar):
         return None
-    ann = annotations_of(pod)
+    ann = annotation_map(pod)
     rev = ann.get(REVISION_LABEL)
     if isinstance(rev, str) and rev:
         return rev, True
@@ -215,7 +226,7 @@ def as_created(pod: KubeObject, ns_labels: Mapping[str, str]) -> KubeObject:
 
 
 def ambient_labeled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bool:
-    pod_mode = labels_of(pod).get(DATAPLANE_MODE)
+    pod_mode = label_map(pod).get(DATAPLANE_MODE)
     if pod_mode is not None:
         return pod_mode == "ambient"
     return ns_labels.get(DATAPLANE_MODE) == "ambient"
@@ -225,7 +236,7 @@ def ambient_enrolled(pod: Mapping[str, Any], ns_labels: Mapping[str, str]) -> bo
     """Captured by ztunnel: labelled ambient and redirected by istio-cni, no sidecar."""
     return (
         ambient_labeled(pod, ns_labels)
-        and annotations_of(pod).get(AMBIENT_REDIRECTION) == "enabled"
+        and annotation_map(pod).get(AMBIENT_REDIRECTION) == "enabled"
         and not has_sidecar(pod)
     )
 
@@ -337,6 +348,18 @@ def inbound_uncaptured(
 # else is ignored.
 AMBIENT_BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+
+# Every pod annotation ``inbound_uncaptured`` reads (``interception_mode`` included), and
+# ``ambient_inbound_bypassed``'s: pods that agree on these, on having a sidecar or being
+# ambient, and on the mesh default, get the same answer at every port.
+CAPTURE_ANNOTATIONS = (
+    AMBIENT_BYPASS_INBOUND,  # on_the_wire's, for an ambient pod
+    INTERCEPTION_MODE,
+    PROXY_CONFIG,
+    INCLUDE_INBOUND_PORTS,
+    EXCLUDE_INBOUND_PORTS,
+    STATUS_PORT,
+)
 
 
 def ambient_inbound_bypassed(annotations: Mapping[str, str]) -> bool:

@@ -97,6 +97,11 @@ class PeerAuthIndex:
             self.shadowed.extend((loser, lst[0]) for loser in lst[1:])
         self._workload = dict(workload)
         self._base_cache: dict[str, ModeDecision] = {}
+        # ``for_workload`` answers, by what decides them: the namespace when no selector
+        # policy there selects the pod, else the winning policy (it lives in the pod's
+        # namespace, and the index holds it as long as this memo, so its id is its own).
+        self._plain: dict[str, WorkloadPolicy] = {}
+        self._composed: dict[int, WorkloadPolicy] = {}
 
     def has_policy_in(self, ns: str) -> bool:
         return ns in self.namespace_policy or ns in self._workload
@@ -126,11 +131,25 @@ class PeerAuthIndex:
 
     def for_workload(self, pod_namespace: str, pod_labels: Mapping[str, str]) -> WorkloadPolicy:
         """The composed policy of one workload; ``.at(target_port)`` gives a port's mode."""
+        items = pod_labels.items()
+        workload = None
+        for sel, pa in self._workload.get(pod_namespace, ()):  # oldest first: it wins
+            if sel.items() <= items:
+                workload = pa
+                break
+        if workload is None:
+            got = self._plain.get(pod_namespace)
+            if got is None:
+                got = self._plain[pod_namespace] = WorkloadPolicy(self._base(pod_namespace), {})
+            return got
+        got = self._composed.get(id(workload))
+        if got is None:
+            got = self._composed[id(workload)] = self._compose(pod_namespace, workload)
+        return got
+
+    def _compose(self, pod_namespace: str, workload: KubeObject) -> WorkloadPolicy:
+        """The mode of pods whose oldest selecting policy is ``workload``."""
         base = self._base(pod_namespace)
-        winners = self.workload_policies(pod_namespace, pod_labels)
-        if not winners:
-            return WorkloadPolicy(base, {})
-        workload = winners[0]
         m = _mtls_mode(spec(workload).get("mtls"))
         if m != "UNSET":
             base = ModeDecision(Expect(m), f"workload PeerAuthentication {ref(workload)}")
