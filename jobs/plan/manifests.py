@@ -105,7 +105,7 @@ def read_documents(paths: Sequence[Path]) -> list[tuple[str, object]]:
 PARALLEL_MIN_BYTES = 8 << 20
 _MAX_PROCESSES = 4
 # This process's share of the files against a worker's (see _parallel_load).
-_PARENT_SHARE = 0.35
+_PARENT_SHARE = 0.55
 
 # One file's documents, or the one-line reason it cannot be loaded, or (from a worker)
 # the fast YAML road's JSON, node count, stream flag and keys (yamlfast.Emitted).
