@@ -74,3 +74,14 @@ def test_the_same_pods_in_another_order_get_the_same_answers(tmp_path: Path) -> 
         f.write_text(yaml.safe_dump_all(objects(*order)))
         plan = build_plan(load_manifests([f]), REQ)
         assert {e.pod.name: (e.server_mode, e.expect) for e in plan.edges} == want
+
+
+def test_file_order_does_not_change_the_plan(plan_both: Plan) -> None:
+    """Files may list pods (and everything else) in any order; the API server lists them
+    by namespace, then name. The manifest snapshot takes the API's order, so the two paths
+    split and number targets alike (``plan_both`` fails on any disagreement): here a-1
+    comes first in the file, a-0 (another target: 8080 not captured) first by name."""
+    excluded = {"traffic.sidecar.istio.io/excludeInboundPorts": "8080"}
+    pods = [pod("a-1", "10.0.0.2"), pod("a-0", "10.0.0.1", annotations=excluded)]
+    both = plan_both(objects(*pods), REQ)
+    assert [e.pod.name for e in both.live.edges] == ["a-0", "a-1"]
