@@ -1,20 +1,20 @@
-"""The fast road for large manifests: rapidyaml parses, emits JSON, ``json`` builds.
+"""The fast road for large manifests: rapidyaml parses, emits JSON, orjson builds.
 
 ``probe.yamlload`` builds values from libyaml's events in Python; on a 50,000-pod
 cluster dump that is most of ``plan --from-manifests`` (~2.7 MB/s). rapidyaml (C++)
-parses and writes the same tree as JSON at ~20x that, and ``json.loads`` builds the
+parses and writes the same tree as JSON at ~20x that, and ``orjson.loads`` builds the
 values in C. Its YAML is 1.2 where PyYAML's is 1.1, so this road is taken only for
 text where the two provably agree, and otherwise returns None and the bounded loader
 runs (the answer and its error messages are then exactly the bounded loader's):
 
 - no anchors, aliases, tags, merge keys, directives, explicit keys, document-end
   markers, tabs, carriage returns, byte-order marks, Unicode line breaks or characters
-  PyYAML refuses (``_OUTSIDE``);
+  PyYAML refuses (``_plain_subset``);
 - every plain scalar that either YAML could read as something other than a string
   (numbers, timestamps, ``yes``/``on``/``~``...) was checked to load to the same value
-  through both roads (``_tokens_agree``; the answers are remembered per token);
+  through both roads (``_scalars_agree``; the answers are remembered per token);
 - a key written twice, a collection as a key, nesting deeper than rapidyaml emits
-  (64 levels, below ``Limits.max_depth``), JSON rapidyaml writes that ``json`` refuses
+  (64 levels, below ``Limits.max_depth``), JSON rapidyaml writes that orjson refuses
   (a control character, ``+5``): all fall back.
 
 The bounds of the bounded loader hold here too: no anchors means no alias bomb, depth
@@ -233,7 +233,7 @@ def _scalars_agree(text: str) -> dict[str, object] | None:
         if verdict is not _STRING:
             keys[token] = verdict[0]
     # A quoted key "9090" (or an escape that spells it) is a string in both roads; the
-    # conversion in _through_json could not tell it from the plain one.
+    # conversion in _nodes could not tell it from the plain one.
     if keys and ("\\" in text or not keys.keys().isdisjoint(_quoted_keys(text))):
         return None
     return keys

@@ -54,8 +54,6 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "ReplicaSet", "DaemonSet")
 _NAMESPACED = frozenset(k for k in KINDS if k != "Namespace") | set(WORKLOAD_KINDS) | {"ConfigMap"}
 _SUFFIXES = (".yaml", ".yml", ".json")
 
-_SLOTS_OF_KINDS = ("namespaces", "pods", "services", "endpointslices", "peerauthentications",
-                   "destinationrules", "authorizationpolicies", "sidecars")  # fmt: skip
 MANIFEST_LIMITS = yamlload.Limits(max_bytes=128 << 20, max_depth=100)
 MAX_REPLICAS = 100  # pods planned per workload: replicas of one template plan alike
 MAX_COPIED_NODES = 5_000_000  # template nodes copied into pods, per load (~0.5 GB)
@@ -434,22 +432,8 @@ def snapshot_from_documents(
         if inject and isinstance(pod, dict):
             pod = as_created(pod, ns_labels.get(namespace(pod), {}))
         snap.add("Pod", pod)
-    _in_list_order(snap)
+    snap.sort_as_listed()  # the live path lists in this order
     return snap
-
-
-def _in_list_order(snap: ClusterSnapshot) -> None:
-    """Every kind in the order the API server lists it (etcd's key order: namespace, then
-    name), so a plan from files equals the live plan whatever order the files are in
-    (targets are split and numbered in the order pods come). Stable: objects written twice
-    keep their file order, and the duplicate findings with it."""
-    for slot in _SLOTS_OF_KINDS:
-        objs: list[KubeObject] = getattr(snap, slot)
-        objs.sort(key=_list_key)
-
-
-def _list_key(obj: KubeObject) -> tuple[str, str]:
-    return (namespace(obj), name(obj))
 
 
 def planned_namespaces(snap: ClusterSnapshot, *, include_system: bool = False) -> set[str]:

@@ -160,6 +160,15 @@ class ClusterSnapshot:
         getattr(self, slot).append(obj)
         return True
 
+    def sort_as_listed(self) -> None:
+        """Every kind in the order the API server lists it (etcd's key order: namespace,
+        then name), so objects read from files in any order plan as the live ones do
+        (targets are split and numbered in the order pods come). Stable: objects written
+        twice keep their order, and the duplicate findings with it."""
+        for slot in _SLOTS.values():
+            objs: list[KubeObject] = getattr(self, slot)
+            objs.sort(key=lambda o: (namespace(o), name(o)))
+
 
 _SLOTS = {
     "Namespace": "namespaces",
