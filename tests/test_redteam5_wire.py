@@ -85,18 +85,24 @@ def test_marker_in_a_retransmission_with_new_bytes_after_fails() -> None:
     assert verdict is Verdict.FAIL, reason
 
 
-def test_record_headers_around_a_split_cleartext_marker_fail() -> None:
-    marker = new_marker().encode()
-    body = b"GET /?" + marker + b" HTTP/1.1\r\n\r\n"
+def _cleartext_marker_record() -> tuple[str, bytes, int]:
+    """A marked cleartext request framed as one TLS application-data record, and an
+    offset that cuts the marker in two."""
+    marker = new_marker()
+    body = b"GET /?" + marker.encode() + b" HTTP/1.1\r\n\r\n"
     record = b"\x17\x03\x03" + len(body).to_bytes(2, "big") + body
-    cut = 5 + 6 + 10  # inside the marker
+    return marker, record, 5 + 6 + 10  # header, "GET /?", 10 bytes into the marker
+
+
+def test_record_headers_around_a_split_cleartext_marker_fail() -> None:
+    marker, record, cut = _cleartext_marker_record()
     seq = 1000 + 205
     flow = [
         *_handshake(),
         v4_segment(C, S, 40000, 443, seq, record[:cut]),
         v4_segment(C, S, 40000, 443, seq + cut, record[cut:]),
     ]
-    verdict, reason = _verdict(flow, marker.decode())
+    verdict, reason = _verdict(flow, marker)
     assert verdict is Verdict.FAIL, reason
 
 
@@ -117,17 +123,14 @@ def test_marker_in_an_out_of_order_segment_fails() -> None:
 
 
 def test_marker_split_across_out_of_order_segments_never_passes() -> None:
-    marker = new_marker().encode()
-    body = b"GET /?" + marker + b" HTTP/1.1\r\n\r\n"
-    record = b"\x17\x03\x03" + len(body).to_bytes(2, "big") + body
-    cut = 5 + 6 + 10
+    marker, record, cut = _cleartext_marker_record()
     seq = 1000 + 205
     flow = [
         *_handshake(),
         v4_segment(C, S, 40000, 443, seq + cut, record[cut:]),
         v4_segment(C, S, 40000, 443, seq, record[:cut]),
     ]
-    verdict, reason = _verdict(flow, marker.decode())
+    verdict, reason = _verdict(flow, marker)
     assert verdict is not Verdict.PASS, reason
 
 
